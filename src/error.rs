@@ -1,0 +1,106 @@
+//! Runnel's error type and `Result` alias.
+//!
+//! Every fallible public function returns [`Result`]. Errors caused by the
+//! caller (bad SQL, unknown names, bad parameters) are distinguished from
+//! internal failures so the HTTP layer can map them to 4xx and 5xx in one
+//! place ([`Error::status`]).
+//!
+//! ```
+//! use runnel::error::Error;
+//! let e = Error::sql("Expected: an expression", Some((1, 8)));
+//! assert_eq!(e.status(), 400);
+//! assert_eq!(e.location(), Some((1, 8)));
+//! ```
+
+use datafusion::error::DataFusionError;
+
+/// Result alias used throughout Runnel.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// All errors Runnel reports.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A statement that does not parse or plan; `location` is (line, column), 1-based.
+    #[error("{message}")]
+    Sql {
+        /// What is wrong.
+        message: String,
+        /// Where in the statement, when known.
+        location: Option<(u64, u64)>,
+    },
+    /// A stream, table or query that does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with the current state (name taken, object in use).
+    #[error("{0}")]
+    Conflict(String),
+    /// A malformed request parameter or body.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Query execution failed inside DataFusion or arrow.
+    #[error("execution error: {0}")]
+    Execution(String),
+    /// The store (SQLite) failed.
+    #[error("store error: {0}")]
+    Store(#[from] rusqlite::Error),
+    /// Kafka client failure.
+    #[error("kafka error: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// I/O failure.
+    #[error("io error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// A SQL error with an optional (line, column).
+    pub fn sql(message: impl Into<String>, location: Option<(u64, u64)>) -> Self {
+        Error::Sql {
+            message: message.into(),
+            location,
+        }
+    }
+
+    /// The HTTP status this error maps to.
+    pub fn status(&self) -> u16 {
+        match self {
+            Error::Sql { .. } | Error::BadRequest(_) => 400,
+            Error::NotFound(_) => 404,
+            Error::Conflict(_) => 409,
+            Error::Execution(_) | Error::Store(_) | Error::Kafka(_) | Error::Io(_) => 500,
+        }
+    }
+
+    /// A short machine-readable code for the JSON error shape.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Sql { .. } => "sql_error",
+            Error::NotFound(_) => "not_found",
+            Error::Conflict(_) => "conflict",
+            Error::BadRequest(_) => "bad_request",
+            Error::Execution(_) => "execution_error",
+            Error::Store(_) => "store_error",
+            Error::Kafka(_) => "kafka_error",
+            Error::Io(_) => "io_error",
+        }
+    }
+
+    /// (line, column) of a SQL error, when known.
+    pub fn location(&self) -> Option<(u64, u64)> {
+        match self {
+            Error::Sql { location, .. } => *location,
+            _ => None,
+        }
+    }
+}
+
+impl From<DataFusionError> for Error {
+    fn from(e: DataFusionError) -> Self {
+        Error::Execution(e.to_string())
+    }
+}
+
+impl From<datafusion::arrow::error::ArrowError> for Error {
+    fn from(e: datafusion::arrow::error::ArrowError) -> Self {
+        Error::Execution(e.to_string())
+    }
+}

@@ -1,0 +1,381 @@
+//! Compiling a continuous query into three Arrow operator plans.
+//!
+//! A continuous `SELECT ... GROUP BY k WINDOW ...` over a stream is planned by
+//! DataFusion once, as if it were `SELECT window_start, window_end, ... GROUP
+//! BY window_start, window_end, k` over a table holding the stream's columns
+//! plus the two window columns. The physical plan is then cut at its
+//! aggregate:
+//!
+//! * the **batch plan** — filter, projection and a `Partial` aggregate — runs
+//!   on every decoded batch and yields partial states;
+//! * the **reduce plan** — a `PartialReduce` aggregate — compacts the partial
+//!   states a window has collected;
+//! * the **close plan** — the `Final` aggregate and everything above it
+//!   (`HAVING`, `ORDER BY ... LIMIT`, projection) — runs once per closing
+//!   window and yields its rows.
+//!
+//! ```no_run
+//! # async fn f(stream: runnel::sql::StreamDef) -> runnel::error::Result<()> {
+//! use runnel::plan::ContinuousPlan;
+//! use runnel::sql::{parse_statement, Statement};
+//! let Statement::Select(select) = parse_statement(
+//!     "SELECT geo, count(*) AS n FROM imps GROUP BY geo WINDOW 10s")?.stmt else { unreachable!() };
+//! let plan = ContinuousPlan::build(&stream, &select).await?;
+//! println!("{}", plan.explain());
+//! # Ok(()) }
+//! ```
+
+pub mod slot;
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
+use datafusion::physical_plan::execution_plan::reset_plan_states;
+use datafusion::physical_plan::{ExecutionPlan, collect, displayable};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::sqlparser::ast::{self, Expr, GroupByExpr, Ident, SelectItem};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+
+use crate::error::{Error, Result};
+use crate::sql::window::WindowSpec;
+use crate::sql::{SelectSql, StreamDef, parser_error};
+use slot::{Slot, SlotExec, SlotTable};
+
+/// Name of the window start column.
+pub const WINDOW_START: &str = "window_start";
+/// Name of the window end column.
+pub const WINDOW_END: &str = "window_end";
+
+/// The arrow type of window bounds.
+pub fn window_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Millisecond, None)
+}
+
+/// A new DataFusion context with Runnel's functions and settings.
+pub fn new_context() -> SessionContext {
+    let config = SessionConfig::new()
+        .with_target_partitions(1)
+        .with_information_schema(false);
+    let ctx = SessionContext::new_with_config(config);
+    crate::udaf::register(&ctx);
+    ctx
+}
+
+/// A continuous query compiled into its batch, reduce and close plans.
+#[derive(Debug)]
+pub struct ContinuousPlan {
+    /// The window clause (cumulative when the query has none).
+    pub window: WindowSpec,
+    /// Stream columns plus `window_start` and `window_end`.
+    pub input_schema: SchemaRef,
+    /// Schema of partial states: group columns, then accumulator states.
+    pub state_schema: SchemaRef,
+    /// Schema of emitted rows.
+    pub output_schema: SchemaRef,
+    /// Number of group columns in the state (including the two window columns).
+    pub group_columns: usize,
+    input: Slot,
+    batch_plan: Arc<dyn ExecutionPlan>,
+    reduce_in: Slot,
+    reduce_plan: Arc<dyn ExecutionPlan>,
+    close_in: Slot,
+    close_plan: Arc<dyn ExecutionPlan>,
+    task: Arc<TaskContext>,
+}
+
+fn ident(name: &str) -> Expr {
+    Expr::Identifier(Ident::new(name))
+}
+
+/// Adds the window columns to the select list and the `GROUP BY`.
+fn rewrite(select: &SelectSql, stream: &StreamDef) -> Result<ast::Statement> {
+    let mut stmt = Parser::new(&GenericDialect {})
+        .try_with_sql(&select.sql)
+        .and_then(|mut p| p.parse_statement())
+        .map_err(parser_error)?;
+    let ast::Statement::Query(q) = &mut stmt else {
+        return Err(Error::sql("a continuous query must be a SELECT", None));
+    };
+    let ast::SetExpr::Select(sel) = q.body.as_mut() else {
+        return Err(Error::sql(
+            "a continuous query must be a single SELECT (no UNION or VALUES)",
+            None,
+        ));
+    };
+    if sel.from.len() != 1 || !sel.from[0].joins.is_empty() {
+        return Err(Error::sql(
+            format!("a continuous query reads exactly one stream ({})", stream.name),
+            None,
+        ));
+    }
+    for (i, name) in [WINDOW_START, WINDOW_END].iter().enumerate() {
+        sel.projection.insert(i, SelectItem::UnnamedExpr(ident(name)));
+    }
+    match &mut sel.group_by {
+        GroupByExpr::Expressions(v, _) => {
+            v.insert(0, ident(WINDOW_START));
+            v.insert(1, ident(WINDOW_END));
+        }
+        GroupByExpr::All(_) => {
+            return Err(Error::sql(
+                "GROUP BY ALL is not supported in continuous queries; list the keys",
+                None,
+            ));
+        }
+    }
+    // Ordinals in ORDER BY refer to the user's select list, now shifted by two.
+    if let Some(ob) = &mut q.order_by
+        && let ast::OrderByKind::Expressions(exprs) = &mut ob.kind
+    {
+        for e in exprs {
+            if let Expr::Value(v) = &mut e.expr
+                && let ast::Value::Number(n, _) = &mut v.value
+                && let Ok(i) = n.parse::<usize>()
+            {
+                *n = (i + 2).to_string();
+            }
+        }
+    }
+    Ok(stmt)
+}
+
+/// Finds the identifier DataFusion complains about, to point at it.
+pub fn locate_in(sql: &str, message: &str) -> Option<(u64, u64)> {
+    let name = ["No field named ", "table '", "Invalid function '"]
+        .iter()
+        .find_map(|p| message.find(p).map(|i| &message[i + p.len()..]))?;
+    let name: String = name
+        .trim_start_matches(['"', '\''])
+        .chars()
+        .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '.')
+        .collect();
+    let name = name.rsplit('.').next()?.to_ascii_lowercase();
+    if name.is_empty() {
+        return None;
+    }
+    for (l, line) in sql.lines().enumerate() {
+        let lower = line.to_ascii_lowercase();
+        let mut from = 0;
+        while let Some(i) = lower[from..].find(&name) {
+            let at = from + i;
+            let before = lower[..at].chars().last();
+            let after = lower[at + name.len()..].chars().next();
+            let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+            if !word(before) && !word(after) {
+                return Some((l as u64 + 1, lower[..at].chars().count() as u64 + 1));
+            }
+            from = at + name.len();
+        }
+    }
+    None
+}
+
+/// Maps a planning error to a 400 pointing into the user's SQL.
+pub fn plan_error(sql: &str, e: datafusion::error::DataFusionError) -> Error {
+    if let Some(d) = e.diagnostic()
+        && let Some(span) = d.span
+        && span.start.line > 0
+    {
+        return Error::sql(d.message.clone(), Some((span.start.line, span.start.column)));
+    }
+    let message = e.strip_backtrace();
+    let location = locate_in(sql, &message);
+    let message = message
+        .trim_start_matches("Error during planning: ")
+        .trim_start_matches("Schema error: ")
+        .to_string();
+    Error::sql(message, location)
+}
+
+impl ContinuousPlan {
+    /// Plans `select` over `stream`.
+    pub async fn build(stream: &StreamDef, select: &SelectSql) -> Result<Self> {
+        let window = select
+            .window
+            .unwrap_or_else(|| WindowSpec::cumulative(select.emit_ms.unwrap_or(1000)));
+        let mut fields = stream.fields();
+        fields.push(Field::new(WINDOW_START, window_type(), false));
+        fields.push(Field::new(WINDOW_END, window_type(), false));
+        let input_schema = Arc::new(Schema::new(fields));
+        let ctx = new_context();
+        let input = Slot::default();
+        ctx.register_table(
+            stream.name.as_str(),
+            Arc::new(SlotTable::new(input_schema.clone(), input.clone())),
+        )?;
+        let stmt = rewrite(select, stream)?;
+        let state = ctx.state();
+        let logical = state
+            .statement_to_plan(DFStatement::Statement(Box::new(stmt)))
+            .await
+            .map_err(|e| plan_error(&select.sql, e))?;
+        let physical = state
+            .create_physical_plan(&logical)
+            .await
+            .map_err(|e| plan_error(&select.sql, e))?;
+
+        // The topmost aggregate splits the plan.
+        let mut top: Option<Arc<dyn ExecutionPlan>> = None;
+        physical.apply(|node| {
+            if node.downcast_ref::<AggregateExec>().is_some() {
+                top = Some(node.clone());
+                return Ok(TreeNodeRecursion::Stop);
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })?;
+        let top = top.ok_or_else(|| {
+            Error::sql(
+                "a continuous query needs an aggregate or GROUP BY (e.g. count(*))",
+                None,
+            )
+        })?;
+        let agg = top.downcast_ref::<AggregateExec>().expect("aggregate");
+        // With one partition DataFusion plans a single-stage aggregate; find or
+        // rebuild the partial stage.
+        let partial: Arc<AggregateExec> = match agg.mode() {
+            AggregateMode::Single => Arc::new(AggregateExec::try_new(
+                AggregateMode::Partial,
+                agg.group_expr().clone(),
+                agg.aggr_expr().to_vec(),
+                agg.filter_expr().to_vec(),
+                agg.input().clone(),
+                agg.input_schema(),
+            )?),
+            AggregateMode::Final => {
+                let mut found = None;
+                agg.input().apply(|n| {
+                    if let Some(a) = n.downcast_ref::<AggregateExec>() {
+                        found = Some(Arc::new(AggregateExec::try_new(
+                            AggregateMode::Partial,
+                            a.group_expr().clone(),
+                            a.aggr_expr().to_vec(),
+                            a.filter_expr().to_vec(),
+                            a.input().clone(),
+                            a.input_schema(),
+                        )?));
+                        return Ok(TreeNodeRecursion::Stop);
+                    }
+                    Ok(TreeNodeRecursion::Continue)
+                })?;
+                found.ok_or_else(|| Error::Execution("partial aggregate not found".into()))?
+            }
+            other => {
+                return Err(Error::Execution(format!(
+                    "unexpected aggregate mode {other:?}"
+                )));
+            }
+        };
+        if partial.group_expr().groups().len() > 1 {
+            return Err(Error::sql(
+                "GROUPING SETS, CUBE and ROLLUP are not supported in continuous queries",
+                None,
+            ));
+        }
+        let state_schema = partial.schema();
+        let final_group = partial.group_expr().as_final();
+        let group_columns = final_group.expr().len();
+
+        let reduce_in = Slot::default();
+        let reduce_plan: Arc<dyn ExecutionPlan> = Arc::new(AggregateExec::try_new(
+            AggregateMode::PartialReduce,
+            final_group.clone(),
+            partial.aggr_expr().to_vec(),
+            partial.filter_expr().to_vec(),
+            Arc::new(SlotExec::new(
+                "WindowState",
+                reduce_in.clone(),
+                state_schema.clone(),
+                None,
+            )?),
+            partial.input_schema(),
+        )?);
+
+        let close_in = Slot::default();
+        let final_agg: Arc<dyn ExecutionPlan> = Arc::new(AggregateExec::try_new(
+            AggregateMode::Final,
+            final_group,
+            partial.aggr_expr().to_vec(),
+            partial.filter_expr().to_vec(),
+            Arc::new(SlotExec::new(
+                "WindowState",
+                close_in.clone(),
+                state_schema.clone(),
+                None,
+            )?),
+            partial.input_schema(),
+        )?);
+        let close_plan = physical
+            .transform_down(|node| {
+                if Arc::ptr_eq(&node, &top) {
+                    Ok(Transformed::new(
+                        final_agg.clone(),
+                        true,
+                        TreeNodeRecursion::Jump,
+                    ))
+                } else {
+                    Ok(Transformed::no(node))
+                }
+            })?
+            .data;
+        let output_schema = close_plan.schema();
+        let batch_plan: Arc<dyn ExecutionPlan> = partial;
+        Ok(ContinuousPlan {
+            window,
+            input_schema,
+            state_schema,
+            output_schema,
+            group_columns,
+            input,
+            batch_plan,
+            reduce_in,
+            reduce_plan,
+            close_in,
+            close_plan,
+            task: ctx.task_ctx(),
+        })
+    }
+
+    async fn run(
+        &self,
+        slot: &Slot,
+        plan: &Arc<dyn ExecutionPlan>,
+        batches: Vec<RecordBatch>,
+    ) -> Result<Vec<RecordBatch>> {
+        slot.put(batches);
+        let plan = reset_plan_states(plan.clone())?;
+        let out = collect(plan, self.task.clone()).await?;
+        Ok(out.into_iter().filter(|b| b.num_rows() > 0).collect())
+    }
+
+    /// Runs the batch plan on one batch of `input_schema`, returning partial states.
+    pub async fn partial(&self, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
+        self.run(&self.input, &self.batch_plan, vec![batch]).await
+    }
+
+    /// Merges partial states into fewer rows, still partial.
+    pub async fn reduce(&self, states: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+        self.run(&self.reduce_in, &self.reduce_plan, states).await
+    }
+
+    /// Finishes partial states into output rows.
+    pub async fn close(&self, states: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+        self.run(&self.close_in, &self.close_plan, states).await
+    }
+
+    /// The per-batch and window-close plans as text.
+    pub fn explain(&self) -> String {
+        format!(
+            "Window: {}\n\nPer-batch plan:\n{}\nWindow-merge plan:\n{}\nWindow-close plan:\n{}",
+            self.window.describe(),
+            displayable(self.batch_plan.as_ref()).indent(true),
+            displayable(self.reduce_plan.as_ref()).indent(true),
+            displayable(self.close_plan.as_ref()).indent(true),
+        )
+    }
+}

@@ -1,0 +1,645 @@
+//! Runnel's SQL dialect: DataFusion SQL plus streaming statements.
+//!
+//! Statements are tokenized with sqlparser; Runnel's own syntax (`CREATE
+//! STREAM`, `CREATE QUERY`, the `WINDOW`, `EMIT EVERY` and `INTO TOPIC`
+//! clauses, `SHOW`/`DESCRIBE`/`DROP`) is recognised by peeking at tokens, and
+//! everything else is handed to sqlparser and DataFusion unchanged. Clauses
+//! that are cut out are blanked with spaces, so line and column numbers in
+//! later errors still point into the text the user wrote.
+//!
+//! ```
+//! use runnel::sql::{parse_sql, Statement};
+//! let stmts = parse_sql("SELECT geo, count(*) FROM imps GROUP BY geo WINDOW 10s; SHOW QUERIES").unwrap();
+//! assert_eq!(stmts.len(), 2);
+//! match &stmts[0].stmt {
+//!     Statement::Select(s) => assert_eq!(s.window.unwrap().describe(), "TUMBLING 10s"),
+//!     _ => unreachable!(),
+//! }
+//! ```
+
+pub mod window;
+
+use std::collections::BTreeMap;
+
+use datafusion::arrow::datatypes::{DataType, Field, TimeUnit};
+use datafusion::sql::sqlparser::ast::{self, Expr, SqlOption};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::keywords::Keyword;
+use datafusion::sql::sqlparser::parser::{Parser, ParserError};
+use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use window::{WindowSpec, parse_duration, parse_window_clause};
+
+/// One parsed statement with its source text.
+#[derive(Debug, Clone)]
+pub struct Parsed {
+    /// The statement.
+    pub stmt: Statement,
+    /// The statement's own text, trimmed.
+    pub text: String,
+}
+
+/// A Runnel statement.
+#[derive(Debug, Clone)]
+pub enum Statement {
+    /// `CREATE STREAM name (cols) WITH (...)`.
+    CreateStream(StreamDef),
+    /// `CREATE QUERY name AS SELECT ...`.
+    CreateQuery {
+        /// Query name.
+        name: String,
+        /// Its select.
+        select: SelectSql,
+    },
+    /// A bare `SELECT`: continuous when it reads a stream, a pull query otherwise.
+    Select(SelectSql),
+    /// `EXPLAIN SELECT ...`.
+    Explain(SelectSql),
+    /// `SHOW STREAMS`.
+    ShowStreams,
+    /// `SHOW QUERIES`.
+    ShowQueries,
+    /// `DESCRIBE name`.
+    Describe(String),
+    /// `DROP QUERY name`.
+    DropQuery {
+        /// Query name.
+        name: String,
+        /// `IF EXISTS` given.
+        if_exists: bool,
+    },
+    /// `DROP STREAM name`.
+    DropStream {
+        /// Stream name.
+        name: String,
+        /// `IF EXISTS` given.
+        if_exists: bool,
+    },
+}
+
+/// A `SELECT` with Runnel's clauses separated out.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SelectSql {
+    /// DataFusion SQL: the statement with Runnel's clauses blanked out.
+    pub sql: String,
+    /// The window clause, if any.
+    pub window: Option<WindowSpec>,
+    /// `EMIT EVERY` interval in ms, if given.
+    pub emit_ms: Option<i64>,
+    /// `INTO TOPIC 'name'`, if given.
+    pub into_topic: Option<String>,
+}
+
+/// Where a stream's records come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    /// A Kafka topic.
+    Kafka,
+}
+
+/// Where a new query starts reading when it has no saved offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartFrom {
+    /// The oldest retained record.
+    Earliest,
+    /// Only records produced after the query starts.
+    Latest,
+}
+
+/// Payload formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    /// One JSON object per message.
+    Json,
+}
+
+/// A declared stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamDef {
+    /// Stream name (lower case).
+    pub name: String,
+    /// Declared columns.
+    pub columns: Vec<ColumnDef>,
+    /// Source kind.
+    pub source: SourceKind,
+    /// Kafka topic.
+    pub topic: String,
+    /// Payload format.
+    pub format: Format,
+    /// Event-time column; arrival time when absent.
+    pub event_time: Option<String>,
+    /// Watermark delay in ms.
+    pub watermark_delay_ms: i64,
+    /// Starting position.
+    pub start: StartFrom,
+    /// Broker list overriding the server default.
+    pub brokers: Option<String>,
+    /// All options as written.
+    pub options: BTreeMap<String, String>,
+}
+
+/// A declared column.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ColumnDef {
+    /// Column name (lower case).
+    pub name: String,
+    /// SQL type as written.
+    pub sql_type: String,
+    /// Arrow type.
+    pub data_type: DataType,
+}
+
+impl StreamDef {
+    /// The arrow fields of the declared columns.
+    pub fn fields(&self) -> Vec<Field> {
+        self.columns
+            .iter()
+            .map(|c| Field::new(&c.name, c.data_type.clone(), true))
+            .collect()
+    }
+}
+
+/// Splits `body` into statements and parses each one.
+pub fn parse_sql(body: &str) -> Result<Vec<Parsed>> {
+    let src = Source::new(body);
+    let tokens = Tokenizer::new(&GenericDialect {}, body)
+        .tokenize_with_location()
+        .map_err(|e| Error::sql(e.message.clone(), Some((e.location.line, e.location.column))))?;
+    let mut out = Vec::new();
+    let mut stmt: Vec<TokenWithSpan> = Vec::new();
+    for tok in tokens {
+        if tok.token == Token::SemiColon {
+            if stmt.iter().any(|t| !is_blank(&t.token)) {
+                out.push(parse_one(&src, &std::mem::take(&mut stmt))?);
+            }
+            stmt.clear();
+        } else {
+            stmt.push(tok);
+        }
+    }
+    if stmt.iter().any(|t| !is_blank(&t.token)) {
+        out.push(parse_one(&src, &stmt)?);
+    }
+    if out.is_empty() {
+        return Err(Error::sql("empty statement", None));
+    }
+    Ok(out)
+}
+
+/// Parses exactly one statement.
+pub fn parse_statement(text: &str) -> Result<Parsed> {
+    let mut v = parse_sql(text)?;
+    if v.len() != 1 {
+        return Err(Error::sql("expected exactly one statement", None));
+    }
+    Ok(v.remove(0))
+}
+
+fn is_blank(t: &Token) -> bool {
+    matches!(t, Token::Whitespace(_) | Token::EOF)
+}
+
+/// The statement body as chars, with line starts, for blanking ranges while
+/// keeping every line and column where it was.
+struct Source {
+    chars: Vec<char>,
+    line_starts: Vec<usize>,
+}
+
+impl Source {
+    fn new(body: &str) -> Self {
+        let chars: Vec<char> = body.chars().collect();
+        let mut line_starts = vec![0];
+        for (i, c) in chars.iter().enumerate() {
+            if *c == '\n' {
+                line_starts.push(i + 1);
+            }
+        }
+        Source { chars, line_starts }
+    }
+
+    fn offset(&self, line: u64, column: u64) -> usize {
+        let l = (line.max(1) - 1) as usize;
+        let base = self.line_starts.get(l).copied().unwrap_or(self.chars.len());
+        (base + column.max(1) as usize - 1).min(self.chars.len())
+    }
+
+    /// The whole body with everything outside `keep` (char ranges) blanked.
+    fn keep_only(&self, keep: (usize, usize), blank: &[(usize, usize)]) -> String {
+        self.chars
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let inside = i >= keep.0 && i < keep.1 && !blank.iter().any(|b| i >= b.0 && i < b.1);
+                if inside || *c == '\n' { *c } else { ' ' }
+            })
+            .collect()
+    }
+}
+
+fn start_of(src: &Source, t: &TokenWithSpan) -> usize {
+    src.offset(t.span.start.line, t.span.start.column)
+}
+
+fn end_of(src: &Source, t: &TokenWithSpan) -> usize {
+    src.offset(t.span.end.line, t.span.end.column)
+}
+
+fn loc(t: &TokenWithSpan) -> Option<(u64, u64)> {
+    Some((t.span.start.line, t.span.start.column))
+}
+
+/// Turns a sqlparser error into a located Runnel error.
+pub fn parser_error(e: ParserError) -> Error {
+    let msg = match &e {
+        ParserError::TokenizerError(m) | ParserError::ParserError(m) => m.clone(),
+        other => other.to_string(),
+    };
+    let location = parse_location(&msg);
+    let message = match msg.find(" at Line: ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg,
+    };
+    Error::sql(message, location)
+}
+
+fn parse_location(msg: &str) -> Option<(u64, u64)> {
+    let i = msg.find("Line: ")?;
+    let rest = &msg[i + 6..];
+    let line: u64 = rest.split(',').next()?.trim().parse().ok()?;
+    let j = rest.find("Column: ")?;
+    let col: String = rest[j + 8..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    Some((line, col.parse().ok()?))
+}
+
+fn word(t: &TokenWithSpan) -> Option<String> {
+    match &t.token {
+        Token::Word(w) => Some(w.value.to_ascii_uppercase()),
+        _ => None,
+    }
+}
+
+fn parse_one(src: &Source, tokens: &[TokenWithSpan]) -> Result<Parsed> {
+    let toks: Vec<&TokenWithSpan> = tokens.iter().filter(|t| !is_blank(&t.token)).collect();
+    let first = toks[0];
+    let range = (start_of(src, first), end_of(src, toks[toks.len() - 1]));
+    let text: String = src.chars[range.0..range.1].iter().collect();
+    let kw: Vec<String> = toks.iter().take(3).map(|t| word(t).unwrap_or_default()).collect();
+    let kw = |i: usize| kw.get(i).map(String::as_str).unwrap_or("");
+    let name_at = |i: usize| -> Result<String> {
+        let t = toks
+            .get(i)
+            .ok_or_else(|| Error::sql("expected a name", loc(toks[toks.len() - 1])))?;
+        match &t.token {
+            Token::Word(w) => Ok(normalize_ident(&w.value, w.quote_style.is_some())),
+            _ => Err(Error::sql(format!("expected a name, found {}", t.token), loc(t))),
+        }
+    };
+    let expect_end = |i: usize| -> Result<()> {
+        match toks.get(i) {
+            Some(t) => Err(Error::sql(format!("unexpected {}", t.token), loc(t))),
+            None => Ok(()),
+        }
+    };
+    let stmt = match (kw(0), kw(1)) {
+        ("CREATE", "STREAM") => Statement::CreateStream(create_stream(&src.keep_only(range, &[]))?),
+        ("CREATE", "QUERY") => {
+            let name = name_at(2)?;
+            let as_tok = toks.get(3).filter(|t| word(t).as_deref() == Some("AS"));
+            let as_tok = as_tok.ok_or_else(|| {
+                Error::sql("expected AS SELECT ... after the query name", toks.get(3).and_then(|t| loc(t)))
+            })?;
+            let sel_start = end_of(src, as_tok);
+            Statement::CreateQuery {
+                name,
+                select: select(src, &toks[4..], (sel_start, range.1))?,
+            }
+        }
+        ("SELECT", _) | ("WITH", _) => Statement::Select(select(src, &toks, range)?),
+        ("EXPLAIN", _) => {
+            let rest = toks.get(1).ok_or_else(|| Error::sql("EXPLAIN needs a SELECT", loc(first)))?;
+            Statement::Explain(select(src, &toks[1..], (start_of(src, rest), range.1))?)
+        }
+        ("SHOW", "STREAMS") => {
+            expect_end(2)?;
+            Statement::ShowStreams
+        }
+        ("SHOW", "QUERIES") => {
+            expect_end(2)?;
+            Statement::ShowQueries
+        }
+        ("DESCRIBE", _) | ("DESC", _) => {
+            let name = name_at(1)?;
+            expect_end(2)?;
+            Statement::Describe(name)
+        }
+        ("DROP", "QUERY") | ("DROP", "STREAM") => {
+            let if_exists = kw(2) == "IF";
+            let at = if if_exists { 4 } else { 2 };
+            if if_exists && toks.get(3).and_then(|t| word(t)).as_deref() != Some("EXISTS") {
+                return Err(Error::sql("expected IF EXISTS", loc(toks[2])));
+            }
+            let name = name_at(at)?;
+            expect_end(at + 1)?;
+            if kw(1) == "QUERY" {
+                Statement::DropQuery { name, if_exists }
+            } else {
+                Statement::DropStream { name, if_exists }
+            }
+        }
+        _ => {
+            return Err(Error::sql(
+                format!(
+                    "unsupported statement starting with {}; expected CREATE STREAM, CREATE QUERY, SELECT, EXPLAIN, SHOW, DESCRIBE or DROP",
+                    first.token
+                ),
+                loc(first),
+            ));
+        }
+    };
+    Ok(Parsed { stmt, text })
+}
+
+/// Lower-cases unquoted identifiers, as DataFusion does.
+pub fn normalize_ident(value: &str, quoted: bool) -> String {
+    if quoted { value.to_string() } else { value.to_ascii_lowercase() }
+}
+
+/// Finds `WINDOW ...`, `EMIT EVERY ...` and `INTO TOPIC '...'` at the top level of
+/// a select and blanks them out.
+fn select(src: &Source, toks: &[&TokenWithSpan], range: (usize, usize)) -> Result<SelectSql> {
+    let mut depth = 0i32;
+    // (clause keyword index, token index)
+    let mut marks: Vec<(&'static str, usize)> = Vec::new();
+    for (i, t) in toks.iter().enumerate() {
+        match &t.token {
+            Token::LParen => depth += 1,
+            Token::RParen => depth -= 1,
+            Token::Word(w) if depth == 0 && w.quote_style.is_none() => {
+                let next = toks.get(i + 1).and_then(|t| word(t));
+                let upper = w.value.to_ascii_uppercase();
+                match w.keyword {
+                    // `WINDOW w AS (...)` is SQL's named window; ours is never followed by AS.
+                    Keyword::WINDOW if toks.get(i + 2).and_then(|t| word(t)).as_deref() != Some("AS") => {
+                        marks.push(("WINDOW", i))
+                    }
+                    _ if upper == "EMIT" && next.as_deref() == Some("EVERY") => marks.push(("EMIT", i)),
+                    Keyword::INTO if next.as_deref() == Some("TOPIC") => marks.push(("INTO", i)),
+                    Keyword::ORDER | Keyword::LIMIT => marks.push(("", i)),
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = SelectSql {
+        sql: String::new(),
+        window: None,
+        emit_ms: None,
+        into_topic: None,
+    };
+    let mut blanks = Vec::new();
+    for (m, &(kind, i)) in marks.iter().enumerate() {
+        if kind.is_empty() {
+            continue;
+        }
+        let end_tok = marks.get(m + 1).map(|&(_, j)| j).unwrap_or(toks.len());
+        let clause_start = start_of(src, toks[i]);
+        let clause_end = if end_tok < toks.len() { start_of(src, toks[end_tok]) } else { range.1 };
+        let body_start = if kind == "WINDOW" { i + 1 } else { i + 2 };
+        let body_from = toks.get(body_start).map(|t| start_of(src, t)).unwrap_or(clause_end);
+        let body: String = src.chars[body_from.min(clause_end)..clause_end].iter().collect();
+        let here = loc(toks[i]);
+        match kind {
+            "WINDOW" => {
+                if out.window.is_some() {
+                    return Err(Error::sql("only one WINDOW clause is allowed", here));
+                }
+                out.window = Some(parse_window_clause(&body).map_err(|e| Error::sql(e, here))?);
+            }
+            "EMIT" => {
+                out.emit_ms = Some(parse_duration(&body).map_err(|e| Error::sql(e, here))?);
+            }
+            _ => {
+                let topic = body.trim();
+                let topic = topic
+                    .strip_prefix('\'')
+                    .and_then(|t| t.strip_suffix('\''))
+                    .filter(|t| !t.is_empty())
+                    .ok_or_else(|| Error::sql("expected INTO TOPIC 'name'", here))?;
+                out.into_topic = Some(topic.to_string());
+            }
+        }
+        blanks.push((clause_start, clause_end));
+    }
+    out.sql = src.keep_only(range, &blanks);
+    // Validate now so syntax errors carry the user's line and column.
+    Parser::new(&GenericDialect {})
+        .try_with_sql(&out.sql)
+        .and_then(|mut p| p.parse_statement())
+        .map_err(parser_error)?;
+    Ok(out)
+}
+
+fn option_value(e: &Expr) -> String {
+    match e {
+        Expr::Value(v) => match &v.value {
+            ast::Value::SingleQuotedString(s) | ast::Value::DoubleQuotedString(s) => s.clone(),
+            other => other.to_string(),
+        },
+        Expr::Identifier(i) => i.value.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn create_stream(text: &str) -> Result<StreamDef> {
+    let mut p = Parser::new(&GenericDialect {}).try_with_sql(text).map_err(parser_error)?;
+    p.expect_keyword(Keyword::CREATE).map_err(parser_error)?;
+    p.next_token(); // STREAM, checked by the caller
+    let name_tok = p.peek_token();
+    let name = p.parse_identifier().map_err(parser_error)?;
+    let name = normalize_ident(&name.value, name.quote_style.is_some());
+    let (cols, _) = p.parse_columns().map_err(parser_error)?;
+    if cols.is_empty() {
+        return Err(Error::sql("a stream needs at least one column", loc(&name_tok)));
+    }
+    let with_tok = p.peek_token();
+    let opts = p.parse_options(Keyword::WITH).map_err(parser_error)?;
+    let trailing = p.peek_token();
+    if trailing.token != Token::EOF && trailing.token != Token::SemiColon {
+        return Err(Error::sql(format!("unexpected {}", trailing.token), loc(&trailing)));
+    }
+    let mut columns = Vec::new();
+    for c in cols {
+        let data_type = arrow_type(&c.data_type).ok_or_else(|| {
+            Error::sql(
+                format!("unsupported column type {} for column {}", c.data_type, c.name),
+                Some((c.name.span.start.line, c.name.span.start.column)),
+            )
+        })?;
+        columns.push(ColumnDef {
+            name: normalize_ident(&c.name.value, c.name.quote_style.is_some()),
+            sql_type: c.data_type.to_string(),
+            data_type,
+        });
+    }
+    let mut options = BTreeMap::new();
+    for o in opts {
+        match o {
+            SqlOption::KeyValue { key, value } => {
+                options.insert(key.value.to_ascii_lowercase(), option_value(&value));
+            }
+            other => {
+                return Err(Error::sql(format!("unsupported option {other}"), loc(&with_tok)));
+            }
+        }
+    }
+    let bad = |m: String| Error::sql(m, loc(&with_tok));
+    for k in options.keys() {
+        if !["kafka_topic", "format", "event_time", "watermark_delay", "start", "brokers", "source"]
+            .contains(&k.as_str())
+        {
+            return Err(bad(format!(
+                "unknown stream option '{k}'; known: kafka_topic, format, event_time, watermark_delay, start, brokers, source"
+            )));
+        }
+    }
+    match options.get("source").map(|s| s.to_ascii_lowercase()) {
+        None => {}
+        Some(s) if s == "kafka" => {}
+        Some(s) => return Err(bad(format!("unsupported source '{s}'; supported: kafka"))),
+    }
+    let topic = options
+        .get("kafka_topic")
+        .cloned()
+        .ok_or_else(|| bad("a stream needs WITH (kafka_topic = '...')".into()))?;
+    let format = match options.get("format").map(|s| s.to_ascii_lowercase()).as_deref() {
+        None | Some("json") => Format::Json,
+        Some(f) => return Err(bad(format!("unsupported format '{f}'; supported: json"))),
+    };
+    let event_time = options.get("event_time").map(|s| s.to_ascii_lowercase());
+    if let Some(et) = &event_time {
+        let col = columns
+            .iter_mut()
+            .find(|c| &c.name == et)
+            .ok_or_else(|| bad(format!("event_time column '{et}' is not a column of the stream")))?;
+        if !matches!(col.data_type, DataType::Timestamp(_, _) | DataType::Int64) {
+            return Err(bad(format!("event_time column '{et}' must be TIMESTAMP or BIGINT")));
+        }
+    }
+    let watermark_delay_ms = match options.get("watermark_delay") {
+        Some(d) => parse_duration(d).map_err(|e| bad(format!("watermark_delay: {e}")))?,
+        None => 0,
+    };
+    let start = match options.get("start").map(|s| s.to_ascii_lowercase()).as_deref() {
+        None | Some("latest") => StartFrom::Latest,
+        Some("earliest") => StartFrom::Earliest,
+        Some(s) => return Err(bad(format!("start must be 'earliest' or 'latest', not '{s}'"))),
+    };
+    Ok(StreamDef {
+        name,
+        columns,
+        source: SourceKind::Kafka,
+        topic,
+        format,
+        event_time,
+        watermark_delay_ms,
+        start,
+        brokers: options.get("brokers").cloned(),
+        options,
+    })
+}
+
+/// Maps a SQL column type to the arrow type Runnel decodes it as.
+fn arrow_type(t: &ast::DataType) -> Option<DataType> {
+    use ast::DataType as D;
+    Some(match t {
+        D::Boolean | D::Bool => DataType::Boolean,
+        D::TinyInt(_) | D::SmallInt(_) | D::Int(_) | D::Integer(_) | D::Int4(_) | D::Int32 => DataType::Int32,
+        D::BigInt(_) | D::Int8(_) | D::Int64 => DataType::Int64,
+        D::Real | D::Float4 | D::Float32 => DataType::Float32,
+        D::Float(_) | D::Double(_) | D::DoublePrecision | D::Float8 | D::Float64 => DataType::Float64,
+        D::Text | D::String(_) | D::Varchar(_) | D::Char(_) | D::CharVarying(_) | D::Character(_) => DataType::Utf8,
+        D::Timestamp(_, _) | D::Datetime(_) => DataType::Timestamp(TimeUnit::Millisecond, None),
+        D::Date => DataType::Date32,
+        D::Decimal(info) | D::Numeric(info) => match info {
+            ast::ExactNumberInfo::PrecisionAndScale(p, s) => DataType::Decimal128(*p as u8, *s as i8),
+            ast::ExactNumberInfo::Precision(p) => DataType::Decimal128(*p as u8, 0),
+            ast::ExactNumberInfo::None => DataType::Decimal128(38, 10),
+        },
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_stream_parses() {
+        let p = parse_statement(
+            "CREATE STREAM impressions (ts TIMESTAMP, publisher TEXT, bid DOUBLE)\n WITH (kafka_topic = 'adnetwork-topic', format = 'json', event_time = 'ts', watermark_delay = '5s', start = 'earliest')",
+        )
+        .unwrap();
+        let Statement::CreateStream(s) = p.stmt else { panic!() };
+        assert_eq!(s.name, "impressions");
+        assert_eq!(s.topic, "adnetwork-topic");
+        assert_eq!(s.columns.len(), 3);
+        assert_eq!(s.columns[2].data_type, DataType::Float64);
+        assert_eq!(s.event_time.as_deref(), Some("ts"));
+        assert_eq!(s.watermark_delay_ms, 5000);
+        assert_eq!(s.start, StartFrom::Earliest);
+    }
+
+    #[test]
+    fn select_clauses_are_blanked_in_place() {
+        let sql = "SELECT geo, count(*)\nFROM imps GROUP BY geo\nWINDOW 60s SLIDE 10s GRACE 2s\nORDER BY 2 DESC LIMIT 3";
+        let p = parse_statement(sql).unwrap();
+        let Statement::Select(s) = p.stmt else { panic!() };
+        assert_eq!(s.sql.len(), sql.len());
+        assert!(!s.sql.contains("WINDOW"));
+        assert!(s.sql.contains("ORDER BY 2 DESC LIMIT 3"));
+        assert_eq!(s.window.unwrap().grace_ms, 2000);
+        assert_eq!(s.sql.lines().count(), 4);
+    }
+
+    #[test]
+    fn create_query_with_emit_and_topic() {
+        let p = parse_statement(
+            "CREATE QUERY scores AS SELECT user_id, sum(score) FROM a GROUP BY user_id EMIT EVERY 5s INTO TOPIC 'out'",
+        )
+        .unwrap();
+        let Statement::CreateQuery { name, select } = p.stmt else { panic!() };
+        assert_eq!(name, "scores");
+        assert_eq!(select.emit_ms, Some(5000));
+        assert_eq!(select.into_topic.as_deref(), Some("out"));
+        assert!(select.window.is_none());
+    }
+
+    #[test]
+    fn errors_carry_locations() {
+        let e = parse_statement("SELECT a,\n  FROM t GROUP BY a WINDOW 10s").unwrap_err();
+        assert_eq!(e.status(), 400);
+        assert_eq!(e.location().unwrap().0, 2);
+        let e = parse_statement("SELECT a FROM t GROUP BY a\nWINDOW 10 parsecs").unwrap_err();
+        assert_eq!(e.location(), Some((2, 1)));
+        let e = parse_statement("FROBNICATE everything").unwrap_err();
+        assert_eq!(e.location(), Some((1, 1)));
+        assert!(parse_statement("CREATE STREAM s (a INT) WITH (format = 'json')").is_err());
+    }
+
+    #[test]
+    fn multiple_statements() {
+        let v = parse_sql("SHOW STREAMS; ;\nDROP QUERY IF EXISTS q;\nDESCRIBE s").unwrap();
+        assert_eq!(v.len(), 3);
+        assert!(matches!(v[1].stmt, Statement::DropQuery { if_exists: true, .. }));
+    }
+}

@@ -1,0 +1,553 @@
+//! Window assignment, watermarks and per-window partial state.
+//!
+//! For each decoded batch the engine assigns every record to its windows,
+//! drops it from windows that are already closed (judged against the running
+//! watermark of its partition, record by record, so batching never changes
+//! the outcome), runs the query's batch plan to get partial aggregate states
+//! and merges those into the state of each open window. When the watermark —
+//! the minimum over active partitions of the largest event time seen, minus
+//! the stream's delay — passes a window's end plus its grace, the window's
+//! states go through the close plan and its rows are emitted.
+//!
+//! ```no_run
+//! # async fn f(plan: std::sync::Arc<runnel::plan::ContinuousPlan>,
+//! #            batch: datafusion::arrow::record_batch::RecordBatch) -> runnel::error::Result<()> {
+//! use runnel::window::WindowEngine;
+//! let mut engine = WindowEngine::new(plan, Some(0), 5_000);
+//! for emission in engine.process(0, batch, 0).await? {
+//!     println!("{} rows", emission.batch.num_rows());
+//! }
+//! # Ok(()) }
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, TimestampMillisecondArray, UInt32Array};
+use datafusion::arrow::compute::{cast, concat_batches, take};
+use datafusion::arrow::datatypes::{DataType, Int64Type, TimestampMillisecondType};
+use datafusion::arrow::ipc::reader::StreamReader;
+use datafusion::arrow::ipc::writer::StreamWriter;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::row::{RowConverter, SortField};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::plan::ContinuousPlan;
+use crate::sql::window::WindowKind;
+
+/// Live counters of one query, shared with the HTTP layer.
+#[derive(Debug)]
+pub struct Counters {
+    /// Records received (good and bad).
+    pub records_in: AtomicU64,
+    /// Records dropped from at least one closed window.
+    pub late_records: AtomicU64,
+    /// Records that could not be decoded or lacked an event time.
+    pub bad_records: AtomicU64,
+    /// Windows finished and emitted.
+    pub windows_closed: AtomicU64,
+    /// Result rows emitted.
+    pub rows_emitted: AtomicU64,
+    /// Current watermark in ms (`i64::MIN` before any record).
+    pub watermark: AtomicI64,
+    /// End of the last closed window in ms (`i64::MIN` when none).
+    pub last_window_end: AtomicI64,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            records_in: AtomicU64::new(0),
+            late_records: AtomicU64::new(0),
+            bad_records: AtomicU64::new(0),
+            windows_closed: AtomicU64::new(0),
+            rows_emitted: AtomicU64::new(0),
+            watermark: AtomicI64::new(i64::MIN),
+            last_window_end: AtomicI64::new(i64::MIN),
+        }
+    }
+}
+
+/// Rows produced when windows close (or a cumulative table is emitted).
+#[derive(Debug, Clone)]
+pub struct Emission {
+    /// Output rows; columns 0 and 1 are `window_start` and `window_end`.
+    pub batch: RecordBatch,
+    /// The whole cumulative table: replaces all earlier rows.
+    pub cumulative: bool,
+}
+
+#[derive(Debug, Default)]
+struct WindowBuf {
+    batches: Vec<RecordBatch>,
+    rows: usize,
+    compacted_rows: usize,
+}
+
+impl WindowBuf {
+    fn push(&mut self, b: RecordBatch) {
+        self.rows += b.num_rows();
+        self.batches.push(b);
+    }
+
+    fn needs_compaction(&self) -> bool {
+        self.batches.len() > 32 || self.rows > 2 * self.compacted_rows + 16_384
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct CheckpointHeader {
+    version: u32,
+    partition_max: Vec<(i32, i64)>,
+    closed_wm: i64,
+}
+
+/// The windowed state machine of one continuous query.
+pub struct WindowEngine {
+    plan: Arc<ContinuousPlan>,
+    event_time: Option<usize>,
+    delay: i64,
+    grace: i64,
+    /// Open windows by (end, start), so closing walks them in end order.
+    windows: BTreeMap<(i64, i64), WindowBuf>,
+    /// Session windows: partial states keyed by record time, merged at close.
+    sessions: WindowBuf,
+    partition_max: BTreeMap<i32, i64>,
+    /// Windows whose end plus grace is at or before this are closed.
+    closed_wm: i64,
+    dirty: bool,
+    /// Live counters.
+    pub counters: Arc<Counters>,
+}
+
+fn ts_values(a: &ArrayRef) -> Result<Vec<i64>> {
+    let c = cast(a, &DataType::Int64)?;
+    Ok(c.as_primitive::<Int64Type>().values().to_vec())
+}
+
+impl WindowEngine {
+    /// An engine for `plan`; `event_time` is the column index of event time
+    /// in the stream's batches (arrival time when `None`).
+    pub fn new(plan: Arc<ContinuousPlan>, event_time: Option<usize>, delay_ms: i64) -> Self {
+        let grace = plan.window.grace_ms;
+        WindowEngine {
+            plan,
+            event_time,
+            delay: delay_ms,
+            grace,
+            windows: BTreeMap::new(),
+            sessions: WindowBuf::default(),
+            partition_max: BTreeMap::new(),
+            closed_wm: i64::MIN,
+            dirty: false,
+            counters: Arc::new(Counters::default()),
+        }
+    }
+
+    /// The plan this engine runs.
+    pub fn plan(&self) -> &Arc<ContinuousPlan> {
+        &self.plan
+    }
+
+    /// Current watermark: min over active partitions of (max event time − delay).
+    pub fn watermark(&self) -> Option<i64> {
+        self.partition_max
+            .values()
+            .min()
+            .map(|m| m.saturating_sub(self.delay))
+    }
+
+    /// Number of windows holding state.
+    pub fn open_windows(&self) -> usize {
+        self.windows.len() + usize::from(self.sessions.rows > 0)
+    }
+
+    /// Processes one batch of records from `partition`, in partition order.
+    /// `arrival_ms` is the event time used when the stream has none.
+    pub async fn process(
+        &mut self,
+        partition: i32,
+        batch: RecordBatch,
+        arrival_ms: i64,
+    ) -> Result<Vec<Emission>> {
+        let n = batch.num_rows();
+        self.counters.records_in.fetch_add(n as u64, Ordering::Relaxed);
+        if n == 0 {
+            return Ok(vec![]);
+        }
+        let (ts, nulls) = match self.event_time {
+            Some(c) => {
+                let col = batch.column(c);
+                (ts_values(col)?, col.logical_nulls())
+            }
+            None => (vec![arrival_ms; n], None),
+        };
+        let mut pm = self.partition_max.get(&partition).copied().unwrap_or(i64::MIN);
+        let mut idx: Vec<u32> = Vec::with_capacity(n);
+        let mut starts: Vec<i64> = Vec::with_capacity(n);
+        let mut ends: Vec<i64> = Vec::with_capacity(n);
+        let (mut late, mut bad) = (0u64, 0u64);
+        let kind = self.plan.window.kind;
+        let grace = self.grace;
+        for (i, &t) in ts.iter().enumerate() {
+            if nulls.as_ref().is_some_and(|nb| nb.is_null(i)) {
+                bad += 1;
+                continue;
+            }
+            // The running watermark of this partition before record i.
+            let frontier = pm.saturating_sub(self.delay).max(self.closed_wm);
+            let mut dropped = false;
+            let mut assign = |s: i64, e: i64| {
+                if e.saturating_add(grace) <= frontier {
+                    dropped = true;
+                } else {
+                    idx.push(i as u32);
+                    starts.push(s);
+                    ends.push(e);
+                }
+            };
+            match kind {
+                WindowKind::Tumbling { size_ms } => {
+                    let s = t.div_euclid(size_ms) * size_ms;
+                    assign(s, s + size_ms);
+                }
+                WindowKind::Hopping { size_ms, slide_ms } => {
+                    let mut s = t.div_euclid(slide_ms) * slide_ms;
+                    while s > t - size_ms {
+                        assign(s, s + size_ms);
+                        s -= slide_ms;
+                    }
+                }
+                WindowKind::Session { gap_ms } => assign(t, t + gap_ms),
+                WindowKind::Cumulative { .. } => {
+                    idx.push(i as u32);
+                    starts.push(0);
+                    ends.push(0);
+                }
+            }
+            late += u64::from(dropped);
+            pm = pm.max(t);
+        }
+        self.counters.late_records.fetch_add(late, Ordering::Relaxed);
+        self.counters.bad_records.fetch_add(bad, Ordering::Relaxed);
+        if pm != i64::MIN {
+            self.partition_max.insert(partition, pm);
+        }
+        if !idx.is_empty() {
+            let indices = UInt32Array::from(idx);
+            let mut cols: Vec<ArrayRef> = batch
+                .columns()
+                .iter()
+                .map(|c| take(c.as_ref(), &indices, None))
+                .collect::<std::result::Result<_, _>>()?;
+            cols.push(Arc::new(TimestampMillisecondArray::from(starts)));
+            cols.push(Arc::new(TimestampMillisecondArray::from(ends)));
+            let expanded = RecordBatch::try_new(self.plan.input_schema.clone(), cols)?;
+            let states = self.plan.partial(expanded).await?;
+            self.add_states(states).await?;
+        }
+        let out = match self.watermark() {
+            Some(w) => {
+                self.counters.watermark.store(w, Ordering::Relaxed);
+                self.close_until(w).await?
+            }
+            None => vec![],
+        };
+        Ok(out)
+    }
+
+    async fn add_states(&mut self, states: Vec<RecordBatch>) -> Result<()> {
+        if matches!(self.plan.window.kind, WindowKind::Session { .. }) {
+            for s in states {
+                self.sessions.push(s);
+            }
+            if self.sessions.needs_compaction() {
+                compact(&self.plan, &mut self.sessions).await?;
+            }
+            return Ok(());
+        }
+        self.dirty = true;
+        let mut touched = Vec::new();
+        for s in states {
+            for (key, part) in split_by_window(&s)? {
+                self.windows.entry(key).or_default().push(part);
+                touched.push(key);
+            }
+        }
+        for key in touched {
+            if let Some(buf) = self.windows.get_mut(&key)
+                && buf.needs_compaction()
+            {
+                compact(&self.plan, buf).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes every window whose end plus grace is at or before `wm`.
+    async fn close_until(&mut self, wm: i64) -> Result<Vec<Emission>> {
+        if wm <= self.closed_wm {
+            return Ok(vec![]);
+        }
+        let mut out = Vec::new();
+        match self.plan.window.kind {
+            WindowKind::Cumulative { .. } => return Ok(out),
+            WindowKind::Session { .. } => {
+                if let Some(e) = self.close_sessions(wm).await? {
+                    out.push(e);
+                }
+            }
+            _ => {
+                while let Some((&(end, start), _)) = self.windows.first_key_value() {
+                    if end.saturating_add(self.grace) > wm {
+                        break;
+                    }
+                    let buf = self.windows.remove(&(end, start)).expect("present");
+                    let rows = self.plan.close(buf.batches).await?;
+                    self.counters.windows_closed.fetch_add(1, Ordering::Relaxed);
+                    self.counters.last_window_end.store(end, Ordering::Relaxed);
+                    if let Some(batch) = concat(&self.plan, rows)? {
+                        out.push(Emission { batch, cumulative: false });
+                    }
+                }
+            }
+        }
+        self.closed_wm = wm;
+        for e in &out {
+            self.counters
+                .rows_emitted
+                .fetch_add(e.batch.num_rows() as u64, Ordering::Relaxed);
+        }
+        Ok(out)
+    }
+
+    /// Closes windows by the wall clock when the stream has gone quiet: a
+    /// window closes once `now` passes its end plus delay plus grace.
+    pub async fn close_idle(&mut self, now_ms: i64) -> Result<Vec<Emission>> {
+        if self.open_windows() == 0 {
+            return Ok(vec![]);
+        }
+        self.close_until(now_ms.saturating_sub(self.delay)).await
+    }
+
+    /// Emits the whole table of a cumulative query if it changed.
+    pub async fn emit_cumulative(&mut self, now_ms: i64) -> Result<Vec<Emission>> {
+        if !self.dirty || !matches!(self.plan.window.kind, WindowKind::Cumulative { .. }) {
+            return Ok(vec![]);
+        }
+        self.dirty = false;
+        let Some(buf) = self.windows.get_mut(&(0, 0)) else {
+            return Ok(vec![]);
+        };
+        if buf.batches.len() > 1 {
+            compact(&self.plan, buf).await?;
+        }
+        let rows = self.plan.close(buf.batches.clone()).await?;
+        let Some(batch) = concat(&self.plan, rows)? else {
+            return Ok(vec![]);
+        };
+        // window_end of a cumulative row is the time it was computed as of.
+        let as_of = self.watermark().unwrap_or(now_ms);
+        let mut cols = batch.columns().to_vec();
+        cols[1] = Arc::new(TimestampMillisecondArray::from(vec![as_of; batch.num_rows()]));
+        let batch = RecordBatch::try_new(batch.schema(), cols)?;
+        self.counters
+            .rows_emitted
+            .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+        Ok(vec![Emission { batch, cumulative: true }])
+    }
+
+    async fn close_sessions(&mut self, wm: i64) -> Result<Option<Emission>> {
+        if self.sessions.rows == 0 {
+            return Ok(None);
+        }
+        let WindowKind::Session { .. } = self.plan.window.kind else {
+            return Ok(None);
+        };
+        let all = concat_batches(&self.plan.state_schema, &self.sessions.batches)?;
+        let starts = ts_values(all.column(0))?;
+        let ends = ts_values(all.column(1))?;
+        let keys: Vec<Vec<u8>> = {
+            let key_cols: Vec<ArrayRef> = all.columns()[2..self.plan.group_columns].to_vec();
+            if key_cols.is_empty() {
+                vec![Vec::new(); all.num_rows()]
+            } else {
+                let conv = RowConverter::new(
+                    key_cols.iter().map(|c| SortField::new(c.data_type().clone())).collect(),
+                )?;
+                let rows = conv.convert_columns(&key_cols)?;
+                rows.iter().map(|r| r.as_ref().to_vec()).collect()
+            }
+        };
+        let mut order: Vec<usize> = (0..all.num_rows()).collect();
+        order.sort_by(|&a, &b| keys[a].cmp(&keys[b]).then(starts[a].cmp(&starts[b])));
+        let (mut closed_idx, mut new_start, mut new_end, mut keep_idx) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut members: Vec<u32> = Vec::new();
+        let (mut cur_start, mut cur_end) = (0i64, 0i64);
+        let grace = self.grace;
+        let mut finish = |members: &mut Vec<u32>, s: i64, e: i64| {
+            if e.saturating_add(grace) <= wm {
+                for &m in members.iter() {
+                    closed_idx.push(m);
+                    new_start.push(s);
+                    new_end.push(e);
+                }
+            } else {
+                keep_idx.extend_from_slice(members);
+            }
+            members.clear();
+        };
+        for (pos, &i) in order.iter().enumerate() {
+            let same_key = pos > 0 && keys[order[pos - 1]] == keys[i];
+            if same_key && starts[i] < cur_end {
+                cur_end = cur_end.max(ends[i]);
+            } else {
+                if !members.is_empty() {
+                    finish(&mut members, cur_start, cur_end);
+                }
+                cur_start = starts[i];
+                cur_end = ends[i];
+            }
+            members.push(i as u32);
+        }
+        finish(&mut members, cur_start, cur_end);
+        let kept = take_rows(&all, keep_idx)?;
+        self.sessions = WindowBuf::default();
+        if kept.num_rows() > 0 {
+            self.sessions.compacted_rows = kept.num_rows();
+            self.sessions.push(kept);
+        }
+        if closed_idx.is_empty() {
+            return Ok(None);
+        }
+        let closed = take_rows(&all, closed_idx)?;
+        let mut cols = closed.columns().to_vec();
+        let ty = self.plan.state_schema.field(0).data_type().clone();
+        cols[0] = cast(&(Arc::new(TimestampMillisecondArray::from(new_start)) as ArrayRef), &ty)?;
+        cols[1] = cast(&(Arc::new(TimestampMillisecondArray::from(new_end)) as ArrayRef), &ty)?;
+        let closed = RecordBatch::try_new(closed.schema(), cols)?;
+        let rows = self.plan.close(vec![closed]).await?;
+        let batch = concat(&self.plan, rows)?;
+        if let Some(b) = &batch {
+            let ends = ts_values(b.column(1))?;
+            self.counters
+                .windows_closed
+                .fetch_add(b.num_rows() as u64, Ordering::Relaxed);
+            if let Some(m) = ends.iter().max() {
+                self.counters.last_window_end.store(*m, Ordering::Relaxed);
+            }
+        }
+        Ok(batch.map(|batch| Emission { batch, cumulative: false }))
+    }
+
+    /// Serialises the open windows, watermarks and lateness frontier.
+    pub fn checkpoint(&self) -> Result<Vec<u8>> {
+        let header = CheckpointHeader {
+            version: 1,
+            partition_max: self.partition_max.iter().map(|(p, m)| (*p, *m)).collect(),
+            closed_wm: self.closed_wm,
+        };
+        let header = serde_json::to_vec(&header).map_err(|e| Error::Execution(e.to_string()))?;
+        let mut out = (header.len() as u32).to_le_bytes().to_vec();
+        out.extend_from_slice(&header);
+        let mut w = StreamWriter::try_new(&mut out, &self.plan.state_schema)?;
+        for b in self.windows.values().flat_map(|w| &w.batches).chain(&self.sessions.batches) {
+            w.write(b)?;
+        }
+        w.finish()?;
+        drop(w);
+        Ok(out)
+    }
+
+    /// Restores a [`checkpoint`](Self::checkpoint) taken by an engine of the same plan.
+    pub fn restore(&mut self, bytes: &[u8]) -> Result<()> {
+        let bad = |m: &str| Error::Execution(format!("checkpoint does not match the query: {m}"));
+        if bytes.len() < 4 {
+            return Err(bad("too short"));
+        }
+        let hl = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
+        let header: CheckpointHeader = serde_json::from_slice(&bytes[4..4 + hl.min(bytes.len() - 4)])
+            .map_err(|e| bad(&e.to_string()))?;
+        let reader = StreamReader::try_new(&bytes[4 + hl..], None)?;
+        if reader.schema().fields() != self.plan.state_schema.fields() {
+            return Err(bad("state schema differs"));
+        }
+        let mut states = Vec::new();
+        for b in reader {
+            states.push(b?);
+        }
+        self.partition_max = header.partition_max.into_iter().collect();
+        self.closed_wm = header.closed_wm;
+        self.windows.clear();
+        self.sessions = WindowBuf::default();
+        self.add_states_sync(states)?;
+        if let Some(w) = self.watermark() {
+            self.counters.watermark.store(w, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn add_states_sync(&mut self, states: Vec<RecordBatch>) -> Result<()> {
+        for s in states {
+            if matches!(self.plan.window.kind, WindowKind::Session { .. }) {
+                self.sessions.push(s);
+            } else {
+                for (key, part) in split_by_window(&s)? {
+                    self.windows.entry(key).or_default().push(part);
+                }
+            }
+        }
+        self.dirty = !self.windows.is_empty();
+        Ok(())
+    }
+}
+
+fn take_rows(b: &RecordBatch, idx: Vec<u32>) -> Result<RecordBatch> {
+    let indices = UInt32Array::from(idx);
+    let cols = b
+        .columns()
+        .iter()
+        .map(|c| take(c.as_ref(), &indices, None))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new(b.schema(), cols)?)
+}
+
+fn concat(plan: &ContinuousPlan, rows: Vec<RecordBatch>) -> Result<Option<RecordBatch>> {
+    Ok(match rows.len() {
+        0 => None,
+        1 => rows.into_iter().next(),
+        _ => Some(concat_batches(&plan.output_schema, &rows)?),
+    })
+}
+
+async fn compact(plan: &ContinuousPlan, buf: &mut WindowBuf) -> Result<()> {
+    let reduced = plan.reduce(std::mem::take(&mut buf.batches)).await?;
+    let merged = concat_batches(&plan.state_schema, &reduced)?;
+    *buf = WindowBuf::default();
+    buf.compacted_rows = merged.num_rows();
+    buf.push(merged);
+    Ok(())
+}
+
+/// Splits partial states by their (end, start) window.
+fn split_by_window(b: &RecordBatch) -> Result<Vec<((i64, i64), RecordBatch)>> {
+    let starts = b.column(0).as_primitive::<TimestampMillisecondType>().values();
+    let ends = b.column(1).as_primitive::<TimestampMillisecondType>().values();
+    if starts.is_empty() {
+        return Ok(vec![]);
+    }
+    if starts.iter().all(|s| *s == starts[0]) {
+        return Ok(vec![((ends[0], starts[0]), b.clone())]);
+    }
+    let mut groups: HashMap<(i64, i64), Vec<u32>> = HashMap::new();
+    for i in 0..starts.len() {
+        groups.entry((ends[i], starts[i])).or_default().push(i as u32);
+    }
+    groups
+        .into_iter()
+        .map(|(k, idx)| Ok((k, take_rows(b, idx)?)))
+        .collect()
+}

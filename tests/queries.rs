@@ -1,0 +1,164 @@
+//! Golden query-semantics tests.
+//!
+//! Each `tests/queries/NAME.sql` holds a `CREATE STREAM` and one continuous
+//! `SELECT`; `NAME.input` holds the records, one per line as
+//! `<partition> <json>`, plus `idle <wall ms>` (the stream went quiet at that
+//! wall-clock time) and `emit <wall ms>` (a cumulative emit tick) lines;
+//! `NAME.expected` holds every emission, in order. Each case runs twice —
+//! one record per batch, and each partition's consecutive records in one
+//! batch — and both runs must match, so results never depend on batching.
+//!
+//! Run: `cargo test --test queries`. Update the expected files:
+//! `RUNNEL_UPDATE_GOLDEN=1 cargo test --test queries`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{AsArray, UInt32Array};
+use datafusion::arrow::compute::take;
+use datafusion::arrow::datatypes::TimestampMillisecondType;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::util::pretty::pretty_format_batches;
+use runnel::format::json::JsonDecoder;
+use runnel::plan::ContinuousPlan;
+use runnel::sql::{Statement, parse_sql};
+use runnel::window::{Emission, WindowEngine};
+
+enum Line {
+    Rec(i32, String),
+    Idle(i64),
+    Emit(i64),
+}
+
+fn parse_input(text: &str) -> Vec<Line> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (head, rest) = l.split_once(' ').expect("'<partition> <json>' or 'idle <ms>'");
+            match head {
+                "idle" => Line::Idle(rest.trim().parse().unwrap()),
+                "emit" => Line::Emit(rest.trim().parse().unwrap()),
+                p => Line::Rec(p.parse().unwrap(), rest.to_string()),
+            }
+        })
+        .collect()
+}
+
+async fn run_case(sql: &str, input: &[Line], grouped: bool) -> String {
+    let stmts = parse_sql(sql).unwrap();
+    let Statement::CreateStream(stream) = &stmts[0].stmt else { panic!("first statement must be CREATE STREAM") };
+    let (Statement::Select(select) | Statement::CreateQuery { select, .. }) = &stmts[1].stmt else {
+        panic!("second statement must be a SELECT")
+    };
+    let plan = Arc::new(ContinuousPlan::build(stream, select).await.unwrap());
+    let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(stream.fields()));
+    let et = stream.event_time.as_ref().map(|e| schema.index_of(e).unwrap());
+    let mut engine = WindowEngine::new(plan, et, stream.watermark_delay_ms);
+    let mut decoder = JsonDecoder::new(schema).unwrap();
+    let mut out: Vec<Emission> = Vec::new();
+    let mut i = 0;
+    while i < input.len() {
+        match &input[i] {
+            Line::Rec(p, _) => {
+                let mut j = i + 1;
+                if grouped {
+                    while matches!(&input.get(j), Some(Line::Rec(q, _)) if q == p) {
+                        j += 1;
+                    }
+                }
+                let payloads: Vec<&[u8]> = input[i..j]
+                    .iter()
+                    .map(|l| match l {
+                        Line::Rec(_, s) => s.as_bytes(),
+                        _ => unreachable!(),
+                    })
+                    .collect();
+                let (batch, bad) = decoder.decode(&payloads);
+                assert!(bad.is_empty(), "bad input records: {bad:?}");
+                if let Some(b) = batch {
+                    out.extend(engine.process(*p, b, 0).await.unwrap());
+                }
+                i = j;
+            }
+            Line::Idle(now) => {
+                out.extend(engine.close_idle(*now).await.unwrap());
+                i += 1;
+            }
+            Line::Emit(now) => {
+                out.extend(engine.emit_cumulative(*now).await.unwrap());
+                i += 1;
+            }
+        }
+    }
+    let c = &engine.counters;
+    // Windows closing together share an emission only by accident of batching:
+    // show each window's rows on their own, in the order windows closed.
+    let mut windows: Vec<(bool, (i64, i64), RecordBatch)> = Vec::new();
+    for e in &out {
+        let starts = e.batch.column(0).as_primitive::<TimestampMillisecondType>().values().to_vec();
+        let ends = e.batch.column(1).as_primitive::<TimestampMillisecondType>().values().to_vec();
+        let mut keys: Vec<(i64, i64)> = Vec::new();
+        for k in starts.iter().zip(&ends).map(|(s, e)| (*s, *e)) {
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+        keys.sort_by_key(|(s, e)| (*e, *s));
+        for k in keys {
+            let idx: Vec<u32> = (0..starts.len() as u32)
+                .filter(|&i| (starts[i as usize], ends[i as usize]) == k)
+                .collect();
+            let idx = UInt32Array::from(idx);
+            let cols = e.batch.columns().iter().map(|c| take(c, &idx, None).unwrap()).collect();
+            windows.push((e.cumulative, k, RecordBatch::try_new(e.batch.schema(), cols).unwrap()));
+        }
+    }
+    let mut text = String::new();
+    for (cumulative, _, b) in &windows {
+        text.push_str(if *cumulative { "-- cumulative table\n" } else { "-- window\n" });
+        text.push_str(&pretty_format_batches(std::slice::from_ref(b)).unwrap().to_string());
+        text.push('\n');
+    }
+    text.push_str(&format!(
+        "-- records_in={} late={} bad={} windows_closed={} open_windows={}\n",
+        c.records_in.load(std::sync::atomic::Ordering::Relaxed),
+        c.late_records.load(std::sync::atomic::Ordering::Relaxed),
+        c.bad_records.load(std::sync::atomic::Ordering::Relaxed),
+        c.windows_closed.load(std::sync::atomic::Ordering::Relaxed),
+        engine.open_windows(),
+    ));
+    text
+}
+
+#[tokio::test]
+async fn golden_queries() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/queries");
+    let update = std::env::var("RUNNEL_UPDATE_GOLDEN").is_ok_and(|v| v == "1");
+    let mut cases: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+        .collect();
+    cases.sort();
+    assert!(cases.len() >= 10, "expected the query-semantics suite, found {}", cases.len());
+    let mut failures = Vec::new();
+    for sql_path in &cases {
+        let name = sql_path.file_stem().unwrap().to_string_lossy().to_string();
+        let sql = std::fs::read_to_string(sql_path).unwrap();
+        let input = parse_input(&std::fs::read_to_string(sql_path.with_extension("input")).unwrap());
+        let single = run_case(&sql, &input, false).await;
+        let grouped = run_case(&sql, &input, true).await;
+        assert_eq!(single, grouped, "{name}: output depends on batching");
+        let expected_path = sql_path.with_extension("expected");
+        if update {
+            std::fs::write(&expected_path, &single).unwrap();
+            continue;
+        }
+        let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
+        if expected != single {
+            failures.push(format!("{name}:\n--- expected\n{expected}\n--- actual\n{single}"));
+        }
+    }
+    assert!(failures.is_empty(), "golden mismatches (RUNNEL_UPDATE_GOLDEN=1 to accept):\n{}", failures.join("\n"));
+}
