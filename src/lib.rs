@@ -1,8 +1,12 @@
 //! Runnel: continuous windowed SQL over streams.
+pub mod config;
 pub mod error;
 pub mod format;
 pub mod plan;
+pub mod runtime;
+pub mod server;
 pub mod source;
 pub mod sql;
+pub mod store;
 pub mod udaf;
 pub mod window;

@@ -1,1 +1,259 @@
-fn main() {}
+//! The `runnel` command.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use clap::{Parser, Subcommand};
+use runnel::config::{Config, FileConfig};
+use runnel::server::{App, http};
+use runnel::source::generator::{GenKind, ProduceOptions, produce, write_lines};
+
+#[derive(Parser)]
+#[command(
+    name = "runnel",
+    version,
+    about = "Continuous windowed SQL over Kafka streams"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve {
+        /// Config file (TOML); flags and RUNNEL_* variables override it.
+        #[arg(long, env = "RUNNEL_CONFIG", default_value = "runnel.toml")]
+        config: PathBuf,
+        /// HTTP listen address (port 0 picks a free port).
+        #[arg(long, env = "RUNNEL_LISTEN")]
+        listen: Option<String>,
+        /// Default Kafka bootstrap servers.
+        #[arg(long, env = "RUNNEL_BROKERS")]
+        brokers: Option<String>,
+        /// Directory of the embedded store.
+        #[arg(long, env = "RUNNEL_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Run everything on embedded defaults: a Kafka-protocol broker, the
+    /// impression generator, the server and the canonical query.
+    Demo {
+        /// HTTP listen address.
+        #[arg(long, env = "RUNNEL_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Impressions per second.
+        #[arg(long, default_value_t = 2000)]
+        rate: u64,
+    },
+    /// Generate records into a Kafka topic (or stdout with `--brokers -`).
+    Gen {
+        /// What to generate.
+        #[arg(value_enum)]
+        kind: GenKind,
+        /// Kafka bootstrap servers, or `-` for stdout.
+        #[arg(long, env = "RUNNEL_BROKERS", default_value = "127.0.0.1:9092")]
+        brokers: String,
+        /// Topic (default: adnetwork-topic, activity or access-log).
+        #[arg(long)]
+        topic: Option<String>,
+        /// Records per second (default: as fast as possible).
+        #[arg(long)]
+        rate: Option<u64>,
+        /// Records to produce (default: until interrupted).
+        #[arg(long)]
+        count: Option<u64>,
+        /// Random seed.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUNNEL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+async fn serve(config: Config) -> anyhow_free::Result<()> {
+    let listener = tokio::net::TcpListener::bind(&config.listen).await?;
+    let addr = listener.local_addr()?.to_string();
+    let app = App::open(config).await?;
+    println!("runnel listening on http://{addr}");
+    axum::serve(listener, http::router(app.clone()))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    tokio::task::spawn_blocking(move || app.shutdown()).await?;
+    Ok(())
+}
+
+/// Errors of the command line, printed without a backtrace.
+mod anyhow_free {
+    pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+}
+
+const DEMO_SQL: &str = "
+CREATE STREAM impressions (
+  ts TIMESTAMP, publisher TEXT, advertiser TEXT, website TEXT,
+  geo TEXT, bid DOUBLE, cookie TEXT
+) WITH (kafka_topic = 'adnetwork-topic', format = 'json', event_time = 'ts',
+        watermark_delay = '2s', start = 'earliest');
+
+CREATE QUERY adnetwork AS
+SELECT publisher, geo, avg(bid) AS avg_bid, count(*) AS imps,
+       approx_distinct(cookie) AS uniques
+FROM impressions
+WHERE geo <> 'unknown'
+GROUP BY publisher, geo
+WINDOW 10s;
+
+CREATE QUERY adnetwork_sliding AS
+SELECT publisher, geo, avg(bid) AS avg_bid, count(*) AS imps,
+       approx_distinct(cookie) AS uniques
+FROM impressions
+WHERE geo <> 'unknown'
+GROUP BY publisher, geo
+WINDOW 60s SLIDE 10s;
+";
+
+async fn demo(listen: String, rate: u64) -> anyhow_free::Result<()> {
+    let cluster = rdkafka::mocking::MockCluster::new(1)?;
+    cluster.create_topic("adnetwork-topic", 4, 1)?;
+    let brokers = cluster.bootstrap_servers();
+    let data_dir = std::env::temp_dir().join(format!("runnel-demo-{}", std::process::id()));
+    let config = Config {
+        listen,
+        brokers: brokers.clone(),
+        data_dir: data_dir.clone(),
+        ..Config::default()
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let gen_opts = ProduceOptions {
+        brokers: brokers.clone(),
+        topic: "adnetwork-topic".into(),
+        rate: Some(rate),
+        count: None,
+        seed: 42,
+        partitions: None,
+    };
+    let gen_stop = stop.clone();
+    tokio::spawn(async move {
+        if let Err(e) = produce(GenKind::Impressions, &gen_opts, Some(gen_stop)).await {
+            eprintln!("generator stopped: {e}");
+        }
+    });
+    let listener = tokio::net::TcpListener::bind(&config.listen).await?;
+    let addr = listener.local_addr()?.to_string();
+    let app = App::open(config).await?;
+    app.execute_sql(DEMO_SQL).await?;
+    println!("Runnel demo");
+    println!("  broker (Kafka protocol): {brokers}   topic: adnetwork-topic, {rate} impressions/s");
+    println!("  store: {}", data_dir.join("runnel.db").display());
+    println!("  queries: adnetwork (10s tumbling), adnetwork_sliding (60s sliding every 10s)");
+    println!();
+    println!("  curl http://{addr}/queries");
+    println!("  curl 'http://{addr}/queries/adnetwork/results?limit=20'");
+    println!("  curl -d \"SELECT * FROM adnetwork ORDER BY imps DESC LIMIT 5\" http://{addr}/sql");
+    println!();
+    println!("Results appear as each 10 s window closes. Ctrl-C stops.");
+    axum::serve(listener, http::router(app.clone()))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    tokio::task::spawn_blocking(move || app.shutdown()).await?;
+    drop(cluster);
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() {
+    init_tracing();
+    let cli = Cli::parse();
+    let result: anyhow_free::Result<()> = match cli.command {
+        Command::Serve {
+            config,
+            listen,
+            brokers,
+            data_dir,
+        } => {
+            let explicit = std::env::var_os("RUNNEL_CONFIG").is_some()
+                || std::env::args().any(|a| a == "--config" || a.starts_with("--config="));
+            match FileConfig::load(&config, explicit)
+                .and_then(|f| f.resolve(listen, brokers, data_dir))
+            {
+                Ok(c) => serve(c).await,
+                Err(e) => Err(e.into()),
+            }
+        }
+        Command::Demo { listen, rate } => demo(listen, rate).await,
+        Command::Gen {
+            kind,
+            brokers,
+            topic,
+            rate,
+            count,
+            seed,
+        } => {
+            if brokers == "-" {
+                let mut out = std::io::stdout().lock();
+                write_lines(kind, &mut out, rate, count, seed)
+                    .map(|_| ())
+                    .map_err(Into::into)
+            } else {
+                let topic = topic.unwrap_or_else(|| {
+                    match kind {
+                        GenKind::Impressions => "adnetwork-topic",
+                        GenKind::Activity => "activity",
+                        GenKind::AccessLog => "access-log",
+                    }
+                    .to_string()
+                });
+                let opts = ProduceOptions {
+                    brokers,
+                    topic,
+                    rate,
+                    count,
+                    seed,
+                    partitions: None,
+                };
+                let stop = Arc::new(AtomicBool::new(false));
+                let s2 = stop.clone();
+                tokio::spawn(async move {
+                    let _ = tokio::signal::ctrl_c().await;
+                    s2.store(true, std::sync::atomic::Ordering::Relaxed);
+                });
+                match produce(kind, &opts, Some(stop)).await {
+                    Ok(n) => {
+                        eprintln!("produced {n} records");
+                        Ok(())
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}

@@ -35,7 +35,9 @@ fn parse_input(text: &str) -> Vec<Line> {
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(|l| {
-            let (head, rest) = l.split_once(' ').expect("'<partition> <json>' or 'idle <ms>'");
+            let (head, rest) = l
+                .split_once(' ')
+                .expect("'<partition> <json>' or 'idle <ms>'");
             match head {
                 "idle" => Line::Idle(rest.trim().parse().unwrap()),
                 "emit" => Line::Emit(rest.trim().parse().unwrap()),
@@ -47,13 +49,18 @@ fn parse_input(text: &str) -> Vec<Line> {
 
 async fn run_case(sql: &str, input: &[Line], grouped: bool) -> String {
     let stmts = parse_sql(sql).unwrap();
-    let Statement::CreateStream(stream) = &stmts[0].stmt else { panic!("first statement must be CREATE STREAM") };
+    let Statement::CreateStream(stream) = &stmts[0].stmt else {
+        panic!("first statement must be CREATE STREAM")
+    };
     let (Statement::Select(select) | Statement::CreateQuery { select, .. }) = &stmts[1].stmt else {
         panic!("second statement must be a SELECT")
     };
     let plan = Arc::new(ContinuousPlan::build(stream, select).await.unwrap());
     let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(stream.fields()));
-    let et = stream.event_time.as_ref().map(|e| schema.index_of(e).unwrap());
+    let et = stream
+        .event_time
+        .as_ref()
+        .map(|e| schema.index_of(e).unwrap());
     let mut engine = WindowEngine::new(plan, et, stream.watermark_delay_ms);
     let mut decoder = JsonDecoder::new(schema).unwrap();
     let mut out: Vec<Emission> = Vec::new();
@@ -96,8 +103,18 @@ async fn run_case(sql: &str, input: &[Line], grouped: bool) -> String {
     // show each window's rows on their own, in the order windows closed.
     let mut windows: Vec<(bool, (i64, i64), RecordBatch)> = Vec::new();
     for e in &out {
-        let starts = e.batch.column(0).as_primitive::<TimestampMillisecondType>().values().to_vec();
-        let ends = e.batch.column(1).as_primitive::<TimestampMillisecondType>().values().to_vec();
+        let starts = e
+            .batch
+            .column(0)
+            .as_primitive::<TimestampMillisecondType>()
+            .values()
+            .to_vec();
+        let ends = e
+            .batch
+            .column(1)
+            .as_primitive::<TimestampMillisecondType>()
+            .values()
+            .to_vec();
         let mut keys: Vec<(i64, i64)> = Vec::new();
         for k in starts.iter().zip(&ends).map(|(s, e)| (*s, *e)) {
             if !keys.contains(&k) {
@@ -110,14 +127,31 @@ async fn run_case(sql: &str, input: &[Line], grouped: bool) -> String {
                 .filter(|&i| (starts[i as usize], ends[i as usize]) == k)
                 .collect();
             let idx = UInt32Array::from(idx);
-            let cols = e.batch.columns().iter().map(|c| take(c, &idx, None).unwrap()).collect();
-            windows.push((e.cumulative, k, RecordBatch::try_new(e.batch.schema(), cols).unwrap()));
+            let cols = e
+                .batch
+                .columns()
+                .iter()
+                .map(|c| take(c, &idx, None).unwrap())
+                .collect();
+            windows.push((
+                e.cumulative,
+                k,
+                RecordBatch::try_new(e.batch.schema(), cols).unwrap(),
+            ));
         }
     }
     let mut text = String::new();
     for (cumulative, _, b) in &windows {
-        text.push_str(if *cumulative { "-- cumulative table\n" } else { "-- window\n" });
-        text.push_str(&pretty_format_batches(std::slice::from_ref(b)).unwrap().to_string());
+        text.push_str(if *cumulative {
+            "-- cumulative table\n"
+        } else {
+            "-- window\n"
+        });
+        text.push_str(
+            &pretty_format_batches(std::slice::from_ref(b))
+                .unwrap()
+                .to_string(),
+        );
         text.push('\n');
     }
     text.push_str(&format!(
@@ -141,12 +175,17 @@ async fn golden_queries() {
         .filter(|p| p.extension().is_some_and(|x| x == "sql"))
         .collect();
     cases.sort();
-    assert!(cases.len() >= 10, "expected the query-semantics suite, found {}", cases.len());
+    assert!(
+        cases.len() >= 10,
+        "expected the query-semantics suite, found {}",
+        cases.len()
+    );
     let mut failures = Vec::new();
     for sql_path in &cases {
         let name = sql_path.file_stem().unwrap().to_string_lossy().to_string();
         let sql = std::fs::read_to_string(sql_path).unwrap();
-        let input = parse_input(&std::fs::read_to_string(sql_path.with_extension("input")).unwrap());
+        let input =
+            parse_input(&std::fs::read_to_string(sql_path.with_extension("input")).unwrap());
         let single = run_case(&sql, &input, false).await;
         let grouped = run_case(&sql, &input, true).await;
         assert_eq!(single, grouped, "{name}: output depends on batching");
@@ -157,8 +196,14 @@ async fn golden_queries() {
         }
         let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
         if expected != single {
-            failures.push(format!("{name}:\n--- expected\n{expected}\n--- actual\n{single}"));
+            failures.push(format!(
+                "{name}:\n--- expected\n{expected}\n--- actual\n{single}"
+            ));
         }
     }
-    assert!(failures.is_empty(), "golden mismatches (RUNNEL_UPDATE_GOLDEN=1 to accept):\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "golden mismatches (RUNNEL_UPDATE_GOLDEN=1 to accept):\n{}",
+        failures.join("\n")
+    );
 }

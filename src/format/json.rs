@@ -44,7 +44,10 @@ fn classify(e: &ArrowError) -> &'static str {
     let m = e.to_string();
     if m.contains("utf-8") || m.contains("UTF-8") || m.contains("utf8") {
         "invalid_utf8"
-    } else if m.contains("Error while parsing value") || m.contains("Failed to parse") || m.contains("expected") && m.contains("got") {
+    } else if m.contains("Error while parsing value")
+        || m.contains("Failed to parse")
+        || m.contains("expected") && m.contains("got")
+    {
         "wrong_type"
     } else {
         "invalid_json"
@@ -107,10 +110,19 @@ impl JsonDecoder {
                 // The decoder may hold half a value: rebuild it from the good records before.
                 self.reset();
                 self.decode_slice(&payloads[chunk_start..i], chunk_start, &mut parts, &mut bad);
-                bad.push(BadRecord { index: i, reason, detail });
+                bad.push(BadRecord {
+                    index: i,
+                    reason,
+                    detail,
+                });
                 chunk_start = i + 1;
             } else if self.decoder.len() >= MAX_ROWS {
-                self.finish_chunk(&payloads[chunk_start..=i], chunk_start, &mut parts, &mut bad);
+                self.finish_chunk(
+                    &payloads[chunk_start..=i],
+                    chunk_start,
+                    &mut parts,
+                    &mut bad,
+                );
                 chunk_start = i + 1;
             }
             i += 1;
@@ -140,15 +152,21 @@ impl JsonDecoder {
             Err(_) => {
                 self.reset();
                 for (j, p) in chunk.iter().enumerate() {
-                    let one = self
-                        .push(p)
-                        .and_then(|_| self.decoder.flush().map_err(|e| (classify(&e), e.to_string())));
+                    let one = self.push(p).and_then(|_| {
+                        self.decoder
+                            .flush()
+                            .map_err(|e| (classify(&e), e.to_string()))
+                    });
                     match one {
                         Ok(Some(b)) => parts.push(b),
                         Ok(None) => {}
                         Err((reason, detail)) => {
                             self.reset();
-                            bad.push(BadRecord { index: base + j, reason, detail });
+                            bad.push(BadRecord {
+                                index: base + j,
+                                reason,
+                                detail,
+                            });
                         }
                     }
                 }
@@ -176,7 +194,9 @@ impl JsonDecoder {
 mod tests {
     use super::*;
     use datafusion::arrow::array::{Array, AsArray, Float64Array};
-    use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit, TimestampMillisecondType};
+    use datafusion::arrow::datatypes::{
+        DataType, Field, Schema, TimeUnit, TimestampMillisecondType,
+    };
     use std::sync::Arc;
 
     fn schema() -> SchemaRef {

@@ -110,12 +110,16 @@ fn rewrite(select: &SelectSql, stream: &StreamDef) -> Result<ast::Statement> {
     };
     if sel.from.len() != 1 || !sel.from[0].joins.is_empty() {
         return Err(Error::sql(
-            format!("a continuous query reads exactly one stream ({})", stream.name),
+            format!(
+                "a continuous query reads exactly one stream ({})",
+                stream.name
+            ),
             None,
         ));
     }
     for (i, name) in [WINDOW_START, WINDOW_END].iter().enumerate() {
-        sel.projection.insert(i, SelectItem::UnnamedExpr(ident(name)));
+        sel.projection
+            .insert(i, SelectItem::UnnamedExpr(ident(name)));
     }
     match &mut sel.group_by {
         GroupByExpr::Expressions(v, _) => {
@@ -155,7 +159,11 @@ pub fn locate_in(sql: &str, message: &str) -> Option<(u64, u64)> {
         .chars()
         .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '.')
         .collect();
-    let name = name.rsplit('.').next()?.to_ascii_lowercase();
+    let name = name
+        .trim_end_matches('.')
+        .rsplit('.')
+        .next()?
+        .to_ascii_lowercase();
     if name.is_empty() {
         return None;
     }
@@ -182,7 +190,10 @@ pub fn plan_error(sql: &str, e: datafusion::error::DataFusionError) -> Error {
         && let Some(span) = d.span
         && span.start.line > 0
     {
-        return Error::sql(d.message.clone(), Some((span.start.line, span.start.column)));
+        return Error::sql(
+            d.message.clone(),
+            Some((span.start.line, span.start.column)),
+        );
     }
     let message = e.strip_backtrace();
     let location = locate_in(sql, &message);

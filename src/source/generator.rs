@@ -1056,25 +1056,56 @@ mod scratch {
         for kind in [GenKind::Impressions, GenKind::Activity, GenKind::AccessLog] {
             let mut g = Generator::new(kind, 1);
             let mut b = Vec::new();
-            for _ in 0..2 { b.clear(); g.write_record(now_ms(), &mut b); println!("{}", String::from_utf8_lossy(&b)); }
+            for _ in 0..2 {
+                b.clear();
+                g.write_record(now_ms(), &mut b);
+                println!("{}", String::from_utf8_lossy(&b));
+            }
             let start = Instant::now();
             let mut bytes = 0;
-            for _ in 0..1_000_000 { b.clear(); g.write_record(now_ms(), &mut b); bytes += b.len(); }
-            println!("{kind:?}: 1M in {:?}, avg {} B", start.elapsed(), bytes / 1_000_000);
+            for _ in 0..1_000_000 {
+                b.clear();
+                g.write_record(now_ms(), &mut b);
+                bytes += b.len();
+            }
+            println!(
+                "{kind:?}: 1M in {:?}, avg {} B",
+                start.elapsed(),
+                bytes / 1_000_000
+            );
         }
         let start = Instant::now();
-        let n = write_lines(GenKind::Impressions, &mut std::io::sink(), Some(50_000), Some(100_000), 1).unwrap();
+        let n = write_lines(
+            GenKind::Impressions,
+            &mut std::io::sink(),
+            Some(50_000),
+            Some(100_000),
+            1,
+        )
+        .unwrap();
         println!("rate 50000: {n} in {:?}", start.elapsed());
         let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
         cluster.create_topic("t", 4, 1).unwrap();
         let rt = tokio::runtime::Runtime::new().unwrap();
-        let mut opts = ProduceOptions { brokers: cluster.bootstrap_servers(), topic: "t".into(), rate: Some(50_000), count: Some(100_000), seed: 1, partitions: None };
+        let mut opts = ProduceOptions {
+            brokers: cluster.bootstrap_servers(),
+            topic: "t".into(),
+            rate: Some(50_000),
+            count: Some(100_000),
+            seed: 1,
+            partitions: None,
+        };
         let start = Instant::now();
-        let d = rt.block_on(produce(GenKind::Impressions, &opts, None)).unwrap();
+        let d = rt
+            .block_on(produce(GenKind::Impressions, &opts, None))
+            .unwrap();
         println!("kafka rate 50000: {d} in {:?}", start.elapsed());
-        opts.rate = None; opts.count = Some(30_000);
+        opts.rate = None;
+        opts.count = Some(30_000);
         let start = Instant::now();
-        let d = rt.block_on(produce(GenKind::Impressions, &opts, None)).unwrap();
+        let d = rt
+            .block_on(produce(GenKind::Impressions, &opts, None))
+            .unwrap();
         println!("kafka unlimited: {d} in {:?}", start.elapsed());
     }
 }

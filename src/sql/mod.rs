@@ -169,7 +169,12 @@ pub fn parse_sql(body: &str) -> Result<Vec<Parsed>> {
     let src = Source::new(body);
     let tokens = Tokenizer::new(&GenericDialect {}, body)
         .tokenize_with_location()
-        .map_err(|e| Error::sql(e.message.clone(), Some((e.location.line, e.location.column))))?;
+        .map_err(|e| {
+            Error::sql(
+                e.message.clone(),
+                Some((e.location.line, e.location.column)),
+            )
+        })?;
     let mut out = Vec::new();
     let mut stmt: Vec<TokenWithSpan> = Vec::new();
     for tok in tokens {
@@ -235,7 +240,8 @@ impl Source {
             .iter()
             .enumerate()
             .map(|(i, c)| {
-                let inside = i >= keep.0 && i < keep.1 && !blank.iter().any(|b| i >= b.0 && i < b.1);
+                let inside =
+                    i >= keep.0 && i < keep.1 && !blank.iter().any(|b| i >= b.0 && i < b.1);
                 if inside || *c == '\n' { *c } else { ' ' }
             })
             .collect()
@@ -292,7 +298,11 @@ fn parse_one(src: &Source, tokens: &[TokenWithSpan]) -> Result<Parsed> {
     let first = toks[0];
     let range = (start_of(src, first), end_of(src, toks[toks.len() - 1]));
     let text: String = src.chars[range.0..range.1].iter().collect();
-    let kw: Vec<String> = toks.iter().take(3).map(|t| word(t).unwrap_or_default()).collect();
+    let kw: Vec<String> = toks
+        .iter()
+        .take(3)
+        .map(|t| word(t).unwrap_or_default())
+        .collect();
     let kw = |i: usize| kw.get(i).map(String::as_str).unwrap_or("");
     let name_at = |i: usize| -> Result<String> {
         let t = toks
@@ -300,7 +310,10 @@ fn parse_one(src: &Source, tokens: &[TokenWithSpan]) -> Result<Parsed> {
             .ok_or_else(|| Error::sql("expected a name", loc(toks[toks.len() - 1])))?;
         match &t.token {
             Token::Word(w) => Ok(normalize_ident(&w.value, w.quote_style.is_some())),
-            _ => Err(Error::sql(format!("expected a name, found {}", t.token), loc(t))),
+            _ => Err(Error::sql(
+                format!("expected a name, found {}", t.token),
+                loc(t),
+            )),
         }
     };
     let expect_end = |i: usize| -> Result<()> {
@@ -315,7 +328,10 @@ fn parse_one(src: &Source, tokens: &[TokenWithSpan]) -> Result<Parsed> {
             let name = name_at(2)?;
             let as_tok = toks.get(3).filter(|t| word(t).as_deref() == Some("AS"));
             let as_tok = as_tok.ok_or_else(|| {
-                Error::sql("expected AS SELECT ... after the query name", toks.get(3).and_then(|t| loc(t)))
+                Error::sql(
+                    "expected AS SELECT ... after the query name",
+                    toks.get(3).and_then(|t| loc(t)),
+                )
             })?;
             let sel_start = end_of(src, as_tok);
             Statement::CreateQuery {
@@ -325,7 +341,9 @@ fn parse_one(src: &Source, tokens: &[TokenWithSpan]) -> Result<Parsed> {
         }
         ("SELECT", _) | ("WITH", _) => Statement::Select(select(src, &toks, range)?),
         ("EXPLAIN", _) => {
-            let rest = toks.get(1).ok_or_else(|| Error::sql("EXPLAIN needs a SELECT", loc(first)))?;
+            let rest = toks
+                .get(1)
+                .ok_or_else(|| Error::sql("EXPLAIN needs a SELECT", loc(first)))?;
             Statement::Explain(select(src, &toks[1..], (start_of(src, rest), range.1))?)
         }
         ("SHOW", "STREAMS") => {
@@ -370,7 +388,11 @@ fn parse_one(src: &Source, tokens: &[TokenWithSpan]) -> Result<Parsed> {
 
 /// Lower-cases unquoted identifiers, as DataFusion does.
 pub fn normalize_ident(value: &str, quoted: bool) -> String {
-    if quoted { value.to_string() } else { value.to_ascii_lowercase() }
+    if quoted {
+        value.to_string()
+    } else {
+        value.to_ascii_lowercase()
+    }
 }
 
 /// Finds `WINDOW ...`, `EMIT EVERY ...` and `INTO TOPIC '...'` at the top level of
@@ -388,10 +410,14 @@ fn select(src: &Source, toks: &[&TokenWithSpan], range: (usize, usize)) -> Resul
                 let upper = w.value.to_ascii_uppercase();
                 match w.keyword {
                     // `WINDOW w AS (...)` is SQL's named window; ours is never followed by AS.
-                    Keyword::WINDOW if toks.get(i + 2).and_then(|t| word(t)).as_deref() != Some("AS") => {
+                    Keyword::WINDOW
+                        if toks.get(i + 2).and_then(|t| word(t)).as_deref() != Some("AS") =>
+                    {
                         marks.push(("WINDOW", i))
                     }
-                    _ if upper == "EMIT" && next.as_deref() == Some("EVERY") => marks.push(("EMIT", i)),
+                    _ if upper == "EMIT" && next.as_deref() == Some("EVERY") => {
+                        marks.push(("EMIT", i))
+                    }
                     Keyword::INTO if next.as_deref() == Some("TOPIC") => marks.push(("INTO", i)),
                     Keyword::ORDER | Keyword::LIMIT => marks.push(("", i)),
                     _ => {}
@@ -413,10 +439,19 @@ fn select(src: &Source, toks: &[&TokenWithSpan], range: (usize, usize)) -> Resul
         }
         let end_tok = marks.get(m + 1).map(|&(_, j)| j).unwrap_or(toks.len());
         let clause_start = start_of(src, toks[i]);
-        let clause_end = if end_tok < toks.len() { start_of(src, toks[end_tok]) } else { range.1 };
+        let clause_end = if end_tok < toks.len() {
+            start_of(src, toks[end_tok])
+        } else {
+            range.1
+        };
         let body_start = if kind == "WINDOW" { i + 1 } else { i + 2 };
-        let body_from = toks.get(body_start).map(|t| start_of(src, t)).unwrap_or(clause_end);
-        let body: String = src.chars[body_from.min(clause_end)..clause_end].iter().collect();
+        let body_from = toks
+            .get(body_start)
+            .map(|t| start_of(src, t))
+            .unwrap_or(clause_end);
+        let body: String = src.chars[body_from.min(clause_end)..clause_end]
+            .iter()
+            .collect();
         let here = loc(toks[i]);
         match kind {
             "WINDOW" => {
@@ -461,7 +496,9 @@ fn option_value(e: &Expr) -> String {
 }
 
 fn create_stream(text: &str) -> Result<StreamDef> {
-    let mut p = Parser::new(&GenericDialect {}).try_with_sql(text).map_err(parser_error)?;
+    let mut p = Parser::new(&GenericDialect {})
+        .try_with_sql(text)
+        .map_err(parser_error)?;
     p.expect_keyword(Keyword::CREATE).map_err(parser_error)?;
     p.next_token(); // STREAM, checked by the caller
     let name_tok = p.peek_token();
@@ -469,19 +506,28 @@ fn create_stream(text: &str) -> Result<StreamDef> {
     let name = normalize_ident(&name.value, name.quote_style.is_some());
     let (cols, _) = p.parse_columns().map_err(parser_error)?;
     if cols.is_empty() {
-        return Err(Error::sql("a stream needs at least one column", loc(&name_tok)));
+        return Err(Error::sql(
+            "a stream needs at least one column",
+            loc(&name_tok),
+        ));
     }
     let with_tok = p.peek_token();
     let opts = p.parse_options(Keyword::WITH).map_err(parser_error)?;
     let trailing = p.peek_token();
     if trailing.token != Token::EOF && trailing.token != Token::SemiColon {
-        return Err(Error::sql(format!("unexpected {}", trailing.token), loc(&trailing)));
+        return Err(Error::sql(
+            format!("unexpected {}", trailing.token),
+            loc(&trailing),
+        ));
     }
     let mut columns = Vec::new();
     for c in cols {
         let data_type = arrow_type(&c.data_type).ok_or_else(|| {
             Error::sql(
-                format!("unsupported column type {} for column {}", c.data_type, c.name),
+                format!(
+                    "unsupported column type {} for column {}",
+                    c.data_type, c.name
+                ),
                 Some((c.name.span.start.line, c.name.span.start.column)),
             )
         })?;
@@ -498,14 +544,25 @@ fn create_stream(text: &str) -> Result<StreamDef> {
                 options.insert(key.value.to_ascii_lowercase(), option_value(&value));
             }
             other => {
-                return Err(Error::sql(format!("unsupported option {other}"), loc(&with_tok)));
+                return Err(Error::sql(
+                    format!("unsupported option {other}"),
+                    loc(&with_tok),
+                ));
             }
         }
     }
     let bad = |m: String| Error::sql(m, loc(&with_tok));
     for k in options.keys() {
-        if !["kafka_topic", "format", "event_time", "watermark_delay", "start", "brokers", "source"]
-            .contains(&k.as_str())
+        if ![
+            "kafka_topic",
+            "format",
+            "event_time",
+            "watermark_delay",
+            "start",
+            "brokers",
+            "source",
+        ]
+        .contains(&k.as_str())
         {
             return Err(bad(format!(
                 "unknown stream option '{k}'; known: kafka_topic, format, event_time, watermark_delay, start, brokers, source"
@@ -521,28 +578,43 @@ fn create_stream(text: &str) -> Result<StreamDef> {
         .get("kafka_topic")
         .cloned()
         .ok_or_else(|| bad("a stream needs WITH (kafka_topic = '...')".into()))?;
-    let format = match options.get("format").map(|s| s.to_ascii_lowercase()).as_deref() {
+    let format = match options
+        .get("format")
+        .map(|s| s.to_ascii_lowercase())
+        .as_deref()
+    {
         None | Some("json") => Format::Json,
         Some(f) => return Err(bad(format!("unsupported format '{f}'; supported: json"))),
     };
     let event_time = options.get("event_time").map(|s| s.to_ascii_lowercase());
     if let Some(et) = &event_time {
-        let col = columns
-            .iter_mut()
-            .find(|c| &c.name == et)
-            .ok_or_else(|| bad(format!("event_time column '{et}' is not a column of the stream")))?;
+        let col = columns.iter_mut().find(|c| &c.name == et).ok_or_else(|| {
+            bad(format!(
+                "event_time column '{et}' is not a column of the stream"
+            ))
+        })?;
         if !matches!(col.data_type, DataType::Timestamp(_, _) | DataType::Int64) {
-            return Err(bad(format!("event_time column '{et}' must be TIMESTAMP or BIGINT")));
+            return Err(bad(format!(
+                "event_time column '{et}' must be TIMESTAMP or BIGINT"
+            )));
         }
     }
     let watermark_delay_ms = match options.get("watermark_delay") {
         Some(d) => parse_duration(d).map_err(|e| bad(format!("watermark_delay: {e}")))?,
         None => 0,
     };
-    let start = match options.get("start").map(|s| s.to_ascii_lowercase()).as_deref() {
+    let start = match options
+        .get("start")
+        .map(|s| s.to_ascii_lowercase())
+        .as_deref()
+    {
         None | Some("latest") => StartFrom::Latest,
         Some("earliest") => StartFrom::Earliest,
-        Some(s) => return Err(bad(format!("start must be 'earliest' or 'latest', not '{s}'"))),
+        Some(s) => {
+            return Err(bad(format!(
+                "start must be 'earliest' or 'latest', not '{s}'"
+            )));
+        }
     };
     Ok(StreamDef {
         name,
@@ -563,15 +635,26 @@ fn arrow_type(t: &ast::DataType) -> Option<DataType> {
     use ast::DataType as D;
     Some(match t {
         D::Boolean | D::Bool => DataType::Boolean,
-        D::TinyInt(_) | D::SmallInt(_) | D::Int(_) | D::Integer(_) | D::Int4(_) | D::Int32 => DataType::Int32,
+        D::TinyInt(_) | D::SmallInt(_) | D::Int(_) | D::Integer(_) | D::Int4(_) | D::Int32 => {
+            DataType::Int32
+        }
         D::BigInt(_) | D::Int8(_) | D::Int64 => DataType::Int64,
         D::Real | D::Float4 | D::Float32 => DataType::Float32,
-        D::Float(_) | D::Double(_) | D::DoublePrecision | D::Float8 | D::Float64 => DataType::Float64,
-        D::Text | D::String(_) | D::Varchar(_) | D::Char(_) | D::CharVarying(_) | D::Character(_) => DataType::Utf8,
+        D::Float(_) | D::Double(_) | D::DoublePrecision | D::Float8 | D::Float64 => {
+            DataType::Float64
+        }
+        D::Text
+        | D::String(_)
+        | D::Varchar(_)
+        | D::Char(_)
+        | D::CharVarying(_)
+        | D::Character(_) => DataType::Utf8,
         D::Timestamp(_, _) | D::Datetime(_) => DataType::Timestamp(TimeUnit::Millisecond, None),
         D::Date => DataType::Date32,
         D::Decimal(info) | D::Numeric(info) => match info {
-            ast::ExactNumberInfo::PrecisionAndScale(p, s) => DataType::Decimal128(*p as u8, *s as i8),
+            ast::ExactNumberInfo::PrecisionAndScale(p, s) => {
+                DataType::Decimal128(*p as u8, *s as i8)
+            }
             ast::ExactNumberInfo::Precision(p) => DataType::Decimal128(*p as u8, 0),
             ast::ExactNumberInfo::None => DataType::Decimal128(38, 10),
         },
@@ -589,7 +672,9 @@ mod tests {
             "CREATE STREAM impressions (ts TIMESTAMP, publisher TEXT, bid DOUBLE)\n WITH (kafka_topic = 'adnetwork-topic', format = 'json', event_time = 'ts', watermark_delay = '5s', start = 'earliest')",
         )
         .unwrap();
-        let Statement::CreateStream(s) = p.stmt else { panic!() };
+        let Statement::CreateStream(s) = p.stmt else {
+            panic!()
+        };
         assert_eq!(s.name, "impressions");
         assert_eq!(s.topic, "adnetwork-topic");
         assert_eq!(s.columns.len(), 3);
@@ -603,7 +688,9 @@ mod tests {
     fn select_clauses_are_blanked_in_place() {
         let sql = "SELECT geo, count(*)\nFROM imps GROUP BY geo\nWINDOW 60s SLIDE 10s GRACE 2s\nORDER BY 2 DESC LIMIT 3";
         let p = parse_statement(sql).unwrap();
-        let Statement::Select(s) = p.stmt else { panic!() };
+        let Statement::Select(s) = p.stmt else {
+            panic!()
+        };
         assert_eq!(s.sql.len(), sql.len());
         assert!(!s.sql.contains("WINDOW"));
         assert!(s.sql.contains("ORDER BY 2 DESC LIMIT 3"));
@@ -617,7 +704,9 @@ mod tests {
             "CREATE QUERY scores AS SELECT user_id, sum(score) FROM a GROUP BY user_id EMIT EVERY 5s INTO TOPIC 'out'",
         )
         .unwrap();
-        let Statement::CreateQuery { name, select } = p.stmt else { panic!() };
+        let Statement::CreateQuery { name, select } = p.stmt else {
+            panic!()
+        };
         assert_eq!(name, "scores");
         assert_eq!(select.emit_ms, Some(5000));
         assert_eq!(select.into_topic.as_deref(), Some("out"));
@@ -640,6 +729,12 @@ mod tests {
     fn multiple_statements() {
         let v = parse_sql("SHOW STREAMS; ;\nDROP QUERY IF EXISTS q;\nDESCRIBE s").unwrap();
         assert_eq!(v.len(), 3);
-        assert!(matches!(v[1].stmt, Statement::DropQuery { if_exists: true, .. }));
+        assert!(matches!(
+            v[1].stmt,
+            Statement::DropQuery {
+                if_exists: true,
+                ..
+            }
+        ));
     }
 }

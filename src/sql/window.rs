@@ -79,7 +79,12 @@ impl WindowSpec {
 
 /// Formats ms as the shortest exact unit (`10s`, `1m`, `500ms`).
 pub fn fmt_duration(ms: i64) -> String {
-    for (unit, n) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
+    for (unit, n) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+    ] {
         if ms != 0 && ms % n == 0 {
             return format!("{}{unit}", ms / n);
         }
@@ -243,7 +248,9 @@ mod tests {
             WindowKind::Tumbling { size_ms: 10_000 }
         );
         assert_eq!(
-            parse_window_clause("TUMBLING (SIZE 10 SECONDS)").unwrap().kind,
+            parse_window_clause("TUMBLING (SIZE 10 SECONDS)")
+                .unwrap()
+                .kind,
             WindowKind::Tumbling { size_ms: 10_000 }
         );
         assert_eq!(

@@ -8,7 +8,7 @@
 //!   [`HASH_SEED`]), so sketches saved by one process merge correctly in
 //!   another;
 //! * a compact, versioned state: one `Binary` value holding the serialised
-//!   sketch (a few bytes for a handful of values, about 13 KiB at most);
+//!   sketch (a few dozen bytes for a handful of values, about 13 KiB at most);
 //! * good accuracy at low cardinality: HyperLogLog++ keeps a sparse list of
 //!   hashes until it would outgrow the dense registers, so small counts are
 //!   exact or very nearly so. Large counts have a standard error of about

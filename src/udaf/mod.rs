@@ -9,6 +9,11 @@
 //! * `approx_percentile(expr, q)`: another name for DataFusion's t-digest
 //!   `approx_percentile_cont(expr, q)`.
 //!
+//! Registration affects SQL and name lookups. DataFrame code should build
+//! the call from [`approx_distinct_udaf`] (`approx_distinct_udaf().call(args)`)
+//! rather than `datafusion::functions_aggregate::expr_fn::approx_distinct`,
+//! which is bound to the built-in.
+//!
 //! # Example
 //!
 //! ```

@@ -173,7 +173,9 @@ impl WindowEngine {
         arrival_ms: i64,
     ) -> Result<Vec<Emission>> {
         let n = batch.num_rows();
-        self.counters.records_in.fetch_add(n as u64, Ordering::Relaxed);
+        self.counters
+            .records_in
+            .fetch_add(n as u64, Ordering::Relaxed);
         if n == 0 {
             return Ok(vec![]);
         }
@@ -184,7 +186,11 @@ impl WindowEngine {
             }
             None => (vec![arrival_ms; n], None),
         };
-        let mut pm = self.partition_max.get(&partition).copied().unwrap_or(i64::MIN);
+        let mut pm = self
+            .partition_max
+            .get(&partition)
+            .copied()
+            .unwrap_or(i64::MIN);
         let mut idx: Vec<u32> = Vec::with_capacity(n);
         let mut starts: Vec<i64> = Vec::with_capacity(n);
         let mut ends: Vec<i64> = Vec::with_capacity(n);
@@ -230,7 +236,9 @@ impl WindowEngine {
             late += u64::from(dropped);
             pm = pm.max(t);
         }
-        self.counters.late_records.fetch_add(late, Ordering::Relaxed);
+        self.counters
+            .late_records
+            .fetch_add(late, Ordering::Relaxed);
         self.counters.bad_records.fetch_add(bad, Ordering::Relaxed);
         if pm != i64::MIN {
             self.partition_max.insert(partition, pm);
@@ -309,7 +317,10 @@ impl WindowEngine {
                     self.counters.windows_closed.fetch_add(1, Ordering::Relaxed);
                     self.counters.last_window_end.store(end, Ordering::Relaxed);
                     if let Some(batch) = concat(&self.plan, rows)? {
-                        out.push(Emission { batch, cumulative: false });
+                        out.push(Emission {
+                            batch,
+                            cumulative: false,
+                        });
                     }
                 }
             }
@@ -351,12 +362,18 @@ impl WindowEngine {
         // window_end of a cumulative row is the time it was computed as of.
         let as_of = self.watermark().unwrap_or(now_ms);
         let mut cols = batch.columns().to_vec();
-        cols[1] = Arc::new(TimestampMillisecondArray::from(vec![as_of; batch.num_rows()]));
+        cols[1] = Arc::new(TimestampMillisecondArray::from(vec![
+            as_of;
+            batch.num_rows()
+        ]));
         let batch = RecordBatch::try_new(batch.schema(), cols)?;
         self.counters
             .rows_emitted
             .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
-        Ok(vec![Emission { batch, cumulative: true }])
+        Ok(vec![Emission {
+            batch,
+            cumulative: true,
+        }])
     }
 
     async fn close_sessions(&mut self, wm: i64) -> Result<Option<Emission>> {
@@ -375,7 +392,10 @@ impl WindowEngine {
                 vec![Vec::new(); all.num_rows()]
             } else {
                 let conv = RowConverter::new(
-                    key_cols.iter().map(|c| SortField::new(c.data_type().clone())).collect(),
+                    key_cols
+                        .iter()
+                        .map(|c| SortField::new(c.data_type().clone()))
+                        .collect(),
                 )?;
                 let rows = conv.convert_columns(&key_cols)?;
                 rows.iter().map(|r| r.as_ref().to_vec()).collect()
@@ -426,8 +446,14 @@ impl WindowEngine {
         let closed = take_rows(&all, closed_idx)?;
         let mut cols = closed.columns().to_vec();
         let ty = self.plan.state_schema.field(0).data_type().clone();
-        cols[0] = cast(&(Arc::new(TimestampMillisecondArray::from(new_start)) as ArrayRef), &ty)?;
-        cols[1] = cast(&(Arc::new(TimestampMillisecondArray::from(new_end)) as ArrayRef), &ty)?;
+        cols[0] = cast(
+            &(Arc::new(TimestampMillisecondArray::from(new_start)) as ArrayRef),
+            &ty,
+        )?;
+        cols[1] = cast(
+            &(Arc::new(TimestampMillisecondArray::from(new_end)) as ArrayRef),
+            &ty,
+        )?;
         let closed = RecordBatch::try_new(closed.schema(), cols)?;
         let rows = self.plan.close(vec![closed]).await?;
         let batch = concat(&self.plan, rows)?;
@@ -440,7 +466,10 @@ impl WindowEngine {
                 self.counters.last_window_end.store(*m, Ordering::Relaxed);
             }
         }
-        Ok(batch.map(|batch| Emission { batch, cumulative: false }))
+        Ok(batch.map(|batch| Emission {
+            batch,
+            cumulative: false,
+        }))
     }
 
     /// Serialises the open windows, watermarks and lateness frontier.
@@ -454,7 +483,12 @@ impl WindowEngine {
         let mut out = (header.len() as u32).to_le_bytes().to_vec();
         out.extend_from_slice(&header);
         let mut w = StreamWriter::try_new(&mut out, &self.plan.state_schema)?;
-        for b in self.windows.values().flat_map(|w| &w.batches).chain(&self.sessions.batches) {
+        for b in self
+            .windows
+            .values()
+            .flat_map(|w| &w.batches)
+            .chain(&self.sessions.batches)
+        {
             w.write(b)?;
         }
         w.finish()?;
@@ -469,8 +503,9 @@ impl WindowEngine {
             return Err(bad("too short"));
         }
         let hl = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
-        let header: CheckpointHeader = serde_json::from_slice(&bytes[4..4 + hl.min(bytes.len() - 4)])
-            .map_err(|e| bad(&e.to_string()))?;
+        let header: CheckpointHeader =
+            serde_json::from_slice(&bytes[4..4 + hl.min(bytes.len() - 4)])
+                .map_err(|e| bad(&e.to_string()))?;
         let reader = StreamReader::try_new(&bytes[4 + hl..], None)?;
         if reader.schema().fields() != self.plan.state_schema.fields() {
             return Err(bad("state schema differs"));
@@ -534,8 +569,14 @@ async fn compact(plan: &ContinuousPlan, buf: &mut WindowBuf) -> Result<()> {
 
 /// Splits partial states by their (end, start) window.
 fn split_by_window(b: &RecordBatch) -> Result<Vec<((i64, i64), RecordBatch)>> {
-    let starts = b.column(0).as_primitive::<TimestampMillisecondType>().values();
-    let ends = b.column(1).as_primitive::<TimestampMillisecondType>().values();
+    let starts = b
+        .column(0)
+        .as_primitive::<TimestampMillisecondType>()
+        .values();
+    let ends = b
+        .column(1)
+        .as_primitive::<TimestampMillisecondType>()
+        .values();
     if starts.is_empty() {
         return Ok(vec![]);
     }
@@ -544,7 +585,10 @@ fn split_by_window(b: &RecordBatch) -> Result<Vec<((i64, i64), RecordBatch)>> {
     }
     let mut groups: HashMap<(i64, i64), Vec<u32>> = HashMap::new();
     for i in 0..starts.len() {
-        groups.entry((ends[i], starts[i])).or_default().push(i as u32);
+        groups
+            .entry((ends[i], starts[i]))
+            .or_default()
+            .push(i as u32);
     }
     groups
         .into_iter()

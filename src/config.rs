@@ -1,0 +1,94 @@
+//! Server settings: command-line flags, `RUNNEL_*` environment variables and
+//! an optional `runnel.toml`, in that order of precedence.
+//!
+//! ```
+//! let c: runnel::config::FileConfig = toml::from_str("listen = '0.0.0.0:8080'\nbrokers = 'kafka:9092'").unwrap();
+//! assert_eq!(c.brokers.as_deref(), Some("kafka:9092"));
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// Effective server settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// HTTP listen address.
+    pub listen: String,
+    /// Default Kafka bootstrap servers.
+    pub brokers: String,
+    /// Directory of the embedded store.
+    pub data_dir: PathBuf,
+    /// Longest time between checkpoints while records flow.
+    pub checkpoint_interval: Duration,
+    /// Quiet time after which windows close on the wall clock.
+    pub idle_after: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".into(),
+            brokers: "127.0.0.1:9092".into(),
+            data_dir: PathBuf::from("runnel-data"),
+            checkpoint_interval: Duration::from_secs(1),
+            idle_after: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The optional `runnel.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// HTTP listen address.
+    pub listen: Option<String>,
+    /// Kafka bootstrap servers.
+    pub brokers: Option<String>,
+    /// Store directory.
+    pub data_dir: Option<PathBuf>,
+    /// Checkpoint interval, e.g. `1s`.
+    pub checkpoint_interval: Option<String>,
+    /// Idle time before wall-clock window close, e.g. `1s`.
+    pub idle_after: Option<String>,
+}
+
+impl FileConfig {
+    /// Reads `path`; a missing file is an error only when `required`.
+    pub fn load(path: &Path, required: bool) -> Result<Self> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => toml::from_str(&text)
+                .map_err(|e| Error::BadRequest(format!("{}: {e}", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Ok(Self::default()),
+            Err(e) => Err(Error::BadRequest(format!("{}: {e}", path.display()))),
+        }
+    }
+
+    /// Merges flags/env (`Some` wins) over this file over defaults.
+    pub fn resolve(
+        self,
+        listen: Option<String>,
+        brokers: Option<String>,
+        data_dir: Option<PathBuf>,
+    ) -> Result<Config> {
+        let d = Config::default();
+        let dur = |v: Option<String>, def: Duration| -> Result<Duration> {
+            match v {
+                Some(s) => crate::sql::window::parse_duration(&s)
+                    .map(|ms| Duration::from_millis(ms as u64))
+                    .map_err(Error::BadRequest),
+                None => Ok(def),
+            }
+        };
+        Ok(Config {
+            listen: listen.or(self.listen).unwrap_or(d.listen),
+            brokers: brokers.or(self.brokers).unwrap_or(d.brokers),
+            data_dir: data_dir.or(self.data_dir).unwrap_or(d.data_dir),
+            checkpoint_interval: dur(self.checkpoint_interval, d.checkpoint_interval)?,
+            idle_after: dur(self.idle_after, d.idle_after)?,
+        })
+    }
+}

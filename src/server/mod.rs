@@ -1,0 +1,646 @@
+//! The Runnel server: catalog of streams and queries, statement execution,
+//! and the HTTP API ([`http`]).
+//!
+//! ```no_run
+//! # async fn f() -> runnel::error::Result<()> {
+//! use runnel::config::Config;
+//! use runnel::server::App;
+//! let app = App::open(Config::default()).await?;
+//! app.execute_sql("CREATE STREAM s (ts TIMESTAMP, k TEXT) WITH (kafka_topic = 't', event_time = 'ts')").await?;
+//! app.execute_sql("CREATE QUERY per_k AS SELECT k, count(*) FROM s GROUP BY k WINDOW 10s").await?;
+//! # Ok(()) }
+//! ```
+
+pub mod http;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::datasource::MemTable;
+use datafusion::execution::context::SQLOptions;
+use datafusion::sql::sqlparser::ast::{self, SetExpr, TableFactor};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+use serde_json::{Value, json};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::plan::{ContinuousPlan, new_context, plan_error};
+use crate::runtime::{QueryStatus, QueryTask};
+use crate::sql::{
+    Parsed, SelectSql, Statement, StreamDef, normalize_ident, parse_sql, parse_statement,
+};
+use crate::store::Store;
+use crate::window::Counters;
+
+/// A declared stream.
+pub struct StreamEntry {
+    /// Its definition.
+    pub def: StreamDef,
+    /// The statement that created it.
+    pub sql: String,
+}
+
+/// A registered continuous query.
+pub struct QueryEntry {
+    /// Name; also its id and its results table.
+    pub name: String,
+    /// The `CREATE QUERY` statement.
+    pub sql: String,
+    /// The stream it reads.
+    pub stream: String,
+    /// Compiled plan.
+    pub plan: Arc<ContinuousPlan>,
+    /// Live counters.
+    pub counters: Arc<Counters>,
+    /// Run status.
+    pub status: Arc<Mutex<QueryStatus>>,
+    stop: Arc<AtomicBool>,
+    handle: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl QueryEntry {
+    /// Current status.
+    pub fn status(&self) -> QueryStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// The server's state.
+pub struct App {
+    /// Settings.
+    pub config: Config,
+    /// The store.
+    pub store: Store,
+    streams: RwLock<BTreeMap<String, Arc<StreamEntry>>>,
+    queries: RwLock<BTreeMap<String, Arc<QueryEntry>>>,
+}
+
+fn columns_json(schema: &SchemaRef) -> Value {
+    Value::Array(
+        schema
+            .fields()
+            .iter()
+            .map(|f| json!({"name": f.name(), "type": f.data_type().to_string()}))
+            .collect(),
+    )
+}
+
+/// Converts batches to `{"columns": [...], "rows": [[...]]}`.
+pub fn batches_json(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Value> {
+    let mut buf = Vec::new();
+    {
+        let mut w = arrow_json::ArrayWriter::new(&mut buf);
+        for b in batches {
+            w.write(b)?;
+        }
+        w.finish()?;
+    }
+    let objects: Vec<serde_json::Map<String, Value>> = if buf.is_empty() {
+        vec![]
+    } else {
+        serde_json::from_slice(&buf).map_err(|e| Error::Execution(e.to_string()))?
+    };
+    let rows: Vec<Value> = objects
+        .into_iter()
+        .map(|mut o| {
+            Value::Array(
+                schema
+                    .fields()
+                    .iter()
+                    .map(|f| o.remove(f.name()).unwrap_or(Value::Null))
+                    .collect(),
+            )
+        })
+        .collect();
+    Ok(json!({"columns": columns_json(schema), "rows": rows}))
+}
+
+fn table_rows(columns: &[&str], rows: Vec<Vec<Value>>) -> Value {
+    let cols: Vec<Value> = columns
+        .iter()
+        .map(|c| json!({"name": c, "type": "Utf8"}))
+        .collect();
+    json!({"columns": cols, "rows": rows})
+}
+
+fn fmt_ms(ms: i64) -> Value {
+    if ms == i64::MIN {
+        Value::Null
+    } else {
+        Value::String(crate::store::sqlite::format_ts(ms))
+    }
+}
+
+/// A table name a statement reads, with where it appears.
+type Relation = (String, Option<(u64, u64)>);
+
+/// Names of the tables a SELECT reads at its top level (FROM and JOINs).
+fn relations(sql: &str) -> Result<Vec<Relation>> {
+    let stmt = Parser::new(&GenericDialect {})
+        .try_with_sql(sql)
+        .and_then(|mut p| p.parse_statement())
+        .map_err(crate::sql::parser_error)?;
+    let mut out = Vec::new();
+    if let ast::Statement::Query(q) = &stmt
+        && let SetExpr::Select(s) = q.body.as_ref()
+    {
+        for t in &s.from {
+            for f in std::iter::once(&t.relation).chain(t.joins.iter().map(|j| &j.relation)) {
+                if let TableFactor::Table { name, .. } = f
+                    && let Some(ast::ObjectNamePart::Identifier(id)) = name.0.last()
+                {
+                    out.push((
+                        normalize_ident(&id.value, id.quote_style.is_some()),
+                        Some((id.span.start.line, id.span.start.column)).filter(|l| l.0 > 0),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl App {
+    /// Opens the store under the configured data dir and resumes every saved query.
+    pub async fn open(config: Config) -> Result<Arc<Self>> {
+        let store = Store::open(&config.data_dir)?;
+        let app = Arc::new(App {
+            config,
+            store: store.clone(),
+            streams: RwLock::new(BTreeMap::new()),
+            queries: RwLock::new(BTreeMap::new()),
+        });
+        for (name, sql) in store.list_streams()? {
+            match parse_statement(&sql)?.stmt {
+                Statement::CreateStream(def) => {
+                    app.streams
+                        .write()
+                        .expect("lock")
+                        .insert(name, Arc::new(StreamEntry { def, sql }));
+                }
+                _ => {
+                    return Err(Error::Execution(format!(
+                        "stored stream {name} is not a CREATE STREAM"
+                    )));
+                }
+            }
+        }
+        for (name, sql) in store.list_queries()? {
+            let Statement::CreateQuery { select, .. } = parse_statement(&sql)?.stmt else {
+                return Err(Error::Execution(format!(
+                    "stored query {name} is not a CREATE QUERY"
+                )));
+            };
+            app.start_query(&name, &sql, &select, false).await?;
+        }
+        Ok(app)
+    }
+
+    /// The stream named `name`.
+    pub fn stream(&self, name: &str) -> Result<Arc<StreamEntry>> {
+        self.streams
+            .read()
+            .expect("lock")
+            .get(&name.to_ascii_lowercase())
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("stream '{name}' does not exist")))
+    }
+
+    /// The query named `name`.
+    pub fn query(&self, name: &str) -> Result<Arc<QueryEntry>> {
+        self.queries
+            .read()
+            .expect("lock")
+            .get(&name.to_ascii_lowercase())
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("query '{name}' does not exist")))
+    }
+
+    /// All queries.
+    pub fn queries(&self) -> Vec<Arc<QueryEntry>> {
+        self.queries
+            .read()
+            .expect("lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// All streams.
+    pub fn streams(&self) -> Vec<Arc<StreamEntry>> {
+        self.streams
+            .read()
+            .expect("lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Runs every statement in `body` in order; stops at the first error.
+    pub async fn execute_sql(&self, body: &str) -> Result<Vec<Value>> {
+        let mut out = Vec::new();
+        for p in parse_sql(body)? {
+            let mut r = self.execute(&p).await?;
+            r["statement"] = Value::String(p.text.clone());
+            out.push(r);
+        }
+        Ok(out)
+    }
+
+    async fn execute(&self, p: &Parsed) -> Result<Value> {
+        Ok(match &p.stmt {
+            Statement::CreateStream(def) => {
+                if self.streams.read().expect("lock").contains_key(&def.name)
+                    || self.queries.read().expect("lock").contains_key(&def.name)
+                {
+                    return Err(Error::Conflict(format!("'{}' already exists", def.name)));
+                }
+                self.store.save_stream(&def.name, &p.text)?;
+                self.streams.write().expect("lock").insert(
+                    def.name.clone(),
+                    Arc::new(StreamEntry {
+                        def: def.clone(),
+                        sql: p.text.clone(),
+                    }),
+                );
+                json!({"kind": "create_stream", "message": format!("stream {} created", def.name), "stream": def.name})
+            }
+            Statement::CreateQuery { name, select } => {
+                let q = self
+                    .create_query(Some(name.clone()), select, &p.text)
+                    .await?;
+                json!({"kind": "create_query", "message": format!("query {} created", q.name), "query": self.query_json(&q, false)})
+            }
+            Statement::Select(select) => {
+                if self.reads_stream(&select.sql)? {
+                    let q = self.create_query(None, select, &p.text).await?;
+                    json!({"kind": "create_query", "message": format!("query {} created", q.name), "query": self.query_json(&q, false)})
+                } else {
+                    let (schema, batches) = self.pull(select).await?;
+                    let mut v = batches_json(&schema, &batches)?;
+                    v["kind"] = json!("rows");
+                    v
+                }
+            }
+            Statement::Explain(select) => {
+                let stream = self.stream_of(&select.sql)?;
+                let plan = ContinuousPlan::build(&stream.def, select).await?;
+                let text = plan.explain();
+                let rows = text
+                    .lines()
+                    .map(|l| vec![Value::String(l.to_string())])
+                    .collect();
+                let mut v = table_rows(&["plan"], rows);
+                v["kind"] = json!("rows");
+                v
+            }
+            Statement::ShowStreams => {
+                let rows = self
+                    .streams()
+                    .iter()
+                    .map(|s| {
+                        vec![
+                            json!(s.def.name),
+                            json!(s.def.topic),
+                            json!(format!("{:?}", s.def.format).to_lowercase()),
+                            json!(s.def.event_time),
+                            json!(self.readers(&s.def.name).len()),
+                        ]
+                    })
+                    .collect();
+                let mut v = table_rows(&["name", "topic", "format", "event_time", "queries"], rows);
+                v["kind"] = json!("rows");
+                v
+            }
+            Statement::ShowQueries => {
+                let rows = self
+                    .queries()
+                    .iter()
+                    .map(|q| {
+                        let c = &q.counters;
+                        vec![
+                            json!(q.name),
+                            json!(q.stream),
+                            json!(q.status().label()),
+                            json!(q.plan.window.describe()),
+                            json!(c.records_in.load(Ordering::Relaxed)),
+                            json!(c.windows_closed.load(Ordering::Relaxed)),
+                            fmt_ms(c.watermark.load(Ordering::Relaxed)),
+                        ]
+                    })
+                    .collect();
+                let mut v = table_rows(
+                    &[
+                        "name",
+                        "stream",
+                        "status",
+                        "window",
+                        "records_in",
+                        "windows_closed",
+                        "watermark",
+                    ],
+                    rows,
+                );
+                v["kind"] = json!("rows");
+                v
+            }
+            Statement::Describe(name) => {
+                let (rows, kind) = if let Ok(s) = self.stream(name) {
+                    let rows = s
+                        .def
+                        .columns
+                        .iter()
+                        .map(|c| vec![json!(c.name), json!(c.sql_type)])
+                        .collect();
+                    (rows, "stream")
+                } else {
+                    let q = self.query(name).map_err(|_| {
+                        Error::NotFound(format!("no stream or query named '{name}'"))
+                    })?;
+                    let rows = q
+                        .plan
+                        .output_schema
+                        .fields()
+                        .iter()
+                        .map(|f| vec![json!(f.name()), json!(f.data_type().to_string())])
+                        .collect();
+                    (rows, "query")
+                };
+                let mut v = table_rows(&["column", "type"], rows);
+                v["kind"] = json!("rows");
+                v["object"] = json!(kind);
+                v
+            }
+            Statement::DropQuery { name, if_exists } => {
+                match self.drop_query(name) {
+                    Err(Error::NotFound(_)) if *if_exists => {}
+                    other => other?,
+                }
+                json!({"kind": "drop_query", "message": format!("query {name} dropped")})
+            }
+            Statement::DropStream { name, if_exists } => {
+                match self.drop_stream(name) {
+                    Err(Error::NotFound(_)) if *if_exists => {}
+                    other => other?,
+                }
+                json!({"kind": "drop_stream", "message": format!("stream {name} dropped")})
+            }
+        })
+    }
+
+    fn reads_stream(&self, sql: &str) -> Result<bool> {
+        let streams = self.streams.read().expect("lock");
+        Ok(relations(sql)?.iter().any(|(n, _)| streams.contains_key(n)))
+    }
+
+    fn stream_of(&self, sql: &str) -> Result<Arc<StreamEntry>> {
+        let rels = relations(sql)?;
+        let streams = self.streams.read().expect("lock");
+        for (n, _) in &rels {
+            if let Some(s) = streams.get(n) {
+                return Ok(s.clone());
+            }
+        }
+        let (name, loc) = rels
+            .first()
+            .cloned()
+            .ok_or_else(|| Error::sql("a continuous query needs FROM <stream>", None))?;
+        Err(Error::sql(format!("stream '{name}' does not exist"), loc))
+    }
+
+    /// Queries reading stream `name`.
+    pub fn readers(&self, name: &str) -> Vec<String> {
+        self.queries()
+            .iter()
+            .filter(|q| q.stream == name)
+            .map(|q| q.name.clone())
+            .collect()
+    }
+
+    /// Registers and starts a continuous query (named automatically when `name` is None).
+    pub async fn create_query(
+        &self,
+        name: Option<String>,
+        select: &SelectSql,
+        text: &str,
+    ) -> Result<Arc<QueryEntry>> {
+        let (name, sql) = match name {
+            Some(n) => (n, text.to_string()),
+            None => {
+                let taken = |n: &str| {
+                    self.queries.read().expect("lock").contains_key(n)
+                        || self.streams.read().expect("lock").contains_key(n)
+                };
+                let mut i = self.queries.read().expect("lock").len() + 1;
+                while taken(&format!("query_{i}")) {
+                    i += 1;
+                }
+                let n = format!("query_{i}");
+                let sql = format!("CREATE QUERY {n} AS {text}");
+                (n, sql)
+            }
+        };
+        if self.queries.read().expect("lock").contains_key(&name)
+            || self.streams.read().expect("lock").contains_key(&name)
+        {
+            return Err(Error::Conflict(format!("'{name}' already exists")));
+        }
+        if name.starts_with("runnel_") || name.starts_with("sqlite_") {
+            return Err(Error::BadRequest(format!(
+                "'{name}': names starting with runnel_ or sqlite_ are reserved"
+            )));
+        }
+        if select.into_topic.is_some() {
+            return Err(Error::BadRequest("INTO TOPIC is not supported yet".into()));
+        }
+        // Plan before saving, so a bad query leaves nothing behind.
+        self.start_query(&name, &sql, select, true).await
+    }
+
+    async fn start_query(
+        &self,
+        name: &str,
+        sql: &str,
+        select: &SelectSql,
+        save: bool,
+    ) -> Result<Arc<QueryEntry>> {
+        let stream = self.stream_of(&select.sql)?;
+        let plan = Arc::new(ContinuousPlan::build(&stream.def, select).await?);
+        if save {
+            self.store.save_query(name, sql, &plan.output_schema)?;
+        }
+        let counters = Arc::new(Counters::default());
+        let status = Arc::new(Mutex::new(QueryStatus::Starting));
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = QueryTask {
+            name: name.to_string(),
+            stream: stream.def.clone(),
+            plan: plan.clone(),
+            brokers: self.config.brokers.clone(),
+            store: self.store.clone(),
+            counters: counters.clone(),
+            status: status.clone(),
+            stop: stop.clone(),
+            checkpoint_interval: self.config.checkpoint_interval,
+            idle_after: self.config.idle_after,
+        };
+        let entry = Arc::new(QueryEntry {
+            name: name.to_string(),
+            sql: sql.to_string(),
+            stream: stream.def.name.clone(),
+            plan,
+            counters,
+            status,
+            stop,
+            handle: Mutex::new(Some(task.spawn())),
+        });
+        self.queries
+            .write()
+            .expect("lock")
+            .insert(name.to_string(), entry.clone());
+        Ok(entry)
+    }
+
+    /// Stops and deletes a query with its results.
+    pub fn drop_query(&self, name: &str) -> Result<()> {
+        let q = self.query(name)?;
+        q.stop();
+        self.store.delete_query(&q.name)?;
+        self.queries.write().expect("lock").remove(&q.name);
+        Ok(())
+    }
+
+    /// Deletes a stream no query reads.
+    pub fn drop_stream(&self, name: &str) -> Result<()> {
+        let s = self.stream(name)?;
+        let readers = self.readers(&s.def.name);
+        if !readers.is_empty() {
+            return Err(Error::Conflict(format!(
+                "stream {} is read by {}; drop {} first",
+                s.def.name,
+                readers.join(", "),
+                if readers.len() == 1 {
+                    "that query"
+                } else {
+                    "those queries"
+                }
+            )));
+        }
+        self.store.delete_stream(&s.def.name)?;
+        self.streams.write().expect("lock").remove(&s.def.name);
+        Ok(())
+    }
+
+    /// Answers a one-shot SELECT over query results.
+    pub async fn pull(&self, select: &SelectSql) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+        let ctx = new_context();
+        let mut tables = Vec::new();
+        for (name, loc) in relations(&select.sql)? {
+            let q = self
+                .query(&name)
+                .map_err(|_| Error::sql(format!("no stream or query named '{name}'"), loc))?;
+            tables.push(q);
+        }
+        if select.window.is_some() || select.emit_ms.is_some() {
+            return Err(Error::sql(
+                "WINDOW and EMIT apply to continuous queries over streams; this SELECT reads no stream",
+                None,
+            ));
+        }
+        for q in tables {
+            let batch = self.store.load_results(&q.name, &q.plan.output_schema)?;
+            let table = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
+            ctx.register_table(q.name.as_str(), Arc::new(table))?;
+        }
+        let options = SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
+        let df = ctx
+            .sql_with_options(&select.sql, options)
+            .await
+            .map_err(|e| plan_error(&select.sql, e))?;
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let batches = df.collect().await?;
+        Ok((schema, batches))
+    }
+
+    /// JSON description of a query.
+    pub fn query_json(&self, q: &QueryEntry, with_plan: bool) -> Value {
+        let c = &q.counters;
+        let status = q.status();
+        let mut v = json!({
+            "id": q.name,
+            "name": q.name,
+            "sql": q.sql,
+            "stream": q.stream,
+            "status": status.label(),
+            "window": q.plan.window.describe(),
+            "columns": columns_json(&q.plan.output_schema),
+            "counters": {
+                "records_in": c.records_in.load(Ordering::Relaxed),
+                "late_records": c.late_records.load(Ordering::Relaxed),
+                "bad_records": c.bad_records.load(Ordering::Relaxed),
+                "windows_closed": c.windows_closed.load(Ordering::Relaxed),
+                "rows_emitted": c.rows_emitted.load(Ordering::Relaxed),
+            },
+            "watermark": fmt_ms(c.watermark.load(Ordering::Relaxed)),
+            "last_window_end": fmt_ms(c.last_window_end.load(Ordering::Relaxed)),
+        });
+        if let QueryStatus::Failed(e) = status {
+            v["error"] = json!(e);
+        }
+        if with_plan {
+            v["plan"] = json!(q.plan.explain());
+        }
+        v
+    }
+
+    /// JSON description of a stream.
+    pub fn stream_json(&self, s: &StreamEntry) -> Value {
+        let d = &s.def;
+        let readers = self.readers(&d.name);
+        let (mut records, mut bad) = (0u64, 0u64);
+        for r in &readers {
+            if let Ok(q) = self.query(r) {
+                records = records.max(q.counters.records_in.load(Ordering::Relaxed));
+                bad = bad.max(q.counters.bad_records.load(Ordering::Relaxed));
+            }
+        }
+        json!({
+            "name": d.name,
+            "sql": s.sql,
+            "topic": d.topic,
+            "format": format!("{:?}", d.format).to_lowercase(),
+            "event_time": d.event_time,
+            "watermark_delay_ms": d.watermark_delay_ms,
+            "start": format!("{:?}", d.start).to_lowercase(),
+            "columns": d.columns.iter().map(|c| json!({"name": c.name, "type": c.sql_type})).collect::<Vec<_>>(),
+            "options": d.options,
+            "queries": readers,
+            "records_in": records,
+            "bad_records": bad,
+        })
+    }
+
+    /// Stops every query, checkpointing its state.
+    pub fn shutdown(&self) {
+        for q in self.queries() {
+            q.stop();
+        }
+    }
+}

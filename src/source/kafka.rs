@@ -1,0 +1,181 @@
+//! The Kafka source: one consumer per query, assigned every partition of the
+//! topic at the offsets the query's last checkpoint saved.
+//!
+//! Offsets live in Runnel's store, committed with the results they produced,
+//! so the consumer never commits to Kafka and needs no group coordination.
+//!
+//! ```no_run
+//! use std::collections::BTreeMap;
+//! use std::sync::atomic::AtomicBool;
+//! use std::time::Duration;
+//! use runnel::source::kafka::KafkaSource;
+//! use runnel::sql::StartFrom;
+//! let stop = AtomicBool::new(false);
+//! let mut src = KafkaSource::connect("127.0.0.1:9092", "clicks", "runnel-q", StartFrom::Earliest,
+//!                                    &BTreeMap::new(), &stop).unwrap();
+//! for chunk in src.poll(10_000, Duration::from_millis(100)).unwrap() {
+//!     println!("partition {}: {} records", chunk.partition, chunk.len());
+//! }
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::error::{Error, Result};
+use crate::sql::StartFrom;
+
+/// Consecutive records of one partition, payloads stored back to back.
+#[derive(Debug, Default)]
+pub struct Chunk {
+    /// Kafka partition.
+    pub partition: i32,
+    data: Vec<u8>,
+    ends: Vec<usize>,
+    /// Offset of the first record.
+    pub first_offset: i64,
+}
+
+impl Chunk {
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// True when the chunk holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The payloads, in partition order.
+    pub fn payloads(&self) -> Vec<&[u8]> {
+        let mut start = 0;
+        self.ends
+            .iter()
+            .map(|&e| {
+                let s = &self.data[start..e];
+                start = e;
+                s
+            })
+            .collect()
+    }
+}
+
+/// A consumer reading every partition of one topic.
+pub struct KafkaSource {
+    consumer: BaseConsumer,
+    offsets: BTreeMap<i32, i64>,
+}
+
+impl KafkaSource {
+    /// Connects, waits until the topic exists, and assigns all its partitions,
+    /// resuming from `saved` offsets where known.
+    pub fn connect(
+        brokers: &str,
+        topic: &str,
+        client_id: &str,
+        start: StartFrom,
+        saved: &BTreeMap<i32, i64>,
+        stop: &AtomicBool,
+    ) -> Result<Self> {
+        let reset = match start {
+            StartFrom::Earliest => "earliest",
+            StartFrom::Latest => "latest",
+        };
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", client_id)
+            .set("client.id", client_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            .set("auto.offset.reset", reset)
+            .set("fetch.wait.max.ms", "10")
+            .set("allow.auto.create.topics", "false")
+            .create()?;
+        let partitions = loop {
+            if stop.load(Ordering::Relaxed) {
+                return Err(Error::Execution("stopped before the topic appeared".into()));
+            }
+            match consumer.fetch_metadata(Some(topic), Duration::from_secs(2)) {
+                Ok(md) => {
+                    let ps: Vec<i32> = md
+                        .topics()
+                        .iter()
+                        .filter(|t| t.name() == topic && t.error().is_none())
+                        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                        .collect();
+                    if !ps.is_empty() {
+                        break ps;
+                    }
+                }
+                Err(e) => tracing::debug!("metadata for {topic}: {e}"),
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        let mut tpl = TopicPartitionList::new();
+        for p in &partitions {
+            let offset = match (saved.get(p), start) {
+                (Some(o), _) => Offset::Offset(*o),
+                (None, StartFrom::Earliest) => Offset::Beginning,
+                (None, StartFrom::Latest) => Offset::End,
+            };
+            tpl.add_partition_offset(topic, *p, offset)?;
+        }
+        consumer.assign(&tpl)?;
+        Ok(KafkaSource {
+            consumer,
+            offsets: saved.clone(),
+        })
+    }
+
+    /// Next offset to read per partition (for partitions read or restored).
+    pub fn offsets(&self) -> &BTreeMap<i32, i64> {
+        &self.offsets
+    }
+
+    /// Reads up to `max` records, waiting at most `wait` for the first one,
+    /// grouped into per-partition chunks in arrival order.
+    pub fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Chunk>> {
+        let mut chunks: Vec<Chunk> = Vec::new();
+        let mut n = 0;
+        let deadline = Instant::now() + wait;
+        let mut timeout = wait;
+        while n < max {
+            let Some(msg) = self.consumer.poll(timeout) else {
+                break;
+            };
+            let msg = match msg {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!("kafka: {e}");
+                    break;
+                }
+            };
+            let p = msg.partition();
+            if chunks.last().is_none_or(|c| c.partition != p) {
+                chunks.push(Chunk {
+                    partition: p,
+                    first_offset: msg.offset(),
+                    ..Default::default()
+                });
+            }
+            let c = chunks.last_mut().expect("pushed");
+            c.data.extend_from_slice(msg.payload().unwrap_or_default());
+            c.ends.push(c.data.len());
+            self.offsets.insert(p, msg.offset() + 1);
+            n += 1;
+            // After the first record, take only what is already fetched.
+            timeout = Duration::ZERO;
+            if Instant::now() > deadline {
+                break;
+            }
+        }
+        Ok(chunks)
+    }
+}

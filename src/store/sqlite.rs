@@ -1,0 +1,474 @@
+//! The embedded SQLite store.
+//!
+//! Window results, the consumed Kafka offsets and the open-window state are
+//! written in one transaction ([`Store::commit`]), so after a restart a query
+//! resumes from exactly the point its results reflect. A closed window's rows
+//! replace any earlier rows of the same window, so re-processing never
+//! duplicates them.
+//!
+//! ```no_run
+//! let store = runnel::store::Store::open(std::path::Path::new("runnel-data")).unwrap();
+//! for (name, sql) in store.list_streams().unwrap() {
+//!     println!("{name}: {sql}");
+//! }
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BinaryArray, Float64Array, Int64Array, RecordBatch, StringArray,
+};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{
+    DataType, Float64Type, Int64Type, Schema, SchemaRef, TimeUnit, TimestampMillisecondType,
+};
+use rusqlite::types::Value;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::error::{Error, Result};
+use crate::window::Emission;
+
+/// Format of timestamps in results tables: sortable and SQLite-friendly.
+pub const TS_FORMAT: &str = "%Y-%m-%d %H:%M:%S%.3f";
+
+/// Formats epoch ms as a results-table timestamp.
+pub fn format_ts(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|d| d.format(TS_FORMAT).to_string())
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// Parses a user-supplied time (epoch ms, RFC 3339 or `YYYY-MM-DD HH:MM:SS[.fff]`) into
+/// the results-table format.
+pub fn normalize_ts(text: &str) -> Result<String> {
+    let t = text.trim();
+    if let Ok(ms) = t.parse::<i64>() {
+        return Ok(format_ts(ms));
+    }
+    if let Ok(d) = chrono::DateTime::parse_from_rfc3339(t) {
+        return Ok(format_ts(d.timestamp_millis()));
+    }
+    for f in [
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%dT%H:%M:%S",
+    ] {
+        if let Ok(d) = chrono::NaiveDateTime::parse_from_str(t, f) {
+            return Ok(format_ts(d.and_utc().timestamp_millis()));
+        }
+    }
+    Err(Error::BadRequest(format!(
+        "cannot parse time '{t}': use epoch ms, RFC 3339 or YYYY-MM-DD HH:MM:SS"
+    )))
+}
+
+/// Quotes an SQL identifier.
+pub fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn sqlite_type(dt: &DataType) -> &'static str {
+    match dt {
+        DataType::Boolean
+        | DataType::Int8
+        | DataType::Int16
+        | DataType::Int32
+        | DataType::Int64
+        | DataType::UInt8
+        | DataType::UInt16
+        | DataType::UInt32
+        | DataType::UInt64 => "INTEGER",
+        DataType::Float16 | DataType::Float32 | DataType::Float64 | DataType::Decimal128(_, _) => {
+            "REAL"
+        }
+        DataType::Binary | DataType::LargeBinary => "BLOB",
+        _ => "TEXT",
+    }
+}
+
+/// A column converted to one of SQLite's storage classes.
+enum Stored {
+    Int(Int64Array),
+    Real(Float64Array),
+    Text(StringArray),
+    Blob(BinaryArray),
+}
+
+impl Stored {
+    fn from_array(a: &ArrayRef) -> Result<Self> {
+        Ok(match a.data_type() {
+            DataType::Timestamp(_, _) => {
+                let ms = cast(a, &DataType::Timestamp(TimeUnit::Millisecond, None))?;
+                let ms = ms.as_primitive::<TimestampMillisecondType>();
+                Stored::Text(ms.iter().map(|v| v.map(format_ts)).collect())
+            }
+            dt => match sqlite_type(dt) {
+                "INTEGER" => Stored::Int(
+                    cast(a, &DataType::Int64)?
+                        .as_primitive::<Int64Type>()
+                        .clone(),
+                ),
+                "REAL" => Stored::Real(
+                    cast(a, &DataType::Float64)?
+                        .as_primitive::<Float64Type>()
+                        .clone(),
+                ),
+                "BLOB" => Stored::Blob(cast(a, &DataType::Binary)?.as_binary::<i32>().clone()),
+                _ => Stored::Text(cast(a, &DataType::Utf8)?.as_string::<i32>().clone()),
+            },
+        })
+    }
+
+    fn value(&self, i: usize) -> Value {
+        match self {
+            Stored::Int(a) if a.is_valid(i) => Value::Integer(a.value(i)),
+            Stored::Real(a) if a.is_valid(i) => Value::Real(a.value(i)),
+            Stored::Text(a) if a.is_valid(i) => Value::Text(a.value(i).to_string()),
+            Stored::Blob(a) if a.is_valid(i) => Value::Blob(a.value(i).to_vec()),
+            _ => Value::Null,
+        }
+    }
+}
+
+/// One page of results read from a results table.
+#[derive(Debug)]
+pub struct ResultPage {
+    /// Column names, in table order.
+    pub columns: Vec<String>,
+    /// Rows as SQLite values.
+    pub rows: Vec<Vec<Value>>,
+    /// Cursor to pass as `after` for the next page (the last row's sequence).
+    pub cursor: Option<i64>,
+}
+
+/// Filters for reading results.
+#[derive(Debug, Default, Clone)]
+pub struct ResultFilter {
+    /// Only windows starting at or after this time.
+    pub from: Option<String>,
+    /// Only windows starting before this time.
+    pub to: Option<String>,
+    /// Only rows written after this cursor.
+    pub after: Option<i64>,
+    /// At most this many rows.
+    pub limit: usize,
+}
+
+/// A saved checkpoint: the next offset per partition and the engine state.
+pub type Checkpoint = (BTreeMap<i32, i64>, Vec<u8>);
+
+/// The SQLite store.
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+}
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE runnel_streams (name TEXT PRIMARY KEY, sql TEXT NOT NULL, created_at TEXT NOT NULL);
+CREATE TABLE runnel_queries (name TEXT PRIMARY KEY, sql TEXT NOT NULL, created_at TEXT NOT NULL);
+CREATE TABLE runnel_checkpoints (
+    query TEXT PRIMARY KEY,
+    offsets TEXT NOT NULL,
+    state BLOB,
+    updated_at TEXT NOT NULL
+);
+"#];
+
+fn now_text() -> String {
+    format_ts(chrono::Utc::now().timestamp_millis())
+}
+
+impl Store {
+    /// Opens (creating if needed) `runnel.db` under `data_dir` and applies migrations.
+    pub fn open(data_dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(data_dir)?;
+        let conn = Connection::open(data_dir.join("runnel.db"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        for (i, m) in MIGRATIONS.iter().enumerate().skip(version) {
+            conn.execute_batch(&format!(
+                "BEGIN; {m}; PRAGMA user_version = {}; COMMIT;",
+                i + 1
+            ))?;
+        }
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Saves a stream definition.
+    pub fn save_stream(&self, name: &str, sql: &str) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO runnel_streams (name, sql, created_at) VALUES (?1, ?2, ?3)",
+            params![name, sql, now_text()],
+        )?;
+        Ok(())
+    }
+
+    /// Deletes a stream definition.
+    pub fn delete_stream(&self, name: &str) -> Result<()> {
+        self.conn()
+            .execute("DELETE FROM runnel_streams WHERE name = ?1", params![name])?;
+        Ok(())
+    }
+
+    /// All stream definitions, oldest first.
+    pub fn list_streams(&self) -> Result<Vec<(String, String)>> {
+        self.list("runnel_streams")
+    }
+
+    /// All query definitions, oldest first.
+    pub fn list_queries(&self) -> Result<Vec<(String, String)>> {
+        self.list("runnel_queries")
+    }
+
+    fn list(&self, table: &str) -> Result<Vec<(String, String)>> {
+        let conn = self.conn();
+        let mut st = conn.prepare(&format!(
+            "SELECT name, sql FROM {table} ORDER BY created_at, rowid"
+        ))?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// Saves a query and creates its results table for `schema` (kept if it exists).
+    pub fn save_query(&self, name: &str, sql: &str, schema: &Schema) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO runnel_queries (name, sql, created_at) VALUES (?1, ?2, ?3)",
+            params![name, sql, now_text()],
+        )?;
+        tx.execute_batch(&results_ddl(name, schema))?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Deletes a query, its checkpoint and its results table.
+    pub fn delete_query(&self, name: &str) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM runnel_queries WHERE name = ?1", params![name])?;
+        tx.execute(
+            "DELETE FROM runnel_checkpoints WHERE query = ?1",
+            params![name],
+        )?;
+        tx.execute_batch(&format!("DROP TABLE IF EXISTS {}", quote(name)))?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Writes emitted rows, the offsets consumed so far and the open-window
+    /// state, atomically.
+    pub fn commit(
+        &self,
+        query: &str,
+        emissions: &[Emission],
+        offsets: &BTreeMap<i32, i64>,
+        state: &[u8],
+    ) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let table = quote(query);
+        for e in emissions {
+            let b = &e.batch;
+            if b.num_rows() == 0 && !e.cumulative {
+                continue;
+            }
+            let cols: Vec<Stored> = b
+                .columns()
+                .iter()
+                .map(Stored::from_array)
+                .collect::<Result<_>>()?;
+            if e.cumulative {
+                tx.execute(&format!("DELETE FROM {table}"), [])?;
+            } else {
+                let mut del = tx.prepare_cached(&format!(
+                    "DELETE FROM {table} WHERE window_start = ?1 AND window_end = ?2"
+                ))?;
+                let mut seen = std::collections::HashSet::new();
+                for i in 0..b.num_rows() {
+                    let (s, en) = (cols[0].value(i), cols[1].value(i));
+                    if seen.insert(format!("{s:?}{en:?}")) {
+                        del.execute(params![s, en])?;
+                    }
+                }
+            }
+            let names: Vec<String> = b
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| quote(f.name()))
+                .collect();
+            let marks: Vec<String> = (1..=names.len()).map(|i| format!("?{i}")).collect();
+            let mut ins = tx.prepare_cached(&format!(
+                "INSERT INTO {table} ({}) VALUES ({})",
+                names.join(", "),
+                marks.join(", ")
+            ))?;
+            for i in 0..b.num_rows() {
+                let row: Vec<Value> = cols.iter().map(|c| c.value(i)).collect();
+                ins.execute(rusqlite::params_from_iter(row))?;
+            }
+        }
+        let offsets_json =
+            serde_json::to_string(offsets).map_err(|e| Error::Execution(e.to_string()))?;
+        tx.execute(
+            "INSERT INTO runnel_checkpoints (query, offsets, state, updated_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(query) DO UPDATE SET offsets = excluded.offsets, state = excluded.state,
+             updated_at = excluded.updated_at",
+            params![query, offsets_json, state, now_text()],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The last checkpoint of a query: next offsets per partition and the state blob.
+    pub fn load_checkpoint(&self, query: &str) -> Result<Option<Checkpoint>> {
+        let row: Option<(String, Option<Vec<u8>>)> = self
+            .conn()
+            .query_row(
+                "SELECT offsets, state FROM runnel_checkpoints WHERE query = ?1",
+                params![query],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        match row {
+            None => Ok(None),
+            Some((offsets, state)) => {
+                let offsets = serde_json::from_str(&offsets)
+                    .map_err(|e| Error::Execution(format!("corrupt checkpoint offsets: {e}")))?;
+                Ok(Some((offsets, state.unwrap_or_default())))
+            }
+        }
+    }
+
+    /// Reads a page of a query's results, oldest write first.
+    pub fn read_results(&self, query: &str, f: &ResultFilter) -> Result<ResultPage> {
+        let conn = self.conn();
+        let mut sql = format!("SELECT * FROM {} WHERE 1 = 1", quote(query));
+        let mut args: Vec<Value> = Vec::new();
+        if let Some(from) = &f.from {
+            sql.push_str(" AND window_start >= ?");
+            args.push(Value::Text(from.clone()));
+        }
+        if let Some(to) = &f.to {
+            sql.push_str(" AND window_start < ?");
+            args.push(Value::Text(to.clone()));
+        }
+        if let Some(after) = f.after {
+            sql.push_str(" AND _seq > ?");
+            args.push(Value::Integer(after));
+        }
+        sql.push_str(&format!(" ORDER BY _seq LIMIT {}", f.limit));
+        let mut st = conn.prepare(&sql)?;
+        let columns: Vec<String> = st.column_names().into_iter().map(String::from).collect();
+        let n = columns.len();
+        let rows = st.query_map(rusqlite::params_from_iter(args), |r| {
+            (0..n)
+                .map(|i| r.get::<_, Value>(i))
+                .collect::<std::result::Result<Vec<_>, _>>()
+        })?;
+        let mut out: Vec<Vec<Value>> = rows.collect::<std::result::Result<_, _>>()?;
+        let cursor = out.last().and_then(|r| match r[0] {
+            Value::Integer(i) => Some(i),
+            _ => None,
+        });
+        for r in &mut out {
+            r.remove(0);
+        }
+        Ok(ResultPage {
+            columns: columns[1..].to_vec(),
+            rows: out,
+            cursor: cursor.or(f.after),
+        })
+    }
+
+    /// Loads a whole results table as one batch of `schema`, for pull queries.
+    pub fn load_results(&self, query: &str, schema: &SchemaRef) -> Result<RecordBatch> {
+        let page = self.read_results(
+            query,
+            &ResultFilter {
+                limit: i64::MAX as usize,
+                ..Default::default()
+            },
+        )?;
+        let mut cols: Vec<ArrayRef> = Vec::new();
+        for (c, field) in schema.fields().iter().enumerate() {
+            let vals = page.rows.iter().map(|r| &r[c]);
+            let raw: ArrayRef = match field.data_type() {
+                DataType::Timestamp(_, _) | DataType::Date32 | DataType::Utf8 => Arc::new(
+                    vals.map(|v| match v {
+                        Value::Text(s) => Some(s.clone()),
+                        _ => None,
+                    })
+                    .collect::<StringArray>(),
+                ),
+                dt => match sqlite_type(dt) {
+                    "INTEGER" => Arc::new(
+                        vals.map(|v| match v {
+                            Value::Integer(i) => Some(*i),
+                            _ => None,
+                        })
+                        .collect::<Int64Array>(),
+                    ),
+                    "REAL" => Arc::new(
+                        vals.map(|v| match v {
+                            Value::Real(f) => Some(*f),
+                            Value::Integer(i) => Some(*i as f64),
+                            _ => None,
+                        })
+                        .collect::<Float64Array>(),
+                    ),
+                    "BLOB" => Arc::new(
+                        vals.map(|v| match v {
+                            Value::Blob(b) => Some(b.clone()),
+                            _ => None,
+                        })
+                        .collect::<BinaryArray>(),
+                    ),
+                    _ => Arc::new(
+                        vals.map(|v| match v {
+                            Value::Text(s) => Some(s.clone()),
+                            _ => None,
+                        })
+                        .collect::<StringArray>(),
+                    ),
+                },
+            };
+            cols.push(cast(&raw, field.data_type())?);
+        }
+        let schema = Arc::new(Schema::new(
+            schema
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true))
+                .collect::<Vec<_>>(),
+        ));
+        Ok(RecordBatch::try_new(schema, cols)?)
+    }
+}
+
+fn results_ddl(name: &str, schema: &Schema) -> String {
+    let cols: Vec<String> = schema
+        .fields()
+        .iter()
+        .map(|f| format!("{} {}", quote(f.name()), sqlite_type(f.data_type())))
+        .collect();
+    format!(
+        "CREATE TABLE IF NOT EXISTS {t} (_seq INTEGER PRIMARY KEY AUTOINCREMENT, {cols});
+         CREATE INDEX IF NOT EXISTS {idx} ON {t} (window_start, window_end);",
+        t = quote(name),
+        cols = cols.join(", "),
+        idx = quote(&format!("{name}_window")),
+    )
+}

@@ -1,0 +1,125 @@
+//! HTTP API behaviour that needs no broker: errors, catalog statements.
+
+mod common;
+
+use common::TestServer;
+
+const STREAM: &str = "CREATE STREAM clicks (ts TIMESTAMP, page TEXT, ms BIGINT)
+  WITH (kafka_topic = 'clicks', event_time = 'ts')";
+
+#[tokio::test]
+async fn errors_are_4xx_with_locations() {
+    let dir = tempfile::tempdir().unwrap();
+    // No broker listens here: queries wait for their topic, the API still answers.
+    let s = TestServer::start(dir.path(), "127.0.0.1:1");
+    s.sql(STREAM).await;
+
+    let (st, v) = s
+        .post(
+            "/sql",
+            "SELECT page,\n  count(* FROM clicks GROUP BY page WINDOW 10s",
+        )
+        .await;
+    assert_eq!(st, 400, "{v}");
+    assert_eq!(v["error"]["code"], "sql_error");
+    assert_eq!(v["error"]["line"], 2);
+    assert!(v["error"]["column"].as_u64().unwrap() > 1);
+
+    let (st, v) = s
+        .post(
+            "/sql",
+            "SELECT page, count(*) FROM clicks\nGROUP BY page WINDOW 10 fortnights",
+        )
+        .await;
+    assert_eq!(st, 400);
+    assert_eq!(
+        (v["error"]["line"].as_u64(), v["error"]["column"].as_u64()),
+        (Some(2), Some(15)),
+        "{v}"
+    );
+
+    let (st, v) = s
+        .post(
+            "/sql",
+            "SELECT page, count(*) FROM clicks\nGROUP BY nope WINDOW 10s",
+        )
+        .await;
+    assert_eq!(st, 400, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("nope"));
+    assert_eq!(v["error"]["line"], 2, "{v}");
+
+    let (st, v) = s
+        .post(
+            "/sql",
+            "SELECT a, count(*) FROM nowhere GROUP BY a WINDOW 10s",
+        )
+        .await;
+    assert_eq!(st, 400, "{v}");
+    assert_eq!(v["error"]["column"], 25);
+
+    let (st, v) = s
+        .post(
+            "/queries",
+            "CREATE STREAM x (a INT) WITH (kafka_topic = 'x')",
+        )
+        .await;
+    assert_eq!(st, 400, "{v}");
+    let (st, _) = s.get("/queries/missing").await;
+    assert_eq!(st, 404);
+    let (st, _) = s.get("/no/such/route").await;
+    assert_eq!(st, 404);
+    let (st, v) = s.post("/healthz", "").await;
+    assert_eq!(st, 405, "{v}");
+    assert_eq!(v["error"]["code"], "method_not_allowed");
+
+    // Duplicate names and dropping a stream in use are conflicts.
+    let (st, _) = s.post("/sql", STREAM).await;
+    assert_eq!(st, 409);
+    let (st, v) = s
+        .post(
+            "/queries",
+            "SELECT page, count(*) AS n FROM clicks GROUP BY page WINDOW 10s",
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let cols: Vec<&str> = v["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(cols, ["window_start", "window_end", "page", "n"]);
+    let (st, v) = s.post("/sql", "DROP STREAM clicks").await;
+    assert_eq!(st, 409);
+    assert!(v["error"]["message"].as_str().unwrap().contains(&id));
+
+    let (st, v) = s.get(&format!("/queries/{id}/results?limit=0")).await;
+    assert_eq!(st, 400, "{v}");
+    let (st, _) = s.get(&format!("/queries/{id}/results?after=xyz")).await;
+    assert_eq!(st, 400);
+    let (st, v) = s.get(&format!("/queries/{id}/results")).await;
+    assert_eq!(st, 200);
+    assert_eq!(v["rows"].as_array().unwrap().len(), 0);
+
+    let v = s.sql("SHOW QUERIES; DESCRIBE clicks; EXPLAIN SELECT page, count(*) FROM clicks GROUP BY page WINDOW 10s").await;
+    let r = v["results"].as_array().unwrap();
+    assert_eq!(r[0]["rows"][0][0], id.as_str());
+    assert_eq!(r[1]["rows"].as_array().unwrap().len(), 3);
+    let plan: String = r[2]["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x[0].as_str().unwrap().to_string() + "\n")
+        .collect();
+    assert!(
+        plan.contains("mode=Partial") && plan.contains("mode=Final"),
+        "{plan}"
+    );
+
+    let (st, _) = s.client_delete(&format!("/queries/{id}")).await;
+    assert_eq!(st, 200);
+    s.sql("DROP STREAM clicks; SHOW STREAMS").await;
+    let (_, v) = s.get("/streams").await;
+    assert_eq!(v["streams"].as_array().unwrap().len(), 0);
+}
