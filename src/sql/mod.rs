@@ -715,7 +715,7 @@ mod tests {
 
     #[test]
     fn errors_carry_locations() {
-        let e = parse_statement("SELECT a,\n  FROM t GROUP BY a WINDOW 10s").unwrap_err();
+        let e = parse_statement("SELECT a,\n  count(* FROM t GROUP BY a WINDOW 10s").unwrap_err();
         assert_eq!(e.status(), 400);
         assert_eq!(e.location().unwrap().0, 2);
         let e = parse_statement("SELECT a FROM t GROUP BY a\nWINDOW 10 parsecs").unwrap_err();
