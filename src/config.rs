@@ -26,6 +26,12 @@ pub struct Config {
     pub checkpoint_interval: Duration,
     /// Quiet time after which windows close on the wall clock.
     pub idle_after: Duration,
+    /// Most partial-state rows (groups × open windows) one query may hold.
+    pub max_state_rows: usize,
+    /// Bearer token required for mutating calls when set.
+    pub token: Option<String>,
+    /// Require the token for reads too.
+    pub protect_reads: bool,
 }
 
 impl Default for Config {
@@ -36,6 +42,9 @@ impl Default for Config {
             data_dir: PathBuf::from("runnel-data"),
             checkpoint_interval: Duration::from_secs(1),
             idle_after: Duration::from_secs(1),
+            max_state_rows: 10_000_000,
+            token: None,
+            protect_reads: false,
         }
     }
 }
@@ -54,6 +63,10 @@ pub struct FileConfig {
     pub checkpoint_interval: Option<String>,
     /// Idle time before wall-clock window close, e.g. `1s`.
     pub idle_after: Option<String>,
+    /// Per-query state limit in partial-state rows.
+    pub max_state_rows: Option<usize>,
+    /// Require the token for reads too.
+    pub protect_reads: Option<bool>,
 }
 
 impl FileConfig {
@@ -89,6 +102,9 @@ impl FileConfig {
             data_dir: data_dir.or(self.data_dir).unwrap_or(d.data_dir),
             checkpoint_interval: dur(self.checkpoint_interval, d.checkpoint_interval)?,
             idle_after: dur(self.idle_after, d.idle_after)?,
+            max_state_rows: self.max_state_rows.unwrap_or(d.max_state_rows),
+            token: None,
+            protect_reads: self.protect_reads.unwrap_or(false),
         })
     }
 }

@@ -37,6 +37,12 @@ pub enum Error {
     /// A malformed request parameter or body.
     #[error("{0}")]
     BadRequest(String),
+    /// Missing or wrong bearer token.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The request body is larger than the server accepts.
+    #[error("{0}")]
+    PayloadTooLarge(String),
     /// Query execution failed inside DataFusion or arrow.
     #[error("execution error: {0}")]
     Execution(String),
@@ -64,7 +70,9 @@ impl Error {
     pub fn status(&self) -> u16 {
         match self {
             Error::Sql { .. } | Error::BadRequest(_) => 400,
+            Error::Unauthorized(_) => 401,
             Error::NotFound(_) => 404,
+            Error::PayloadTooLarge(_) => 413,
             Error::Conflict(_) => 409,
             Error::Execution(_) | Error::Store(_) | Error::Kafka(_) | Error::Io(_) => 500,
         }
@@ -77,6 +85,8 @@ impl Error {
             Error::NotFound(_) => "not_found",
             Error::Conflict(_) => "conflict",
             Error::BadRequest(_) => "bad_request",
+            Error::Unauthorized(_) => "unauthorized",
+            Error::PayloadTooLarge(_) => "payload_too_large",
             Error::Execution(_) => "execution_error",
             Error::Store(_) => "store_error",
             Error::Kafka(_) => "kafka_error",

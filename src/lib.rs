@@ -1,8 +1,10 @@
 //! Runnel: continuous windowed SQL over streams.
+pub mod bench;
 pub mod config;
 pub mod error;
 pub mod format;
 pub mod plan;
+pub mod repl;
 pub mod runtime;
 pub mod server;
 pub mod source;

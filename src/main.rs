@@ -16,8 +16,23 @@ use runnel::source::generator::{GenKind, ProduceOptions, produce, write_lines};
     about = "Continuous windowed SQL over Kafka streams"
 )]
 struct Cli {
+    /// Log format on stderr: `text` (human-readable) or `json` (one object per line).
+    #[arg(
+        long,
+        global = true,
+        env = "RUNNEL_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -36,6 +51,12 @@ enum Command {
         /// Directory of the embedded store.
         #[arg(long, env = "RUNNEL_DATA_DIR")]
         data_dir: Option<PathBuf>,
+        /// Require `Authorization: Bearer <token>` on every mutating call.
+        #[arg(long, env = "RUNNEL_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Require the token for reads too.
+        #[arg(long, env = "RUNNEL_PROTECT_READS")]
+        protect_reads: bool,
     },
     /// Run everything on embedded defaults: a Kafka-protocol broker, the
     /// impression generator, the server and the canonical query.
@@ -47,6 +68,13 @@ enum Command {
         #[arg(long, default_value_t = 2000)]
         rate: u64,
     },
+    /// Interactive SQL client for a running server (psql-like).
+    Sql {
+        #[command(flatten)]
+        opts: runnel::repl::Options,
+    },
+    /// Benchmark the engine on the ad-network query (see BENCHMARKS.md).
+    Bench(runnel::bench::BenchArgs),
     /// Generate records into a Kafka topic (or stdout with `--brokers -`).
     Gen {
         /// What to generate.
@@ -70,13 +98,16 @@ enum Command {
     },
 }
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUNNEL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => fmt.init(),
+        LogFormat::Json => fmt.json().init(),
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -187,25 +218,39 @@ async fn demo(listen: String, rate: u64) -> anyhow_free::Result<()> {
 
 #[tokio::main]
 async fn main() {
-    init_tracing();
     let cli = Cli::parse();
+    init_tracing(cli.log_format);
     let result: anyhow_free::Result<()> = match cli.command {
         Command::Serve {
             config,
             listen,
             brokers,
             data_dir,
+            token,
+            protect_reads,
         } => {
             let explicit = std::env::var_os("RUNNEL_CONFIG").is_some()
                 || std::env::args().any(|a| a == "--config" || a.starts_with("--config="));
             match FileConfig::load(&config, explicit)
                 .and_then(|f| f.resolve(listen, brokers, data_dir))
             {
-                Ok(c) => serve(c).await,
+                Ok(mut c) => {
+                    c.token = token.filter(|t| !t.is_empty());
+                    c.protect_reads |= protect_reads;
+                    serve(c).await
+                }
                 Err(e) => Err(e.into()),
             }
         }
+        Command::Bench(args) => runnel::bench::run(args).await.map_err(Into::into),
         Command::Demo { listen, rate } => demo(listen, rate).await,
+        // The REPL blocks (reqwest's blocking client), so it runs off the async workers.
+        Command::Sql { opts } => {
+            match tokio::task::spawn_blocking(move || runnel::repl::run(opts)).await {
+                Ok(code) => std::process::exit(code),
+                Err(e) => Err(e.into()),
+            }
+        }
         Command::Gen {
             kind,
             brokers,

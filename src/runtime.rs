@@ -11,14 +11,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use datafusion::arrow::datatypes::Schema;
+use datafusion::arrow::array::{Array, AsArray, BooleanArray};
+use datafusion::arrow::compute::{cast, filter_record_batch};
+use datafusion::arrow::datatypes::{DataType, Int64Type, Schema};
+use datafusion::arrow::record_batch::RecordBatch;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::format::json::JsonDecoder;
 use crate::plan::ContinuousPlan;
 use crate::source::kafka::KafkaSource;
-use crate::sql::StreamDef;
+use crate::source::stats::StreamStats;
 use crate::sql::window::WindowKind;
+use crate::sql::{OnError, StreamDef};
 use crate::store::Store;
 use crate::window::{Counters, Emission, WindowEngine};
 
@@ -72,6 +76,80 @@ pub struct QueryTask {
     pub checkpoint_interval: Duration,
     /// Quiet time after which windows may close on the wall clock.
     pub idle_after: Duration,
+    /// Input statistics of the stream, shared by its readers.
+    pub stats: Arc<StreamStats>,
+    /// Most partial-state rows (groups × open windows) the query may hold.
+    pub max_state_rows: usize,
+    /// Start position overriding the saved offsets (after a reset).
+    pub reset: Option<crate::sql::StartFrom>,
+    /// Timings, lag and state size for `GET /metrics`.
+    pub metrics: Arc<crate::server::metrics::QueryMetrics>,
+}
+
+/// A rejected record: (index, reason, detail).
+pub type Rejected = (usize, &'static str, String);
+
+/// Indices of the records not listed in `bad` (sorted by index).
+fn good_indices(n: usize, bad: &[Rejected]) -> Vec<usize> {
+    let mut bad_iter = bad.iter().map(|b| b.0).peekable();
+    (0..n)
+        .filter(|i| {
+            if bad_iter.peek() == Some(i) {
+                bad_iter.next();
+                false
+            } else {
+                true
+            }
+        })
+        .collect()
+}
+
+/// Drops records whose event time is missing, before 1970, or further than
+/// `max_future_ms` ahead of the wall clock, so they cannot poison the
+/// watermark; returns the rest and (row, reason, detail) of each dropped one.
+pub fn check_event_time(
+    batch: RecordBatch,
+    column: usize,
+    now_ms: i64,
+    max_future_ms: i64,
+) -> Result<(RecordBatch, Vec<Rejected>)> {
+    let ts = cast(batch.column(column), &DataType::Int64)?;
+    let ts = ts.as_primitive::<Int64Type>();
+    let limit = now_ms.saturating_add(max_future_ms);
+    let mut rejected = Vec::new();
+    for i in 0..ts.len() {
+        if ts.is_null(i) {
+            rejected.push((
+                i,
+                "missing_event_time",
+                "the event time column is missing or null".to_string(),
+            ));
+        } else if ts.value(i) < 0 {
+            rejected.push((
+                i,
+                "before_epoch",
+                format!("event time {} ms is before 1970", ts.value(i)),
+            ));
+        } else if ts.value(i) > limit {
+            rejected.push((
+                i,
+                "future_timestamp",
+                format!(
+                    "event time {} ms is more than max_future ahead of the wall clock",
+                    ts.value(i)
+                ),
+            ));
+        }
+    }
+    if rejected.is_empty() {
+        return Ok((batch, rejected));
+    }
+    let mut keep = vec![true; batch.num_rows()];
+    for (i, _, _) in &rejected {
+        keep[*i] = false;
+    }
+    let batch = filter_record_batch(&batch, &BooleanArray::from(keep))?;
+    Ok((batch, rejected))
 }
 
 fn now_ms() -> i64 {
@@ -88,7 +166,17 @@ impl QueryTask {
         std::thread::Builder::new()
             .name(format!("query-{}", self.name))
             .spawn(move || {
-                let result = self.run();
+                // A bug must fail this query visibly, not take the server down
+                // or leave the query looking alive.
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run()))
+                    .unwrap_or_else(|p| {
+                        let msg = p
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .unwrap_or_else(|| "unknown panic".into());
+                        Err(Error::Execution(format!("internal error: {msg}")))
+                    });
                 match result {
                     Ok(()) => self.set_status(QueryStatus::Stopped),
                     Err(e) => {
@@ -114,7 +202,12 @@ impl QueryTask {
         let saved = match self.store.load_checkpoint(&self.name)? {
             Some((offsets, state)) => {
                 if !state.is_empty() {
-                    engine.restore(&state)?;
+                    engine.restore(&state).map_err(|e| {
+                        Error::Execution(format!(
+                            "{e}; the saved state was not resumed. Reset the query with POST /queries/{}/reset?from=earliest or ?from=latest",
+                            self.name
+                        ))
+                    })?;
                 }
                 offsets
             }
@@ -127,7 +220,7 @@ impl QueryTask {
             brokers,
             &self.stream.topic,
             &client,
-            self.stream.start,
+            self.reset.unwrap_or(self.stream.start),
             &saved,
             &self.stop,
         ) {
@@ -145,8 +238,14 @@ impl QueryTask {
         let mut last_record = Instant::now();
         let mut last_commit = Instant::now();
         let mut uncommitted = false;
+        let mut last_lag = Instant::now();
+        let mut last_progress = (
+            Instant::now(),
+            self.counters.records_in.load(Ordering::Relaxed),
+        );
         while !self.stop.load(Ordering::Relaxed) {
             let chunks = src.poll(100_000, Duration::from_millis(100))?;
+            let batch_start = Instant::now();
             let mut emitted: Vec<Emission> = Vec::new();
             let now = now_ms();
             if chunks.is_empty() {
@@ -158,26 +257,46 @@ impl QueryTask {
                 uncommitted = true;
             }
             for chunk in &chunks {
-                let (batch, bad) = decoder.decode(&chunk.payloads());
-                if !bad.is_empty() {
-                    self.counters
-                        .records_in
-                        .fetch_add(bad.len() as u64, Ordering::Relaxed);
-                    self.counters
-                        .bad_records
-                        .fetch_add(bad.len() as u64, Ordering::Relaxed);
-                    let b = &bad[0];
-                    tracing::debug!(
-                        "query {}: bad record at partition {} offset {}: {} ({})",
-                        self.name,
-                        chunk.partition,
-                        chunk.first_offset + b.index as i64,
-                        b.reason,
-                        b.detail
-                    );
+                let payloads = chunk.payloads();
+                let (batch, decode_bad) = decoder.decode(&payloads);
+                let mut bad: Vec<Rejected> = decode_bad
+                    .into_iter()
+                    .map(|b| (b.index, b.reason, b.detail))
+                    .collect();
+                let batch = match (batch, et) {
+                    (Some(b), Some(c)) => {
+                        let good: Vec<usize> = good_indices(payloads.len(), &bad);
+                        let (b, rejected) = check_event_time(b, c, now, self.stream.max_future_ms)?;
+                        bad.extend(rejected.into_iter().map(|(row, r, d)| (good[row], r, d)));
+                        bad.sort_by_key(|b| b.0);
+                        Some(b)
+                    }
+                    (b, _) => b,
+                };
+                self.stats
+                    .observe(chunk.partition, chunk.first_offset, &payloads, &bad);
+                if let Some((i, reason, detail)) = bad.first() {
+                    let n = bad.len() as u64;
+                    self.counters.records_in.fetch_add(n, Ordering::Relaxed);
+                    self.counters.bad_records.fetch_add(n, Ordering::Relaxed);
+                    if self.stream.on_error == OnError::Fail {
+                        return Err(Error::Execution(format!(
+                            "bad record in stream {} at partition {} offset {}: {reason} ({detail}); the stream has on_error = 'fail'",
+                            self.stream.name,
+                            chunk.partition,
+                            chunk.first_offset + *i as i64,
+                        )));
+                    }
                 }
-                if let Some(batch) = batch {
+                if let Some(batch) = batch.filter(|b| b.num_rows() > 0) {
                     emitted.extend(rt.block_on(engine.process(chunk.partition, batch, now))?);
+                    if engine.state_rows() > self.max_state_rows {
+                        return Err(Error::Execution(format!(
+                            "state limit exceeded: {} partial-state rows (groups x open windows) > {}; narrow the GROUP BY, shorten the window or raise max_state_rows",
+                            engine.state_rows(),
+                            self.max_state_rows
+                        )));
+                    }
                 }
             }
             if let Some(ms) = emit_ms
@@ -189,10 +308,38 @@ impl QueryTask {
             if !emitted.is_empty()
                 || (uncommitted && last_commit.elapsed() >= self.checkpoint_interval)
             {
+                let state = engine.checkpoint()?;
                 self.store
-                    .commit(&self.name, &emitted, src.offsets(), &engine.checkpoint()?)?;
+                    .commit(&self.name, &emitted, src.offsets(), &state)?;
+                self.metrics
+                    .set_state(engine.state_rows(), engine.open_windows(), state.len());
+                self.metrics.observe_emissions(&emitted, now_ms());
                 last_commit = Instant::now();
                 uncommitted = false;
+            }
+            if !chunks.is_empty() {
+                self.metrics.observe_batch(batch_start.elapsed());
+            }
+            if last_lag.elapsed() >= Duration::from_secs(1) {
+                last_lag = Instant::now();
+                self.metrics.set_lag(&src.lag());
+                let lag = self.metrics.total_lag().unwrap_or(0);
+                let secs = last_progress.0.elapsed().as_secs_f64();
+                if lag > 10_000 && secs >= 5.0 {
+                    let records = self.counters.records_in.load(Ordering::Relaxed);
+                    tracing::info!(
+                        query = %self.name,
+                        records_per_sec = ((records - last_progress.1) as f64 / secs).round(),
+                        lag,
+                        "catching up on a backlog"
+                    );
+                    last_progress = (Instant::now(), records);
+                } else if lag <= 10_000 {
+                    last_progress = (
+                        Instant::now(),
+                        self.counters.records_in.load(Ordering::Relaxed),
+                    );
+                }
             }
         }
         if uncommitted {

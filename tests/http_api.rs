@@ -123,3 +123,64 @@ async fn errors_are_4xx_with_locations() {
     let (_, v) = s.get("/streams").await;
     assert_eq!(v["streams"].as_array().unwrap().len(), 0);
 }
+
+#[tokio::test]
+async fn limits_and_sql_sandbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path(), "127.0.0.1:1");
+    // A body over the limit is refused from its Content-Length, before it is sent.
+    let addr = s.url.trim_start_matches("http://").to_string();
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    use std::io::{Read, Write};
+    write!(
+        conn,
+        "POST /sql HTTP/1.1\r\nHost: runnel\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        2 << 20
+    )
+    .unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut response = String::new();
+    let mut buf = [0u8; 4096];
+    while !response.ends_with('}') {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => response.push_str(&String::from_utf8_lossy(&buf[..n])),
+        }
+    }
+    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+    assert!(response.contains("payload_too_large"), "{response}");
+    for sql in [
+        "CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '/etc/passwd'",
+        "SELECT * FROM '/etc/passwd'",
+        "COPY (SELECT 1) TO '/tmp/x.csv'",
+        "SELECT * FROM read_csv('/etc/passwd')",
+        "INSERT INTO runnel_streams VALUES ('a', 'b', 'c')",
+        "SET datafusion.execution.batch_size = 1",
+    ] {
+        let (st, v) = s.post("/sql", sql).await;
+        assert_eq!(st, 400, "{sql}: {v}");
+        assert!(v["error"]["message"].is_string());
+    }
+    // A one-shot SELECT without tables runs in DataFusion, with nothing to reach.
+    let v = s.sql("SELECT 1 + 1 AS two").await;
+    assert_eq!(v["results"][0]["rows"][0][0], 2);
+}
+
+#[tokio::test]
+async fn token_guards_mutations() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(dir.path(), "127.0.0.1:1", &[("RUNNEL_TOKEN", "s3cret")]);
+    let (st, v) = s.post("/sql", STREAM).await;
+    assert_eq!(st, 401, "{v}");
+    assert_eq!(v["error"]["code"], "unauthorized");
+    let (st, _) = s.post_auth("/sql", STREAM, "wrong").await;
+    assert_eq!(st, 401);
+    let (st, v) = s.post_auth("/sql", STREAM, "s3cret").await;
+    assert_eq!(st, 200, "{v}");
+    // Reads stay open unless --protect-reads.
+    let (st, _) = s.get("/streams").await;
+    assert_eq!(st, 200);
+    let (st, _) = s.get("/healthz").await;
+    assert_eq!(st, 200);
+}

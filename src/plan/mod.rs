@@ -379,6 +379,31 @@ impl ContinuousPlan {
         self.run(&self.close_in, &self.close_plan, states).await
     }
 
+    /// Indices of the stream columns the per-batch plan reads (the window
+    /// columns excluded); the others never need decoding.
+    pub fn stream_columns_read(&self) -> Vec<usize> {
+        let stream_columns = self.input_schema.fields().len() - 2;
+        let mut read: Option<Vec<usize>> = None;
+        let _ = self.batch_plan.apply(|node| {
+            if let Some(slot) = node.downcast_ref::<SlotExec>() {
+                read = Some(match slot.projection() {
+                    Some(p) => p.to_vec(),
+                    None => (0..stream_columns + 2).collect(),
+                });
+                return Ok(TreeNodeRecursion::Stop);
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+        let mut read: Vec<usize> = read
+            .unwrap_or_else(|| (0..stream_columns).collect())
+            .into_iter()
+            .filter(|i| *i < stream_columns)
+            .collect();
+        read.sort_unstable();
+        read.dedup();
+        read
+    }
+
     /// The per-batch and window-close plans as text.
     pub fn explain(&self) -> String {
         format!(

@@ -78,6 +78,13 @@ impl SlotExec {
     }
 }
 
+impl SlotExec {
+    /// Indices of the slot's columns this leaf passes on (all when `None`).
+    pub fn projection(&self) -> Option<&[usize]> {
+        self.projection.as_deref()
+    }
+}
+
 impl DisplayAs for SlotExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         write!(f, "{}", self.label)?;

@@ -54,6 +54,7 @@ pub const MAX_BODY: usize = 1 << 20;
 
 /// The API router over `app`.
 pub fn router(app: Arc<App>) -> Router {
+    super::metrics::spawn_sampler(Arc::downgrade(&app));
     Router::new()
         .route("/sql", post(sql))
         .route("/queries", post(create_query).get(list_queries))
@@ -61,22 +62,86 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/queries/{id}/results", get(results))
         .route("/streams", get(list_streams))
         .route("/streams/{name}", get(get_stream))
+        .route("/streams/{name}/errors", get(stream_errors))
+        .route("/queries/{id}/reset", post(reset_query))
         .route("/healthz", get(|| async { axum::Json(json!({"status": "ok"})) }))
+        .route("/queries/{id}/stream", get(stream_results))
+        .route("/metrics", get(super::metrics::handler))
+        .merge(super::dashboard::routes())
         .fallback(|| async { Error::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async {
             let body = json!({"error": {"code": "method_not_allowed", "message": "method not allowed on this route", "line": null, "column": null}});
             (StatusCode::METHOD_NOT_ALLOWED, axum::Json(body))
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), authorize))
         .with_state(app)
+}
+
+/// Compares in time independent of where the inputs differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// With a token configured, mutating calls (and reads, if protected) need
+/// `Authorization: Bearer <token>`.
+async fn authorize(
+    State(app): State<Arc<App>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    // Refuse an oversized body from its declared length, before reading it.
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY) {
+        return Error::PayloadTooLarge(format!("request body is larger than {MAX_BODY} bytes"))
+            .into_response();
+    }
+    if let Some(token) = &app.config.token {
+        let read = matches!(
+            *req.method(),
+            axum::http::Method::GET | axum::http::Method::HEAD
+        );
+        let open = req.uri().path() == "/healthz" || (read && !app.config.protect_reads);
+        if !open {
+            let given = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+                return Error::Unauthorized("this call needs Authorization: Bearer <token>".into())
+                    .into_response();
+            }
+        }
+    }
+    next.run(req).await
+}
+
+/// The request body, with size and read errors in Runnel's error shape.
+fn body(b: Result<Bytes, axum::extract::rejection::BytesRejection>) -> Result<Bytes, Error> {
+    b.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Error::PayloadTooLarge(format!("request body is larger than {MAX_BODY} bytes"))
+        } else {
+            Error::BadRequest(r.body_text())
+        }
+    })
 }
 
 fn utf8(body: &Bytes) -> Result<&str, Error> {
     std::str::from_utf8(body).map_err(|_| Error::BadRequest("request body is not UTF-8".into()))
 }
 
-async fn sql(State(app): State<Arc<App>>, body: Bytes) -> Res {
-    let results = app.execute_sql(utf8(&body)?).await?;
+async fn sql(
+    State(app): State<Arc<App>>,
+    b: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Res {
+    let b = body(b)?;
+    let results = app.execute_sql(utf8(&b)?).await?;
     Ok(axum::Json(json!({"results": results})).into_response())
 }
 
@@ -86,7 +151,12 @@ struct CreateQueryBody {
     name: Option<String>,
 }
 
-async fn create_query(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Res {
+async fn create_query(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    b: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Res {
+    let body = body(b)?;
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -268,4 +338,139 @@ async fn list_streams(State(app): State<Arc<App>>) -> Res {
 async fn get_stream(State(app): State<Arc<App>>, Path(name): Path<String>) -> Res {
     let s = app.stream(&name)?;
     Ok(axum::Json(app.stream_json(&s)).into_response())
+}
+
+async fn stream_errors(State(app): State<Arc<App>>, Path(name): Path<String>) -> Res {
+    let s = app.stream(&name)?;
+    let body = json!({
+        "stream": s.def.name,
+        "bad_records": s.stats.bad_records(),
+        "by_reason": s.stats.bad_by_reason(),
+        "samples": s.stats.samples(),
+    });
+    Ok(axum::Json(body).into_response())
+}
+
+#[derive(Deserialize)]
+struct ResetParams {
+    from: Option<String>,
+}
+
+async fn reset_query(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    params: Query<ResetParams>,
+) -> Res {
+    let from = match params.0.from.as_deref() {
+        Some("earliest") => crate::sql::StartFrom::Earliest,
+        Some("latest") => crate::sql::StartFrom::Latest,
+        other => {
+            return Err(Error::BadRequest(format!(
+                "reset needs ?from=earliest or ?from=latest, not {other:?}"
+            )));
+        }
+    };
+    let q = app.reset_query(&id, from).await?;
+    Ok(axum::Json(app.query_json(&q, false)).into_response())
+}
+
+#[derive(Deserialize)]
+struct StreamParams {
+    after: Option<String>,
+}
+
+/// How often a results stream looks for new rows.
+const STREAM_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// `GET /queries/{id}/stream`: server-sent events, one `row` event per result
+/// row in write order, each with the row's cursor as its id. A client resumes
+/// with `Last-Event-ID` (or `?after=CURSOR`); a `dropped` event ends the
+/// stream when the query is dropped.
+async fn stream_results(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Query(p): Query<StreamParams>,
+) -> Res {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let q = app.query(&id)?;
+    let from = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .or(p.after.as_deref().filter(|v| !v.is_empty()));
+    let after = match from {
+        None => None,
+        Some(a) => Some(
+            a.parse::<i64>()
+                .map_err(|_| Error::BadRequest(format!("invalid cursor '{a}'")))?,
+        ),
+    };
+    let name = q.name.clone();
+    let state = (
+        app,
+        name,
+        after,
+        std::collections::VecDeque::<Event>::new(),
+        false,
+    );
+    let events = futures::stream::unfold(
+        state,
+        |(app, name, mut after, mut pending, mut done)| async move {
+            loop {
+                if let Some(ev) = pending.pop_front() {
+                    return Some((
+                        Ok::<Event, std::convert::Infallible>(ev),
+                        (app, name, after, pending, done),
+                    ));
+                }
+                if done {
+                    return None;
+                }
+                if app.query(&name).is_err() {
+                    done = true;
+                    pending.push_back(Event::default().event("dropped").data(name.clone()));
+                    continue;
+                }
+                let store = app.store.clone();
+                let table = name.clone();
+                let filter = ResultFilter {
+                    after,
+                    limit: 1000,
+                    ..Default::default()
+                };
+                let page =
+                    tokio::task::spawn_blocking(move || store.read_results(&table, &filter)).await;
+                match page {
+                    Ok(Ok(page)) if !page.rows.is_empty() => {
+                        for (row, seq) in page.rows.into_iter().zip(page.seqs) {
+                            let obj: serde_json::Map<String, Value> = page
+                                .columns
+                                .iter()
+                                .cloned()
+                                .zip(row.into_iter().map(sql_to_json))
+                                .collect();
+                            pending.push_back(
+                                Event::default()
+                                    .event("row")
+                                    .id(seq.to_string())
+                                    .data(Value::Object(obj).to_string()),
+                            );
+                            after = Some(seq);
+                        }
+                    }
+                    Ok(Ok(_)) => tokio::time::sleep(STREAM_POLL).await,
+                    Ok(Err(e)) => {
+                        done = true;
+                        pending.push_back(Event::default().event("error").data(e.to_string()));
+                    }
+                    Err(_) => return None,
+                }
+            }
+        },
+    );
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }

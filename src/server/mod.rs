@@ -11,7 +11,9 @@
 //! # Ok(()) }
 //! ```
 
+pub mod dashboard;
 pub mod http;
+pub mod metrics;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,10 +32,15 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::plan::{ContinuousPlan, new_context, plan_error};
 use crate::runtime::{QueryStatus, QueryTask};
+use crate::source::stats::StreamStats;
+use crate::sql::StartFrom;
 use crate::sql::{
     Parsed, SelectSql, Statement, StreamDef, normalize_ident, parse_sql, parse_statement,
 };
 use crate::store::Store;
+
+/// Bad records kept per stream for `GET /streams/{name}/errors`.
+pub const BAD_SAMPLES: usize = 100;
 use crate::window::Counters;
 
 /// A declared stream.
@@ -42,6 +49,18 @@ pub struct StreamEntry {
     pub def: StreamDef,
     /// The statement that created it.
     pub sql: String,
+    /// Input statistics and the bad-record sample.
+    pub stats: Arc<StreamStats>,
+}
+
+impl StreamEntry {
+    fn new(def: StreamDef, sql: String) -> Self {
+        StreamEntry {
+            def,
+            sql,
+            stats: Arc::new(StreamStats::new(BAD_SAMPLES)),
+        }
+    }
 }
 
 /// A registered continuous query.
@@ -58,6 +77,8 @@ pub struct QueryEntry {
     pub counters: Arc<Counters>,
     /// Run status.
     pub status: Arc<Mutex<QueryStatus>>,
+    /// Timings, lag and state size recorded by the query's thread.
+    pub metrics: Arc<metrics::QueryMetrics>,
     stop: Arc<AtomicBool>,
     handle: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -85,6 +106,8 @@ pub struct App {
     pub config: Config,
     /// The store.
     pub store: Store,
+    /// This process's Prometheus registry.
+    pub metrics: metrics::Metrics,
     streams: RwLock<BTreeMap<String, Arc<StreamEntry>>>,
     queries: RwLock<BTreeMap<String, Arc<QueryEntry>>>,
 }
@@ -181,6 +204,7 @@ impl App {
         let app = Arc::new(App {
             config,
             store: store.clone(),
+            metrics: metrics::Metrics::new(),
             streams: RwLock::new(BTreeMap::new()),
             queries: RwLock::new(BTreeMap::new()),
         });
@@ -190,7 +214,7 @@ impl App {
                     app.streams
                         .write()
                         .expect("lock")
-                        .insert(name, Arc::new(StreamEntry { def, sql }));
+                        .insert(name, Arc::new(StreamEntry::new(def, sql)));
                 }
                 _ => {
                     return Err(Error::Execution(format!(
@@ -205,7 +229,7 @@ impl App {
                     "stored query {name} is not a CREATE QUERY"
                 )));
             };
-            app.start_query(&name, &sql, &select, false).await?;
+            app.start_query(&name, &sql, &select, false, None).await?;
         }
         Ok(app)
     }
@@ -272,10 +296,7 @@ impl App {
                 self.store.save_stream(&def.name, &p.text)?;
                 self.streams.write().expect("lock").insert(
                     def.name.clone(),
-                    Arc::new(StreamEntry {
-                        def: def.clone(),
-                        sql: p.text.clone(),
-                    }),
+                    Arc::new(StreamEntry::new(def.clone(), p.text.clone())),
                 );
                 json!({"kind": "create_stream", "message": format!("stream {} created", def.name), "stream": def.name})
             }
@@ -468,7 +489,7 @@ impl App {
             return Err(Error::BadRequest("INTO TOPIC is not supported yet".into()));
         }
         // Plan before saving, so a bad query leaves nothing behind.
-        self.start_query(&name, &sql, select, true).await
+        self.start_query(&name, &sql, select, true, None).await
     }
 
     async fn start_query(
@@ -477,6 +498,7 @@ impl App {
         sql: &str,
         select: &SelectSql,
         save: bool,
+        reset: Option<StartFrom>,
     ) -> Result<Arc<QueryEntry>> {
         let stream = self.stream_of(&select.sql)?;
         let plan = Arc::new(ContinuousPlan::build(&stream.def, select).await?);
@@ -484,6 +506,7 @@ impl App {
             self.store.save_query(name, sql, &plan.output_schema)?;
         }
         let counters = Arc::new(Counters::default());
+        let query_metrics = self.metrics.query(name, &stream.def.name);
         let status = Arc::new(Mutex::new(QueryStatus::Starting));
         let stop = Arc::new(AtomicBool::new(false));
         let task = QueryTask {
@@ -497,6 +520,10 @@ impl App {
             stop: stop.clone(),
             checkpoint_interval: self.config.checkpoint_interval,
             idle_after: self.config.idle_after,
+            stats: stream.stats.clone(),
+            max_state_rows: self.config.max_state_rows,
+            reset,
+            metrics: query_metrics.clone(),
         };
         let entry = Arc::new(QueryEntry {
             name: name.to_string(),
@@ -505,6 +532,7 @@ impl App {
             plan,
             counters,
             status,
+            metrics: query_metrics,
             stop,
             handle: Mutex::new(Some(task.spawn())),
         });
@@ -522,6 +550,25 @@ impl App {
         self.store.delete_query(&q.name)?;
         self.queries.write().expect("lock").remove(&q.name);
         Ok(())
+    }
+
+    /// Restarts a query from `from`, discarding its saved state and offsets
+    /// (results already written are kept; re-processed windows replace them).
+    pub async fn reset_query(&self, name: &str, from: StartFrom) -> Result<Arc<QueryEntry>> {
+        let q = self.query(name)?;
+        let stopping = q.clone();
+        tokio::task::spawn_blocking(move || stopping.stop())
+            .await
+            .map_err(|e| Error::Execution(e.to_string()))?;
+        self.store.delete_checkpoint(&q.name)?;
+        let Statement::CreateQuery { select, .. } = parse_statement(&q.sql)?.stmt else {
+            return Err(Error::Execution(format!(
+                "stored query {name} is not a CREATE QUERY"
+            )));
+        };
+        self.queries.write().expect("lock").remove(&q.name);
+        self.start_query(&q.name, &q.sql, &select, false, Some(from))
+            .await
     }
 
     /// Deletes a stream no query reads.
@@ -614,13 +661,6 @@ impl App {
     pub fn stream_json(&self, s: &StreamEntry) -> Value {
         let d = &s.def;
         let readers = self.readers(&d.name);
-        let (mut records, mut bad) = (0u64, 0u64);
-        for r in &readers {
-            if let Ok(q) = self.query(r) {
-                records = records.max(q.counters.records_in.load(Ordering::Relaxed));
-                bad = bad.max(q.counters.bad_records.load(Ordering::Relaxed));
-            }
-        }
         json!({
             "name": d.name,
             "sql": s.sql,
@@ -632,8 +672,12 @@ impl App {
             "columns": d.columns.iter().map(|c| json!({"name": c.name, "type": c.sql_type})).collect::<Vec<_>>(),
             "options": d.options,
             "queries": readers,
-            "records_in": records,
-            "bad_records": bad,
+            "on_error": format!("{:?}", d.on_error).to_lowercase(),
+            "max_future_ms": d.max_future_ms,
+            "records_in": s.stats.records_in(),
+            "bytes_in": s.stats.bytes_in(),
+            "bad_records": s.stats.bad_records(),
+            "bad_records_by_reason": s.stats.bad_by_reason(),
         })
     }
 

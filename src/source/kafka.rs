@@ -139,6 +139,38 @@ impl KafkaSource {
         &self.offsets
     }
 
+    /// Records not yet read per partition: the high watermark last reported
+    /// by the broker minus the next offset to read (partitions read so far).
+    pub fn lag(&self) -> Vec<(i32, i64)> {
+        let Ok(tpl) = self.consumer.assignment() else {
+            return Vec::new();
+        };
+        tpl.elements()
+            .iter()
+            .filter_map(|e| {
+                let next = *self.offsets.get(&e.partition())?;
+                let topic = std::ffi::CString::new(e.topic()).ok()?;
+                let (mut low, mut high) = (-1i64, -1i64);
+                // SAFETY: the client pointer lives as long as `self.consumer`,
+                // the topic is NUL-terminated, and librdkafka only reads its
+                // cached watermarks into the two out-parameters.
+                let err = unsafe {
+                    rdkafka::bindings::rd_kafka_get_watermark_offsets(
+                        self.consumer.client().native_client().ptr(),
+                        topic.as_ptr(),
+                        e.partition(),
+                        &mut low,
+                        &mut high,
+                    )
+                };
+                if err != rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR {
+                    return None;
+                }
+                (high >= 0).then(|| (e.partition(), (high - next).max(0)))
+            })
+            .collect()
+    }
+
     /// Reads up to `max` records, waiting at most `wait` for the first one,
     /// grouped into per-partition chunks in arrival order.
     pub fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Chunk>> {

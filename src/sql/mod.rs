@@ -110,6 +110,19 @@ pub enum StartFrom {
     Latest,
 }
 
+/// What a malformed record does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    /// Count it, keep a sample, and go on.
+    Skip,
+    /// Stop the query with an error naming the record.
+    Fail,
+}
+
+/// Default `max_future`: one hour.
+pub const DEFAULT_MAX_FUTURE_MS: i64 = 3_600_000;
+
 /// Payload formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -139,6 +152,10 @@ pub struct StreamDef {
     pub start: StartFrom,
     /// Broker list overriding the server default.
     pub brokers: Option<String>,
+    /// What a bad record does to the queries reading the stream.
+    pub on_error: OnError,
+    /// Records stamped further than this ahead of the wall clock are bad (ms).
+    pub max_future_ms: i64,
     /// All options as written.
     pub options: BTreeMap<String, String>,
 }
@@ -552,20 +569,22 @@ fn create_stream(text: &str) -> Result<StreamDef> {
         }
     }
     let bad = |m: String| Error::sql(m, loc(&with_tok));
+    const KNOWN: &[&str] = &[
+        "kafka_topic",
+        "format",
+        "event_time",
+        "watermark_delay",
+        "start",
+        "brokers",
+        "source",
+        "on_error",
+        "max_future",
+    ];
     for k in options.keys() {
-        if ![
-            "kafka_topic",
-            "format",
-            "event_time",
-            "watermark_delay",
-            "start",
-            "brokers",
-            "source",
-        ]
-        .contains(&k.as_str())
-        {
+        if !KNOWN.contains(&k.as_str()) {
             return Err(bad(format!(
-                "unknown stream option '{k}'; known: kafka_topic, format, event_time, watermark_delay, start, brokers, source"
+                "unknown stream option '{k}'; known: {}",
+                KNOWN.join(", ")
             )));
         }
     }
@@ -616,8 +635,23 @@ fn create_stream(text: &str) -> Result<StreamDef> {
             )));
         }
     };
+    let on_error = match options
+        .get("on_error")
+        .map(|s| s.to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("skip") => OnError::Skip,
+        Some("fail") => OnError::Fail,
+        Some(s) => return Err(bad(format!("on_error must be 'skip' or 'fail', not '{s}'"))),
+    };
+    let max_future_ms = match options.get("max_future") {
+        Some(d) => parse_duration(d).map_err(|e| bad(format!("max_future: {e}")))?,
+        None => DEFAULT_MAX_FUTURE_MS,
+    };
     Ok(StreamDef {
         name,
+        on_error,
+        max_future_ms,
         columns,
         source: SourceKind::Kafka,
         topic,

@@ -142,6 +142,8 @@ pub struct ResultPage {
     pub rows: Vec<Vec<Value>>,
     /// Cursor to pass as `after` for the next page (the last row's sequence).
     pub cursor: Option<i64>,
+    /// Each row's own cursor (its sequence), in row order.
+    pub seqs: Vec<i64>,
 }
 
 /// Filters for reading results.
@@ -332,6 +334,15 @@ impl Store {
         Ok(())
     }
 
+    /// Forgets a query's saved offsets and state.
+    pub fn delete_checkpoint(&self, query: &str) -> Result<()> {
+        self.conn().execute(
+            "DELETE FROM runnel_checkpoints WHERE query = ?1",
+            params![query],
+        )?;
+        Ok(())
+    }
+
     /// The last checkpoint of a query: next offsets per partition and the state blob.
     pub fn load_checkpoint(&self, query: &str) -> Result<Option<Checkpoint>> {
         let row: Option<(String, Option<Vec<u8>>)> = self
@@ -383,13 +394,18 @@ impl Store {
             Value::Integer(i) => Some(i),
             _ => None,
         });
-        for r in &mut out {
-            r.remove(0);
-        }
+        let seqs = out
+            .iter_mut()
+            .map(|r| match r.remove(0) {
+                Value::Integer(i) => i,
+                _ => 0,
+            })
+            .collect();
         Ok(ResultPage {
             columns: columns[1..].to_vec(),
             rows: out,
             cursor: cursor.or(f.after),
+            seqs,
         })
     }
 

@@ -24,7 +24,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, TimestampMillisecondArray, UInt32Array};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, TimestampMillisecondArray, UInt32Array, new_null_array,
+};
 use datafusion::arrow::compute::{cast, concat_batches, take};
 use datafusion::arrow::datatypes::{DataType, Int64Type, TimestampMillisecondType};
 use datafusion::arrow::ipc::reader::StreamReader;
@@ -118,6 +120,8 @@ pub struct WindowEngine {
     /// Windows whose end plus grace is at or before this are closed.
     closed_wm: i64,
     dirty: bool,
+    /// Stream columns the batch plan reads.
+    read: Vec<usize>,
     /// Live counters.
     pub counters: Arc<Counters>,
 }
@@ -132,7 +136,9 @@ impl WindowEngine {
     /// in the stream's batches (arrival time when `None`).
     pub fn new(plan: Arc<ContinuousPlan>, event_time: Option<usize>, delay_ms: i64) -> Self {
         let grace = plan.window.grace_ms;
+        let read = plan.stream_columns_read();
         WindowEngine {
+            read,
             plan,
             event_time,
             delay: delay_ms,
@@ -157,6 +163,34 @@ impl WindowEngine {
             .values()
             .min()
             .map(|m| m.saturating_sub(self.delay))
+    }
+
+    /// Partial-state rows held across all open windows (about groups × windows).
+    pub fn state_rows(&self) -> usize {
+        self.windows.values().map(|w| w.rows).sum::<usize>() + self.sessions.rows
+    }
+
+    /// Bytes of partial state held in memory by the open windows.
+    pub fn state_bytes(&self) -> usize {
+        self.windows
+            .values()
+            .chain(std::iter::once(&self.sessions))
+            .flat_map(|w| &w.batches)
+            .map(|b| b.get_array_memory_size())
+            .sum()
+    }
+
+    /// Merges each open window's partial states into one row per group.
+    pub async fn compact_all(&mut self) -> Result<()> {
+        for buf in self.windows.values_mut() {
+            if buf.batches.len() > 1 {
+                compact(&self.plan, buf).await?;
+            }
+        }
+        if self.sessions.batches.len() > 1 {
+            compact(&self.plan, &mut self.sessions).await?;
+        }
+        Ok(())
     }
 
     /// Number of windows holding state.
@@ -244,12 +278,19 @@ impl WindowEngine {
             self.partition_max.insert(partition, pm);
         }
         if !idx.is_empty() {
+            // Every record in one window each, in order: the columns as they are.
+            let identity = idx.len() == n && idx.iter().enumerate().all(|(k, &v)| v as usize == k);
             let indices = UInt32Array::from(idx);
-            let mut cols: Vec<ArrayRef> = batch
-                .columns()
-                .iter()
-                .map(|c| take(c.as_ref(), &indices, None))
-                .collect::<std::result::Result<_, _>>()?;
+            let mut cols: Vec<ArrayRef> = Vec::with_capacity(batch.num_columns() + 2);
+            for (i, c) in batch.columns().iter().enumerate() {
+                cols.push(if identity {
+                    c.clone()
+                } else if self.read.binary_search(&i).is_ok() {
+                    take(c.as_ref(), &indices, None)?
+                } else {
+                    new_null_array(c.data_type(), indices.len())
+                });
+            }
             cols.push(Arc::new(TimestampMillisecondArray::from(starts)));
             cols.push(Arc::new(TimestampMillisecondArray::from(ends)));
             let expanded = RecordBatch::try_new(self.plan.input_schema.clone(), cols)?;

@@ -20,6 +20,11 @@ pub struct TestServer {
 impl TestServer {
     /// Starts `runnel serve` on `data_dir` with `brokers` and waits until it listens.
     pub fn start(data_dir: &Path, brokers: &str) -> Self {
+        Self::start_with(data_dir, brokers, &[])
+    }
+
+    /// Like [`start`](Self::start) with extra environment variables.
+    pub fn start_with(data_dir: &Path, brokers: &str, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_runnel"))
             .args([
                 "serve",
@@ -32,6 +37,8 @@ impl TestServer {
             .arg(data_dir)
             .env("RUNNEL_LOG", "warn")
             .env_remove("RUNNEL_CONFIG")
+            .env_remove("RUNNEL_TOKEN")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -65,10 +72,29 @@ impl TestServer {
         panic!("server did not stop on SIGINT");
     }
 
+    /// Kills the server with SIGKILL: no checkpoint, no cleanup.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
     pub async fn post(&self, path: &str, body: &str) -> (u16, Value) {
         let r = self
             .client
             .post(format!("{}{path}", self.url))
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post_auth(&self, path: &str, body: &str, token: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(token)
             .body(body.to_string())
             .send()
             .await

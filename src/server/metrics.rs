@@ -1,0 +1,577 @@
+//! Prometheus metrics (`GET /metrics`) and the short history the dashboard
+//! charts (`GET /dashboard/history`).
+//!
+//! Each [`App`] owns its own [`Metrics`] registry. Counters that already live
+//! in the query engine and the stream statistics are copied into the registry
+//! at scrape time; batch durations, window-close latency, consumer lag and
+//! state size are recorded by each query's thread through its
+//! [`QueryMetrics`].
+//!
+//! | metric | labels |
+//! |---|---|
+//! | `runnel_stream_records_in_total`, `runnel_stream_bytes_in_total` | `stream` |
+//! | `runnel_stream_bad_records_total` | `stream`, `reason` |
+//! | `runnel_stream_watermark_seconds` | `stream` |
+//! | `runnel_stream_consumer_lag_records` | `stream`, `query`, `partition` |
+//! | `runnel_query_records_processed_total`, `runnel_query_late_records_total`, `runnel_query_windows_closed_total`, `runnel_query_rows_emitted_total` | `query`, `stream` |
+//! | `runnel_query_open_groups`, `runnel_query_open_windows`, `runnel_query_state_bytes`, `runnel_query_watermark_seconds`, `runnel_query_running` | `query`, `stream` |
+//! | `runnel_query_batch_duration_seconds`, `runnel_query_window_close_latency_seconds` (histograms) | `query`, `stream` |
+//! | `runnel_process_resident_memory_bytes`, `runnel_streams`, `runnel_queries` | |
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use serde_json::{Value, json};
+
+use super::App;
+use crate::runtime::QueryStatus;
+
+/// Samples kept for the dashboard's charts.
+const HISTORY: usize = 300;
+
+/// How often the dashboard history is sampled.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(2);
+
+const BATCH_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+const LATENCY_BUCKETS: &[f64] = &[
+    0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+];
+
+/// What one query's thread records.
+pub struct QueryMetrics {
+    batch: Histogram,
+    close_latency: Histogram,
+    lag: Mutex<BTreeMap<i32, i64>>,
+    open_groups: AtomicU64,
+    open_windows: AtomicU64,
+    state_bytes: AtomicU64,
+}
+
+impl QueryMetrics {
+    /// Metrics not attached to any registry.
+    pub fn detached() -> Self {
+        let h = |name: &str, buckets: &[f64]| {
+            Histogram::with_opts(HistogramOpts::new(name, name).buckets(buckets.to_vec()))
+                .expect("valid histogram")
+        };
+        Self::new(
+            h("batch", BATCH_BUCKETS),
+            h("close_latency", LATENCY_BUCKETS),
+        )
+    }
+
+    fn new(batch: Histogram, close_latency: Histogram) -> Self {
+        QueryMetrics {
+            batch,
+            close_latency,
+            lag: Mutex::new(BTreeMap::new()),
+            open_groups: AtomicU64::new(0),
+            open_windows: AtomicU64::new(0),
+            state_bytes: AtomicU64::new(0),
+        }
+    }
+
+    /// One poll's records decoded, windowed and committed in `d`.
+    pub fn observe_batch(&self, d: Duration) {
+        self.batch.observe(d.as_secs_f64());
+    }
+
+    /// A window's rows committed `seconds` after the window's end.
+    pub fn observe_close_latency(&self, seconds: f64) {
+        self.close_latency.observe(seconds.max(0.0));
+    }
+
+    /// Replaces the consumer lag per partition.
+    pub fn set_lag(&self, lag: &[(i32, i64)]) {
+        let mut m = self.lag.lock().unwrap_or_else(|p| p.into_inner());
+        for (p, l) in lag {
+            m.insert(*p, *l);
+        }
+    }
+
+    /// Total consumer lag over partitions, if known.
+    pub fn total_lag(&self) -> Option<i64> {
+        let m = self.lag.lock().unwrap_or_else(|p| p.into_inner());
+        (!m.is_empty()).then(|| m.values().sum())
+    }
+
+    /// Open partial-state rows (about groups × windows), open windows and
+    /// the size of the saved state.
+    pub fn set_state(&self, groups: usize, windows: usize, bytes: usize) {
+        self.open_groups.store(groups as u64, Ordering::Relaxed);
+        self.open_windows.store(windows as u64, Ordering::Relaxed);
+        self.state_bytes.store(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Batches observed and their total seconds.
+    pub fn batch_totals(&self) -> (u64, f64) {
+        (self.batch.get_sample_count(), self.batch.get_sample_sum())
+    }
+}
+
+#[derive(Clone)]
+struct QuerySample {
+    records: u64,
+    batches: u64,
+    batch_secs: f64,
+    rows: u64,
+    lag: Option<i64>,
+}
+
+struct Sample {
+    t_ms: i64,
+    streams: BTreeMap<String, (u64, u64)>,
+    queries: BTreeMap<String, QuerySample>,
+}
+
+struct Gauges {
+    stream_records: IntCounterVec,
+    stream_bytes: IntCounterVec,
+    stream_bad: IntCounterVec,
+    stream_watermark: GaugeVec,
+    lag: IntGaugeVec,
+    processed: IntCounterVec,
+    late: IntCounterVec,
+    windows_closed: IntCounterVec,
+    rows_emitted: IntCounterVec,
+    open_groups: IntGaugeVec,
+    open_windows: IntGaugeVec,
+    state_bytes: IntGaugeVec,
+    watermark: GaugeVec,
+    running: IntGaugeVec,
+    memory: IntGauge,
+    streams: IntGauge,
+    queries: IntGauge,
+}
+
+/// The process's metrics registry.
+pub struct Metrics {
+    registry: Registry,
+    g: Gauges,
+    batch: HistogramVec,
+    close_latency: HistogramVec,
+    live: Mutex<BTreeSet<(String, String)>>,
+    scrape: Mutex<()>,
+    history: Mutex<VecDeque<Sample>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn reg<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn set_counter(c: &IntCounterVec, labels: &[&str], v: u64) {
+    c.with_label_values(labels).inc_by(v);
+}
+
+/// Resident set size of this process in bytes (Linux).
+fn resident_bytes() -> Option<i64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: i64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+impl Metrics {
+    /// A fresh registry with every Runnel metric.
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            reg(
+                &r,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        let igauge = |name: &str, help: &str, labels: &[&str]| {
+            reg(
+                &r,
+                IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        let fgauge = |name: &str, help: &str, labels: &[&str]| {
+            reg(
+                &r,
+                GaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        let plain =
+            |name: &str, help: &str| reg(&r, IntGauge::new(name, help).expect("valid metric"));
+        let qs = &["query", "stream"][..];
+        let g = Gauges {
+            stream_records: counter(
+                "runnel_stream_records_in_total",
+                "Records read from the stream's topic (good and bad).",
+                &["stream"],
+            ),
+            stream_bytes: counter(
+                "runnel_stream_bytes_in_total",
+                "Payload bytes read from the stream's topic.",
+                &["stream"],
+            ),
+            stream_bad: counter(
+                "runnel_stream_bad_records_total",
+                "Records that could not be used, by reason.",
+                &["stream", "reason"],
+            ),
+            stream_watermark: fgauge(
+                "runnel_stream_watermark_seconds",
+                "Lowest watermark among the stream's queries, in Unix seconds.",
+                &["stream"],
+            ),
+            lag: igauge(
+                "runnel_stream_consumer_lag_records",
+                "Records in the partition not yet read by the query's consumer.",
+                &["stream", "query", "partition"],
+            ),
+            processed: counter(
+                "runnel_query_records_processed_total",
+                "Records fed to the query's windows.",
+                qs,
+            ),
+            late: counter(
+                "runnel_query_late_records_total",
+                "Records dropped from windows that had closed.",
+                qs,
+            ),
+            windows_closed: counter(
+                "runnel_query_windows_closed_total",
+                "Windows closed and written.",
+                qs,
+            ),
+            rows_emitted: counter(
+                "runnel_query_rows_emitted_total",
+                "Result rows written.",
+                qs,
+            ),
+            open_groups: igauge(
+                "runnel_query_open_groups",
+                "Partial-state rows held by open windows (about groups x windows).",
+                qs,
+            ),
+            open_windows: igauge("runnel_query_open_windows", "Windows holding state.", qs),
+            state_bytes: igauge(
+                "runnel_query_state_bytes",
+                "Size of the query's last saved state.",
+                qs,
+            ),
+            watermark: fgauge(
+                "runnel_query_watermark_seconds",
+                "The query's watermark, in Unix seconds.",
+                qs,
+            ),
+            running: igauge(
+                "runnel_query_running",
+                "1 while the query consumes, 0 when waiting, stopped or failed.",
+                qs,
+            ),
+            memory: plain(
+                "runnel_process_resident_memory_bytes",
+                "Resident memory of the Runnel process.",
+            ),
+            streams: plain("runnel_streams", "Declared streams."),
+            queries: plain("runnel_queries", "Registered continuous queries."),
+        };
+        let hist = |name: &str, help: &str, buckets: &[f64]| {
+            reg(
+                &r,
+                HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), qs)
+                    .expect("valid metric"),
+            )
+        };
+        let batch = hist(
+            "runnel_query_batch_duration_seconds",
+            "Time to decode, window and commit one poll's records.",
+            BATCH_BUCKETS,
+        );
+        let close_latency = hist(
+            "runnel_query_window_close_latency_seconds",
+            "Wall-clock time from a window's end to its rows being written.",
+            LATENCY_BUCKETS,
+        );
+        Metrics {
+            registry: r,
+            g,
+            batch,
+            close_latency,
+            live: Mutex::new(BTreeSet::new()),
+            scrape: Mutex::new(()),
+            history: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// Fresh metrics for query `name` reading `stream`, replacing earlier
+    /// series of the same name.
+    pub fn query(&self, name: &str, stream: &str) -> Arc<QueryMetrics> {
+        let labels = [name, stream];
+        let _ = self.batch.remove_label_values(&labels);
+        let _ = self.close_latency.remove_label_values(&labels);
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((name.to_string(), stream.to_string()));
+        Arc::new(QueryMetrics::new(
+            self.batch.with_label_values(&labels),
+            self.close_latency.with_label_values(&labels),
+        ))
+    }
+
+    /// The registry, in the Prometheus text format, with `app`'s current values.
+    pub fn render(&self, app: &App) -> String {
+        let _guard = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
+        let g = &self.g;
+        for c in [
+            &g.stream_records,
+            &g.stream_bytes,
+            &g.stream_bad,
+            &g.processed,
+            &g.late,
+            &g.windows_closed,
+            &g.rows_emitted,
+        ] {
+            c.reset();
+        }
+        for c in [
+            &g.lag,
+            &g.open_groups,
+            &g.open_windows,
+            &g.state_bytes,
+            &g.running,
+        ] {
+            c.reset();
+        }
+        g.stream_watermark.reset();
+        g.watermark.reset();
+        let streams = app.streams();
+        let queries = app.queries();
+        g.streams.set(streams.len() as i64);
+        g.queries.set(queries.len() as i64);
+        if let Some(m) = resident_bytes() {
+            g.memory.set(m);
+        }
+        for s in &streams {
+            let n = s.def.name.as_str();
+            set_counter(&g.stream_records, &[n], s.stats.records_in());
+            set_counter(&g.stream_bytes, &[n], s.stats.bytes_in());
+            for (reason, v) in s.stats.bad_by_reason() {
+                set_counter(&g.stream_bad, &[n, reason], v);
+            }
+        }
+        let mut stream_wm: BTreeMap<&str, i64> = BTreeMap::new();
+        let mut live = BTreeSet::new();
+        for q in &queries {
+            let labels = [q.name.as_str(), q.stream.as_str()];
+            live.insert((q.name.clone(), q.stream.clone()));
+            let c = &q.counters;
+            let bad = c.bad_records.load(Ordering::Relaxed);
+            let records = c.records_in.load(Ordering::Relaxed);
+            set_counter(&g.processed, &labels, records.saturating_sub(bad));
+            set_counter(&g.late, &labels, c.late_records.load(Ordering::Relaxed));
+            set_counter(
+                &g.windows_closed,
+                &labels,
+                c.windows_closed.load(Ordering::Relaxed),
+            );
+            set_counter(
+                &g.rows_emitted,
+                &labels,
+                c.rows_emitted.load(Ordering::Relaxed),
+            );
+            let m = &q.metrics;
+            g.open_groups
+                .with_label_values(&labels)
+                .set(m.open_groups.load(Ordering::Relaxed) as i64);
+            g.open_windows
+                .with_label_values(&labels)
+                .set(m.open_windows.load(Ordering::Relaxed) as i64);
+            g.state_bytes
+                .with_label_values(&labels)
+                .set(m.state_bytes.load(Ordering::Relaxed) as i64);
+            g.running
+                .with_label_values(&labels)
+                .set(i64::from(q.status() == QueryStatus::Running));
+            for (p, l) in m.lag.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                g.lag
+                    .with_label_values(&[q.stream.as_str(), q.name.as_str(), &p.to_string()])
+                    .set(*l);
+            }
+            let wm = c.watermark.load(Ordering::Relaxed);
+            if wm != i64::MIN {
+                g.watermark
+                    .with_label_values(&labels)
+                    .set(wm as f64 / 1000.0);
+                let e = stream_wm.entry(q.stream.as_str()).or_insert(wm);
+                *e = (*e).min(wm);
+            }
+        }
+        for (s, wm) in stream_wm {
+            g.stream_watermark
+                .with_label_values(&[s])
+                .set(wm as f64 / 1000.0);
+        }
+        {
+            let mut known = self.live.lock().unwrap_or_else(|p| p.into_inner());
+            for (q, s) in known.difference(&live) {
+                let _ = self.batch.remove_label_values(&[q, s]);
+                let _ = self.close_latency.remove_label_values(&[q, s]);
+            }
+            *known = live;
+        }
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding");
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// Records one sample of `app`'s rates for the dashboard.
+    pub fn sample(&self, app: &App) {
+        let t_ms = chrono::Utc::now().timestamp_millis();
+        let streams = app
+            .streams()
+            .iter()
+            .map(|s| {
+                (
+                    s.def.name.clone(),
+                    (s.stats.records_in(), s.stats.bad_records()),
+                )
+            })
+            .collect();
+        let queries = app
+            .queries()
+            .iter()
+            .map(|q| {
+                let (batches, batch_secs) = q.metrics.batch_totals();
+                (
+                    q.name.clone(),
+                    QuerySample {
+                        records: q.counters.records_in.load(Ordering::Relaxed),
+                        rows: q.counters.rows_emitted.load(Ordering::Relaxed),
+                        batches,
+                        batch_secs,
+                        lag: q.metrics.total_lag(),
+                    },
+                )
+            })
+            .collect();
+        let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        if h.len() == HISTORY {
+            h.pop_front();
+        }
+        h.push_back(Sample {
+            t_ms,
+            streams,
+            queries,
+        });
+    }
+
+    /// Per stream and per query, points `{t, rate, ...}` between consecutive
+    /// samples: records/s in, and for queries the mean batch time in ms and
+    /// the consumer lag.
+    pub fn history_json(&self) -> Value {
+        let h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        let mut streams: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        let mut queries: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        for (a, b) in h.iter().zip(h.iter().skip(1)) {
+            let dt = ((b.t_ms - a.t_ms) as f64 / 1000.0).max(0.001);
+            for (name, (rec, bad)) in &b.streams {
+                if let Some((rec0, bad0)) = a.streams.get(name) {
+                    streams.entry(name.clone()).or_default().push(json!({
+                        "t": b.t_ms,
+                        "rate": rec.saturating_sub(*rec0) as f64 / dt,
+                        "bad_rate": bad.saturating_sub(*bad0) as f64 / dt,
+                    }));
+                }
+            }
+            for (name, q) in &b.queries {
+                if let Some(q0) = a.queries.get(name) {
+                    let n = q.batches.saturating_sub(q0.batches);
+                    let ms = if n == 0 {
+                        Value::Null
+                    } else {
+                        json!((q.batch_secs - q0.batch_secs) * 1000.0 / n as f64)
+                    };
+                    queries.entry(name.clone()).or_default().push(json!({
+                        "t": b.t_ms,
+                        "rate": q.records.saturating_sub(q0.records) as f64 / dt,
+                        "rows_rate": q.rows.saturating_sub(q0.rows) as f64 / dt,
+                        "batch_ms": ms,
+                        "lag": q.lag,
+                    }));
+                }
+            }
+        }
+        json!({
+            "interval_ms": SAMPLE_EVERY.as_millis() as u64,
+            "streams": streams,
+            "queries": queries,
+        })
+    }
+}
+
+/// Samples `app` every [`SAMPLE_EVERY`] until it is dropped.
+pub fn spawn_sampler(app: std::sync::Weak<App>) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    rt.spawn(async move {
+        let mut tick = tokio::time::interval(SAMPLE_EVERY);
+        loop {
+            tick.tick().await;
+            let Some(app) = app.upgrade() else { break };
+            app.metrics.sample(&app);
+        }
+    });
+}
+
+impl QueryMetrics {
+    /// Observes the close latency of every window in `emitted`, written at `now_ms`.
+    pub fn observe_emissions(&self, emitted: &[crate::window::Emission], now_ms: i64) {
+        use datafusion::arrow::array::AsArray;
+        use datafusion::arrow::compute::cast;
+        use datafusion::arrow::datatypes::{DataType, Int64Type, TimeUnit};
+        for e in emitted.iter().filter(|e| !e.cumulative) {
+            let Some(col) = e.batch.columns().get(1) else {
+                continue;
+            };
+            let Ok(ms) = cast(col, &DataType::Timestamp(TimeUnit::Millisecond, None))
+                .and_then(|a| cast(&a, &DataType::Int64))
+            else {
+                continue;
+            };
+            let ends: BTreeSet<i64> = ms.as_primitive::<Int64Type>().iter().flatten().collect();
+            for end in ends {
+                self.observe_close_latency((now_ms - end) as f64 / 1000.0);
+            }
+        }
+    }
+}
+
+/// `GET /metrics`.
+pub async fn handler(
+    axum::extract::State(app): axum::extract::State<Arc<App>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let body = app.metrics.render(&app);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}

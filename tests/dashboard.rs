@@ -1,0 +1,285 @@
+//! The dashboard in a real browser: headless Chromium driven over WebDriver
+//! (Debian's `chromium` and `chromium-driver`, which `.ci/run` installs).
+//! It loads `/`, sees a query's rows arrive, registers a query through the
+//! SQL box, has no console errors, and saves a screenshot to
+//! `$CARGO_TARGET_TMPDIR/dashboard.png`.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::TestServer;
+use fantoccini::wd::WebDriverCompatibleCommand;
+use fantoccini::{Client, ClientBuilder, Locator};
+use rdkafka::ClientConfig;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use serde_json::{Value, json};
+
+fn find_program(names: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .flat_map(|dir| names.iter().map(move |n| dir.join(n)))
+        .find(|p| p.is_file())
+}
+
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Chromium's browser log (chromedriver's `se/log` command).
+#[derive(Debug)]
+struct BrowserLog;
+
+impl WebDriverCompatibleCommand for BrowserLog {
+    fn endpoint(
+        &self,
+        base_url: &url::Url,
+        session_id: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base_url.join(&format!(
+            "session/{}/se/log",
+            session_id.unwrap_or_default()
+        ))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
+        (
+            http::Method::POST,
+            Some(json!({"type": "browser"}).to_string()),
+        )
+    }
+}
+
+async fn severe_logs(c: &Client) -> Vec<String> {
+    let v = c.issue_cmd(BrowserLog).await.unwrap_or(Value::Null);
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["level"] == "SEVERE")
+        .map(|e| e["message"].to_string())
+        .collect()
+}
+
+async fn wait_until<F, Fut>(c: &Client, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !f().await {
+        if Instant::now() > deadline {
+            let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard-failed.png");
+            if let Ok(png) = c.screenshot().await {
+                let _ = std::fs::write(&path, png);
+            }
+            panic!(
+                "timed out waiting for {what}; screenshot: {}",
+                path.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn texts(c: &Client, css: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in c.find_all(Locator::Css(css)).await.unwrap_or_default() {
+        out.push(e.text().await.unwrap_or_default());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_in_headless_chromium() {
+    let (Some(chromium), Some(driver)) = (
+        find_program(&["chromium", "chromium-browser"]),
+        find_program(&["chromedriver"]),
+    ) else {
+        eprintln!(
+            "SKIPPED dashboard_in_headless_chromium: chromium and chromedriver are not installed \
+             (apt-get install chromium chromium-driver; .ci/run does this)"
+        );
+        return;
+    };
+
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("events", 1, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path(), &brokers);
+    s.sql(
+        "CREATE STREAM events (ts TIMESTAMP, geo TEXT, bid DOUBLE)
+         WITH (kafka_topic = 'events', format = 'json', event_time = 'ts',
+               watermark_delay = '1s', start = 'earliest')",
+    )
+    .await;
+    s.sql("CREATE QUERY by_geo AS SELECT geo, count(*) AS imps, avg(bid) AS avg_bid FROM events GROUP BY geo WINDOW 10s")
+        .await;
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let base = chrono::Utc::now().timestamp_millis() - 300_000;
+    let base = base - base.rem_euclid(10_000);
+    for i in 0..600i64 {
+        let geo = ["US", "DE", "FR", "JP"][(i % 4) as usize];
+        let v = json!({"ts": base + i * 100, "geo": geo, "bid": (i % 10) as f64 / 10.0});
+        let v = if i % 97 == 0 {
+            "{broken".to_string()
+        } else {
+            v.to_string()
+        };
+        producer
+            .send(BaseRecord::<(), str>::to("events").payload(&v).partition(0))
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+
+    let port = free_port();
+    let _driver = Driver(
+        Command::new(driver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver"),
+    );
+    let caps: serde_json::Map<String, Value> = serde_json::from_value(json!({
+        "goog:chromeOptions": {
+            "binary": chromium,
+            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--hide-scrollbars", "--window-size=1400,1800"],
+        },
+        "goog:loggingPrefs": {"browser": "ALL"},
+    }))
+    .unwrap();
+    let webdriver = format!("http://127.0.0.1:{port}");
+    let mut client = None;
+    for _ in 0..40 {
+        match ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps.clone())
+            .connect(&webdriver)
+            .await
+        {
+            Ok(c) => {
+                client = Some(c);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+    let c = client.expect("connect to chromedriver");
+
+    c.goto(&format!("{}/", s.url)).await.unwrap();
+    assert_eq!(c.title().await.unwrap(), "Runnel");
+
+    // The query is listed and selected, and its rows arrive over SSE.
+    wait_until(&c, "the query list", || async {
+        texts(&c, "#queries li .name")
+            .await
+            .contains(&"by_geo".to_string())
+    })
+    .await;
+    wait_until(&c, "result rows", || async {
+        texts(&c, "#results tbody td.num").await.len() >= 8
+    })
+    .await;
+    let headers = texts(&c, "#results thead th").await;
+    assert_eq!(
+        headers,
+        ["window_start", "window_end", "geo", "imps", "avg_bid"]
+    );
+    let geos = texts(&c, "#results tbody tr td:nth-child(3)").await;
+    assert!(geos.iter().any(|g| g == "US"), "{geos:?}");
+    wait_until(&c, "the per-group chart", || async {
+        c.find_all(Locator::Css("#group-chart polyline"))
+            .await
+            .is_ok_and(|v| v.len() == 4)
+    })
+    .await;
+    wait_until(&c, "the error sample", || async {
+        texts(&c, "#errors tbody td")
+            .await
+            .iter()
+            .any(|t| t == "invalid_json")
+    })
+    .await;
+
+    // Register a query through the SQL box.
+    let sql = c.find(Locator::Id("sql")).await.unwrap();
+    sql.send_keys("SELECT geo, max(bid) AS top_bid FROM events GROUP BY geo WINDOW 10s")
+        .await
+        .unwrap();
+    c.find(Locator::Id("register"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_until(&c, "the registration message", || async {
+        texts(&c, "#sql-out .ok")
+            .await
+            .iter()
+            .any(|t| t.contains("registered"))
+    })
+    .await;
+    let (_, qs) = s.get("/queries").await;
+    let names: Vec<&str> = qs["queries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 2, "{qs}");
+    let new = names.iter().find(|n| **n != "by_geo").unwrap().to_string();
+    wait_until(&c, "the new query selected with rows", || async {
+        texts(&c, "#q-title").await == [new.clone()]
+            && texts(&c, "#results thead th")
+                .await
+                .contains(&"top_bid".to_string())
+            && !texts(&c, "#results tbody td.num").await.is_empty()
+    })
+    .await;
+
+    // A pull query through the Run button renders a table.
+    sql.clear().await.unwrap();
+    sql.send_keys("SELECT geo, sum(imps) AS n FROM by_geo GROUP BY geo ORDER BY geo")
+        .await
+        .unwrap();
+    c.find(Locator::Id("run"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_until(&c, "the pull query's table", || async {
+        texts(&c, "#sql-out td").await.contains(&"DE".to_string())
+    })
+    .await;
+
+    let shot = c.screenshot().await.unwrap();
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+    std::fs::write(&path, shot).unwrap();
+    eprintln!("dashboard screenshot: {}", path.display());
+
+    let errors = severe_logs(&c).await;
+    assert!(errors.is_empty(), "console errors: {errors:?}");
+    c.close().await.unwrap();
+    s.stop();
+}
