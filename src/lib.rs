@@ -7,6 +7,7 @@ pub mod plan;
 pub mod repl;
 pub mod runtime;
 pub mod server;
+pub mod sink;
 pub mod source;
 pub mod sql;
 pub mod store;

@@ -143,35 +143,39 @@ mod anyhow_free {
     pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 }
 
-const DEMO_SQL: &str = "
-CREATE STREAM impressions (
-  ts TIMESTAMP, publisher TEXT, advertiser TEXT, website TEXT,
-  geo TEXT, bid DOUBLE, cookie TEXT
-) WITH (kafka_topic = 'adnetwork-topic', format = 'json', event_time = 'ts',
-        watermark_delay = '2s', start = 'earliest');
+/// The seed jobs `runnel demo` registers, as shipped in `queries/`.
+const DEMO_JOBS: &[(&str, &str)] = &[
+    ("adnetwork.sql", include_str!("../queries/adnetwork.sql")),
+    ("dstreams.sql", include_str!("../queries/dstreams.sql")),
+    (
+        "popular_users.sql",
+        include_str!("../queries/popular_users.sql"),
+    ),
+    (
+        "access_logs.sql",
+        include_str!("../queries/access_logs.sql"),
+    ),
+];
+const PUBLISHERS_CSV: &str = include_str!("../queries/publishers.csv");
 
-CREATE QUERY adnetwork AS
-SELECT publisher, geo, avg(bid) AS avg_bid, count(*) AS imps,
-       approx_distinct(cookie) AS uniques
-FROM impressions
-WHERE geo <> 'unknown'
-GROUP BY publisher, geo
-WINDOW 10s;
-
-CREATE QUERY adnetwork_sliding AS
-SELECT publisher, geo, avg(bid) AS avg_bid, count(*) AS imps,
-       approx_distinct(cookie) AS uniques
-FROM impressions
-WHERE geo <> 'unknown'
-GROUP BY publisher, geo
-WINDOW 60s SLIDE 10s;
-";
+/// (generator, topic, divisor of the demo rate)
+const DEMO_FEEDS: &[(GenKind, &str, u64)] = &[
+    (GenKind::Impressions, "adnetwork-topic", 1),
+    (GenKind::Activity, "activity", 2),
+    (GenKind::AccessLog, "access-log", 4),
+];
 
 async fn demo(listen: String, rate: u64) -> anyhow_free::Result<()> {
     let cluster = rdkafka::mocking::MockCluster::new(1)?;
-    cluster.create_topic("adnetwork-topic", 4, 1)?;
+    for (_, topic, _) in DEMO_FEEDS {
+        cluster.create_topic(topic, 4, 1)?;
+    }
+    cluster.create_topic("popular_users", 1, 1)?;
     let brokers = cluster.bootstrap_servers();
     let data_dir = std::env::temp_dir().join(format!("runnel-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&data_dir)?;
+    let publishers = data_dir.join("publishers.csv");
+    std::fs::write(&publishers, PUBLISHERS_CSV)?;
     let config = Config {
         listen,
         brokers: brokers.clone(),
@@ -179,28 +183,43 @@ async fn demo(listen: String, rate: u64) -> anyhow_free::Result<()> {
         ..Config::default()
     };
     let stop = Arc::new(AtomicBool::new(false));
-    let gen_opts = ProduceOptions {
-        brokers: brokers.clone(),
-        topic: "adnetwork-topic".into(),
-        rate: Some(rate),
-        count: None,
-        seed: 42,
-        partitions: None,
-    };
-    let gen_stop = stop.clone();
-    tokio::spawn(async move {
-        if let Err(e) = produce(GenKind::Impressions, &gen_opts, Some(gen_stop)).await {
-            eprintln!("generator stopped: {e}");
-        }
-    });
+    for (i, (kind, topic, share)) in DEMO_FEEDS.iter().enumerate() {
+        let opts = ProduceOptions {
+            brokers: brokers.clone(),
+            topic: topic.to_string(),
+            rate: Some((rate / share).max(1)),
+            count: None,
+            seed: 42 + i as u64,
+            partitions: None,
+        };
+        let (kind, gen_stop) = (*kind, stop.clone());
+        tokio::spawn(async move {
+            if let Err(e) = produce(kind, &opts, Some(gen_stop)).await {
+                eprintln!("generator stopped: {e}");
+            }
+        });
+    }
     let listener = tokio::net::TcpListener::bind(&config.listen).await?;
     let addr = listener.local_addr()?.to_string();
     let app = App::open(config).await?;
-    app.execute_sql(DEMO_SQL).await?;
+    for (file, sql) in DEMO_JOBS {
+        let sql = sql.replace("queries/publishers.csv", &publishers.to_string_lossy());
+        app.execute_sql(&sql)
+            .await
+            .map_err(|e| format!("queries/{file}: {e}"))?;
+    }
     println!("Runnel demo");
-    println!("  broker (Kafka protocol): {brokers}   topic: adnetwork-topic, {rate} impressions/s");
+    println!("  broker (Kafka protocol): {brokers}");
+    for (kind, topic, share) in DEMO_FEEDS {
+        println!(
+            "    topic {topic}: {kind:?} records, {}/s",
+            (rate / share).max(1)
+        );
+    }
     println!("  store: {}", data_dir.join("runnel.db").display());
-    println!("  queries: adnetwork (10s tumbling), adnetwork_sliding (60s sliding every 10s)");
+    let names: Vec<String> = app.queries().iter().map(|q| q.name.clone()).collect();
+    println!("  queries: {}", names.join(", "));
+    println!("  dashboard: http://{addr}/");
     println!();
     println!("  curl http://{addr}/queries");
     println!("  curl 'http://{addr}/queries/adnetwork/results?limit=20'");

@@ -17,9 +17,9 @@ use datafusion::arrow::datatypes::{DataType, Int64Type, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
 
 use crate::error::{Error, Result};
-use crate::format::json::JsonDecoder;
+use crate::format::Decoder;
 use crate::plan::ContinuousPlan;
-use crate::source::kafka::KafkaSource;
+use crate::source::Source;
 use crate::source::stats::StreamStats;
 use crate::sql::window::WindowKind;
 use crate::sql::{OnError, StreamDef};
@@ -80,6 +80,8 @@ pub struct QueryTask {
     pub stats: Arc<StreamStats>,
     /// Most partial-state rows (groups × open windows) the query may hold.
     pub max_state_rows: usize,
+    /// Kafka topic each emitted row is also published to, as JSON.
+    pub into_topic: Option<String>,
     /// Start position overriding the saved offsets (after a reset).
     pub reset: Option<crate::sql::StartFrom>,
     /// Timings, lag and state size for `GET /metrics`.
@@ -216,9 +218,9 @@ impl QueryTask {
         self.set_status(QueryStatus::WaitingForTopic);
         let brokers = self.stream.brokers.as_deref().unwrap_or(&self.brokers);
         let client = format!("runnel-{}", self.name);
-        let mut src = match KafkaSource::connect(
+        let mut src = match Source::connect(
+            &self.stream,
             brokers,
-            &self.stream.topic,
             &client,
             self.reset.unwrap_or(self.stream.start),
             &saved,
@@ -228,8 +230,17 @@ impl QueryTask {
             Err(_) if self.stop.load(Ordering::Relaxed) => return Ok(()),
             Err(e) => return Err(e),
         };
+        let sink = match &self.into_topic {
+            Some(t) => Some(crate::sink::TopicSink::new(brokers, t)?),
+            None => None,
+        };
         self.set_status(QueryStatus::Running);
-        let mut decoder = JsonDecoder::new(schema)?;
+        let partitions = src.partitions();
+        engine.register_partitions(&partitions);
+        // A partition silent for `idle_after` stops holding the watermark back.
+        let mut last_data: BTreeMap<i32, Instant> =
+            partitions.iter().map(|p| (*p, Instant::now())).collect();
+        let mut decoder = Decoder::for_format(self.stream.format, schema)?;
         let emit_ms = match self.plan.window.kind {
             WindowKind::Cumulative { emit_ms } => Some(emit_ms),
             _ => None,
@@ -255,6 +266,15 @@ impl QueryTask {
             } else {
                 last_record = Instant::now();
                 uncommitted = true;
+            }
+            for chunk in &chunks {
+                last_data.insert(chunk.partition, Instant::now());
+                engine.set_idle(chunk.partition, false);
+            }
+            for (p, at) in &last_data {
+                if at.elapsed() >= self.idle_after {
+                    engine.set_idle(*p, true);
+                }
             }
             for chunk in &chunks {
                 let payloads = chunk.payloads();
@@ -311,6 +331,9 @@ impl QueryTask {
                 let state = engine.checkpoint()?;
                 self.store
                     .commit(&self.name, &emitted, src.offsets(), &state)?;
+                if let Some(sink) = &sink {
+                    sink.publish(&emitted)?;
+                }
                 self.metrics
                     .set_state(engine.state_rows(), engine.open_windows(), state.len());
                 self.metrics.observe_emissions(&emitted, now_ms());

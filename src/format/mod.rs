@@ -1,6 +1,24 @@
 //! Payload formats: decoding message bytes straight into Arrow batches.
+//!
+//! [`Decoder::for_format`] picks the decoder of a stream's `format`:
+//! [`json`], [`access_log`], [`csv`] or [`lines`].
 
+pub mod access_log;
+mod columns;
+pub mod csv;
 pub mod json;
+pub mod lines;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::record_batch::RecordBatch;
+
+use crate::sql::Format;
+
+use access_log::AccessLogDecoder;
+use csv::CsvDecoder;
+use json::JsonDecoder;
+use lines::LinesDecoder;
 
 /// Why a record could not be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -11,4 +29,137 @@ pub struct BadRecord {
     pub reason: &'static str,
     /// Details for the error sample.
     pub detail: String,
+}
+
+/// A decoder of one payload format into batches of a fixed schema.
+///
+/// ```
+/// use std::sync::Arc;
+/// use datafusion::arrow::datatypes::{DataType, Field, Schema};
+/// use runnel::format::Decoder;
+/// use runnel::sql::Format;
+/// let schema = Arc::new(Schema::new(vec![Field::new("line", DataType::Utf8, true)]));
+/// let mut d = Decoder::for_format(Format::Lines, schema).unwrap();
+/// let (batch, bad) = d.decode(&[b"a b c".as_slice()]);
+/// assert_eq!(batch.unwrap().num_rows(), 1);
+/// assert!(bad.is_empty());
+/// ```
+pub enum Decoder {
+    /// `format = 'json'`.
+    Json(JsonDecoder),
+    /// `format = 'access_log'`.
+    AccessLog(Box<AccessLogDecoder>),
+    /// `format = 'csv'`.
+    Csv(CsvDecoder),
+    /// `format = 'lines'`.
+    Lines(LinesDecoder),
+}
+
+impl Decoder {
+    /// The decoder of `format` for records of `schema`; an error when the
+    /// schema does not suit the format (see [`check_schema`]).
+    pub fn for_format(format: Format, schema: SchemaRef) -> Result<Decoder, ArrowError> {
+        Ok(match format {
+            Format::Json => Decoder::Json(JsonDecoder::new(schema)?),
+            Format::AccessLog => Decoder::AccessLog(Box::new(AccessLogDecoder::new(schema)?)),
+            Format::Csv => Decoder::Csv(CsvDecoder::new(schema)?),
+            Format::Lines => Decoder::Lines(LinesDecoder::new(schema)?),
+        })
+    }
+
+    /// Like [`for_format`](Self::for_format), but only the columns at indices
+    /// `read` need values (the others may be all NULL); formats that cannot
+    /// skip columns decode them all.
+    pub fn with_projection(
+        format: Format,
+        schema: SchemaRef,
+        read: &[usize],
+    ) -> Result<Decoder, ArrowError> {
+        match format {
+            Format::Json => Ok(Decoder::Json(JsonDecoder::with_projection(schema, read)?)),
+            _ => Self::for_format(format, schema),
+        }
+    }
+
+    /// The schema of decoded batches.
+    pub fn schema(&self) -> &SchemaRef {
+        match self {
+            Decoder::Json(d) => d.schema(),
+            Decoder::AccessLog(d) => d.schema(),
+            Decoder::Csv(d) => d.schema(),
+            Decoder::Lines(d) => d.schema(),
+        }
+    }
+
+    /// Decodes `payloads`, returning the batch of good records (in order, one
+    /// row per good payload) and the bad ones, by index.
+    pub fn decode(&mut self, payloads: &[&[u8]]) -> (Option<RecordBatch>, Vec<BadRecord>) {
+        if payloads.is_empty() {
+            return (None, vec![]);
+        }
+        match self {
+            Decoder::Json(d) => d.decode(payloads),
+            Decoder::AccessLog(d) => d.decode(payloads),
+            Decoder::Csv(d) => d.decode(payloads),
+            Decoder::Lines(d) => d.decode(payloads),
+        }
+    }
+}
+
+/// Checks that a stream of `schema` can be decoded as `format`, e.g. that an
+/// access log stream only declares access log columns; the error says why not.
+pub fn check_schema(format: Format, schema: SchemaRef) -> Result<(), String> {
+    Decoder::for_format(format, schema)
+        .map(|_| ())
+        .map_err(|e| match e {
+            ArrowError::InvalidArgumentError(m) => m,
+            e => e.to_string(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sql::{Statement, parse_sql};
+
+    fn create(sql: &str) -> Result<Format, String> {
+        let mut parsed = parse_sql(sql).map_err(|e| e.to_string())?;
+        match parsed.remove(0).stmt {
+            Statement::CreateStream(def) => {
+                let schema =
+                    std::sync::Arc::new(datafusion::arrow::datatypes::Schema::new(def.fields()));
+                Decoder::for_format(def.format, schema).map_err(|e| e.to_string())?;
+                Ok(def.format)
+            }
+            _ => Err("not a stream".into()),
+        }
+    }
+
+    #[test]
+    fn create_stream_formats() {
+        let logs = "CREATE STREAM logs (ip TEXT, ts TIMESTAMP, status INT, size BIGINT, endpoint TEXT) \
+                    WITH (kafka_topic = 'logs', format = 'access_log', event_time = 'ts')";
+        assert_eq!(create(logs), Ok(Format::AccessLog));
+        let words = "CREATE STREAM words (line TEXT) WITH (kafka_topic = 'w', format = 'LINES')";
+        assert_eq!(create(words), Ok(Format::Lines));
+        let csv = "CREATE STREAM c (a TEXT, n BIGINT) WITH (kafka_topic = 'c', format = 'csv')";
+        assert_eq!(create(csv), Ok(Format::Csv));
+        let err =
+            create("CREATE STREAM l (url TEXT) WITH (kafka_topic = 'l', format = 'access_log')")
+                .unwrap_err();
+        assert!(err.contains("no column 'url'"), "{err}");
+        let err = create("CREATE STREAM w (n BIGINT) WITH (kafka_topic = 'w', format = 'lines')")
+            .unwrap_err();
+        assert!(err.contains("TEXT column"), "{err}");
+        let err = create("CREATE STREAM w (n BIGINT) WITH (kafka_topic = 'w', format = 'xml')")
+            .unwrap_err();
+        assert!(
+            err.contains("supported: json, access_log, csv, lines"),
+            "{err}"
+        );
+        assert_eq!(
+            serde_json::to_string(&Format::AccessLog).unwrap(),
+            "\"access_log\""
+        );
+    }
 }

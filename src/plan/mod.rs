@@ -67,6 +67,27 @@ pub fn new_context() -> SessionContext {
     ctx
 }
 
+/// A static reference table held in memory.
+#[derive(Debug, Clone)]
+pub struct RefTable {
+    /// Table name.
+    pub name: String,
+    /// Its schema.
+    pub schema: SchemaRef,
+    /// Its rows.
+    pub batches: Vec<RecordBatch>,
+}
+
+impl RefTable {
+    /// A DataFusion table over the rows.
+    pub fn provider(&self) -> Result<Arc<datafusion::datasource::MemTable>> {
+        Ok(Arc::new(datafusion::datasource::MemTable::try_new(
+            self.schema.clone(),
+            vec![self.batches.clone()],
+        )?))
+    }
+}
+
 /// A continuous query compiled into its batch, reduce and close plans.
 #[derive(Debug)]
 pub struct ContinuousPlan {
@@ -108,10 +129,11 @@ fn rewrite(select: &SelectSql, stream: &StreamDef) -> Result<ast::Statement> {
             None,
         ));
     };
-    if sel.from.len() != 1 || !sel.from[0].joins.is_empty() {
+    // One stream, optionally joined with reference tables.
+    if sel.from.len() != 1 {
         return Err(Error::sql(
             format!(
-                "a continuous query reads exactly one stream ({})",
+                "a continuous query reads exactly one stream ({}); join reference tables with JOIN ... ON",
                 stream.name
             ),
             None,
@@ -207,6 +229,15 @@ pub fn plan_error(sql: &str, e: datafusion::error::DataFusionError) -> Error {
 impl ContinuousPlan {
     /// Plans `select` over `stream`.
     pub async fn build(stream: &StreamDef, select: &SelectSql) -> Result<Self> {
+        Self::build_with_tables(stream, select, &[]).await
+    }
+
+    /// Plans `select` over `stream`, with reference tables it may join.
+    pub async fn build_with_tables(
+        stream: &StreamDef,
+        select: &SelectSql,
+        tables: &[RefTable],
+    ) -> Result<Self> {
         let window = select
             .window
             .unwrap_or_else(|| WindowSpec::cumulative(select.emit_ms.unwrap_or(1000)));
@@ -220,6 +251,9 @@ impl ContinuousPlan {
             stream.name.as_str(),
             Arc::new(SlotTable::new(input_schema.clone(), input.clone())),
         )?;
+        for t in tables {
+            ctx.register_table(t.name.as_str(), t.provider()?)?;
+        }
         let stmt = rewrite(select, stream)?;
         let state = ctx.state();
         let logical = state

@@ -30,10 +30,11 @@ use serde_json::{Value, json};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::plan::{ContinuousPlan, new_context, plan_error};
+use crate::plan::{ContinuousPlan, RefTable, new_context, plan_error};
 use crate::runtime::{QueryStatus, QueryTask};
 use crate::source::stats::StreamStats;
 use crate::sql::StartFrom;
+use crate::sql::table::TableDef;
 use crate::sql::{
     Parsed, SelectSql, Statement, StreamDef, normalize_ident, parse_sql, parse_statement,
 };
@@ -109,6 +110,7 @@ pub struct App {
     /// This process's Prometheus registry.
     pub metrics: metrics::Metrics,
     streams: RwLock<BTreeMap<String, Arc<StreamEntry>>>,
+    tables: RwLock<BTreeMap<String, (String, RefTable)>>,
     queries: RwLock<BTreeMap<String, Arc<QueryEntry>>>,
 }
 
@@ -206,6 +208,7 @@ impl App {
             store: store.clone(),
             metrics: metrics::Metrics::new(),
             streams: RwLock::new(BTreeMap::new()),
+            tables: RwLock::new(BTreeMap::new()),
             queries: RwLock::new(BTreeMap::new()),
         });
         for (name, sql) in store.list_streams()? {
@@ -221,6 +224,11 @@ impl App {
                         "stored stream {name} is not a CREATE STREAM"
                     )));
                 }
+            }
+        }
+        for (_, sql) in store.list_tables()? {
+            if let Statement::CreateTable(def) = parse_statement(&sql)?.stmt {
+                app.load_table(&def, &sql).await?;
             }
         }
         for (name, sql) in store.list_queries()? {
@@ -288,9 +296,7 @@ impl App {
     async fn execute(&self, p: &Parsed) -> Result<Value> {
         Ok(match &p.stmt {
             Statement::CreateStream(def) => {
-                if self.streams.read().expect("lock").contains_key(&def.name)
-                    || self.queries.read().expect("lock").contains_key(&def.name)
-                {
+                if self.name_taken(&def.name) {
                     return Err(Error::Conflict(format!("'{}' already exists", def.name)));
                 }
                 self.store.save_stream(&def.name, &p.text)?;
@@ -317,9 +323,19 @@ impl App {
                     v
                 }
             }
+            Statement::CreateTable(def) => {
+                if self.name_taken(&def.name) {
+                    return Err(Error::Conflict(format!("'{}' already exists", def.name)));
+                }
+                let rows = self.load_table(def, &p.text).await?;
+                self.store.save_table(&def.name, &p.text)?;
+                json!({"kind": "create_table", "message": format!("table {} created ({rows} rows)", def.name), "table": def.name})
+            }
             Statement::Explain(select) => {
                 let stream = self.stream_of(&select.sql)?;
-                let plan = ContinuousPlan::build(&stream.def, select).await?;
+                let plan =
+                    ContinuousPlan::build_with_tables(&stream.def, select, &self.ref_tables())
+                        .await?;
                 let text = plan.explain();
                 let rows = text
                     .lines()
@@ -380,7 +396,20 @@ impl App {
                 v
             }
             Statement::Describe(name) => {
-                let (rows, kind) = if let Ok(s) = self.stream(name) {
+                let table = self
+                    .tables
+                    .read()
+                    .expect("lock")
+                    .get(name)
+                    .map(|(_, t)| t.schema.clone());
+                let (rows, kind) = if let Some(schema) = table {
+                    let rows = schema
+                        .fields()
+                        .iter()
+                        .map(|f| vec![json!(f.name()), json!(f.data_type().to_string())])
+                        .collect();
+                    (rows, "table")
+                } else if let Ok(s) = self.stream(name) {
                     let rows = s
                         .def
                         .columns
@@ -423,6 +452,59 @@ impl App {
         })
     }
 
+    fn name_taken(&self, name: &str) -> bool {
+        self.streams.read().expect("lock").contains_key(name)
+            || self.queries.read().expect("lock").contains_key(name)
+            || self.tables.read().expect("lock").contains_key(name)
+    }
+
+    /// Reads a reference table's CSV file into memory and registers it.
+    async fn load_table(&self, def: &TableDef, sql: &str) -> Result<usize> {
+        let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(def.fields()));
+        let ext = std::path::Path::new(&def.path)
+            .extension()
+            .map(|e| format!(".{}", e.to_string_lossy()))
+            .unwrap_or_default();
+        let options = datafusion::prelude::CsvReadOptions::new()
+            .has_header(def.header)
+            .delimiter(def.delimiter)
+            .schema(&schema)
+            .file_extension(&ext);
+        let ctx = new_context();
+        let batches = ctx
+            .read_csv(def.path.as_str(), options)
+            .await
+            .map_err(|e| {
+                Error::BadRequest(format!("table {}: cannot read {}: {e}", def.name, def.path))
+            })?
+            .collect()
+            .await
+            .map_err(|e| {
+                Error::BadRequest(format!("table {}: cannot read {}: {e}", def.name, def.path))
+            })?;
+        let rows = batches.iter().map(|b| b.num_rows()).sum();
+        let table = RefTable {
+            name: def.name.clone(),
+            schema,
+            batches,
+        };
+        self.tables
+            .write()
+            .expect("lock")
+            .insert(def.name.clone(), (sql.to_string(), table));
+        Ok(rows)
+    }
+
+    /// All reference tables.
+    pub fn ref_tables(&self) -> Vec<RefTable> {
+        self.tables
+            .read()
+            .expect("lock")
+            .values()
+            .map(|(_, t)| t.clone())
+            .collect()
+    }
+
     fn reads_stream(&self, sql: &str) -> Result<bool> {
         let streams = self.streams.read().expect("lock");
         Ok(relations(sql)?.iter().any(|(n, _)| streams.contains_key(n)))
@@ -462,12 +544,8 @@ impl App {
         let (name, sql) = match name {
             Some(n) => (n, text.to_string()),
             None => {
-                let taken = |n: &str| {
-                    self.queries.read().expect("lock").contains_key(n)
-                        || self.streams.read().expect("lock").contains_key(n)
-                };
                 let mut i = self.queries.read().expect("lock").len() + 1;
-                while taken(&format!("query_{i}")) {
+                while self.name_taken(&format!("query_{i}")) {
                     i += 1;
                 }
                 let n = format!("query_{i}");
@@ -475,18 +553,13 @@ impl App {
                 (n, sql)
             }
         };
-        if self.queries.read().expect("lock").contains_key(&name)
-            || self.streams.read().expect("lock").contains_key(&name)
-        {
+        if self.name_taken(&name) {
             return Err(Error::Conflict(format!("'{name}' already exists")));
         }
         if name.starts_with("runnel_") || name.starts_with("sqlite_") {
             return Err(Error::BadRequest(format!(
                 "'{name}': names starting with runnel_ or sqlite_ are reserved"
             )));
-        }
-        if select.into_topic.is_some() {
-            return Err(Error::BadRequest("INTO TOPIC is not supported yet".into()));
         }
         // Plan before saving, so a bad query leaves nothing behind.
         self.start_query(&name, &sql, select, true, None).await
@@ -501,7 +574,9 @@ impl App {
         reset: Option<StartFrom>,
     ) -> Result<Arc<QueryEntry>> {
         let stream = self.stream_of(&select.sql)?;
-        let plan = Arc::new(ContinuousPlan::build(&stream.def, select).await?);
+        let plan = Arc::new(
+            ContinuousPlan::build_with_tables(&stream.def, select, &self.ref_tables()).await?,
+        );
         if save {
             self.store.save_query(name, sql, &plan.output_schema)?;
         }
@@ -521,6 +596,7 @@ impl App {
             checkpoint_interval: self.config.checkpoint_interval,
             idle_after: self.config.idle_after,
             stats: stream.stats.clone(),
+            into_topic: select.into_topic.clone(),
             max_state_rows: self.config.max_state_rows,
             reset,
             metrics: query_metrics.clone(),
@@ -597,9 +673,13 @@ impl App {
         let ctx = new_context();
         let mut tables = Vec::new();
         for (name, loc) in relations(&select.sql)? {
-            let q = self
-                .query(&name)
-                .map_err(|_| Error::sql(format!("no stream or query named '{name}'"), loc))?;
+            if let Some((_, t)) = self.tables.read().expect("lock").get(&name) {
+                ctx.register_table(name.as_str(), t.provider()?)?;
+                continue;
+            }
+            let q = self.query(&name).map_err(|_| {
+                Error::sql(format!("no stream, table or query named '{name}'"), loc)
+            })?;
             tables.push(q);
         }
         if select.window.is_some() || select.emit_ms.is_some() {

@@ -27,48 +27,14 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
+pub use super::Chunk;
 use crate::error::{Error, Result};
 use crate::sql::StartFrom;
-
-/// Consecutive records of one partition, payloads stored back to back.
-#[derive(Debug, Default)]
-pub struct Chunk {
-    /// Kafka partition.
-    pub partition: i32,
-    data: Vec<u8>,
-    ends: Vec<usize>,
-    /// Offset of the first record.
-    pub first_offset: i64,
-}
-
-impl Chunk {
-    /// Number of records.
-    pub fn len(&self) -> usize {
-        self.ends.len()
-    }
-
-    /// True when the chunk holds no record.
-    pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
-    }
-
-    /// The payloads, in partition order.
-    pub fn payloads(&self) -> Vec<&[u8]> {
-        let mut start = 0;
-        self.ends
-            .iter()
-            .map(|&e| {
-                let s = &self.data[start..e];
-                start = e;
-                s
-            })
-            .collect()
-    }
-}
 
 /// A consumer reading every partition of one topic.
 pub struct KafkaSource {
     consumer: BaseConsumer,
+    partitions: Vec<i32>,
     offsets: BTreeMap<i32, i64>,
 }
 
@@ -131,7 +97,13 @@ impl KafkaSource {
         Ok(KafkaSource {
             consumer,
             offsets: saved.clone(),
+            partitions,
         })
+    }
+
+    /// The assigned partitions.
+    pub fn partitions(&self) -> &[i32] {
+        &self.partitions
     }
 
     /// Next offset to read per partition (for partitions read or restored).
@@ -191,15 +163,10 @@ impl KafkaSource {
             };
             let p = msg.partition();
             if chunks.last().is_none_or(|c| c.partition != p) {
-                chunks.push(Chunk {
-                    partition: p,
-                    first_offset: msg.offset(),
-                    ..Default::default()
-                });
+                chunks.push(Chunk::new(p, msg.offset()));
             }
             let c = chunks.last_mut().expect("pushed");
-            c.data.extend_from_slice(msg.payload().unwrap_or_default());
-            c.ends.push(c.data.len());
+            c.push(msg.payload().unwrap_or_default());
             self.offsets.insert(p, msg.offset() + 1);
             n += 1;
             // After the first record, take only what is already fetched.

@@ -1,10 +1,178 @@
 //! Sources.
 //!
 //! Where Runnel's input records come from. [`kafka`] reads a topic's
-//! partitions for a query. [`generator`] holds the built-in
-//! load generators (ad impressions, user activity, access logs) that feed
-//! Kafka topics or standard output with deterministic, seeded records.
+//! partitions for a query, [`socket`] reads newline-delimited records from a
+//! TCP server, and [`file`] reads a file's lines and follows it as it grows.
+//! [`Source`] picks one of them from a stream's `source` option.
+//! [`generator`] holds the built-in load generators (ad impressions, user
+//! activity, access logs) that feed Kafka topics or standard output with
+//! deterministic, seeded records.
 
+pub mod file;
 pub mod generator;
 pub mod kafka;
+pub mod socket;
 pub mod stats;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::sql::{SourceKind, StartFrom, StreamDef};
+use file::FileSource;
+use kafka::KafkaSource;
+use socket::SocketSource;
+
+/// Consecutive records of one partition, payloads stored back to back.
+#[derive(Debug, Default)]
+pub struct Chunk {
+    /// Partition (always 0 for sockets and files).
+    pub partition: i32,
+    data: Vec<u8>,
+    ends: Vec<usize>,
+    /// Offset of the first record.
+    pub first_offset: i64,
+}
+
+impl Chunk {
+    /// An empty chunk of `partition` whose first record will be at `first_offset`.
+    pub fn new(partition: i32, first_offset: i64) -> Self {
+        Chunk {
+            partition,
+            first_offset,
+            ..Default::default()
+        }
+    }
+
+    /// Appends one record's payload.
+    pub fn push(&mut self, payload: &[u8]) {
+        self.data.extend_from_slice(payload);
+        self.ends.push(self.data.len());
+    }
+
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// True when the chunk holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The payloads, in partition order.
+    pub fn payloads(&self) -> Vec<&[u8]> {
+        let mut start = 0;
+        self.ends
+            .iter()
+            .map(|&e| {
+                let s = &self.data[start..e];
+                start = e;
+                s
+            })
+            .collect()
+    }
+}
+
+/// Splits complete lines off the front of `buf`, pushing each (without its
+/// `\n` or `\r\n`) to `chunk` until it holds `max` records; returns the bytes
+/// consumed. A trailing partial line stays in `buf` for the caller.
+fn take_lines(buf: &[u8], chunk: &mut Chunk, max: usize) -> usize {
+    let mut start = 0;
+    while chunk.len() < max {
+        let Some(nl) = buf[start..].iter().position(|&b| b == b'\n') else {
+            break;
+        };
+        let line = &buf[start..start + nl];
+        chunk.push(line.strip_suffix(b"\r").unwrap_or(line));
+        start += nl + 1;
+    }
+    start
+}
+
+/// A query's input: one of the source kinds a stream can declare.
+pub enum Source {
+    /// Every partition of a Kafka topic.
+    Kafka(KafkaSource),
+    /// Lines from a TCP server.
+    Socket(SocketSource),
+    /// Lines of a file, followed as it grows.
+    File(FileSource),
+}
+
+impl Source {
+    /// Opens the source `stream` declares, resuming from `saved` offsets
+    /// where the source can replay (Kafka, files). Waits until a Kafka topic
+    /// or a file exists; a socket connects (and reconnects) while polling.
+    pub fn connect(
+        stream: &StreamDef,
+        brokers: &str,
+        client_id: &str,
+        start: StartFrom,
+        saved: &BTreeMap<i32, i64>,
+        stop: &AtomicBool,
+    ) -> Result<Self> {
+        let opt = |k: &str| {
+            stream.options.get(k).cloned().ok_or_else(|| {
+                Error::Execution(format!("stream {} has no '{k}' option", stream.name))
+            })
+        };
+        Ok(match stream.source {
+            SourceKind::Kafka => Source::Kafka(KafkaSource::connect(
+                brokers,
+                &stream.topic,
+                client_id,
+                start,
+                saved,
+                stop,
+            )?),
+            SourceKind::Socket => {
+                let port = opt("port")?;
+                let port = port
+                    .parse()
+                    .map_err(|_| Error::Execution(format!("bad port '{port}'")))?;
+                Source::Socket(SocketSource::connect(&opt("host")?, port))
+            }
+            SourceKind::File => {
+                Source::File(FileSource::open(opt("path")?.as_ref(), start, saved, stop)?)
+            }
+        })
+    }
+
+    /// Reads up to `max` records, waiting at most `wait` for the first one,
+    /// grouped into per-partition chunks in arrival order.
+    pub fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Chunk>> {
+        match self {
+            Source::Kafka(s) => s.poll(max, wait),
+            Source::Socket(s) => s.poll(max, wait),
+            Source::File(s) => s.poll(max, wait),
+        }
+    }
+
+    /// Next offset to read per partition: the value saved with a checkpoint.
+    /// The partitions records come from.
+    pub fn partitions(&self) -> Vec<i32> {
+        match self {
+            Source::Kafka(s) => s.partitions().to_vec(),
+            Source::Socket(_) | Source::File(_) => vec![0],
+        }
+    }
+
+    /// Next offset to read per partition.
+    pub fn offsets(&self) -> &BTreeMap<i32, i64> {
+        match self {
+            Source::Kafka(s) => s.offsets(),
+            Source::Socket(s) => s.offsets(),
+            Source::File(s) => s.offsets(),
+        }
+    }
+
+    /// Records not yet read per partition, where the source knows it.
+    pub fn lag(&self) -> Vec<(i32, i64)> {
+        match self {
+            Source::Kafka(s) => s.lag(),
+            Source::Socket(_) | Source::File(_) => Vec::new(),
+        }
+    }
+}

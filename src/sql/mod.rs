@@ -17,6 +17,7 @@
 //! }
 //! ```
 
+pub mod table;
 pub mod window;
 
 use std::collections::BTreeMap;
@@ -46,6 +47,8 @@ pub struct Parsed {
 pub enum Statement {
     /// `CREATE STREAM name (cols) WITH (...)`.
     CreateStream(StreamDef),
+    /// `CREATE TABLE name (cols) WITH (source = 'file', ...)`.
+    CreateTable(table::TableDef),
     /// `CREATE QUERY name AS SELECT ...`.
     CreateQuery {
         /// Query name.
@@ -98,6 +101,10 @@ pub struct SelectSql {
 pub enum SourceKind {
     /// A Kafka topic.
     Kafka,
+    /// Newline-delimited records read from a TCP server (`host`, `port`).
+    Socket,
+    /// A file's lines, followed as it grows (`path`).
+    File,
 }
 
 /// Where a new query starts reading when it has no saved offsets.
@@ -129,6 +136,12 @@ pub const DEFAULT_MAX_FUTURE_MS: i64 = 3_600_000;
 pub enum Format {
     /// One JSON object per message.
     Json,
+    /// One Apache/NCSA common or combined log line per message.
+    AccessLog,
+    /// One CSV record per message, fields in column order.
+    Csv,
+    /// The whole message as the first TEXT column.
+    Lines,
 }
 
 /// A declared stream.
@@ -140,7 +153,7 @@ pub struct StreamDef {
     pub columns: Vec<ColumnDef>,
     /// Source kind.
     pub source: SourceKind,
-    /// Kafka topic.
+    /// Kafka topic (empty for socket and file streams).
     pub topic: String,
     /// Payload format.
     pub format: Format,
@@ -340,6 +353,9 @@ fn parse_one(src: &Source, tokens: &[TokenWithSpan]) -> Result<Parsed> {
         }
     };
     let stmt = match (kw(0), kw(1)) {
+        ("CREATE", "TABLE") => {
+            Statement::CreateTable(table::create_table(&src.keep_only(range, &[]))?)
+        }
         ("CREATE", "STREAM") => Statement::CreateStream(create_stream(&src.keep_only(range, &[]))?),
         ("CREATE", "QUERY") => {
             let name = name_at(2)?;
@@ -393,7 +409,7 @@ fn parse_one(src: &Source, tokens: &[TokenWithSpan]) -> Result<Parsed> {
         _ => {
             return Err(Error::sql(
                 format!(
-                    "unsupported statement starting with {}; expected CREATE STREAM, CREATE QUERY, SELECT, EXPLAIN, SHOW, DESCRIBE or DROP",
+                    "unsupported statement starting with {}; expected CREATE STREAM, CREATE TABLE, CREATE QUERY, SELECT, EXPLAIN, SHOW, DESCRIBE or DROP",
                     first.token
                 ),
                 loc(first),
@@ -501,7 +517,7 @@ fn select(src: &Source, toks: &[&TokenWithSpan], range: (usize, usize)) -> Resul
     Ok(out)
 }
 
-fn option_value(e: &Expr) -> String {
+pub(crate) fn option_value(e: &Expr) -> String {
     match e {
         Expr::Value(v) => match &v.value {
             ast::Value::SingleQuotedString(s) | ast::Value::DoubleQuotedString(s) => s.clone(),
@@ -579,6 +595,9 @@ fn create_stream(text: &str) -> Result<StreamDef> {
         "source",
         "on_error",
         "max_future",
+        "host",
+        "port",
+        "path",
     ];
     for k in options.keys() {
         if !KNOWN.contains(&k.as_str()) {
@@ -588,23 +607,43 @@ fn create_stream(text: &str) -> Result<StreamDef> {
             )));
         }
     }
-    match options.get("source").map(|s| s.to_ascii_lowercase()) {
-        None => {}
-        Some(s) if s == "kafka" => {}
-        Some(s) => return Err(bad(format!("unsupported source '{s}'; supported: kafka"))),
-    }
-    let topic = options
-        .get("kafka_topic")
-        .cloned()
-        .ok_or_else(|| bad("a stream needs WITH (kafka_topic = '...')".into()))?;
+    let source = match options
+        .get("source")
+        .map(|s| s.to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("kafka") => SourceKind::Kafka,
+        Some("socket") => SourceKind::Socket,
+        Some("file") => SourceKind::File,
+        Some(s) => {
+            return Err(bad(format!(
+                "unsupported source '{s}'; supported: kafka, socket, file"
+            )));
+        }
+    };
+    let topic = source_options(source, &options).map_err(bad)?;
     let format = match options
         .get("format")
         .map(|s| s.to_ascii_lowercase())
         .as_deref()
     {
         None | Some("json") => Format::Json,
-        Some(f) => return Err(bad(format!("unsupported format '{f}'; supported: json"))),
+        Some("access_log") => Format::AccessLog,
+        Some("csv") => Format::Csv,
+        Some("lines") => Format::Lines,
+        Some(f) => {
+            return Err(bad(format!(
+                "unsupported format '{f}'; supported: json, access_log, csv, lines"
+            )));
+        }
     };
+    let schema = datafusion::arrow::datatypes::Schema::new(
+        columns
+            .iter()
+            .map(|c| Field::new(&c.name, c.data_type.clone(), true))
+            .collect::<Vec<_>>(),
+    );
+    crate::format::check_schema(format, std::sync::Arc::new(schema)).map_err(bad)?;
     let event_time = options.get("event_time").map(|s| s.to_ascii_lowercase());
     if let Some(et) = &event_time {
         let col = columns.iter_mut().find(|c| &c.name == et).ok_or_else(|| {
@@ -653,7 +692,7 @@ fn create_stream(text: &str) -> Result<StreamDef> {
         on_error,
         max_future_ms,
         columns,
-        source: SourceKind::Kafka,
+        source,
         topic,
         format,
         event_time,
@@ -664,8 +703,53 @@ fn create_stream(text: &str) -> Result<StreamDef> {
     })
 }
 
+/// Checks the options `source` needs and returns the Kafka topic (empty
+/// for other sources).
+fn source_options(
+    source: SourceKind,
+    options: &BTreeMap<String, String>,
+) -> std::result::Result<String, String> {
+    let only = |keys: &[&str], kind: &str| -> std::result::Result<(), String> {
+        match keys.iter().find(|k| options.contains_key(**k)) {
+            Some(k) => Err(format!("option '{k}' does not apply to a {kind} stream")),
+            None => Ok(()),
+        }
+    };
+    match source {
+        SourceKind::Kafka => {
+            only(&["host", "port", "path"], "kafka")?;
+            options
+                .get("kafka_topic")
+                .cloned()
+                .ok_or_else(|| "a stream needs WITH (kafka_topic = '...')".to_string())
+        }
+        SourceKind::Socket => {
+            only(&["kafka_topic", "brokers", "path"], "socket")?;
+            let (Some(host), Some(port)) = (options.get("host"), options.get("port")) else {
+                return Err("a socket stream needs WITH (host = '...', port = '...')".into());
+            };
+            if host.is_empty() {
+                return Err("a socket stream needs a non-empty host".into());
+            }
+            match port.parse::<u16>() {
+                Ok(p) if p > 0 => Ok(String::new()),
+                _ => Err(format!(
+                    "port must be a number from 1 to 65535, not '{port}'"
+                )),
+            }
+        }
+        SourceKind::File => {
+            only(&["kafka_topic", "brokers", "host", "port"], "file")?;
+            match options.get("path") {
+                Some(p) if !p.is_empty() => Ok(String::new()),
+                _ => Err("a file stream needs WITH (path = '...')".into()),
+            }
+        }
+    }
+}
+
 /// Maps a SQL column type to the arrow type Runnel decodes it as.
-fn arrow_type(t: &ast::DataType) -> Option<DataType> {
+pub(crate) fn arrow_type(t: &ast::DataType) -> Option<DataType> {
     use ast::DataType as D;
     Some(match t {
         D::Boolean | D::Bool => DataType::Boolean,
@@ -716,6 +800,35 @@ mod tests {
         assert_eq!(s.event_time.as_deref(), Some("ts"));
         assert_eq!(s.watermark_delay_ms, 5000);
         assert_eq!(s.start, StartFrom::Earliest);
+    }
+
+    #[test]
+    fn socket_and_file_streams() {
+        let stream = |with: &str| {
+            parse_statement(&format!("CREATE STREAM s (line TEXT) WITH ({with})")).map(|p| {
+                let Statement::CreateStream(s) = p.stmt else {
+                    panic!()
+                };
+                s
+            })
+        };
+        let s = stream("source = 'socket', host = '127.0.0.1', port = '9999'").unwrap();
+        assert_eq!(s.source, SourceKind::Socket);
+        assert_eq!(s.topic, "");
+        assert_eq!(s.options["port"], "9999");
+        let s = stream("source = 'file', path = '/var/log/x.log', start = 'earliest'").unwrap();
+        assert_eq!(s.source, SourceKind::File);
+        assert_eq!(s.start, StartFrom::Earliest);
+        let err = |with: &str| stream(with).unwrap_err().to_string();
+        assert!(err("source = 'socket', host = 'h'").contains("needs WITH (host = '...', port"));
+        assert!(err("source = 'socket', host = 'h', port = 'x'").contains("port must be"));
+        assert!(err("source = 'file'").contains("a file stream needs WITH (path"));
+        assert!(
+            err("source = 'file', path = 'p', kafka_topic = 't'")
+                .contains("'kafka_topic' does not apply to a file stream")
+        );
+        assert!(err("kafka_topic = 't', path = 'p'").contains("does not apply to a kafka"));
+        assert!(err("source = 'pigeon'").contains("supported: kafka, socket, file"));
     }
 
     #[test]

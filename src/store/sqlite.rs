@@ -168,7 +168,8 @@ pub struct Store {
     conn: Arc<Mutex<Connection>>,
 }
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE runnel_streams (name TEXT PRIMARY KEY, sql TEXT NOT NULL, created_at TEXT NOT NULL);
 CREATE TABLE runnel_queries (name TEXT PRIMARY KEY, sql TEXT NOT NULL, created_at TEXT NOT NULL);
 CREATE TABLE runnel_checkpoints (
@@ -177,7 +178,9 @@ CREATE TABLE runnel_checkpoints (
     state BLOB,
     updated_at TEXT NOT NULL
 );
-"#];
+"#,
+    "CREATE TABLE runnel_tables (name TEXT PRIMARY KEY, sql TEXT NOT NULL, created_at TEXT NOT NULL);",
+];
 
 fn now_text() -> String {
     format_ts(chrono::Utc::now().timestamp_millis())
@@ -226,6 +229,20 @@ impl Store {
     /// All stream definitions, oldest first.
     pub fn list_streams(&self) -> Result<Vec<(String, String)>> {
         self.list("runnel_streams")
+    }
+
+    /// Saves a reference table definition.
+    pub fn save_table(&self, name: &str, sql: &str) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO runnel_tables (name, sql, created_at) VALUES (?1, ?2, ?3)",
+            params![name, sql, now_text()],
+        )?;
+        Ok(())
+    }
+
+    /// All reference table definitions, oldest first.
+    pub fn list_tables(&self) -> Result<Vec<(String, String)>> {
+        self.list("runnel_tables")
     }
 
     /// All query definitions, oldest first.

@@ -117,6 +117,8 @@ pub struct WindowEngine {
     /// Session windows: partial states keyed by record time, merged at close.
     sessions: WindowBuf,
     partition_max: BTreeMap<i32, i64>,
+    /// Partitions without recent records, left out of the watermark.
+    idle: std::collections::BTreeSet<i32>,
     /// Windows whose end plus grace is at or before this are closed.
     closed_wm: i64,
     dirty: bool,
@@ -146,6 +148,7 @@ impl WindowEngine {
             windows: BTreeMap::new(),
             sessions: WindowBuf::default(),
             partition_max: BTreeMap::new(),
+            idle: Default::default(),
             closed_wm: i64::MIN,
             dirty: false,
             counters: Arc::new(Counters::default()),
@@ -160,9 +163,30 @@ impl WindowEngine {
     /// Current watermark: min over active partitions of (max event time − delay).
     pub fn watermark(&self) -> Option<i64> {
         self.partition_max
-            .values()
+            .iter()
+            .filter(|(p, _)| !self.idle.contains(p))
+            .map(|(_, m)| *m)
             .min()
+            .filter(|m| *m != i64::MIN)
             .map(|m| m.saturating_sub(self.delay))
+    }
+
+    /// Declares the partitions the source reads: until each has delivered a
+    /// record (or is marked idle), the watermark does not advance, so a
+    /// backlog read one partition at a time is not judged late.
+    pub fn register_partitions(&mut self, partitions: &[i32]) {
+        for p in partitions {
+            self.partition_max.entry(*p).or_insert(i64::MIN);
+        }
+    }
+
+    /// Marks a partition idle (excluded from the watermark) or active again.
+    pub fn set_idle(&mut self, partition: i32, idle: bool) {
+        if idle {
+            self.idle.insert(partition);
+        } else {
+            self.idle.remove(&partition);
+        }
     }
 
     /// Partial-state rows held across all open windows (about groups × windows).
