@@ -240,7 +240,12 @@ impl QueryTask {
         // A partition silent for `idle_after` stops holding the watermark back.
         let mut last_data: BTreeMap<i32, Instant> =
             partitions.iter().map(|p| (*p, Instant::now())).collect();
-        let mut decoder = Decoder::for_format(self.stream.format, schema)?;
+        // Materialise only the columns the query reads (and the event time).
+        let mut read = self.plan.stream_columns_read();
+        read.extend(et);
+        read.sort_unstable();
+        read.dedup();
+        let mut decoder = Decoder::with_projection(self.stream.format, schema, &read)?;
         let emit_ms = match self.plan.window.kind {
             WindowKind::Cumulative { emit_ms } => Some(emit_ms),
             _ => None,
