@@ -62,6 +62,9 @@ impl KafkaSource {
             .set("enable.partition.eof", "false")
             .set("auto.offset.reset", reset)
             .set("fetch.wait.max.ms", "10")
+            // Bound what is fetched ahead of processing: when input outruns
+            // the engine, fetching pauses instead of memory growing.
+            .set("queued.max.messages.kbytes", "4096")
             .set("allow.auto.create.topics", "false")
             .create()?;
         let partitions = loop {

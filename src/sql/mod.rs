@@ -553,23 +553,7 @@ fn create_stream(text: &str) -> Result<StreamDef> {
             loc(&trailing),
         ));
     }
-    let mut columns = Vec::new();
-    for c in cols {
-        let data_type = arrow_type(&c.data_type).ok_or_else(|| {
-            Error::sql(
-                format!(
-                    "unsupported column type {} for column {}",
-                    c.data_type, c.name
-                ),
-                Some((c.name.span.start.line, c.name.span.start.column)),
-            )
-        })?;
-        columns.push(ColumnDef {
-            name: normalize_ident(&c.name.value, c.name.quote_style.is_some()),
-            sql_type: c.data_type.to_string(),
-            data_type,
-        });
-    }
+    let mut columns = column_defs(cols)?;
     let mut options = BTreeMap::new();
     for o in opts {
         match o {
@@ -746,6 +730,28 @@ fn source_options(
             }
         }
     }
+}
+
+/// Converts parsed column definitions to Runnel's, with arrow types.
+pub(crate) fn column_defs(cols: Vec<ast::ColumnDef>) -> Result<Vec<ColumnDef>> {
+    cols.into_iter()
+        .map(|c| {
+            let data_type = arrow_type(&c.data_type).ok_or_else(|| {
+                Error::sql(
+                    format!(
+                        "unsupported column type {} for column {}",
+                        c.data_type, c.name
+                    ),
+                    Some((c.name.span.start.line, c.name.span.start.column)),
+                )
+            })?;
+            Ok(ColumnDef {
+                name: normalize_ident(&c.name.value, c.name.quote_style.is_some()),
+                sql_type: c.data_type.to_string(),
+                data_type,
+            })
+        })
+        .collect()
 }
 
 /// Maps a SQL column type to the arrow type Runnel decodes it as.

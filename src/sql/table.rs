@@ -20,7 +20,7 @@ use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::Parser;
 use datafusion::sql::sqlparser::tokenizer::Token;
 
-use super::{ColumnDef, arrow_type, normalize_ident, option_value, parser_error};
+use super::{ColumnDef, column_defs, normalize_ident, option_value, parser_error};
 use crate::error::{Error, Result};
 
 /// A declared reference table.
@@ -68,23 +68,7 @@ pub fn create_table(text: &str) -> Result<TableDef> {
             Some((trailing.span.start.line, trailing.span.start.column)),
         ));
     }
-    let mut columns = Vec::new();
-    for c in cols {
-        let data_type = arrow_type(&c.data_type).ok_or_else(|| {
-            Error::sql(
-                format!(
-                    "unsupported column type {} for column {}",
-                    c.data_type, c.name
-                ),
-                Some((c.name.span.start.line, c.name.span.start.column)),
-            )
-        })?;
-        columns.push(ColumnDef {
-            name: normalize_ident(&c.name.value, c.name.quote_style.is_some()),
-            sql_type: c.data_type.to_string(),
-            data_type,
-        });
-    }
+    let columns = column_defs(cols)?;
     if columns.is_empty() {
         return Err(Error::sql("a table needs at least one column", here));
     }

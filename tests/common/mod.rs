@@ -38,6 +38,7 @@ impl TestServer {
             .env("RUNNEL_LOG", "warn")
             .env_remove("RUNNEL_CONFIG")
             .env_remove("RUNNEL_TOKEN")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -70,6 +71,11 @@ impl TestServer {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("server did not stop on SIGINT");
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Kills the server with SIGKILL: no checkpoint, no cleanup.
