@@ -53,7 +53,7 @@ async fn memory_stays_bounded_and_state_limit_fails_one_query() {
     let mut buf = Vec::new();
     let base = chrono::Utc::now().timestamp_millis() - 3_600_000;
     let mut peak = 0;
-    let produced = 150_000;
+    let produced: usize = 150_000;
     for i in 0..produced {
         buf.clear();
         g.write_record(base + i as i64, &mut buf);

@@ -147,7 +147,7 @@ impl KafkaSource {
     }
 
     /// Reads up to `max` records, waiting at most `wait` for the first one,
-    /// grouped into per-partition chunks in arrival order.
+    /// grouped into one chunk per partition.
     pub fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Chunk>> {
         let mut chunks: Vec<Chunk> = Vec::new();
         let mut n = 0;
@@ -164,11 +164,17 @@ impl KafkaSource {
                     break;
                 }
             };
+            // One chunk per partition per poll: fewer, larger batches. Order
+            // within a partition is kept, which is all the engine relies on.
             let p = msg.partition();
-            if chunks.last().is_none_or(|c| c.partition != p) {
-                chunks.push(Chunk::new(p, msg.offset()));
-            }
-            let c = chunks.last_mut().expect("pushed");
+            let i = match chunks.iter().position(|c| c.partition == p) {
+                Some(i) => i,
+                None => {
+                    chunks.push(Chunk::new(p, msg.offset()));
+                    chunks.len() - 1
+                }
+            };
+            let c = &mut chunks[i];
             c.push(msg.payload().unwrap_or_default());
             self.offsets.insert(p, msg.offset() + 1);
             n += 1;
