@@ -276,9 +276,13 @@ impl QueryTask {
                 last_data.insert(chunk.partition, Instant::now());
                 engine.set_idle(chunk.partition, false);
             }
-            for (p, at) in &last_data {
-                if at.elapsed() >= self.idle_after {
-                    engine.set_idle(*p, true);
+            // Idle: silent for `idle_after` and caught up with its topic.
+            if last_data.values().any(|at| at.elapsed() >= self.idle_after) {
+                let lag: BTreeMap<i32, i64> = src.lag().into_iter().collect();
+                let single = last_data.len() == 1;
+                for (p, at) in &last_data {
+                    let caught_up = single || lag.get(p) == Some(&0);
+                    engine.set_idle(*p, at.elapsed() >= self.idle_after && caught_up);
                 }
             }
             for chunk in &chunks {

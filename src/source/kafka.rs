@@ -34,6 +34,7 @@ use crate::sql::StartFrom;
 /// A consumer reading every partition of one topic.
 pub struct KafkaSource {
     consumer: BaseConsumer,
+    start: StartFrom,
     partitions: Vec<i32>,
     offsets: BTreeMap<i32, i64>,
 }
@@ -99,6 +100,7 @@ impl KafkaSource {
         consumer.assign(&tpl)?;
         Ok(KafkaSource {
             consumer,
+            start,
             offsets: saved.clone(),
             partitions,
         })
@@ -123,7 +125,6 @@ impl KafkaSource {
         tpl.elements()
             .iter()
             .filter_map(|e| {
-                let next = *self.offsets.get(&e.partition())?;
                 let topic = std::ffi::CString::new(e.topic()).ok()?;
                 let (mut low, mut high) = (-1i64, -1i64);
                 // SAFETY: the client pointer lives as long as `self.consumer`,
@@ -141,6 +142,12 @@ impl KafkaSource {
                 if err != rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR {
                     return None;
                 }
+                // Not read yet: the position is where the query starts.
+                let next = match (self.offsets.get(&e.partition()), self.start) {
+                    (Some(o), _) => *o,
+                    (None, StartFrom::Earliest) => low,
+                    (None, StartFrom::Latest) => high,
+                };
                 (high >= 0).then(|| (e.partition(), (high - next).max(0)))
             })
             .collect()
