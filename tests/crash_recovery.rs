@@ -182,3 +182,53 @@ async fn kill_dash_nine_five_times_then_same_results() {
         expected.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_replays_from_earliest_without_duplicates() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("imps", 4, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path(), &brokers);
+    s.sql(SQL).await;
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let mut g = Generator::new(GenKind::Impressions, 5);
+    let mut buf = Vec::new();
+    let base = chrono::Utc::now().timestamp_millis() - 600_000;
+    for i in 0..8_000 {
+        buf.clear();
+        g.write_record(base + i as i64 * 5, &mut buf);
+        producer
+            .send(
+                BaseRecord::<(), [u8]>::to("imps")
+                    .payload(&buf)
+                    .partition(i % 4),
+            )
+            .map_err(|(e, _)| e)
+            .unwrap();
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+    wait_complete(&s, 8_000).await;
+    let before = all_rows(&s).await;
+
+    let (st, v) = s.post("/queries/adnetwork/reset?from=sideways", "").await;
+    assert_eq!(st, 400, "{v}");
+    let (st, v) = s.post("/queries/adnetwork/reset?from=earliest", "").await;
+    assert_eq!(st, 200, "{v}");
+    wait_complete(&s, 8_000).await;
+    let after = all_rows(&s).await;
+    assert_eq!(
+        before.keys().collect::<Vec<_>>(),
+        after.keys().collect::<Vec<_>>()
+    );
+    let (_, q) = s.get("/queries/adnetwork").await;
+    assert_eq!(q["status"], "running");
+    assert_eq!(
+        q["counters"]["records_in"], 8_000,
+        "replayed from the start: {q}"
+    );
+}
