@@ -62,8 +62,11 @@ async fn bad_records_are_counted_sampled_and_skipped() {
         .unwrap();
     let now = chrono::Utc::now().timestamp_millis();
     let base = now - 60_000;
+    // Stamped like the last good record, so it is never late whatever the
+    // window boundaries.
     let big = format!(
-        r#"{{"ts": {base}, "k": "big", "n": 1, "padding": "{}"}}"#,
+        r#"{{"ts": {}, "k": "big", "n": 1, "padding": "{}"}}"#,
+        base + 490,
         "x".repeat(900_000)
     );
     let bad: Vec<(Vec<u8>, &str)> = vec![
