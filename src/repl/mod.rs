@@ -299,21 +299,6 @@ fn plural(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
-/// Milliseconds as the shortest exact unit, like the server's durations.
-fn fmt_ms(ms: i64) -> String {
-    for (unit, n) in [
-        ("d", 86_400_000),
-        ("h", 3_600_000),
-        ("m", 60_000),
-        ("s", 1000),
-    ] {
-        if ms != 0 && ms % n == 0 {
-            return format!("{}{unit}", ms / n);
-        }
-    }
-    format!("{ms}ms")
-}
-
 fn on_off(b: bool) -> &'static str {
     if b { "on" } else { "off" }
 }
@@ -1208,7 +1193,7 @@ impl Session {
                     ),
                 ];
                 if let Some(ms) = s.watermark_delay_ms {
-                    facts.push(("Watermark delay", fmt_ms(ms)));
+                    facts.push(("Watermark delay", crate::sql::window::fmt_duration(ms)));
                 }
                 if let Some(st) = &s.start {
                     facts.push(("Start", st.clone()));
@@ -1506,8 +1491,8 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(fmt_ms(2000), "2s");
-        assert_eq!(fmt_ms(1500), "1500ms");
-        assert_eq!(fmt_ms(60_000), "1m");
+        assert_eq!(crate::sql::window::fmt_duration(2000), "2s");
+        assert_eq!(crate::sql::window::fmt_duration(1500), "1500ms");
+        assert_eq!(crate::sql::window::fmt_duration(60_000), "1m");
     }
 }
