@@ -463,7 +463,13 @@ async fn stream_results(
                     Ok(Ok(_)) => tokio::time::sleep(STREAM_POLL).await,
                     Ok(Err(e)) => {
                         done = true;
-                        pending.push_back(Event::default().event("error").data(e.to_string()));
+                        // The query may have been dropped while its page was read.
+                        let ev = if app.query(&name).is_err() {
+                            Event::default().event("dropped").data(name.clone())
+                        } else {
+                            Event::default().event("error").data(e.to_string())
+                        };
+                        pending.push_back(ev);
                     }
                     Err(_) => return None,
                 }

@@ -623,8 +623,9 @@ impl App {
     pub fn drop_query(&self, name: &str) -> Result<()> {
         let q = self.query(name)?;
         q.stop();
-        self.store.delete_query(&q.name)?;
+        // Gone from the catalog before its table goes, so readers see "dropped".
         self.queries.write().expect("lock").remove(&q.name);
+        self.store.delete_query(&q.name)?;
         Ok(())
     }
 
