@@ -63,16 +63,7 @@ impl CsvDecoder {
 
     /// Decodes `payloads`, returning the batch of good records (in order) and the bad ones.
     pub fn decode(&mut self, payloads: &[&[u8]]) -> (Option<RecordBatch>, Vec<BadRecord>) {
-        let mut bad = Vec::new();
-        for (index, p) in payloads.iter().enumerate() {
-            if let Err(detail) = self.record(p) {
-                bad.push(BadRecord {
-                    index,
-                    reason: INVALID,
-                    detail,
-                });
-            }
-        }
+        let bad = super::decode_each(payloads, INVALID, |p| self.record(p));
         (self.rows.finish(), bad)
     }
 

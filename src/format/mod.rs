@@ -20,6 +20,26 @@ use csv::CsvDecoder;
 use json::JsonDecoder;
 use lines::LinesDecoder;
 
+/// Runs `record` on each payload, collecting the failures as bad records
+/// with `reason`; formats that decode one row per message share this loop.
+pub(crate) fn decode_each(
+    payloads: &[&[u8]],
+    reason: &'static str,
+    mut record: impl FnMut(&[u8]) -> Result<(), String>,
+) -> Vec<BadRecord> {
+    payloads
+        .iter()
+        .enumerate()
+        .filter_map(|(index, p)| {
+            record(p).err().map(|detail| BadRecord {
+                index,
+                reason,
+                detail,
+            })
+        })
+        .collect()
+}
+
 /// Why a record could not be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BadRecord {

@@ -84,51 +84,34 @@ impl TestServer {
         self.child.wait().unwrap();
     }
 
-    pub async fn post(&self, path: &str, body: &str) -> (u16, Value) {
-        let r = self
-            .client
-            .post(format!("{}{path}", self.url))
-            .body(body.to_string())
-            .send()
-            .await
-            .unwrap();
+    async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
+        let r = req.send().await.unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post(&self, path: &str, body: &str) -> (u16, Value) {
+        let url = format!("{}{path}", self.url);
+        Self::send(self.client.post(url).body(body.to_string())).await
     }
 
     pub async fn post_auth(&self, path: &str, body: &str, token: &str) -> (u16, Value) {
-        let r = self
-            .client
-            .post(format!("{}{path}", self.url))
-            .bearer_auth(token)
-            .body(body.to_string())
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
+        let url = format!("{}{path}", self.url);
+        Self::send(
+            self.client
+                .post(url)
+                .bearer_auth(token)
+                .body(body.to_string()),
+        )
+        .await
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let r = self
-            .client
-            .get(format!("{}{path}", self.url))
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
+        Self::send(self.client.get(format!("{}{path}", self.url))).await
     }
 
     pub async fn client_delete(&self, path: &str) -> (u16, Value) {
-        let r = self
-            .client
-            .delete(format!("{}{path}", self.url))
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
+        Self::send(self.client.delete(format!("{}{path}", self.url))).await
     }
 
     pub async fn sql(&self, sql: &str) -> Value {
