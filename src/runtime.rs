@@ -288,10 +288,10 @@ impl QueryTask {
             for chunk in &chunks {
                 let payloads = chunk.payloads();
                 let (batch, decode_bad) = decoder.decode(&payloads);
-                let mut bad: Vec<Rejected> = decode_bad
+                let (notes, mut bad): (Vec<Rejected>, Vec<Rejected>) = decode_bad
                     .into_iter()
                     .map(|b| (b.index, b.reason, b.detail))
-                    .collect();
+                    .partition(|b| crate::format::is_kept(b.1));
                 let batch = match (batch, et) {
                     (Some(b), Some(c)) => {
                         let good: Vec<usize> = good_indices(payloads.len(), &bad);
@@ -302,8 +302,16 @@ impl QueryTask {
                     }
                     (b, _) => b,
                 };
-                self.stats
-                    .observe(chunk.partition, chunk.first_offset, &payloads, &bad);
+                if notes.is_empty() {
+                    self.stats
+                        .observe(chunk.partition, chunk.first_offset, &payloads, &bad);
+                } else {
+                    let mut seen = notes;
+                    seen.extend(bad.iter().cloned());
+                    seen.sort_by_key(|b| b.0);
+                    self.stats
+                        .observe(chunk.partition, chunk.first_offset, &payloads, &seen);
+                }
                 if let Some((i, reason, detail)) = bad.first() {
                     let n = bad.len() as u64;
                     self.counters.records_in.fetch_add(n, Ordering::Relaxed);
@@ -319,6 +327,11 @@ impl QueryTask {
                 }
                 if let Some(batch) = batch.filter(|b| b.num_rows() > 0) {
                     emitted.extend(rt.block_on(engine.process(chunk.partition, batch, now))?);
+                    // Unmerged partial batches count too: merge them before
+                    // judging the state by its groups x open windows.
+                    if engine.state_rows() > self.max_state_rows {
+                        rt.block_on(engine.compact_all())?;
+                    }
                     if engine.state_rows() > self.max_state_rows {
                         return Err(Error::Execution(format!(
                             "state limit exceeded: {} partial-state rows (groups x open windows) > {}; narrow the GROUP BY, shorten the window or raise max_state_rows",

@@ -124,7 +124,23 @@ async fn bad_records_are_counted_sampled_and_skipped() {
             "{reason} not counted: {v}"
         );
     }
+    // Unknown fields are noted, and those records are still used.
+    assert_eq!(
+        v["kept_records_by_reason"]["unknown_field"].as_u64(),
+        Some(good),
+        "{v}"
+    );
     let (_, errors) = s.get("/streams/dirty/errors").await;
+    let kept = errors["kept_samples"].as_array().unwrap();
+    assert!(
+        !kept.is_empty() && kept.iter().all(|e| e["kept"] == true),
+        "{errors}"
+    );
+    assert!(
+        kept.iter()
+            .any(|e| e["detail"].as_str().unwrap().contains("'unknown_field'")),
+        "{errors}"
+    );
     let samples = errors["samples"].as_array().unwrap();
     assert_eq!(samples.len() as u64, bad_total);
     assert!(

@@ -23,7 +23,42 @@ use datafusion::arrow::record_batch::RecordBatch;
 
 use arrow_json::reader::{Decoder, ReaderBuilder};
 
-use super::BadRecord;
+use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
+
+use super::{BadRecord, UNKNOWN_FIELD};
+
+/// The top-level keys of a JSON object, in order, values skipped.
+struct Keys(Vec<String>);
+
+impl<'de> Deserialize<'de> for Keys {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Keys;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Keys, A::Error> {
+                let mut keys = Vec::new();
+                while let Some(k) = m.next_key::<String>()? {
+                    m.next_value::<IgnoredAny>()?;
+                    keys.push(k);
+                }
+                Ok(Keys(keys))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// The note on a record kept despite a field that is not a column.
+fn unknown_field(index: usize, key: &str) -> BadRecord {
+    BadRecord {
+        index,
+        reason: UNKNOWN_FIELD,
+        detail: format!("unknown field '{key}' ignored; the record was used"),
+    }
+}
 
 /// Decodes JSON payloads into batches of a fixed schema.
 pub struct JsonDecoder {
@@ -57,7 +92,8 @@ fn classify(e: &ArrowError) -> &'static str {
 }
 
 impl JsonDecoder {
-    /// A decoder for records of `schema`; unknown fields are ignored, missing ones are NULL.
+    /// A decoder for records of `schema`; missing fields are NULL, unknown
+    /// ones are ignored and noted as `unknown_field` (the record is used).
     pub fn new(schema: SchemaRef) -> Result<Self, ArrowError> {
         let decoder = build(&schema)?;
         let fast = fast::FastDecoder::new(&schema, None);
@@ -80,6 +116,14 @@ impl JsonDecoder {
     /// The schema of decoded batches.
     pub fn schema(&self) -> &SchemaRef {
         &self.schema
+    }
+
+    /// The first top-level key of a well-formed object that is not a column.
+    /// Only records that needed the general path come here.
+    fn first_unknown_key(&self, payload: &[u8]) -> Option<String> {
+        let Keys(keys) = serde_json::from_slice(payload).ok()?;
+        keys.into_iter()
+            .find(|k| self.schema.field_with_name(k).is_err())
     }
 
     fn reset(&mut self) {
@@ -120,8 +164,12 @@ impl JsonDecoder {
         if payloads.is_empty() {
             return (None, vec![]);
         }
-        if let Some(batch) = self.fast.as_mut().and_then(|f| f.decode(payloads)) {
-            return (Some(batch), vec![]);
+        if let Some((batch, unknown)) = self.fast.as_mut().and_then(|f| f.decode(payloads)) {
+            let notes = unknown
+                .into_iter()
+                .map(|(index, key)| unknown_field(index, &key))
+                .collect();
+            return (Some(batch), notes);
         }
         let mut bad = Vec::new();
         let mut parts = Vec::new();
@@ -150,6 +198,19 @@ impl JsonDecoder {
             i += 1;
         }
         self.finish_chunk(&payloads[chunk_start..], chunk_start, &mut parts, &mut bad);
+        bad.sort_by_key(|b| b.index);
+        // The records kept: note their unknown fields as the fast path does.
+        let mut rejected = bad.iter().map(|b| b.index).peekable();
+        let mut notes = Vec::new();
+        for (index, p) in payloads.iter().enumerate() {
+            if rejected.next_if_eq(&index).is_some() {
+                continue;
+            }
+            if let Some(key) = self.first_unknown_key(p) {
+                notes.push(unknown_field(index, &key));
+            }
+        }
+        bad.extend(notes);
         bad.sort_by_key(|b| b.index);
         let batch = match parts.len() {
             0 => None,
@@ -237,7 +298,10 @@ mod tests {
             br#"{"ts": "1970-01-01T00:00:02Z", "geo": "FR"}"#,
             br#"{"ts": "1970-01-01 00:00:03", "bid": 1, "extra": [1,2]}"#,
         ]);
-        assert!(bad.is_empty(), "{bad:?}");
+        // The unknown field is noted; the record is in the batch.
+        assert_eq!(bad.len(), 1, "{bad:?}");
+        assert_eq!((bad[0].index, bad[0].reason), (2, "unknown_field"));
+        assert!(bad[0].detail.contains("'extra'"), "{bad:?}");
         let b = b.unwrap();
         let ts = b.column(0).as_primitive::<TimestampMillisecondType>();
         assert_eq!(ts.values().to_vec(), vec![1000, 2000, 3000]);
@@ -594,7 +658,9 @@ mod fast {
             })
         }
 
-        fn record(&mut self, b: &[u8]) -> R<()> {
+        /// Appends one record; `Ok(Some(key))` names the first field that is
+        /// not a column (the record is still used).
+        fn record(&mut self, b: &[u8]) -> R<Option<String>> {
             if std::str::from_utf8(b).is_err() {
                 return Err(GiveUp);
             }
@@ -604,6 +670,7 @@ mod fast {
             }
             i = ws(b, i + 1);
             let mut seen: u64 = 0;
+            let mut unknown = None;
             if b.get(i) == Some(&b'}') {
                 i += 1;
             } else {
@@ -629,6 +696,8 @@ mod fast {
                         }
                         seen |= 1 << c;
                         self.columns[c].append(b, &t)?;
+                    } else if unknown.is_none() {
+                        unknown = Some(String::from_utf8_lossy(key).into_owned());
                     }
                     i = ws(b, i);
                     match b.get(i) {
@@ -649,17 +718,26 @@ mod fast {
                     col.append_null();
                 }
             }
-            Ok(())
+            Ok(unknown)
         }
 
-        /// Decodes all of `payloads`, or `None` (leaving nothing behind) when
-        /// one of them needs the general path.
-        pub(super) fn decode(&mut self, payloads: &[&[u8]]) -> Option<RecordBatch> {
+        /// Decodes all of `payloads`, with the first unknown field of each
+        /// record that has one (by index), or `None` (leaving nothing behind)
+        /// when one of them needs the general path.
+        pub(super) fn decode(
+            &mut self,
+            payloads: &[&[u8]],
+        ) -> Option<(RecordBatch, Vec<(usize, String)>)> {
             let mut ok = true;
-            for p in payloads {
-                if self.record(p).is_err() {
-                    ok = false;
-                    break;
+            let mut unknown = Vec::new();
+            for (i, p) in payloads.iter().enumerate() {
+                match self.record(p) {
+                    Ok(None) => {}
+                    Ok(Some(key)) => unknown.push((i, key)),
+                    Err(_) => {
+                        ok = false;
+                        break;
+                    }
                 }
             }
             let n = payloads.len();
@@ -672,7 +750,8 @@ mod fast {
             if !ok {
                 return None;
             }
-            RecordBatch::try_new(self.schema.clone(), cols).ok()
+            let batch = RecordBatch::try_new(self.schema.clone(), cols).ok()?;
+            Some((batch, unknown))
         }
     }
 }

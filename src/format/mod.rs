@@ -40,7 +40,17 @@ pub(crate) fn decode_each(
         .collect()
 }
 
-/// Why a record could not be used.
+/// Reason of a record used despite fields that are not columns: it is
+/// counted and sampled like a bad record, but not dropped.
+pub const UNKNOWN_FIELD: &str = "unknown_field";
+
+/// Whether records noted with `reason` are still used (see [`UNKNOWN_FIELD`]).
+pub fn is_kept(reason: &str) -> bool {
+    reason == UNKNOWN_FIELD
+}
+
+/// Why a record could not be used, or (for [`UNKNOWN_FIELD`]) what was
+/// ignored in a record that was.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BadRecord {
     /// Index of the record in the decoded slice.
@@ -112,7 +122,9 @@ impl Decoder {
     }
 
     /// Decodes `payloads`, returning the batch of good records (in order, one
-    /// row per good payload) and the bad ones, by index.
+    /// row per good payload) and the bad ones, by index; the notes on kept
+    /// records (see [`is_kept`]) are among the bad ones but their rows are in
+    /// the batch.
     pub fn decode(&mut self, payloads: &[&[u8]]) -> (Option<RecordBatch>, Vec<BadRecord>) {
         if payloads.is_empty() {
             return (None, vec![]);

@@ -346,7 +346,9 @@ async fn stream_errors(State(app): State<Arc<App>>, Path(name): Path<String>) ->
         "stream": s.def.name,
         "bad_records": s.stats.bad_records(),
         "by_reason": s.stats.bad_by_reason(),
+        "kept_by_reason": s.stats.kept_by_reason(),
         "samples": s.stats.samples(),
+        "kept_samples": s.stats.kept_samples(),
     });
     Ok(axum::Json(body).into_response())
 }

@@ -10,7 +10,7 @@
 //! | metric | labels |
 //! |---|---|
 //! | `runnel_stream_records_in_total`, `runnel_stream_bytes_in_total` | `stream` |
-//! | `runnel_stream_bad_records_total` | `stream`, `reason` |
+//! | `runnel_stream_bad_records_total`, `runnel_stream_kept_records_noted_total` | `stream`, `reason` |
 //! | `runnel_stream_watermark_seconds` | `stream` |
 //! | `runnel_stream_consumer_lag_records` | `stream`, `query`, `partition` |
 //! | `runnel_query_records_processed_total`, `runnel_query_late_records_total`, `runnel_query_windows_closed_total`, `runnel_query_rows_emitted_total` | `query`, `stream` |
@@ -136,6 +136,7 @@ struct Gauges {
     stream_records: IntCounterVec,
     stream_bytes: IntCounterVec,
     stream_bad: IntCounterVec,
+    stream_kept: IntCounterVec,
     stream_watermark: GaugeVec,
     lag: IntGaugeVec,
     processed: IntCounterVec,
@@ -225,6 +226,11 @@ impl Metrics {
             stream_bad: counter(
                 "runnel_stream_bad_records_total",
                 "Records that could not be used, by reason.",
+                &["stream", "reason"],
+            ),
+            stream_kept: counter(
+                "runnel_stream_kept_records_noted_total",
+                "Records used despite a problem (e.g. an unknown field), by reason.",
                 &["stream", "reason"],
             ),
             stream_watermark: fgauge(
@@ -337,6 +343,7 @@ impl Metrics {
             &g.stream_records,
             &g.stream_bytes,
             &g.stream_bad,
+            &g.stream_kept,
             &g.processed,
             &g.late,
             &g.windows_closed,
@@ -368,6 +375,9 @@ impl Metrics {
             set_counter(&g.stream_bytes, &[n], s.stats.bytes_in());
             for (reason, v) in s.stats.bad_by_reason() {
                 set_counter(&g.stream_bad, &[n, reason], v);
+            }
+            for (reason, v) in s.stats.kept_by_reason() {
+                set_counter(&g.stream_kept, &[n, reason], v);
             }
         }
         let mut stream_wm: BTreeMap<&str, i64> = BTreeMap::new();

@@ -759,6 +759,7 @@ impl App {
             "bytes_in": s.stats.bytes_in(),
             "bad_records": s.stats.bad_records(),
             "bad_records_by_reason": s.stats.bad_by_reason(),
+            "kept_records_by_reason": s.stats.kept_by_reason(),
         })
     }
 

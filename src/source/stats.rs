@@ -13,6 +13,11 @@
 //! assert_eq!(s.records_in(), 2);
 //! assert_eq!(s.bad_by_reason()["invalid_json"], 1);
 //! assert_eq!(s.samples()[0].offset, 101);
+//! // A record used despite an unknown field is noted, not counted as bad.
+//! s.observe(0, 102, &[br#"{"x":1}"#.as_slice()], &[(0, "unknown_field", "unknown field 'x'".into())]);
+//! assert_eq!(s.bad_records(), 1);
+//! assert_eq!(s.kept_by_reason()["unknown_field"], 1);
+//! assert_eq!(s.kept_samples()[0].offset, 102);
 //! ```
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -20,6 +25,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
+
+use crate::format::is_kept;
 
 /// One bad record kept for inspection.
 #[derive(Debug, Clone, Serialize)]
@@ -29,8 +36,11 @@ pub struct BadSample {
     /// Kafka offset.
     pub offset: i64,
     /// Reason code (`invalid_json`, `wrong_type`, `empty`, `invalid_utf8`,
-    /// `missing_event_time`, `future_timestamp`, `before_epoch`).
+    /// `missing_event_time`, `future_timestamp`, `before_epoch`, or
+    /// `unknown_field` for a record that was used).
     pub reason: &'static str,
+    /// Whether the record was used all the same (see [`is_kept`]).
+    pub kept: bool,
     /// What the decoder said.
     pub detail: String,
     /// The start of the payload, lossily decoded.
@@ -45,7 +55,9 @@ pub struct BadSample {
 struct Inner {
     counted_to: HashMap<i32, i64>,
     by_reason: BTreeMap<&'static str, u64>,
+    kept_by_reason: BTreeMap<&'static str, u64>,
     samples: VecDeque<BadSample>,
+    kept_samples: VecDeque<BadSample>,
 }
 
 /// Input statistics of one stream.
@@ -98,17 +110,30 @@ impl StreamStats {
             .fetch_add((payloads.len() - skip) as u64, Ordering::Relaxed);
         self.bytes_in.fetch_add(bytes as u64, Ordering::Relaxed);
         for (i, reason, detail) in bad.iter().filter(|b| b.0 >= skip) {
-            self.bad.fetch_add(1, Ordering::Relaxed);
-            *inner.by_reason.entry(reason).or_default() += 1;
+            let kept = is_kept(reason);
+            if kept {
+                *inner.kept_by_reason.entry(reason).or_default() += 1;
+            } else {
+                self.bad.fetch_add(1, Ordering::Relaxed);
+                *inner.by_reason.entry(reason).or_default() += 1;
+            }
             let p = payloads[*i];
             let excerpt = &p[..p.len().min(PAYLOAD_EXCERPT)];
-            if inner.samples.len() == self.max_samples {
-                inner.samples.pop_front();
+            // Notes on kept records have their own ring: they never push
+            // out the samples of records that were lost.
+            let ring = if kept {
+                &mut inner.kept_samples
+            } else {
+                &mut inner.samples
+            };
+            if ring.len() == self.max_samples {
+                ring.pop_front();
             }
-            inner.samples.push_back(BadSample {
+            ring.push_back(BadSample {
                 partition,
                 offset: first_offset + *i as i64,
                 reason,
+                kept,
                 detail: detail.chars().take(300).collect(),
                 payload: String::from_utf8_lossy(excerpt).into_owned(),
                 size: p.len(),
@@ -142,14 +167,24 @@ impl StreamStats {
             .clone()
     }
 
-    /// The most recent bad records, oldest first.
-    pub fn samples(&self) -> Vec<BadSample> {
+    /// Records used despite a problem (e.g. `unknown_field`), per reason.
+    pub fn kept_by_reason(&self) -> BTreeMap<&'static str, u64> {
         self.inner
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .samples
-            .iter()
-            .cloned()
-            .collect()
+            .kept_by_reason
+            .clone()
+    }
+
+    /// The most recent bad records, oldest first.
+    pub fn samples(&self) -> Vec<BadSample> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.samples.iter().cloned().collect()
+    }
+
+    /// The most recent notes on records that were used, oldest first.
+    pub fn kept_samples(&self) -> Vec<BadSample> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.kept_samples.iter().cloned().collect()
     }
 }
