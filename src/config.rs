@@ -22,6 +22,8 @@ pub struct Config {
     pub brokers: String,
     /// Directory of the embedded store.
     pub data_dir: PathBuf,
+    /// The PostgreSQL store's URL; the embedded SQLite store when `None`.
+    pub store: Option<String>,
     /// Longest time between checkpoints while records flow.
     pub checkpoint_interval: Duration,
     /// Quiet time after which windows close on the wall clock.
@@ -40,6 +42,7 @@ impl Default for Config {
             listen: "127.0.0.1:8080".into(),
             brokers: "127.0.0.1:9092".into(),
             data_dir: PathBuf::from("runnel-data"),
+            store: None,
             checkpoint_interval: Duration::from_secs(1),
             idle_after: Duration::from_secs(1),
             max_state_rows: 10_000_000,
@@ -59,6 +62,8 @@ pub struct FileConfig {
     pub brokers: Option<String>,
     /// Store directory.
     pub data_dir: Option<PathBuf>,
+    /// PostgreSQL store URL (`postgres://...`).
+    pub store: Option<String>,
     /// Checkpoint interval, e.g. `1s`.
     pub checkpoint_interval: Option<String>,
     /// Idle time before wall-clock window close, e.g. `1s`.
@@ -100,6 +105,7 @@ impl FileConfig {
             listen: listen.or(self.listen).unwrap_or(d.listen),
             brokers: brokers.or(self.brokers).unwrap_or(d.brokers),
             data_dir: data_dir.or(self.data_dir).unwrap_or(d.data_dir),
+            store: self.store.filter(|s| !s.is_empty()),
             checkpoint_interval: dur(self.checkpoint_interval, d.checkpoint_interval)?,
             idle_after: dur(self.idle_after, d.idle_after)?,
             max_state_rows: self.max_state_rows.unwrap_or(d.max_state_rows),

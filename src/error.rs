@@ -46,9 +46,12 @@ pub enum Error {
     /// Query execution failed inside DataFusion or arrow.
     #[error("execution error: {0}")]
     Execution(String),
-    /// The store (SQLite) failed.
+    /// The SQLite store failed.
     #[error("store error: {0}")]
     Store(#[from] rusqlite::Error),
+    /// The PostgreSQL store failed.
+    #[error("store error: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
     /// Kafka client failure.
     #[error("kafka error: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
@@ -74,7 +77,11 @@ impl Error {
             Error::NotFound(_) => 404,
             Error::PayloadTooLarge(_) => 413,
             Error::Conflict(_) => 409,
-            Error::Execution(_) | Error::Store(_) | Error::Kafka(_) | Error::Io(_) => 500,
+            Error::Execution(_)
+            | Error::Store(_)
+            | Error::Postgres(_)
+            | Error::Kafka(_)
+            | Error::Io(_) => 500,
         }
     }
 
@@ -88,7 +95,7 @@ impl Error {
             Error::Unauthorized(_) => "unauthorized",
             Error::PayloadTooLarge(_) => "payload_too_large",
             Error::Execution(_) => "execution_error",
-            Error::Store(_) => "store_error",
+            Error::Store(_) | Error::Postgres(_) => "store_error",
             Error::Kafka(_) => "kafka_error",
             Error::Io(_) => "io_error",
         }

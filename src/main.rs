@@ -51,6 +51,10 @@ enum Command {
         /// Directory of the embedded store.
         #[arg(long, env = "RUNNEL_DATA_DIR")]
         data_dir: Option<PathBuf>,
+        /// Keep catalog, checkpoints and results in PostgreSQL
+        /// (`postgres://user:password@host/database`) instead of SQLite.
+        #[arg(long, env = "RUNNEL_STORE", hide_env_values = true)]
+        store: Option<String>,
         /// Require `Authorization: Bearer <token>` on every mutating call.
         #[arg(long, env = "RUNNEL_TOKEN", hide_env_values = true)]
         token: Option<String>,
@@ -245,6 +249,7 @@ async fn main() {
             listen,
             brokers,
             data_dir,
+            store,
             token,
             protect_reads,
         } => {
@@ -255,6 +260,7 @@ async fn main() {
             {
                 Ok(mut c) => {
                     c.token = token.filter(|t| !t.is_empty());
+                    c.store = store.filter(|s| !s.is_empty()).or(c.store);
                     c.protect_reads |= protect_reads;
                     serve(c).await
                 }

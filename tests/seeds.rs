@@ -305,7 +305,7 @@ async fn access_log_analytics() {
     }
     p.flush(Duration::from_secs(30)).unwrap();
 
-    let win = |ts: i64| runnel::store::sqlite::format_ts(ts.div_euclid(10_000) * 10_000);
+    let win = |ts: i64| runnel::store::format_ts(ts.div_euclid(10_000) * 10_000);
     let mut sizes: HashMap<String, (i64, i64, i64, i64, i64)> = HashMap::new(); // min, max, sum, n_sized, n
     let mut codes: HashMap<(String, i64), i64> = HashMap::new();
     let mut ips: HashMap<(String, String), i64> = HashMap::new();

@@ -25,14 +25,13 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use rusqlite::types::Value as SqlValue;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::App;
 use crate::error::Error;
 use crate::sql::{Statement, parse_statement};
-use crate::store::sqlite::{ResultFilter, normalize_ts};
+use crate::store::{ResultFilter, Value as SqlValue, normalize_ts};
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {

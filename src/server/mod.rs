@@ -166,7 +166,7 @@ fn fmt_ms(ms: i64) -> Value {
     if ms == i64::MIN {
         Value::Null
     } else {
-        Value::String(crate::store::sqlite::format_ts(ms))
+        Value::String(crate::store::format_ts(ms))
     }
 }
 
@@ -202,7 +202,7 @@ fn relations(sql: &str) -> Result<Vec<Relation>> {
 impl App {
     /// Opens the store under the configured data dir and resumes every saved query.
     pub async fn open(config: Config) -> Result<Arc<Self>> {
-        let store = Store::open(&config.data_dir)?;
+        let store = Store::connect(config.store.as_deref(), &config.data_dir)?;
         let app = Arc::new(App {
             config,
             store: store.clone(),

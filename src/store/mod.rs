@@ -1,13 +1,292 @@
 //! Where Runnel keeps its catalog, checkpoints and results.
 //!
-//! The embedded store is SQLite ([`sqlite::Store`]): the catalog tables are
-//! prefixed `runnel_`, and each query's results live in a typed table named
-//! after the query, readable with the `sqlite3` tool:
+//! Two backends hold the same things in the same shape: the embedded SQLite
+//! store ([`sqlite::SqliteStore`], the default, `runnel.db` under the data
+//! dir) and PostgreSQL ([`postgres::PgStore`], `--store postgres://...`). The
+//! catalog tables are prefixed `runnel_`; each query's results live in a
+//! typed table named after the query, readable with `sqlite3` or `psql`:
 //!
 //! ```text
 //! $ sqlite3 runnel-data/runnel.db 'SELECT * FROM adnetwork ORDER BY window_start DESC LIMIT 5'
 //! ```
+//!
+//! Both apply versioned migrations when opened.
 
+pub mod postgres;
 pub mod sqlite;
 
-pub use sqlite::Store;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    ArrayRef, BinaryArray, Float64Array, Int64Array, RecordBatch, StringArray,
+};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
+
+pub use rusqlite::types::Value;
+
+use crate::error::{Error, Result};
+use crate::window::Emission;
+use postgres::PgStore;
+use sqlite::SqliteStore;
+
+/// Format of timestamps in results pages: sortable and SQLite-friendly.
+pub const TS_FORMAT: &str = "%Y-%m-%d %H:%M:%S%.3f";
+
+/// Formats epoch ms as a results-table timestamp.
+pub fn format_ts(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|d| d.format(TS_FORMAT).to_string())
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// Parses a user-supplied time (epoch ms, RFC 3339 or `YYYY-MM-DD HH:MM:SS[.fff]`) into
+/// the results-table format.
+pub fn normalize_ts(text: &str) -> Result<String> {
+    let t = text.trim();
+    if let Ok(ms) = t.parse::<i64>() {
+        return Ok(format_ts(ms));
+    }
+    if let Ok(d) = chrono::DateTime::parse_from_rfc3339(t) {
+        return Ok(format_ts(d.timestamp_millis()));
+    }
+    for f in [
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%dT%H:%M:%S",
+    ] {
+        if let Ok(d) = chrono::NaiveDateTime::parse_from_str(t, f) {
+            return Ok(format_ts(d.and_utc().timestamp_millis()));
+        }
+    }
+    Err(Error::BadRequest(format!(
+        "cannot parse time '{t}': use epoch ms, RFC 3339 or YYYY-MM-DD HH:MM:SS"
+    )))
+}
+
+/// Quotes an SQL identifier.
+pub fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// One page of results read from a results table.
+#[derive(Debug)]
+pub struct ResultPage {
+    /// Column names, in table order.
+    pub columns: Vec<String>,
+    /// Rows; timestamps as text in [`TS_FORMAT`], booleans as 0/1.
+    pub rows: Vec<Vec<Value>>,
+    /// Cursor to pass as `after` for the next page (the last row's sequence).
+    pub cursor: Option<i64>,
+    /// Each row's own cursor (its sequence), in row order.
+    pub seqs: Vec<i64>,
+}
+
+/// Filters for reading results.
+#[derive(Debug, Default, Clone)]
+pub struct ResultFilter {
+    /// Only windows starting at or after this time (in [`TS_FORMAT`]).
+    pub from: Option<String>,
+    /// Only windows starting before this time (in [`TS_FORMAT`]).
+    pub to: Option<String>,
+    /// Only rows written after this cursor.
+    pub after: Option<i64>,
+    /// At most this many rows.
+    pub limit: usize,
+}
+
+/// A saved checkpoint: the next offset per partition and the engine state.
+pub type Checkpoint = (BTreeMap<i32, i64>, Vec<u8>);
+
+/// The store of a server: SQLite or PostgreSQL.
+#[derive(Clone)]
+pub enum Store {
+    /// The embedded SQLite store.
+    Sqlite(SqliteStore),
+    /// A PostgreSQL database.
+    Postgres(PgStore),
+}
+
+/// Calls the same method on whichever backend.
+macro_rules! both {
+    ($self:ident . $m:ident ( $($a:expr),* )) => {
+        match $self {
+            Store::Sqlite(s) => s.$m($($a),*),
+            Store::Postgres(s) => s.$m($($a),*),
+        }
+    };
+}
+
+impl Store {
+    /// Opens the SQLite store under `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Self> {
+        Ok(Store::Sqlite(SqliteStore::open(data_dir)?))
+    }
+
+    /// Opens the store at `url` (`postgres://...` or `postgresql://...`), or
+    /// the SQLite store under `data_dir` when there is none.
+    pub fn connect(url: Option<&str>, data_dir: &Path) -> Result<Self> {
+        match url {
+            None => Self::open(data_dir),
+            Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
+                Ok(Store::Postgres(PgStore::connect(u)?))
+            }
+            Some(u) if u.starts_with("sqlite:") => Self::open(Path::new(
+                u.trim_start_matches("sqlite:").trim_start_matches("//"),
+            )),
+            Some(u) => Err(Error::BadRequest(format!(
+                "unsupported store '{u}': use postgres://user:password@host/database, or none for SQLite"
+            ))),
+        }
+    }
+
+    /// Which backend this is (`sqlite` or `postgres`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Store::Sqlite(_) => "sqlite",
+            Store::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Saves a stream definition.
+    pub fn save_stream(&self, name: &str, sql: &str) -> Result<()> {
+        both!(self.save_stream(name, sql))
+    }
+
+    /// Deletes a stream definition.
+    pub fn delete_stream(&self, name: &str) -> Result<()> {
+        both!(self.delete_stream(name))
+    }
+
+    /// All stream definitions, oldest first.
+    pub fn list_streams(&self) -> Result<Vec<(String, String)>> {
+        both!(self.list_streams())
+    }
+
+    /// Saves a reference table definition.
+    pub fn save_table(&self, name: &str, sql: &str) -> Result<()> {
+        both!(self.save_table(name, sql))
+    }
+
+    /// All reference table definitions, oldest first.
+    pub fn list_tables(&self) -> Result<Vec<(String, String)>> {
+        both!(self.list_tables())
+    }
+
+    /// All query definitions, oldest first.
+    pub fn list_queries(&self) -> Result<Vec<(String, String)>> {
+        both!(self.list_queries())
+    }
+
+    /// Saves a query and creates its results table for `schema` (kept if it exists).
+    pub fn save_query(&self, name: &str, sql: &str, schema: &Schema) -> Result<()> {
+        both!(self.save_query(name, sql, schema))
+    }
+
+    /// Deletes a query, its checkpoint and its results table.
+    pub fn delete_query(&self, name: &str) -> Result<()> {
+        both!(self.delete_query(name))
+    }
+
+    /// Writes emitted rows, the offsets consumed so far and the open-window
+    /// state, atomically. A closed window's rows replace any earlier rows of
+    /// the same window; a cumulative emission replaces the whole table.
+    pub fn commit(
+        &self,
+        query: &str,
+        emissions: &[Emission],
+        offsets: &BTreeMap<i32, i64>,
+        state: &[u8],
+    ) -> Result<()> {
+        both!(self.commit(query, emissions, offsets, state))
+    }
+
+    /// Forgets a query's saved offsets and state.
+    pub fn delete_checkpoint(&self, query: &str) -> Result<()> {
+        both!(self.delete_checkpoint(query))
+    }
+
+    /// The last checkpoint of a query: next offsets per partition and the state blob.
+    pub fn load_checkpoint(&self, query: &str) -> Result<Option<Checkpoint>> {
+        both!(self.load_checkpoint(query))
+    }
+
+    /// Reads a page of a query's results, oldest write first.
+    pub fn read_results(&self, query: &str, f: &ResultFilter) -> Result<ResultPage> {
+        both!(self.read_results(query, f))
+    }
+
+    /// Loads a whole results table as one batch of `schema`, for pull queries.
+    pub fn load_results(&self, query: &str, schema: &SchemaRef) -> Result<RecordBatch> {
+        let page = self.read_results(
+            query,
+            &ResultFilter {
+                limit: i64::MAX as usize,
+                ..Default::default()
+            },
+        )?;
+        page_to_batch(&page, schema)
+    }
+}
+
+/// The rows of `page` as a batch of `schema` (all columns nullable).
+fn page_to_batch(page: &ResultPage, schema: &SchemaRef) -> Result<RecordBatch> {
+    let mut cols: Vec<ArrayRef> = Vec::new();
+    for (c, field) in schema.fields().iter().enumerate() {
+        let vals = page.rows.iter().map(|r| &r[c]);
+        let raw: ArrayRef = match field.data_type() {
+            DataType::Boolean
+            | DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+            | DataType::UInt64 => Arc::new(
+                vals.map(|v| match v {
+                    Value::Integer(i) => Some(*i),
+                    _ => None,
+                })
+                .collect::<Int64Array>(),
+            ),
+            DataType::Float16
+            | DataType::Float32
+            | DataType::Float64
+            | DataType::Decimal128(_, _) => Arc::new(
+                vals.map(|v| match v {
+                    Value::Real(f) => Some(*f),
+                    Value::Integer(i) => Some(*i as f64),
+                    _ => None,
+                })
+                .collect::<Float64Array>(),
+            ),
+            DataType::Binary | DataType::LargeBinary => Arc::new(
+                vals.map(|v| match v {
+                    Value::Blob(b) => Some(b.clone()),
+                    _ => None,
+                })
+                .collect::<BinaryArray>(),
+            ),
+            _ => Arc::new(
+                vals.map(|v| match v {
+                    Value::Text(s) => Some(s.clone()),
+                    _ => None,
+                })
+                .collect::<StringArray>(),
+            ),
+        };
+        cols.push(cast(&raw, field.data_type())?);
+    }
+    let schema = Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<_>>(),
+    ));
+    Ok(RecordBatch::try_new(schema, cols)?)
+}

@@ -7,7 +7,7 @@
 //! duplicates them.
 //!
 //! ```no_run
-//! let store = runnel::store::Store::open(std::path::Path::new("runnel-data")).unwrap();
+//! let store = runnel::store::sqlite::SqliteStore::open(std::path::Path::new("runnel-data")).unwrap();
 //! for (name, sql) in store.list_streams().unwrap() {
 //!     println!("{name}: {sql}");
 //! }
@@ -18,57 +18,18 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BinaryArray, Float64Array, Int64Array, RecordBatch, StringArray,
+    Array, ArrayRef, AsArray, BinaryArray, Float64Array, Int64Array, StringArray,
 };
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{
-    DataType, Float64Type, Int64Type, Schema, SchemaRef, TimeUnit, TimestampMillisecondType,
+    DataType, Float64Type, Int64Type, Schema, TimeUnit, TimestampMillisecondType,
 };
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::{Checkpoint, ResultFilter, ResultPage, format_ts, quote};
 use crate::error::{Error, Result};
 use crate::window::Emission;
-
-/// Format of timestamps in results tables: sortable and SQLite-friendly.
-pub const TS_FORMAT: &str = "%Y-%m-%d %H:%M:%S%.3f";
-
-/// Formats epoch ms as a results-table timestamp.
-pub fn format_ts(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|d| d.format(TS_FORMAT).to_string())
-        .unwrap_or_else(|| ms.to_string())
-}
-
-/// Parses a user-supplied time (epoch ms, RFC 3339 or `YYYY-MM-DD HH:MM:SS[.fff]`) into
-/// the results-table format.
-pub fn normalize_ts(text: &str) -> Result<String> {
-    let t = text.trim();
-    if let Ok(ms) = t.parse::<i64>() {
-        return Ok(format_ts(ms));
-    }
-    if let Ok(d) = chrono::DateTime::parse_from_rfc3339(t) {
-        return Ok(format_ts(d.timestamp_millis()));
-    }
-    for f in [
-        "%Y-%m-%d %H:%M:%S%.f",
-        "%Y-%m-%dT%H:%M:%S%.f",
-        "%Y-%m-%d %H:%M:%S",
-        "%Y-%m-%dT%H:%M:%S",
-    ] {
-        if let Ok(d) = chrono::NaiveDateTime::parse_from_str(t, f) {
-            return Ok(format_ts(d.and_utc().timestamp_millis()));
-        }
-    }
-    Err(Error::BadRequest(format!(
-        "cannot parse time '{t}': use epoch ms, RFC 3339 or YYYY-MM-DD HH:MM:SS"
-    )))
-}
-
-/// Quotes an SQL identifier.
-pub fn quote(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
 
 fn sqlite_type(dt: &DataType) -> &'static str {
     match dt {
@@ -133,38 +94,9 @@ impl Stored {
     }
 }
 
-/// One page of results read from a results table.
-#[derive(Debug)]
-pub struct ResultPage {
-    /// Column names, in table order.
-    pub columns: Vec<String>,
-    /// Rows as SQLite values.
-    pub rows: Vec<Vec<Value>>,
-    /// Cursor to pass as `after` for the next page (the last row's sequence).
-    pub cursor: Option<i64>,
-    /// Each row's own cursor (its sequence), in row order.
-    pub seqs: Vec<i64>,
-}
-
-/// Filters for reading results.
-#[derive(Debug, Default, Clone)]
-pub struct ResultFilter {
-    /// Only windows starting at or after this time.
-    pub from: Option<String>,
-    /// Only windows starting before this time.
-    pub to: Option<String>,
-    /// Only rows written after this cursor.
-    pub after: Option<i64>,
-    /// At most this many rows.
-    pub limit: usize,
-}
-
-/// A saved checkpoint: the next offset per partition and the engine state.
-pub type Checkpoint = (BTreeMap<i32, i64>, Vec<u8>);
-
 /// The SQLite store.
 #[derive(Clone)]
-pub struct Store {
+pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
 }
 
@@ -186,7 +118,7 @@ fn now_text() -> String {
     format_ts(chrono::Utc::now().timestamp_millis())
 }
 
-impl Store {
+impl SqliteStore {
     /// Opens (creating if needed) `runnel.db` under `data_dir` and applies migrations.
     pub fn open(data_dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(data_dir)?;
@@ -201,7 +133,7 @@ impl Store {
                 i + 1
             ))?;
         }
-        Ok(Store {
+        Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
         })
     }
@@ -424,70 +356,6 @@ impl Store {
             cursor: cursor.or(f.after),
             seqs,
         })
-    }
-
-    /// Loads a whole results table as one batch of `schema`, for pull queries.
-    pub fn load_results(&self, query: &str, schema: &SchemaRef) -> Result<RecordBatch> {
-        let page = self.read_results(
-            query,
-            &ResultFilter {
-                limit: i64::MAX as usize,
-                ..Default::default()
-            },
-        )?;
-        let mut cols: Vec<ArrayRef> = Vec::new();
-        for (c, field) in schema.fields().iter().enumerate() {
-            let vals = page.rows.iter().map(|r| &r[c]);
-            let raw: ArrayRef = match field.data_type() {
-                DataType::Timestamp(_, _) | DataType::Date32 | DataType::Utf8 => Arc::new(
-                    vals.map(|v| match v {
-                        Value::Text(s) => Some(s.clone()),
-                        _ => None,
-                    })
-                    .collect::<StringArray>(),
-                ),
-                dt => match sqlite_type(dt) {
-                    "INTEGER" => Arc::new(
-                        vals.map(|v| match v {
-                            Value::Integer(i) => Some(*i),
-                            _ => None,
-                        })
-                        .collect::<Int64Array>(),
-                    ),
-                    "REAL" => Arc::new(
-                        vals.map(|v| match v {
-                            Value::Real(f) => Some(*f),
-                            Value::Integer(i) => Some(*i as f64),
-                            _ => None,
-                        })
-                        .collect::<Float64Array>(),
-                    ),
-                    "BLOB" => Arc::new(
-                        vals.map(|v| match v {
-                            Value::Blob(b) => Some(b.clone()),
-                            _ => None,
-                        })
-                        .collect::<BinaryArray>(),
-                    ),
-                    _ => Arc::new(
-                        vals.map(|v| match v {
-                            Value::Text(s) => Some(s.clone()),
-                            _ => None,
-                        })
-                        .collect::<StringArray>(),
-                    ),
-                },
-            };
-            cols.push(cast(&raw, field.data_type())?);
-        }
-        let schema = Arc::new(Schema::new(
-            schema
-                .fields()
-                .iter()
-                .map(|f| f.as_ref().clone().with_nullable(true))
-                .collect::<Vec<_>>(),
-        ));
-        Ok(RecordBatch::try_new(schema, cols)?)
     }
 }
 

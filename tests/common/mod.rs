@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+pub mod postgres;
+
 /// The `runnel serve` binary, started on a free port.
 pub struct TestServer {
     child: Child,
