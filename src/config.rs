@@ -24,6 +24,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// The PostgreSQL store's URL; the embedded SQLite store when `None`.
     pub store: Option<String>,
+    /// Cluster this server is a member of (needs the PostgreSQL store).
+    pub cluster: Option<String>,
     /// Longest time between checkpoints while records flow.
     pub checkpoint_interval: Duration,
     /// Quiet time after which windows close on the wall clock.
@@ -43,6 +45,7 @@ impl Default for Config {
             brokers: "127.0.0.1:9092".into(),
             data_dir: PathBuf::from("runnel-data"),
             store: None,
+            cluster: None,
             checkpoint_interval: Duration::from_secs(1),
             idle_after: Duration::from_secs(1),
             max_state_rows: 10_000_000,
@@ -64,6 +67,8 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     /// PostgreSQL store URL (`postgres://...`).
     pub store: Option<String>,
+    /// Cluster name.
+    pub cluster: Option<String>,
     /// Checkpoint interval, e.g. `1s`.
     pub checkpoint_interval: Option<String>,
     /// Idle time before wall-clock window close, e.g. `1s`.
@@ -106,6 +111,7 @@ impl FileConfig {
             brokers: brokers.or(self.brokers).unwrap_or(d.brokers),
             data_dir: data_dir.or(self.data_dir).unwrap_or(d.data_dir),
             store: self.store.filter(|s| !s.is_empty()),
+            cluster: self.cluster.filter(|s| !s.is_empty()),
             checkpoint_interval: dur(self.checkpoint_interval, d.checkpoint_interval)?,
             idle_after: dur(self.idle_after, d.idle_after)?,
             max_state_rows: self.max_state_rows.unwrap_or(d.max_state_rows),

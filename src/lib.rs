@@ -1,5 +1,6 @@
 //! Runnel: continuous windowed SQL over streams.
 pub mod bench;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod format;

@@ -55,6 +55,11 @@ enum Command {
         /// (`postgres://user:password@host/database`) instead of SQLite.
         #[arg(long, env = "RUNNEL_STORE", hide_env_values = true)]
         store: Option<String>,
+        /// Join cluster NAME: servers with the same name and PostgreSQL store
+        /// share streams, queries and results, and split each topic's
+        /// partitions through Kafka's consumer-group protocol.
+        #[arg(long, env = "RUNNEL_CLUSTER")]
+        cluster: Option<String>,
         /// Require `Authorization: Bearer <token>` on every mutating call.
         #[arg(long, env = "RUNNEL_TOKEN", hide_env_values = true)]
         token: Option<String>,
@@ -250,6 +255,7 @@ async fn main() {
             brokers,
             data_dir,
             store,
+            cluster,
             token,
             protect_reads,
         } => {
@@ -261,6 +267,7 @@ async fn main() {
                 Ok(mut c) => {
                     c.token = token.filter(|t| !t.is_empty());
                     c.store = store.filter(|s| !s.is_empty()).or(c.store);
+                    c.cluster = cluster.filter(|s| !s.is_empty()).or(c.cluster);
                     c.protect_reads |= protect_reads;
                     serve(c).await
                 }

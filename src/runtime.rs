@@ -19,8 +19,8 @@ use datafusion::arrow::record_batch::RecordBatch;
 use crate::error::{Error, Result};
 use crate::format::Decoder;
 use crate::plan::ContinuousPlan;
-use crate::source::Source;
 use crate::source::stats::StreamStats;
+use crate::source::{Chunk, Source};
 use crate::sql::window::WindowKind;
 use crate::sql::{OnError, StreamDef};
 use crate::store::Store;
@@ -86,6 +86,8 @@ pub struct QueryTask {
     pub reset: Option<crate::sql::StartFrom>,
     /// Timings, lag and state size for `GET /metrics`.
     pub metrics: Arc<crate::server::metrics::QueryMetrics>,
+    /// Cluster name: run as one member of it (see [`crate::cluster`]).
+    pub cluster: Option<String>,
 }
 
 /// A rejected record: (index, reason, detail).
@@ -159,6 +161,79 @@ fn now_ms() -> i64 {
 }
 
 impl QueryTask {
+    /// Decodes one chunk: counts and samples its bad records (failing the
+    /// query if the stream says so) and returns the good ones with an event
+    /// time, if any.
+    pub(crate) fn decode_chunk(
+        &self,
+        decoder: &mut Decoder,
+        chunk: &Chunk,
+        et: Option<usize>,
+        now: i64,
+    ) -> Result<Option<RecordBatch>> {
+        let payloads = chunk.payloads();
+        let (batch, decode_bad) = decoder.decode(&payloads);
+        let (notes, mut bad): (Vec<Rejected>, Vec<Rejected>) = decode_bad
+            .into_iter()
+            .map(|b| (b.index, b.reason, b.detail))
+            .partition(|b| crate::format::is_kept(b.1));
+        let batch = match (batch, et) {
+            (Some(b), Some(c)) => {
+                let good: Vec<usize> = good_indices(payloads.len(), &bad);
+                let (b, rejected) = check_event_time(b, c, now, self.stream.max_future_ms)?;
+                bad.extend(rejected.into_iter().map(|(row, r, d)| (good[row], r, d)));
+                bad.sort_by_key(|b| b.0);
+                Some(b)
+            }
+            (b, _) => b,
+        };
+        if notes.is_empty() {
+            self.stats
+                .observe(chunk.partition, chunk.first_offset, &payloads, &bad);
+        } else {
+            let mut seen = notes;
+            seen.extend(bad.iter().cloned());
+            seen.sort_by_key(|b| b.0);
+            self.stats
+                .observe(chunk.partition, chunk.first_offset, &payloads, &seen);
+        }
+        if let Some((i, reason, detail)) = bad.first() {
+            let n = bad.len() as u64;
+            self.counters.records_in.fetch_add(n, Ordering::Relaxed);
+            self.counters.bad_records.fetch_add(n, Ordering::Relaxed);
+            if self.stream.on_error == OnError::Fail {
+                return Err(Error::Execution(format!(
+                    "bad record in stream {} at partition {} offset {}: {reason} ({detail}); the stream has on_error = 'fail'",
+                    self.stream.name,
+                    chunk.partition,
+                    chunk.first_offset + *i as i64,
+                )));
+            }
+        }
+        Ok(batch.filter(|b| b.num_rows() > 0))
+    }
+
+    /// Fails the query when its state is over `max_state_rows`.
+    pub(crate) fn check_state_limit(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        engine: &mut WindowEngine,
+    ) -> Result<()> {
+        // Unmerged partial batches count too: merge them before judging the
+        // state by its groups x open windows.
+        if engine.state_rows() > self.max_state_rows {
+            rt.block_on(engine.compact_all())?;
+        }
+        if engine.state_rows() > self.max_state_rows {
+            return Err(Error::Execution(format!(
+                "state limit exceeded: {} partial-state rows (groups x open windows) > {}; narrow the GROUP BY, shorten the window or raise max_state_rows",
+                engine.state_rows(),
+                self.max_state_rows
+            )));
+        }
+        Ok(())
+    }
+
     fn set_status(&self, s: QueryStatus) {
         *self.status.lock().unwrap_or_else(|p| p.into_inner()) = s;
     }
@@ -191,6 +266,9 @@ impl QueryTask {
     }
 
     fn run(&self) -> Result<()> {
+        if let Some(cluster) = &self.cluster {
+            return crate::cluster::run(self, cluster, |s| self.set_status(s));
+        }
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -286,59 +364,9 @@ impl QueryTask {
                 }
             }
             for chunk in &chunks {
-                let payloads = chunk.payloads();
-                let (batch, decode_bad) = decoder.decode(&payloads);
-                let (notes, mut bad): (Vec<Rejected>, Vec<Rejected>) = decode_bad
-                    .into_iter()
-                    .map(|b| (b.index, b.reason, b.detail))
-                    .partition(|b| crate::format::is_kept(b.1));
-                let batch = match (batch, et) {
-                    (Some(b), Some(c)) => {
-                        let good: Vec<usize> = good_indices(payloads.len(), &bad);
-                        let (b, rejected) = check_event_time(b, c, now, self.stream.max_future_ms)?;
-                        bad.extend(rejected.into_iter().map(|(row, r, d)| (good[row], r, d)));
-                        bad.sort_by_key(|b| b.0);
-                        Some(b)
-                    }
-                    (b, _) => b,
-                };
-                if notes.is_empty() {
-                    self.stats
-                        .observe(chunk.partition, chunk.first_offset, &payloads, &bad);
-                } else {
-                    let mut seen = notes;
-                    seen.extend(bad.iter().cloned());
-                    seen.sort_by_key(|b| b.0);
-                    self.stats
-                        .observe(chunk.partition, chunk.first_offset, &payloads, &seen);
-                }
-                if let Some((i, reason, detail)) = bad.first() {
-                    let n = bad.len() as u64;
-                    self.counters.records_in.fetch_add(n, Ordering::Relaxed);
-                    self.counters.bad_records.fetch_add(n, Ordering::Relaxed);
-                    if self.stream.on_error == OnError::Fail {
-                        return Err(Error::Execution(format!(
-                            "bad record in stream {} at partition {} offset {}: {reason} ({detail}); the stream has on_error = 'fail'",
-                            self.stream.name,
-                            chunk.partition,
-                            chunk.first_offset + *i as i64,
-                        )));
-                    }
-                }
-                if let Some(batch) = batch.filter(|b| b.num_rows() > 0) {
+                if let Some(batch) = self.decode_chunk(&mut decoder, chunk, et, now)? {
                     emitted.extend(rt.block_on(engine.process(chunk.partition, batch, now))?);
-                    // Unmerged partial batches count too: merge them before
-                    // judging the state by its groups x open windows.
-                    if engine.state_rows() > self.max_state_rows {
-                        rt.block_on(engine.compact_all())?;
-                    }
-                    if engine.state_rows() > self.max_state_rows {
-                        return Err(Error::Execution(format!(
-                            "state limit exceeded: {} partial-state rows (groups x open windows) > {}; narrow the GROUP BY, shorten the window or raise max_state_rows",
-                            engine.state_rows(),
-                            self.max_state_rows
-                        )));
-                    }
+                    self.check_state_limit(&rt, &mut engine)?;
                 }
             }
             if let Some(ms) = emit_ms

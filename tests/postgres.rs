@@ -179,7 +179,7 @@ fn postgres_store_answers_like_sqlite() {
     assert_eq!(
         pg.psql("contract", "SELECT max(version) FROM runnel_migrations")
             .trim(),
-        "1"
+        "2"
     );
     // A store URL that is not PostgreSQL is refused with a clear message.
     let err = Store::connect(Some("mysql://x"), dir.path()).err().unwrap();

@@ -112,6 +112,9 @@ pub struct App {
     streams: RwLock<BTreeMap<String, Arc<StreamEntry>>>,
     tables: RwLock<BTreeMap<String, (String, RefTable)>>,
     queries: RwLock<BTreeMap<String, Arc<QueryEntry>>>,
+    /// Held while the catalog changes, so statements and the cluster's
+    /// catalog sync never interleave.
+    ddl: tokio::sync::Mutex<()>,
 }
 
 fn columns_json(schema: &SchemaRef) -> Value {
@@ -210,7 +213,11 @@ impl App {
             streams: RwLock::new(BTreeMap::new()),
             tables: RwLock::new(BTreeMap::new()),
             queries: RwLock::new(BTreeMap::new()),
+            ddl: tokio::sync::Mutex::new(()),
         });
+        if app.config.cluster.is_some() {
+            app.store.postgres()?;
+        }
         for (name, sql) in store.list_streams()? {
             match parse_statement(&sql)?.stmt {
                 Statement::CreateStream(def) => {
@@ -239,7 +246,78 @@ impl App {
             };
             app.start_query(&name, &sql, &select, false, None).await?;
         }
+        if app.config.cluster.is_some() {
+            let weak = Arc::downgrade(&app);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    let Some(app) = weak.upgrade() else { break };
+                    if let Err(e) = app.sync_catalog().await {
+                        tracing::warn!("cluster catalog sync: {e}");
+                    }
+                }
+            });
+        }
         Ok(app)
+    }
+
+    /// Cluster mode: adopts the streams, tables and queries other servers
+    /// created, and stops those they dropped.
+    async fn sync_catalog(&self) -> Result<()> {
+        let _ddl = self.ddl.lock().await;
+        let store = self.store.clone();
+        let (streams, tables, queries) = tokio::task::spawn_blocking(move || {
+            Ok::<_, Error>((
+                store.list_streams()?,
+                store.list_tables()?,
+                store.list_queries()?,
+            ))
+        })
+        .await
+        .map_err(|e| Error::Execution(e.to_string()))??;
+        for (name, sql) in &streams {
+            if !self.streams.read().expect("lock").contains_key(name)
+                && let Statement::CreateStream(def) = parse_statement(sql)?.stmt
+            {
+                self.streams
+                    .write()
+                    .expect("lock")
+                    .insert(name.clone(), Arc::new(StreamEntry::new(def, sql.clone())));
+            }
+        }
+        for (name, sql) in &tables {
+            if !self.tables.read().expect("lock").contains_key(name)
+                && let Statement::CreateTable(def) = parse_statement(sql)?.stmt
+            {
+                self.load_table(&def, sql).await?;
+            }
+        }
+        let stored: std::collections::BTreeSet<&str> =
+            queries.iter().map(|(n, _)| n.as_str()).collect();
+        for q in self.queries() {
+            if !stored.contains(q.name.as_str()) {
+                let stopping = q.clone();
+                tokio::task::spawn_blocking(move || stopping.stop())
+                    .await
+                    .map_err(|e| Error::Execution(e.to_string()))?;
+                self.queries.write().expect("lock").remove(&q.name);
+            }
+        }
+        for (name, sql) in &queries {
+            if !self.queries.read().expect("lock").contains_key(name)
+                && let Statement::CreateQuery { select, .. } = parse_statement(sql)?.stmt
+            {
+                self.start_query(name, sql, &select, false, None).await?;
+            }
+        }
+        let stored: std::collections::BTreeSet<&str> =
+            streams.iter().map(|(n, _)| n.as_str()).collect();
+        self.streams
+            .write()
+            .expect("lock")
+            .retain(|n, _| stored.contains(n.as_str()));
+        Ok(())
     }
 
     /// The stream named `name`.
@@ -284,6 +362,7 @@ impl App {
 
     /// Runs every statement in `body` in order; stops at the first error.
     pub async fn execute_sql(&self, body: &str) -> Result<Vec<Value>> {
+        let _ddl = self.ddl.lock().await;
         let mut out = Vec::new();
         for p in parse_sql(body)? {
             let mut r = self.execute(&p).await?;
@@ -577,6 +656,9 @@ impl App {
         let plan = Arc::new(
             ContinuousPlan::build_with_tables(&stream.def, select, &self.ref_tables()).await?,
         );
+        if self.config.cluster.is_some() {
+            crate::cluster::check_mergeable(select, &plan)?;
+        }
         if save {
             self.store.save_query(name, sql, &plan.output_schema)?;
         }
@@ -600,6 +682,7 @@ impl App {
             max_state_rows: self.config.max_state_rows,
             reset,
             metrics: query_metrics.clone(),
+            cluster: self.config.cluster.clone(),
         };
         let entry = Arc::new(QueryEntry {
             name: name.to_string(),
@@ -632,6 +715,12 @@ impl App {
     /// Restarts a query from `from`, discarding its saved state and offsets
     /// (results already written are kept; re-processed windows replace them).
     pub async fn reset_query(&self, name: &str, from: StartFrom) -> Result<Arc<QueryEntry>> {
+        if self.config.cluster.is_some() {
+            return Err(Error::BadRequest(
+                "resetting a query is not supported in cluster mode; drop and create it again"
+                    .into(),
+            ));
+        }
         let q = self.query(name)?;
         let stopping = q.clone();
         tokio::task::spawn_blocking(move || stopping.stop())

@@ -19,24 +19,128 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::message::Message;
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 
 pub use super::Chunk;
 use crate::error::{Error, Result};
 use crate::sql::StartFrom;
 
-/// A consumer reading every partition of one topic.
+/// Where a consumer group member starts the partitions it is assigned:
+/// called with them at each assignment, it returns the saved next offset of
+/// those that have one.
+pub type OnAssign = Box<dyn Fn(&[i32]) -> Result<BTreeMap<i32, i64>> + Send + Sync>;
+
+/// The consumer's context: in a consumer group it assigns partitions at the
+/// offsets [`OnAssign`] gives, and counts assignments so the reader can tell
+/// records of an old assignment from those of the new one.
+pub struct SourceContext {
+    topic: String,
+    start: StartFrom,
+    on_assign: Option<OnAssign>,
+    generation: AtomicU64,
+    /// The latest assignment and its saved offsets.
+    assigned: Mutex<(Vec<i32>, BTreeMap<i32, i64>)>,
+}
+
+impl ClientContext for SourceContext {}
+
+impl ConsumerContext for SourceContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let mut assigned = (Vec::new(), BTreeMap::new());
+        if err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS {
+            let ps: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+            let saved = match &self.on_assign {
+                Some(f) => f(&ps),
+                None => Ok(BTreeMap::new()),
+            };
+            match saved {
+                Ok(saved) => {
+                    for p in &ps {
+                        let _ = tpl.set_partition_offset(
+                            &self.topic,
+                            *p,
+                            start_offset(saved.get(p), self.start),
+                        );
+                    }
+                    match consumer.assign(tpl) {
+                        Ok(()) => assigned = (ps, saved),
+                        Err(e) => tracing::error!("kafka: assigning {ps:?}: {e}"),
+                    }
+                }
+                Err(e) => {
+                    // Nothing is read from partitions whose place is unknown.
+                    tracing::error!("kafka: loading the offsets of {ps:?}: {e}");
+                    let _ = consumer.unassign();
+                }
+            }
+        } else {
+            let _ = consumer.unassign();
+        }
+        *self.assigned.lock().unwrap_or_else(|p| p.into_inner()) = assigned;
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn start_offset(saved: Option<&i64>, start: StartFrom) -> Offset {
+    match (saved, start) {
+        (Some(o), _) => Offset::Offset(*o),
+        (None, StartFrom::Earliest) => Offset::Beginning,
+        (None, StartFrom::Latest) => Offset::End,
+    }
+}
+
+/// A consumer reading every partition of one topic, or in a consumer group
+/// the partitions the group assigns it.
 pub struct KafkaSource {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<SourceContext>,
     start: StartFrom,
     partitions: Vec<i32>,
     offsets: BTreeMap<i32, i64>,
+    /// Partitions of the topic.
+    topic_partitions: usize,
+    /// The assignment generation `partitions` and `offsets` belong to.
+    generation: u64,
+    /// An assignment not yet reported by [`take_assignment`](Self::take_assignment).
+    pending: Option<(Vec<i32>, BTreeMap<i32, i64>)>,
+}
+
+/// Adopts the context's latest assignment if it changed since `generation`;
+/// true when it did.
+fn follow_assignment(
+    ctx: &SourceContext,
+    generation: &mut u64,
+    partitions: &mut Vec<i32>,
+    offsets: &mut BTreeMap<i32, i64>,
+    pending: &mut Option<(Vec<i32>, BTreeMap<i32, i64>)>,
+) -> bool {
+    let g = ctx.generation.load(Ordering::SeqCst);
+    if g == *generation {
+        return false;
+    }
+    *generation = g;
+    let (ps, saved) = ctx
+        .assigned
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    partitions.clone_from(&ps);
+    offsets.clone_from(&saved);
+    *pending = Some((ps, saved));
+    true
 }
 
 impl KafkaSource {
@@ -50,60 +154,80 @@ impl KafkaSource {
         saved: &BTreeMap<i32, i64>,
         stop: &AtomicBool,
     ) -> Result<Self> {
-        let reset = match start {
-            StartFrom::Earliest => "earliest",
-            StartFrom::Latest => "latest",
-        };
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set("group.id", client_id)
-            .set("client.id", client_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "false")
-            .set("auto.offset.reset", reset)
-            .set("fetch.wait.max.ms", "10")
-            // Bound what is fetched ahead of processing: when input outruns
-            // the engine, fetching pauses instead of memory growing.
-            .set("queued.max.messages.kbytes", "4096")
-            .set("allow.auto.create.topics", "false")
-            .create()?;
-        let partitions = loop {
-            if stop.load(Ordering::Relaxed) {
-                return Err(Error::Execution("stopped before the topic appeared".into()));
-            }
-            match consumer.fetch_metadata(Some(topic), Duration::from_secs(2)) {
-                Ok(md) => {
-                    let ps: Vec<i32> = md
-                        .topics()
-                        .iter()
-                        .filter(|t| t.name() == topic && t.error().is_none())
-                        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-                        .collect();
-                    if !ps.is_empty() {
-                        break ps;
-                    }
-                }
-                Err(e) => tracing::debug!("metadata for {topic}: {e}"),
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        };
+        let (consumer, partitions) = open(brokers, topic, client_id, start, None, &[], stop)?;
         let mut tpl = TopicPartitionList::new();
         for p in &partitions {
-            let offset = match (saved.get(p), start) {
-                (Some(o), _) => Offset::Offset(*o),
-                (None, StartFrom::Earliest) => Offset::Beginning,
-                (None, StartFrom::Latest) => Offset::End,
-            };
-            tpl.add_partition_offset(topic, *p, offset)?;
+            tpl.add_partition_offset(topic, *p, start_offset(saved.get(p), start))?;
         }
         consumer.assign(&tpl)?;
         Ok(KafkaSource {
             consumer,
             start,
             offsets: saved.clone(),
+            topic_partitions: partitions.len(),
             partitions,
+            generation: 0,
+            pending: None,
         })
+    }
+
+    /// Joins consumer group `group` on `topic`: Kafka's group protocol
+    /// assigns this member its share of the partitions, and `on_assign`
+    /// says where each assigned partition resumes. Nothing is committed to
+    /// Kafka; offsets live with the state they produced.
+    pub fn join_group(
+        brokers: &str,
+        topic: &str,
+        group: &str,
+        client_id: &str,
+        start: StartFrom,
+        on_assign: OnAssign,
+        stop: &AtomicBool,
+    ) -> Result<Self> {
+        let group_settings = [
+            ("group.id", group),
+            // A member that dies loses its partitions within seconds.
+            ("session.timeout.ms", "6000"),
+            ("heartbeat.interval.ms", "500"),
+            ("partition.assignment.strategy", "range"),
+        ];
+        let (consumer, partitions) = open(
+            brokers,
+            topic,
+            client_id,
+            start,
+            Some(on_assign),
+            &group_settings,
+            stop,
+        )?;
+        consumer.subscribe(&[topic])?;
+        Ok(KafkaSource {
+            consumer,
+            start,
+            offsets: BTreeMap::new(),
+            topic_partitions: partitions.len(),
+            partitions: Vec::new(),
+            generation: 0,
+            pending: None,
+        })
+    }
+
+    /// Number of partitions of the topic.
+    pub fn topic_partitions(&self) -> usize {
+        self.topic_partitions
+    }
+
+    /// In a consumer group: the new assignment and its saved offsets, once
+    /// after each rebalance. Records read before it are not returned.
+    pub fn take_assignment(&mut self) -> Option<(Vec<i32>, BTreeMap<i32, i64>)> {
+        follow_assignment(
+            self.consumer.context(),
+            &mut self.generation,
+            &mut self.partitions,
+            &mut self.offsets,
+            &mut self.pending,
+        );
+        self.pending.take()
     }
 
     /// The assigned partitions.
@@ -171,6 +295,18 @@ impl KafkaSource {
                     break;
                 }
             };
+            // A rebalance ran inside this poll: what was read before belongs
+            // to the old assignment and is read again from the saved offsets.
+            if follow_assignment(
+                self.consumer.context(),
+                &mut self.generation,
+                &mut self.partitions,
+                &mut self.offsets,
+                &mut self.pending,
+            ) {
+                chunks.clear();
+                n = 0;
+            }
             // One chunk per partition per poll: fewer, larger batches. Order
             // within a partition is kept, which is all the engine relies on.
             let p = msg.partition();
@@ -193,4 +329,65 @@ impl KafkaSource {
         }
         Ok(chunks)
     }
+}
+
+/// Creates a consumer and waits until `topic` exists; returns its partitions.
+fn open(
+    brokers: &str,
+    topic: &str,
+    client_id: &str,
+    start: StartFrom,
+    on_assign: Option<OnAssign>,
+    extra: &[(&str, &str)],
+    stop: &AtomicBool,
+) -> Result<(BaseConsumer<SourceContext>, Vec<i32>)> {
+    let reset = match start {
+        StartFrom::Earliest => "earliest",
+        StartFrom::Latest => "latest",
+    };
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("group.id", client_id)
+        .set("client.id", client_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .set("auto.offset.reset", reset)
+        .set("fetch.wait.max.ms", "10")
+        // Bound what is fetched ahead of processing: when input outruns
+        // the engine, fetching pauses instead of memory growing.
+        .set("queued.max.messages.kbytes", "4096")
+        .set("allow.auto.create.topics", "false");
+    for (k, v) in extra {
+        config.set(*k, *v);
+    }
+    let consumer: BaseConsumer<SourceContext> = config.create_with_context(SourceContext {
+        topic: topic.to_string(),
+        start,
+        on_assign,
+        generation: AtomicU64::new(0),
+        assigned: Mutex::new((Vec::new(), BTreeMap::new())),
+    })?;
+    let partitions = loop {
+        if stop.load(Ordering::Relaxed) {
+            return Err(Error::Execution("stopped before the topic appeared".into()));
+        }
+        match consumer.fetch_metadata(Some(topic), Duration::from_secs(2)) {
+            Ok(md) => {
+                let ps: Vec<i32> = md
+                    .topics()
+                    .iter()
+                    .filter(|t| t.name() == topic && t.error().is_none())
+                    .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                    .collect();
+                if !ps.is_empty() {
+                    break ps;
+                }
+            }
+            Err(e) => tracing::debug!("metadata for {topic}: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    Ok((consumer, partitions))
 }

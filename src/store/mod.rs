@@ -143,6 +143,17 @@ impl Store {
         }
     }
 
+    /// The PostgreSQL store, which cluster mode needs.
+    pub fn postgres(&self) -> Result<&PgStore> {
+        match self {
+            Store::Postgres(s) => Ok(s),
+            Store::Sqlite(_) => Err(Error::BadRequest(
+                "cluster mode keeps shared state in PostgreSQL: start with --store postgres://..."
+                    .into(),
+            )),
+        }
+    }
+
     /// Which backend this is (`sqlite` or `postgres`).
     pub fn kind(&self) -> &'static str {
         match self {

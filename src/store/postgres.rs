@@ -36,7 +36,8 @@ use crate::window::Emission;
 
 /// Versioned schema migrations, applied in order under an advisory lock so
 /// servers starting together against one database do not race.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE runnel_streams (
     name TEXT PRIMARY KEY, sql TEXT NOT NULL,
     created_at TIMESTAMPTZ NOT NULL DEFAULT now(), seq BIGSERIAL
@@ -55,7 +56,40 @@ CREATE TABLE runnel_checkpoints (
     state BYTEA,
     updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
-"#];
+"#,
+    // Cluster mode: who owns each partition and how far it is, the partial
+    // states flushed per window until the window is final, and each final
+    // window's merged state (for roll-ups).
+    r#"
+CREATE TABLE runnel_partition_progress (
+    query TEXT NOT NULL,
+    partition INT NOT NULL,
+    owner TEXT NOT NULL,
+    next_offset BIGINT,
+    max_event_time BIGINT,
+    idle BOOLEAN NOT NULL DEFAULT false,
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (query, partition)
+);
+CREATE TABLE runnel_window_partials (
+    id BIGSERIAL PRIMARY KEY,
+    query TEXT NOT NULL,
+    window_start BIGINT NOT NULL,
+    window_end BIGINT NOT NULL,
+    state BYTEA NOT NULL
+);
+CREATE INDEX runnel_window_partials_query ON runnel_window_partials (query, window_end);
+-- Windows whose end plus grace is at or before closed_wm are final.
+CREATE TABLE runnel_query_watermarks (query TEXT PRIMARY KEY, closed_wm BIGINT NOT NULL);
+CREATE TABLE runnel_window_states (
+    query TEXT NOT NULL,
+    window_start BIGINT NOT NULL,
+    window_end BIGINT NOT NULL,
+    state BYTEA NOT NULL,
+    PRIMARY KEY (query, window_start, window_end)
+);
+"#,
+];
 
 /// Lock key of the migrations (any fixed number shared by all servers).
 const MIGRATION_LOCK: i64 = 0x72756e6e656c;
@@ -207,6 +241,74 @@ fn results_ddl(name: &str, schema: &Schema) -> String {
         cols = cols.join(", "),
         idx = quote(&format!("{name}_window")),
     )
+}
+
+/// The statements writing `emissions` into `query`'s results table: a
+/// closed window's rows replace earlier rows of that window, a cumulative
+/// emission replaces the whole table.
+fn result_statements(query: &str, emissions: &[Emission]) -> Result<Vec<(String, Vec<Param>)>> {
+    let table = quote(query);
+    let mut stmts: Vec<(String, Vec<Param>)> = Vec::new();
+    for e in emissions {
+        let b = &e.batch;
+        if b.num_rows() == 0 && !e.cumulative {
+            continue;
+        }
+        let cols: Vec<Col> = b
+            .columns()
+            .iter()
+            .map(Col::from_array)
+            .collect::<Result<_>>()?;
+        if e.cumulative {
+            stmts.push((format!("DELETE FROM {table}"), vec![]));
+        } else {
+            let mut seen = std::collections::HashSet::new();
+            for i in 0..b.num_rows() {
+                let key = match (&cols[0], &cols[1]) {
+                    (Col::Ts(s), Col::Ts(en)) => (s.value(i), en.value(i)),
+                    _ => {
+                        return Err(Error::Execution("window bounds are not timestamps".into()));
+                    }
+                };
+                if seen.insert(key) {
+                    stmts.push((
+                        format!("DELETE FROM {table} WHERE window_start = $1 AND window_end = $2"),
+                        vec![cols[0].param(i), cols[1].param(i)],
+                    ));
+                }
+            }
+        }
+        let names: Vec<String> = b
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| quote(f.name()))
+            .collect();
+        let per_stmt = (MAX_PARAMS / names.len().max(1)).max(1);
+        let mut start = 0;
+        while start < b.num_rows() {
+            let end = (start + per_stmt).min(b.num_rows());
+            let mut params = Vec::with_capacity((end - start) * cols.len());
+            let mut rows = Vec::with_capacity(end - start);
+            for i in start..end {
+                let marks: Vec<String> = (0..cols.len())
+                    .map(|c| format!("${}", params.len() + c + 1))
+                    .collect();
+                rows.push(format!("({})", marks.join(", ")));
+                params.extend(cols.iter().map(|c| c.param(i)));
+            }
+            stmts.push((
+                format!(
+                    "INSERT INTO {table} ({}) VALUES {}",
+                    names.join(", "),
+                    rows.join(", ")
+                ),
+                params,
+            ));
+            start = end;
+        }
+    }
+    Ok(stmts)
 }
 
 impl PgStore {
@@ -376,8 +478,16 @@ impl PgStore {
             let tx = c.transaction().await?;
             tx.execute("DELETE FROM runnel_queries WHERE name = $1", &[&name])
                 .await?;
-            tx.execute("DELETE FROM runnel_checkpoints WHERE query = $1", &[&name])
-                .await?;
+            for t in [
+                "runnel_checkpoints",
+                "runnel_partition_progress",
+                "runnel_window_partials",
+                "runnel_window_states",
+                "runnel_query_watermarks",
+            ] {
+                tx.execute(&format!("DELETE FROM {t} WHERE query = $1"), &[&name])
+                    .await?;
+            }
             tx.batch_execute(&format!("DROP TABLE IF EXISTS {}", quote(&name)))
                 .await?;
             tx.commit().await?;
@@ -394,70 +504,7 @@ impl PgStore {
         offsets: &BTreeMap<i32, i64>,
         state: &[u8],
     ) -> Result<()> {
-        let table = quote(query);
-        // Statements with their parameters, built before going async.
-        let mut stmts: Vec<(String, Vec<Param>)> = Vec::new();
-        for e in emissions {
-            let b = &e.batch;
-            if b.num_rows() == 0 && !e.cumulative {
-                continue;
-            }
-            let cols: Vec<Col> = b
-                .columns()
-                .iter()
-                .map(Col::from_array)
-                .collect::<Result<_>>()?;
-            if e.cumulative {
-                stmts.push((format!("DELETE FROM {table}"), vec![]));
-            } else {
-                let mut seen = std::collections::HashSet::new();
-                for i in 0..b.num_rows() {
-                    let key = match (&cols[0], &cols[1]) {
-                        (Col::Ts(s), Col::Ts(en)) => (s.value(i), en.value(i)),
-                        _ => {
-                            return Err(Error::Execution("window bounds are not timestamps".into()));
-                        }
-                    };
-                    if seen.insert(key) {
-                        stmts.push((
-                            format!(
-                                "DELETE FROM {table} WHERE window_start = $1 AND window_end = $2"
-                            ),
-                            vec![cols[0].param(i), cols[1].param(i)],
-                        ));
-                    }
-                }
-            }
-            let names: Vec<String> = b
-                .schema()
-                .fields()
-                .iter()
-                .map(|f| quote(f.name()))
-                .collect();
-            let per_stmt = (MAX_PARAMS / names.len().max(1)).max(1);
-            let mut start = 0;
-            while start < b.num_rows() {
-                let end = (start + per_stmt).min(b.num_rows());
-                let mut params = Vec::with_capacity((end - start) * cols.len());
-                let mut rows = Vec::with_capacity(end - start);
-                for i in start..end {
-                    let marks: Vec<String> = (0..cols.len())
-                        .map(|c| format!("${}", params.len() + c + 1))
-                        .collect();
-                    rows.push(format!("({})", marks.join(", ")));
-                    params.extend(cols.iter().map(|c| c.param(i)));
-                }
-                stmts.push((
-                    format!(
-                        "INSERT INTO {table} ({}) VALUES {}",
-                        names.join(", "),
-                        rows.join(", ")
-                    ),
-                    params,
-                ));
-                start = end;
-            }
-        }
+        let stmts = result_statements(query, emissions)?;
         let offsets_json =
             serde_json::to_value(offsets).map_err(|e| Error::Execution(e.to_string()))?;
         let (query, state) = (query.to_string(), state.to_vec());
@@ -552,4 +599,283 @@ impl PgStore {
             seqs,
         })
     }
+
+    /// Claims `partitions` of `query` for `owner` (a token unique to one
+    /// assignment of one server) and returns where each one stands. A
+    /// previous owner's later writes to them are refused from now on.
+    pub fn claim_partitions(
+        &self,
+        query: &str,
+        owner: &str,
+        partitions: &[i32],
+    ) -> Result<BTreeMap<i32, Progress>> {
+        let (query, owner, partitions) =
+            (query.to_string(), owner.to_string(), partitions.to_vec());
+        self.run(|c| async move {
+            let mut c = c.lock().await;
+            let tx = c.transaction().await?;
+            tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&query])
+                .await?;
+            let mut out = BTreeMap::new();
+            for p in partitions {
+                let row = tx
+                    .query_one(
+                        "INSERT INTO runnel_partition_progress (query, partition, owner)
+                         VALUES ($1, $2, $3)
+                         ON CONFLICT (query, partition) DO UPDATE
+                         SET owner = excluded.owner, idle = false, updated_at = now()
+                         RETURNING next_offset, max_event_time",
+                        &[&query, &p, &owner],
+                    )
+                    .await?;
+                out.insert(
+                    p,
+                    Progress {
+                        next_offset: row.get(0),
+                        max_event_time: row.get(1),
+                    },
+                );
+            }
+            tx.commit().await?;
+            Ok(out)
+        })
+    }
+
+    /// Saves the progress of the partitions `owner` holds and the partial
+    /// states read since its last flush, atomically. `false` (nothing
+    /// written) when another server has claimed one of the partitions since.
+    pub fn flush_partials(
+        &self,
+        query: &str,
+        owner: &str,
+        progress: &[PartitionFlush],
+        partials: Vec<(i64, i64, Vec<u8>)>,
+    ) -> Result<bool> {
+        let (query, owner, progress) = (query.to_string(), owner.to_string(), progress.to_vec());
+        self.run(|c| async move {
+            let mut c = c.lock().await;
+            let tx = c.transaction().await?;
+            tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&query])
+                .await?;
+            for f in &progress {
+                let n = tx
+                    .execute(
+                        "UPDATE runnel_partition_progress
+                         SET next_offset = $4, max_event_time = $5, idle = $6, updated_at = now()
+                         WHERE query = $1 AND partition = $2 AND owner = $3",
+                        &[
+                            &query,
+                            &f.partition,
+                            &owner,
+                            &f.next_offset,
+                            &f.max_event_time,
+                            &f.idle,
+                        ],
+                    )
+                    .await?;
+                if n == 0 {
+                    return Ok(false);
+                }
+            }
+            for (start, end, state) in &partials {
+                tx.execute(
+                    "INSERT INTO runnel_window_partials (query, window_start, window_end, state)
+                     VALUES ($1, $2, $3, $4)",
+                    &[&query, start, end, state],
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(true)
+        })
+    }
+
+    /// The windows of `query` every partition is past: the watermark is the
+    /// lowest `max_event_time - delay` over the topic's `partitions` that are
+    /// not idle (or `now - delay` when all are idle); windows whose end plus
+    /// `grace` is at or before it are returned with their partial states.
+    /// Partial states of windows already final (from records read after the
+    /// window was finished) are deleted and counted in `late`.
+    pub fn final_windows(
+        &self,
+        query: &str,
+        partitions: usize,
+        delay: i64,
+        grace: i64,
+        now: i64,
+    ) -> Result<FinalWindows> {
+        let query = query.to_string();
+        self.run(move |c| async move {
+            let mut c = c.lock().await;
+            let tx = c.transaction().await?;
+            tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&query])
+                .await?;
+            let closed_wm: i64 = tx
+                .query_opt(
+                    "SELECT closed_wm FROM runnel_query_watermarks WHERE query = $1",
+                    &[&query],
+                )
+                .await?
+                .map_or(i64::MIN, |r| r.get(0));
+            // Stored as the last final window's end plus grace.
+            let late = tx
+                .execute(
+                    "DELETE FROM runnel_window_partials WHERE query = $1 AND window_end <= $2",
+                    &[&query, &closed_wm.saturating_sub(grace)],
+                )
+                .await?;
+            let rows = tx
+                .query(
+                    "SELECT max_event_time, idle FROM runnel_partition_progress WHERE query = $1",
+                    &[&query],
+                )
+                .await?;
+            // A partition never read, or a topic not fully claimed yet, holds
+            // everything back.
+            let mut wm: Option<i64> = (rows.len() < partitions).then_some(i64::MIN);
+            for r in &rows {
+                let (max, idle): (Option<i64>, bool) = (r.get(0), r.get(1));
+                if idle {
+                    continue;
+                }
+                let w = max.map_or(i64::MIN, |m| m.saturating_sub(delay));
+                wm = Some(wm.map_or(w, |m| m.min(w)));
+            }
+            let wm = wm.unwrap_or(now.saturating_sub(delay));
+            let parts = tx
+                .query(
+                    "SELECT id, window_start, window_end, state FROM runnel_window_partials
+                     WHERE query = $1 AND window_end <= $2 ORDER BY window_end, window_start, id",
+                    &[&query, &wm.saturating_sub(grace)],
+                )
+                .await?;
+            tx.commit().await?;
+            let mut windows: Vec<FinalWindow> = Vec::new();
+            for r in parts {
+                let (id, start, end, state): (i64, i64, i64, Vec<u8>) =
+                    (r.get(0), r.get(1), r.get(2), r.get(3));
+                match windows.last_mut() {
+                    Some(w) if w.start == start && w.end == end => {
+                        w.ids.push(id);
+                        w.states.push(state);
+                    }
+                    _ => windows.push(FinalWindow {
+                        start,
+                        end,
+                        ids: vec![id],
+                        states: vec![state],
+                    }),
+                }
+            }
+            Ok(FinalWindows {
+                closed_wm,
+                late,
+                windows,
+            })
+        })
+    }
+
+    /// Writes a final window's rows and merged state and deletes its partial
+    /// states, atomically; `false` (nothing written) when another server
+    /// finalised it first.
+    pub fn finish_window(
+        &self,
+        query: &str,
+        window: &FinalWindow,
+        grace: i64,
+        rows: &[Emission],
+        merged: Vec<u8>,
+    ) -> Result<bool> {
+        let stmts = result_statements(query, rows)?;
+        let closed = window.end.saturating_add(grace);
+        let (query, ids, start, end) = (
+            query.to_string(),
+            window.ids.clone(),
+            window.start,
+            window.end,
+        );
+        self.run(move |c| async move {
+            let mut c = c.lock().await;
+            let tx = c.transaction().await?;
+            tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&query])
+                .await?;
+            let n = tx
+                .execute(
+                    "DELETE FROM runnel_window_partials WHERE id = ANY($1)",
+                    &[&ids],
+                )
+                .await?;
+            if n as usize != ids.len() {
+                return Ok(false);
+            }
+            for (sql, params) in &stmts {
+                tx.execute(sql.as_str(), &refs(params)).await?;
+            }
+            tx.execute(
+                "INSERT INTO runnel_window_states (query, window_start, window_end, state)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (query, window_start, window_end) DO UPDATE SET state = excluded.state",
+                &[&query, &start, &end, &merged],
+            )
+            .await?;
+            // Windows are finished in end order, so every window ending by
+            // then is final: later partial states for them are late.
+            tx.execute(
+                "INSERT INTO runnel_query_watermarks (query, closed_wm) VALUES ($1, $2)
+                 ON CONFLICT (query) DO UPDATE
+                 SET closed_wm = greatest(runnel_query_watermarks.closed_wm, excluded.closed_wm)",
+                &[&query, &closed],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(true)
+        })
+    }
+}
+
+/// Where a partition of a cluster query stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Next offset to read; `None` before the first flush.
+    pub next_offset: Option<i64>,
+    /// Highest event time read so far.
+    pub max_event_time: Option<i64>,
+}
+
+/// One partition's progress in a flush.
+#[derive(Debug, Clone, Copy)]
+pub struct PartitionFlush {
+    /// The partition.
+    pub partition: i32,
+    /// Next offset to read.
+    pub next_offset: Option<i64>,
+    /// Highest event time read so far.
+    pub max_event_time: Option<i64>,
+    /// Silent and caught up: left out of the watermark.
+    pub idle: bool,
+}
+
+/// What [`PgStore::final_windows`] found.
+#[derive(Debug, Clone)]
+pub struct FinalWindows {
+    /// Windows whose end plus grace is at or before this are final
+    /// (`i64::MIN` before the first).
+    pub closed_wm: i64,
+    /// Partial states of final windows deleted as late.
+    pub late: u64,
+    /// Windows to finish now, in end order.
+    pub windows: Vec<FinalWindow>,
+}
+
+/// A window every partition is past, with its partial states (Arrow IPC).
+#[derive(Debug, Clone)]
+pub struct FinalWindow {
+    /// Window start, epoch ms.
+    pub start: i64,
+    /// Window end, epoch ms.
+    pub end: i64,
+    /// Ids of the partial states.
+    pub ids: Vec<i64>,
+    /// The partial states.
+    pub states: Vec<Vec<u8>>,
 }

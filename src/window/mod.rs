@@ -124,6 +124,9 @@ pub struct WindowEngine {
     dirty: bool,
     /// Stream columns the batch plan reads.
     read: Vec<usize>,
+    /// Keep partial states instead of closing windows (cluster mode: the
+    /// states are flushed and windows are finalised across servers).
+    partials_only: bool,
     /// Live counters.
     pub counters: Arc<Counters>,
 }
@@ -150,6 +153,7 @@ impl WindowEngine {
             partition_max: BTreeMap::new(),
             idle: Default::default(),
             closed_wm: i64::MIN,
+            partials_only: false,
             dirty: false,
             counters: Arc::new(Counters::default()),
         }
@@ -158,6 +162,50 @@ impl WindowEngine {
     /// The plan this engine runs.
     pub fn plan(&self) -> &Arc<ContinuousPlan> {
         &self.plan
+    }
+
+    /// Never closes windows: their partial states are taken with
+    /// [`drain_states`](Self::drain_states) and finished elsewhere. Lateness
+    /// still follows each partition's running watermark.
+    pub fn keep_partials_only(&mut self) {
+        self.partials_only = true;
+    }
+
+    /// Forgets every open window and restarts from `partition_max`, the
+    /// highest event time read per partition (`i64::MIN` when none yet).
+    pub fn reset(&mut self, partition_max: BTreeMap<i32, i64>) {
+        self.windows.clear();
+        self.sessions = WindowBuf::default();
+        self.idle.clear();
+        self.partition_max = partition_max;
+        self.closed_wm = i64::MIN;
+    }
+
+    /// Treats windows whose end plus grace is at or before `wm` as closed:
+    /// their records are dropped as late from now on.
+    pub fn close_before(&mut self, wm: i64) {
+        self.closed_wm = self.closed_wm.max(wm);
+    }
+
+    /// Highest event time read per partition (`i64::MIN` when none yet).
+    pub fn partition_max(&self) -> &BTreeMap<i32, i64> {
+        &self.partition_max
+    }
+
+    /// Takes every open window's partial state, merged to one row per group,
+    /// as (start, end, state); the engine is left with no open window.
+    pub async fn drain_states(&mut self) -> Result<Vec<(i64, i64, RecordBatch)>> {
+        let mut out = Vec::new();
+        for ((end, start), mut buf) in std::mem::take(&mut self.windows) {
+            if buf.batches.len() > 1 {
+                compact(&self.plan, &mut buf).await?;
+            }
+            if let Some(b) = buf.batches.pop() {
+                out.push((start, end, b));
+            }
+        }
+        self.dirty = false;
+        Ok(out)
     }
 
     /// Current watermark: min over active partitions of (max event time − delay).
@@ -324,7 +372,11 @@ impl WindowEngine {
         let out = match self.watermark() {
             Some(w) => {
                 self.counters.watermark.store(w, Ordering::Relaxed);
-                self.close_until(w).await?
+                if self.partials_only {
+                    vec![]
+                } else {
+                    self.close_until(w).await?
+                }
             }
             None => vec![],
         };
@@ -659,4 +711,33 @@ fn split_by_window(b: &RecordBatch) -> Result<Vec<((i64, i64), RecordBatch)>> {
         .into_iter()
         .map(|(k, idx)| Ok((k, take_rows(b, idx)?)))
         .collect()
+}
+
+/// Partial states as Arrow IPC stream bytes (how they are stored).
+pub fn states_to_ipc(
+    schema: &datafusion::arrow::datatypes::SchemaRef,
+    batches: &[RecordBatch],
+) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut w = StreamWriter::try_new(&mut out, schema)?;
+    for b in batches {
+        w.write(b)?;
+    }
+    w.finish()?;
+    drop(w);
+    Ok(out)
+}
+
+/// Reads partial states written by [`states_to_ipc`], checking their schema.
+pub fn states_from_ipc(
+    schema: &datafusion::arrow::datatypes::SchemaRef,
+    bytes: &[u8],
+) -> Result<Vec<RecordBatch>> {
+    let reader = StreamReader::try_new(bytes, None)?;
+    if reader.schema().fields() != schema.fields() {
+        return Err(Error::Execution(
+            "stored partial state does not match the query's state schema".into(),
+        ));
+    }
+    reader.map(|b| Ok(b?)).collect()
 }

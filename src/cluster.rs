@@ -1,0 +1,355 @@
+//! Cluster mode: several `runnel serve` processes started with the same
+//! `--cluster NAME` and the same PostgreSQL store form one service.
+//!
+//! Runnel adds no cluster protocol of its own. Kafka's consumer-group
+//! protocol decides which server reads which partitions (one group per query,
+//! `runnel.NAME.QUERY`), and PostgreSQL holds everything shared:
+//!
+//! * each partition's owner, next offset and highest event time
+//!   (`runnel_partition_progress`);
+//! * the partial aggregate states each server has read since its last flush,
+//!   per window (`runnel_window_partials`), written in the same transaction
+//!   as the offsets they cover;
+//! * each final window's merged state (`runnel_window_states`) and rows.
+//!
+//! A server reads its partitions, folds records into per-window partial
+//! states and flushes them every checkpoint interval. A window is final once
+//! every partition's watermark (its highest event time minus the stream's
+//! delay; idle partitions aside) has passed the window's end plus grace; any
+//! server may then merge its partials, run the close plan and write the rows,
+//! in one transaction under a per-query lock.
+//!
+//! Exactly once: a server's unflushed records are never written, so when a
+//! rebalance moves a partition, or a server dies, the new owner re-reads them
+//! from the last flushed offset. Claiming a partition records the new owner,
+//! and a flush from anyone else is refused, so a server that lost a
+//! partition without noticing cannot write it twice.
+//!
+//! Only mergeable aggregates are allowed: sums, counts, averages, min/max,
+//! HyperLogLog++ sketches (`approx_distinct`), t-digests
+//! (`approx_percentile_cont`, `approx_median`). [`check_mergeable`] refuses
+//! the others, naming the approximate alternative:
+//!
+//! ```
+//! use runnel::cluster::check_mergeable_sql;
+//! assert!(check_mergeable_sql("SELECT geo, approx_distinct(cookie) FROM imps GROUP BY geo").is_ok());
+//! let err = check_mergeable_sql("SELECT geo, count(DISTINCT cookie) FROM imps GROUP BY geo").unwrap_err();
+//! assert!(err.to_string().contains("approx_distinct"));
+//! ```
+
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::datatypes::Schema;
+use datafusion::sql::sqlparser::ast::{
+    DuplicateTreatment, Expr, FunctionArguments, visit_expressions,
+};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+
+use crate::error::{Error, Result};
+use crate::format::Decoder;
+use crate::plan::ContinuousPlan;
+use crate::runtime::{QueryStatus, QueryTask};
+use crate::source::kafka::{KafkaSource, OnAssign};
+use crate::sql::window::WindowKind;
+use crate::sql::{SelectSql, SourceKind};
+use crate::store::postgres::{FinalWindow, PartitionFlush, PgStore, Progress};
+use crate::window::{Emission, WindowEngine, states_from_ipc, states_to_ipc};
+
+/// Aggregates whose partial states cannot be merged across servers (or grow
+/// with every value), with what to use instead.
+const NOT_MERGEABLE: &[(&str, &str)] = &[
+    ("median", "approx_median"),
+    ("percentile_cont", "approx_percentile_cont"),
+    ("quantile_cont", "approx_percentile_cont"),
+    (
+        "array_agg",
+        "an aggregate of the values instead of the values themselves",
+    ),
+    (
+        "string_agg",
+        "an aggregate of the values instead of the values themselves",
+    ),
+    ("first_value", "min or max"),
+    ("last_value", "min or max"),
+    ("nth_value", "min or max"),
+];
+
+/// Refuses a query whose aggregates cannot be merged across servers.
+pub fn check_mergeable_sql(sql: &str) -> Result<()> {
+    let stmts = Parser::parse_sql(&GenericDialect {}, sql).map_err(crate::sql::parser_error)?;
+    let mut refused: Option<String> = None;
+    let _ = visit_expressions(&stmts, |e| {
+        if let Expr::Function(f) = e {
+            let name = f.name.to_string().to_ascii_lowercase();
+            let distinct = matches!(
+                &f.args,
+                FunctionArguments::List(l) if l.duplicate_treatment == Some(DuplicateTreatment::Distinct)
+            );
+            if distinct {
+                let alt = if name == "count" {
+                    "approx_distinct(x)"
+                } else {
+                    "the aggregate without DISTINCT"
+                };
+                refused = Some(format!(
+                    "{name}(DISTINCT ...) keeps every distinct value and cannot be merged across servers in cluster mode; use {alt}"
+                ));
+                return ControlFlow::Break(());
+            }
+            if let Some((_, alt)) = NOT_MERGEABLE.iter().find(|(n, _)| *n == name) {
+                refused = Some(format!(
+                    "{name} cannot be merged across servers in cluster mode; use {alt}"
+                ));
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    });
+    match refused {
+        Some(m) => Err(Error::sql(m, None)),
+        None => Ok(()),
+    }
+}
+
+/// Refuses a continuous query cluster mode cannot run.
+pub fn check_mergeable(select: &SelectSql, plan: &ContinuousPlan) -> Result<()> {
+    match plan.window.kind {
+        WindowKind::Session { .. } => {
+            return Err(Error::sql(
+                "session windows span partitions' records and are not supported in cluster mode; use a tumbling or hopping window",
+                None,
+            ));
+        }
+        WindowKind::Cumulative { .. } => {
+            return Err(Error::sql(
+                "queries without a WINDOW are not supported in cluster mode; add WINDOW <size>",
+                None,
+            ));
+        }
+        _ => {}
+    }
+    check_mergeable_sql(&select.sql)
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// A token naming one server's claim on partitions.
+fn owner_token(query: &str) -> String {
+    format!(
+        "{query}@{}:{}:{:x}",
+        std::process::id(),
+        now_ms(),
+        rand::random::<u32>()
+    )
+}
+
+/// Runs `task` as one member of cluster `cluster`.
+pub(crate) fn run(task: &QueryTask, cluster: &str, set_status: impl Fn(QueryStatus)) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let pg = task.store.postgres()?.clone();
+    if task.stream.source != SourceKind::Kafka {
+        return Err(Error::BadRequest(format!(
+            "stream {} is not read from Kafka: cluster mode shares a topic's partitions between servers",
+            task.stream.name
+        )));
+    }
+    let plan = task.plan.clone();
+    let schema = Arc::new(Schema::new(task.stream.fields()));
+    let et = match &task.stream.event_time {
+        Some(c) => Some(schema.index_of(c)?),
+        None => None,
+    };
+    let mut engine = WindowEngine::new(plan.clone(), et, task.stream.watermark_delay_ms);
+    engine.counters = task.counters.clone();
+    engine.keep_partials_only();
+    let mut read = plan.stream_columns_read();
+    read.extend(et);
+    read.sort_unstable();
+    read.dedup();
+    let mut decoder = Decoder::with_projection(task.stream.format, schema, &read)?;
+
+    set_status(QueryStatus::WaitingForTopic);
+    let owner = owner_token(&task.name);
+    // Where each newly assigned partition stands, for the engine's reset.
+    let claimed: Arc<Mutex<BTreeMap<i32, Progress>>> = Arc::default();
+    let on_assign: OnAssign = {
+        let (pg, query, owner, claimed) = (
+            pg.clone(),
+            task.name.clone(),
+            owner.clone(),
+            claimed.clone(),
+        );
+        Box::new(move |ps: &[i32]| {
+            let progress = pg.claim_partitions(&query, &owner, ps)?;
+            let offsets = progress
+                .iter()
+                .filter_map(|(p, x)| x.next_offset.map(|o| (*p, o)))
+                .collect();
+            *claimed.lock().unwrap_or_else(|p| p.into_inner()) = progress;
+            Ok(offsets)
+        })
+    };
+    let brokers = task.stream.brokers.as_deref().unwrap_or(&task.brokers);
+    let mut src = match KafkaSource::join_group(
+        brokers,
+        &task.stream.topic,
+        &format!("runnel.{cluster}.{}", task.name),
+        &format!("runnel-{}", task.name),
+        task.reset.unwrap_or(task.stream.start),
+        on_assign,
+        &task.stop,
+    ) {
+        Ok(s) => s,
+        Err(_) if task.stop.load(Ordering::Relaxed) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let sink = match &task.into_topic {
+        Some(t) => Some(crate::sink::TopicSink::new(brokers, t)?),
+        None => None,
+    };
+    set_status(QueryStatus::Running);
+    let mut last_data: BTreeMap<i32, Instant> = BTreeMap::new();
+    let mut last_flush = Instant::now();
+    // After a refused flush, nothing is read until the group reassigns.
+    let mut fenced = false;
+    while !task.stop.load(Ordering::Relaxed) {
+        let chunks = src.poll(100_000, Duration::from_millis(100))?;
+        if let Some((ps, _)) = src.take_assignment() {
+            // What the engine holds was read under the old assignment and is
+            // read again from the flushed offsets.
+            let claimed = claimed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            engine.reset(
+                ps.iter()
+                    .map(|p| {
+                        let max = claimed.get(p).and_then(|x| x.max_event_time);
+                        (*p, max.unwrap_or(i64::MIN))
+                    })
+                    .collect(),
+            );
+            last_data = ps.iter().map(|p| (*p, Instant::now())).collect();
+            fenced = false;
+            tracing::info!(query = %task.name, partitions = ?ps, "assigned");
+        }
+        let now = now_ms();
+        if !fenced {
+            for chunk in &chunks {
+                last_data.insert(chunk.partition, Instant::now());
+                if let Some(batch) = task.decode_chunk(&mut decoder, chunk, et, now)? {
+                    rt.block_on(engine.process(chunk.partition, batch, now))?;
+                    task.check_state_limit(&rt, &mut engine)?;
+                }
+            }
+        }
+        if last_flush.elapsed() < task.checkpoint_interval {
+            continue;
+        }
+        last_flush = Instant::now();
+        if !fenced && !src.partitions().is_empty() {
+            let lag: BTreeMap<i32, i64> = src.lag().into_iter().collect();
+            task.metrics.set_lag(&src.lag());
+            let progress: Vec<PartitionFlush> = src
+                .partitions()
+                .iter()
+                .map(|p| PartitionFlush {
+                    partition: *p,
+                    next_offset: src.offsets().get(p).copied(),
+                    max_event_time: engine
+                        .partition_max()
+                        .get(p)
+                        .copied()
+                        .filter(|m| *m != i64::MIN),
+                    idle: last_data
+                        .get(p)
+                        .is_none_or(|at| at.elapsed() >= task.idle_after)
+                        && lag.get(p) == Some(&0),
+                })
+                .collect();
+            let mut partials = Vec::new();
+            for (start, end, state) in rt.block_on(engine.drain_states())? {
+                partials.push((start, end, states_to_ipc(&plan.state_schema, &[state])?));
+            }
+            if !pg.flush_partials(&task.name, &owner, &progress, partials)? {
+                tracing::warn!(query = %task.name, "another server owns some of these partitions now; waiting for the group to reassign");
+                engine.reset(BTreeMap::new());
+                fenced = true;
+            }
+        }
+        let (closed_wm, emitted) = finalize(&rt, &pg, task, src.topic_partitions())?;
+        // Records of windows already final are late here too.
+        engine.close_before(closed_wm);
+        if let Some(sink) = &sink {
+            sink.publish(&emitted)?;
+        }
+        task.metrics.observe_emissions(&emitted, now_ms());
+    }
+    Ok(())
+}
+
+/// Finishes every window all partitions are past; returns the watermark
+/// windows were final up to before, and the rows this server wrote.
+fn finalize(
+    rt: &tokio::runtime::Runtime,
+    pg: &PgStore,
+    task: &QueryTask,
+    partitions: usize,
+) -> Result<(i64, Vec<Emission>)> {
+    let plan = &task.plan;
+    let found = pg.final_windows(
+        &task.name,
+        partitions,
+        task.stream.watermark_delay_ms,
+        plan.window.grace_ms,
+        now_ms(),
+    )?;
+    let c = &task.counters;
+    // Partial states of finished windows: their records came too late.
+    c.late_records.fetch_add(found.late, Ordering::Relaxed);
+    let mut out = Vec::new();
+    for w in found.windows {
+        let (emission, merged) = close_window(rt, plan, &w)?;
+        let emissions: Vec<Emission> = emission.into_iter().collect();
+        if pg.finish_window(&task.name, &w, plan.window.grace_ms, &emissions, merged)? {
+            c.windows_closed.fetch_add(1, Ordering::Relaxed);
+            c.last_window_end.store(w.end, Ordering::Relaxed);
+            let rows: usize = emissions.iter().map(|e| e.batch.num_rows()).sum();
+            c.rows_emitted.fetch_add(rows as u64, Ordering::Relaxed);
+            out.extend(emissions);
+        }
+    }
+    Ok((found.closed_wm, out))
+}
+
+/// Merges a window's partial states and runs the close plan: its rows (if
+/// any) and its merged state, as Arrow IPC.
+fn close_window(
+    rt: &tokio::runtime::Runtime,
+    plan: &ContinuousPlan,
+    w: &FinalWindow,
+) -> Result<(Option<Emission>, Vec<u8>)> {
+    let mut states = Vec::new();
+    for s in &w.states {
+        states.extend(states_from_ipc(&plan.state_schema, s)?);
+    }
+    let merged = rt.block_on(plan.reduce(states))?;
+    let rows = rt.block_on(plan.close(merged.clone()))?;
+    let emission = match rows.len() {
+        0 => None,
+        _ => Some(concat_batches(&plan.output_schema, &rows)?),
+    }
+    .filter(|b| b.num_rows() > 0)
+    .map(|batch| Emission {
+        batch,
+        cumulative: false,
+    });
+    Ok((emission, states_to_ipc(&plan.state_schema, &merged)?))
+}

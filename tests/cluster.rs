@@ -1,0 +1,239 @@
+//! Cluster mode: three servers, one PostgreSQL store, one 12-partition topic.
+//! Their results equal a single server's, also after one of them is killed
+//! mid-stream and the others take over its partitions.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::TestServer;
+use common::postgres::Postgres;
+use rdkafka::ClientConfig;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+const PARTITIONS: i32 = 12;
+
+const STREAM: &str =
+    "CREATE STREAM imps (ts TIMESTAMP, publisher TEXT, geo TEXT, bid DOUBLE, cookie TEXT)
+  WITH (kafka_topic = 'imps', event_time = 'ts', watermark_delay = '2s', start = 'earliest')";
+
+const QUERY: &str = "CREATE QUERY adnetwork AS
+  SELECT publisher, geo, avg(bid) AS avg_bid, count(*) AS imps, approx_distinct(cookie) AS uniques
+  FROM imps WHERE geo <> 'unknown' GROUP BY publisher, geo WINDOW 10s";
+
+/// Records `range` of a deterministic feed: 100 per second of event time
+/// from `t0`, spread over all partitions.
+fn produce(producer: &BaseProducer, t0: i64, range: std::ops::Range<i64>) {
+    let geos = ["FR", "US", "DE", "unknown"];
+    for i in range {
+        let rec = format!(
+            r#"{{"ts": {}, "publisher": "p{}", "geo": "{}", "bid": {}, "cookie": "c{}"}}"#,
+            t0 + i * 10,
+            i % 7,
+            geos[(i / 7) as usize % geos.len()],
+            (i % 13) as f64 * 0.25,
+            (i * 7919) % 1500
+        );
+        let partition = (i % PARTITIONS as i64) as i32;
+        while let Err((e, _)) = producer.send(
+            BaseRecord::<(), str>::to("imps")
+                .payload(&rec)
+                .partition(partition),
+        ) {
+            assert!(e.to_string().contains("Queue full"), "{e}");
+            producer.poll(Duration::from_millis(5));
+        }
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+}
+
+/// One record per partition far ahead, so every earlier window closes on
+/// event time alone (no wall-clock closing: `idle_after` is an hour).
+fn close_all(producer: &BaseProducer, t_end: i64) {
+    for p in 0..PARTITIONS {
+        let rec = format!(
+            r#"{{"ts": {t_end}, "publisher": "p0", "geo": "FR", "bid": 0, "cookie": "end"}}"#
+        );
+        producer
+            .send(BaseRecord::<(), str>::to("imps").payload(&rec).partition(p))
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+}
+
+/// Result rows keyed by (window_start, publisher, geo).
+type Rows = BTreeMap<(String, String, String), (u64, f64, u64)>;
+
+async fn results(s: &TestServer) -> Rows {
+    let (_, v) = s.get("/queries/adnetwork/results?limit=100000").await;
+    let mut out = Rows::new();
+    for r in v["rows"].as_array().into_iter().flatten() {
+        let key = (
+            r["window_start"].as_str().unwrap().to_string(),
+            r["publisher"].as_str().unwrap().to_string(),
+            r["geo"].as_str().unwrap().to_string(),
+        );
+        let val = (
+            r["imps"].as_u64().unwrap(),
+            r["avg_bid"].as_f64().unwrap(),
+            r["uniques"].as_u64().unwrap(),
+        );
+        assert!(
+            out.insert(key.clone(), val).is_none(),
+            "duplicate row {key:?}"
+        );
+    }
+    out
+}
+
+async fn wait_rows(s: &TestServer, what: &str, total: u64) -> Rows {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let rows = results(s).await;
+        let n: u64 = rows.values().map(|v| v.0).sum();
+        if n == total {
+            return rows;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {n} of {total} records in the results; query: {}",
+            s.get("/queries/adnetwork").await.1
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn assert_same(expected: &Rows, got: &Rows) {
+    assert_eq!(
+        expected.keys().collect::<Vec<_>>(),
+        got.keys().collect::<Vec<_>>(),
+        "windows or groups differ"
+    );
+    for (k, e) in expected {
+        let g = got[k];
+        assert_eq!(e.0, g.0, "imps of {k:?}");
+        assert!(
+            (e.1 - g.1).abs() < 1e-9,
+            "avg_bid of {k:?}: {} vs {}",
+            e.1,
+            g.1
+        );
+        // Sketches merged in another order: the same values, so the same
+        // estimate up to HyperLogLog++'s representation changes.
+        let tolerance = (e.2 as f64 * 0.02).max(1.0);
+        assert!(
+            (e.2 as f64 - g.2 as f64).abs() <= tolerance,
+            "uniques of {k:?}: {} vs {}",
+            e.2,
+            g.2
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_servers_equal_one_and_survive_a_kill() {
+    let Some(pg) = Postgres::start("three_servers_equal_one_and_survive_a_kill") else {
+        return;
+    };
+    let url = pg.create_db("cluster");
+    let kafka = MockCluster::new(1).unwrap();
+    kafka.create_topic("imps", PARTITIONS, 1).unwrap();
+    let brokers = kafka.bootstrap_servers();
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("runnel.toml");
+    std::fs::write(&config, "idle_after = '1h'\n").unwrap();
+    let config = config.to_str().unwrap();
+    let cluster_env = [
+        ("RUNNEL_CONFIG", config),
+        ("RUNNEL_STORE", url.as_str()),
+        ("RUNNEL_CLUSTER", "ads"),
+    ];
+    let start = |i: usize| {
+        TestServer::start_with(&dir.path().join(format!("s{i}")), &brokers, &cluster_env)
+    };
+    let (a, b, c) = (start(0), start(1), start(2));
+
+    // Created through one server, running on all three.
+    a.sql(&format!("{STREAM}; {QUERY}")).await;
+    for s in [&b, &c] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while s.get("/queries/adnetwork").await.1["status"] != "running" {
+            assert!(
+                Instant::now() < deadline,
+                "the query did not reach every server"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    // Aggregates that do not merge are refused, naming the alternative.
+    let (status, err) = b
+        .post(
+            "/sql",
+            "CREATE QUERY exact AS SELECT geo, count(DISTINCT cookie) FROM imps GROUP BY geo WINDOW 10s",
+        )
+        .await;
+    assert_eq!(status, 400, "{err}");
+    assert!(err.to_string().contains("approx_distinct"), "{err}");
+
+    // Kafka's group protocol shares the partitions out among the three.
+    let owners = || {
+        pg.psql(
+            "cluster",
+            "SELECT count(DISTINCT owner) || '|' || count(*) FROM runnel_partition_progress WHERE query = 'adnetwork'",
+        )
+        .trim()
+        .to_string()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while owners() != "3|12" {
+        assert!(
+            Instant::now() < deadline,
+            "partitions not shared: {}",
+            owners()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // 60 s of event time, well in the past; half before the kill.
+    let t0 = (chrono::Utc::now().timestamp_millis() / 10_000 - 100) * 10_000;
+    let n = 6_000;
+    produce(&producer, t0, 0..n / 2);
+    // Mid-stream: once it has read some of its records.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.get("/queries/adnetwork").await.1["counters"]["records_in"] == 0 {
+        assert!(Instant::now() < deadline, "the third server reads nothing");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.kill9();
+    produce(&producer, t0, n / 2..n);
+    close_all(&producer, t0 + 200_000);
+    // Every record but those of `geo = 'unknown'` and the closing ones.
+    let counted = (0..n).filter(|i| (i / 7) % 4 != 3).count() as u64;
+    let got = wait_rows(&b, "cluster after a kill", counted).await;
+    // Every server answers every read the same.
+    assert_eq!(results(&a).await, got);
+
+    // One server alone on the same topic.
+    let single_dir = tempfile::tempdir().unwrap();
+    let single = TestServer::start_with(single_dir.path(), &brokers, &[("RUNNEL_CONFIG", config)]);
+    single.sql(&format!("{STREAM}; {QUERY}")).await;
+    let expected = wait_rows(&single, "single server", counted).await;
+    assert_same(&expected, &got);
+    assert_eq!(
+        expected.len(),
+        6 * 7 * 3,
+        "six windows of 7 publishers x 3 geos"
+    );
+
+    // The partitions were shared, and the survivors own them all.
+    assert_eq!(owners(), "2|12");
+    let (_, q) = a.get("/queries/adnetwork").await;
+    assert_eq!(q["status"], "running", "{q}");
+}
