@@ -220,6 +220,7 @@ pub(crate) fn run(task: &QueryTask, cluster: &str, set_status: impl Fn(QueryStat
     set_status(QueryStatus::Running);
     let mut last_data: BTreeMap<i32, Instant> = BTreeMap::new();
     let mut last_flush = Instant::now();
+    let mut last_prune = None;
     // After a refused flush, nothing is read until the group reassigns.
     let mut fenced = false;
     while !task.stop.load(Ordering::Relaxed) {
@@ -254,6 +255,7 @@ pub(crate) fn run(task: &QueryTask, cluster: &str, set_status: impl Fn(QueryStat
             continue;
         }
         last_flush = Instant::now();
+        task.prune_window_states(&mut last_prune)?;
         if !fenced && !src.partitions().is_empty() {
             let lag: BTreeMap<i32, i64> = src.lag().into_iter().collect();
             task.metrics.set_lag(&src.lag());
@@ -350,6 +352,7 @@ fn close_window(
     .map(|batch| Emission {
         batch,
         cumulative: false,
+        state: None,
     });
     Ok((emission, states_to_ipc(&plan.state_schema, &merged)?))
 }

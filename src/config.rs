@@ -32,6 +32,9 @@ pub struct Config {
     pub idle_after: Duration,
     /// Most partial-state rows (groups × open windows) one query may hold.
     pub max_state_rows: usize,
+    /// How long closed windows' partial states are kept for roll-ups
+    /// (zero keeps none).
+    pub window_state_retention: Duration,
     /// Bearer token required for mutating calls when set.
     pub token: Option<String>,
     /// Require the token for reads too.
@@ -49,6 +52,7 @@ impl Default for Config {
             checkpoint_interval: Duration::from_secs(1),
             idle_after: Duration::from_secs(1),
             max_state_rows: 10_000_000,
+            window_state_retention: Duration::from_secs(24 * 3600),
             token: None,
             protect_reads: false,
         }
@@ -75,6 +79,8 @@ pub struct FileConfig {
     pub idle_after: Option<String>,
     /// Per-query state limit in partial-state rows.
     pub max_state_rows: Option<usize>,
+    /// How long window states are kept for roll-ups, e.g. `24h` (`0s`: none).
+    pub window_state_retention: Option<String>,
     /// Require the token for reads too.
     pub protect_reads: Option<bool>,
 }
@@ -115,6 +121,7 @@ impl FileConfig {
             checkpoint_interval: dur(self.checkpoint_interval, d.checkpoint_interval)?,
             idle_after: dur(self.idle_after, d.idle_after)?,
             max_state_rows: self.max_state_rows.unwrap_or(d.max_state_rows),
+            window_state_retention: dur(self.window_state_retention, d.window_state_retention)?,
             token: None,
             protect_reads: self.protect_reads.unwrap_or(false),
         })

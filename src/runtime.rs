@@ -88,6 +88,8 @@ pub struct QueryTask {
     pub metrics: Arc<crate::server::metrics::QueryMetrics>,
     /// Cluster name: run as one member of it (see [`crate::cluster`]).
     pub cluster: Option<String>,
+    /// How long closed windows' partial states are kept for roll-ups.
+    pub state_retention: Duration,
 }
 
 /// A rejected record: (index, reason, detail).
@@ -234,6 +236,19 @@ impl QueryTask {
         Ok(())
     }
 
+    /// Deletes window states past their retention, once a minute.
+    pub(crate) fn prune_window_states(&self, last: &mut Option<Instant>) -> Result<()> {
+        if self.state_retention.is_zero()
+            || last.is_some_and(|t| t.elapsed() < Duration::from_secs(60))
+        {
+            return Ok(());
+        }
+        *last = Some(Instant::now());
+        let before = now_ms().saturating_sub(self.state_retention.as_millis() as i64);
+        self.store.prune_window_states(&self.name, before)?;
+        Ok(())
+    }
+
     fn set_status(&self, s: QueryStatus) {
         *self.status.lock().unwrap_or_else(|p| p.into_inner()) = s;
     }
@@ -279,6 +294,9 @@ impl QueryTask {
         };
         let mut engine = WindowEngine::new(self.plan.clone(), et, self.stream.watermark_delay_ms);
         engine.counters = self.counters.clone();
+        if !self.state_retention.is_zero() {
+            engine.keep_window_states();
+        }
         let saved = match self.store.load_checkpoint(&self.name)? {
             Some((offsets, state)) => {
                 if !state.is_empty() {
@@ -333,6 +351,7 @@ impl QueryTask {
         let mut last_commit = Instant::now();
         let mut uncommitted = false;
         let mut last_lag = Instant::now();
+        let mut last_prune: Option<Instant> = None;
         let mut last_progress = (
             Instant::now(),
             self.counters.records_in.load(Ordering::Relaxed),
@@ -395,6 +414,7 @@ impl QueryTask {
             }
             if last_lag.elapsed() >= Duration::from_secs(1) {
                 last_lag = Instant::now();
+                self.prune_window_states(&mut last_prune)?;
                 self.metrics.set_lag(&src.lag());
                 let lag = self.metrics.total_lag().unwrap_or(0);
                 let secs = last_progress.0.elapsed().as_secs_f64();

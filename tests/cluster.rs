@@ -12,6 +12,7 @@ use common::postgres::Postgres;
 use rdkafka::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use serde_json::Value;
 
 const PARTITIONS: i32 = 12;
 
@@ -226,6 +227,28 @@ async fn three_servers_equal_one_and_survive_a_kill() {
     single.sql(&format!("{STREAM}; {QUERY}")).await;
     let expected = wait_rows(&single, "single server", counted).await;
     assert_same(&expected, &got);
+    // Minute roll-ups from the windows' merged sketches agree too.
+    let minutes = |v: Value| -> Vec<(String, u64)> {
+        let mut rows: Vec<(String, u64)> = v["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    format!("{}{}{}", r["window_start"], r["publisher"], r["geo"]),
+                    r["imps"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        rows.sort();
+        rows
+    };
+    let cluster_minutes = minutes(b.get("/queries/adnetwork/results?rollup=1m").await.1);
+    assert_eq!(
+        cluster_minutes,
+        minutes(single.get("/queries/adnetwork/results?rollup=1m").await.1)
+    );
+    assert_eq!(cluster_minutes.iter().map(|r| r.1).sum::<u64>(), counted);
     assert_eq!(
         expected.len(),
         6 * 7 * 3,

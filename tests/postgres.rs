@@ -59,6 +59,7 @@ fn window(start: i64, geos: &[Option<&str>], n0: i64) -> Emission {
     Emission {
         batch: RecordBatch::try_new(schema(), cols).unwrap(),
         cumulative: false,
+        state: None,
     }
 }
 

@@ -31,7 +31,7 @@ use serde_json::{Value, json};
 use super::App;
 use crate::error::Error;
 use crate::sql::{Statement, parse_statement};
-use crate::store::{ResultFilter, Value as SqlValue, normalize_ts};
+use crate::store::{ResultFilter, Value as SqlValue, normalize_ts, time_ms};
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
@@ -222,6 +222,7 @@ struct ResultsParams {
     after: Option<String>,
     limit: Option<String>,
     format: Option<String>,
+    rollup: Option<String>,
 }
 
 fn sql_to_json(v: SqlValue) -> Value {
@@ -276,6 +277,17 @@ async fn results(
                 .map_err(|_| Error::BadRequest(format!("invalid cursor '{a}'")))?,
         ),
     };
+    if let Some(size) = &p.rollup {
+        let ms = |t: &Option<String>| t.as_deref().map(time_ms).transpose();
+        let batch = app.rollup(&q.name, size, ms(&p.from)?, ms(&p.to)?).await?;
+        let body = json!({
+            "query": q.name,
+            "rollup": size,
+            "columns": batch.schema().fields().iter().map(|f| f.name().clone()).collect::<Vec<_>>(),
+            "rows": crate::server::row_objects(&batch)?,
+        });
+        return Ok(axum::Json(body).into_response());
+    }
     let filter = ResultFilter {
         from: p.from.as_deref().map(normalize_ts).transpose()?,
         to: p.to.as_deref().map(normalize_ts).transpose()?,

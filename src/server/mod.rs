@@ -14,6 +14,7 @@
 pub mod dashboard;
 pub mod http;
 pub mod metrics;
+mod rollup;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -157,6 +158,53 @@ pub fn batches_json(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Value
     Ok(json!({"columns": columns_json(schema), "rows": rows}))
 }
 
+/// The rows of `batch` as JSON objects, timestamps written as in results
+/// tables (`YYYY-MM-DD HH:MM:SS.fff`).
+pub fn row_objects(batch: &RecordBatch) -> Result<Vec<Value>> {
+    use datafusion::arrow::array::{ArrayRef, AsArray, StringArray};
+    use datafusion::arrow::datatypes::{
+        DataType, Field, Schema, TimeUnit, TimestampMillisecondType,
+    };
+    let mut fields = Vec::new();
+    let mut cols: Vec<ArrayRef> = Vec::new();
+    for (f, c) in batch.schema().fields().iter().zip(batch.columns()) {
+        let c = match c.data_type() {
+            DataType::Timestamp(_, _) => {
+                let ms = datafusion::arrow::compute::cast(
+                    c,
+                    &DataType::Timestamp(TimeUnit::Millisecond, None),
+                )?;
+                let text: StringArray = ms
+                    .as_primitive::<TimestampMillisecondType>()
+                    .iter()
+                    .map(|v| v.map(crate::store::format_ts))
+                    .collect();
+                Arc::new(text) as ArrayRef
+            }
+            _ => c.clone(),
+        };
+        fields.push(Field::new(f.name(), c.data_type().clone(), true));
+        cols.push(c);
+    }
+    let schema: SchemaRef = Arc::new(Schema::new(fields));
+    let batch = RecordBatch::try_new(schema.clone(), cols)?;
+    let v = batches_json(&schema, &[batch])?;
+    let rows = v["rows"].as_array().cloned().unwrap_or_default();
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let values = row.as_array().cloned().unwrap_or_default();
+            let obj: serde_json::Map<String, Value> = schema
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .zip(values)
+                .collect();
+            Value::Object(obj)
+        })
+        .collect())
+}
+
 fn table_rows(columns: &[&str], rows: Vec<Vec<Value>>) -> Value {
     let cols: Vec<Value> = columns
         .iter()
@@ -188,7 +236,10 @@ fn relations(sql: &str) -> Result<Vec<Relation>> {
     {
         for t in &s.from {
             for f in std::iter::once(&t.relation).chain(t.joins.iter().map(|j| &j.relation)) {
-                if let TableFactor::Table { name, .. } = f
+                // Table functions (`rollup(...)`) are not relations.
+                if let TableFactor::Table {
+                    name, args: None, ..
+                } = f
                     && let Some(ast::ObjectNamePart::Identifier(id)) = name.0.last()
                 {
                     out.push((
@@ -683,6 +734,7 @@ impl App {
             reset,
             metrics: query_metrics.clone(),
             cluster: self.config.cluster.clone(),
+            state_retention: self.config.window_state_retention,
         };
         let entry = Arc::new(QueryEntry {
             name: name.to_string(),
@@ -761,6 +813,9 @@ impl App {
     /// Answers a one-shot SELECT over query results.
     pub async fn pull(&self, select: &SelectSql) -> Result<(SchemaRef, Vec<RecordBatch>)> {
         let ctx = new_context();
+        if let Some(f) = self.rollup_function(&select.sql).await? {
+            ctx.register_udtf("rollup", f);
+        }
         let mut tables = Vec::new();
         for (name, loc) in relations(&select.sql)? {
             if let Some((_, t)) = self.tables.read().expect("lock").get(&name) {

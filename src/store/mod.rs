@@ -19,11 +19,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use datafusion::arrow::array::AsArray;
 use datafusion::arrow::array::{
     ArrayRef, BinaryArray, Float64Array, Int64Array, RecordBatch, StringArray,
 };
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Int64Type, Schema, SchemaRef};
 
 pub use rusqlite::types::Value;
 
@@ -45,12 +46,18 @@ pub fn format_ts(ms: i64) -> String {
 /// Parses a user-supplied time (epoch ms, RFC 3339 or `YYYY-MM-DD HH:MM:SS[.fff]`) into
 /// the results-table format.
 pub fn normalize_ts(text: &str) -> Result<String> {
+    time_ms(text).map(format_ts)
+}
+
+/// Parses a user-supplied time (epoch ms, RFC 3339 or `YYYY-MM-DD HH:MM:SS[.fff]`, UTC)
+/// into epoch ms.
+pub fn time_ms(text: &str) -> Result<i64> {
     let t = text.trim();
     if let Ok(ms) = t.parse::<i64>() {
-        return Ok(format_ts(ms));
+        return Ok(ms);
     }
     if let Ok(d) = chrono::DateTime::parse_from_rfc3339(t) {
-        return Ok(format_ts(d.timestamp_millis()));
+        return Ok(d.timestamp_millis());
     }
     for f in [
         "%Y-%m-%d %H:%M:%S%.f",
@@ -59,7 +66,7 @@ pub fn normalize_ts(text: &str) -> Result<String> {
         "%Y-%m-%dT%H:%M:%S",
     ] {
         if let Ok(d) = chrono::NaiveDateTime::parse_from_str(t, f) {
-            return Ok(format_ts(d.and_utc().timestamp_millis()));
+            return Ok(d.and_utc().timestamp_millis());
         }
     }
     Err(Error::BadRequest(format!(
@@ -96,6 +103,26 @@ pub struct ResultFilter {
     pub after: Option<i64>,
     /// At most this many rows.
     pub limit: usize,
+}
+
+/// A closed window's partial states as stored for roll-ups:
+/// (window start, window end, Arrow IPC bytes).
+pub type WindowState = (i64, i64, Vec<u8>);
+
+/// The stored form of an emission's window state, if it has one.
+fn window_state(e: &Emission) -> Result<Option<WindowState>> {
+    let Some(state) = &e.state else {
+        return Ok(None);
+    };
+    if state.num_rows() == 0 {
+        return Ok(None);
+    }
+    let bound = |c: usize| -> Result<i64> {
+        let v = cast(state.column(c), &DataType::Int64)?;
+        Ok(v.as_primitive::<Int64Type>().value(0))
+    };
+    let bytes = crate::window::states_to_ipc(&state.schema(), std::slice::from_ref(state))?;
+    Ok(Some((bound(0)?, bound(1)?, bytes)))
 }
 
 /// A saved checkpoint: the next offset per partition and the engine state.
@@ -228,6 +255,22 @@ impl Store {
     /// Reads a page of a query's results, oldest write first.
     pub fn read_results(&self, query: &str, f: &ResultFilter) -> Result<ResultPage> {
         both!(self.read_results(query, f))
+    }
+
+    /// Stored window states of `query` whose window starts in `[from, to)`
+    /// (epoch ms), oldest first.
+    pub fn load_window_states(
+        &self,
+        query: &str,
+        from: Option<i64>,
+        to: Option<i64>,
+    ) -> Result<Vec<WindowState>> {
+        both!(self.load_window_states(query, from.unwrap_or(i64::MIN), to.unwrap_or(i64::MAX)))
+    }
+
+    /// Deletes the stored window states of `query` that ended before `before`.
+    pub fn prune_window_states(&self, query: &str, before: i64) -> Result<usize> {
+        both!(self.prune_window_states(query, before))
     }
 
     /// Loads a whole results table as one batch of `schema`, for pull queries.

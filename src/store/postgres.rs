@@ -250,6 +250,15 @@ fn result_statements(query: &str, emissions: &[Emission]) -> Result<Vec<(String,
     let table = quote(query);
     let mut stmts: Vec<(String, Vec<Param>)> = Vec::new();
     for e in emissions {
+        if let Some((start, end, state)) = super::window_state(e)? {
+            stmts.push((
+                "INSERT INTO runnel_window_states (query, window_start, window_end, state)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (query, window_start, window_end) DO UPDATE SET state = excluded.state"
+                    .into(),
+                vec![Box::new(query.to_string()), Box::new(start), Box::new(end), Box::new(state)],
+            ));
+        }
         let b = &e.batch;
         if b.num_rows() == 0 && !e.cumulative {
             continue;
@@ -524,6 +533,48 @@ impl PgStore {
             .await?;
             tx.commit().await?;
             Ok(())
+        })
+    }
+
+    /// Stored window states of `query` starting in `[from, to)`, oldest first.
+    pub fn load_window_states(
+        &self,
+        query: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<super::WindowState>> {
+        let query = query.to_string();
+        self.run(move |c| async move {
+            let rows = c
+                .lock()
+                .await
+                .query(
+                    "SELECT window_start, window_end, state FROM runnel_window_states
+                     WHERE query = $1 AND window_start >= $2 AND window_start < $3
+                     ORDER BY window_start, window_end",
+                    &[&query, &from, &to],
+                )
+                .await?;
+            Ok(rows
+                .iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2)))
+                .collect())
+        })
+    }
+
+    /// Deletes the stored window states of `query` that ended before `before`.
+    pub fn prune_window_states(&self, query: &str, before: i64) -> Result<usize> {
+        let query = query.to_string();
+        self.run(move |c| async move {
+            let n = c
+                .lock()
+                .await
+                .execute(
+                    "DELETE FROM runnel_window_states WHERE query = $1 AND window_end < $2",
+                    &[&query, &before],
+                )
+                .await?;
+            Ok(n as usize)
         })
     }
 

@@ -112,6 +112,16 @@ CREATE TABLE runnel_checkpoints (
 );
 "#,
     "CREATE TABLE runnel_tables (name TEXT PRIMARY KEY, sql TEXT NOT NULL, created_at TEXT NOT NULL);",
+    // Closed windows' partial states, kept for roll-ups.
+    r#"
+CREATE TABLE runnel_window_states (
+    query TEXT NOT NULL,
+    window_start INTEGER NOT NULL,
+    window_end INTEGER NOT NULL,
+    state BLOB NOT NULL,
+    PRIMARY KEY (query, window_start, window_end)
+);
+"#,
 ];
 
 fn now_text() -> String {
@@ -209,10 +219,9 @@ impl SqliteStore {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         tx.execute("DELETE FROM runnel_queries WHERE name = ?1", params![name])?;
-        tx.execute(
-            "DELETE FROM runnel_checkpoints WHERE query = ?1",
-            params![name],
-        )?;
+        for t in ["runnel_checkpoints", "runnel_window_states"] {
+            tx.execute(&format!("DELETE FROM {t} WHERE query = ?1"), params![name])?;
+        }
         tx.execute_batch(&format!("DROP TABLE IF EXISTS {}", quote(name)))?;
         tx.commit()?;
         Ok(())
@@ -231,6 +240,13 @@ impl SqliteStore {
         let tx = conn.transaction()?;
         let table = quote(query);
         for e in emissions {
+            if let Some((start, end, state)) = super::window_state(e)? {
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO runnel_window_states (query, window_start, window_end, state)
+                     VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![query, start, end, state])?;
+            }
             let b = &e.batch;
             if b.num_rows() == 0 && !e.cumulative {
                 continue;
@@ -281,6 +297,33 @@ impl SqliteStore {
         )?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Stored window states of `query` starting in `[from, to)`, oldest first.
+    pub fn load_window_states(
+        &self,
+        query: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<super::WindowState>> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT window_start, window_end, state FROM runnel_window_states
+             WHERE query = ?1 AND window_start >= ?2 AND window_start < ?3
+             ORDER BY window_start, window_end",
+        )?;
+        let rows = st.query_map(params![query, from, to], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// Deletes the stored window states of `query` that ended before `before`.
+    pub fn prune_window_states(&self, query: &str, before: i64) -> Result<usize> {
+        Ok(self.conn().execute(
+            "DELETE FROM runnel_window_states WHERE query = ?1 AND window_end < ?2",
+            params![query, before],
+        )?)
     }
 
     /// Forgets a query's saved offsets and state.

@@ -79,6 +79,9 @@ pub struct Emission {
     pub batch: RecordBatch,
     /// The whole cumulative table: replaces all earlier rows.
     pub cumulative: bool,
+    /// The window's partial states, kept for roll-ups (see
+    /// [`WindowEngine::keep_window_states`]).
+    pub state: Option<RecordBatch>,
 }
 
 #[derive(Debug, Default)]
@@ -127,6 +130,8 @@ pub struct WindowEngine {
     /// Keep partial states instead of closing windows (cluster mode: the
     /// states are flushed and windows are finalised across servers).
     partials_only: bool,
+    /// Hand each closed window's partial states along with its rows.
+    keep_states: bool,
     /// Live counters.
     pub counters: Arc<Counters>,
 }
@@ -154,6 +159,7 @@ impl WindowEngine {
             idle: Default::default(),
             closed_wm: i64::MIN,
             partials_only: false,
+            keep_states: false,
             dirty: false,
             counters: Arc::new(Counters::default()),
         }
@@ -169,6 +175,13 @@ impl WindowEngine {
     /// still follows each partition's running watermark.
     pub fn keep_partials_only(&mut self) {
         self.partials_only = true;
+    }
+
+    /// Hands each closed tumbling or hopping window's partial states along
+    /// with its rows ([`Emission::state`]), so coarser windows can be merged
+    /// from them later.
+    pub fn keep_window_states(&mut self) {
+        self.keep_states = true;
     }
 
     /// Forgets every open window and restarts from `partition_max`, the
@@ -430,13 +443,22 @@ impl WindowEngine {
                         break;
                     }
                     let buf = self.windows.remove(&(end, start)).expect("present");
+                    let state = match self.keep_states {
+                        true => Some(concat_batches(&self.plan.state_schema, &buf.batches)?),
+                        false => None,
+                    };
                     let rows = self.plan.close(buf.batches).await?;
                     self.counters.windows_closed.fetch_add(1, Ordering::Relaxed);
                     self.counters.last_window_end.store(end, Ordering::Relaxed);
-                    if let Some(batch) = concat(&self.plan, rows)? {
+                    let batch = concat(&self.plan, rows)?;
+                    // A window without rows (after HAVING) still keeps its state.
+                    if batch.is_some() || state.is_some() {
                         out.push(Emission {
-                            batch,
+                            batch: batch.unwrap_or_else(|| {
+                                RecordBatch::new_empty(self.plan.output_schema.clone())
+                            }),
                             cumulative: false,
+                            state,
                         });
                     }
                 }
@@ -490,6 +512,7 @@ impl WindowEngine {
         Ok(vec![Emission {
             batch,
             cumulative: true,
+            state: None,
         }])
     }
 
@@ -586,6 +609,7 @@ impl WindowEngine {
         Ok(batch.map(|batch| Emission {
             batch,
             cumulative: false,
+            state: None,
         }))
     }
 
