@@ -260,3 +260,82 @@ async fn three_servers_equal_one_and_survive_a_kill() {
     let (_, q) = a.get("/queries/adnetwork").await;
     assert_eq!(q["status"], "running", "{q}");
 }
+
+/// CPU seconds (user + system) used so far by process `pid`.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the
+    // 12th and 13th of them, in clock ticks (100 per second on Linux).
+    let rest = stat.rsplit_once(')').map_or("", |r| r.1);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
+}
+
+/// Throughput of 1, 2 and 3 servers on this machine (run with
+/// `cargo test --release --test cluster -- --ignored --nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check: see BENCHMARKS.md"]
+async fn cluster_throughput() {
+    let Some(pg) = Postgres::start("cluster_throughput") else {
+        return;
+    };
+    let n: i64 = std::env::var("RUNNEL_CLUSTER_BENCH_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(400_000);
+    for servers in 1..=3usize {
+        let url = pg.create_db(&format!("bench{servers}"));
+        let kafka = MockCluster::new(1).unwrap();
+        kafka.create_topic("imps", PARTITIONS, 1).unwrap();
+        let brokers = kafka.bootstrap_servers();
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("linger.ms", "5")
+            .set("queue.buffering.max.messages", "1000000")
+            .create()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("runnel.toml");
+        std::fs::write(&config, "idle_after = '1h'\n").unwrap();
+        let env = [
+            ("RUNNEL_CONFIG", config.to_str().unwrap()),
+            ("RUNNEL_STORE", url.as_str()),
+            ("RUNNEL_CLUSTER", "bench"),
+        ];
+        let all: Vec<TestServer> = (0..servers)
+            .map(|i| TestServer::start_with(&dir.path().join(format!("s{i}")), &brokers, &env))
+            .collect();
+        all[0].sql(&format!("{STREAM}; {QUERY}")).await;
+        let db = format!("bench{servers}");
+        let want = format!("{servers}|{PARTITIONS}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let owners = pg.psql(
+                &db,
+                "SELECT count(DISTINCT owner) || '|' || count(*) FROM runnel_partition_progress",
+            );
+            if owners.trim() == want {
+                break;
+            }
+            assert!(Instant::now() < deadline, "partitions not shared: {owners}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let cpu0: f64 = all.iter().map(|s| cpu_seconds(s.pid())).sum();
+        let started = Instant::now();
+        let t0 = (chrono::Utc::now().timestamp_millis() / 10_000 - 100) * 10_000;
+        produce(&producer, t0, 0..n);
+        close_all(&producer, t0 + n * 10 + 100_000);
+        let counted = (0..n).filter(|i| (i / 7) % 4 != 3).count() as u64;
+        wait_rows(&all[0], "throughput run", counted).await;
+        let secs = started.elapsed().as_secs_f64();
+        let cpu = all.iter().map(|s| cpu_seconds(s.pid())).sum::<f64>() - cpu0;
+        eprintln!(
+            "cluster throughput: {servers} server(s), {n} records in {secs:.1} s = {:.0} records/s wall; servers used {cpu:.1} CPU-s = {:.0} records per server CPU-second",
+            n as f64 / secs,
+            n as f64 / cpu
+        );
+    }
+}
