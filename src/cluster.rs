@@ -257,8 +257,9 @@ pub(crate) fn run(task: &QueryTask, cluster: &str, set_status: impl Fn(QueryStat
         last_flush = Instant::now();
         task.prune_window_states(&mut last_prune)?;
         if !fenced && !src.partitions().is_empty() {
-            let lag: BTreeMap<i32, i64> = src.lag().into_iter().collect();
-            task.metrics.set_lag(&src.lag());
+            let lag = src.lag();
+            task.metrics.set_lag(&lag);
+            let lag: BTreeMap<i32, i64> = lag.into_iter().collect();
             let progress: Vec<PartitionFlush> = src
                 .partitions()
                 .iter()

@@ -1,8 +1,11 @@
 //! The Kafka source: one consumer per query, assigned every partition of the
-//! topic at the offsets the query's last checkpoint saved.
+//! topic at the offsets the query's last checkpoint saved
+//! ([`KafkaSource::connect`]), or in cluster mode a member of a consumer
+//! group that reads the partitions Kafka's group protocol gives it
+//! ([`KafkaSource::join_group`]).
 //!
 //! Offsets live in Runnel's store, committed with the results they produced,
-//! so the consumer never commits to Kafka and needs no group coordination.
+//! so the consumer never commits to Kafka.
 //!
 //! ```no_run
 //! use std::collections::BTreeMap;
