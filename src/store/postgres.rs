@@ -667,6 +667,14 @@ impl PgStore {
             let tx = c.transaction().await?;
             tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&query])
                 .await?;
+            // A query dropped meanwhile leaves nothing behind to claim.
+            let exists = tx
+                .query_opt("SELECT 1 FROM runnel_queries WHERE name = $1", &[&query])
+                .await?
+                .is_some();
+            if !exists {
+                return Err(Error::NotFound(format!("query '{query}' was dropped")));
+            }
             let mut out = BTreeMap::new();
             for p in partitions {
                 let row = tx
