@@ -9,11 +9,11 @@ use datafusion::arrow::array::{ArrayRef, TimestampMillisecondArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::logical_expr::Accumulator;
+use datafusion::logical_expr::{Accumulator, EmitTo, GroupsAccumulator};
 use runnel::bench::{Dataset, QUERY_SQL, parse_query};
 use runnel::format::json::JsonDecoder;
 use runnel::plan::ContinuousPlan;
-use runnel::udaf::hll::ApproxDistinctAccumulator;
+use runnel::udaf::hll::{ApproxDistinctAccumulator, ApproxDistinctGroupsAccumulator};
 
 const N: usize = 20_000;
 
@@ -112,6 +112,20 @@ fn benches(c: &mut Criterion) {
             |mut acc| {
                 acc.update_batch(std::slice::from_ref(&cookies)).unwrap();
                 acc
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    // A partial step of a large GROUP BY: 20k cookies over 1000 groups,
+    // then every group's state.
+    let groups: Vec<usize> = (0..N).map(|i| (i * 7919) % 1000).collect();
+    g.bench_function("groups_update_state_20k_cookies_1000_groups", |b| {
+        b.iter_batched(
+            ApproxDistinctGroupsAccumulator::new,
+            |mut acc| {
+                acc.update_batch(std::slice::from_ref(&cookies), &groups, None, 1000)
+                    .unwrap();
+                acc.state(EmitTo::All).unwrap()
             },
             BatchSize::SmallInput,
         )

@@ -8,11 +8,19 @@
 //!   [`HASH_SEED`]), so sketches saved by one process merge correctly in
 //!   another;
 //! * a compact, versioned state: one `Binary` value holding the serialised
-//!   sketch (a few dozen bytes for a handful of values, about 13 KiB at most);
+//!   sketch (a few dozen bytes for a handful of values, about 13 KiB at most).
+//!   Dense sketches keep the sketch library's layout (version 1); sparse
+//!   ones use a denser layout of their own (version 2: Rice-coded hash
+//!   codes, about a quarter smaller). States of both versions are read, so
+//!   sketches checkpointed before version 2 still merge;
 //! * good accuracy at low cardinality: HyperLogLog++ keeps a sparse list of
 //!   hashes until it would outgrow the dense registers, so small counts are
 //!   exact or very nearly so. Large counts have a standard error of about
 //!   0.8 % ([`PRECISION`] 14).
+//!
+//! With `GROUP BY`, DataFusion uses [`ApproxDistinctGroupsAccumulator`]:
+//! every group's sketch in one vector, updated in one pass per batch, with
+//! the same states and estimates as [`ApproxDistinctAccumulator`].
 //!
 //! Any input type is accepted. Each value is hashed from a canonical byte
 //! form: integers widened to 64 bits, floats widened to `f64` (bit pattern),
@@ -54,11 +62,14 @@
 //! ```
 
 use std::fmt;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{BuildHasher, Hasher};
 use std::mem::size_of_val;
 use std::sync::{Arc, LazyLock};
 
-use datafusion::arrow::array::{Array, ArrayRef, ArrowPrimitiveType, AsArray};
+use datafusion::arrow::array::{
+    Array, ArrayRef, ArrowPrimitiveType, AsArray, BinaryArray, BooleanArray, UInt64Array,
+};
+use datafusion::arrow::buffer::{NullBuffer, OffsetBuffer};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{
     DataType, Date32Type, Date64Type, Decimal32Type, Decimal64Type, Decimal128Type, Decimal256Type,
@@ -74,7 +85,8 @@ use datafusion::common::{Result, ScalarValue, exec_datafusion_err, exec_err, int
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::utils::format_state_name;
 use datafusion::logical_expr::{
-    Accumulator, AggregateUDF, AggregateUDFImpl, DocSection, Documentation, Signature, Volatility,
+    Accumulator, AggregateUDF, AggregateUDFImpl, DocSection, Documentation, EmitTo,
+    GroupsAccumulator, Signature, Volatility,
 };
 use hyperloglogplus::{HyperLogLog, HyperLogLogPlus};
 use serde::{Deserialize, Serialize};
@@ -91,13 +103,19 @@ pub const PRECISION: u8 = 14;
 /// already present in saved ones a second time.
 pub const HASH_SEED: u64 = 0;
 
-/// First byte of every serialised sketch; bump it whenever the encoding changes.
+/// First byte of a state in the sketch library's serde layout: every dense
+/// state, and the sparse ones written before [`COMPACT_VERSION`] existed.
 const FORMAT_VERSION: u8 = 1;
 
-/// The sketch type. Values are fed in as canonical byte strings, hence `[u8]`.
-type Sketch = HyperLogLogPlus<[u8], SketchHasher>;
+/// First byte of a sparse state in the compact layout of
+/// [`write_sparse_state`]. States of either version are read.
+const COMPACT_VERSION: u8 = 2;
 
-/// Builds the value hasher of every sketch: XxHash64 seeded with [`HASH_SEED`].
+/// The sketch type. Values go in as their 64-bit hash (see [`PreHashed`]).
+type Sketch = HyperLogLogPlus<u64, PreHashed>;
+
+/// Builds the value hasher: XxHash64 seeded with [`HASH_SEED`], over a
+/// value's canonical bytes (see the module docs).
 ///
 /// Unlike std's `RandomState` the hash is the same in every process, which
 /// is what lets checkpointed sketches merge with fresh ones.
@@ -112,13 +130,41 @@ impl BuildHasher for SketchHasher {
     }
 }
 
-/// Hashes exactly the given bytes. `<[u8] as Hash>` would also hash a
-/// `usize` length prefix, whose width differs between platforms.
-struct RawBytes<'a>(&'a [u8]);
+/// What [`SketchHasher`] computes for `bytes`, in one call.
+fn hash_bytes(bytes: &[u8]) -> u64 {
+    XxHash64::oneshot(HASH_SEED, bytes)
+}
 
-impl Hash for RawBytes<'_> {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write(self.0);
+/// The hasher builder of [`Sketch`]: values are hashed once, up front, and
+/// the sketch is handed the `u64`, which this passes through unchanged.
+///
+/// It serialises to nothing, as [`SketchHasher`] does, so the state bytes
+/// are the same whichever of the two a sketch is built with.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+struct PreHashed;
+
+impl BuildHasher for PreHashed {
+    type Hasher = PassThrough;
+
+    fn build_hasher(&self) -> PassThrough {
+        PassThrough(0)
+    }
+}
+
+/// Returns the `u64` it was given (`<u64 as Hash>` calls `write_u64`).
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, _bytes: &[u8]) {
+        unreachable!("sketches are only fed u64 hashes");
+    }
+
+    fn write_u64(&mut self, hash: u64) {
+        self.0 = hash;
     }
 }
 
@@ -203,6 +249,17 @@ impl AggregateUDFImpl for ApproxDistinctHll {
         Ok(Box::new(ApproxDistinctAccumulator::new()))
     }
 
+    fn groups_accumulator_supported(&self, _args: AccumulatorArgs) -> bool {
+        true
+    }
+
+    fn create_groups_accumulator(
+        &self,
+        _args: AccumulatorArgs,
+    ) -> Result<Box<dyn GroupsAccumulator>> {
+        Ok(Box::new(ApproxDistinctGroupsAccumulator::new()))
+    }
+
     fn documentation(&self) -> Option<&Documentation> {
         Some(&DOCUMENTATION)
     }
@@ -277,7 +334,8 @@ impl Accumulator for ApproxDistinctAccumulator {
         let [values] = values else {
             return internal_err!("approx_distinct expects 1 argument, got {}", values.len());
         };
-        insert_array(&mut self.sketch, values)?;
+        let sketch = &mut self.sketch;
+        hash_array(values, None, &mut |_, hash| sketch.insert_any(&hash))?;
         self.measure();
         Ok(())
     }
@@ -301,6 +359,13 @@ impl Accumulator for ApproxDistinctAccumulator {
         bytes.push(FORMAT_VERSION);
         codec::encode(&self.sketch, &mut bytes)
             .map_err(|e| exec_datafusion_err!("cannot serialise approx_distinct sketch: {e}"))?;
+        // A sparse sketch is written in the compact layout instead.
+        let mut codes = Vec::new();
+        if !self.dense && read_library_sparse_state(&bytes, &mut codes).is_some() {
+            codes.sort_unstable();
+            bytes.clear();
+            write_sparse_state(&codes, &mut bytes);
+        }
         Ok(vec![ScalarValue::Binary(Some(bytes))])
     }
 
@@ -311,34 +376,413 @@ impl Accumulator for ApproxDistinctAccumulator {
                 states.len()
             );
         };
-        // A NULL state carries no values: skip it.
-        let mut merge = |bytes: Option<&[u8]>| -> Result<()> {
-            let Some(bytes) = bytes else { return Ok(()) };
+        for_each_state(states, |_, bytes| {
             let other = decode_sketch(bytes)?;
             self.sketch
                 .merge(&other)
                 .map_err(|e| exec_datafusion_err!("cannot merge approx_distinct sketches: {e}"))
-        };
-        // Binary is what `state()` produces; the other binary encodings are
-        // accepted in case a checkpoint store hands states back re-encoded.
-        match states.data_type() {
-            DataType::Binary => states.as_binary::<i32>().iter().try_for_each(&mut merge)?,
-            DataType::LargeBinary => states.as_binary::<i64>().iter().try_for_each(&mut merge)?,
-            DataType::BinaryView => states.as_binary_view().iter().try_for_each(&mut merge)?,
-            other => return internal_err!("approx_distinct state must be Binary, got {other}"),
-        }
+        })?;
         self.measure();
         Ok(())
     }
 }
 
-fn empty_sketch() -> Sketch {
-    Sketch::new(PRECISION, SketchHasher).expect("PRECISION is within HyperLogLog++'s 4..=18")
+/// Calls `f(row, state)` for every non-null state in `states`: a NULL state
+/// carries no values.
+fn for_each_state(states: &ArrayRef, mut f: impl FnMut(usize, &[u8]) -> Result<()>) -> Result<()> {
+    fn each<'a>(
+        states: impl Iterator<Item = Option<&'a [u8]>>,
+        f: &mut impl FnMut(usize, &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        states
+            .enumerate()
+            .try_for_each(|(row, state)| state.map_or(Ok(()), |bytes| f(row, bytes)))
+    }
+    // Binary is what `state()` produces; the other binary encodings are
+    // accepted in case a checkpoint store hands states back re-encoded.
+    match states.data_type() {
+        DataType::Binary => each(states.as_binary::<i32>().iter(), &mut f),
+        DataType::LargeBinary => each(states.as_binary::<i64>().iter(), &mut f),
+        DataType::BinaryView => each(states.as_binary_view().iter(), &mut f),
+        other => internal_err!("approx_distinct state must be Binary, got {other}"),
+    }
 }
 
-/// Adds every non-null value of `array` to `sketch`, hashed from its
-/// canonical bytes (see the module docs).
-fn insert_array(sketch: &mut Sketch, array: &ArrayRef) -> Result<()> {
+/// [`GroupsAccumulator`] of [`ApproxDistinctHll`]: one sketch per group,
+/// all updated in a single pass over each batch.
+///
+/// States and estimates are those of [`ApproxDistinctAccumulator`], byte
+/// for byte, so either accumulator merges the other's states.
+///
+/// Most groups of a large `GROUP BY` see a handful of values per batch. A
+/// group therefore keeps its HyperLogLog++ sparse hash codes in a plain
+/// vector, sorted only when needed, and writes its state from them
+/// directly. It builds dense registers when its codes outgrow the sparse
+/// list, which is exactly when the sketch library would.
+#[derive(Default)]
+pub struct ApproxDistinctGroupsAccumulator {
+    groups: Vec<GroupSketch>,
+    /// Heap bytes held by the sketches in `groups`, kept up to date by every
+    /// change so that `size()` is O(1).
+    heap_bytes: usize,
+    /// Hash codes of the state being merged.
+    scratch: Vec<u32>,
+}
+
+impl ApproxDistinctGroupsAccumulator {
+    /// Creates an accumulator with no groups.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn resize(&mut self, total_num_groups: usize) {
+        if self.groups.len() < total_num_groups {
+            self.groups
+                .resize_with(total_num_groups, GroupSketch::default);
+        }
+    }
+
+    /// Removes the groups `emit_to` asks for, no longer counting their memory.
+    fn take(&mut self, emit_to: EmitTo) -> Vec<GroupSketch> {
+        let taken = emit_to.take_needed(&mut self.groups);
+        self.heap_bytes -= taken.iter().map(GroupSketch::heap_bytes).sum::<usize>();
+        taken
+    }
+}
+
+impl fmt::Debug for ApproxDistinctGroupsAccumulator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApproxDistinctGroupsAccumulator")
+            .field("groups", &self.groups.len())
+            .field("heap_bytes", &self.heap_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GroupsAccumulator for ApproxDistinctGroupsAccumulator {
+    fn update_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        opt_filter: Option<&BooleanArray>,
+        total_num_groups: usize,
+    ) -> Result<()> {
+        let [values] = values else {
+            return internal_err!("approx_distinct expects 1 argument, got {}", values.len());
+        };
+        self.resize(total_num_groups);
+        let mask = opt_filter.map(filter_mask);
+        let Self {
+            groups, heap_bytes, ..
+        } = self;
+        hash_array(values, mask.as_ref(), &mut |row, hash| {
+            let group = &mut groups[group_indices[row]];
+            let before = group.heap_bytes();
+            group.insert(hash);
+            *heap_bytes = *heap_bytes + group.heap_bytes() - before;
+        })
+    }
+
+    fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
+        let mut groups = self.take(emit_to);
+        let estimates = groups.iter_mut().map(GroupSketch::estimate);
+        Ok(Arc::new(UInt64Array::from_iter_values(estimates)))
+    }
+
+    fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
+        let groups = self.take(emit_to);
+        let mut states = StatesBuilder::with_capacity(groups.len());
+        for mut group in groups {
+            group.write_state(&mut states.values)?;
+            states.end_state()?;
+        }
+        Ok(vec![states.finish()])
+    }
+
+    fn merge_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        total_num_groups: usize,
+    ) -> Result<()> {
+        let [states] = values else {
+            return internal_err!(
+                "approx_distinct expects 1 state column, got {}",
+                values.len()
+            );
+        };
+        self.resize(total_num_groups);
+        let Self {
+            groups,
+            heap_bytes,
+            scratch,
+        } = self;
+        for_each_state(states, |row, bytes| {
+            let group = &mut groups[group_indices[row]];
+            let before = group.heap_bytes();
+            let merged = group.merge_state(bytes, scratch);
+            *heap_bytes = *heap_bytes + group.heap_bytes() - before;
+            merged
+        })
+    }
+
+    fn convert_to_state(
+        &self,
+        values: &[ArrayRef],
+        opt_filter: Option<&BooleanArray>,
+    ) -> Result<Vec<ArrayRef>> {
+        let [values] = values else {
+            return internal_err!("approx_distinct expects 1 argument, got {}", values.len());
+        };
+        // Each row on its own: the state of its value, or an empty one.
+        let mut codes = vec![None; values.len()];
+        let mask = opt_filter.map(filter_mask);
+        hash_array(values, mask.as_ref(), &mut |row, hash| {
+            codes[row] = Some(sparse_code(hash));
+        })?;
+        let mut states = StatesBuilder::with_capacity(codes.len());
+        for code in codes {
+            write_sparse_state(code.as_slice(), &mut states.values);
+            states.end_state()?;
+        }
+        Ok(vec![states.finish()])
+    }
+
+    fn size(&self) -> usize {
+        size_of_val(self)
+            + self.groups.capacity() * size_of::<GroupSketch>()
+            + self.heap_bytes
+            + self.scratch.capacity() * size_of::<u32>()
+    }
+}
+
+/// The rows a `FILTER (WHERE ...)` clause keeps: true, not NULL.
+fn filter_mask(filter: &BooleanArray) -> NullBuffer {
+    match filter.nulls() {
+        Some(nulls) => NullBuffer::new(filter.values() & nulls.inner()),
+        None => NullBuffer::new(filter.values().clone()),
+    }
+}
+
+/// Builds the `Binary` state column without spare capacity: the state
+/// batches are what a window holds in memory until it closes.
+struct StatesBuilder {
+    values: Vec<u8>,
+    offsets: Vec<i32>,
+}
+
+impl StatesBuilder {
+    fn with_capacity(states: usize) -> Self {
+        let mut offsets = Vec::with_capacity(states + 1);
+        offsets.push(0);
+        Self {
+            values: Vec::new(),
+            offsets,
+        }
+    }
+
+    /// Ends the state appended to `values` since the previous one.
+    fn end_state(&mut self) -> Result<()> {
+        let end = i32::try_from(self.values.len())
+            .map_err(|_| exec_datafusion_err!("approx_distinct states exceed 2 GiB"))?;
+        self.offsets.push(end);
+        Ok(())
+    }
+
+    fn finish(mut self) -> ArrayRef {
+        self.values.shrink_to_fit();
+        Arc::new(BinaryArray::new(
+            OffsetBuffer::new(self.offsets.into()),
+            self.values.into(),
+            None,
+        ))
+    }
+}
+
+/// One group's sketch.
+enum GroupSketch {
+    /// Sparse: the hash codes the sketch library would keep in its sparse list.
+    Sparse(SparseCodes),
+    /// Dense: a library sketch that has switched to registers.
+    Dense(Box<Sketch>),
+}
+
+/// Sparse hash codes: `codes[..sorted]` is sorted and distinct; the codes
+/// after it came since, in any order, possibly repeated.
+#[derive(Default)]
+struct SparseCodes {
+    codes: Vec<u32>,
+    sorted: usize,
+}
+
+/// Codes a sparse group takes before it first sorts them.
+const MIN_UNSORTED_CODES: usize = 32;
+
+/// Heap bytes of a dense group: the sketch and its registers (its sparse
+/// list and pending set are empty and unallocated).
+const DENSE_HEAP_BYTES: usize =
+    size_of::<Sketch>() + size_of::<u32>() * REGISTERS.div_ceil(REGISTERS_PER_WORD);
+
+impl Default for GroupSketch {
+    fn default() -> Self {
+        Self::Sparse(SparseCodes::default())
+    }
+}
+
+impl GroupSketch {
+    fn heap_bytes(&self) -> usize {
+        match self {
+            Self::Sparse(sparse) => sparse.codes.capacity() * size_of::<u32>(),
+            Self::Dense(_) => DENSE_HEAP_BYTES,
+        }
+    }
+
+    #[inline]
+    fn insert(&mut self, hash: u64) {
+        match self {
+            Self::Sparse(sparse) => {
+                sparse.codes.push(sparse_code(hash));
+                // Sorting once the unsorted tail is as long as the sorted
+                // head keeps the cost at O(log n) per code.
+                if sparse.codes.len() < 2 * sparse.sorted + MIN_UNSORTED_CODES {
+                    return;
+                }
+            }
+            Self::Dense(sketch) => return sketch.insert_any(&hash),
+        }
+        self.normalize();
+    }
+
+    /// Sorts and deduplicates a sparse group's codes, and makes the group
+    /// dense if they no longer fit the sparse list.
+    fn normalize(&mut self) {
+        let Self::Sparse(sparse) = self else { return };
+        if sparse.sorted < sparse.codes.len() {
+            sparse.codes.sort_unstable();
+            sparse.codes.dedup();
+            sparse.sorted = sparse.codes.len();
+        }
+        // Each code takes 1 to 5 bytes of the sparse list.
+        if sparse.codes.len() * 5 > SPARSE_LIMIT && sparse_list_len(&sparse.codes) > SPARSE_LIMIT {
+            *self = Self::Dense(dense_from_codes(&sparse.codes));
+        }
+    }
+
+    /// The estimate, rounded as [`ApproxDistinctAccumulator`] rounds it.
+    fn estimate(&mut self) -> u64 {
+        self.normalize();
+        let estimate = match self {
+            Self::Sparse(sparse) => sparse_estimate(sparse.codes.len()),
+            Self::Dense(sketch) => sketch.count(),
+        };
+        estimate.round() as u64
+    }
+
+    /// Appends the state [`ApproxDistinctAccumulator::state`] would give.
+    fn write_state(&mut self, out: &mut Vec<u8>) -> Result<()> {
+        self.normalize();
+        match self {
+            Self::Sparse(sparse) => write_sparse_state(&sparse.codes, out),
+            Self::Dense(sketch) => {
+                out.push(FORMAT_VERSION);
+                codec::encode(&**sketch, out).map_err(|e| {
+                    exec_datafusion_err!("cannot serialise approx_distinct sketch: {e}")
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Merges a serialised state in; `scratch` is working space.
+    fn merge_state(&mut self, bytes: &[u8], scratch: &mut Vec<u32>) -> Result<()> {
+        scratch.clear();
+        if read_sparse_state(bytes, scratch) {
+            self.merge_codes(scratch);
+            return Ok(());
+        }
+        // Dense, invalid, or sparse in a form `write_sparse_state` does not
+        // produce: let the full decoder sort it out.
+        let other = decode_sketch(bytes)?;
+        if is_dense(&other) {
+            if let Self::Sparse(sparse) = self {
+                *self = Self::Dense(dense_from_codes(&sparse.codes));
+            }
+            let Self::Dense(sketch) = self else {
+                unreachable!("made dense above")
+            };
+            return sketch
+                .merge(&other)
+                .map_err(|e| exec_datafusion_err!("cannot merge approx_distinct sketches: {e}"));
+        }
+        let mut canonical = vec![FORMAT_VERSION];
+        codec::encode(&other, &mut canonical)
+            .map_err(|e| exec_datafusion_err!("cannot serialise approx_distinct sketch: {e}"))?;
+        scratch.clear();
+        if !read_sparse_state(&canonical, scratch) {
+            return internal_err!("approx_distinct cannot re-read a sparse state it wrote");
+        }
+        self.merge_codes(scratch);
+        Ok(())
+    }
+
+    fn merge_codes(&mut self, codes: &[u32]) {
+        match self {
+            Self::Sparse(sparse) => {
+                sparse.codes.extend_from_slice(codes);
+                if sparse.codes.len() >= 2 * sparse.sorted + MIN_UNSORTED_CODES {
+                    self.normalize();
+                }
+            }
+            Self::Dense(sketch) => {
+                for &code in codes {
+                    sketch.insert_any(&register_hash(code));
+                }
+            }
+        }
+    }
+}
+
+/// Whether a library sketch has switched to dense registers.
+fn is_dense(sketch: &Sketch) -> bool {
+    let mut measure = Measure::default();
+    codec::encode(sketch, &mut measure).is_ok() && measure.saw_some
+}
+
+/// A dense sketch holding `codes`.
+fn dense_from_codes(codes: &[u32]) -> Box<Sketch> {
+    let mut sketch = Box::new(EMPTY_DENSE.clone());
+    for &code in codes {
+        sketch.insert_any(&register_hash(code));
+    }
+    sketch
+}
+
+/// A dense sketch with every register zero, decoded from a state so that it
+/// is dense from the start (the library has no constructor for that).
+static EMPTY_DENSE: LazyLock<Sketch> = LazyLock::new(|| {
+    let mut bytes = Vec::new();
+    write_library_sparse_state(&[], &mut bytes);
+    // Swap "no registers" for all-zero registers.
+    bytes.pop();
+    bytes.push(1);
+    let words = vec![0u32; REGISTERS.div_ceil(REGISTERS_PER_WORD)];
+    codec::encode(&(words, REGISTERS as u64, REGISTERS as u64), &mut bytes)
+        .expect("registers encode");
+    decode_sketch(&bytes).expect("empty dense sketch decodes")
+});
+
+fn empty_sketch() -> Sketch {
+    Sketch::new(PRECISION, PreHashed).expect("PRECISION is within HyperLogLog++'s 4..=18")
+}
+
+/// Calls `f(row, hash)` for every row of `array` that is neither NULL nor
+/// masked out by `mask`, with the hash of the value's canonical bytes (see
+/// the module docs).
+fn hash_array<F: FnMut(usize, u64)>(
+    array: &ArrayRef,
+    mask: Option<&NullBuffer>,
+    f: &mut F,
+) -> Result<()> {
     // Widening keeps sketches compatible when a column's integer, float or
     // temporal width changes, and makes the bytes independent of the platform.
     fn signed(v: impl Into<i64>) -> [u8; 8] {
@@ -356,13 +800,27 @@ fn insert_array(sketch: &mut Sketch, array: &ArrayRef) -> Result<()> {
         v.to_bits().to_le_bytes()
     }
 
-    let s = sketch;
     let a = array.as_ref();
+    match a.data_type() {
+        // Decoded so a value hashes the same whether or not it is encoded.
+        DataType::Dictionary(_, value_type) => return hash_array(&cast(a, value_type)?, mask, f),
+        DataType::RunEndEncoded(_, values) => {
+            return hash_array(&cast(a, values.data_type())?, mask, f);
+        }
+        _ => {}
+    }
+    // Logical nulls, so NULLs of `Null` arrays count too.
+    let valid = NullBuffer::union(a.logical_nulls().as_ref(), mask);
+    let s = &mut Rows {
+        valid: valid.as_ref(),
+        len: a.len(),
+        f,
+    };
     match a.data_type() {
         DataType::Null => {}
         DataType::Boolean => {
             let values = a.as_boolean();
-            for_each_valid(a, |i| insert(s, &[u8::from(values.value(i))]));
+            s.each(|i| [u8::from(values.value(i))]);
         }
         DataType::Int8 => primitive::<Int8Type, 8>(s, a, signed),
         DataType::Int16 => primitive::<Int16Type, 8>(s, a, signed),
@@ -425,67 +883,475 @@ fn insert_array(sketch: &mut Sketch, array: &ArrayRef) -> Result<()> {
         }
         DataType::Utf8 => {
             let values = a.as_string::<i32>();
-            for_each_valid(a, |i| insert(s, values.value(i).as_bytes()));
+            s.each(|i| values.value(i).as_bytes());
         }
         DataType::LargeUtf8 => {
             let values = a.as_string::<i64>();
-            for_each_valid(a, |i| insert(s, values.value(i).as_bytes()));
+            s.each(|i| values.value(i).as_bytes());
         }
         DataType::Utf8View => {
             let values = a.as_string_view();
-            for_each_valid(a, |i| insert(s, values.value(i).as_bytes()));
+            s.each(|i| values.value(i).as_bytes());
         }
         DataType::Binary => {
             let values = a.as_binary::<i32>();
-            for_each_valid(a, |i| insert(s, values.value(i)));
+            s.each(|i| values.value(i));
         }
         DataType::LargeBinary => {
             let values = a.as_binary::<i64>();
-            for_each_valid(a, |i| insert(s, values.value(i)));
+            s.each(|i| values.value(i));
         }
         DataType::BinaryView => {
             let values = a.as_binary_view();
-            for_each_valid(a, |i| insert(s, values.value(i)));
+            s.each(|i| values.value(i));
         }
         DataType::FixedSizeBinary(_) => {
             let values = a.as_fixed_size_binary();
-            for_each_valid(a, |i| insert(s, values.value(i)));
+            s.each(|i| values.value(i));
         }
-        // Decoded so a value hashes the same whether or not it is encoded.
-        DataType::Dictionary(_, value_type) => insert_array(s, &cast(a, value_type)?)?,
-        DataType::RunEndEncoded(_, values) => insert_array(s, &cast(a, values.data_type())?)?,
+        DataType::Dictionary(..) | DataType::RunEndEncoded(..) => unreachable!("decoded above"),
         // Lists, structs, maps, unions: Arrow's row format is a canonical,
         // self-delimiting byte form of any value.
         data_type => {
             let converter = RowConverter::new(vec![SortField::new(data_type.clone())])?;
             let rows = converter.convert_columns(std::slice::from_ref(array))?;
-            for_each_valid(a, |i| insert(s, rows.row(i).as_ref()));
+            s.each(|i| rows.row(i));
         }
     }
     Ok(())
 }
 
-fn insert(sketch: &mut Sketch, bytes: &[u8]) {
-    sketch.insert_any(&RawBytes(bytes));
+/// The rows [`hash_array`] visits, and where their hashes go.
+struct Rows<'a, F> {
+    /// `None` when every row is visited.
+    valid: Option<&'a NullBuffer>,
+    len: usize,
+    f: &'a mut F,
 }
 
-/// Inserts each non-null value of a primitive array as `to_bytes(value)`.
+impl<F: FnMut(usize, u64)> Rows<'_, F> {
+    /// Hashes `bytes(row)` for every visited row.
+    #[inline]
+    fn each<B: AsRef<[u8]>>(&mut self, bytes: impl Fn(usize) -> B) {
+        let f = &mut *self.f;
+        match self.valid {
+            Some(valid) => valid
+                .valid_indices()
+                .for_each(|i| f(i, hash_bytes(bytes(i).as_ref()))),
+            None => (0..self.len).for_each(|i| f(i, hash_bytes(bytes(i).as_ref()))),
+        }
+    }
+}
+
+/// Hashes each visited value of a primitive array as `to_bytes(value)`.
 fn primitive<T: ArrowPrimitiveType, const N: usize>(
-    sketch: &mut Sketch,
+    rows: &mut Rows<'_, impl FnMut(usize, u64)>,
     array: &dyn Array,
     to_bytes: impl Fn(T::Native) -> [u8; N],
 ) {
     let values = array.as_primitive::<T>().values();
-    for_each_valid(array, |i| insert(sketch, &to_bytes(values[i])));
+    rows.each(|i| to_bytes(values[i]));
 }
 
-/// Calls `f` with the index of every row that is not NULL. Logical nulls,
-/// so NULLs of `Null`, dictionary and run-end encoded arrays count too.
-fn for_each_valid(array: &dyn Array, mut f: impl FnMut(usize)) {
-    match array.logical_nulls() {
-        Some(nulls) => nulls.valid_indices().for_each(f),
-        None => (0..array.len()).for_each(&mut f),
+/// Dense registers of a sketch.
+const REGISTERS: usize = 1 << PRECISION;
+
+/// Bits of the index of a sparse hash code (fixed by the sketch library).
+const SPARSE_PRECISION: u32 = 25;
+
+/// Registers the sparse estimate counts over (the library's choice).
+const SPARSE_REGISTERS: usize = 1 << (SPARSE_PRECISION - 1);
+
+/// Bytes the sparse list may take before the sketch turns dense: what the
+/// dense registers take, rounded the library's way.
+const SPARSE_LIMIT: usize = 4 * REGISTERS / REGISTERS_PER_WORD;
+
+/// The hash code the sketch library keeps in its sparse list for `hash`:
+/// the top [`SPARSE_PRECISION`] bits shifted left by one, or, when the bits
+/// between [`PRECISION`] and [`SPARSE_PRECISION`] are all zero (so they
+/// cannot give the dense register's leading-zero count), the top bits
+/// shifted by seven over that count and a set low bit.
+#[inline]
+fn sparse_code(hash: u64) -> u32 {
+    let index = (hash >> (64 - SPARSE_PRECISION)) as u32;
+    let between = (hash << PRECISION) >> (64 - (SPARSE_PRECISION - u32::from(PRECISION)));
+    if between == 0 {
+        let zeros =
+            1 + ((hash << SPARSE_PRECISION) | (1 << (SPARSE_PRECISION - 1))).leading_zeros();
+        (index << 7) | (zeros << 1) | 1
+    } else {
+        index << 1
     }
+}
+
+/// A hash that sets the same dense register to the same value as `code`
+/// does, for feeding sparse codes into a dense sketch.
+fn register_hash(code: u32) -> u64 {
+    let precision = u32::from(PRECISION);
+    // Decoded as the library decodes codes when a sketch turns dense.
+    let (index, zeros) = if code & 1 == 1 {
+        (
+            code >> (32 - precision),
+            ((code >> 1) & 0x3f) + SPARSE_PRECISION - precision,
+        )
+    } else {
+        (
+            (code << (32 - SPARSE_PRECISION - 1)) >> (32 - precision),
+            (code << (32 - SPARSE_PRECISION + precision - 1)).leading_zeros() + 1,
+        )
+    };
+    // A dense insert takes the register from the top bits and its value
+    // from the leading zeros after them, plus one; past the 50 bits after
+    // the index it counts 51.
+    let hash_bits = 64 - precision;
+    (u64::from(index) << hash_bits) | (1u64 << hash_bits).checked_shr(zeros).unwrap_or(0)
+}
+
+/// Bytes of the sparse list holding `codes` (sorted, distinct): each
+/// difference from the previous code as a varint.
+fn sparse_list_len(codes: &[u32]) -> usize {
+    let mut previous = 0;
+    codes
+        .iter()
+        .map(|&code| {
+            let len = varint_len(code - previous);
+            previous = code;
+            len
+        })
+        .sum()
+}
+
+fn varint_len(value: u32) -> usize {
+    (32 - (value | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push(value as u8 | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// The library's estimate for a sparse sketch of `codes` distinct codes:
+/// linear counting over [`SPARSE_REGISTERS`], computed exactly as it does.
+fn sparse_estimate(codes: usize) -> f64 {
+    let (registers, zeros) = (SPARSE_REGISTERS as f64, (SPARSE_REGISTERS - codes) as f64);
+    registers * (registers / zeros).ln()
+}
+
+/// What every state begins with: the format version and the sketch's
+/// fixed layout (precision and sizes).
+static STATE_PREFIX: LazyLock<Vec<u8>> = LazyLock::new(|| {
+    let mut bytes = vec![FORMAT_VERSION];
+    codec::encode(&empty_sketch(), &mut bytes).expect("an empty sketch encodes");
+    // Drop what follows the layout: no pending codes (1), an empty sparse
+    // list (1 + 4 + 1) and no registers (1).
+    let layout = bytes.len() - 8;
+    assert_eq!(bytes[layout..], [0; 8], "empty sketch layout");
+    bytes.truncate(layout);
+    bytes
+});
+
+/// Appends the state of a sparse sketch holding `codes` (sorted, distinct)
+/// in the library's layout, exactly as it serialises such a sketch once its
+/// pending codes are merged.
+fn write_library_sparse_state(codes: &[u32], out: &mut Vec<u8>) {
+    let list_len = sparse_list_len(codes);
+    out.reserve(STATE_PREFIX.len() + 16 + list_len);
+    out.extend_from_slice(&STATE_PREFIX);
+    out.push(0); // no pending codes
+    put_varint(out, codes.len() as u64);
+    out.extend_from_slice(&codes.last().copied().unwrap_or(0).to_le_bytes());
+    put_varint(out, list_len as u64);
+    let mut previous = 0;
+    for &code in codes {
+        put_varint(out, u64::from(code - previous));
+        previous = code;
+    }
+    out.push(0); // no dense registers
+}
+
+/// Appends the codes of a sparse state (of either version) to `codes` and
+/// returns true, without building a sketch. Returns false, leaving `codes`
+/// in an unspecified state, for anything else: a dense state, an invalid
+/// one, or one in a form the writers here do not produce. It accepts nothing
+/// that [`decode_sketch`] rejects.
+fn read_sparse_state(bytes: &[u8], codes: &mut Vec<u32>) -> bool {
+    match bytes.split_first() {
+        Some((&COMPACT_VERSION, body)) => read_compact_state(body, codes).is_ok(),
+        Some((&FORMAT_VERSION, _)) => read_library_sparse_state(bytes, codes).is_some(),
+        _ => false,
+    }
+}
+
+fn read_library_sparse_state(bytes: &[u8], codes: &mut Vec<u32>) -> Option<()> {
+    let input = bytes.strip_prefix(STATE_PREFIX.as_slice())?;
+    let (pending, mut input) = read_varint(input)?;
+    for _ in 0..pending {
+        let (code, rest) = input.split_first_chunk::<4>()?;
+        input = rest;
+        let code = u32::from_le_bytes(*code);
+        check_code(code).ok()?;
+        codes.push(code);
+    }
+    let (count, rest) = read_varint(input)?;
+    let (last, rest) = rest.split_first_chunk::<4>()?;
+    let (list_len, rest) = read_varint(rest)?;
+    let list_len = usize::try_from(list_len).ok()?;
+    let list = rest.get(..list_len)?;
+    // No dense registers, and nothing after.
+    if rest[list_len..] != [0] {
+        return None;
+    }
+    walk_sparse_list(list, count, u32::from_le_bytes(*last), |code| {
+        codes.push(code)
+    })
+    .ok()
+}
+
+/// Appends the state of a sparse sketch holding `codes` (sorted, distinct)
+/// in the compact layout, after [`COMPACT_VERSION`]:
+///
+/// * the number of even codes and of odd codes, as varints;
+/// * the odd codes (rare: they carry a leading-zero count), as varint gaps;
+/// * if there are even codes, a Rice parameter `k` (one byte), then the
+///   even codes halved, as Rice-coded gaps (quotient in unary, then `k` low
+///   bits; least significant bit first), zero-padded to a whole byte.
+///
+/// A gap is the difference from the previous value less one (the first
+/// value itself). Even codes are the top 25 bits of a hash, nearly uniform,
+/// so their gaps are close to geometric, which Rice coding suits: about
+/// 17 bits a code at 800 codes, where the library's varints of doubled
+/// differences take 23.
+fn write_sparse_state(codes: &[u32], out: &mut Vec<u8>) {
+    let halved_evens = || codes.iter().filter(|&&c| c & 1 == 0).map(|&c| c >> 1);
+    let odds = || codes.iter().filter(|&&c| c & 1 == 1).copied();
+    let evens = halved_evens().count();
+    out.push(COMPACT_VERSION);
+    put_varint(out, evens as u64);
+    put_varint(out, (codes.len() - evens) as u64);
+    for gap in gaps(odds()) {
+        put_varint(out, u64::from(gap));
+    }
+    if evens > 0 {
+        let k = rice_parameter(|| gaps(halved_evens()), evens as u64);
+        out.push(k as u8);
+        let mut bits = BitWriter::new(out);
+        for gap in gaps(halved_evens()) {
+            bits.rice(gap, k);
+        }
+        bits.finish();
+    }
+}
+
+/// Gaps between the values of a strictly increasing sequence: each value
+/// less the previous one less one, the first value as it is.
+fn gaps(values: impl Iterator<Item = u32>) -> impl Iterator<Item = u32> {
+    let mut next = 0u32;
+    values.map(move |value| {
+        let gap = value - next;
+        next = value.wrapping_add(1);
+        gap
+    })
+}
+
+/// The Rice parameter that codes `gaps` (`count` of them) in the fewest
+/// bits, among those next to the log of their mean.
+fn rice_parameter<I: Iterator<Item = u32>>(gaps: impl Fn() -> I, count: u64) -> u32 {
+    let mean = (gaps().map(u64::from).sum::<u64>() / count).max(1);
+    let guess = mean.ilog2();
+    let bits =
+        |k: u32| gaps().map(|gap| u64::from(gap >> k)).sum::<u64>() + count * u64::from(k + 1);
+    (guess.saturating_sub(1)..=(guess + 1).min(31))
+        .min_by_key(|&k| bits(k))
+        .expect("a non-empty range")
+}
+
+/// Reads the body of a [`COMPACT_VERSION`] state (see
+/// [`write_sparse_state`]), appending its codes to `codes`.
+fn read_compact_state(body: &[u8], codes: &mut Vec<u32>) -> std::result::Result<(), String> {
+    let truncated = || "truncated compact state".to_string();
+    let (evens, rest) = read_varint(body).ok_or_else(truncated)?;
+    let (odds, mut rest) = read_varint(rest).ok_or_else(truncated)?;
+    if evens.saturating_add(odds) > SPARSE_REGISTERS as u64 {
+        return Err("too many codes in a compact state".into());
+    }
+    let mut next = 0u32;
+    for _ in 0..odds {
+        let (gap, tail) = read_varint(rest).ok_or_else(truncated)?;
+        rest = tail;
+        let code = u32::try_from(gap)
+            .ok()
+            .and_then(|gap| next.checked_add(gap))
+            .filter(|code| code & 1 == 1)
+            .ok_or("invalid odd code in compact state")?;
+        check_code(code)?;
+        codes.push(code);
+        next = code.wrapping_add(1);
+    }
+    if evens == 0 {
+        return if rest.is_empty() {
+            Ok(())
+        } else {
+            Err("trailing bytes after a compact state".into())
+        };
+    }
+    let (&k, rest) = rest.split_first().ok_or_else(truncated)?;
+    let k = u32::from(k);
+    if k > 31 {
+        return Err(format!("invalid Rice parameter {k}"));
+    }
+    let mut bits = BitReader::new(rest);
+    let mut next = 0u32;
+    for _ in 0..evens {
+        let gap = bits.rice(k).ok_or_else(truncated)?;
+        // Halved even codes have 31 bits.
+        let half = u64::from(next).saturating_add(gap);
+        if half > u64::from(u32::MAX >> 1) {
+            return Err("invalid even code in compact state".into());
+        }
+        codes.push((half as u32) << 1);
+        next = half as u32 + 1;
+    }
+    if !bits.at_padded_end() {
+        return Err("trailing bits after a compact state".into());
+    }
+    Ok(())
+}
+
+/// Writes bits least significant first.
+struct BitWriter<'a> {
+    out: &'a mut Vec<u8>,
+    pending: u64,
+    len: u32,
+}
+
+impl<'a> BitWriter<'a> {
+    fn new(out: &'a mut Vec<u8>) -> Self {
+        Self {
+            out,
+            pending: 0,
+            len: 0,
+        }
+    }
+
+    /// Writes the low `bits` (at most 32) bits of `value`.
+    fn put(&mut self, value: u64, bits: u32) {
+        self.pending |= value << self.len;
+        self.len += bits;
+        while self.len >= 8 {
+            self.out.push(self.pending as u8);
+            self.pending >>= 8;
+            self.len -= 8;
+        }
+    }
+
+    /// Writes `value` Rice-coded with parameter `k`.
+    fn rice(&mut self, value: u32, k: u32) {
+        let mut quotient = value >> k;
+        while quotient >= 32 {
+            self.put(u64::from(u32::MAX), 32);
+            quotient -= 32;
+        }
+        // `quotient` ones, then a zero.
+        self.put((1 << quotient) - 1, quotient + 1);
+        self.put(u64::from(value) & ((1 << k) - 1), k);
+    }
+
+    /// Writes what is left, zero-padded to a whole byte.
+    fn finish(self) {
+        if self.len > 0 {
+            self.out.push(self.pending as u8);
+        }
+    }
+}
+
+/// Reads what [`BitWriter`] writes.
+struct BitReader<'a> {
+    input: &'a [u8],
+    /// Bits read from `input` but not consumed, lowest first; the bits
+    /// above `len` are zero.
+    pending: u64,
+    len: u32,
+}
+
+impl<'a> BitReader<'a> {
+    fn new(input: &'a [u8]) -> Self {
+        Self {
+            input,
+            pending: 0,
+            len: 0,
+        }
+    }
+
+    fn refill(&mut self) {
+        while self.len <= 56 {
+            let Some((&byte, rest)) = self.input.split_first() else {
+                return;
+            };
+            self.pending |= u64::from(byte) << self.len;
+            self.len += 8;
+            self.input = rest;
+        }
+    }
+
+    fn consume(&mut self, bits: u32) {
+        self.pending = self.pending.checked_shr(bits).unwrap_or(0);
+        self.len -= bits;
+    }
+
+    /// Reads a Rice-coded value with parameter `k`, or None if the input
+    /// ends first.
+    fn rice(&mut self, k: u32) -> Option<u64> {
+        let mut quotient = 0u64;
+        loop {
+            self.refill();
+            let ones = self.pending.trailing_ones().min(self.len);
+            quotient += u64::from(ones);
+            if ones < self.len {
+                self.consume(ones + 1);
+                break;
+            }
+            if self.input.is_empty() {
+                return None;
+            }
+            self.consume(ones);
+        }
+        // Larger values are invalid anyway; this keeps the shift in range.
+        if quotient > u64::from(u32::MAX) >> k {
+            return Some(u64::MAX);
+        }
+        self.refill();
+        if self.len < k {
+            return None;
+        }
+        let low = self.pending & ((1 << k) - 1);
+        self.consume(k);
+        Some((quotient << k) | low)
+    }
+
+    /// Whether all input was read, leaving only zero padding of less than
+    /// a byte.
+    fn at_padded_end(&self) -> bool {
+        self.input.is_empty() && self.len < 8 && self.pending == 0
+    }
+}
+
+/// Reads a varint as the state codec writes it (see `codec`).
+fn read_varint(input: &[u8]) -> Option<(u64, &[u8])> {
+    let mut value = 0u64;
+    for (at, &byte) in input.iter().enumerate().take(10) {
+        // The tenth byte may only hold the top bit of a u64.
+        if at == 9 && byte > 1 {
+            return None;
+        }
+        value |= u64::from(byte & 0x7f) << (7 * at);
+        if byte & 0x80 == 0 {
+            return Some((value, &input[at + 1..]));
+        }
+    }
+    None
 }
 
 /// Parses a state produced by [`Accumulator::state`], rejecting anything
@@ -494,12 +1360,22 @@ fn decode_sketch(bytes: &[u8]) -> Result<Sketch> {
     let Some((&version, body)) = bytes.split_first() else {
         return exec_err!("empty approx_distinct state");
     };
+    let invalid = |e: &dyn fmt::Display| exec_datafusion_err!("invalid approx_distinct state: {e}");
+    if version == COMPACT_VERSION {
+        // Rewritten in the library's layout, which it can read.
+        let mut codes = Vec::new();
+        read_compact_state(body, &mut codes).map_err(|e| invalid(&e))?;
+        codes.sort_unstable();
+        codes.dedup();
+        let mut library = Vec::new();
+        write_library_sparse_state(&codes, &mut library);
+        return decode_sketch(&library);
+    }
     if version != FORMAT_VERSION {
         return exec_err!(
-            "approx_distinct state has format version {version}, expected {FORMAT_VERSION}"
+            "approx_distinct state has format version {version}, expected {FORMAT_VERSION} or {COMPACT_VERSION}"
         );
     }
-    let invalid = |e: &dyn fmt::Display| exec_datafusion_err!("invalid approx_distinct state: {e}");
     let repr: SketchRepr = codec::decode(body).map_err(|e| invalid(&e))?;
     repr.validate().map_err(|e| invalid(&e))?;
     codec::decode(body).map_err(|e| invalid(&e))
@@ -566,38 +1442,15 @@ impl SketchRepr {
         if self.counts != empty.counts {
             return Err(format!("unexpected layout {:?}", self.counts));
         }
-        let (register_count, sparse_registers, _) = self.counts;
+        let register_count = self.counts.0;
         self.tmpset.iter().try_for_each(|&code| check_code(code))?;
 
-        // Walk the sparse list the way the library does, minus its panics
-        // on overlong varints and overflowing sums.
-        let sparse = &self.sparse;
-        let (mut at, mut decoded, mut value) = (0, 0u64, 0u32);
-        while at < sparse.buf.len() {
-            let mut difference = 0u32;
-            for shift in (0..).step_by(7) {
-                let Some(&byte) = sparse.buf.get(at) else {
-                    return Err("truncated sparse list".into());
-                };
-                at += 1;
-                // A u32 takes at most five varint bytes, the last holding 4 bits.
-                if shift == 28 && byte > 0x0f {
-                    return Err("overlong varint in sparse list".into());
-                }
-                difference |= u32::from(byte & 0x7f) << shift;
-                if byte & 0x80 == 0 {
-                    break;
-                }
-            }
-            value = value
-                .checked_add(difference)
-                .ok_or("sparse list overflows")?;
-            check_code(value)?;
-            decoded += 1;
-        }
-        if decoded != sparse.count || value != sparse.last || sparse.count > sparse_registers {
-            return Err("inconsistent sparse list".into());
-        }
+        walk_sparse_list(
+            &self.sparse.buf,
+            self.sparse.count,
+            self.sparse.last,
+            |_| {},
+        )?;
 
         if let Some(registers) = &self.registers {
             let register_count = usize::try_from(register_count).map_err(|e| e.to_string())?;
@@ -622,6 +1475,45 @@ impl SketchRepr {
         }
         Ok(())
     }
+}
+
+/// Walks a sparse list the way the library does, minus its panics on
+/// overlong varints and overflowing sums, calling `f` with each code. The
+/// list must hold `count` codes and end with `last`.
+fn walk_sparse_list(
+    buf: &[u8],
+    count: u64,
+    last: u32,
+    mut f: impl FnMut(u32),
+) -> std::result::Result<(), String> {
+    let (mut at, mut decoded, mut value) = (0, 0u64, 0u32);
+    while at < buf.len() {
+        let mut difference = 0u32;
+        for shift in (0..).step_by(7) {
+            let Some(&byte) = buf.get(at) else {
+                return Err("truncated sparse list".into());
+            };
+            at += 1;
+            // A u32 takes at most five varint bytes, the last holding 4 bits.
+            if shift == 28 && byte > 0x0f {
+                return Err("overlong varint in sparse list".into());
+            }
+            difference |= u32::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                break;
+            }
+        }
+        value = value
+            .checked_add(difference)
+            .ok_or("sparse list overflows")?;
+        check_code(value)?;
+        f(value);
+        decoded += 1;
+    }
+    if decoded != count || value != last || count > SPARSE_REGISTERS as u64 {
+        return Err("inconsistent sparse list".into());
+    }
+    Ok(())
 }
 
 /// A sparse hash code with its low bit set carries a leading-zero count in
@@ -1174,10 +2066,11 @@ mod codec {
 #[cfg(test)]
 mod tests {
     use std::any::Any;
+    use std::hash::Hash;
 
     use datafusion::arrow::array::{
-        BinaryArray, BooleanArray, DictionaryArray, Float32Array, Float64Array, Int32Array,
-        Int64Array, LargeStringArray, RecordBatch, StringArray, StringViewArray,
+        DictionaryArray, Float32Array, Float64Array, Int32Array, Int64Array, LargeStringArray,
+        RecordBatch, StringArray, StringViewArray,
     };
     use datafusion::arrow::compute::concat_batches;
     use datafusion::datasource::MemTable;
@@ -1587,13 +2480,104 @@ mod tests {
     /// checkpointed by an earlier Runnel no longer merge with new ones.
     #[test]
     fn state_format_and_hash_are_stable() {
+        let hex = |bytes: &[u8]| -> String { bytes.iter().map(|b| format!("{b:02x}")).collect() };
         let values: ArrayRef = Arc::new(StringArray::from(vec!["alice", "bob", "carol"]));
         let state = state_bytes(&mut accumulate(&values));
-        let hex: String = state.iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(
-            hex,
-            "010e80800180808008b3660003d23a07030ca89fba0e809dee03aab9f40500"
-        );
+        assert_eq!(hex(&state), "02030016477d74fa39eea372f400");
+
+        // The same sketch in the library's layout, as Runnel wrote sparse
+        // states before the compact layout: still read, by both accumulators.
+        let library = "010e80800180808008b3660003d23a07030ca89fba0e809dee03aab9f40500";
+        assert_eq!(hex(&library_bytes(&state)), library);
+        let library: Vec<u8> = (0..library.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&library[i..i + 2], 16).unwrap())
+            .collect();
+        let mut acc = ApproxDistinctAccumulator::new();
+        acc.merge_batch(&[states(std::slice::from_ref(&library))])
+            .unwrap();
+        assert_eq!(state_bytes(&mut acc), state);
+        let mut acc = ApproxDistinctGroupsAccumulator::new();
+        acc.merge_batch(&[states(&[library])], &[0], 1).unwrap();
+        assert_eq!(group_states(&mut acc, EmitTo::All), [state]);
+    }
+
+    /// A state rewritten in the library's layout, as Runnel wrote every
+    /// state before the compact layout.
+    fn library_bytes(state: &[u8]) -> Vec<u8> {
+        let mut bytes = vec![FORMAT_VERSION];
+        codec::encode(&decode_sketch(state).unwrap(), &mut bytes).unwrap();
+        bytes
+    }
+
+    #[test]
+    fn sparse_states_are_compact_and_library_layout_ones_still_merge() {
+        for n in [1, 10, 100, 800, 3_000, 5_000] {
+            let parts = [strings(0..n), strings(n / 2..n + n / 2)];
+            let compact: Vec<Vec<u8>> = parts
+                .iter()
+                .map(|p| state_bytes(&mut accumulate(p)))
+                .collect();
+            let library: Vec<Vec<u8>> = compact.iter().map(|s| library_bytes(s)).collect();
+            assert_eq!(library[0][0], FORMAT_VERSION);
+            assert_eq!(compact[0][0], COMPACT_VERSION, "{n} values");
+            // Same sketch, fewer bytes: a fifth to a quarter fewer from a
+            // hundred values on.
+            assert!(compact[0].len() < library[0].len(), "{n} values");
+            if n >= 100 {
+                assert!(compact[0].len() * 5 < library[0].len() * 4, "{n} values");
+            }
+
+            // Old and new layouts mix freely, in both accumulators.
+            let expected = state_bytes(&mut accumulate(&strings(0..n + n / 2)));
+            for mixed in [
+                [compact[0].clone(), library[1].clone()],
+                [library[0].clone(), compact[1].clone()],
+                [library[0].clone(), library[1].clone()],
+            ] {
+                let mut plain = ApproxDistinctAccumulator::new();
+                plain.merge_batch(&[states(&mixed)]).unwrap();
+                assert_eq!(state_bytes(&mut plain), expected, "{n} values");
+                let mut grouped = ApproxDistinctGroupsAccumulator::new();
+                grouped.merge_batch(&[states(&mixed)], &[0, 0], 1).unwrap();
+                assert_eq!(
+                    group_states(&mut grouped, EmitTo::All),
+                    std::slice::from_ref(&expected)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn compact_layout_round_trips_unusual_codes() {
+        // Odd codes (with a leading-zero count), the extremes of both
+        // kinds, and long gaps.
+        let cases: [&[u32]; 5] = [
+            &[],
+            &[1 | (40 << 1)],
+            &[0, 2, 4, 6],
+            &[
+                0,
+                3,
+                1 << 20,
+                u32::MAX - 1,
+                (u32::MAX - 0x7f) | (40 << 1) | 1,
+            ],
+            &[2, 1 << 30, (1 << 31) + 4],
+        ];
+        for case in cases {
+            let mut codes = case.to_vec();
+            codes.sort_unstable();
+            let mut state = Vec::new();
+            write_sparse_state(&codes, &mut state);
+            let mut read = Vec::new();
+            read_compact_state(&state[1..], &mut read).unwrap();
+            read.sort_unstable();
+            assert_eq!(read, codes);
+            let mut library = Vec::new();
+            write_library_sparse_state(&codes, &mut library);
+            assert_eq!(library_bytes(&state), library);
+        }
     }
 
     #[test]
@@ -1605,19 +2589,24 @@ mod tests {
 
         let decode = |bytes: &[u8]| decode_sketch(bytes).map(|_| ());
         assert!(decode(&[]).is_err());
-        assert!(decode(&[FORMAT_VERSION + 1]).is_err());
-        let mut wrong_version = sparse.clone();
-        wrong_version[0] = FORMAT_VERSION + 1;
-        assert!(decode(&wrong_version).is_err());
-        for len in 0..sparse.len() {
-            assert!(decode(&sparse[..len]).is_err(), "truncated to {len}");
+        let library = library_bytes(&sparse);
+        assert!(decode(&[COMPACT_VERSION]).is_err());
+        for version in [0, COMPACT_VERSION + 1] {
+            let mut wrong_version = sparse.clone();
+            wrong_version[0] = version;
+            assert!(decode(&wrong_version).is_err());
+        }
+        for state in [&sparse, &library] {
+            for len in 0..state.len() {
+                assert!(decode(&state[..len]).is_err(), "truncated to {len}");
+            }
+            assert!(decode(&[&state[..], &[0]].concat()).is_err());
         }
         assert!(decode(&dense[..dense.len() - 1]).is_err());
-        assert!(decode(&[&sparse[..], &[0]].concat()).is_err());
 
         // Any damage either fails to decode or leaves a sketch that merges
         // and estimates without panicking.
-        for (state, step) in [(&sparse, 1), (&dense, 97)] {
+        for (state, step) in [(&sparse, 1), (&library, 1), (&dense, 97)] {
             for at in (0..state.len()).step_by(step).chain(0..16) {
                 for flip in [0x01, 0x80, 0xff] {
                     let mut damaged = state.clone();
@@ -1672,5 +2661,434 @@ mod tests {
 
         let booleans: ArrayRef = Arc::new(BooleanArray::from(vec![true, false]));
         assert_eq!(estimate(&mut accumulate(&booleans)), 2);
+    }
+
+    /// Hashes exactly the given bytes, as sketches were first fed: through
+    /// [`SketchHasher`], without `<[u8] as Hash>`'s length prefix.
+    struct RawBytes<'a>(&'a [u8]);
+
+    impl Hash for RawBytes<'_> {
+        fn hash<H: Hasher>(&self, state: &mut H) {
+            state.write(self.0);
+        }
+    }
+
+    #[test]
+    fn hashing_once_matches_the_sketch_hasher() {
+        for bytes in [&b""[..], b"a", b"user-12345", &[7; 100]] {
+            assert_eq!(hash_bytes(bytes), SketchHasher.hash_one(RawBytes(bytes)));
+        }
+        // A sketch fed through `SketchHasher` directly, as before hashing
+        // moved out of the sketch, has the same state.
+        let values = strings(0..3_000);
+        let mut direct = HyperLogLogPlus::<[u8], _>::new(PRECISION, SketchHasher).unwrap();
+        for value in values.as_string::<i32>().iter().flatten() {
+            direct.insert_any(&RawBytes(value.as_bytes()));
+        }
+        direct.count();
+        let mut expected = vec![FORMAT_VERSION];
+        codec::encode(&direct, &mut expected).unwrap();
+        assert_eq!(
+            library_bytes(&state_bytes(&mut accumulate(&values))),
+            expected
+        );
+    }
+
+    #[test]
+    fn sparse_layout_constants_match_the_library() {
+        assert_eq!(
+            EMPTY_REPR.counts,
+            (
+                REGISTERS as u64,
+                SPARSE_REGISTERS as u64,
+                SPARSE_LIMIT as u64
+            )
+        );
+        let mut empty = Vec::new();
+        write_sparse_state(&[], &mut empty);
+        assert_eq!(empty, state_bytes(&mut ApproxDistinctAccumulator::new()));
+        let mut library_empty = Vec::new();
+        write_library_sparse_state(&[], &mut library_empty);
+        let mut expected = vec![FORMAT_VERSION];
+        codec::encode(&empty_sketch(), &mut expected).unwrap();
+        assert_eq!(library_empty, expected);
+        assert!(is_dense(&EMPTY_DENSE));
+        assert_eq!(EMPTY_DENSE.clone().count(), 0.0);
+    }
+
+    #[test]
+    fn sparse_codes_set_the_registers_their_hashes_set() {
+        let hashes: Vec<u64> = (0..50_000u64)
+            .map(|i| hash_bytes(&i.to_le_bytes()))
+            // Hashes whose bits between the two precisions are zero, which
+            // the library encodes differently.
+            .chain((0..2_000u64).map(|i| hash_bytes(&i.to_be_bytes()) & !(0x7ff << 39)))
+            .collect();
+        let mut direct = Box::new(EMPTY_DENSE.clone());
+        hashes.iter().for_each(|hash| direct.insert_any(hash));
+        let codes: Vec<u32> = hashes.iter().map(|&hash| sparse_code(hash)).collect();
+        let via_codes = dense_from_codes(&codes);
+        let encode = |sketch: &Sketch| {
+            let mut bytes = Vec::new();
+            codec::encode(sketch, &mut bytes).unwrap();
+            bytes
+        };
+        assert_eq!(encode(&via_codes), encode(&direct));
+    }
+
+    /// Rows of `(group, value)` for groups of the given numbers of distinct
+    /// values, in `batches` batches that overlap, rows of all groups mixed.
+    fn grouped_batches(sizes: &[usize], batches: usize) -> Vec<(Vec<usize>, Vec<String>)> {
+        (0..batches)
+            .map(|b| {
+                let mut rows: Vec<(usize, String)> = sizes
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(group, &n)| {
+                        let (start, end) =
+                            (b * n / batches, ((b + 1) * n / batches + n / 10).min(n));
+                        (start..end).map(move |i| (group, format!("g{group}-{i}")))
+                    })
+                    .collect();
+                rows.sort_by_key(|(_, value)| hash_bytes(value.as_bytes()));
+                rows.into_iter().unzip()
+            })
+            .collect()
+    }
+
+    fn string_array(values: &[String]) -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(values))
+    }
+
+    /// One plain accumulator per group, fed the same rows.
+    fn plain_per_group(
+        batches: &[(Vec<usize>, Vec<String>)],
+        groups: usize,
+    ) -> Vec<ApproxDistinctAccumulator> {
+        let mut accs: Vec<_> = (0..groups)
+            .map(|_| ApproxDistinctAccumulator::new())
+            .collect();
+        for (indices, values) in batches {
+            for (group, acc) in accs.iter_mut().enumerate() {
+                let mine: Vec<String> = indices
+                    .iter()
+                    .zip(values)
+                    .filter(|(g, _)| **g == group)
+                    .map(|(_, v)| v.clone())
+                    .collect();
+                acc.update_batch(&[string_array(&mine)]).unwrap();
+            }
+        }
+        accs
+    }
+
+    fn grouped(
+        batches: &[(Vec<usize>, Vec<String>)],
+        groups: usize,
+    ) -> ApproxDistinctGroupsAccumulator {
+        let mut acc = ApproxDistinctGroupsAccumulator::new();
+        for (indices, values) in batches {
+            acc.update_batch(&[string_array(values)], indices, None, groups)
+                .unwrap();
+        }
+        acc
+    }
+
+    fn group_states(acc: &mut dyn GroupsAccumulator, emit_to: EmitTo) -> Vec<Vec<u8>> {
+        let [states] = &acc.state(emit_to).unwrap()[..] else {
+            panic!("one state column expected")
+        };
+        assert_eq!(states.null_count(), 0);
+        states
+            .as_binary::<i32>()
+            .iter()
+            .map(|s| s.unwrap().to_vec())
+            .collect()
+    }
+
+    fn group_estimates(acc: &mut dyn GroupsAccumulator, emit_to: EmitTo) -> Vec<u64> {
+        let estimates = acc.evaluate(emit_to).unwrap();
+        assert_eq!(estimates.null_count(), 0);
+        estimates.as_primitive::<UInt64Type>().values().to_vec()
+    }
+
+    /// Group sizes on both sides of the switch to dense registers (at about
+    /// 6 500 distinct values) and far from it.
+    const GROUP_SIZES: [usize; 11] = [
+        0, 1, 3, 150, 2_000, 6_000, 6_400, 6_600, 6_800, 7_500, 30_000,
+    ];
+
+    #[test]
+    fn groups_accumulator_matches_the_plain_accumulator() {
+        let batches = grouped_batches(&GROUP_SIZES, 3);
+        let n = GROUP_SIZES.len();
+        let mut plain = plain_per_group(&batches, n);
+        let expected_states: Vec<Vec<u8>> = plain.iter_mut().map(state_bytes).collect();
+        let expected: Vec<u64> = plain.iter_mut().map(estimate).collect();
+        // The sizes straddle the switch to dense registers.
+        let dense = expected_states
+            .iter()
+            .filter(|s| is_dense(&decode_sketch(s).unwrap()))
+            .count();
+        assert!((3..n - 3).contains(&dense), "{dense} dense groups");
+
+        assert_eq!(
+            group_estimates(&mut grouped(&batches, n), EmitTo::All),
+            expected
+        );
+        assert_eq!(
+            group_states(&mut grouped(&batches, n), EmitTo::All),
+            expected_states
+        );
+
+        // Seeing the same rows again changes nothing.
+        let mut twice = grouped(&batches, n);
+        for (indices, values) in &batches {
+            twice
+                .update_batch(&[string_array(values)], indices, None, n)
+                .unwrap();
+        }
+        assert_eq!(group_states(&mut twice, EmitTo::All), expected_states);
+    }
+
+    #[test]
+    fn groups_accumulator_honours_filters_and_nulls() {
+        let n = 4;
+        let values: ArrayRef = Arc::new(StringArray::from_iter(
+            (0..20_000).map(|i| (i % 7 != 0).then(|| format!("v{}", i % 9_000))),
+        ));
+        let indices: Vec<usize> = (0..20_000).map(|i| (i * 31 / 7) % n).collect();
+        // true, false, NULL, true, ...: only true rows count.
+        let filter: BooleanArray = (0..20_000)
+            .map(|i| match i % 3 {
+                0 => Some(true),
+                1 => Some(false),
+                _ => None,
+            })
+            .collect();
+
+        let mut acc = ApproxDistinctGroupsAccumulator::new();
+        acc.update_batch(std::slice::from_ref(&values), &indices, Some(&filter), n)
+            .unwrap();
+        let converted = acc
+            .convert_to_state(std::slice::from_ref(&values), Some(&filter))
+            .unwrap();
+
+        let mut expected = Vec::new();
+        for group in 0..n {
+            let keep: BooleanArray = (0..20_000)
+                .map(|i| Some(indices[i] == group && i % 3 == 0))
+                .collect();
+            let mine = datafusion::arrow::compute::filter(&values, &keep).unwrap();
+            expected.push(accumulate(&mine));
+        }
+        let expected_states: Vec<Vec<u8>> = expected.iter_mut().map(state_bytes).collect();
+        assert_eq!(group_states(&mut acc, EmitTo::All), expected_states);
+
+        // convert_to_state: each row's own state, empty where filtered out
+        // or NULL; merged by group they give the same states again.
+        let converted = &converted[0];
+        assert_eq!(converted.len(), 20_000);
+        let empty = state_bytes(&mut ApproxDistinctAccumulator::new());
+        for row in [0, 1, 2, 3, 7, 21] {
+            let state = converted.as_binary::<i32>().value(row);
+            if row % 3 == 0 && row % 7 != 0 {
+                let one = values.slice(row, 1);
+                assert_eq!(state, state_bytes(&mut accumulate(&one)), "row {row}");
+            } else {
+                assert_eq!(state, empty, "row {row}");
+            }
+        }
+        let mut merged = ApproxDistinctGroupsAccumulator::new();
+        merged
+            .merge_batch(std::slice::from_ref(converted), &indices, n)
+            .unwrap();
+        assert_eq!(group_states(&mut merged, EmitTo::All), expected_states);
+    }
+
+    #[test]
+    fn groups_accumulator_emits_the_first_groups_and_keeps_the_rest() {
+        let sizes = [5, 300, 9_000, 40, 7_000];
+        let batches = grouped_batches(&sizes, 2);
+        let n = sizes.len();
+        let mut plain = plain_per_group(&batches, n);
+        let expected_states: Vec<Vec<u8>> = plain.iter_mut().map(state_bytes).collect();
+        let expected: Vec<u64> = plain.iter_mut().map(estimate).collect();
+
+        // First batch, emit two groups, then the second batch with the
+        // remaining groups renumbered from zero.
+        let mut acc = grouped(&batches[..1], n);
+        let mut first = acc.evaluate(EmitTo::First(2)).unwrap();
+        let mut plain_first = plain_per_group(&batches[..1], 2);
+        assert_eq!(
+            first.as_primitive::<UInt64Type>().values().to_vec(),
+            plain_first.iter_mut().map(estimate).collect::<Vec<_>>()
+        );
+        let (indices, values) = &batches[1];
+        let (kept_indices, kept_values): (Vec<usize>, Vec<String>) = indices
+            .iter()
+            .zip(values)
+            .filter(|(g, _)| **g >= 2)
+            .map(|(g, v)| (g - 2, v.clone()))
+            .unzip();
+        acc.update_batch(&[string_array(&kept_values)], &kept_indices, None, n - 2)
+            .unwrap();
+        let mut states = group_states(&mut acc, EmitTo::First(1));
+        states.extend(group_states(&mut acc, EmitTo::All));
+        assert_eq!(states, expected_states[2..]);
+
+        // The same with estimates.
+        let mut acc = grouped(&batches, n);
+        let mut estimates = group_estimates(&mut acc, EmitTo::First(3));
+        estimates.extend(group_estimates(&mut acc, EmitTo::First(2)));
+        assert_eq!(estimates, expected);
+        first = acc.evaluate(EmitTo::All).unwrap();
+        assert_eq!(first.len(), 0);
+        assert_eq!(acc.size(), ApproxDistinctGroupsAccumulator::new().size());
+    }
+
+    #[test]
+    fn states_of_either_accumulator_merge_into_the_other() {
+        let batches = grouped_batches(&GROUP_SIZES, 4);
+        let n = GROUP_SIZES.len();
+        let mut whole = plain_per_group(&batches, n);
+        let expected: Vec<Vec<u8>> = whole.iter_mut().map(state_bytes).collect();
+
+        // Batches 0 and 1 through the groups accumulator, 2 and 3 through
+        // plain ones: every group gets a state of each kind.
+        let mut grouped_states = group_states(&mut grouped(&batches[..2], n), EmitTo::All);
+        let plain_states: Vec<Vec<u8>> = plain_per_group(&batches[2..], n)
+            .iter_mut()
+            .map(state_bytes)
+            .collect();
+
+        // Into a groups accumulator, in one batch, groups mixed.
+        let mut indices: Vec<usize> = (0..n).chain(0..n).collect();
+        let mut all_states = plain_states.clone();
+        all_states.extend(grouped_states.iter().cloned());
+        let mut acc = ApproxDistinctGroupsAccumulator::new();
+        acc.merge_batch(&[states(&all_states)], &indices, n)
+            .unwrap();
+        assert_eq!(group_states(&mut acc, EmitTo::All), expected);
+
+        // Into a groups accumulator that already holds values, with NULL
+        // states and another binary encoding.
+        let mut acc = grouped(&batches[..2], n);
+        let mut with_null: Vec<Option<&[u8]>> = plain_states.iter().map(|s| Some(&s[..])).collect();
+        with_null.push(None);
+        indices = (0..n).chain([0]).collect();
+        let with_null: ArrayRef = Arc::new(BinaryArray::from(with_null));
+        acc.merge_batch(
+            &[cast(&with_null, &DataType::BinaryView).unwrap()],
+            &indices,
+            n,
+        )
+        .unwrap();
+        assert_eq!(group_states(&mut acc, EmitTo::All), expected);
+
+        // Into plain accumulators.
+        for (group, expected) in expected.iter().enumerate() {
+            let mut acc = ApproxDistinctAccumulator::new();
+            let pair = [plain_states[group].clone(), grouped_states.remove(0)];
+            acc.merge_batch(&[states(&pair)]).unwrap();
+            assert_eq!(&state_bytes(&mut acc), expected, "group {group}");
+        }
+    }
+
+    #[test]
+    fn groups_accumulator_rejects_the_states_the_plain_one_rejects() {
+        let mut sparse = accumulate(&strings(0..50));
+        let mut dense = accumulate(&strings(0..20_000));
+        let sparse = state_bytes(&mut sparse);
+        let library = library_bytes(&sparse);
+        let dense = state_bytes(&mut dense);
+        let values = strings(0..10);
+
+        for (state, step) in [(&sparse, 1), (&library, 1), (&dense, 97)] {
+            for at in (0..state.len()).step_by(step).chain(0..16) {
+                for flip in [0x01, 0x80, 0xff] {
+                    let mut damaged = state.clone();
+                    damaged[at] ^= flip;
+                    let damaged = states(&[damaged]);
+                    let mut plain = accumulate(&values);
+                    let mut acc = ApproxDistinctGroupsAccumulator::new();
+                    acc.update_batch(std::slice::from_ref(&values), &[0; 10], None, 1)
+                        .unwrap();
+                    let plain_result = plain.merge_batch(std::slice::from_ref(&damaged));
+                    let result = acc.merge_batch(std::slice::from_ref(&damaged), &[0], 1);
+                    assert_eq!(
+                        result.is_ok(),
+                        plain_result.is_ok(),
+                        "byte {at} ^ {flip:#x}"
+                    );
+                    // Rejected or not, the group ends as the plain sketch.
+                    assert_eq!(
+                        group_states(&mut acc, EmitTo::All),
+                        [state_bytes(&mut plain)],
+                        "byte {at} ^ {flip:#x}"
+                    );
+                }
+            }
+        }
+        let mut acc = ApproxDistinctGroupsAccumulator::new();
+        let truncated = states(&[sparse[..sparse.len() - 1].to_vec()]);
+        assert!(acc.merge_batch(&[truncated], &[0], 1).is_err());
+    }
+
+    #[test]
+    fn groups_accumulator_size_tracks_its_sketches() {
+        let mut acc = ApproxDistinctGroupsAccumulator::new();
+        let base = acc.size();
+        let small = strings(0..10);
+        acc.update_batch(std::slice::from_ref(&small), &[0; 10], None, 1)
+            .unwrap();
+        let one_small = acc.size();
+        assert!(one_small > base && one_small < base + 256, "{acc:?}");
+
+        let big = strings(0..50_000);
+        acc.update_batch(std::slice::from_ref(&big), &[1; 50_000], None, 2)
+            .unwrap();
+        let registers = 4 * REGISTERS.div_ceil(REGISTERS_PER_WORD);
+        assert!(acc.size() >= one_small + registers, "{acc:?}");
+        assert!(acc.size() < one_small + registers + 1024, "{acc:?}");
+
+        let before = acc.size();
+        group_states(&mut acc, EmitTo::First(1));
+        assert!(
+            acc.size() < before && acc.size() >= base + registers,
+            "{acc:?}"
+        );
+        group_states(&mut acc, EmitTo::All);
+        assert_eq!(acc.size(), base);
+    }
+
+    #[tokio::test]
+    async fn sql_filter_clause_with_group_by() {
+        let n = 30_000i64;
+        let ctx = context();
+        register_table(
+            &ctx,
+            vec![
+                (
+                    "g",
+                    Arc::new(Int64Array::from_iter_values((0..n).map(|i| i % 3))),
+                ),
+                (
+                    "v",
+                    Arc::new(Int64Array::from_iter_values((0..n).map(|i| i % 12_000))),
+                ),
+            ],
+            2,
+            4096,
+        );
+        let batch = query(
+            &ctx,
+            "SELECT g, approx_distinct(v) FILTER (WHERE v % 2 = 0), \
+             approx_distinct(CASE WHEN v % 2 = 0 THEN v END) \
+             FROM t GROUP BY g ORDER BY g",
+        )
+        .await;
+        assert_eq!(u64_values(&batch, 1), u64_values(&batch, 2));
+        assert_within(u64_values(&batch, 1)[0], 2_000, 0.01);
     }
 }
