@@ -556,6 +556,13 @@ pub struct BenchArgs {
     /// Seconds the latency run produces for.
     #[arg(long, default_value_t = 45)]
     pub latency_secs: u64,
+    /// A Kafka-protocol broker (e.g. tansu) for the end-to-end run instead of
+    /// the mock cluster; a fresh topic of `--partitions` is created on it.
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// The external broker's process id, to report its CPU time.
+    #[arg(long)]
+    pub broker_pid: Option<u32>,
     /// Serve a mock cluster for the end-to-end run (used by the run itself).
     #[arg(long, hide = true)]
     pub broker_child: Option<i32>,
@@ -612,7 +619,8 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             }
         }
         if wants(&args, "e2e") {
-            println!("{}", run_e2e(&ds, args.partitions).await?.line());
+            let external = args.brokers.as_deref().map(|b| (b, args.broker_pid));
+            println!("{}", run_e2e(&ds, args.partitions, external).await?.line());
         }
     }
     if wants(&args, "linear") {
@@ -709,6 +717,44 @@ impl BrokerProcess {
     }
 }
 
+/// The broker of an end-to-end run.
+enum Broker {
+    /// The mock cluster in a child process.
+    Mock(BrokerProcess),
+    /// A broker already running, and its process when known.
+    External { bootstrap: String, pid: Option<u32> },
+}
+
+impl Broker {
+    fn bootstrap(&self) -> &str {
+        match self {
+            Broker::Mock(b) => &b.bootstrap,
+            Broker::External { bootstrap, .. } => bootstrap,
+        }
+    }
+
+    /// The broker's CPU time so far, when its process is known.
+    fn cpu(&self) -> Option<Duration> {
+        match self {
+            Broker::Mock(b) => Some(b.cpu()),
+            Broker::External { pid, .. } => pid.map(cpu_of_pid),
+        }
+    }
+}
+
+/// Creates `topic` with `partitions` on an external broker.
+async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    for r in admin.create_topics(&[new], &AdminOptions::new()).await? {
+        r.map_err(|(t, e)| Error::Execution(format!("creating topic {t}: {e}")))?;
+    }
+    Ok(())
+}
+
 impl Drop for BrokerProcess {
     fn drop(&mut self) {
         drop(self.child.stdin.take());
@@ -728,11 +774,16 @@ fn producer(bootstrap: &str) -> Result<rdkafka::producer::BaseProducer> {
         .create()?)
 }
 
-fn send(p: &rdkafka::producer::BaseProducer, payload: &[u8], partition: i32) -> Result<()> {
+fn send(
+    p: &rdkafka::producer::BaseProducer,
+    topic: &str,
+    payload: &[u8],
+    partition: i32,
+) -> Result<()> {
     use rdkafka::producer::{BaseRecord, Producer};
     loop {
         match p.send(
-            BaseRecord::<(), [u8]>::to(TOPIC)
+            BaseRecord::<(), [u8]>::to(topic)
                 .payload(payload)
                 .partition(partition),
         ) {
@@ -755,15 +806,33 @@ fn send(p: &rdkafka::producer::BaseProducer, payload: &[u8], partition: i32) -> 
 /// reads it with Runnel's Kafka source, decoder and window engine, as a query
 /// thread does. The mock cluster keeps only 5 MiB per partition, so the topic
 /// gets enough partitions to hold the whole dataset.
-pub async fn run_e2e(ds: &Dataset, partitions: i32) -> Result<RunStats> {
+pub async fn run_e2e(
+    ds: &Dataset,
+    partitions: i32,
+    external: Option<(&str, Option<u32>)>,
+) -> Result<RunStats> {
     use rdkafka::producer::Producer;
-    let needed = (ds.bytes() / (4 << 20) + 1) as i32;
-    let partitions = partitions.max(needed);
-    let broker = BrokerProcess::start(partitions)?;
+    let (broker, topic, partitions) = match external {
+        None => {
+            let needed = (ds.bytes() / (4 << 20) + 1) as i32;
+            let partitions = partitions.max(needed);
+            let broker = BrokerProcess::start(partitions)?;
+            (Broker::Mock(broker), TOPIC.to_string(), partitions)
+        }
+        Some((bootstrap, pid)) => {
+            let topic = format!("{TOPIC}-{}", std::process::id());
+            create_topic(bootstrap, &topic, partitions).await?;
+            let broker = Broker::External {
+                bootstrap: bootstrap.to_string(),
+                pid,
+            };
+            (broker, topic, partitions)
+        }
+    };
     let t = Instant::now();
-    let p = producer(&broker.bootstrap)?;
+    let p = producer(broker.bootstrap())?;
     for i in 0..ds.len() {
-        send(&p, ds.payload(i), (i % partitions as usize) as i32)?;
+        send(&p, &topic, ds.payload(i), (i % partitions as usize) as i32)?;
         if i % 10_000 == 0 {
             p.poll(Duration::ZERO);
         }
@@ -781,15 +850,18 @@ pub async fn run_e2e(ds: &Dataset, partitions: i32) -> Result<RunStats> {
     let broker_cpu = broker.cpu();
     let meter = Meter::start();
     let mut src = crate::source::kafka::KafkaSource::connect(
-        &broker.bootstrap,
-        TOPIC,
+        broker.bootstrap(),
+        &topic,
         "runnel-bench",
         crate::sql::StartFrom::Earliest,
         &Default::default(),
         &stop,
     )?;
     let mut stats = RunStats {
-        name: format!("e2e mock cluster ({partitions} partitions)"),
+        name: match &broker {
+            Broker::Mock(_) => format!("e2e mock cluster ({partitions} partitions)"),
+            Broker::External { .. } => format!("e2e external broker ({partitions} partitions)"),
+        },
         ..Default::default()
     };
     let mut seen = 0usize;
@@ -821,7 +893,10 @@ pub async fn run_e2e(ds: &Dataset, partitions: i32) -> Result<RunStats> {
         .counters
         .windows_closed
         .load(std::sync::atomic::Ordering::Relaxed);
-    stats.other_cpu_s = Some(broker.cpu().saturating_sub(broker_cpu).as_secs_f64());
+    stats.other_cpu_s = broker
+        .cpu()
+        .zip(broker_cpu)
+        .map(|(after, before)| after.saturating_sub(before).as_secs_f64());
     if seen < ds.len() {
         println!(
             "e2e: only {seen} of {} records were read back (the mock cluster dropped some)",
@@ -880,7 +955,7 @@ pub async fn run_latency(rate: u64, secs: u64, partitions: i32) -> Result<RunSta
             for _ in 0..100 {
                 buf.clear();
                 write_impression(&mut rng, ts, 100, &mut buf);
-                send(&p, &buf, (n % partitions.max(1) as u64) as i32)?;
+                send(&p, TOPIC, &buf, (n % partitions.max(1) as u64) as i32)?;
                 n += 1;
             }
             p.poll(Duration::ZERO);
