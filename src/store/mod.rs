@@ -79,6 +79,39 @@ pub fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// How a results column is stored, whatever the backend: each store maps
+/// these to its own column types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ColumnKind {
+    Bool,
+    Int,
+    Real,
+    Timestamp,
+    Blob,
+    Text,
+}
+
+/// The storage kind of an Arrow type.
+pub(crate) fn column_kind(dt: &DataType) -> ColumnKind {
+    match dt {
+        DataType::Boolean => ColumnKind::Bool,
+        DataType::Int8
+        | DataType::Int16
+        | DataType::Int32
+        | DataType::Int64
+        | DataType::UInt8
+        | DataType::UInt16
+        | DataType::UInt32
+        | DataType::UInt64 => ColumnKind::Int,
+        DataType::Float16 | DataType::Float32 | DataType::Float64 | DataType::Decimal128(_, _) => {
+            ColumnKind::Real
+        }
+        DataType::Timestamp(_, _) => ColumnKind::Timestamp,
+        DataType::Binary | DataType::LargeBinary => ColumnKind::Blob,
+        _ => ColumnKind::Text,
+    }
+}
+
 /// One page of results read from a results table.
 #[derive(Debug)]
 pub struct ResultPage {
@@ -291,26 +324,15 @@ fn page_to_batch(page: &ResultPage, schema: &SchemaRef) -> Result<RecordBatch> {
     let mut cols: Vec<ArrayRef> = Vec::new();
     for (c, field) in schema.fields().iter().enumerate() {
         let vals = page.rows.iter().map(|r| &r[c]);
-        let raw: ArrayRef = match field.data_type() {
-            DataType::Boolean
-            | DataType::Int8
-            | DataType::Int16
-            | DataType::Int32
-            | DataType::Int64
-            | DataType::UInt8
-            | DataType::UInt16
-            | DataType::UInt32
-            | DataType::UInt64 => Arc::new(
+        let raw: ArrayRef = match column_kind(field.data_type()) {
+            ColumnKind::Bool | ColumnKind::Int => Arc::new(
                 vals.map(|v| match v {
                     Value::Integer(i) => Some(*i),
                     _ => None,
                 })
                 .collect::<Int64Array>(),
             ),
-            DataType::Float16
-            | DataType::Float32
-            | DataType::Float64
-            | DataType::Decimal128(_, _) => Arc::new(
+            ColumnKind::Real => Arc::new(
                 vals.map(|v| match v {
                     Value::Real(f) => Some(*f),
                     Value::Integer(i) => Some(*i as f64),
@@ -318,14 +340,14 @@ fn page_to_batch(page: &ResultPage, schema: &SchemaRef) -> Result<RecordBatch> {
                 })
                 .collect::<Float64Array>(),
             ),
-            DataType::Binary | DataType::LargeBinary => Arc::new(
+            ColumnKind::Blob => Arc::new(
                 vals.map(|v| match v {
                     Value::Blob(b) => Some(b.clone()),
                     _ => None,
                 })
                 .collect::<BinaryArray>(),
             ),
-            _ => Arc::new(
+            ColumnKind::Timestamp | ColumnKind::Text => Arc::new(
                 vals.map(|v| match v {
                     Value::Text(s) => Some(s.clone()),
                     _ => None,

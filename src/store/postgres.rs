@@ -30,7 +30,9 @@ use tokio::sync::Mutex;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, Row};
 
-use super::{Checkpoint, ResultFilter, ResultPage, TS_FORMAT, Value, quote};
+use super::{
+    Checkpoint, ColumnKind, ResultFilter, ResultPage, TS_FORMAT, Value, column_kind, quote,
+};
 use crate::error::{Error, Result};
 use crate::window::Emission;
 
@@ -126,22 +128,13 @@ fn refs(params: &[Param]) -> Vec<&(dyn ToSql + Sync)> {
 }
 
 fn pg_type(dt: &DataType) -> &'static str {
-    match dt {
-        DataType::Boolean => "BOOLEAN",
-        DataType::Int8
-        | DataType::Int16
-        | DataType::Int32
-        | DataType::Int64
-        | DataType::UInt8
-        | DataType::UInt16
-        | DataType::UInt32
-        | DataType::UInt64 => "BIGINT",
-        DataType::Float16 | DataType::Float32 | DataType::Float64 | DataType::Decimal128(_, _) => {
-            "DOUBLE PRECISION"
-        }
-        DataType::Timestamp(_, _) => "TIMESTAMP(3)",
-        DataType::Binary | DataType::LargeBinary => "BYTEA",
-        _ => "TEXT",
+    match column_kind(dt) {
+        ColumnKind::Bool => "BOOLEAN",
+        ColumnKind::Int => "BIGINT",
+        ColumnKind::Real => "DOUBLE PRECISION",
+        ColumnKind::Timestamp => "TIMESTAMP(3)",
+        ColumnKind::Blob => "BYTEA",
+        ColumnKind::Text => "TEXT",
     }
 }
 
@@ -161,25 +154,25 @@ enum Col {
 
 impl Col {
     fn from_array(a: &ArrayRef) -> Result<Self> {
-        Ok(match pg_type(a.data_type()) {
-            "BOOLEAN" => Col::Bool(a.as_boolean().clone()),
-            "BIGINT" => Col::Int(
+        Ok(match column_kind(a.data_type()) {
+            ColumnKind::Bool => Col::Bool(a.as_boolean().clone()),
+            ColumnKind::Int => Col::Int(
                 cast(a, &DataType::Int64)?
                     .as_primitive::<Int64Type>()
                     .clone(),
             ),
-            "DOUBLE PRECISION" => Col::Real(
+            ColumnKind::Real => Col::Real(
                 cast(a, &DataType::Float64)?
                     .as_primitive::<Float64Type>()
                     .clone(),
             ),
-            "TIMESTAMP(3)" => Col::Ts(
+            ColumnKind::Timestamp => Col::Ts(
                 cast(a, &DataType::Timestamp(TimeUnit::Millisecond, None))?
                     .as_primitive::<TimestampMillisecondType>()
                     .clone(),
             ),
-            "BYTEA" => Col::Blob(cast(a, &DataType::Binary)?.as_binary::<i32>().clone()),
-            _ => Col::Text(cast(a, &DataType::Utf8)?.as_string::<i32>().clone()),
+            ColumnKind::Blob => Col::Blob(cast(a, &DataType::Binary)?.as_binary::<i32>().clone()),
+            ColumnKind::Text => Col::Text(cast(a, &DataType::Utf8)?.as_string::<i32>().clone()),
         })
     }
 

@@ -27,26 +27,17 @@ use datafusion::arrow::datatypes::{
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Checkpoint, ResultFilter, ResultPage, format_ts, quote};
+use super::{Checkpoint, ColumnKind, ResultFilter, ResultPage, column_kind, format_ts, quote};
 use crate::error::{Error, Result};
 use crate::window::Emission;
 
 fn sqlite_type(dt: &DataType) -> &'static str {
-    match dt {
-        DataType::Boolean
-        | DataType::Int8
-        | DataType::Int16
-        | DataType::Int32
-        | DataType::Int64
-        | DataType::UInt8
-        | DataType::UInt16
-        | DataType::UInt32
-        | DataType::UInt64 => "INTEGER",
-        DataType::Float16 | DataType::Float32 | DataType::Float64 | DataType::Decimal128(_, _) => {
-            "REAL"
-        }
-        DataType::Binary | DataType::LargeBinary => "BLOB",
-        _ => "TEXT",
+    match column_kind(dt) {
+        ColumnKind::Bool | ColumnKind::Int => "INTEGER",
+        ColumnKind::Real => "REAL",
+        ColumnKind::Blob => "BLOB",
+        // Timestamps are sortable text in TS_FORMAT.
+        ColumnKind::Timestamp | ColumnKind::Text => "TEXT",
     }
 }
 
@@ -60,26 +51,26 @@ enum Stored {
 
 impl Stored {
     fn from_array(a: &ArrayRef) -> Result<Self> {
-        Ok(match a.data_type() {
-            DataType::Timestamp(_, _) => {
+        Ok(match column_kind(a.data_type()) {
+            ColumnKind::Timestamp => {
                 let ms = cast(a, &DataType::Timestamp(TimeUnit::Millisecond, None))?;
                 let ms = ms.as_primitive::<TimestampMillisecondType>();
                 Stored::Text(ms.iter().map(|v| v.map(format_ts)).collect())
             }
-            dt => match sqlite_type(dt) {
-                "INTEGER" => Stored::Int(
-                    cast(a, &DataType::Int64)?
-                        .as_primitive::<Int64Type>()
-                        .clone(),
-                ),
-                "REAL" => Stored::Real(
-                    cast(a, &DataType::Float64)?
-                        .as_primitive::<Float64Type>()
-                        .clone(),
-                ),
-                "BLOB" => Stored::Blob(cast(a, &DataType::Binary)?.as_binary::<i32>().clone()),
-                _ => Stored::Text(cast(a, &DataType::Utf8)?.as_string::<i32>().clone()),
-            },
+            ColumnKind::Bool | ColumnKind::Int => Stored::Int(
+                cast(a, &DataType::Int64)?
+                    .as_primitive::<Int64Type>()
+                    .clone(),
+            ),
+            ColumnKind::Real => Stored::Real(
+                cast(a, &DataType::Float64)?
+                    .as_primitive::<Float64Type>()
+                    .clone(),
+            ),
+            ColumnKind::Blob => {
+                Stored::Blob(cast(a, &DataType::Binary)?.as_binary::<i32>().clone())
+            }
+            ColumnKind::Text => Stored::Text(cast(a, &DataType::Utf8)?.as_string::<i32>().clone()),
         })
     }
 
