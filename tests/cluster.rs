@@ -184,23 +184,7 @@ async fn three_servers_equal_one_and_survive_a_kill() {
     assert!(err.to_string().contains("approx_distinct"), "{err}");
 
     // Kafka's group protocol shares the partitions out among the three.
-    let owners = || {
-        pg.psql(
-            "cluster",
-            "SELECT count(DISTINCT owner) || '|' || count(*) FROM runnel_partition_progress WHERE query = 'adnetwork'",
-        )
-        .trim()
-        .to_string()
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while owners() != "3|12" {
-        assert!(
-            Instant::now() < deadline,
-            "partitions not shared: {}",
-            owners()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_owners(&pg, "cluster", 3).await;
 
     // 60 s of event time, well in the past; half before the kill.
     let t0 = (chrono::Utc::now().timestamp_millis() / 10_000 - 100) * 10_000;
@@ -256,9 +240,33 @@ async fn three_servers_equal_one_and_survive_a_kill() {
     );
 
     // The partitions were shared, and the survivors own them all.
-    assert_eq!(owners(), "2|12");
+    assert_eq!(owners(&pg, "cluster"), "2|12");
     let (_, q) = a.get("/queries/adnetwork").await;
     assert_eq!(q["status"], "running", "{q}");
+}
+
+/// `owners|partitions` of the cluster query's partitions in database `db`.
+fn owners(pg: &Postgres, db: &str) -> String {
+    pg.psql(
+        db,
+        "SELECT count(DISTINCT owner) || '|' || count(*) FROM runnel_partition_progress",
+    )
+    .trim()
+    .to_string()
+}
+
+/// Waits until `servers` servers own all the partitions.
+async fn wait_owners(pg: &Postgres, db: &str, servers: usize) {
+    let want = format!("{servers}|{PARTITIONS}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = owners(pg, db);
+        if got == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "partitions not shared: {got}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// CPU seconds (user + system) used so far by process `pid`.
@@ -309,20 +317,7 @@ async fn cluster_throughput() {
             .map(|i| TestServer::start_with(&dir.path().join(format!("s{i}")), &brokers, &env))
             .collect();
         all[0].sql(&format!("{STREAM}; {QUERY}")).await;
-        let db = format!("bench{servers}");
-        let want = format!("{servers}|{PARTITIONS}");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let owners = pg.psql(
-                &db,
-                "SELECT count(DISTINCT owner) || '|' || count(*) FROM runnel_partition_progress",
-            );
-            if owners.trim() == want {
-                break;
-            }
-            assert!(Instant::now() < deadline, "partitions not shared: {owners}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        wait_owners(&pg, &format!("bench{servers}"), servers).await;
         let cpu0: f64 = all.iter().map(|s| cpu_seconds(s.pid())).sum();
         let started = Instant::now();
         let t0 = (chrono::Utc::now().timestamp_millis() / 10_000 - 100) * 10_000;
