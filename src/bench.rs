@@ -857,6 +857,8 @@ pub async fn run_e2e(
         &Default::default(),
         &stop,
     )?;
+    // As a query does: the watermark waits for every partition.
+    engine.register_partitions(src.partitions());
     let mut stats = RunStats {
         name: match &broker {
             Broker::Mock(_) => format!("e2e mock cluster ({partitions} partitions)"),

@@ -361,6 +361,10 @@ fn open(
         // Bound what is fetched ahead of processing: when input outruns
         // the engine, fetching pauses instead of memory growing.
         .set("queued.max.messages.kbytes", "4096")
+        // ...and resumes soon after the engine drains it: librdkafka's
+        // default waits a whole second, which left the consumer idle most
+        // of the time when catching up (34k records/s instead of 1M+).
+        .set("fetch.queue.backoff.ms", "5")
         .set("allow.auto.create.topics", "false");
     for (k, v) in extra {
         config.set(*k, *v);
