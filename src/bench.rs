@@ -33,6 +33,7 @@ use rand::{Rng, SeedableRng};
 use crate::error::{Error, Result};
 use crate::format::json::JsonDecoder;
 use crate::plan::ContinuousPlan;
+use crate::source::Source;
 use crate::source::generator::{GEOS, NUM_ADVERTISERS, NUM_COOKIES, NUM_WEBSITES};
 use crate::sql::{SelectSql, Statement, StreamDef, parse_statement};
 use crate::window::WindowEngine;
@@ -620,7 +621,16 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         }
         if wants(&args, "e2e") {
             let external = args.brokers.as_deref().map(|b| (b, args.broker_pid));
-            println!("{}", run_e2e(&ds, args.partitions, external).await?.line());
+            let runs = run_e2e(&ds, args.partitions, external).await?;
+            for r in &runs {
+                println!("{}", r.line());
+            }
+            if let [one, prefetch] = &runs[..] {
+                println!(
+                    "e2e: prefetch / one thread: {:.2}x records/s wall",
+                    prefetch.rate() / one.rate()
+                );
+            }
         }
     }
     if wants(&args, "linear") {
@@ -804,13 +814,15 @@ fn send(
 
 /// Pre-fills a topic of the mock cluster (in its own process) with `ds`, then
 /// reads it with Runnel's Kafka source, decoder and window engine, as a query
-/// thread does. The mock cluster keeps only 5 MiB per partition, so the topic
-/// gets enough partitions to hold the whole dataset.
+/// thread does: once polling on the query's own thread (the baseline), once
+/// with the source read one poll ahead on a second thread (what queries run).
+/// The mock cluster keeps only 5 MiB per partition, so the topic gets enough
+/// partitions to hold the whole dataset.
 pub async fn run_e2e(
     ds: &Dataset,
     partitions: i32,
     external: Option<(&str, Option<u32>)>,
-) -> Result<RunStats> {
+) -> Result<Vec<RunStats>> {
     use rdkafka::producer::Producer;
     let (broker, topic, partitions) = match external {
         None => {
@@ -844,14 +856,37 @@ pub async fn run_e2e(
         ds.len(),
         t.elapsed().as_secs_f64()
     );
+    let what = match &broker {
+        Broker::Mock(_) => format!("e2e mock cluster ({partitions} partitions)"),
+        Broker::External { .. } => format!("e2e external broker ({partitions} partitions)"),
+    };
+    let mut runs = Vec::new();
+    for prefetch in [false, true] {
+        let name = match prefetch {
+            false => format!("{what}, one thread"),
+            true => format!("{what}, prefetch"),
+        };
+        runs.push(consume_e2e(ds, &broker, &topic, name, prefetch).await?);
+    }
+    Ok(runs)
+}
 
+/// Reads the whole of `topic` from the start through the engine.
+async fn consume_e2e(
+    ds: &Dataset,
+    broker: &Broker,
+    topic: &str,
+    name: String,
+    prefetch: bool,
+) -> Result<RunStats> {
+    use crate::source::prefetch::Prefetch;
     let (mut engine, mut decoder) = engine_for(QUERY_SQL).await?;
     let stop = std::sync::atomic::AtomicBool::new(false);
     let broker_cpu = broker.cpu();
     let meter = Meter::start();
-    let mut src = crate::source::kafka::KafkaSource::connect(
+    let src = crate::source::kafka::KafkaSource::connect(
         broker.bootstrap(),
-        &topic,
+        topic,
         "runnel-bench",
         crate::sql::StartFrom::Earliest,
         &Default::default(),
@@ -859,17 +894,26 @@ pub async fn run_e2e(
     )?;
     // As a query does: the watermark waits for every partition.
     engine.register_partitions(src.partitions());
+    let wait = Duration::from_millis(100);
+    enum Reader {
+        Direct(crate::source::kafka::KafkaSource),
+        Ahead(Prefetch),
+    }
+    let mut src = match prefetch {
+        true => Reader::Ahead(Prefetch::spawn(Source::Kafka(src), 100_000, wait)),
+        false => Reader::Direct(src),
+    };
     let mut stats = RunStats {
-        name: match &broker {
-            Broker::Mock(_) => format!("e2e mock cluster ({partitions} partitions)"),
-            Broker::External { .. } => format!("e2e external broker ({partitions} partitions)"),
-        },
+        name,
         ..Default::default()
     };
     let mut seen = 0usize;
     let mut idle = Instant::now();
     while seen < ds.len() && idle.elapsed() < Duration::from_secs(10) {
-        let chunks = src.poll(100_000, Duration::from_millis(100))?;
+        let chunks = match &mut src {
+            Reader::Direct(direct) => direct.poll(100_000, wait)?,
+            Reader::Ahead(ahead) => ahead.poll(wait)?,
+        };
         if !chunks.is_empty() {
             idle = Instant::now();
         }
@@ -886,6 +930,7 @@ pub async fn run_e2e(
     }
     let out = engine.close_idle(i64::MAX).await?;
     stats.rows += out.iter().map(|e| e.batch.num_rows()).sum::<usize>();
+    drop(src);
     let (wall_s, cpu_s) = meter.stop();
     stats.records = seen;
     stats.wall_s = wall_s;

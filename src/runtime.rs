@@ -1,6 +1,7 @@
 //! Running a continuous query: source → decoder → window engine → store.
 //!
-//! Each query runs on its own thread: it polls its Kafka partitions, decodes
+//! Each query runs on its own thread (its source read one poll ahead on
+//! another, see [`Prefetch`]): it takes its Kafka partitions' records, decodes
 //! each partition's records into one batch, feeds the window engine, and
 //! commits emitted rows together with the consumed offsets and the engine's
 //! checkpoint in one store transaction — at every window close and at least
@@ -19,6 +20,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use crate::error::{Error, Result};
 use crate::format::Decoder;
 use crate::plan::ContinuousPlan;
+use crate::source::prefetch::Prefetch;
 use crate::source::stats::StreamStats;
 use crate::source::{Chunk, Source};
 use crate::sql::window::WindowKind;
@@ -314,7 +316,7 @@ impl QueryTask {
         self.set_status(QueryStatus::WaitingForTopic);
         let brokers = self.stream.brokers.as_deref().unwrap_or(&self.brokers);
         let client = format!("runnel-{}", self.name);
-        let mut src = match Source::connect(
+        let src = match Source::connect(
             &self.stream,
             brokers,
             &client,
@@ -326,12 +328,13 @@ impl QueryTask {
             Err(_) if self.stop.load(Ordering::Relaxed) => return Ok(()),
             Err(e) => return Err(e),
         };
+        let mut src = Prefetch::spawn(src, 100_000, Duration::from_millis(100));
         let sink = match &self.into_topic {
             Some(t) => Some(crate::sink::TopicSink::new(brokers, t)?),
             None => None,
         };
         self.set_status(QueryStatus::Running);
-        let partitions = src.partitions();
+        let partitions = src.partitions().to_vec();
         engine.register_partitions(&partitions);
         // A partition silent for `idle_after` stops holding the watermark back.
         let mut last_data: BTreeMap<i32, Instant> =
@@ -357,7 +360,7 @@ impl QueryTask {
             self.counters.records_in.load(Ordering::Relaxed),
         );
         while !self.stop.load(Ordering::Relaxed) {
-            let chunks = src.poll(100_000, Duration::from_millis(100))?;
+            let chunks = src.poll(Duration::from_millis(100))?;
             let batch_start = Instant::now();
             let mut emitted: Vec<Emission> = Vec::new();
             let now = now_ms();

@@ -3,7 +3,8 @@
 //! Where Runnel's input records come from. [`kafka`] reads a topic's
 //! partitions for a query, [`socket`] reads newline-delimited records from a
 //! TCP server, and [`file`] reads a file's lines and follows it as it grows.
-//! [`Source`] picks one of them from a stream's `source` option.
+//! [`Source`] picks one of them from a stream's `source` option, and
+//! [`prefetch`] reads it on a thread of its own, one poll ahead of the query.
 //! [`generator`] holds the built-in load generators (ad impressions, user
 //! activity, access logs) that feed Kafka topics or standard output with
 //! deterministic, seeded records.
@@ -11,6 +12,7 @@
 pub mod file;
 pub mod generator;
 pub mod kafka;
+pub mod prefetch;
 pub mod socket;
 pub mod stats;
 
