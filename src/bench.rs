@@ -917,16 +917,16 @@ async fn consume_e2e(
         if !chunks.is_empty() {
             idle = Instant::now();
         }
+        let mut batches = Vec::with_capacity(chunks.len());
         for chunk in &chunks {
             seen += chunk.len();
             let (b, bad) = decoder.decode(&chunk.payloads());
             stats.bad += bad.len();
-            if let Some(b) = b {
-                let out = engine.process(chunk.partition, b, 0).await?;
-                stats.rows += out.iter().map(|e| e.batch.num_rows()).sum::<usize>();
-            }
-            stats.state_bytes = stats.state_bytes.max(engine.state_bytes());
+            batches.extend(b.map(|b| (chunk.partition, b)));
         }
+        let out = engine.process_polled(batches, 0).await?;
+        stats.rows += out.iter().map(|e| e.batch.num_rows()).sum::<usize>();
+        stats.state_bytes = stats.state_bytes.max(engine.state_bytes());
     }
     let out = engine.close_idle(i64::MAX).await?;
     stats.rows += out.iter().map(|e| e.batch.num_rows()).sum::<usize>();

@@ -243,12 +243,16 @@ pub(crate) fn run(task: &QueryTask, cluster: &str, set_status: impl Fn(QueryStat
         }
         let now = now_ms();
         if !fenced {
+            let mut batches = Vec::with_capacity(chunks.len());
             for chunk in &chunks {
                 last_data.insert(chunk.partition, Instant::now());
                 if let Some(batch) = task.decode_chunk(&mut decoder, chunk, et, now)? {
-                    rt.block_on(engine.process(chunk.partition, batch, now))?;
-                    task.check_state_limit(&rt, &mut engine)?;
+                    batches.push((chunk.partition, batch));
                 }
+            }
+            if !batches.is_empty() {
+                rt.block_on(engine.process_polled(batches, now))?;
+                task.check_state_limit(&rt, &mut engine)?;
             }
         }
         if last_flush.elapsed() < task.checkpoint_interval {

@@ -385,11 +385,15 @@ impl QueryTask {
                     engine.set_idle(*p, at.elapsed() >= self.idle_after && caught_up);
                 }
             }
+            let mut batches = Vec::with_capacity(chunks.len());
             for chunk in &chunks {
                 if let Some(batch) = self.decode_chunk(&mut decoder, chunk, et, now)? {
-                    emitted.extend(rt.block_on(engine.process(chunk.partition, batch, now))?);
-                    self.check_state_limit(&rt, &mut engine)?;
+                    batches.push((chunk.partition, batch));
                 }
+            }
+            if !batches.is_empty() {
+                emitted.extend(rt.block_on(engine.process_polled(batches, now))?);
+                self.check_state_limit(&rt, &mut engine)?;
             }
             if let Some(ms) = emit_ms
                 && now >= next_emit

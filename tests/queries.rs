@@ -4,9 +4,11 @@
 //! `SELECT`; `NAME.input` holds the records, one per line as
 //! `<partition> <json>`, plus `idle <wall ms>` (the stream went quiet at that
 //! wall-clock time) and `emit <wall ms>` (a cumulative emit tick) lines;
-//! `NAME.expected` holds every emission, in order. Each case runs twice —
-//! one record per batch, and each partition's consecutive records in one
-//! batch — and both runs must match, so results never depend on batching.
+//! `NAME.expected` holds every emission, in order. Each case runs three
+//! times — one record per batch; each partition's consecutive records in one
+//! batch; and all records between two `idle`/`emit` lines as one poll, one
+//! batch per partition, aggregated together as a query does — and all runs
+//! must match, so results never depend on batching.
 //!
 //! Run: `cargo test --test queries`. Update the expected files:
 //! `RUNNEL_UPDATE_GOLDEN=1 cargo test --test queries`.
@@ -47,7 +49,19 @@ fn parse_input(text: &str) -> Vec<Line> {
         .collect()
 }
 
-async fn run_case(sql: &str, input: &[Line], grouped: bool) -> String {
+/// How a case's records are handed to the engine.
+#[derive(Clone, Copy, PartialEq)]
+enum Batching {
+    /// One record per call.
+    Single,
+    /// Each run of one partition's consecutive records in one call.
+    Grouped,
+    /// Every record up to the next `idle`/`emit` line in one
+    /// `process_polled` call, one batch per partition.
+    Polled,
+}
+
+async fn run_case(sql: &str, input: &[Line], batching: Batching) -> String {
     let stmts = parse_sql(sql).unwrap();
     let Statement::CreateStream(stream) = &stmts[0].stmt else {
         panic!("first statement must be CREATE STREAM")
@@ -67,9 +81,26 @@ async fn run_case(sql: &str, input: &[Line], grouped: bool) -> String {
     let mut i = 0;
     while i < input.len() {
         match &input[i] {
+            Line::Rec(..) if batching == Batching::Polled => {
+                let mut parts: Vec<(i32, Vec<&[u8]>)> = Vec::new();
+                while let Some(Line::Rec(p, rec)) = input.get(i) {
+                    match parts.iter_mut().find(|(q, _)| q == p) {
+                        Some((_, recs)) => recs.push(rec.as_bytes()),
+                        None => parts.push((*p, vec![rec.as_bytes()])),
+                    }
+                    i += 1;
+                }
+                let mut batches = Vec::new();
+                for (p, payloads) in parts {
+                    let (batch, bad) = decoder.decode(&payloads);
+                    assert!(bad.is_empty(), "bad input records: {bad:?}");
+                    batches.extend(batch.map(|b| (p, b)));
+                }
+                out.extend(engine.process_polled(batches, 0).await.unwrap());
+            }
             Line::Rec(p, _) => {
                 let mut j = i + 1;
-                if grouped {
+                if batching == Batching::Grouped {
                     while matches!(&input.get(j), Some(Line::Rec(q, _)) if q == p) {
                         j += 1;
                     }
@@ -186,9 +217,11 @@ async fn golden_queries() {
         let sql = std::fs::read_to_string(sql_path).unwrap();
         let input =
             parse_input(&std::fs::read_to_string(sql_path.with_extension("input")).unwrap());
-        let single = run_case(&sql, &input, false).await;
-        let grouped = run_case(&sql, &input, true).await;
+        let single = run_case(&sql, &input, Batching::Single).await;
+        let grouped = run_case(&sql, &input, Batching::Grouped).await;
         assert_eq!(single, grouped, "{name}: output depends on batching");
+        let polled = run_case(&sql, &input, Batching::Polled).await;
+        assert_eq!(single, polled, "{name}: output depends on polling");
         let expected_path = sql_path.with_extension("expected");
         if update {
             std::fs::write(&expected_path, &single).unwrap();

@@ -39,6 +39,10 @@ use crate::error::{Error, Result};
 use crate::plan::ContinuousPlan;
 use crate::sql::window::WindowKind;
 
+/// Records of several small batches aggregated together, at most about this
+/// many rows at a time.
+const COALESCE_ROWS: usize = 65_536;
+
 /// Live counters of one query, shared with the HTTP layer.
 #[derive(Debug)]
 pub struct Counters {
@@ -291,12 +295,75 @@ impl WindowEngine {
         batch: RecordBatch,
         arrival_ms: i64,
     ) -> Result<Vec<Emission>> {
+        self.process_polled(vec![(partition, batch)], arrival_ms)
+            .await
+    }
+
+    /// Processes one poll's batches, each of one partition and in that
+    /// partition's order, then closes what the watermark has passed.
+    ///
+    /// Small batches (many partitions, few records each) are aggregated
+    /// together: per-batch planning and sketch serialisation cost as much
+    /// for 500 records as for 50 000.
+    pub async fn process_polled(
+        &mut self,
+        batches: Vec<(i32, RecordBatch)>,
+        arrival_ms: i64,
+    ) -> Result<Vec<Emission>> {
+        let mut pending: Vec<RecordBatch> = Vec::new();
+        let mut rows = 0;
+        for (partition, batch) in batches {
+            let Some(expanded) = self.assign(partition, batch, arrival_ms)? else {
+                continue;
+            };
+            rows += expanded.num_rows();
+            pending.push(expanded);
+            if rows >= COALESCE_ROWS {
+                self.aggregate(std::mem::take(&mut pending)).await?;
+                rows = 0;
+            }
+        }
+        self.aggregate(pending).await?;
+        let out = match self.watermark() {
+            Some(w) => {
+                self.counters.watermark.store(w, Ordering::Relaxed);
+                if self.partials_only {
+                    vec![]
+                } else {
+                    self.close_until(w).await?
+                }
+            }
+            None => vec![],
+        };
+        Ok(out)
+    }
+
+    /// Folds window-assigned batches into the partial states, as one batch.
+    async fn aggregate(&mut self, expanded: Vec<RecordBatch>) -> Result<()> {
+        let batch = match expanded.len() {
+            0 => return Ok(()),
+            1 => expanded.into_iter().next().expect("one batch"),
+            _ => concat_batches(&self.plan.input_schema, &expanded)?,
+        };
+        let states = self.plan.partial(batch).await?;
+        self.add_states(states).await
+    }
+
+    /// Assigns one partition's records to windows, advancing the partition's
+    /// running watermark record by record and dropping late records: the
+    /// records kept, with their windows' start and end appended.
+    fn assign(
+        &mut self,
+        partition: i32,
+        batch: RecordBatch,
+        arrival_ms: i64,
+    ) -> Result<Option<RecordBatch>> {
         let n = batch.num_rows();
         self.counters
             .records_in
             .fetch_add(n as u64, Ordering::Relaxed);
         if n == 0 {
-            return Ok(vec![]);
+            return Ok(None);
         }
         let (ts, nulls) = match self.event_time {
             Some(c) => {
@@ -362,38 +429,28 @@ impl WindowEngine {
         if pm != i64::MIN {
             self.partition_max.insert(partition, pm);
         }
-        if !idx.is_empty() {
-            // Every record in one window each, in order: the columns as they are.
-            let identity = idx.len() == n && idx.iter().enumerate().all(|(k, &v)| v as usize == k);
-            let indices = UInt32Array::from(idx);
-            let mut cols: Vec<ArrayRef> = Vec::with_capacity(batch.num_columns() + 2);
-            for (i, c) in batch.columns().iter().enumerate() {
-                cols.push(if identity {
-                    c.clone()
-                } else if self.read.binary_search(&i).is_ok() {
-                    take(c.as_ref(), &indices, None)?
-                } else {
-                    new_null_array(c.data_type(), indices.len())
-                });
-            }
-            cols.push(Arc::new(TimestampMillisecondArray::from(starts)));
-            cols.push(Arc::new(TimestampMillisecondArray::from(ends)));
-            let expanded = RecordBatch::try_new(self.plan.input_schema.clone(), cols)?;
-            let states = self.plan.partial(expanded).await?;
-            self.add_states(states).await?;
+        if idx.is_empty() {
+            return Ok(None);
         }
-        let out = match self.watermark() {
-            Some(w) => {
-                self.counters.watermark.store(w, Ordering::Relaxed);
-                if self.partials_only {
-                    vec![]
-                } else {
-                    self.close_until(w).await?
-                }
-            }
-            None => vec![],
-        };
-        Ok(out)
+        // Every record in one window each, in order: the columns as they are.
+        let identity = idx.len() == n && idx.iter().enumerate().all(|(k, &v)| v as usize == k);
+        let indices = UInt32Array::from(idx);
+        let mut cols: Vec<ArrayRef> = Vec::with_capacity(batch.num_columns() + 2);
+        for (i, c) in batch.columns().iter().enumerate() {
+            cols.push(if identity {
+                c.clone()
+            } else if self.read.binary_search(&i).is_ok() {
+                take(c.as_ref(), &indices, None)?
+            } else {
+                new_null_array(c.data_type(), indices.len())
+            });
+        }
+        cols.push(Arc::new(TimestampMillisecondArray::from(starts)));
+        cols.push(Arc::new(TimestampMillisecondArray::from(ends)));
+        Ok(Some(RecordBatch::try_new(
+            self.plan.input_schema.clone(),
+            cols,
+        )?))
     }
 
     async fn add_states(&mut self, states: Vec<RecordBatch>) -> Result<()> {

@@ -1,0 +1,7 @@
+CREATE STREAM clicks (ts TIMESTAMP, page TEXT, user_id TEXT, ms BIGINT)
+  WITH (kafka_topic = 'clicks', event_time = 'ts', watermark_delay = '2s');
+
+SELECT page, count(*) AS n, sum(ms) AS total_ms
+FROM clicks
+GROUP BY page
+WINDOW 10s SLIDE 5s;
