@@ -895,13 +895,26 @@ async fn consume_e2e(
     // As a query does: the watermark waits for every partition.
     engine.register_partitions(src.partitions());
     let wait = Duration::from_millis(100);
-    enum Reader {
-        Direct(crate::source::kafka::KafkaSource),
-        Ahead(Prefetch),
+    // One poll decoded: per partition its records, and the counts of records
+    // and of bad ones.
+    type Decoded = (Vec<(i32, RecordBatch)>, usize, usize);
+    let mut decode = move |chunks: Vec<crate::source::Chunk>| -> Result<Decoded> {
+        let (mut batches, mut records, mut bad) = (Vec::with_capacity(chunks.len()), 0, 0);
+        for chunk in &chunks {
+            records += chunk.len();
+            let (b, rejected) = decoder.decode(&chunk.payloads());
+            bad += rejected.len();
+            batches.extend(b.map(|b| (chunk.partition, b)));
+        }
+        Ok((batches, records, bad))
+    };
+    enum Reader<F> {
+        Direct(crate::source::kafka::KafkaSource, F),
+        Ahead(Prefetch<Decoded>),
     }
     let mut src = match prefetch {
-        true => Reader::Ahead(Prefetch::spawn(Source::Kafka(src), 100_000, wait)),
-        false => Reader::Direct(src),
+        true => Reader::Ahead(Prefetch::spawn(Source::Kafka(src), 100_000, wait, decode)),
+        false => Reader::Direct(src, &mut decode),
     };
     let mut stats = RunStats {
         name,
@@ -910,20 +923,15 @@ async fn consume_e2e(
     let mut seen = 0usize;
     let mut idle = Instant::now();
     while seen < ds.len() && idle.elapsed() < Duration::from_secs(10) {
-        let chunks = match &mut src {
-            Reader::Direct(direct) => direct.poll(100_000, wait)?,
-            Reader::Ahead(ahead) => ahead.poll(wait)?,
+        let (batches, records, bad) = match &mut src {
+            Reader::Direct(direct, decode) => decode(direct.poll(100_000, wait)?)?,
+            Reader::Ahead(ahead) => ahead.poll(wait)?.unwrap_or_default(),
         };
-        if !chunks.is_empty() {
+        if records > 0 {
             idle = Instant::now();
         }
-        let mut batches = Vec::with_capacity(chunks.len());
-        for chunk in &chunks {
-            seen += chunk.len();
-            let (b, bad) = decoder.decode(&chunk.payloads());
-            stats.bad += bad.len();
-            batches.extend(b.map(|b| (chunk.partition, b)));
-        }
+        seen += records;
+        stats.bad += bad;
         let out = engine.process_polled(batches, 0).await?;
         stats.rows += out.iter().map(|e| e.batch.num_rows()).sum::<usize>();
         stats.state_bytes = stats.state_bytes.max(engine.state_bytes());

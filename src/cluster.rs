@@ -44,7 +44,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::compute::concat_batches;
-use datafusion::arrow::datatypes::Schema;
 use datafusion::sql::sqlparser::ast::{
     DuplicateTreatment, Expr, FunctionArguments, visit_expressions,
 };
@@ -52,9 +51,8 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 
 use crate::error::{Error, Result};
-use crate::format::Decoder;
 use crate::plan::ContinuousPlan;
-use crate::runtime::{QueryStatus, QueryTask};
+use crate::runtime::{ChunkDecoder, QueryStatus, QueryTask};
 use crate::source::kafka::{KafkaSource, OnAssign};
 use crate::sql::window::WindowKind;
 use crate::sql::{SelectSql, SourceKind};
@@ -164,19 +162,14 @@ pub(crate) fn run(task: &QueryTask, cluster: &str, set_status: impl Fn(QueryStat
         )));
     }
     let plan = task.plan.clone();
-    let schema = Arc::new(Schema::new(task.stream.fields()));
-    let et = match &task.stream.event_time {
-        Some(c) => Some(schema.index_of(c)?),
-        None => None,
-    };
-    let mut engine = WindowEngine::new(plan.clone(), et, task.stream.watermark_delay_ms);
+    let mut decoder = ChunkDecoder::new(task)?;
+    let mut engine = WindowEngine::new(
+        plan.clone(),
+        decoder.event_time,
+        task.stream.watermark_delay_ms,
+    );
     engine.counters = task.counters.clone();
     engine.keep_partials_only();
-    let mut read = plan.stream_columns_read();
-    read.extend(et);
-    read.sort_unstable();
-    read.dedup();
-    let mut decoder = Decoder::with_projection(task.stream.format, schema, &read)?;
 
     set_status(QueryStatus::WaitingForTopic);
     let owner = owner_token(&task.name);
@@ -246,7 +239,7 @@ pub(crate) fn run(task: &QueryTask, cluster: &str, set_status: impl Fn(QueryStat
             let mut batches = Vec::with_capacity(chunks.len());
             for chunk in &chunks {
                 last_data.insert(chunk.partition, Instant::now());
-                if let Some(batch) = task.decode_chunk(&mut decoder, chunk, et, now)? {
+                if let Some(batch) = decoder.decode(chunk, now)? {
                     batches.push((chunk.partition, batch));
                 }
             }

@@ -164,24 +164,51 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-impl QueryTask {
+/// Decodes a query's chunks into record batches, counting and sampling bad
+/// records as the stream says. Owns what it needs, so it can run on the
+/// source's reader thread (see [`Prefetch`]).
+pub(crate) struct ChunkDecoder {
+    decoder: Decoder,
+    /// Index of the event-time column, if the stream has one.
+    pub event_time: Option<usize>,
+    stream: StreamDef,
+    stats: Arc<StreamStats>,
+    counters: Arc<Counters>,
+}
+
+impl ChunkDecoder {
+    /// A decoder for `task`'s stream that materialises only the columns its
+    /// plan reads (and the event time).
+    pub(crate) fn new(task: &QueryTask) -> Result<Self> {
+        let schema = Arc::new(Schema::new(task.stream.fields()));
+        let event_time = match &task.stream.event_time {
+            Some(c) => Some(schema.index_of(c)?),
+            None => None,
+        };
+        let mut read = task.plan.stream_columns_read();
+        read.extend(event_time);
+        read.sort_unstable();
+        read.dedup();
+        Ok(ChunkDecoder {
+            decoder: Decoder::with_projection(task.stream.format, schema, &read)?,
+            event_time,
+            stream: task.stream.clone(),
+            stats: task.stats.clone(),
+            counters: task.counters.clone(),
+        })
+    }
+
     /// Decodes one chunk: counts and samples its bad records (failing the
     /// query if the stream says so) and returns the good ones with an event
     /// time, if any.
-    pub(crate) fn decode_chunk(
-        &self,
-        decoder: &mut Decoder,
-        chunk: &Chunk,
-        et: Option<usize>,
-        now: i64,
-    ) -> Result<Option<RecordBatch>> {
+    pub(crate) fn decode(&mut self, chunk: &Chunk, now: i64) -> Result<Option<RecordBatch>> {
         let payloads = chunk.payloads();
-        let (batch, decode_bad) = decoder.decode(&payloads);
+        let (batch, decode_bad) = self.decoder.decode(&payloads);
         let (notes, mut bad): (Vec<Rejected>, Vec<Rejected>) = decode_bad
             .into_iter()
             .map(|b| (b.index, b.reason, b.detail))
             .partition(|b| crate::format::is_kept(b.1));
-        let batch = match (batch, et) {
+        let batch = match (batch, self.event_time) {
             (Some(b), Some(c)) => {
                 let good: Vec<usize> = good_indices(payloads.len(), &bad);
                 let (b, rejected) = check_event_time(b, c, now, self.stream.max_future_ms)?;
@@ -217,6 +244,21 @@ impl QueryTask {
         Ok(batch.filter(|b| b.num_rows() > 0))
     }
 
+    /// Decodes one poll's chunks: per chunk, its partition and its good
+    /// records.
+    pub(crate) fn decode_poll(&mut self, chunks: &[Chunk]) -> Result<Vec<Decoded>> {
+        let now = now_ms();
+        chunks
+            .iter()
+            .map(|c| Ok((c.partition, self.decode(c, now)?)))
+            .collect()
+    }
+}
+
+/// One chunk decoded: its partition and its good records, if any.
+pub(crate) type Decoded = (i32, Option<RecordBatch>);
+
+impl QueryTask {
     /// Fails the query when its state is over `max_state_rows`.
     pub(crate) fn check_state_limit(
         &self,
@@ -289,11 +331,8 @@ impl QueryTask {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let schema = Arc::new(Schema::new(self.stream.fields()));
-        let et = match &self.stream.event_time {
-            Some(c) => Some(schema.index_of(c)?),
-            None => None,
-        };
+        let mut decoder = ChunkDecoder::new(self)?;
+        let et = decoder.event_time;
         let mut engine = WindowEngine::new(self.plan.clone(), et, self.stream.watermark_delay_ms);
         engine.counters = self.counters.clone();
         if !self.state_retention.is_zero() {
@@ -328,7 +367,11 @@ impl QueryTask {
             Err(_) if self.stop.load(Ordering::Relaxed) => return Ok(()),
             Err(e) => return Err(e),
         };
-        let mut src = Prefetch::spawn(src, 100_000, Duration::from_millis(100));
+        // Records are read and decoded one poll ahead on a second thread.
+        let wait = Duration::from_millis(100);
+        let mut src = Prefetch::spawn(src, 100_000, wait, move |chunks| {
+            decoder.decode_poll(&chunks)
+        });
         let sink = match &self.into_topic {
             Some(t) => Some(crate::sink::TopicSink::new(brokers, t)?),
             None => None,
@@ -339,12 +382,6 @@ impl QueryTask {
         // A partition silent for `idle_after` stops holding the watermark back.
         let mut last_data: BTreeMap<i32, Instant> =
             partitions.iter().map(|p| (*p, Instant::now())).collect();
-        // Materialise only the columns the query reads (and the event time).
-        let mut read = self.plan.stream_columns_read();
-        read.extend(et);
-        read.sort_unstable();
-        read.dedup();
-        let mut decoder = Decoder::with_projection(self.stream.format, schema, &read)?;
         let emit_ms = match self.plan.window.kind {
             WindowKind::Cumulative { emit_ms } => Some(emit_ms),
             _ => None,
@@ -360,11 +397,12 @@ impl QueryTask {
             self.counters.records_in.load(Ordering::Relaxed),
         );
         while !self.stop.load(Ordering::Relaxed) {
-            let chunks = src.poll(Duration::from_millis(100))?;
+            let decoded = src.poll(wait)?.unwrap_or_default();
             let batch_start = Instant::now();
+            let got_records = !decoded.is_empty();
             let mut emitted: Vec<Emission> = Vec::new();
             let now = now_ms();
-            if chunks.is_empty() {
+            if !got_records {
                 if last_record.elapsed() >= self.idle_after {
                     emitted.extend(rt.block_on(engine.close_idle(now))?);
                 }
@@ -372,9 +410,9 @@ impl QueryTask {
                 last_record = Instant::now();
                 uncommitted = true;
             }
-            for chunk in &chunks {
-                last_data.insert(chunk.partition, Instant::now());
-                engine.set_idle(chunk.partition, false);
+            for (p, _) in &decoded {
+                last_data.insert(*p, Instant::now());
+                engine.set_idle(*p, false);
             }
             // Idle: silent for `idle_after` and caught up with its topic.
             if last_data.values().any(|at| at.elapsed() >= self.idle_after) {
@@ -385,12 +423,10 @@ impl QueryTask {
                     engine.set_idle(*p, at.elapsed() >= self.idle_after && caught_up);
                 }
             }
-            let mut batches = Vec::with_capacity(chunks.len());
-            for chunk in &chunks {
-                if let Some(batch) = self.decode_chunk(&mut decoder, chunk, et, now)? {
-                    batches.push((chunk.partition, batch));
-                }
-            }
+            let batches: Vec<(i32, RecordBatch)> = decoded
+                .into_iter()
+                .filter_map(|(p, b)| Some((p, b?)))
+                .collect();
             if !batches.is_empty() {
                 emitted.extend(rt.block_on(engine.process_polled(batches, now))?);
                 self.check_state_limit(&rt, &mut engine)?;
@@ -416,7 +452,7 @@ impl QueryTask {
                 last_commit = Instant::now();
                 uncommitted = false;
             }
-            if !chunks.is_empty() {
+            if got_records {
                 self.metrics.observe_batch(batch_start.elapsed());
             }
             if last_lag.elapsed() >= Duration::from_secs(1) {

@@ -2,11 +2,11 @@
 //!
 //! A query thread that polls, decodes and aggregates in turn leaves the
 //! second core idle while it waits on the consumer, and the consumer idle
-//! while it aggregates. [`Prefetch`] moves polling (and copying payloads
-//! into [`Chunk`]s) to a thread of its own: while the query decodes and
-//! aggregates one poll's records, the next poll is read. At most one poll
-//! waits in between, so memory stays bounded and a slow query still slows
-//! fetching down.
+//! while it aggregates. [`Prefetch`] moves polling, copying payloads into
+//! [`Chunk`]s and a step of the caller's choice (queries decode there) to a
+//! thread of its own: while the query aggregates one poll's records, the
+//! next poll is read and decoded. At most one poll waits in between, so
+//! memory stays bounded and a slow query still slows fetching down.
 //!
 //! Offsets follow what the query has taken, not what was read ahead, so a
 //! checkpoint written with [`Prefetch::offsets`] never skips records.
@@ -19,9 +19,13 @@
 //! # fn demo(stream: &runnel::sql::StreamDef) -> runnel::error::Result<()> {
 //! let src = Source::connect(stream, "127.0.0.1:9092", "runnel-q",
 //!                           stream.start, &BTreeMap::new(), &AtomicBool::new(false))?;
-//! let mut src = Prefetch::spawn(src, 100_000, Duration::from_millis(100));
-//! let chunks = src.poll(Duration::from_millis(100))?;
-//! println!("{} chunks, next offsets {:?}", chunks.len(), src.offsets());
+//! // Counted on the reader thread; the query gets the counts.
+//! let mut src = Prefetch::spawn(src, 100_000, Duration::from_millis(100), |chunks| {
+//!     Ok(chunks.iter().map(|c| c.len()).sum::<usize>())
+//! });
+//! if let Some(records) = src.poll(Duration::from_millis(100))? {
+//!     println!("{records} records, next offsets {:?}", src.offsets());
+//! }
 //! # Ok(()) }
 //! ```
 
@@ -38,12 +42,14 @@ use crate::error::{Error, Result};
 /// How often the reader refreshes the lag it reports.
 const LAG_EVERY: Duration = Duration::from_millis(250);
 
-/// One poll's records and the next offset of every partition after them.
-type Polled = Result<(Vec<Chunk>, BTreeMap<i32, i64>)>;
+/// One poll's records, as the reader's step made them, and the next offset
+/// of every partition after them.
+type Polled<T> = Result<(T, BTreeMap<i32, i64>)>;
 
-/// A [`Source`] polled on its own thread, one poll ahead of the caller.
-pub struct Prefetch {
-    rx: Option<Receiver<Polled>>,
+/// A [`Source`] polled on its own thread, one poll ahead of the caller, each
+/// poll's chunks turned into a `T` there.
+pub struct Prefetch<T> {
+    rx: Option<Receiver<Polled<T>>>,
     partitions: Vec<i32>,
     offsets: BTreeMap<i32, i64>,
     lag: Arc<Mutex<Vec<(i32, i64)>>>,
@@ -51,10 +57,18 @@ pub struct Prefetch {
     reader: Option<JoinHandle<()>>,
 }
 
-impl Prefetch {
+impl<T: Send + 'static> Prefetch<T> {
     /// Starts reading `src` on a new thread, up to `max` records per poll,
-    /// each poll waiting at most `wait` for its first record.
-    pub fn spawn(src: Source, max: usize, wait: Duration) -> Prefetch {
+    /// each poll waiting at most `wait` for its first record; `step` turns
+    /// each non-empty poll's chunks into what [`poll`](Self::poll) returns.
+    /// An error from `step` or the source ends the reader and is returned
+    /// in order, after the polls before it.
+    pub fn spawn(
+        src: Source,
+        max: usize,
+        wait: Duration,
+        step: impl FnMut(Vec<Chunk>) -> Result<T> + Send + 'static,
+    ) -> Prefetch<T> {
         let (tx, rx) = sync_channel(1);
         let partitions = src.partitions();
         let offsets = src.offsets().clone();
@@ -64,7 +78,7 @@ impl Prefetch {
             let (lag, stop) = (lag.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("runnel-prefetch".into())
-                .spawn(move || read(src, max, wait, &tx, &lag, &stop))
+                .spawn(move || read(src, max, wait, step, &tx, &lag, &stop))
                 .expect("spawn prefetch thread")
         };
         Prefetch {
@@ -77,16 +91,16 @@ impl Prefetch {
         }
     }
 
-    /// The next poll's records, waiting at most `wait`; empty when none came.
-    pub fn poll(&mut self, wait: Duration) -> Result<Vec<Chunk>> {
+    /// The next poll's records, waiting at most `wait`; `None` when none came.
+    pub fn poll(&mut self, wait: Duration) -> Result<Option<T>> {
         let rx = self.rx.as_ref().expect("receiver lives until drop");
         match rx.recv_timeout(wait) {
             Ok(polled) => {
-                let (chunks, offsets) = polled?;
+                let (records, offsets) = polled?;
                 self.offsets = offsets;
-                Ok(chunks)
+                Ok(Some(records))
             }
-            Err(RecvTimeoutError::Timeout) => Ok(Vec::new()),
+            Err(RecvTimeoutError::Timeout) => Ok(None),
             Err(RecvTimeoutError::Disconnected) => {
                 Err(Error::Execution("the source's reader stopped".into()))
             }
@@ -110,7 +124,7 @@ impl Prefetch {
     }
 }
 
-impl Drop for Prefetch {
+impl<T> Drop for Prefetch<T> {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         // A reader blocked handing over a poll sees the channel closed.
@@ -121,11 +135,12 @@ impl Drop for Prefetch {
     }
 }
 
-fn read(
+fn read<T>(
     mut src: Source,
     max: usize,
     wait: Duration,
-    tx: &SyncSender<Polled>,
+    mut step: impl FnMut(Vec<Chunk>) -> Result<T>,
+    tx: &SyncSender<Polled<T>>,
     lag: &Mutex<Vec<(i32, i64)>>,
     stop: &AtomicBool,
 ) {
@@ -136,12 +151,12 @@ fn read(
             *lag.lock().unwrap_or_else(|p| p.into_inner()) = src.lag();
             refreshed = Instant::now();
         }
-        let failed = polled.is_err();
         let polled = match polled {
             Ok(chunks) if chunks.is_empty() => continue,
-            Ok(chunks) => Ok((chunks, src.offsets().clone())),
+            Ok(chunks) => step(chunks).map(|records| (records, src.offsets().clone())),
             Err(e) => Err(e),
         };
+        let failed = polled.is_err();
         if tx.send(polled).is_err() || failed {
             return;
         }
@@ -155,31 +170,32 @@ mod tests {
     use crate::sql::StartFrom;
 
     /// Reads the lines of a new file through a prefetching reader that takes
-    /// at most `max` lines per poll.
-    fn prefetch_lines(lines: &[&str], max: usize) -> (tempfile::TempDir, Prefetch) {
+    /// at most `max` lines per poll and applies `step` to each poll.
+    fn prefetch_lines<T: Send + 'static>(
+        lines: &[&str],
+        max: usize,
+        step: impl FnMut(Vec<Chunk>) -> Result<T> + Send + 'static,
+    ) -> (tempfile::TempDir, Prefetch<T>) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("in.log");
-        std::fs::write(
-            &path,
-            lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
-        )
-        .unwrap();
+        let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        std::fs::write(&path, text).unwrap();
         let stop = AtomicBool::new(false);
         let src = FileSource::open(&path, StartFrom::Earliest, &BTreeMap::new(), &stop).unwrap();
-        (
-            dir,
-            Prefetch::spawn(Source::File(src), max, Duration::from_millis(20)),
-        )
+        let wait = Duration::from_millis(20);
+        (dir, Prefetch::spawn(Source::File(src), max, wait, step))
     }
 
     #[test]
     fn offsets_follow_what_was_taken_not_what_was_read_ahead() {
-        let (_dir, mut src) = prefetch_lines(&["aa", "bb", "cc", "dd", "ee"], 2);
+        let (_dir, mut src) = prefetch_lines(&["aa", "bb", "cc", "dd", "ee"], 2, Ok);
         let wait = Duration::from_secs(10);
         let mut taken = Vec::new();
         while taken.len() < 5 {
-            let chunks = src.poll(wait).unwrap();
-            assert!(!chunks.is_empty(), "the reader hands over every poll");
+            let chunks = src
+                .poll(wait)
+                .unwrap()
+                .expect("the reader hands over every poll");
             for c in &chunks {
                 taken.extend(c.payloads().iter().map(|p| p.to_vec()));
             }
@@ -187,14 +203,37 @@ mod tests {
             // last line returned, even though the reader may be a poll ahead.
             assert_eq!(src.offsets().get(&0), Some(&(3 * taken.len() as i64)));
         }
-        assert_eq!(
-            taken,
-            [b"aa", b"bb", b"cc", b"dd", b"ee"].map(|l| l.to_vec())
-        );
+        let expected: Vec<Vec<u8>> = ["aa", "bb", "cc", "dd", "ee"].map(|l| l.into()).into();
+        assert_eq!(taken, expected);
         assert_eq!(src.partitions(), &[0]);
-        // Nothing more: an empty poll after the wait, offsets unchanged.
-        assert!(src.poll(Duration::from_millis(50)).unwrap().is_empty());
+        // Nothing more: no poll after the wait, offsets unchanged.
+        assert!(src.poll(Duration::from_millis(50)).unwrap().is_none());
         assert_eq!(src.offsets().get(&0), Some(&15));
+    }
+
+    #[test]
+    fn a_failing_step_is_returned_after_the_polls_before_it() {
+        // The step runs on the reader: it counts lines and fails on "bad".
+        let (_dir, mut src) = prefetch_lines(&["a", "b", "bad", "c"], 2, |chunks| {
+            let lines: Vec<Vec<u8>> = chunks
+                .iter()
+                .flat_map(|c| c.payloads().into_iter().map(<[u8]>::to_vec))
+                .collect();
+            match lines.iter().any(|l| l == b"bad") {
+                true => Err(Error::Execution("bad line".into())),
+                false => Ok(lines.len()),
+            }
+        });
+        let wait = Duration::from_secs(10);
+        assert_eq!(src.poll(wait).unwrap(), Some(2));
+        assert_eq!(src.offsets().get(&0), Some(&4));
+        let err = src.poll(wait).unwrap_err().to_string();
+        assert!(err.contains("bad line"), "{err}");
+        // The failed poll's records were not taken.
+        assert_eq!(src.offsets().get(&0), Some(&4));
+        // The reader has stopped: its end is reported, not a hang.
+        let err = src.poll(wait).unwrap_err().to_string();
+        assert!(err.contains("reader stopped"), "{err}");
     }
 
     #[test]
@@ -203,8 +242,9 @@ mod tests {
         // until the receiver goes away with the Prefetch.
         let lines: Vec<String> = (0..100).map(|i| format!("line {i}")).collect();
         let lines: Vec<&str> = lines.iter().map(|l| l.as_str()).collect();
-        let (_dir, mut src) = prefetch_lines(&lines, 10);
-        assert_eq!(src.poll(Duration::from_secs(10)).unwrap()[0].len(), 10);
+        let (_dir, mut src) = prefetch_lines(&lines, 10, Ok);
+        let first = src.poll(Duration::from_secs(10)).unwrap().unwrap();
+        assert_eq!(first[0].len(), 10);
         std::thread::sleep(Duration::from_millis(50));
         drop(src); // joins the reader thread: returning at all is the check
     }
