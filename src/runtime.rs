@@ -1,11 +1,12 @@
 //! Running a continuous query: source → decoder → window engine → store.
 //!
-//! Each query runs on its own thread (its source read one poll ahead on
-//! another, see [`Prefetch`]): it takes its Kafka partitions' records, decodes
-//! each partition's records into one batch, feeds the window engine, and
-//! commits emitted rows together with the consumed offsets and the engine's
-//! checkpoint in one store transaction — at every window close and at least
-//! every `checkpoint_interval` while records flow.
+//! Each query runs on two threads. A reader ([`Prefetch`]) polls its Kafka
+//! partitions and decodes each partition's records of a poll into one batch
+//! ([`ChunkDecoder`]), one poll ahead of the query thread, which feeds the
+//! window engine and commits emitted rows together with the offsets of the
+//! records it took and the engine's checkpoint in one store transaction — at
+//! every window close and at least every `checkpoint_interval` while records
+//! flow.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -303,8 +303,11 @@ impl WindowEngine {
     /// partition's order, then closes what the watermark has passed.
     ///
     /// Small batches (many partitions, few records each) are aggregated
-    /// together: per-batch planning and sketch serialisation cost as much
-    /// for 500 records as for 50 000.
+    /// together: per-batch planning and sketch serialisation cost about the
+    /// same for 500 records as for 50 000. Results equal those of calling
+    /// [`process`](Self::process) per batch: the watermark is the minimum
+    /// over partitions, so no window that closes at the end of the poll
+    /// could have taken a later batch's records anyway.
     pub async fn process_polled(
         &mut self,
         batches: Vec<(i32, RecordBatch)>,
