@@ -24,7 +24,9 @@ use datafusion::arrow::array::{
     ArrayRef, BinaryArray, Float64Array, Int64Array, RecordBatch, StringArray,
 };
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Int64Type, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{
+    DataType, Int64Type, Schema, SchemaRef, TimeUnit, TimestampMillisecondType,
+};
 
 pub use rusqlite::types::Value;
 
@@ -156,6 +158,22 @@ fn window_state(e: &Emission) -> Result<Option<WindowState>> {
     };
     let bytes = crate::window::states_to_ipc(&state.schema(), std::slice::from_ref(state))?;
     Ok(Some((bound(0)?, bound(1)?, bytes)))
+}
+
+/// The windows a closed-window emission's rows replace: each distinct
+/// (window_start, window_end) of its rows, in epoch ms, in first-seen order.
+fn replaced_windows(batch: &RecordBatch) -> Result<Vec<(i64, i64)>> {
+    let ms = DataType::Timestamp(TimeUnit::Millisecond, None);
+    let (starts, ends) = (cast(batch.column(0), &ms)?, cast(batch.column(1), &ms)?);
+    let (starts, ends) = (
+        starts.as_primitive::<TimestampMillisecondType>(),
+        ends.as_primitive::<TimestampMillisecondType>(),
+    );
+    let mut seen = std::collections::HashSet::new();
+    Ok((0..batch.num_rows())
+        .map(|i| (starts.value(i), ends.value(i)))
+        .filter(|k| seen.insert(*k))
+        .collect())
 }
 
 /// A saved checkpoint: the next offset per partition and the engine state.

@@ -264,20 +264,11 @@ fn result_statements(query: &str, emissions: &[Emission]) -> Result<Vec<(String,
         if e.cumulative {
             stmts.push((format!("DELETE FROM {table}"), vec![]));
         } else {
-            let mut seen = std::collections::HashSet::new();
-            for i in 0..b.num_rows() {
-                let key = match (&cols[0], &cols[1]) {
-                    (Col::Ts(s), Col::Ts(en)) => (s.value(i), en.value(i)),
-                    _ => {
-                        return Err(Error::Execution("window bounds are not timestamps".into()));
-                    }
-                };
-                if seen.insert(key) {
-                    stmts.push((
-                        format!("DELETE FROM {table} WHERE window_start = $1 AND window_end = $2"),
-                        vec![cols[0].param(i), cols[1].param(i)],
-                    ));
-                }
+            for (s, en) in super::replaced_windows(b)? {
+                stmts.push((
+                    format!("DELETE FROM {table} WHERE window_start = $1 AND window_end = $2"),
+                    vec![Box::new(naive(s)), Box::new(naive(en))],
+                ));
             }
         }
         let names: Vec<String> = b

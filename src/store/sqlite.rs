@@ -253,12 +253,8 @@ impl SqliteStore {
                 let mut del = tx.prepare_cached(&format!(
                     "DELETE FROM {table} WHERE window_start = ?1 AND window_end = ?2"
                 ))?;
-                let mut seen = std::collections::HashSet::new();
-                for i in 0..b.num_rows() {
-                    let (s, en) = (cols[0].value(i), cols[1].value(i));
-                    if seen.insert(format!("{s:?}{en:?}")) {
-                        del.execute(params![s, en])?;
-                    }
+                for (s, en) in super::replaced_windows(b)? {
+                    del.execute(params![format_ts(s), format_ts(en)])?;
                 }
             }
             let names: Vec<String> = b
