@@ -109,36 +109,45 @@ impl StreamStats {
         self.records_in
             .fetch_add((payloads.len() - skip) as u64, Ordering::Relaxed);
         self.bytes_in.fetch_add(bytes as u64, Ordering::Relaxed);
-        for (i, reason, detail) in bad.iter().filter(|b| b.0 >= skip) {
-            let kept = is_kept(reason);
-            if kept {
-                *inner.kept_by_reason.entry(reason).or_default() += 1;
-            } else {
-                self.bad.fetch_add(1, Ordering::Relaxed);
-                *inner.by_reason.entry(reason).or_default() += 1;
-            }
-            let p = payloads[*i];
-            let excerpt = &p[..p.len().min(PAYLOAD_EXCERPT)];
+        let (kept, lost): (Vec<_>, Vec<_>) = bad
+            .iter()
+            .filter(|b| b.0 >= skip)
+            .partition(|b| is_kept(b.1));
+        self.bad.fetch_add(lost.len() as u64, Ordering::Relaxed);
+        for (_, reason, _) in &lost {
+            *inner.by_reason.entry(reason).or_default() += 1;
+        }
+        for (_, reason, _) in &kept {
+            *inner.kept_by_reason.entry(reason).or_default() += 1;
+        }
+        // Only the last `max_samples` of each kind stay in its ring: build
+        // just those (a note can come with every record of a poll).
+        let seen_at = chrono::Utc::now().to_rfc3339();
+        let max = self.max_samples;
+        for (entries, is_kept) in [(lost, false), (kept, true)] {
             // Notes on kept records have their own ring: they never push
             // out the samples of records that were lost.
-            let ring = if kept {
-                &mut inner.kept_samples
-            } else {
-                &mut inner.samples
+            let ring = match is_kept {
+                true => &mut inner.kept_samples,
+                false => &mut inner.samples,
             };
-            if ring.len() == self.max_samples {
-                ring.pop_front();
+            for (i, reason, detail) in &entries[entries.len().saturating_sub(max)..] {
+                if ring.len() == max {
+                    ring.pop_front();
+                }
+                let p = payloads[*i];
+                let excerpt = &p[..p.len().min(PAYLOAD_EXCERPT)];
+                ring.push_back(BadSample {
+                    partition,
+                    offset: first_offset + *i as i64,
+                    reason,
+                    kept: is_kept,
+                    detail: detail.chars().take(300).collect(),
+                    payload: String::from_utf8_lossy(excerpt).into_owned(),
+                    size: p.len(),
+                    seen_at: seen_at.clone(),
+                });
             }
-            ring.push_back(BadSample {
-                partition,
-                offset: first_offset + *i as i64,
-                reason,
-                kept,
-                detail: detail.chars().take(300).collect(),
-                payload: String::from_utf8_lossy(excerpt).into_owned(),
-                size: p.len(),
-                seen_at: chrono::Utc::now().to_rfc3339(),
-            });
         }
         inner.counted_to.insert(partition, end);
     }
