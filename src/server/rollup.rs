@@ -84,9 +84,10 @@ impl App {
             }
         }
         let mut rows = Vec::new();
+        // The close plan's final aggregation merges any number of partial
+        // rows per group, as it does for a window's unmerged partials.
         for (_, states) in buckets {
-            let merged = plan.reduce(states).await?;
-            rows.extend(plan.close(merged).await?);
+            rows.extend(plan.close(states).await?);
         }
         Ok(concat_batches(&plan.output_schema, &rows)?)
     }
