@@ -236,13 +236,14 @@ pub(crate) fn run(task: &QueryTask, cluster: &str, set_status: impl Fn(QueryStat
         }
         let now = now_ms();
         if !fenced {
-            let mut batches = Vec::with_capacity(chunks.len());
             for chunk in &chunks {
                 last_data.insert(chunk.partition, Instant::now());
-                if let Some(batch) = decoder.decode(chunk, now)? {
-                    batches.push((chunk.partition, batch));
-                }
             }
+            let batches: Vec<_> = decoder
+                .decode_poll(&chunks)?
+                .into_iter()
+                .filter_map(|(p, b)| Some((p, b?)))
+                .collect();
             if !batches.is_empty() {
                 rt.block_on(engine.process_polled(batches, now))?;
                 task.check_state_limit(&rt, &mut engine)?;

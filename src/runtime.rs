@@ -202,7 +202,7 @@ impl ChunkDecoder {
     /// Decodes one chunk: counts and samples its bad records (failing the
     /// query if the stream says so) and returns the good ones with an event
     /// time, if any.
-    pub(crate) fn decode(&mut self, chunk: &Chunk, now: i64) -> Result<Option<RecordBatch>> {
+    fn decode(&mut self, chunk: &Chunk, now: i64) -> Result<Option<RecordBatch>> {
         let payloads = chunk.payloads();
         let (batch, decode_bad) = self.decoder.decode(&payloads);
         let (notes, mut bad): (Vec<Rejected>, Vec<Rejected>) = decode_bad
