@@ -317,9 +317,8 @@ fn finalize(
     c.late_records.fetch_add(found.late, Ordering::Relaxed);
     let mut out = Vec::new();
     for w in found.windows {
-        let (emission, merged) = close_window(rt, plan, &w)?;
-        let emissions: Vec<Emission> = emission.into_iter().collect();
-        if pg.finish_window(&task.name, &w, plan.window.grace_ms, &emissions, merged)? {
+        let emissions = vec![close_window(rt, plan, &w)?];
+        if pg.finish_window(&task.name, &w, plan.window.grace_ms, &emissions)? {
             c.windows_closed.fetch_add(1, Ordering::Relaxed);
             c.last_window_end.store(w.end, Ordering::Relaxed);
             let rows: usize = emissions.iter().map(|e| e.batch.num_rows()).sum();
@@ -330,28 +329,23 @@ fn finalize(
     Ok((found.closed_wm, out))
 }
 
-/// Merges a window's partial states and runs the close plan: its rows (if
-/// any) and its merged state, as Arrow IPC.
+/// Merges a window's partial states and runs the close plan: the window's
+/// emission, its rows (possibly none) with its merged state, as a
+/// single server's window close gives it.
 fn close_window(
     rt: &tokio::runtime::Runtime,
     plan: &ContinuousPlan,
     w: &FinalWindow,
-) -> Result<(Option<Emission>, Vec<u8>)> {
+) -> Result<Emission> {
     let mut states = Vec::new();
     for s in &w.states {
         states.extend(states_from_ipc(&plan.state_schema, s)?);
     }
     let merged = rt.block_on(plan.reduce(states))?;
     let rows = rt.block_on(plan.close(merged.clone()))?;
-    let emission = match rows.len() {
-        0 => None,
-        _ => Some(concat_batches(&plan.output_schema, &rows)?),
-    }
-    .filter(|b| b.num_rows() > 0)
-    .map(|batch| Emission {
-        batch,
+    Ok(Emission {
+        batch: concat_batches(&plan.output_schema, &rows)?,
         cumulative: false,
-        state: None,
-    });
-    Ok((emission, states_to_ipc(&plan.state_schema, &merged)?))
+        state: Some(concat_batches(&plan.state_schema, &merged)?),
+    })
 }

@@ -818,25 +818,19 @@ impl PgStore {
         })
     }
 
-    /// Writes a final window's rows and merged state and deletes its partial
-    /// states, atomically; `false` (nothing written) when another server
-    /// finalised it first.
+    /// Writes a final window's emissions (rows and merged state) and deletes
+    /// its partial states, atomically; `false` (nothing written) when another
+    /// server finalised it first.
     pub fn finish_window(
         &self,
         query: &str,
         window: &FinalWindow,
         grace: i64,
         rows: &[Emission],
-        merged: Vec<u8>,
     ) -> Result<bool> {
         let stmts = result_statements(query, rows)?;
         let closed = window.end.saturating_add(grace);
-        let (query, ids, start, end) = (
-            query.to_string(),
-            window.ids.clone(),
-            window.start,
-            window.end,
-        );
+        let (query, ids) = (query.to_string(), window.ids.clone());
         self.run(move |c| async move {
             let mut c = c.lock().await;
             let tx = c.transaction().await?;
@@ -854,13 +848,6 @@ impl PgStore {
             for (sql, params) in &stmts {
                 tx.execute(sql.as_str(), &refs(params)).await?;
             }
-            tx.execute(
-                "INSERT INTO runnel_window_states (query, window_start, window_end, state)
-                 VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (query, window_start, window_end) DO UPDATE SET state = excluded.state",
-                &[&query, &start, &end, &merged],
-            )
-            .await?;
             // Windows are finished in end order, so every window ending by
             // then is final: later partial states for them are late.
             tx.execute(
