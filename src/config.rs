@@ -96,13 +96,17 @@ impl FileConfig {
         }
     }
 
-    /// Merges flags/env (`Some` wins) over this file over defaults.
+    /// Merges flags/env (`Some` wins; an empty store or cluster counts as
+    /// unset) over this file over defaults.
     pub fn resolve(
         self,
         listen: Option<String>,
         brokers: Option<String>,
         data_dir: Option<PathBuf>,
+        store: Option<String>,
+        cluster: Option<String>,
     ) -> Result<Config> {
+        let set = |v: Option<String>| v.filter(|s| !s.is_empty());
         let d = Config::default();
         let dur = |v: Option<String>, def: Duration| -> Result<Duration> {
             match v {
@@ -116,8 +120,8 @@ impl FileConfig {
             listen: listen.or(self.listen).unwrap_or(d.listen),
             brokers: brokers.or(self.brokers).unwrap_or(d.brokers),
             data_dir: data_dir.or(self.data_dir).unwrap_or(d.data_dir),
-            store: self.store.filter(|s| !s.is_empty()),
-            cluster: self.cluster.filter(|s| !s.is_empty()),
+            store: set(store).or(set(self.store)),
+            cluster: set(cluster).or(set(self.cluster)),
             checkpoint_interval: dur(self.checkpoint_interval, d.checkpoint_interval)?,
             idle_after: dur(self.idle_after, d.idle_after)?,
             max_state_rows: self.max_state_rows.unwrap_or(d.max_state_rows),

@@ -262,12 +262,10 @@ async fn main() {
             let explicit = std::env::var_os("RUNNEL_CONFIG").is_some()
                 || std::env::args().any(|a| a == "--config" || a.starts_with("--config="));
             match FileConfig::load(&config, explicit)
-                .and_then(|f| f.resolve(listen, brokers, data_dir))
+                .and_then(|f| f.resolve(listen, brokers, data_dir, store, cluster))
             {
                 Ok(mut c) => {
                     c.token = token.filter(|t| !t.is_empty());
-                    c.store = store.filter(|s| !s.is_empty()).or(c.store);
-                    c.cluster = cluster.filter(|s| !s.is_empty()).or(c.cluster);
                     c.protect_reads |= protect_reads;
                     serve(c).await
                 }
