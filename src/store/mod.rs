@@ -204,8 +204,9 @@ impl Store {
         Ok(Store::Sqlite(SqliteStore::open(data_dir)?))
     }
 
-    /// Opens the store at `url` (`postgres://...` or `postgresql://...`), or
-    /// the SQLite store under `data_dir` when there is none.
+    /// Opens the store at `url` (`postgres://...` or `postgresql://...`, or
+    /// `sqlite:DIR` for the SQLite store under another directory), or the
+    /// SQLite store under `data_dir` when there is none.
     pub fn connect(url: Option<&str>, data_dir: &Path) -> Result<Self> {
         match url {
             None => Self::open(data_dir),
@@ -216,7 +217,7 @@ impl Store {
                 u.trim_start_matches("sqlite:").trim_start_matches("//"),
             )),
             Some(u) => Err(Error::BadRequest(format!(
-                "unsupported store '{u}': use postgres://user:password@host/database, or none for SQLite"
+                "unsupported store '{u}': use postgres://user:password@host/database, sqlite:DIR, or none for SQLite under the data dir"
             ))),
         }
     }
