@@ -28,7 +28,7 @@ use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, TimestampMillisecondArray, UInt32Array, new_null_array,
 };
 use datafusion::arrow::compute::{cast, concat_batches, take};
-use datafusion::arrow::datatypes::{DataType, Int64Type, TimestampMillisecondType};
+use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef, TimestampMillisecondType};
 use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::arrow::record_batch::RecordBatch;
@@ -683,17 +683,12 @@ impl WindowEngine {
         let header = serde_json::to_vec(&header).map_err(|e| Error::Execution(e.to_string()))?;
         let mut out = (header.len() as u32).to_le_bytes().to_vec();
         out.extend_from_slice(&header);
-        let mut w = StreamWriter::try_new(&mut out, &self.plan.state_schema)?;
-        for b in self
-            .windows
-            .values()
-            .flat_map(|w| &w.batches)
-            .chain(&self.sessions.batches)
-        {
-            w.write(b)?;
-        }
-        w.finish()?;
-        drop(w);
+        let states = self.windows.values().flat_map(|w| &w.batches);
+        write_ipc(
+            &mut out,
+            &self.plan.state_schema,
+            states.chain(&self.sessions.batches),
+        )?;
         Ok(out)
     }
 
@@ -707,14 +702,8 @@ impl WindowEngine {
         let header: CheckpointHeader =
             serde_json::from_slice(&bytes[4..4 + hl.min(bytes.len() - 4)])
                 .map_err(|e| bad(&e.to_string()))?;
-        let reader = StreamReader::try_new(&bytes[4 + hl..], None)?;
-        if reader.schema().fields() != self.plan.state_schema.fields() {
-            return Err(bad("state schema differs"));
-        }
-        let mut states = Vec::new();
-        for b in reader {
-            states.push(b?);
-        }
+        let states = read_ipc(&self.plan.state_schema, &bytes[4 + hl..])?
+            .ok_or_else(|| bad("state schema differs"))?;
         self.partition_max = header.partition_max.into_iter().collect();
         self.closed_wm = header.closed_wm;
         self.windows.clear();
@@ -797,31 +786,40 @@ fn split_by_window(b: &RecordBatch) -> Result<Vec<((i64, i64), RecordBatch)>> {
         .collect()
 }
 
-/// Partial states as Arrow IPC stream bytes (how they are stored).
-pub fn states_to_ipc(
-    schema: &datafusion::arrow::datatypes::SchemaRef,
-    batches: &[RecordBatch],
-) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut w = StreamWriter::try_new(&mut out, schema)?;
+/// Appends `batches` to `out` as one Arrow IPC stream.
+fn write_ipc<'a>(
+    out: &mut Vec<u8>,
+    schema: &SchemaRef,
+    batches: impl IntoIterator<Item = &'a RecordBatch>,
+) -> Result<()> {
+    let mut w = StreamWriter::try_new(out, schema)?;
     for b in batches {
         w.write(b)?;
     }
     w.finish()?;
-    drop(w);
+    Ok(())
+}
+
+/// The batches of an Arrow IPC stream, or `None` when its schema is not
+/// `schema`'s.
+fn read_ipc(schema: &SchemaRef, bytes: &[u8]) -> Result<Option<Vec<RecordBatch>>> {
+    let reader = StreamReader::try_new(bytes, None)?;
+    if reader.schema().fields() != schema.fields() {
+        return Ok(None);
+    }
+    Ok(Some(reader.collect::<std::result::Result<_, _>>()?))
+}
+
+/// Partial states as Arrow IPC stream bytes (how they are stored).
+pub fn states_to_ipc(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    write_ipc(&mut out, schema, batches)?;
     Ok(out)
 }
 
 /// Reads partial states written by [`states_to_ipc`], checking their schema.
-pub fn states_from_ipc(
-    schema: &datafusion::arrow::datatypes::SchemaRef,
-    bytes: &[u8],
-) -> Result<Vec<RecordBatch>> {
-    let reader = StreamReader::try_new(bytes, None)?;
-    if reader.schema().fields() != schema.fields() {
-        return Err(Error::Execution(
-            "stored partial state does not match the query's state schema".into(),
-        ));
-    }
-    reader.map(|b| Ok(b?)).collect()
+pub fn states_from_ipc(schema: &SchemaRef, bytes: &[u8]) -> Result<Vec<RecordBatch>> {
+    read_ipc(schema, bytes)?.ok_or_else(|| {
+        Error::Execution("stored partial state does not match the query's state schema".into())
+    })
 }
