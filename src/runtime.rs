@@ -98,9 +98,9 @@ pub struct QueryTask {
 /// A rejected record: (index, reason, detail).
 pub type Rejected = (usize, &'static str, String);
 
-/// Indices of the records not listed in `bad` (sorted by index).
-fn good_indices(n: usize, bad: &[Rejected]) -> Vec<usize> {
-    let mut bad_iter = bad.iter().map(|b| b.0).peekable();
+/// Indices of the records not among the sorted indices `bad`.
+fn good_indices(n: usize, bad: impl Iterator<Item = usize>) -> Vec<usize> {
+    let mut bad_iter = bad.peekable();
     (0..n)
         .filter(|i| {
             if bad_iter.peek() == Some(i) {
@@ -205,32 +205,28 @@ impl ChunkDecoder {
     fn decode(&mut self, chunk: &Chunk, now: i64) -> Result<Option<RecordBatch>> {
         let payloads = chunk.payloads();
         let (batch, decode_bad) = self.decoder.decode(&payloads);
-        let (notes, mut bad): (Vec<Rejected>, Vec<Rejected>) = decode_bad
+        // Lost records and notes on kept ones, in record order.
+        let mut rejected: Vec<Rejected> = decode_bad
             .into_iter()
             .map(|b| (b.index, b.reason, b.detail))
-            .partition(|b| crate::format::is_kept(b.1));
+            .collect();
+        let lost = |b: &&Rejected| !crate::format::is_kept(b.1);
         let batch = match (batch, self.event_time) {
             (Some(b), Some(c)) => {
-                let good: Vec<usize> = good_indices(payloads.len(), &bad);
-                let (b, rejected) = check_event_time(b, c, now, self.stream.max_future_ms)?;
-                bad.extend(rejected.into_iter().map(|(row, r, d)| (good[row], r, d)));
-                bad.sort_by_key(|b| b.0);
+                let lost_rows = rejected.iter().filter(lost).map(|b| b.0);
+                let good = good_indices(payloads.len(), lost_rows);
+                let (b, dropped) = check_event_time(b, c, now, self.stream.max_future_ms)?;
+                rejected.extend(dropped.into_iter().map(|(row, r, d)| (good[row], r, d)));
+                rejected.sort_by_key(|b| b.0);
                 Some(b)
             }
             (b, _) => b,
         };
-        if notes.is_empty() {
-            self.stats
-                .observe(chunk.partition, chunk.first_offset, &payloads, &bad);
-        } else {
-            let mut seen = notes;
-            seen.extend(bad.iter().cloned());
-            seen.sort_by_key(|b| b.0);
-            self.stats
-                .observe(chunk.partition, chunk.first_offset, &payloads, &seen);
-        }
-        if let Some((i, reason, detail)) = bad.first() {
-            let n = bad.len() as u64;
+        self.stats
+            .observe(chunk.partition, chunk.first_offset, &payloads, &rejected);
+        let mut lost = rejected.iter().filter(lost);
+        if let Some((i, reason, detail)) = lost.next() {
+            let n = 1 + lost.count() as u64;
             self.counters.records_in.fetch_add(n, Ordering::Relaxed);
             self.counters.bad_records.fetch_add(n, Ordering::Relaxed);
             if self.stream.on_error == OnError::Fail {
