@@ -128,8 +128,8 @@ fn columns_json(schema: &SchemaRef) -> Value {
     )
 }
 
-/// Converts batches to `{"columns": [...], "rows": [[...]]}`.
-pub fn batches_json(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Value> {
+/// The rows of `batches` as JSON objects (NULL columns left out).
+fn batch_objects(batches: &[RecordBatch]) -> Result<Vec<serde_json::Map<String, Value>>> {
     let mut buf = Vec::new();
     {
         let mut w = arrow_json::ArrayWriter::new(&mut buf);
@@ -138,12 +138,15 @@ pub fn batches_json(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Value
         }
         w.finish()?;
     }
-    let objects: Vec<serde_json::Map<String, Value>> = if buf.is_empty() {
-        vec![]
-    } else {
-        serde_json::from_slice(&buf).map_err(|e| Error::Execution(e.to_string()))?
-    };
-    let rows: Vec<Value> = objects
+    if buf.is_empty() {
+        return Ok(vec![]);
+    }
+    serde_json::from_slice(&buf).map_err(|e| Error::Execution(e.to_string()))
+}
+
+/// Converts batches to `{"columns": [...], "rows": [[...]]}`.
+pub fn batches_json(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Value> {
+    let rows: Vec<Value> = batch_objects(batches)?
         .into_iter()
         .map(|mut o| {
             Value::Array(
@@ -188,19 +191,13 @@ pub fn row_objects(batch: &RecordBatch) -> Result<Vec<Value>> {
     }
     let schema: SchemaRef = Arc::new(Schema::new(fields));
     let batch = RecordBatch::try_new(schema.clone(), cols)?;
-    let v = batches_json(&schema, &[batch])?;
-    let rows = v["rows"].as_array().cloned().unwrap_or_default();
-    Ok(rows
+    Ok(batch_objects(&[batch])?
         .into_iter()
-        .map(|row| {
-            let values = row.as_array().cloned().unwrap_or_default();
-            let obj: serde_json::Map<String, Value> = schema
-                .fields()
-                .iter()
-                .map(|f| f.name().clone())
-                .zip(values)
-                .collect();
-            Value::Object(obj)
+        .map(|mut o| {
+            for f in schema.fields() {
+                o.entry(f.name().as_str()).or_insert(Value::Null);
+            }
+            Value::Object(o)
         })
         .collect())
 }
