@@ -266,34 +266,12 @@ impl App {
         if app.config.cluster.is_some() {
             app.store.postgres()?;
         }
-        for (name, sql) in store.list_streams()? {
-            match parse_statement(&sql)?.stmt {
-                Statement::CreateStream(def) => {
-                    app.streams
-                        .write()
-                        .expect("lock")
-                        .insert(name, Arc::new(StreamEntry::new(def, sql)));
-                }
-                _ => {
-                    return Err(Error::Execution(format!(
-                        "stored stream {name} is not a CREATE STREAM"
-                    )));
-                }
-            }
-        }
-        for (_, sql) in store.list_tables()? {
-            if let Statement::CreateTable(def) = parse_statement(&sql)?.stmt {
-                app.load_table(&def, &sql).await?;
-            }
-        }
-        for (name, sql) in store.list_queries()? {
-            let Statement::CreateQuery { select, .. } = parse_statement(&sql)?.stmt else {
-                return Err(Error::Execution(format!(
-                    "stored query {name} is not a CREATE QUERY"
-                )));
-            };
-            app.start_query(&name, &sql, &select, false, None).await?;
-        }
+        let (streams, tables, queries) = (
+            store.list_streams()?,
+            store.list_tables()?,
+            store.list_queries()?,
+        );
+        app.adopt(&streams, &tables, &queries, true).await?;
         if app.config.cluster.is_some() {
             let weak = Arc::downgrade(&app);
             tokio::spawn(async move {
@@ -310,6 +288,57 @@ impl App {
         Ok(app)
     }
 
+    /// Loads the stored streams and tables and starts the stored queries that
+    /// are not loaded yet, as (name, SQL) pairs. `strict` (at startup) fails
+    /// on a stored stream or query of the wrong kind; a catalog sync skips it.
+    async fn adopt(
+        &self,
+        streams: &[(String, String)],
+        tables: &[(String, String)],
+        queries: &[(String, String)],
+        strict: bool,
+    ) -> Result<()> {
+        let wrong = |what: &str, name: &str, kind: &str| match strict {
+            true => Err(Error::Execution(format!(
+                "stored {what} {name} is not a {kind}"
+            ))),
+            false => Ok(()),
+        };
+        for (name, sql) in streams {
+            if self.streams.read().expect("lock").contains_key(name) {
+                continue;
+            }
+            match parse_statement(sql)?.stmt {
+                Statement::CreateStream(def) => {
+                    self.streams
+                        .write()
+                        .expect("lock")
+                        .insert(name.clone(), Arc::new(StreamEntry::new(def, sql.clone())));
+                }
+                _ => wrong("stream", name, "CREATE STREAM")?,
+            }
+        }
+        for (name, sql) in tables {
+            if !self.tables.read().expect("lock").contains_key(name)
+                && let Statement::CreateTable(def) = parse_statement(sql)?.stmt
+            {
+                self.load_table(&def, sql).await?;
+            }
+        }
+        for (name, sql) in queries {
+            if self.queries.read().expect("lock").contains_key(name) {
+                continue;
+            }
+            match parse_statement(sql)?.stmt {
+                Statement::CreateQuery { select, .. } => {
+                    self.start_query(name, sql, &select, false, None).await?;
+                }
+                _ => wrong("query", name, "CREATE QUERY")?,
+            }
+        }
+        Ok(())
+    }
+
     /// Cluster mode: adopts the streams, tables and queries other servers
     /// created, and stops those they dropped.
     async fn sync_catalog(&self) -> Result<()> {
@@ -324,23 +353,7 @@ impl App {
         })
         .await
         .map_err(|e| Error::Execution(e.to_string()))??;
-        for (name, sql) in &streams {
-            if !self.streams.read().expect("lock").contains_key(name)
-                && let Statement::CreateStream(def) = parse_statement(sql)?.stmt
-            {
-                self.streams
-                    .write()
-                    .expect("lock")
-                    .insert(name.clone(), Arc::new(StreamEntry::new(def, sql.clone())));
-            }
-        }
-        for (name, sql) in &tables {
-            if !self.tables.read().expect("lock").contains_key(name)
-                && let Statement::CreateTable(def) = parse_statement(sql)?.stmt
-            {
-                self.load_table(&def, sql).await?;
-            }
-        }
+        self.adopt(&streams, &tables, &queries, false).await?;
         let stored: std::collections::BTreeSet<&str> =
             queries.iter().map(|(n, _)| n.as_str()).collect();
         for q in self.queries() {
@@ -350,13 +363,6 @@ impl App {
                     .await
                     .map_err(|e| Error::Execution(e.to_string()))?;
                 self.queries.write().expect("lock").remove(&q.name);
-            }
-        }
-        for (name, sql) in &queries {
-            if !self.queries.read().expect("lock").contains_key(name)
-                && let Statement::CreateQuery { select, .. } = parse_statement(sql)?.stmt
-            {
-                self.start_query(name, sql, &select, false, None).await?;
             }
         }
         let stored: std::collections::BTreeSet<&str> =
