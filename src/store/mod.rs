@@ -160,6 +160,28 @@ fn window_state(e: &Emission) -> Result<Option<WindowState>> {
     Ok(Some((bound(0)?, bound(1)?, bytes)))
 }
 
+/// The DDL of a results table: a `_seq` row cursor declared as `seq`, one
+/// column per field of `schema` typed by `ty`, and an index on the window.
+fn results_ddl(
+    name: &str,
+    schema: &Schema,
+    seq: &str,
+    ty: fn(&DataType) -> &'static str,
+) -> String {
+    let cols: Vec<String> = schema
+        .fields()
+        .iter()
+        .map(|f| format!("{} {}", quote(f.name()), ty(f.data_type())))
+        .collect();
+    format!(
+        "CREATE TABLE IF NOT EXISTS {t} (_seq {seq}, {cols});
+         CREATE INDEX IF NOT EXISTS {idx} ON {t} (window_start, window_end);",
+        t = quote(name),
+        cols = cols.join(", "),
+        idx = quote(&format!("{name}_window")),
+    )
+}
+
 /// The windows a closed-window emission's rows replace: each distinct
 /// (window_start, window_end) of its rows, in epoch ms, in first-seen order.
 fn replaced_windows(batch: &RecordBatch) -> Result<Vec<(i64, i64)>> {

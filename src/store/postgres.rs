@@ -221,21 +221,6 @@ fn parse_ts(text: &str) -> Result<NaiveDateTime> {
         .map_err(|e| Error::BadRequest(format!("bad time '{text}': {e}")))
 }
 
-fn results_ddl(name: &str, schema: &Schema) -> String {
-    let cols: Vec<String> = schema
-        .fields()
-        .iter()
-        .map(|f| format!("{} {}", quote(f.name()), pg_type(f.data_type())))
-        .collect();
-    format!(
-        "CREATE TABLE IF NOT EXISTS {t} (_seq BIGSERIAL PRIMARY KEY, {cols});
-         CREATE INDEX IF NOT EXISTS {idx} ON {t} (window_start, window_end);",
-        t = quote(name),
-        cols = cols.join(", "),
-        idx = quote(&format!("{name}_window")),
-    )
-}
-
 /// The statements writing `emissions` into `query`'s results table: a
 /// closed window's rows replace earlier rows of that window, a cumulative
 /// emission replaces the whole table.
@@ -448,7 +433,11 @@ impl PgStore {
 
     /// Saves a query and creates its results table for `schema` (kept if it exists).
     pub fn save_query(&self, name: &str, sql: &str, schema: &Schema) -> Result<()> {
-        let (name, sql, ddl) = (name.to_string(), sql.to_string(), results_ddl(name, schema));
+        let (name, sql, ddl) = (
+            name.to_string(),
+            sql.to_string(),
+            super::results_ddl(name, schema, "BIGSERIAL PRIMARY KEY", pg_type),
+        );
         self.run(|c| async move {
             let mut c = c.lock().await;
             let tx = c.transaction().await?;

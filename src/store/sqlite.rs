@@ -200,7 +200,12 @@ impl SqliteStore {
             "INSERT INTO runnel_queries (name, sql, created_at) VALUES (?1, ?2, ?3)",
             params![name, sql, now_text()],
         )?;
-        tx.execute_batch(&results_ddl(name, schema))?;
+        tx.execute_batch(&super::results_ddl(
+            name,
+            schema,
+            "INTEGER PRIMARY KEY AUTOINCREMENT",
+            sqlite_type,
+        ))?;
         tx.commit()?;
         Ok(())
     }
@@ -387,19 +392,4 @@ impl SqliteStore {
             seqs,
         })
     }
-}
-
-fn results_ddl(name: &str, schema: &Schema) -> String {
-    let cols: Vec<String> = schema
-        .fields()
-        .iter()
-        .map(|f| format!("{} {}", quote(f.name()), sqlite_type(f.data_type())))
-        .collect();
-    format!(
-        "CREATE TABLE IF NOT EXISTS {t} (_seq INTEGER PRIMARY KEY AUTOINCREMENT, {cols});
-         CREATE INDEX IF NOT EXISTS {idx} ON {t} (window_start, window_end);",
-        t = quote(name),
-        cols = cols.join(", "),
-        idx = quote(&format!("{name}_window")),
-    )
 }
