@@ -120,6 +120,21 @@ pub struct PgStore {
 
 type Param = Box<dyn ToSql + Sync + Send>;
 
+/// Runs `stmts` in `tx`, preparing each distinct statement once.
+async fn execute_all(
+    tx: &tokio_postgres::Transaction<'_>,
+    stmts: &[(String, Vec<Param>)],
+) -> std::result::Result<(), tokio_postgres::Error> {
+    let mut prepared = std::collections::HashMap::new();
+    for (sql, params) in stmts {
+        if !prepared.contains_key(sql.as_str()) {
+            prepared.insert(sql.as_str(), tx.prepare(sql).await?);
+        }
+        tx.execute(&prepared[sql.as_str()], &refs(params)).await?;
+    }
+    Ok(())
+}
+
 fn refs(params: &[Param]) -> Vec<&(dyn ToSql + Sync)> {
     params
         .iter()
@@ -493,9 +508,7 @@ impl PgStore {
         self.run(|c| async move {
             let mut c = c.lock().await;
             let tx = c.transaction().await?;
-            for (sql, params) in &stmts {
-                tx.execute(sql.as_str(), &refs(params)).await?;
-            }
+            execute_all(&tx, &stmts).await?;
             tx.execute(
                 "INSERT INTO runnel_checkpoints (query, offsets, state, updated_at)
                  VALUES ($1, $2, $3, now())
@@ -689,12 +702,17 @@ impl PgStore {
             let tx = c.transaction().await?;
             tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&query])
                 .await?;
+            let update = tx
+                .prepare(
+                    "UPDATE runnel_partition_progress
+                     SET next_offset = $4, max_event_time = $5, idle = $6, updated_at = now()
+                     WHERE query = $1 AND partition = $2 AND owner = $3",
+                )
+                .await?;
             for f in &progress {
                 let n = tx
                     .execute(
-                        "UPDATE runnel_partition_progress
-                         SET next_offset = $4, max_event_time = $5, idle = $6, updated_at = now()
-                         WHERE query = $1 AND partition = $2 AND owner = $3",
+                        &update,
                         &[
                             &query,
                             &f.partition,
@@ -709,13 +727,14 @@ impl PgStore {
                     return Ok(false);
                 }
             }
-            for (start, end, state) in &partials {
-                tx.execute(
+            let insert = tx
+                .prepare(
                     "INSERT INTO runnel_window_partials (query, window_start, window_end, state)
                      VALUES ($1, $2, $3, $4)",
-                    &[&query, start, end, state],
                 )
                 .await?;
+            for (start, end, state) in &partials {
+                tx.execute(&insert, &[&query, start, end, state]).await?;
             }
             tx.commit().await?;
             Ok(true)
@@ -834,9 +853,7 @@ impl PgStore {
             if n as usize != ids.len() {
                 return Ok(false);
             }
-            for (sql, params) in &stmts {
-                tx.execute(sql.as_str(), &refs(params)).await?;
-            }
+            execute_all(&tx, &stmts).await?;
             // Windows are finished in end order, so every window ending by
             // then is final: later partial states for them are late.
             tx.execute(
