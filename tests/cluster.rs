@@ -133,33 +133,65 @@ fn assert_same(expected: &Rows, got: &Rows) {
     }
 }
 
+/// A mock topic `imps` of [`PARTITIONS`], a producer to it, and servers of
+/// one cluster storing into one PostgreSQL database, windows closing on
+/// event time only.
+struct Fixture {
+    _kafka: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    brokers: String,
+    producer: BaseProducer,
+    dir: tempfile::TempDir,
+    /// The servers' config file.
+    config: String,
+    url: String,
+    cluster: &'static str,
+}
+
+impl Fixture {
+    fn new(url: String, cluster: &'static str) -> Fixture {
+        let kafka = MockCluster::new(1).unwrap();
+        kafka.create_topic("imps", PARTITIONS, 1).unwrap();
+        let brokers = kafka.bootstrap_servers();
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("linger.ms", "5")
+            .set("queue.buffering.max.messages", "1000000")
+            .create()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("runnel.toml");
+        std::fs::write(&config, "idle_after = '1h'\n").unwrap();
+        Fixture {
+            _kafka: kafka,
+            brokers,
+            producer,
+            config: config.to_str().unwrap().to_string(),
+            dir,
+            url,
+            cluster,
+        }
+    }
+
+    /// Starts cluster server `i` with a data dir of its own.
+    fn server(&self, i: usize) -> TestServer {
+        let env = [
+            ("RUNNEL_CONFIG", self.config.as_str()),
+            ("RUNNEL_STORE", self.url.as_str()),
+            ("RUNNEL_CLUSTER", self.cluster),
+        ];
+        let data = self.dir.path().join(format!("s{i}"));
+        TestServer::start_with(&data, &self.brokers, &env)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_servers_equal_one_and_survive_a_kill() {
     let Some(pg) = Postgres::start("three_servers_equal_one_and_survive_a_kill") else {
         return;
     };
-    let url = pg.create_db("cluster");
-    let kafka = MockCluster::new(1).unwrap();
-    kafka.create_topic("imps", PARTITIONS, 1).unwrap();
-    let brokers = kafka.bootstrap_servers();
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("linger.ms", "5")
-        .create()
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("runnel.toml");
-    std::fs::write(&config, "idle_after = '1h'\n").unwrap();
-    let config = config.to_str().unwrap();
-    let cluster_env = [
-        ("RUNNEL_CONFIG", config),
-        ("RUNNEL_STORE", url.as_str()),
-        ("RUNNEL_CLUSTER", "ads"),
-    ];
-    let start = |i: usize| {
-        TestServer::start_with(&dir.path().join(format!("s{i}")), &brokers, &cluster_env)
-    };
-    let (a, b, c) = (start(0), start(1), start(2));
+    let f = Fixture::new(pg.create_db("cluster"), "ads");
+    let (brokers, producer, config) = (&f.brokers, &f.producer, f.config.as_str());
+    let (a, b, c) = (f.server(0), f.server(1), f.server(2));
 
     // Created through one server, running on all three.
     a.sql(&format!("{STREAM}; {QUERY}")).await;
@@ -189,7 +221,7 @@ async fn three_servers_equal_one_and_survive_a_kill() {
     // 60 s of event time, well in the past; half before the kill.
     let t0 = (chrono::Utc::now().timestamp_millis() / 10_000 - 100) * 10_000;
     let n = 6_000;
-    produce(&producer, t0, 0..n / 2);
+    produce(producer, t0, 0..n / 2);
     // Mid-stream: once it has read some of its records.
     let deadline = Instant::now() + Duration::from_secs(30);
     while c.get("/queries/adnetwork").await.1["counters"]["records_in"] == 0 {
@@ -197,8 +229,8 @@ async fn three_servers_equal_one_and_survive_a_kill() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     c.kill9();
-    produce(&producer, t0, n / 2..n);
-    close_all(&producer, t0 + 200_000);
+    produce(producer, t0, n / 2..n);
+    close_all(producer, t0 + 200_000);
     // Every record but those of `geo = 'unknown'` and the closing ones.
     let counted = (0..n).filter(|i| (i / 7) % 4 != 3).count() as u64;
     let got = wait_rows(&b, "cluster after a kill", counted).await;
@@ -207,7 +239,7 @@ async fn three_servers_equal_one_and_survive_a_kill() {
 
     // One server alone on the same topic.
     let single_dir = tempfile::tempdir().unwrap();
-    let single = TestServer::start_with(single_dir.path(), &brokers, &[("RUNNEL_CONFIG", config)]);
+    let single = TestServer::start_with(single_dir.path(), brokers, &[("RUNNEL_CONFIG", config)]);
     single.sql(&format!("{STREAM}; {QUERY}")).await;
     let expected = wait_rows(&single, "single server", counted).await;
     assert_same(&expected, &got);
@@ -295,34 +327,16 @@ async fn cluster_throughput() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(400_000);
     for servers in 1..=3usize {
-        let url = pg.create_db(&format!("bench{servers}"));
-        let kafka = MockCluster::new(1).unwrap();
-        kafka.create_topic("imps", PARTITIONS, 1).unwrap();
-        let brokers = kafka.bootstrap_servers();
-        let producer: BaseProducer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .set("linger.ms", "5")
-            .set("queue.buffering.max.messages", "1000000")
-            .create()
-            .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("runnel.toml");
-        std::fs::write(&config, "idle_after = '1h'\n").unwrap();
-        let env = [
-            ("RUNNEL_CONFIG", config.to_str().unwrap()),
-            ("RUNNEL_STORE", url.as_str()),
-            ("RUNNEL_CLUSTER", "bench"),
-        ];
-        let all: Vec<TestServer> = (0..servers)
-            .map(|i| TestServer::start_with(&dir.path().join(format!("s{i}")), &brokers, &env))
-            .collect();
+        let f = Fixture::new(pg.create_db(&format!("bench{servers}")), "bench");
+        let producer = &f.producer;
+        let all: Vec<TestServer> = (0..servers).map(|i| f.server(i)).collect();
         all[0].sql(&format!("{STREAM}; {QUERY}")).await;
         wait_owners(&pg, &format!("bench{servers}"), servers).await;
         let cpu0: f64 = all.iter().map(|s| cpu_seconds(s.pid())).sum();
         let started = Instant::now();
         let t0 = (chrono::Utc::now().timestamp_millis() / 10_000 - 100) * 10_000;
-        produce(&producer, t0, 0..n);
-        close_all(&producer, t0 + n * 10 + 100_000);
+        produce(producer, t0, 0..n);
+        close_all(producer, t0 + n * 10 + 100_000);
         let counted = (0..n).filter(|i| (i / 7) % 4 != 3).count() as u64;
         wait_rows(&all[0], "throughput run", counted).await;
         let secs = started.elapsed().as_secs_f64();

@@ -10,6 +10,15 @@ use serde_json::Value;
 
 pub mod postgres;
 
+/// A TCP port free on loopback right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// The `runnel serve` binary, started on a free port.
 pub struct TestServer {
     child: Child,

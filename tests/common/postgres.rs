@@ -6,6 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use super::free_port;
+
 /// A running PostgreSQL server owned by one test.
 pub struct Postgres {
     bin: PathBuf,
@@ -23,14 +25,6 @@ fn find_bin() -> Option<PathBuf> {
         .collect();
     versions.sort();
     versions.pop()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn check(what: &str, out: std::io::Result<Output>) {
