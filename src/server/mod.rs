@@ -228,26 +228,34 @@ fn relations(sql: &str) -> Result<Vec<Relation>> {
         .and_then(|mut p| p.parse_statement())
         .map_err(crate::sql::parser_error)?;
     let mut out = Vec::new();
-    if let ast::Statement::Query(q) = &stmt
-        && let SetExpr::Select(s) = q.body.as_ref()
-    {
-        for t in &s.from {
-            for f in std::iter::once(&t.relation).chain(t.joins.iter().map(|j| &j.relation)) {
-                // Table functions (`rollup(...)`) are not relations.
-                if let TableFactor::Table {
-                    name, args: None, ..
-                } = f
-                    && let Some(ast::ObjectNamePart::Identifier(id)) = name.0.last()
-                {
-                    out.push((
-                        normalize_ident(&id.value, id.quote_style.is_some()),
-                        Some((id.span.start.line, id.span.start.column)).filter(|l| l.0 > 0),
-                    ));
-                }
-            }
+    for f in from_factors(&stmt) {
+        // Table functions (`rollup(...)`) are not relations.
+        if let TableFactor::Table {
+            name, args: None, ..
+        } = f
+            && let Some(ast::ObjectNamePart::Identifier(id)) = name.0.last()
+        {
+            out.push((
+                normalize_ident(&id.value, id.quote_style.is_some()),
+                Some((id.span.start.line, id.span.start.column)).filter(|l| l.0 > 0),
+            ));
         }
     }
     Ok(out)
+}
+
+/// The tables and table functions a SELECT's FROM clause names, joins
+/// included (none for other statements).
+fn from_factors(stmt: &ast::Statement) -> impl Iterator<Item = &TableFactor> {
+    let from = match stmt {
+        ast::Statement::Query(q) => match q.body.as_ref() {
+            SetExpr::Select(s) => s.from.as_slice(),
+            _ => &[],
+        },
+        _ => &[],
+    };
+    from.iter()
+        .flat_map(|t| std::iter::once(&t.relation).chain(t.joins.iter().map(|j| &j.relation)))
 }
 
 impl App {

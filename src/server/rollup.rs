@@ -157,41 +157,33 @@ fn rollup_calls(sql: &str) -> Result<Vec<(String, String)>> {
 }
 
 fn collect_rollups(stmt: &ast::Statement, out: &mut Vec<(String, String)>) {
-    let ast::Statement::Query(q) = stmt else {
-        return;
-    };
-    let ast::SetExpr::Select(s) = q.body.as_ref() else {
-        return;
-    };
-    for t in &s.from {
-        for f in std::iter::once(&t.relation).chain(t.joins.iter().map(|j| &j.relation)) {
-            let TableFactor::Table {
-                name,
-                args: Some(args),
-                ..
-            } = f
-            else {
-                continue;
-            };
-            if !name.to_string().eq_ignore_ascii_case("rollup") {
-                continue;
-            }
-            let text: Vec<String> = args
-                .args
-                .iter()
-                .filter_map(|a| match a {
-                    FunctionArg::Unnamed(FunctionArgExpr::Expr(ast::Expr::Value(v))) => {
-                        match &v.value {
-                            Value::SingleQuotedString(s) => Some(s.clone()),
-                            _ => None,
-                        }
+    for f in super::from_factors(stmt) {
+        let TableFactor::Table {
+            name,
+            args: Some(args),
+            ..
+        } = f
+        else {
+            continue;
+        };
+        if !name.to_string().eq_ignore_ascii_case("rollup") {
+            continue;
+        }
+        let text: Vec<String> = args
+            .args
+            .iter()
+            .filter_map(|a| match a {
+                FunctionArg::Unnamed(FunctionArgExpr::Expr(ast::Expr::Value(v))) => {
+                    match &v.value {
+                        Value::SingleQuotedString(s) => Some(s.clone()),
+                        _ => None,
                     }
-                    _ => None,
-                })
-                .collect();
-            if let [query, size] = text.as_slice() {
-                out.push((query.clone(), size.clone()));
-            }
+                }
+                _ => None,
+            })
+            .collect();
+        if let [query, size] = text.as_slice() {
+            out.push((query.clone(), size.clone()));
         }
     }
 }
