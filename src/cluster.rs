@@ -218,7 +218,7 @@ pub(crate) fn run(task: &QueryTask, cluster: &str, set_status: impl Fn(QueryStat
     let mut fenced = false;
     while !task.stop.load(Ordering::Relaxed) {
         let chunks = src.poll(100_000, Duration::from_millis(100))?;
-        if let Some((ps, _)) = src.take_assignment() {
+        if let Some(ps) = src.take_assignment() {
             // What the engine holds was read under the old assignment and is
             // read again from the flushed offsets.
             let claimed = claimed.lock().unwrap_or_else(|p| p.into_inner()).clone();

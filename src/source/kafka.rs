@@ -117,32 +117,26 @@ pub struct KafkaSource {
     topic_partitions: usize,
     /// The assignment generation `partitions` and `offsets` belong to.
     generation: u64,
-    /// An assignment not yet reported by [`take_assignment`](Self::take_assignment).
-    pending: Option<(Vec<i32>, BTreeMap<i32, i64>)>,
+    /// The generation last reported by [`take_assignment`](Self::take_assignment).
+    reported: u64,
 }
 
-/// Adopts the context's latest assignment if it changed since `generation`;
-/// true when it did.
+/// Adopts the context's latest assignment and its saved offsets if it
+/// changed since `generation`; true when it did.
 fn follow_assignment(
     ctx: &SourceContext,
     generation: &mut u64,
     partitions: &mut Vec<i32>,
     offsets: &mut BTreeMap<i32, i64>,
-    pending: &mut Option<(Vec<i32>, BTreeMap<i32, i64>)>,
 ) -> bool {
     let g = ctx.generation.load(Ordering::SeqCst);
     if g == *generation {
         return false;
     }
     *generation = g;
-    let (ps, saved) = ctx
-        .assigned
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    partitions.clone_from(&ps);
-    offsets.clone_from(&saved);
-    *pending = Some((ps, saved));
+    let assigned = ctx.assigned.lock().unwrap_or_else(|p| p.into_inner());
+    partitions.clone_from(&assigned.0);
+    offsets.clone_from(&assigned.1);
     true
 }
 
@@ -170,7 +164,7 @@ impl KafkaSource {
             topic_partitions: partitions.len(),
             partitions,
             generation: 0,
-            pending: None,
+            reported: 0,
         })
     }
 
@@ -211,7 +205,7 @@ impl KafkaSource {
             topic_partitions: partitions.len(),
             partitions: Vec::new(),
             generation: 0,
-            pending: None,
+            reported: 0,
         })
     }
 
@@ -220,17 +214,18 @@ impl KafkaSource {
         self.topic_partitions
     }
 
-    /// In a consumer group: the new assignment and its saved offsets, once
-    /// after each rebalance. Records read before it are not returned.
-    pub fn take_assignment(&mut self) -> Option<(Vec<i32>, BTreeMap<i32, i64>)> {
+    /// In a consumer group: the newly assigned partitions, once after each
+    /// rebalance. Records read before it are not returned.
+    pub fn take_assignment(&mut self) -> Option<Vec<i32>> {
         follow_assignment(
             self.consumer.context(),
             &mut self.generation,
             &mut self.partitions,
             &mut self.offsets,
-            &mut self.pending,
         );
-        self.pending.take()
+        let new = self.generation != self.reported;
+        self.reported = self.generation;
+        new.then(|| self.partitions.clone())
     }
 
     /// The assigned partitions.
@@ -305,7 +300,6 @@ impl KafkaSource {
                 &mut self.generation,
                 &mut self.partitions,
                 &mut self.offsets,
-                &mut self.pending,
             ) {
                 chunks.clear();
                 n = 0;
