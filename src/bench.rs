@@ -414,7 +414,7 @@ impl Collector {
     }
 
     async fn finish(&mut self, engine: &mut WindowEngine) -> Result<()> {
-        let out = engine.close_idle(i64::MAX).await?;
+        let out = engine.close_all().await?;
         self.stats.rows += out.iter().map(|e| e.batch.num_rows()).sum::<usize>();
         self.stats.windows = engine
             .counters
@@ -521,7 +521,7 @@ pub async fn window_state(ds: &Dataset, sql: &str, batch: usize) -> Result<State
     engine.compact_all().await?;
     let memory = engine.state_bytes() as f64;
     let checkpoint = engine.checkpoint()?.len() as f64;
-    let out = engine.close_idle(i64::MAX).await?;
+    let out = engine.close_all().await?;
     let total: usize = out.iter().map(|e| e.batch.num_rows()).sum();
     let groups = out.iter().map(|e| e.batch.num_rows()).max().unwrap_or(0);
     let total = total.max(1) as f64;
@@ -936,7 +936,7 @@ async fn consume_e2e(
         stats.rows += out.iter().map(|e| e.batch.num_rows()).sum::<usize>();
         stats.state_bytes = stats.state_bytes.max(engine.state_bytes());
     }
-    let out = engine.close_idle(i64::MAX).await?;
+    let out = engine.close_all().await?;
     stats.rows += out.iter().map(|e| e.batch.num_rows()).sum::<usize>();
     drop(src);
     let (wall_s, cpu_s) = meter.stop();

@@ -211,7 +211,7 @@ pub(crate) fn run(task: &QueryTask, cluster: &str, set_status: impl Fn(QueryStat
         None => None,
     };
     set_status(QueryStatus::Running);
-    let mut last_data: BTreeMap<i32, Instant> = BTreeMap::new();
+    let mut last_tick = Instant::now();
     let mut last_flush = Instant::now();
     let mut last_prune = None;
     // After a refused flush, nothing is read until the group reassigns.
@@ -230,17 +230,14 @@ pub(crate) fn run(task: &QueryTask, cluster: &str, set_status: impl Fn(QueryStat
                     })
                     .collect(),
             );
-            last_data = ps.iter().map(|p| (*p, Instant::now())).collect();
             fenced = false;
             tracing::info!(query = %task.name, partitions = ?ps, "assigned");
         }
         let now = now_ms();
         if !fenced {
-            for chunk in &chunks {
-                last_data.insert(chunk.partition, Instant::now());
-            }
-            let batches: Vec<_> = decoder
-                .decode_poll(&chunks)?
+            let decoded = decoder.decode_poll(&chunks)?;
+            task.tick_clock(&mut engine, &src.progress(), &decoded, &mut last_tick);
+            let batches: Vec<_> = decoded
                 .into_iter()
                 .filter_map(|(p, b)| Some((p, b?)))
                 .collect();
@@ -255,24 +252,14 @@ pub(crate) fn run(task: &QueryTask, cluster: &str, set_status: impl Fn(QueryStat
         last_flush = Instant::now();
         task.prune_window_states(&mut last_prune)?;
         if !fenced && !src.partitions().is_empty() {
-            let lag = src.lag();
-            task.metrics.set_lag(&lag);
-            let lag: BTreeMap<i32, i64> = lag.into_iter().collect();
+            task.metrics.set_lag(&src.lag());
             let progress: Vec<PartitionFlush> = src
                 .partitions()
                 .iter()
                 .map(|p| PartitionFlush {
                     partition: *p,
                     next_offset: src.offsets().get(p).copied(),
-                    max_event_time: engine
-                        .partition_max()
-                        .get(p)
-                        .copied()
-                        .filter(|m| *m != i64::MIN),
-                    idle: last_data
-                        .get(p)
-                        .is_none_or(|at| at.elapsed() >= task.idle_after)
-                        && lag.get(p) == Some(&0),
+                    mark: engine.clock().mark(*p),
                 })
                 .collect();
             let mut partials = Vec::new();
@@ -310,7 +297,6 @@ fn finalize(
         partitions,
         task.stream.watermark_delay_ms,
         plan.window.grace_ms,
-        now_ms(),
     )?;
     let c = &task.counters;
     // Partial states of finished windows: their records came too late.

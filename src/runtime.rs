@@ -23,7 +23,7 @@ use crate::format::Decoder;
 use crate::plan::ContinuousPlan;
 use crate::source::prefetch::Prefetch;
 use crate::source::stats::StreamStats;
-use crate::source::{Chunk, Source};
+use crate::source::{Chunk, Progress, Source};
 use crate::sql::window::WindowKind;
 use crate::sql::{OnError, StreamDef};
 use crate::store::Store;
@@ -77,7 +77,8 @@ pub struct QueryTask {
     pub stop: Arc<AtomicBool>,
     /// Longest time between checkpoints while records flow.
     pub checkpoint_interval: Duration,
-    /// Quiet time after which windows may close on the wall clock.
+    /// Confirmed quiet time after which a caught-up partition is idle (see
+    /// [`crate::window::watermark`]).
     pub idle_after: Duration,
     /// Input statistics of the stream, shared by its readers.
     pub stats: Arc<StreamStats>,
@@ -277,6 +278,30 @@ impl QueryTask {
         Ok(())
     }
 
+    /// Tells the engine's clocks which partitions delivered records this
+    /// turn and which were confirmed caught up and quiet since the last.
+    pub(crate) fn tick_clock(
+        &self,
+        engine: &mut WindowEngine,
+        progress: &Progress,
+        decoded: &[Decoded],
+        last_tick: &mut Instant,
+    ) {
+        // A turn longer than a second (a slow commit, a paused process)
+        // counts as one second of quiet at most.
+        let elapsed = last_tick.elapsed().min(Duration::from_secs(1));
+        *last_tick = Instant::now();
+        let delivered: Vec<i32> = decoded.iter().map(|(p, _)| *p).collect();
+        engine.register_partitions(&progress.partitions);
+        engine.clock_mut().tick(
+            &progress.partitions,
+            &delivered,
+            |p| progress.is_caught_up(p),
+            elapsed.as_millis() as i64,
+            self.idle_after.as_millis() as i64,
+        );
+    }
+
     /// Deletes window states past their retention, once a minute.
     pub(crate) fn prune_window_states(&self, last: &mut Option<Instant>) -> Result<()> {
         if self.state_retention.is_zero()
@@ -374,17 +399,13 @@ impl QueryTask {
             None => None,
         };
         self.set_status(QueryStatus::Running);
-        let partitions = src.partitions().to_vec();
-        engine.register_partitions(&partitions);
-        // A partition silent for `idle_after` stops holding the watermark back.
-        let mut last_data: BTreeMap<i32, Instant> =
-            partitions.iter().map(|p| (*p, Instant::now())).collect();
+        engine.register_partitions(src.partitions());
         let emit_ms = match self.plan.window.kind {
             WindowKind::Cumulative { emit_ms } => Some(emit_ms),
             _ => None,
         };
         let mut next_emit = now_ms() + emit_ms.unwrap_or(0);
-        let mut last_record = Instant::now();
+        let mut last_tick = Instant::now();
         let mut last_commit = Instant::now();
         let mut uncommitted = false;
         let mut last_lag = Instant::now();
@@ -397,29 +418,10 @@ impl QueryTask {
             let decoded = src.poll(wait)?.unwrap_or_default();
             let batch_start = Instant::now();
             let got_records = !decoded.is_empty();
+            uncommitted |= got_records;
             let mut emitted: Vec<Emission> = Vec::new();
             let now = now_ms();
-            if !got_records {
-                if last_record.elapsed() >= self.idle_after {
-                    emitted.extend(rt.block_on(engine.close_idle(now))?);
-                }
-            } else {
-                last_record = Instant::now();
-                uncommitted = true;
-            }
-            for (p, _) in &decoded {
-                last_data.insert(*p, Instant::now());
-                engine.set_idle(*p, false);
-            }
-            // Idle: silent for `idle_after` and caught up with its topic.
-            if last_data.values().any(|at| at.elapsed() >= self.idle_after) {
-                let lag: BTreeMap<i32, i64> = src.lag().into_iter().collect();
-                let single = last_data.len() == 1;
-                for (p, at) in &last_data {
-                    let caught_up = single || lag.get(p) == Some(&0);
-                    engine.set_idle(*p, at.elapsed() >= self.idle_after && caught_up);
-                }
-            }
+            self.tick_clock(&mut engine, &src.progress(), &decoded, &mut last_tick);
             let batches: Vec<(i32, RecordBatch)> = decoded
                 .into_iter()
                 .filter_map(|(p, b)| Some((p, b?)))
@@ -427,6 +429,8 @@ impl QueryTask {
             if !batches.is_empty() {
                 emitted.extend(rt.block_on(engine.process_polled(batches, now))?);
                 self.check_state_limit(&rt, &mut engine)?;
+            } else {
+                emitted.extend(rt.block_on(engine.close_ready())?);
             }
             if let Some(ms) = emit_ms
                 && now >= next_emit

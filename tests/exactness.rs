@@ -206,7 +206,7 @@ async fn aggregates_match_oracle() {
     }
     assert!(batches > 50, "only {batches} batches");
     let closed_while_running = out.len();
-    out.extend(engine.close_idle(i64::MAX / 2).await.unwrap());
+    out.extend(engine.close_all().await.unwrap());
     assert!(
         closed_while_running > 0,
         "no window closed while records were flowing"
@@ -307,7 +307,7 @@ async fn approx_distinct_within_two_percent() {
     }
     assert!(batches >= 20, "only {batches} batches");
     assert!(out.is_empty(), "the window closed before the stream ended");
-    out.extend(engine.close_idle(i64::MAX / 2).await.unwrap());
+    out.extend(engine.close_all().await.unwrap());
     assert_eq!(out.len(), 1, "one window, one emission");
     let b = &out[0].batch;
     assert_eq!(b.num_rows(), 1);

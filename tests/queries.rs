@@ -2,11 +2,14 @@
 //!
 //! Each `tests/queries/NAME.sql` holds a `CREATE STREAM` and one continuous
 //! `SELECT`; `NAME.input` holds the records, one per line as
-//! `<partition> <json>`, plus `idle <wall ms>` (the stream went quiet at that
-//! wall-clock time) and `emit <wall ms>` (a cumulative emit tick) lines;
+//! `<partition> <json>`, plus `quiet <ms> [<partition>]` (every partition
+//! of the input, or the one named, was confirmed caught up and delivered
+//! nothing for another `ms` of wall time; partitions go idle after
+//! [`IDLE_AFTER_MS`] of it), `stall` (no partition can be confirmed caught
+//! up: a broker stalled) and `emit <wall ms>` (a cumulative emit tick) lines;
 //! `NAME.expected` holds every emission, in order. Each case runs three
 //! times — one record per batch; each partition's consecutive records in one
-//! batch; and all records between two `idle`/`emit` lines as one poll, one
+//! batch; and all records between two `quiet`/`stall`/`emit` lines as one poll, one
 //! batch per partition, aggregated together as a query does — and all runs
 //! must match, so results never depend on batching.
 //!
@@ -26,9 +29,13 @@ use runnel::plan::ContinuousPlan;
 use runnel::sql::{Statement, parse_sql};
 use runnel::window::{Emission, WindowEngine};
 
+/// Confirmed quiet time after which a partition is idle, as `idle_after`.
+const IDLE_AFTER_MS: i64 = 1_000;
+
 enum Line {
     Rec(i32, String),
-    Idle(i64),
+    Quiet(i64, Option<i32>),
+    Stall,
     Emit(i64),
 }
 
@@ -37,11 +44,18 @@ fn parse_input(text: &str) -> Vec<Line> {
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(|l| {
+            if l == "stall" {
+                return Line::Stall;
+            }
             let (head, rest) = l
                 .split_once(' ')
-                .expect("'<partition> <json>' or 'idle <ms>'");
+                .expect("'<partition> <json>', 'quiet <ms> [<partition>]', 'stall' or 'emit <ms>'");
             match head {
-                "idle" => Line::Idle(rest.trim().parse().unwrap()),
+                "quiet" => {
+                    let mut words = rest.split_whitespace().map(|w| w.parse().unwrap());
+                    let ms = words.next().unwrap();
+                    Line::Quiet(ms, words.next().map(|p| p as i32))
+                }
                 "emit" => Line::Emit(rest.trim().parse().unwrap()),
                 p => Line::Rec(p.parse().unwrap(), rest.to_string()),
             }
@@ -56,7 +70,7 @@ enum Batching {
     Single,
     /// Each run of one partition's consecutive records in one call.
     Grouped,
-    /// Every record up to the next `idle`/`emit` line in one
+    /// Every record up to the next `quiet`/`stall`/`emit` line in one
     /// `process_polled` call, one batch per partition.
     Polled,
 }
@@ -78,6 +92,15 @@ async fn run_case(sql: &str, input: &[Line], batching: Batching) -> String {
     let mut engine = WindowEngine::new(plan, et, stream.watermark_delay_ms);
     let mut decoder = JsonDecoder::new(schema).unwrap();
     let mut out: Vec<Emission> = Vec::new();
+    // The source's partitions: every partition the input names.
+    let partitions: std::collections::BTreeSet<i32> = input
+        .iter()
+        .filter_map(|l| match l {
+            Line::Rec(p, _) => Some(*p),
+            _ => None,
+        })
+        .collect();
+    engine.register_partitions(&partitions.iter().copied().collect::<Vec<_>>());
     let mut i = 0;
     while i < input.len() {
         match &input[i] {
@@ -119,8 +142,23 @@ async fn run_case(sql: &str, input: &[Line], batching: Batching) -> String {
                 }
                 i = j;
             }
-            Line::Idle(now) => {
-                out.extend(engine.close_idle(*now).await.unwrap());
+            Line::Quiet(ms, only) => {
+                let parts: Vec<i32> = partitions
+                    .iter()
+                    .copied()
+                    .filter(|p| only.is_none_or(|o| o == *p))
+                    .collect();
+                for p in parts {
+                    engine.clock_mut().quiet(p, *ms, IDLE_AFTER_MS);
+                }
+                out.extend(engine.close_ready().await.unwrap());
+                i += 1;
+            }
+            Line::Stall => {
+                for p in &partitions {
+                    engine.clock_mut().unconfirmed(*p);
+                }
+                out.extend(engine.close_ready().await.unwrap());
                 i += 1;
             }
             Line::Emit(now) => {

@@ -7,6 +7,13 @@
 //! Offsets live in Runnel's store, committed with the results they produced,
 //! so the consumer never commits to Kafka.
 //!
+//! Whether a partition is caught up comes from librdkafka's statistics
+//! (every [`STATS_INTERVAL_MS`]): a partition is confirmed caught up when
+//! everything up to the log end its leader last reported has been read and
+//! that leader answered within [`BROKER_FRESH_US`]. A stalled or unreachable
+//! broker therefore stops confirming, and the window engine never takes its
+//! partitions for idle (see [`crate::window::watermark`]).
+//!
 //! ```no_run
 //! use std::collections::BTreeMap;
 //! use std::sync::atomic::AtomicBool;
@@ -21,10 +28,12 @@
 //! }
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use serde::Deserialize;
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
@@ -42,9 +51,71 @@ use crate::sql::StartFrom;
 /// those that have one.
 pub type OnAssign = Box<dyn Fn(&[i32]) -> Result<BTreeMap<i32, i64>> + Send + Sync>;
 
+/// How often librdkafka reports statistics (the partitions' log ends and the
+/// brokers' liveness).
+pub const STATS_INTERVAL_MS: u64 = 200;
+
+/// A broker that received nothing for longer than this (microseconds) is
+/// not taken as live: a consumer that is caught up fetches every
+/// `fetch.wait.max.ms` (10 ms).
+pub const BROKER_FRESH_US: i64 = 250_000;
+
+/// The parts of librdkafka's statistics JSON Runnel reads.
+#[derive(Deserialize)]
+struct Stats {
+    #[serde(default)]
+    brokers: HashMap<String, BrokerStats>,
+    #[serde(default)]
+    topics: HashMap<String, TopicStats>,
+}
+
+#[derive(Deserialize)]
+struct BrokerStats {
+    nodeid: i32,
+    state: String,
+    #[serde(default = "minus_one")]
+    rxidle: i64,
+}
+
+#[derive(Deserialize)]
+struct TopicStats {
+    #[serde(default)]
+    partitions: HashMap<String, PartitionStats>,
+}
+
+#[derive(Deserialize)]
+struct PartitionStats {
+    partition: i32,
+    #[serde(default = "minus_one")]
+    leader: i32,
+    #[serde(default)]
+    fetchq_cnt: i64,
+    #[serde(default = "minus_one")]
+    next_offset: i64,
+    #[serde(default = "minus_one")]
+    hi_offset: i64,
+}
+
+fn minus_one<T: From<i8>>() -> T {
+    T::from(-1)
+}
+
+/// What the latest statistics say of one partition whose leader is live.
+#[derive(Debug, Clone, Copy)]
+struct LiveEnd {
+    /// Log end (high watermark) of the last fetch response.
+    high: i64,
+    /// The consumer's fetch position and records fetched but not yet polled.
+    next_fetch: i64,
+    queued: i64,
+    /// When the statistics were taken.
+    at: Instant,
+}
+
 /// The consumer's context: in a consumer group it assigns partitions at the
 /// offsets [`OnAssign`] gives, and counts assignments so the reader can tell
-/// records of an old assignment from those of the new one.
+/// records of an old assignment from those of the new one. It keeps what
+/// the statistics say of each partition's log end.
 pub struct SourceContext {
     topic: String,
     start: StartFrom,
@@ -52,9 +123,48 @@ pub struct SourceContext {
     generation: AtomicU64,
     /// The latest assignment and its saved offsets.
     assigned: Mutex<(Vec<i32>, BTreeMap<i32, i64>)>,
+    /// Per partition, the log end last reported by a live leader.
+    live_ends: Mutex<BTreeMap<i32, LiveEnd>>,
 }
 
-impl ClientContext for SourceContext {}
+impl ClientContext for SourceContext {
+    fn stats_raw(&self, statistics: &[u8]) {
+        let stats: Stats = match serde_json::from_slice(statistics) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!("kafka: unreadable statistics: {e}");
+                return;
+            }
+        };
+        let live: Vec<i32> = stats
+            .brokers
+            .values()
+            .filter(|b| b.state == "UP" && (0..=BROKER_FRESH_US).contains(&b.rxidle))
+            .map(|b| b.nodeid)
+            .collect();
+        let at = Instant::now();
+        let mut ends = self.live_ends.lock().unwrap_or_else(|p| p.into_inner());
+        for p in stats
+            .topics
+            .get(&self.topic)
+            .into_iter()
+            .flat_map(|t| t.partitions.values())
+        {
+            if p.partition < 0 {
+                continue;
+            }
+            if p.hi_offset >= 0 && live.contains(&p.leader) {
+                let end = LiveEnd {
+                    high: p.hi_offset,
+                    next_fetch: p.next_offset,
+                    queued: p.fetchq_cnt,
+                    at,
+                };
+                ends.insert(p.partition, end);
+            }
+        }
+    }
+}
 
 impl ConsumerContext for SourceContext {
     fn rebalance(
@@ -275,6 +385,38 @@ impl KafkaSource {
             .collect()
     }
 
+    /// Lag and caught-up confirmations of the assigned partitions.
+    pub fn progress(&self) -> super::Progress {
+        super::Progress {
+            partitions: self.partitions.clone(),
+            lag: self.lag(),
+            caught_up: self.caught_up(),
+        }
+    }
+
+    /// Per assigned partition that is caught up, when that was confirmed:
+    /// everything up to the log end a live leader last reported has been
+    /// read (and nothing fetched is waiting in the consumer's queue).
+    pub fn caught_up(&self) -> BTreeMap<i32, Instant> {
+        let ends = self
+            .consumer
+            .context()
+            .live_ends
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        self.partitions
+            .iter()
+            .filter_map(|p| {
+                let e = ends.get(p)?;
+                let read_all = match self.offsets.get(p) {
+                    Some(next) => *next >= e.high,
+                    None => e.queued == 0 && e.next_fetch >= e.high,
+                };
+                read_all.then_some((*p, e.at))
+            })
+            .collect()
+    }
+
     /// Reads up to `max` records, waiting at most `wait` for the first one,
     /// grouped into one chunk per partition.
     pub fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Chunk>> {
@@ -362,6 +504,8 @@ fn open(
         // waits a whole second, which left the consumer idle most of the
         // time when catching up (34k records/s instead of 1M+).
         .set("fetch.queue.backoff.ms", "5")
+        // Log ends and broker liveness, for telling caught up from stalled.
+        .set("statistics.interval.ms", STATS_INTERVAL_MS.to_string())
         .set("allow.auto.create.topics", "false");
     for (k, v) in extra {
         config.set(*k, *v);
@@ -372,6 +516,7 @@ fn open(
         on_assign,
         generation: AtomicU64::new(0),
         assigned: Mutex::new((Vec::new(), BTreeMap::new())),
+        live_ends: Mutex::new(BTreeMap::new()),
     })?;
     let partitions = loop {
         if stop.load(Ordering::Relaxed) {

@@ -18,7 +18,7 @@ pub mod stats;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::sql::{SourceKind, StartFrom, StreamDef};
@@ -176,5 +176,46 @@ impl Source {
             Source::Kafka(s) => s.lag(),
             Source::Socket(_) | Source::File(_) => Vec::new(),
         }
+    }
+
+    /// How far the source is known to be caught up, as of now.
+    pub fn progress(&self) -> Progress {
+        match self {
+            Source::Kafka(s) => s.progress(),
+            // A file read to its end, or a socket with nothing buffered, has
+            // nothing more to give until new lines come.
+            Source::Socket(_) | Source::File(_) => Progress {
+                partitions: vec![0],
+                lag: Vec::new(),
+                caught_up: BTreeMap::from([(0, Instant::now())]),
+            },
+        }
+    }
+}
+
+/// How far a source's partitions are known to be read.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    /// The partitions read.
+    pub partitions: Vec<i32>,
+    /// Records not yet read per partition, where known.
+    pub lag: Vec<(i32, i64)>,
+    /// Partitions confirmed caught up with a live broker's log end, and
+    /// when that was last confirmed.
+    pub caught_up: BTreeMap<i32, Instant>,
+}
+
+/// A confirmation that a partition is caught up counts for this long: a
+/// live broker confirms several times a second, so a stalled one stops
+/// counting within about a second.
+pub const CONFIRMATION_FRESH: Duration = Duration::from_millis(600);
+
+impl Progress {
+    /// Whether `partition` was confirmed caught up within
+    /// [`CONFIRMATION_FRESH`].
+    pub fn is_caught_up(&self, partition: i32) -> bool {
+        self.caught_up
+            .get(&partition)
+            .is_some_and(|at| at.elapsed() <= CONFIRMATION_FRESH)
     }
 }

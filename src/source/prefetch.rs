@@ -36,11 +36,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{Chunk, Source};
+use super::{Chunk, Progress, Source};
 use crate::error::{Error, Result};
 
-/// How often the reader refreshes the lag it reports.
-const LAG_EVERY: Duration = Duration::from_millis(250);
+/// How often the reader refreshes the progress it reports when records flow
+/// (after every empty poll otherwise).
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 /// One poll's records, as the reader's step made them, and the next offset
 /// of every partition after them.
@@ -52,7 +53,7 @@ pub struct Prefetch<T> {
     rx: Option<Receiver<Polled<T>>>,
     partitions: Vec<i32>,
     offsets: BTreeMap<i32, i64>,
-    lag: Arc<Mutex<Vec<(i32, i64)>>>,
+    progress: Arc<Mutex<Progress>>,
     stop: Arc<AtomicBool>,
     reader: Option<JoinHandle<()>>,
 }
@@ -72,20 +73,20 @@ impl<T: Send + 'static> Prefetch<T> {
         let (tx, rx) = sync_channel(1);
         let partitions = src.partitions();
         let offsets = src.offsets().clone();
-        let lag = Arc::new(Mutex::new(src.lag()));
+        let progress = Arc::new(Mutex::new(src.progress()));
         let stop = Arc::new(AtomicBool::new(false));
         let reader = {
-            let (lag, stop) = (lag.clone(), stop.clone());
+            let (progress, stop) = (progress.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("runnel-prefetch".into())
-                .spawn(move || read(src, max, wait, step, &tx, &lag, &stop))
+                .spawn(move || read(src, max, wait, step, &tx, &progress, &stop))
                 .expect("spawn prefetch thread")
         };
         Prefetch {
             rx: Some(rx),
             partitions,
             offsets,
-            lag,
+            progress,
             stop,
             reader: Some(reader),
         }
@@ -118,9 +119,19 @@ impl<T: Send + 'static> Prefetch<T> {
     }
 
     /// Records not yet read per partition, as of the reader's last refresh
-    /// (at most [`LAG_EVERY`] old; records read ahead count as read).
+    /// (at most [`PROGRESS_EVERY`] old; records read ahead count as read).
     pub fn lag(&self) -> Vec<(i32, i64)> {
-        self.lag.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.progress().lag
+    }
+
+    /// The source's progress as of the reader's last refresh. It is taken
+    /// after the reader handed over its poll, so a partition confirmed
+    /// caught up has had all its records up to that log end handed over.
+    pub fn progress(&self) -> Progress {
+        self.progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -141,24 +152,27 @@ fn read<T>(
     wait: Duration,
     mut step: impl FnMut(Vec<Chunk>) -> Result<T>,
     tx: &SyncSender<Polled<T>>,
-    lag: &Mutex<Vec<(i32, i64)>>,
+    progress: &Mutex<Progress>,
     stop: &AtomicBool,
 ) {
     let mut refreshed = Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        let polled = src.poll(max, wait);
-        if refreshed.elapsed() >= LAG_EVERY {
-            *lag.lock().unwrap_or_else(|p| p.into_inner()) = src.lag();
-            refreshed = Instant::now();
-        }
-        let polled = match polled {
-            Ok(chunks) if chunks.is_empty() => continue,
-            Ok(chunks) => step(chunks).map(|records| (records, src.offsets().clone())),
-            Err(e) => Err(e),
+        let polled = match src.poll(max, wait) {
+            Ok(chunks) if chunks.is_empty() => None,
+            Ok(chunks) => Some(step(chunks).map(|records| (records, src.offsets().clone()))),
+            Err(e) => Some(Err(e)),
         };
-        let failed = polled.is_err();
-        if tx.send(polled).is_err() || failed {
-            return;
+        let empty = polled.is_none();
+        if let Some(polled) = polled {
+            let failed = polled.is_err();
+            if tx.send(polled).is_err() || failed {
+                return;
+            }
+        }
+        // Refreshed after the hand-over: what it confirms was handed over.
+        if empty || refreshed.elapsed() >= PROGRESS_EVERY {
+            *progress.lock().unwrap_or_else(|p| p.into_inner()) = src.progress();
+            refreshed = Instant::now();
         }
     }
 }

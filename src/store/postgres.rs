@@ -35,6 +35,7 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::window::Emission;
+use crate::window::watermark::{self, PartitionMark};
 
 /// Versioned schema migrations, applied in order under an advisory lock so
 /// servers starting together against one database do not race.
@@ -90,6 +91,11 @@ CREATE TABLE runnel_window_states (
     state BYTEA NOT NULL,
     PRIMARY KEY (query, window_start, window_end)
 );
+"#,
+    // An idle partition's watermark, advanced by its confirmed quiet time
+    // (see crate::window::watermark).
+    r#"
+ALTER TABLE runnel_partition_progress ADD COLUMN idle_watermark BIGINT;
 "#,
 ];
 
@@ -705,7 +711,8 @@ impl PgStore {
             let update = tx
                 .prepare(
                     "UPDATE runnel_partition_progress
-                     SET next_offset = $4, max_event_time = $5, idle = $6, updated_at = now()
+                     SET next_offset = $4, max_event_time = $5, idle = $6, idle_watermark = $7,
+                         updated_at = now()
                      WHERE query = $1 AND partition = $2 AND owner = $3",
                 )
                 .await?;
@@ -718,8 +725,9 @@ impl PgStore {
                             &f.partition,
                             &owner,
                             &f.next_offset,
-                            &f.max_event_time,
-                            &f.idle,
+                            &f.mark.max_event,
+                            &f.mark.idle.is_some(),
+                            &f.mark.idle.flatten(),
                         ],
                     )
                     .await?;
@@ -741,10 +749,10 @@ impl PgStore {
         })
     }
 
-    /// The windows of `query` every partition is past: the watermark is the
-    /// lowest `max_event_time - delay` over the topic's `partitions` that are
-    /// not idle (or `now - delay` when all are idle); windows whose end plus
-    /// `grace` is at or before it are returned with their partial states.
+    /// The windows of `query` every partition is past: the watermark combines
+    /// the stored marks of the topic's `partitions` by the one rule
+    /// ([`watermark::combine`]); windows whose end plus `grace` is at or
+    /// before it are returned with their partial states.
     /// Partial states of windows already final (from records read after the
     /// window was finished) are deleted and counted in `late`.
     pub fn final_windows(
@@ -753,7 +761,6 @@ impl PgStore {
         partitions: usize,
         delay: i64,
         grace: i64,
-        now: i64,
     ) -> Result<FinalWindows> {
         let query = query.to_string();
         self.run(move |c| async move {
@@ -777,22 +784,24 @@ impl PgStore {
                 .await?;
             let rows = tx
                 .query(
-                    "SELECT max_event_time, idle FROM runnel_partition_progress WHERE query = $1",
+                    "SELECT max_event_time, idle, idle_watermark FROM runnel_partition_progress
+                     WHERE query = $1",
                     &[&query],
                 )
                 .await?;
-            // A partition never read, or a topic not fully claimed yet, holds
-            // everything back.
-            let mut wm: Option<i64> = (rows.len() < partitions).then_some(i64::MIN);
-            for r in &rows {
-                let (max, idle): (Option<i64>, bool) = (r.get(0), r.get(1));
-                if idle {
-                    continue;
+            let marks = rows.iter().map(|r| {
+                let (max_event, idle, idle_wm): (Option<i64>, bool, Option<i64>) =
+                    (r.get(0), r.get(1), r.get(2));
+                PartitionMark {
+                    max_event,
+                    idle: idle.then_some(idle_wm),
                 }
-                let w = max.map_or(i64::MIN, |m| m.saturating_sub(delay));
-                wm = Some(wm.map_or(w, |m| m.min(w)));
-            }
-            let wm = wm.unwrap_or(now.saturating_sub(delay));
+            });
+            // A topic not fully claimed yet holds everything back.
+            let wm = match rows.len() < partitions {
+                true => i64::MIN,
+                false => watermark::combine(marks, delay).unwrap_or(i64::MIN),
+            };
             let parts = tx
                 .query(
                     "SELECT id, window_start, window_end, state FROM runnel_window_partials
@@ -885,10 +894,8 @@ pub struct PartitionFlush {
     pub partition: i32,
     /// Next offset to read.
     pub next_offset: Option<i64>,
-    /// Highest event time read so far.
-    pub max_event_time: Option<i64>,
-    /// Silent and caught up: left out of the watermark.
-    pub idle: bool,
+    /// What it contributes to the watermark.
+    pub mark: PartitionMark,
 }
 
 /// What [`PgStore::final_windows`] found.

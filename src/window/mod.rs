@@ -4,10 +4,9 @@
 //! drops it from windows that are already closed (judged against the running
 //! watermark of its partition, record by record, so batching never changes
 //! the outcome), runs the query's batch plan to get partial aggregate states
-//! and merges those into the state of each open window. When the watermark —
-//! the minimum over active partitions of the largest event time seen, minus
-//! the stream's delay — passes a window's end plus its grace, the window's
-//! states go through the close plan and its rows are emitted.
+//! and merges those into the state of each open window. When the watermark
+//! (the rule is in [`watermark`]) passes a window's end plus its grace, the
+//! window's states go through the close plan and its rows are emitted.
 //!
 //! ```no_run
 //! # async fn f(plan: std::sync::Arc<runnel::plan::ContinuousPlan>,
@@ -38,6 +37,10 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::plan::ContinuousPlan;
 use crate::sql::window::WindowKind;
+
+pub mod watermark;
+
+use watermark::Watermarks;
 
 /// Records of several small batches aggregated together, at most about this
 /// many rows at a time.
@@ -117,15 +120,13 @@ struct CheckpointHeader {
 pub struct WindowEngine {
     plan: Arc<ContinuousPlan>,
     event_time: Option<usize>,
-    delay: i64,
     grace: i64,
     /// Open windows by (end, start), so closing walks them in end order.
     windows: BTreeMap<(i64, i64), WindowBuf>,
     /// Session windows: partial states keyed by record time, merged at close.
     sessions: WindowBuf,
-    partition_max: BTreeMap<i32, i64>,
-    /// Partitions without recent records, left out of the watermark.
-    idle: std::collections::BTreeSet<i32>,
+    /// Per-partition event-time clocks: the watermark.
+    clock: Watermarks,
     /// Windows whose end plus grace is at or before this are closed.
     closed_wm: i64,
     dirty: bool,
@@ -155,12 +156,10 @@ impl WindowEngine {
             read,
             plan,
             event_time,
-            delay: delay_ms,
             grace,
             windows: BTreeMap::new(),
             sessions: WindowBuf::default(),
-            partition_max: BTreeMap::new(),
-            idle: Default::default(),
+            clock: Watermarks::new(delay_ms),
             closed_wm: i64::MIN,
             partials_only: false,
             keep_states: false,
@@ -193,8 +192,7 @@ impl WindowEngine {
     pub fn reset(&mut self, partition_max: BTreeMap<i32, i64>) {
         self.windows.clear();
         self.sessions = WindowBuf::default();
-        self.idle.clear();
-        self.partition_max = partition_max;
+        self.clock.reset(partition_max);
         self.closed_wm = i64::MIN;
     }
 
@@ -204,9 +202,14 @@ impl WindowEngine {
         self.closed_wm = self.closed_wm.max(wm);
     }
 
-    /// Highest event time read per partition (`i64::MIN` when none yet).
-    pub fn partition_max(&self) -> &BTreeMap<i32, i64> {
-        &self.partition_max
+    /// The per-partition event-time clocks the watermark comes from.
+    pub fn clock(&self) -> &Watermarks {
+        &self.clock
+    }
+
+    /// The clocks, for telling them which partitions are quiet and caught up.
+    pub fn clock_mut(&mut self) -> &mut Watermarks {
+        &mut self.clock
     }
 
     /// Takes every open window's partial state, merged to one row per group,
@@ -225,32 +228,17 @@ impl WindowEngine {
         Ok(out)
     }
 
-    /// Current watermark: min over active partitions of (max event time − delay).
+    /// Current watermark, by the rule in [`watermark`].
     pub fn watermark(&self) -> Option<i64> {
-        self.partition_max
-            .iter()
-            .filter(|(p, _)| !self.idle.contains(p))
-            .map(|(_, m)| *m)
-            .min()
-            .filter(|m| *m != i64::MIN)
-            .map(|m| m.saturating_sub(self.delay))
+        self.clock.current()
     }
 
     /// Declares the partitions the source reads: until each has delivered a
-    /// record (or is marked idle), the watermark does not advance, so a
-    /// backlog read one partition at a time is not judged late.
+    /// record (or is idle), the watermark does not advance, so a backlog
+    /// read one partition at a time is not judged late.
     pub fn register_partitions(&mut self, partitions: &[i32]) {
         for p in partitions {
-            self.partition_max.entry(*p).or_insert(i64::MIN);
-        }
-    }
-
-    /// Marks a partition idle (excluded from the watermark) or active again.
-    pub fn set_idle(&mut self, partition: i32, idle: bool) {
-        if idle {
-            self.idle.insert(partition);
-        } else {
-            self.idle.remove(&partition);
+            self.clock.register(*p);
         }
     }
 
@@ -327,18 +315,20 @@ impl WindowEngine {
             }
         }
         self.aggregate(pending).await?;
-        let out = match self.watermark() {
-            Some(w) => {
-                self.counters.watermark.store(w, Ordering::Relaxed);
-                if self.partials_only {
-                    vec![]
-                } else {
-                    self.close_until(w).await?
-                }
-            }
-            None => vec![],
+        self.close_ready().await
+    }
+
+    /// Closes every window the current watermark has passed (after the
+    /// clocks were told of quiet partitions, say).
+    pub async fn close_ready(&mut self) -> Result<Vec<Emission>> {
+        let Some(w) = self.watermark() else {
+            return Ok(vec![]);
         };
-        Ok(out)
+        self.counters.watermark.store(w, Ordering::Relaxed);
+        if self.partials_only {
+            return Ok(vec![]);
+        }
+        self.close_until(w).await
     }
 
     /// Folds window-assigned batches into the partial states, as one batch.
@@ -375,11 +365,8 @@ impl WindowEngine {
             }
             None => (vec![arrival_ms; n], None),
         };
-        let mut pm = self
-            .partition_max
-            .get(&partition)
-            .copied()
-            .unwrap_or(i64::MIN);
+        let mut pm = self.clock.max_event(partition);
+        let delay = self.clock.delay();
         let mut idx: Vec<u32> = Vec::with_capacity(n);
         let mut starts: Vec<i64> = Vec::with_capacity(n);
         let mut ends: Vec<i64> = Vec::with_capacity(n);
@@ -392,7 +379,7 @@ impl WindowEngine {
                 continue;
             }
             // The running watermark of this partition before record i.
-            let frontier = pm.saturating_sub(self.delay).max(self.closed_wm);
+            let frontier = pm.saturating_sub(delay).max(self.closed_wm);
             let mut dropped = false;
             let mut assign = |s: i64, e: i64| {
                 if e.saturating_add(grace) <= frontier {
@@ -429,9 +416,7 @@ impl WindowEngine {
             .late_records
             .fetch_add(late, Ordering::Relaxed);
         self.counters.bad_records.fetch_add(bad, Ordering::Relaxed);
-        if pm != i64::MIN {
-            self.partition_max.insert(partition, pm);
-        }
+        self.clock.observe(partition, pm);
         if idx.is_empty() {
             return Ok(None);
         }
@@ -533,13 +518,10 @@ impl WindowEngine {
         Ok(out)
     }
 
-    /// Closes windows by the wall clock when the stream has gone quiet: a
-    /// window closes once `now` passes its end plus delay plus grace.
-    pub async fn close_idle(&mut self, now_ms: i64) -> Result<Vec<Emission>> {
-        if self.open_windows() == 0 {
-            return Ok(vec![]);
-        }
-        self.close_until(now_ms.saturating_sub(self.delay)).await
+    /// Closes every open window, as if the watermark had passed them all:
+    /// the input has ended for good (benchmarks, tests).
+    pub async fn close_all(&mut self) -> Result<Vec<Emission>> {
+        self.close_until(i64::MAX).await
     }
 
     /// Emits the whole table of a cumulative query if it changed.
@@ -677,7 +659,7 @@ impl WindowEngine {
     pub fn checkpoint(&self) -> Result<Vec<u8>> {
         let header = CheckpointHeader {
             version: 1,
-            partition_max: self.partition_max.iter().map(|(p, m)| (*p, *m)).collect(),
+            partition_max: self.clock.maxima().into_iter().collect(),
             closed_wm: self.closed_wm,
         };
         let header = serde_json::to_vec(&header).map_err(|e| Error::Execution(e.to_string()))?;
@@ -704,7 +686,7 @@ impl WindowEngine {
                 .map_err(|e| bad(&e.to_string()))?;
         let states = read_ipc(&self.plan.state_schema, &bytes[4 + hl..])?
             .ok_or_else(|| bad("state schema differs"))?;
-        self.partition_max = header.partition_max.into_iter().collect();
+        self.clock.reset(header.partition_max.into_iter().collect());
         self.closed_wm = header.closed_wm;
         self.windows.clear();
         self.sessions = WindowBuf::default();
