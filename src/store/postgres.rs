@@ -99,6 +99,10 @@ ALTER TABLE runnel_partition_progress ADD COLUMN idle_watermark BIGINT;
 "#,
 ];
 
+/// A partition's idle mark is trusted for this long after its owner
+/// flushed it (owners flush every checkpoint interval, 1 s by default).
+const IDLE_MARK_FRESH_SECS: f64 = 5.0;
+
 /// Lock key of the migrations (any fixed number shared by all servers).
 const MIGRATION_LOCK: i64 = 0x72756e6e656c;
 
@@ -784,9 +788,14 @@ impl PgStore {
                 .await?;
             let rows = tx
                 .query(
-                    "SELECT max_event_time, idle, idle_watermark FROM runnel_partition_progress
-                     WHERE query = $1",
-                    &[&query],
+                    // An idle mark counts only while its owner keeps
+                    // flushing: a dead server's partitions hold the
+                    // watermark at their event-time frontier until their
+                    // new owner has read what was written meanwhile.
+                    "SELECT max_event_time, idle AND updated_at > now() - make_interval(secs => $2),
+                            idle_watermark
+                     FROM runnel_partition_progress WHERE query = $1",
+                    &[&query, &IDLE_MARK_FRESH_SECS],
                 )
                 .await?;
             let marks = rows.iter().map(|r| {
