@@ -890,7 +890,7 @@ async fn consume_e2e(
         "runnel-bench",
         crate::sql::StartFrom::Earliest,
         &Default::default(),
-        &stop,
+        crate::source::kafka::Waiting::until(&stop),
     )?;
     // As a query does: the watermark waits for every partition.
     engine.register_partitions(src.partitions());

@@ -53,7 +53,7 @@ use datafusion::sql::sqlparser::parser::Parser;
 use crate::error::{Error, Result};
 use crate::plan::ContinuousPlan;
 use crate::runtime::{ChunkDecoder, QueryStatus, QueryTask};
-use crate::source::kafka::{KafkaSource, OnAssign};
+use crate::source::kafka::{KafkaSource, OnAssign, Waiting};
 use crate::sql::window::WindowKind;
 use crate::sql::{SelectSql, SourceKind};
 use crate::store::postgres::{FinalWindow, PartitionFlush, PgStore, Progress};
@@ -200,7 +200,10 @@ pub(crate) fn run(task: &QueryTask, cluster: &str, set_status: impl Fn(QueryStat
         &format!("runnel-{}", task.name),
         task.reset.unwrap_or(task.stream.start),
         on_assign,
-        &task.stop,
+        Waiting {
+            stop: &task.stop,
+            unreachable: &|since| task.note_reachability(since, QueryStatus::WaitingForTopic),
+        },
     ) {
         Ok(s) => s,
         Err(_) if task.stop.load(Ordering::Relaxed) => return Ok(()),

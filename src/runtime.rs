@@ -21,6 +21,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use crate::error::{Error, Result};
 use crate::format::Decoder;
 use crate::plan::ContinuousPlan;
+use crate::source::kafka::Waiting;
 use crate::source::prefetch::Prefetch;
 use crate::source::stats::StreamStats;
 use crate::source::{Chunk, Progress, Source};
@@ -36,6 +37,8 @@ pub enum QueryStatus {
     Starting,
     /// Waiting for the stream's topic to exist.
     WaitingForTopic,
+    /// No broker has answered since this time (RFC 3339).
+    BrokerUnreachable(String),
     /// Consuming.
     Running,
     /// Stopped on request.
@@ -50,6 +53,7 @@ impl QueryStatus {
         match self {
             QueryStatus::Starting => "starting",
             QueryStatus::WaitingForTopic => "waiting_for_topic",
+            QueryStatus::BrokerUnreachable(_) => "broker_unreachable",
             QueryStatus::Running => "running",
             QueryStatus::Stopped => "stopped",
             QueryStatus::Failed(_) => "failed",
@@ -279,7 +283,8 @@ impl QueryTask {
     }
 
     /// Tells the engine's clocks which partitions delivered records this
-    /// turn and which were confirmed caught up and quiet since the last.
+    /// turn and which were confirmed caught up and quiet since the last;
+    /// notes whether the broker is reachable and the records skipped.
     pub(crate) fn tick_clock(
         &self,
         engine: &mut WindowEngine,
@@ -289,6 +294,10 @@ impl QueryTask {
     ) {
         // A turn longer than a second (a slow commit, a paused process)
         // counts as one second of quiet at most.
+        self.note_reachability(progress.unreachable_since, QueryStatus::Running);
+        self.counters
+            .records_skipped
+            .store(progress.skipped, Ordering::Relaxed);
         let elapsed = last_tick.elapsed().min(Duration::from_secs(1));
         *last_tick = Instant::now();
         let delivered: Vec<i32> = decoded.iter().map(|(p, _)| *p).collect();
@@ -313,6 +322,29 @@ impl QueryTask {
         let before = now_ms().saturating_sub(self.state_retention.as_millis() as i64);
         self.store.prune_window_states(&self.name, before)?;
         Ok(())
+    }
+
+    /// A broker unreachable for more than two seconds is a status of its
+    /// own (brief reconnects are not); reachable again, the query runs.
+    pub(crate) fn note_reachability(
+        &self,
+        since: Option<std::time::SystemTime>,
+        back: QueryStatus,
+    ) {
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        match since {
+            Some(t)
+                if t.elapsed().is_ok_and(|d| d >= Duration::from_secs(2))
+                    && !matches!(*status, QueryStatus::Failed(_) | QueryStatus::Stopped) =>
+            {
+                let at = chrono::DateTime::<chrono::Utc>::from(t);
+                *status = QueryStatus::BrokerUnreachable(
+                    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                );
+            }
+            None if matches!(*status, QueryStatus::BrokerUnreachable(_)) => *status = back,
+            _ => {}
+        }
     }
 
     fn set_status(&self, s: QueryStatus) {
@@ -383,7 +415,10 @@ impl QueryTask {
             &client,
             self.reset.unwrap_or(self.stream.start),
             &saved,
-            &self.stop,
+            Waiting {
+                stop: &self.stop,
+                unreachable: &|since| self.note_reachability(since, QueryStatus::WaitingForTopic),
+            },
         ) {
             Ok(s) => s,
             Err(_) if self.stop.load(Ordering::Relaxed) => return Ok(()),

@@ -7,7 +7,7 @@
 //! | `GET /queries`, `GET /queries/{id}`, `DELETE /queries/{id}` | |
 //! | `GET /queries/{id}/results?from=&to=&after=&limit=&format=json\|csv` | results, cursor-paged |
 //! | `GET /streams`, `GET /streams/{name}` | |
-//! | `GET /healthz` | |
+//! | `GET /healthz` | `{"status": "ok"}`, or `"degraded"` with the queries that cannot read their broker or have failed (still 200: the server itself is alive) |
 //!
 //! Every error is `{"error": {"code", "message", "line", "column"}}` with the
 //! status from [`Error::status`].
@@ -63,7 +63,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/streams/{name}", get(get_stream))
         .route("/streams/{name}/errors", get(stream_errors))
         .route("/queries/{id}/reset", post(reset_query))
-        .route("/healthz", get(|| async { axum::Json(json!({"status": "ok"})) }))
+        .route("/healthz", get(healthz))
         .route("/queries/{id}/stream", get(stream_results))
         .route("/metrics", get(super::metrics::handler))
         .merge(super::dashboard::routes())
@@ -492,4 +492,28 @@ async fn stream_results(
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+/// `ok`, or `degraded` naming each query whose broker is unreachable or
+/// that has failed.
+async fn healthz(State(app): State<Arc<App>>) -> axum::Json<Value> {
+    let mut problems = serde_json::Map::new();
+    for q in app.queries() {
+        match q.status() {
+            crate::runtime::QueryStatus::BrokerUnreachable(since) => {
+                problems.insert(
+                    q.name.clone(),
+                    json!(format!("broker unreachable since {since}")),
+                );
+            }
+            crate::runtime::QueryStatus::Failed(e) => {
+                problems.insert(q.name.clone(), json!(format!("failed: {e}")));
+            }
+            _ => {}
+        }
+    }
+    match problems.is_empty() {
+        true => axum::Json(json!({"status": "ok"})),
+        false => axum::Json(json!({"status": "degraded", "queries": problems})),
+    }
 }

@@ -13,8 +13,8 @@
 //! | `runnel_stream_bad_records_total`, `runnel_stream_kept_records_noted_total` | `stream`, `reason` |
 //! | `runnel_stream_watermark_seconds` | `stream` |
 //! | `runnel_stream_consumer_lag_records` | `stream`, `query`, `partition` |
-//! | `runnel_query_records_processed_total`, `runnel_query_late_records_total`, `runnel_query_windows_closed_total`, `runnel_query_rows_emitted_total` | `query`, `stream` |
-//! | `runnel_query_open_groups`, `runnel_query_open_windows`, `runnel_query_state_bytes`, `runnel_query_watermark_seconds`, `runnel_query_running` | `query`, `stream` |
+//! | `runnel_query_records_processed_total`, `runnel_query_late_records_total`, `runnel_query_records_skipped_total`, `runnel_query_windows_closed_total`, `runnel_query_rows_emitted_total` | `query`, `stream` |
+//! | `runnel_query_open_groups`, `runnel_query_open_windows`, `runnel_query_state_bytes`, `runnel_query_watermark_seconds`, `runnel_query_running`, `runnel_query_broker_unreachable` | `query`, `stream` |
 //! | `runnel_query_batch_duration_seconds`, `runnel_query_window_close_latency_seconds` (histograms) | `query`, `stream` |
 //! | `runnel_process_resident_memory_bytes`, `runnel_streams`, `runnel_queries` | |
 
@@ -141,6 +141,7 @@ struct Gauges {
     lag: IntGaugeVec,
     processed: IntCounterVec,
     late: IntCounterVec,
+    skipped: IntCounterVec,
     windows_closed: IntCounterVec,
     rows_emitted: IntCounterVec,
     open_groups: IntGaugeVec,
@@ -148,6 +149,7 @@ struct Gauges {
     state_bytes: IntGaugeVec,
     watermark: GaugeVec,
     running: IntGaugeVec,
+    unreachable: IntGaugeVec,
     memory: IntGauge,
     streams: IntGauge,
     queries: IntGauge,
@@ -253,6 +255,11 @@ impl Metrics {
                 "Records dropped from windows that had closed.",
                 qs,
             ),
+            skipped: counter(
+                "runnel_query_records_skipped_total",
+                "Records skipped because their offsets were lost (on_offset_loss).",
+                qs,
+            ),
             windows_closed: counter(
                 "runnel_query_windows_closed_total",
                 "Windows closed and written.",
@@ -282,6 +289,11 @@ impl Metrics {
             running: igauge(
                 "runnel_query_running",
                 "1 while the query consumes, 0 when waiting, stopped or failed.",
+                qs,
+            ),
+            unreachable: igauge(
+                "runnel_query_broker_unreachable",
+                "1 while no broker of the query's stream answers.",
                 qs,
             ),
             memory: plain(
@@ -346,6 +358,7 @@ impl Metrics {
             &g.stream_kept,
             &g.processed,
             &g.late,
+            &g.skipped,
             &g.windows_closed,
             &g.rows_emitted,
         ] {
@@ -357,6 +370,7 @@ impl Metrics {
             &g.open_windows,
             &g.state_bytes,
             &g.running,
+            &g.unreachable,
         ] {
             c.reset();
         }
@@ -391,6 +405,11 @@ impl Metrics {
             set_counter(&g.processed, &labels, records.saturating_sub(bad));
             set_counter(&g.late, &labels, c.late_records.load(Ordering::Relaxed));
             set_counter(
+                &g.skipped,
+                &labels,
+                c.records_skipped.load(Ordering::Relaxed),
+            );
+            set_counter(
                 &g.windows_closed,
                 &labels,
                 c.windows_closed.load(Ordering::Relaxed),
@@ -413,6 +432,12 @@ impl Metrics {
             g.running
                 .with_label_values(&labels)
                 .set(i64::from(q.status() == QueryStatus::Running));
+            g.unreachable
+                .with_label_values(&labels)
+                .set(i64::from(matches!(
+                    q.status(),
+                    QueryStatus::BrokerUnreachable(_)
+                )));
             for (p, l) in m.lag.lock().unwrap_or_else(|p| p.into_inner()).iter() {
                 g.lag
                     .with_label_values(&[q.stream.as_str(), q.name.as_str(), &p.to_string()])

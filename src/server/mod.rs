@@ -724,6 +724,10 @@ impl App {
         if save {
             self.store.save_query(name, sql, &plan.output_schema)?;
         }
+        if save || reset.is_some() {
+            self.save_start_offsets(name, &stream.def, reset.unwrap_or(stream.def.start))
+                .await?;
+        }
         let counters = Arc::new(Counters::default());
         let query_metrics = self.metrics.query(name, &stream.def.name);
         let status = Arc::new(Mutex::new(QueryStatus::Starting));
@@ -763,6 +767,42 @@ impl App {
             .expect("lock")
             .insert(name.to_string(), entry.clone());
         Ok(entry)
+    }
+
+    /// A query starting at `latest` begins at the log end of each partition
+    /// as it is when the query is created (or reset), not when its consumer
+    /// is later assigned: those offsets are saved with it at once. When the
+    /// broker cannot tell (the topic does not exist yet, the broker is
+    /// down), the query starts at the end as of its first assignment.
+    async fn save_start_offsets(
+        &self,
+        name: &str,
+        stream: &StreamDef,
+        start: StartFrom,
+    ) -> Result<()> {
+        if start != StartFrom::Latest
+            || stream.source != crate::sql::SourceKind::Kafka
+            || self.config.cluster.is_some()
+        {
+            return Ok(());
+        }
+        let brokers = stream
+            .brokers
+            .clone()
+            .unwrap_or_else(|| self.config.brokers.clone());
+        let topic = stream.topic.clone();
+        let ends = tokio::task::spawn_blocking(move || {
+            crate::source::kafka::end_offsets(&brokers, &topic)
+        })
+        .await
+        .map_err(|e| Error::Execution(e.to_string()))?;
+        match ends {
+            Ok(offsets) => self.store.commit(name, &[], &offsets, &[]),
+            Err(e) => {
+                tracing::warn!(query = name, "start offsets not saved: {e}");
+                Ok(())
+            }
+        }
     }
 
     /// Stops and deletes a query with its results.
@@ -878,14 +918,17 @@ impl App {
                 "records_in": c.records_in.load(Ordering::Relaxed),
                 "late_records": c.late_records.load(Ordering::Relaxed),
                 "bad_records": c.bad_records.load(Ordering::Relaxed),
+                "records_skipped": c.records_skipped.load(Ordering::Relaxed),
                 "windows_closed": c.windows_closed.load(Ordering::Relaxed),
                 "rows_emitted": c.rows_emitted.load(Ordering::Relaxed),
             },
             "watermark": fmt_ms(c.watermark.load(Ordering::Relaxed)),
             "last_window_end": fmt_ms(c.last_window_end.load(Ordering::Relaxed)),
         });
-        if let QueryStatus::Failed(e) = status {
-            v["error"] = json!(e);
+        match status {
+            QueryStatus::Failed(e) => v["error"] = json!(e),
+            QueryStatus::BrokerUnreachable(since) => v["broker_unreachable_since"] = json!(since),
+            _ => {}
         }
         if with_plan {
             v["plan"] = json!(q.plan.explain());

@@ -18,11 +18,11 @@
 //! use std::collections::BTreeMap;
 //! use std::sync::atomic::AtomicBool;
 //! use std::time::Duration;
-//! use runnel::source::kafka::KafkaSource;
+//! use runnel::source::kafka::{KafkaSource, Waiting};
 //! use runnel::sql::StartFrom;
 //! let stop = AtomicBool::new(false);
 //! let mut src = KafkaSource::connect("127.0.0.1:9092", "clicks", "runnel-q", StartFrom::Earliest,
-//!                                    &BTreeMap::new(), &stop).unwrap();
+//!                                    &BTreeMap::new(), Waiting::until(&stop)).unwrap();
 //! for chunk in src.poll(10_000, Duration::from_millis(100)).unwrap() {
 //!     println!("partition {}: {} records", chunk.partition, chunk.len());
 //! }
@@ -31,20 +31,21 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Deserialize;
 
 use rdkafka::client::ClientContext;
-use rdkafka::config::ClientConfig;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::types::RDKafkaRespErr;
+use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{Offset, TopicPartitionList};
 
 pub use super::Chunk;
 use crate::error::{Error, Result};
-use crate::sql::StartFrom;
+use crate::sql::{OnOffsetLoss, StartFrom};
 
 /// Where a consumer group member starts the partitions it is assigned:
 /// called with them at each assignment, it returns the saved next offset of
@@ -125,9 +126,68 @@ pub struct SourceContext {
     assigned: Mutex<(Vec<i32>, BTreeMap<i32, i64>)>,
     /// Per partition, the log end last reported by a live leader.
     live_ends: Mutex<BTreeMap<i32, LiveEnd>>,
+    /// Since when no broker has been reachable.
+    down_since: Mutex<Option<SystemTime>>,
+    /// When each kind of client error or log line was last logged.
+    logged: Mutex<HashMap<String, Instant>>,
+}
+
+/// The same client error or log line is logged at most once this often:
+/// librdkafka retries connections many times a second.
+const LOG_EVERY: Duration = Duration::from_secs(30);
+
+impl SourceContext {
+    /// Notes whether any broker is reachable, logging each change once.
+    fn set_reachable(&self, up: bool) {
+        let mut since = self.down_since.lock().unwrap_or_else(|p| p.into_inner());
+        match (up, *since) {
+            (false, None) => {
+                tracing::warn!(topic = %self.topic, "kafka: no broker reachable");
+                *since = Some(SystemTime::now());
+            }
+            (true, Some(t)) => {
+                let secs = t.elapsed().map_or(0.0, |d| d.as_secs_f64());
+                tracing::info!(topic = %self.topic, "kafka: a broker is reachable again after {secs:.1} s");
+                *since = None;
+            }
+            _ => {}
+        }
+    }
+
+    /// True when `message` was not logged within [`LOG_EVERY`]; what varies
+    /// between retries (counts, durations in parentheses) is left out.
+    fn should_log(&self, message: &str) -> bool {
+        let key = message.split('(').next().unwrap_or(message).to_string();
+        let mut logged = self.logged.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        match logged.get(&key) {
+            Some(at) if now.duration_since(*at) < LOG_EVERY => false,
+            _ => {
+                logged.insert(key, now);
+                true
+            }
+        }
+    }
 }
 
 impl ClientContext for SourceContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        let serious = (level as i32) <= (RDKafkaLogLevel::Warning as i32);
+        if !serious || !self.should_log(log_message) {
+            return;
+        }
+        tracing::warn!(target: "librdkafka", "librdkafka: {fac} {log_message}");
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.set_reachable(false);
+        }
+        if self.should_log(reason) {
+            tracing::warn!("kafka: {error}: {reason}");
+        }
+    }
+
     fn stats_raw(&self, statistics: &[u8]) {
         let stats: Stats = match serde_json::from_slice(statistics) {
             Ok(s) => s,
@@ -142,6 +202,8 @@ impl ClientContext for SourceContext {
             .filter(|b| b.state == "UP" && (0..=BROKER_FRESH_US).contains(&b.rxidle))
             .map(|b| b.nodeid)
             .collect();
+        let known = stats.brokers.values().filter(|b| b.nodeid >= 0);
+        self.set_reachable(known.clone().count() == 0 || known.clone().any(|b| b.state == "UP"));
         let at = Instant::now();
         let mut ends = self.live_ends.lock().unwrap_or_else(|p| p.into_inner());
         for p in stats
@@ -216,11 +278,66 @@ fn start_offset(saved: Option<&i64>, start: StartFrom) -> Offset {
     }
 }
 
+/// How a source waits for its topic to appear: until `stop` is set,
+/// telling `unreachable` since when no broker has answered (`None` once one
+/// does).
+#[derive(Clone, Copy)]
+pub struct Waiting<'a> {
+    /// Set to give up waiting.
+    pub stop: &'a AtomicBool,
+    /// Told of the brokers' reachability at each attempt.
+    pub unreachable: &'a dyn Fn(Option<SystemTime>),
+}
+
+impl<'a> Waiting<'a> {
+    /// Waits until `stop`, reporting nothing.
+    pub fn until(stop: &'a AtomicBool) -> Self {
+        Waiting {
+            stop,
+            unreachable: &|_| {},
+        }
+    }
+}
+
+/// How long to wait for a broker's answer about partitions and log ends.
+const ASK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often a query reading every partition looks for partitions added to
+/// its topic.
+const DISCOVER_EVERY: Duration = Duration::from_secs(5);
+
+/// The log end of every partition of `topic` now: where a query that starts
+/// at `latest` begins, saved when it is created so that records produced
+/// before its consumer is assigned are not skipped.
+pub fn end_offsets(brokers: &str, topic: &str) -> Result<BTreeMap<i32, i64>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("allow.auto.create.topics", "false")
+        .create()?;
+    let md = consumer.fetch_metadata(Some(topic), ASK_TIMEOUT)?;
+    let partitions = partitions_of(&md, topic);
+    if partitions.is_empty() {
+        return Err(Error::Execution(format!("topic {topic} does not exist")));
+    }
+    partitions
+        .into_iter()
+        .map(|p| Ok((p, consumer.fetch_watermarks(topic, p, ASK_TIMEOUT)?.1)))
+        .collect()
+}
+
 /// A consumer reading every partition of one topic, or in a consumer group
 /// the partitions the group assigns it.
 pub struct KafkaSource {
     consumer: BaseConsumer<SourceContext>,
+    topic: String,
+    /// Reading every partition (not a group member): new partitions of the
+    /// topic are picked up, at [`DISCOVER_EVERY`].
+    all_partitions: bool,
+    discovered: Instant,
     start: StartFrom,
+    on_offset_loss: OnOffsetLoss,
+    /// Records skipped over because their offsets were lost.
+    skipped: u64,
     partitions: Vec<i32>,
     offsets: BTreeMap<i32, i64>,
     /// Partitions of the topic.
@@ -259,18 +376,38 @@ impl KafkaSource {
         client_id: &str,
         start: StartFrom,
         saved: &BTreeMap<i32, i64>,
-        stop: &AtomicBool,
+        waiting: Waiting,
     ) -> Result<Self> {
-        let (consumer, partitions) = open(brokers, topic, client_id, start, None, &[], stop)?;
+        let (consumer, partitions) = open(brokers, topic, client_id, start, None, &[], waiting)?;
+        let mut offsets = saved.clone();
         let mut tpl = TopicPartitionList::new();
         for p in &partitions {
-            tpl.add_partition_offset(topic, *p, start_offset(saved.get(p), start))?;
+            let mut at = start_offset(saved.get(p), start);
+            // `latest` is the log end now, kept as an offset of its own so a
+            // checkpoint saves it even before the partition gives a record.
+            if at == Offset::End {
+                match consumer.fetch_watermarks(topic, *p, ASK_TIMEOUT) {
+                    Ok((_, high)) => {
+                        offsets.insert(*p, high);
+                        at = Offset::Offset(high);
+                    }
+                    Err(e) => tracing::warn!(
+                        "kafka: log end of {topic}/{p} unknown ({e}); starting at the end when assigned"
+                    ),
+                }
+            }
+            tpl.add_partition_offset(topic, *p, at)?;
         }
         consumer.assign(&tpl)?;
         Ok(KafkaSource {
             consumer,
+            topic: topic.to_string(),
+            all_partitions: true,
+            discovered: Instant::now(),
             start,
-            offsets: saved.clone(),
+            on_offset_loss: OnOffsetLoss::Fail,
+            skipped: 0,
+            offsets,
             topic_partitions: partitions.len(),
             partitions,
             generation: 0,
@@ -289,7 +426,7 @@ impl KafkaSource {
         client_id: &str,
         start: StartFrom,
         on_assign: OnAssign,
-        stop: &AtomicBool,
+        waiting: Waiting,
     ) -> Result<Self> {
         let group_settings = [
             ("group.id", group),
@@ -305,12 +442,17 @@ impl KafkaSource {
             start,
             Some(on_assign),
             &group_settings,
-            stop,
+            waiting,
         )?;
         consumer.subscribe(&[topic])?;
         Ok(KafkaSource {
             consumer,
+            topic: topic.to_string(),
+            all_partitions: false,
+            discovered: Instant::now(),
             start,
+            on_offset_loss: OnOffsetLoss::Fail,
+            skipped: 0,
             offsets: BTreeMap::new(),
             topic_partitions: partitions.len(),
             partitions: Vec::new(),
@@ -385,13 +527,65 @@ impl KafkaSource {
             .collect()
     }
 
-    /// Lag and caught-up confirmations of the assigned partitions.
+    /// What losing a saved offset does (`fail` unless set).
+    pub fn set_on_offset_loss(&mut self, policy: OnOffsetLoss) {
+        self.on_offset_loss = policy;
+    }
+
+    /// Lag, caught-up confirmations and broker reachability.
     pub fn progress(&self) -> super::Progress {
+        let ctx = self.consumer.context();
         super::Progress {
             partitions: self.partitions.clone(),
             lag: self.lag(),
             caught_up: self.caught_up(),
+            unreachable_since: *ctx.down_since.lock().unwrap_or_else(|p| p.into_inner()),
+            skipped: self.skipped,
         }
+    }
+
+    /// librdkafka found a partition's next offset outside its log: finds
+    /// which, and fails or skips as the stream says.
+    fn on_offset_loss(&mut self) -> Result<()> {
+        let mut lost = Vec::new();
+        for (p, next) in &self.offsets {
+            if !self.partitions.contains(p) {
+                continue;
+            }
+            let (low, high) = self
+                .consumer
+                .fetch_watermarks(&self.topic, *p, ASK_TIMEOUT)?;
+            if *next < low || *next > high {
+                lost.push((*p, *next, low, high));
+            }
+        }
+        for (p, next, low, high) in lost {
+            let what = format!(
+                "partition {p} of topic {}: the saved offset {next} is outside the log, which holds offsets {low} to {high} (records deleted, the topic recreated or the broker restarted empty)",
+                self.topic
+            );
+            let (to, skipped) = match self.on_offset_loss {
+                OnOffsetLoss::Fail => {
+                    return Err(Error::Execution(format!(
+                        "offsets lost on {what}; set on_offset_loss = 'earliest' or 'latest' on the stream to go on, or reset the query"
+                    )));
+                }
+                // Records deleted before they were read; a log that starts
+                // over after `next` holds only records not read yet.
+                OnOffsetLoss::Earliest => (low, (low - next).max(0)),
+                OnOffsetLoss::Latest => (high, high - next.min(high).max(low)),
+            };
+            tracing::warn!(
+                "kafka: offsets lost on {what}; going on from offset {to}, {skipped} records skipped"
+            );
+            self.skipped += skipped as u64;
+            self.offsets.insert(p, to);
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(&self.topic, p, Offset::Offset(to))?;
+            self.consumer.incremental_unassign(&tpl)?;
+            self.consumer.incremental_assign(&tpl)?;
+        }
+        Ok(())
     }
 
     /// Per assigned partition that is caught up, when that was confirmed:
@@ -417,9 +611,43 @@ impl KafkaSource {
             .collect()
     }
 
+    /// Assigns partitions added to the topic since the last look, from
+    /// their beginning: every record in them came after the query started
+    /// reading the topic.
+    fn discover_partitions(&mut self) -> Result<()> {
+        self.discovered = Instant::now();
+        let md = match self
+            .consumer
+            .fetch_metadata(Some(&self.topic), Duration::from_secs(1))
+        {
+            Ok(md) => md,
+            Err(e) => {
+                tracing::debug!("kafka: metadata of {}: {e}", self.topic);
+                return Ok(());
+            }
+        };
+        let mut new = partitions_of(&md, &self.topic);
+        new.retain(|p| !self.partitions.contains(p));
+        if new.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for p in &new {
+            tpl.add_partition_offset(&self.topic, *p, Offset::Beginning)?;
+        }
+        self.consumer.incremental_assign(&tpl)?;
+        tracing::info!(topic = %self.topic, partitions = ?new, "new partitions assigned");
+        self.partitions.extend(&new);
+        self.topic_partitions = self.partitions.len();
+        Ok(())
+    }
+
     /// Reads up to `max` records, waiting at most `wait` for the first one,
     /// grouped into one chunk per partition.
     pub fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Chunk>> {
+        if self.all_partitions && self.discovered.elapsed() >= DISCOVER_EVERY {
+            self.discover_partitions()?;
+        }
         let mut chunks: Vec<Chunk> = Vec::new();
         let mut n = 0;
         let deadline = Instant::now() + wait;
@@ -431,7 +659,17 @@ impl KafkaSource {
             let msg = match msg {
                 Ok(m) => m,
                 Err(e) => {
-                    tracing::warn!("kafka: {e}");
+                    let code = e.rdkafka_error_code();
+                    if matches!(
+                        code,
+                        Some(
+                            RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange
+                        )
+                    ) {
+                        self.on_offset_loss()?;
+                    } else if self.consumer.context().should_log(&e.to_string()) {
+                        tracing::warn!("kafka: {e}");
+                    }
                     break;
                 }
             };
@@ -471,6 +709,15 @@ impl KafkaSource {
     }
 }
 
+/// The partitions of `topic` in a metadata answer (none if it is missing).
+fn partitions_of(md: &rdkafka::metadata::Metadata, topic: &str) -> Vec<i32> {
+    md.topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect()
+}
+
 /// Creates a consumer and waits until `topic` exists; returns its partitions.
 fn open(
     brokers: &str,
@@ -479,12 +726,8 @@ fn open(
     start: StartFrom,
     on_assign: Option<OnAssign>,
     extra: &[(&str, &str)],
-    stop: &AtomicBool,
+    waiting: Waiting,
 ) -> Result<(BaseConsumer<SourceContext>, Vec<i32>)> {
-    let reset = match start {
-        StartFrom::Earliest => "earliest",
-        StartFrom::Latest => "latest",
-    };
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", brokers)
@@ -493,7 +736,9 @@ fn open(
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
-        .set("auto.offset.reset", reset)
+        // A saved offset outside the log is reported, never silently
+        // reset: see KafkaSource::on_offset_loss.
+        .set("auto.offset.reset", "error")
         .set("fetch.wait.max.ms", "10")
         // Bound what is fetched ahead of processing (one queue shared by
         // all partitions): when input outruns the engine, fetching pauses
@@ -517,24 +762,28 @@ fn open(
         generation: AtomicU64::new(0),
         assigned: Mutex::new((Vec::new(), BTreeMap::new())),
         live_ends: Mutex::new(BTreeMap::new()),
+        down_since: Mutex::new(None),
+        logged: Mutex::new(HashMap::new()),
     })?;
     let partitions = loop {
-        if stop.load(Ordering::Relaxed) {
+        if waiting.stop.load(Ordering::Relaxed) {
             return Err(Error::Execution("stopped before the topic appeared".into()));
         }
-        match consumer.fetch_metadata(Some(topic), Duration::from_secs(2)) {
+        let ctx = consumer.context();
+        let answer = consumer.fetch_metadata(Some(topic), Duration::from_secs(2));
+        ctx.set_reachable(answer.is_ok());
+        (waiting.unreachable)(*ctx.down_since.lock().unwrap_or_else(|p| p.into_inner()));
+        match answer {
             Ok(md) => {
-                let ps: Vec<i32> = md
-                    .topics()
-                    .iter()
-                    .filter(|t| t.name() == topic && t.error().is_none())
-                    .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-                    .collect();
+                let ps = partitions_of(&md, topic);
                 if !ps.is_empty() {
                     break ps;
                 }
             }
-            Err(e) => tracing::debug!("metadata for {topic}: {e}"),
+            Err(e) if ctx.should_log(&e.to_string()) => {
+                tracing::warn!("kafka: asking {brokers} for topic {topic}: {e}");
+            }
+            Err(_) => {}
         }
         std::thread::sleep(Duration::from_millis(500));
     };

@@ -17,13 +17,12 @@ pub mod socket;
 pub mod stats;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::sql::{SourceKind, StartFrom, StreamDef};
 use file::FileSource;
-use kafka::KafkaSource;
+use kafka::{KafkaSource, Waiting};
 use socket::SocketSource;
 
 /// Consecutive records of one partition, payloads stored back to back.
@@ -105,15 +104,16 @@ pub enum Source {
 
 impl Source {
     /// Opens the source `stream` declares, resuming from `saved` offsets
-    /// where the source can replay (Kafka, files). Waits until a Kafka topic
-    /// or a file exists; a socket connects (and reconnects) while polling.
+    /// where the source can replay (Kafka, files). Waits as `waiting` says
+    /// until a Kafka topic or a file exists; a socket connects (and
+    /// reconnects) while polling.
     pub fn connect(
         stream: &StreamDef,
         brokers: &str,
         client_id: &str,
         start: StartFrom,
         saved: &BTreeMap<i32, i64>,
-        stop: &AtomicBool,
+        waiting: Waiting,
     ) -> Result<Self> {
         let opt = |k: &str| {
             stream.options.get(k).cloned().ok_or_else(|| {
@@ -121,14 +121,12 @@ impl Source {
             })
         };
         Ok(match stream.source {
-            SourceKind::Kafka => Source::Kafka(KafkaSource::connect(
-                brokers,
-                &stream.topic,
-                client_id,
-                start,
-                saved,
-                stop,
-            )?),
+            SourceKind::Kafka => {
+                let mut src =
+                    KafkaSource::connect(brokers, &stream.topic, client_id, start, saved, waiting)?;
+                src.set_on_offset_loss(stream.on_offset_loss);
+                Source::Kafka(src)
+            }
             SourceKind::Socket => {
                 let port = opt("port")?;
                 let port = port
@@ -136,9 +134,12 @@ impl Source {
                     .map_err(|_| Error::Execution(format!("bad port '{port}'")))?;
                 Source::Socket(SocketSource::connect(&opt("host")?, port))
             }
-            SourceKind::File => {
-                Source::File(FileSource::open(opt("path")?.as_ref(), start, saved, stop)?)
-            }
+            SourceKind::File => Source::File(FileSource::open(
+                opt("path")?.as_ref(),
+                start,
+                saved,
+                waiting.stop,
+            )?),
         })
     }
 
@@ -186,8 +187,8 @@ impl Source {
             // nothing more to give until new lines come.
             Source::Socket(_) | Source::File(_) => Progress {
                 partitions: vec![0],
-                lag: Vec::new(),
                 caught_up: BTreeMap::from([(0, Instant::now())]),
+                ..Progress::default()
             },
         }
     }
@@ -203,6 +204,10 @@ pub struct Progress {
     /// Partitions confirmed caught up with a live broker's log end, and
     /// when that was last confirmed.
     pub caught_up: BTreeMap<i32, Instant>,
+    /// Since when no broker has been reachable.
+    pub unreachable_since: Option<std::time::SystemTime>,
+    /// Records skipped because their offsets were lost (on_offset_loss).
+    pub skipped: u64,
 }
 
 /// A confirmation that a partition is caught up counts for this long: a

@@ -127,6 +127,21 @@ pub enum OnError {
     Fail,
 }
 
+/// What a query does when the offset it must read next is no longer in the
+/// log (records deleted by retention, a topic recreated, a broker that came
+/// back empty).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnOffsetLoss {
+    /// Stop the query with a status naming the partition, the saved offset
+    /// and the log's range.
+    Fail,
+    /// Go on from the log's first record, counting the records skipped.
+    Earliest,
+    /// Go on from the log's end, counting the records skipped.
+    Latest,
+}
+
 /// Default `max_future`: one hour.
 pub const DEFAULT_MAX_FUTURE_MS: i64 = 3_600_000;
 
@@ -169,6 +184,8 @@ pub struct StreamDef {
     pub on_error: OnError,
     /// Records stamped further than this ahead of the wall clock are bad (ms).
     pub max_future_ms: i64,
+    /// What losing the saved offset does.
+    pub on_offset_loss: OnOffsetLoss,
     /// All options as written.
     pub options: BTreeMap<String, String>,
 }
@@ -579,6 +596,7 @@ fn create_stream(text: &str) -> Result<StreamDef> {
         "source",
         "on_error",
         "max_future",
+        "on_offset_loss",
         "host",
         "port",
         "path",
@@ -671,10 +689,25 @@ fn create_stream(text: &str) -> Result<StreamDef> {
         Some(d) => parse_duration(d).map_err(|e| bad(format!("max_future: {e}")))?,
         None => DEFAULT_MAX_FUTURE_MS,
     };
+    let on_offset_loss = match options
+        .get("on_offset_loss")
+        .map(|s| s.to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("fail") => OnOffsetLoss::Fail,
+        Some("earliest") => OnOffsetLoss::Earliest,
+        Some("latest") => OnOffsetLoss::Latest,
+        Some(s) => {
+            return Err(bad(format!(
+                "on_offset_loss must be 'fail', 'earliest' or 'latest', not '{s}'"
+            )));
+        }
+    };
     Ok(StreamDef {
         name,
         on_error,
         max_future_ms,
+        on_offset_loss,
         columns,
         source,
         topic,

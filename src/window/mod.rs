@@ -34,6 +34,8 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{RowConverter, SortField};
 use serde::{Deserialize, Serialize};
 
+use twox_hash::XxHash64;
+
 use crate::error::{Error, Result};
 use crate::plan::ContinuousPlan;
 use crate::sql::window::WindowKind;
@@ -55,6 +57,8 @@ pub struct Counters {
     pub late_records: AtomicU64,
     /// Records that could not be decoded or lacked an event time.
     pub bad_records: AtomicU64,
+    /// Records skipped because their offsets were lost (`on_offset_loss`).
+    pub records_skipped: AtomicU64,
     /// Windows finished and emitted.
     pub windows_closed: AtomicU64,
     /// Result rows emitted.
@@ -71,6 +75,7 @@ impl Default for Counters {
             records_in: AtomicU64::new(0),
             late_records: AtomicU64::new(0),
             bad_records: AtomicU64::new(0),
+            records_skipped: AtomicU64::new(0),
             windows_closed: AtomicU64::new(0),
             rows_emitted: AtomicU64::new(0),
             watermark: AtomicI64::new(i64::MIN),
@@ -114,7 +119,15 @@ struct CheckpointHeader {
     version: u32,
     partition_max: Vec<(i32, i64)>,
     closed_wm: i64,
+    /// Length and XxHash64 of the partial states that follow (version 2):
+    /// an IPC stream cut between two batches still reads, so only these
+    /// tell a truncated or damaged checkpoint from a whole one.
+    #[serde(default)]
+    states: Option<(usize, u64)>,
 }
+
+/// Seed of the checkpoint checksum.
+const CHECKSUM_SEED: u64 = 0x72756e6e;
 
 /// The windowed state machine of one continuous query.
 pub struct WindowEngine {
@@ -657,34 +670,54 @@ impl WindowEngine {
 
     /// Serialises the open windows, watermarks and lateness frontier.
     pub fn checkpoint(&self) -> Result<Vec<u8>> {
+        let mut states = Vec::new();
+        let batches = self.windows.values().flat_map(|w| &w.batches);
+        write_ipc(
+            &mut states,
+            &self.plan.state_schema,
+            batches.chain(&self.sessions.batches),
+        )?;
         let header = CheckpointHeader {
-            version: 1,
+            version: 2,
             partition_max: self.clock.maxima().into_iter().collect(),
             closed_wm: self.closed_wm,
+            states: Some((states.len(), XxHash64::oneshot(CHECKSUM_SEED, &states))),
         };
         let header = serde_json::to_vec(&header).map_err(|e| Error::Execution(e.to_string()))?;
         let mut out = (header.len() as u32).to_le_bytes().to_vec();
         out.extend_from_slice(&header);
-        let states = self.windows.values().flat_map(|w| &w.batches);
-        write_ipc(
-            &mut out,
-            &self.plan.state_schema,
-            states.chain(&self.sessions.batches),
-        )?;
+        out.extend_from_slice(&states);
         Ok(out)
     }
 
     /// Restores a [`checkpoint`](Self::checkpoint) taken by an engine of the same plan.
     pub fn restore(&mut self, bytes: &[u8]) -> Result<()> {
-        let bad = |m: &str| Error::Execution(format!("checkpoint does not match the query: {m}"));
-        if bytes.len() < 4 {
+        let bad = |m: &str| {
+            Error::Execution(format!(
+                "the saved checkpoint is corrupt or does not match the query: {m}"
+            ))
+        };
+        let Some((len, rest)) = bytes.split_first_chunk::<4>() else {
             return Err(bad("too short"));
+        };
+        let hl = u32::from_le_bytes(*len) as usize;
+        if hl > rest.len() {
+            return Err(bad("truncated"));
         }
-        let hl = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
+        let (header, states) = rest.split_at(hl);
         let header: CheckpointHeader =
-            serde_json::from_slice(&bytes[4..4 + hl.min(bytes.len() - 4)])
-                .map_err(|e| bad(&e.to_string()))?;
-        let states = read_ipc(&self.plan.state_schema, &bytes[4 + hl..])?
+            serde_json::from_slice(header).map_err(|e| bad(&e.to_string()))?;
+        if let Some((len, hash)) = header.states
+            && (states.len() != len || XxHash64::oneshot(CHECKSUM_SEED, states) != hash)
+        {
+            return Err(bad("its partial states are truncated or damaged"));
+        }
+        // Arrow's IPC reader trusts lengths inside the bytes; a damaged
+        // checkpoint must fail the query with a message, not panic.
+        let schema = self.plan.state_schema.clone();
+        let states = std::panic::catch_unwind(|| read_ipc(&schema, states))
+            .map_err(|_| bad("unreadable partial states"))?
+            .map_err(|e| bad(&e.to_string()))?
             .ok_or_else(|| bad("state schema differs"))?;
         self.clock.reset(header.partition_max.into_iter().collect());
         self.closed_wm = header.closed_wm;
