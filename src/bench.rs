@@ -36,7 +36,7 @@ use crate::plan::ContinuousPlan;
 use crate::source::Source;
 use crate::source::generator::{GEOS, NUM_ADVERTISERS, NUM_COOKIES, NUM_WEBSITES};
 use crate::sql::{SelectSql, Statement, StreamDef, parse_statement};
-use crate::window::WindowEngine;
+use crate::window::{PartitionBatch, WindowEngine};
 
 /// Event time of the first window's start (a multiple of 10 s).
 pub const BASE_MS: i64 = 1_700_000_000_000;
@@ -897,14 +897,14 @@ async fn consume_e2e(
     let wait = Duration::from_millis(100);
     // One poll decoded: per partition its records, and the counts of records
     // and of bad ones.
-    type Decoded = (Vec<(i32, RecordBatch)>, usize, usize);
+    type Decoded = (Vec<PartitionBatch>, usize, usize);
     let mut decode = move |chunks: Vec<crate::source::Chunk>| -> Result<Decoded> {
         let (mut batches, mut records, mut bad) = (Vec::with_capacity(chunks.len()), 0, 0);
         for chunk in &chunks {
             records += chunk.len();
             let (b, rejected) = decoder.decode(&chunk.payloads());
             bad += rejected.len();
-            batches.extend(b.map(|b| (chunk.partition, b)));
+            batches.extend(b.map(|b| PartitionBatch::new(chunk.partition, b)));
         }
         Ok((batches, records, bad))
     };

@@ -240,10 +240,7 @@ pub(crate) fn run(task: &QueryTask, cluster: &str, set_status: impl Fn(QueryStat
         if !fenced {
             let decoded = decoder.decode_poll(&chunks)?;
             task.tick_clock(&mut engine, &src.progress(), &decoded, &mut last_tick);
-            let batches: Vec<_> = decoded
-                .into_iter()
-                .filter_map(|(p, b)| Some((p, b?)))
-                .collect();
+            let batches: Vec<_> = decoded.into_iter().filter_map(|(_, b)| b).collect();
             if !batches.is_empty() {
                 rt.block_on(engine.process_polled(batches, now))?;
                 task.check_state_limit(&rt, &mut engine)?;

@@ -28,7 +28,7 @@ use crate::source::{Chunk, Progress, Source};
 use crate::sql::window::WindowKind;
 use crate::sql::{OnError, StreamDef};
 use crate::store::Store;
-use crate::window::{Counters, Emission, WindowEngine};
+use crate::window::{Counters, Emission, PartitionBatch, WindowEngine};
 
 /// What a running query is doing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,8 +206,8 @@ impl ChunkDecoder {
 
     /// Decodes one chunk: counts and samples its bad records (failing the
     /// query if the stream says so) and returns the good ones with an event
-    /// time, if any.
-    fn decode(&mut self, chunk: &Chunk, now: i64) -> Result<Option<RecordBatch>> {
+    /// time, if any, with their times in the log.
+    fn decode(&mut self, chunk: &Chunk, now: i64) -> Result<Option<PartitionBatch>> {
         let payloads = chunk.payloads();
         let (batch, decode_bad) = self.decoder.decode(&payloads);
         // Lost records and notes on kept ones, in record order.
@@ -243,7 +243,21 @@ impl ChunkDecoder {
                 )));
             }
         }
-        Ok(batch.filter(|b| b.num_rows() > 0))
+        let Some(batch) = batch.filter(|b| b.num_rows() > 0) else {
+            return Ok(None);
+        };
+        let log_times = (chunk.log_times.len() == payloads.len()).then(|| {
+            let lost = rejected.iter().filter(|b| !crate::format::is_kept(b.1));
+            good_indices(payloads.len(), lost.map(|b| b.0))
+                .into_iter()
+                .map(|i| chunk.log_times[i])
+                .collect()
+        });
+        Ok(Some(PartitionBatch {
+            partition: chunk.partition,
+            batch,
+            log_times,
+        }))
     }
 
     /// Decodes one poll's chunks: per chunk, its partition and its good
@@ -258,7 +272,7 @@ impl ChunkDecoder {
 }
 
 /// One chunk decoded: its partition and its good records, if any.
-pub(crate) type Decoded = (i32, Option<RecordBatch>);
+pub(crate) type Decoded = (i32, Option<PartitionBatch>);
 
 impl QueryTask {
     /// Fails the query when its state is over `max_state_rows`.
@@ -457,10 +471,7 @@ impl QueryTask {
             let mut emitted: Vec<Emission> = Vec::new();
             let now = now_ms();
             self.tick_clock(&mut engine, &src.progress(), &decoded, &mut last_tick);
-            let batches: Vec<(i32, RecordBatch)> = decoded
-                .into_iter()
-                .filter_map(|(p, b)| Some((p, b?)))
-                .collect();
+            let batches: Vec<PartitionBatch> = decoded.into_iter().filter_map(|(_, b)| b).collect();
             if !batches.is_empty() {
                 emitted.extend(rt.block_on(engine.process_polled(batches, now))?);
                 self.check_state_limit(&rt, &mut engine)?;

@@ -46,8 +46,8 @@ struct Agg {
 }
 
 /// Produces impressions and keeps the exact oracle of what it produced:
-/// record `i` has event time `base + i * step_ms` and goes to partition
-/// `i % partitions`.
+/// record `i` has event time `base + i * step_ms` (the wall clock when
+/// `step_ms` is 0) and goes to partition `i % partitions`.
 struct Feed {
     producer: BaseProducer,
     generator: Generator,
@@ -78,7 +78,25 @@ impl Feed {
 
     /// Event time of the next record.
     fn next_ts(&self) -> i64 {
-        self.base + self.next as i64 * self.step_ms
+        match self.step_ms {
+            0 => chrono::Utc::now().timestamp_millis(),
+            step => self.base + self.next as i64 * step,
+        }
+    }
+
+    /// Sends one record stamped `ts` to `partition`, outside the oracle.
+    fn stray(&mut self, ts: i64, partition: i32) {
+        let mut buf = Vec::new();
+        self.generator.write_record(ts, &mut buf);
+        self.producer
+            .send(
+                BaseRecord::<(), [u8]>::to(TOPIC)
+                    .payload(&buf)
+                    .partition(partition),
+            )
+            .map_err(|(e, _)| e)
+            .unwrap();
+        self.producer.flush(Duration::from_secs(10)).unwrap();
     }
 
     /// Produces `count` records at about `rate` records/s, then flushes.
@@ -323,6 +341,39 @@ async fn a_live_stream_that_stops_closes_its_last_window() {
     // The last record is at base + 12 s: its window [base + 10 s,
     // base + 20 s) closes once the wall clock passes its end plus the delay
     // (plus idle_after at most): about 13 s from now.
+    wait_and_check(&s, &feed.oracle).await;
+    let (_, q) = s.get("/queries/adnetwork").await;
+    assert_eq!(q["counters"]["late_records"], 0, "{q}");
+}
+
+/// One record stamped 30 minutes ahead among 100 000 on-time ones (event
+/// time = the wall clock when produced): every on-time record is counted,
+/// and the same again when the query replays the topic from the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_future_stamped_record_makes_no_on_time_record_late() {
+    let (_cluster, brokers) = mock_topic(4);
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path(), &brokers);
+    s.sql(SQL).await;
+    let mut feed = Feed::new(&brokers, 4, 0, 0);
+    feed.burst(50_000, 25_000.0);
+    feed.stray(chrono::Utc::now().timestamp_millis() + 1_800_000, 0);
+    feed.burst(50_000, 25_000.0);
+    // Its window stays open: the oracle holds only the on-time records.
+    wait_and_check(&s, &feed.oracle).await;
+    let (_, q) = s.get("/queries/adnetwork").await;
+    assert_eq!(q["counters"]["late_records"], 0, "{q}");
+    let (st, v) = s.post("/queries/adnetwork/reset?from=earliest", "").await;
+    assert_eq!(st, 200, "{v}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, q) = s.get("/queries/adnetwork").await;
+        if q["counters"]["records_in"] == 100_001 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the replay did not finish: {q}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     wait_and_check(&s, &feed.oracle).await;
     let (_, q) = s.get("/queries/adnetwork").await;
     assert_eq!(q["counters"]["late_records"], 0, "{q}");

@@ -2,7 +2,7 @@
 //!
 //! Each `tests/queries/NAME.sql` holds a `CREATE STREAM` and one continuous
 //! `SELECT`; `NAME.input` holds the records, one per line as
-//! `<partition> <json>`, plus `quiet <ms> [<partition>]` (every partition
+//! `<partition>[@<ms in the log>] <json>`, plus `quiet <ms> [<partition>]` (every partition
 //! of the input, or the one named, was confirmed caught up and delivered
 //! nothing for another `ms` of wall time; partitions go idle after
 //! [`IDLE_AFTER_MS`] of it), `stall` (no partition can be confirmed caught
@@ -27,13 +27,14 @@ use datafusion::arrow::util::pretty::pretty_format_batches;
 use runnel::format::json::JsonDecoder;
 use runnel::plan::ContinuousPlan;
 use runnel::sql::{Statement, parse_sql};
-use runnel::window::{Emission, WindowEngine};
+use runnel::window::{Emission, PartitionBatch, WindowEngine};
 
 /// Confirmed quiet time after which a partition is idle, as `idle_after`.
 const IDLE_AFTER_MS: i64 = 1_000;
 
 enum Line {
-    Rec(i32, String),
+    /// Partition, time in the log (`<partition>@<ms>`), record.
+    Rec(i32, Option<i64>, String),
     Quiet(i64, Option<i32>),
     Stall,
     Emit(i64),
@@ -57,7 +58,13 @@ fn parse_input(text: &str) -> Vec<Line> {
                     Line::Quiet(ms, words.next().map(|p| p as i32))
                 }
                 "emit" => Line::Emit(rest.trim().parse().unwrap()),
-                p => Line::Rec(p.parse().unwrap(), rest.to_string()),
+                p => {
+                    let (p, logged) = match p.split_once('@') {
+                        Some((p, l)) => (p, Some(l.parse().unwrap())),
+                        None => (p, None),
+                    };
+                    Line::Rec(p.parse().unwrap(), logged, rest.to_string())
+                }
             }
         })
         .collect()
@@ -96,7 +103,7 @@ async fn run_case(sql: &str, input: &[Line], batching: Batching) -> String {
     let partitions: std::collections::BTreeSet<i32> = input
         .iter()
         .filter_map(|l| match l {
-            Line::Rec(p, _) => Some(*p),
+            Line::Rec(p, ..) => Some(*p),
             _ => None,
         })
         .collect();
@@ -104,43 +111,47 @@ async fn run_case(sql: &str, input: &[Line], batching: Batching) -> String {
     let mut i = 0;
     while i < input.len() {
         match &input[i] {
-            Line::Rec(..) if batching == Batching::Polled => {
-                let mut parts: Vec<(i32, Vec<&[u8]>)> = Vec::new();
-                while let Some(Line::Rec(p, rec)) = input.get(i) {
+            Line::Rec(..) => {
+                // The records of this call, grouped per partition in order.
+                let mut parts: Vec<(i32, Vec<&Line>)> = Vec::new();
+                let first = i;
+                while let Some(line @ Line::Rec(p, ..)) = input.get(i) {
+                    let same = match batching {
+                        Batching::Single => i == first,
+                        Batching::Grouped => matches!(&input[first], Line::Rec(q, ..) if q == p),
+                        Batching::Polled => true,
+                    };
+                    if !same {
+                        break;
+                    }
                     match parts.iter_mut().find(|(q, _)| q == p) {
-                        Some((_, recs)) => recs.push(rec.as_bytes()),
-                        None => parts.push((*p, vec![rec.as_bytes()])),
+                        Some((_, recs)) => recs.push(line),
+                        None => parts.push((*p, vec![line])),
                     }
                     i += 1;
                 }
                 let mut batches = Vec::new();
-                for (p, payloads) in parts {
+                for (p, lines) in parts {
+                    let (payloads, logged): (Vec<&[u8]>, Vec<Option<i64>>) = lines
+                        .iter()
+                        .map(|l| match l {
+                            Line::Rec(_, logged, rec) => (rec.as_bytes(), *logged),
+                            _ => unreachable!(),
+                        })
+                        .unzip();
                     let (batch, bad) = decoder.decode(&payloads);
                     assert!(bad.is_empty(), "bad input records: {bad:?}");
-                    batches.extend(batch.map(|b| (p, b)));
+                    let log_times = logged
+                        .iter()
+                        .any(Option::is_some)
+                        .then(|| logged.iter().map(|l| l.unwrap_or(i64::MAX)).collect());
+                    batches.extend(batch.map(|batch| PartitionBatch {
+                        partition: p,
+                        batch,
+                        log_times,
+                    }));
                 }
                 out.extend(engine.process_polled(batches, 0).await.unwrap());
-            }
-            Line::Rec(p, _) => {
-                let mut j = i + 1;
-                if batching == Batching::Grouped {
-                    while matches!(&input.get(j), Some(Line::Rec(q, _)) if q == p) {
-                        j += 1;
-                    }
-                }
-                let payloads: Vec<&[u8]> = input[i..j]
-                    .iter()
-                    .map(|l| match l {
-                        Line::Rec(_, s) => s.as_bytes(),
-                        _ => unreachable!(),
-                    })
-                    .collect();
-                let (batch, bad) = decoder.decode(&payloads);
-                assert!(bad.is_empty(), "bad input records: {bad:?}");
-                if let Some(b) = batch {
-                    out.extend(engine.process(*p, b, 0).await.unwrap());
-                }
-                i = j;
             }
             Line::Quiet(ms, only) => {
                 let parts: Vec<i32> = partitions

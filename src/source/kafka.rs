@@ -695,7 +695,9 @@ impl KafkaSource {
                 }
             };
             let c = &mut chunks[i];
-            c.push(msg.payload().unwrap_or_default());
+            // Without a timestamp the record's own event time is not capped.
+            let logged = msg.timestamp().to_millis().unwrap_or(i64::MAX);
+            c.push_logged(msg.payload().unwrap_or_default(), logged);
             self.offsets.insert(p, msg.offset() + 1);
             n += 1;
             // After the first record, take only what is already fetched.

@@ -34,6 +34,9 @@ pub struct Chunk {
     ends: Vec<usize>,
     /// Offset of the first record.
     pub first_offset: i64,
+    /// Per record, its time in the log (Kafka's message timestamp, ms);
+    /// empty for sources without one.
+    pub log_times: Vec<i64>,
 }
 
 impl Chunk {
@@ -50,6 +53,12 @@ impl Chunk {
     pub fn push(&mut self, payload: &[u8]) {
         self.data.extend_from_slice(payload);
         self.ends.push(self.data.len());
+    }
+
+    /// Appends one record's payload and its time in the log.
+    pub fn push_logged(&mut self, payload: &[u8], log_time: i64) {
+        self.push(payload);
+        self.log_times.push(log_time);
     }
 
     /// Number of records.

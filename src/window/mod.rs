@@ -84,6 +84,32 @@ impl Default for Counters {
     }
 }
 
+/// One partition's records of a poll, in partition order.
+#[derive(Debug, Clone)]
+pub struct PartitionBatch {
+    /// The partition.
+    pub partition: i32,
+    /// Its records.
+    pub batch: RecordBatch,
+    /// Per record, its time in the log (Kafka's message timestamp): a
+    /// record moves its partition's event-time frontier at most to it, so
+    /// one record stamped far ahead cannot make the partition's following
+    /// on-time records late; the log keeps it, so a replay decides the
+    /// same. `None` for sources without one.
+    pub log_times: Option<Vec<i64>>,
+}
+
+impl PartitionBatch {
+    /// Records of `partition` without log times.
+    pub fn new(partition: i32, batch: RecordBatch) -> Self {
+        PartitionBatch {
+            partition,
+            batch,
+            log_times: None,
+        }
+    }
+}
+
 /// Rows produced when windows close (or a cumulative table is emitted).
 #[derive(Debug, Clone)]
 pub struct Emission {
@@ -296,7 +322,7 @@ impl WindowEngine {
         batch: RecordBatch,
         arrival_ms: i64,
     ) -> Result<Vec<Emission>> {
-        self.process_polled(vec![(partition, batch)], arrival_ms)
+        self.process_polled(vec![PartitionBatch::new(partition, batch)], arrival_ms)
             .await
     }
 
@@ -311,13 +337,14 @@ impl WindowEngine {
     /// could have taken a later batch's records anyway.
     pub async fn process_polled(
         &mut self,
-        batches: Vec<(i32, RecordBatch)>,
+        batches: Vec<PartitionBatch>,
         arrival_ms: i64,
     ) -> Result<Vec<Emission>> {
         let mut pending: Vec<RecordBatch> = Vec::new();
         let mut rows = 0;
-        for (partition, batch) in batches {
-            let Some(expanded) = self.assign(partition, batch, arrival_ms)? else {
+        for b in batches {
+            let caps = b.log_times.as_deref();
+            let Some(expanded) = self.assign(b.partition, b.batch, caps, arrival_ms)? else {
                 continue;
             };
             rows += expanded.num_rows();
@@ -356,12 +383,14 @@ impl WindowEngine {
     }
 
     /// Assigns one partition's records to windows, advancing the partition's
-    /// running watermark record by record and dropping late records: the
+    /// running watermark record by record (each record's advance capped at
+    /// its time in the log, when known) and dropping late records: the
     /// records kept, with their windows' start and end appended.
     fn assign(
         &mut self,
         partition: i32,
         batch: RecordBatch,
+        log_times: Option<&[i64]>,
         arrival_ms: i64,
     ) -> Result<Option<RecordBatch>> {
         let n = batch.num_rows();
@@ -423,7 +452,7 @@ impl WindowEngine {
                 }
             }
             late += u64::from(dropped);
-            pm = pm.max(t);
+            pm = pm.max(log_times.map_or(t, |l| t.min(l[i])));
         }
         self.counters
             .late_records
