@@ -306,12 +306,12 @@ impl QueryTask {
         decoded: &[Decoded],
         last_tick: &mut Instant,
     ) {
-        // A turn longer than a second (a slow commit, a paused process)
-        // counts as one second of quiet at most.
         self.note_reachability(progress.unreachable_since, QueryStatus::Running);
         self.counters
             .records_skipped
             .store(progress.skipped, Ordering::Relaxed);
+        // A turn longer than a second (a slow commit, a paused process)
+        // counts as one second of quiet at most.
         let elapsed = last_tick.elapsed().min(Duration::from_secs(1));
         *last_tick = Instant::now();
         let delivered: Vec<i32> = decoded.iter().map(|(p, _)| *p).collect();

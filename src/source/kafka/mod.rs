@@ -12,7 +12,9 @@
 //! everything up to the log end its leader last reported has been read and
 //! that leader answered within [`BROKER_FRESH_US`]. A stalled or unreachable
 //! broker therefore stops confirming, and the window engine never takes its
-//! partitions for idle (see [`crate::window::watermark`]).
+//! partitions for idle (see [`crate::window::watermark`]). The consumer's
+//! context, which receives the statistics, rebalances and client errors, is
+//! in [`context`].
 //!
 //! ```no_run
 //! use std::collections::BTreeMap;
@@ -28,247 +30,28 @@
 //! }
 //! ```
 
+pub mod context;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use serde::Deserialize;
-
-use rdkafka::client::ClientContext;
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::KafkaError;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 pub use super::Chunk;
 use crate::error::{Error, Result};
 use crate::sql::{OnOffsetLoss, StartFrom};
+pub use context::{BROKER_FRESH_US, STATS_INTERVAL_MS, SourceContext};
 
 /// Where a consumer group member starts the partitions it is assigned:
 /// called with them at each assignment, it returns the saved next offset of
 /// those that have one.
 pub type OnAssign = Box<dyn Fn(&[i32]) -> Result<BTreeMap<i32, i64>> + Send + Sync>;
-
-/// How often librdkafka reports statistics (the partitions' log ends and the
-/// brokers' liveness).
-pub const STATS_INTERVAL_MS: u64 = 200;
-
-/// A broker that received nothing for longer than this (microseconds) is
-/// not taken as live: a consumer that is caught up fetches every
-/// `fetch.wait.max.ms` (10 ms).
-pub const BROKER_FRESH_US: i64 = 250_000;
-
-/// The parts of librdkafka's statistics JSON Runnel reads.
-#[derive(Deserialize)]
-struct Stats {
-    #[serde(default)]
-    brokers: HashMap<String, BrokerStats>,
-    #[serde(default)]
-    topics: HashMap<String, TopicStats>,
-}
-
-#[derive(Deserialize)]
-struct BrokerStats {
-    nodeid: i32,
-    state: String,
-    #[serde(default = "minus_one")]
-    rxidle: i64,
-}
-
-#[derive(Deserialize)]
-struct TopicStats {
-    #[serde(default)]
-    partitions: HashMap<String, PartitionStats>,
-}
-
-#[derive(Deserialize)]
-struct PartitionStats {
-    partition: i32,
-    #[serde(default = "minus_one")]
-    leader: i32,
-    #[serde(default)]
-    fetchq_cnt: i64,
-    #[serde(default = "minus_one")]
-    next_offset: i64,
-    #[serde(default = "minus_one")]
-    hi_offset: i64,
-}
-
-fn minus_one<T: From<i8>>() -> T {
-    T::from(-1)
-}
-
-/// What the latest statistics say of one partition whose leader is live.
-#[derive(Debug, Clone, Copy)]
-struct LiveEnd {
-    /// Log end (high watermark) of the last fetch response.
-    high: i64,
-    /// The consumer's fetch position and records fetched but not yet polled.
-    next_fetch: i64,
-    queued: i64,
-    /// When the statistics were taken.
-    at: Instant,
-}
-
-/// The consumer's context: in a consumer group it assigns partitions at the
-/// offsets [`OnAssign`] gives, and counts assignments so the reader can tell
-/// records of an old assignment from those of the new one. It keeps what
-/// the statistics say of each partition's log end.
-pub struct SourceContext {
-    topic: String,
-    start: StartFrom,
-    on_assign: Option<OnAssign>,
-    generation: AtomicU64,
-    /// The latest assignment and its saved offsets.
-    assigned: Mutex<(Vec<i32>, BTreeMap<i32, i64>)>,
-    /// Per partition, the log end last reported by a live leader.
-    live_ends: Mutex<BTreeMap<i32, LiveEnd>>,
-    /// Since when no broker has been reachable.
-    down_since: Mutex<Option<SystemTime>>,
-    /// When each kind of client error or log line was last logged.
-    logged: Mutex<HashMap<String, Instant>>,
-}
-
-/// The same client error or log line is logged at most once this often:
-/// librdkafka retries connections many times a second.
-const LOG_EVERY: Duration = Duration::from_secs(30);
-
-impl SourceContext {
-    /// Notes whether any broker is reachable, logging each change once.
-    fn set_reachable(&self, up: bool) {
-        let mut since = self.down_since.lock().unwrap_or_else(|p| p.into_inner());
-        match (up, *since) {
-            (false, None) => {
-                tracing::warn!(topic = %self.topic, "kafka: no broker reachable");
-                *since = Some(SystemTime::now());
-            }
-            (true, Some(t)) => {
-                let secs = t.elapsed().map_or(0.0, |d| d.as_secs_f64());
-                tracing::info!(topic = %self.topic, "kafka: a broker is reachable again after {secs:.1} s");
-                *since = None;
-            }
-            _ => {}
-        }
-    }
-
-    /// True when `message` was not logged within [`LOG_EVERY`]; what varies
-    /// between retries (counts, durations in parentheses) is left out.
-    fn should_log(&self, message: &str) -> bool {
-        let key = message.split('(').next().unwrap_or(message).to_string();
-        let mut logged = self.logged.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        match logged.get(&key) {
-            Some(at) if now.duration_since(*at) < LOG_EVERY => false,
-            _ => {
-                logged.insert(key, now);
-                true
-            }
-        }
-    }
-}
-
-impl ClientContext for SourceContext {
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        let serious = (level as i32) <= (RDKafkaLogLevel::Warning as i32);
-        if !serious || !self.should_log(log_message) {
-            return;
-        }
-        tracing::warn!(target: "librdkafka", "librdkafka: {fac} {log_message}");
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
-            self.set_reachable(false);
-        }
-        if self.should_log(reason) {
-            tracing::warn!("kafka: {error}: {reason}");
-        }
-    }
-
-    fn stats_raw(&self, statistics: &[u8]) {
-        let stats: Stats = match serde_json::from_slice(statistics) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::debug!("kafka: unreadable statistics: {e}");
-                return;
-            }
-        };
-        let live: Vec<i32> = stats
-            .brokers
-            .values()
-            .filter(|b| b.state == "UP" && (0..=BROKER_FRESH_US).contains(&b.rxidle))
-            .map(|b| b.nodeid)
-            .collect();
-        let known = stats.brokers.values().filter(|b| b.nodeid >= 0);
-        self.set_reachable(known.clone().count() == 0 || known.clone().any(|b| b.state == "UP"));
-        let at = Instant::now();
-        let mut ends = self.live_ends.lock().unwrap_or_else(|p| p.into_inner());
-        for p in stats
-            .topics
-            .get(&self.topic)
-            .into_iter()
-            .flat_map(|t| t.partitions.values())
-        {
-            if p.partition < 0 {
-                continue;
-            }
-            if p.hi_offset >= 0 && live.contains(&p.leader) {
-                let end = LiveEnd {
-                    high: p.hi_offset,
-                    next_fetch: p.next_offset,
-                    queued: p.fetchq_cnt,
-                    at,
-                };
-                ends.insert(p.partition, end);
-            }
-        }
-    }
-}
-
-impl ConsumerContext for SourceContext {
-    fn rebalance(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        err: RDKafkaRespErr,
-        tpl: &mut TopicPartitionList,
-    ) {
-        let mut assigned = (Vec::new(), BTreeMap::new());
-        if err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS {
-            let ps: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-            let saved = match &self.on_assign {
-                Some(f) => f(&ps),
-                None => Ok(BTreeMap::new()),
-            };
-            match saved {
-                Ok(saved) => {
-                    for p in &ps {
-                        let _ = tpl.set_partition_offset(
-                            &self.topic,
-                            *p,
-                            start_offset(saved.get(p), self.start),
-                        );
-                    }
-                    match consumer.assign(tpl) {
-                        Ok(()) => assigned = (ps, saved),
-                        Err(e) => tracing::error!("kafka: assigning {ps:?}: {e}"),
-                    }
-                }
-                Err(e) => {
-                    // Nothing is read from partitions whose place is unknown.
-                    tracing::error!("kafka: loading the offsets of {ps:?}: {e}");
-                    let _ = consumer.unassign();
-                }
-            }
-        } else {
-            let _ = consumer.unassign();
-        }
-        *self.assigned.lock().unwrap_or_else(|p| p.into_inner()) = assigned;
-        self.generation.fetch_add(1, Ordering::SeqCst);
-    }
-}
 
 fn start_offset(saved: Option<&i64>, start: StartFrom) -> Offset {
     match (saved, start) {
