@@ -38,6 +38,25 @@ async fn errors_are_4xx_with_locations() {
         "{v}"
     );
 
+    // A window each record would fall into a million times over is refused
+    // before the query runs, on both ways of starting one.
+    for path in ["/sql", "/queries"] {
+        let (st, v) = s
+            .post(
+                path,
+                "SELECT page, count(*) FROM clicks\nGROUP BY page WINDOW 1d SLIDE 1ms",
+            )
+            .await;
+        assert_eq!(st, 400, "{path}: {v}");
+        assert_eq!(v["error"]["code"], "sql_error", "{v}");
+        assert_eq!(v["error"]["line"], 2, "{v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("86400000 windows (1d / 1ms)") && message.contains("limit is 1000"),
+            "{v}"
+        );
+    }
+
     let (st, v) = s
         .post(
             "/sql",

@@ -152,7 +152,8 @@ fn duration(words: &[String], pos: &mut usize) -> Result<i64, String> {
     if n <= 0 {
         return Err("a window duration must be positive".into());
     }
-    Ok(n * ms)
+    n.checked_mul(ms)
+        .ok_or_else(|| format!("the duration {n}{unit} is too long"))
 }
 
 fn is_kw(words: &[String], pos: usize, kw: &str) -> bool {
@@ -212,12 +213,27 @@ pub fn parse_window_clause(text: &str) -> Result<WindowSpec, String> {
     Ok(WindowSpec { kind, grace_ms })
 }
 
+/// Most windows one record may fall into: a hopping window's size divided by
+/// its slide. Each record is copied into every window it belongs to, so a
+/// larger ratio (`1d SLIDE 1ms` is 86 400 000) would exhaust memory.
+pub const MAX_WINDOWS_PER_RECORD: i64 = 1000;
+
 fn hopping_kind(size_ms: i64, slide_ms: i64) -> Result<WindowKind, String> {
     if slide_ms > size_ms {
         return Err("SLIDE must not be longer than the window".into());
     }
     if size_ms % slide_ms != 0 {
         return Err("the window length must be a multiple of SLIDE".into());
+    }
+    let per_record = size_ms / slide_ms;
+    if per_record > MAX_WINDOWS_PER_RECORD {
+        return Err(format!(
+            "each record would fall into {per_record} windows ({} / {}); the limit is \
+             {MAX_WINDOWS_PER_RECORD} windows per record (window length / SLIDE): \
+             lengthen SLIDE or shorten the window",
+            fmt_duration(size_ms),
+            fmt_duration(slide_ms)
+        ));
     }
     if size_ms == slide_ms {
         return Ok(WindowKind::Tumbling { size_ms });
@@ -266,8 +282,35 @@ mod tests {
         assert_eq!(s.kind, WindowKind::Session { gap_ms: 30_000 });
         assert_eq!(s.grace_ms, 5000);
         assert!(parse_window_clause("10s SLIDE 20s").is_err());
+        assert!(parse_window_clause("10s SLIDE 3s").is_err());
         assert!(parse_window_clause("10s EXTRA").is_err());
         assert_eq!(fmt_duration(60_000), "1m");
         assert_eq!(fmt_duration(1500), "1500ms");
+    }
+
+    #[test]
+    fn windows_per_record_are_bounded() {
+        let e = parse_window_clause("1d SLIDE 1ms").unwrap_err();
+        assert!(e.contains("86400000 windows"), "{e}");
+        assert!(e.contains("(1d / 1ms)"), "{e}");
+        assert!(e.contains("limit is 1000 windows per record"), "{e}");
+        let e = parse_window_clause("HOPPING (SIZE 1 HOUR, ADVANCE BY 1 SECOND)").unwrap_err();
+        assert!(e.contains("3600 windows"), "{e}");
+        // The limit itself is allowed.
+        assert_eq!(
+            parse_window_clause("1000s SLIDE 1s").unwrap().kind,
+            WindowKind::Hopping {
+                size_ms: 1_000_000,
+                slide_ms: 1000
+            }
+        );
+        assert!(parse_window_clause("1001s SLIDE 1s").is_err());
+    }
+
+    #[test]
+    fn huge_durations_are_refused() {
+        let e = parse_duration("9223372036854775807d").unwrap_err();
+        assert!(e.contains("too long"), "{e}");
+        assert!(parse_window_clause("99999999999999999999s").is_err());
     }
 }
