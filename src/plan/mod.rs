@@ -34,7 +34,6 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
-use datafusion::physical_plan::execution_plan::reset_plan_states;
 use datafusion::physical_plan::{ExecutionPlan, collect, displayable};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DFStatement;
@@ -45,7 +44,7 @@ use datafusion::sql::sqlparser::parser::Parser;
 use crate::error::{Error, Result};
 use crate::sql::window::WindowSpec;
 use crate::sql::{SelectSql, StreamDef, parser_error};
-use slot::{Slot, SlotExec, SlotTable};
+use slot::{SlotExec, SlotTable, bind};
 
 /// Name of the window start column.
 pub const WINDOW_START: &str = "window_start";
@@ -101,11 +100,8 @@ pub struct ContinuousPlan {
     pub output_schema: SchemaRef,
     /// Number of group columns in the state (including the two window columns).
     pub group_columns: usize,
-    input: Slot,
     batch_plan: Arc<dyn ExecutionPlan>,
-    reduce_in: Slot,
     reduce_plan: Arc<dyn ExecutionPlan>,
-    close_in: Slot,
     close_plan: Arc<dyn ExecutionPlan>,
     task: Arc<TaskContext>,
 }
@@ -246,10 +242,9 @@ impl ContinuousPlan {
         fields.push(Field::new(WINDOW_END, window_type(), false));
         let input_schema = Arc::new(Schema::new(fields));
         let ctx = new_context();
-        let input = Slot::default();
         ctx.register_table(
             stream.name.as_str(),
-            Arc::new(SlotTable::new(input_schema.clone(), input.clone())),
+            Arc::new(SlotTable::new(input_schema.clone())),
         )?;
         for t in tables {
             ctx.register_table(t.name.as_str(), t.provider()?)?;
@@ -326,33 +321,21 @@ impl ContinuousPlan {
         let final_group = partial.group_expr().as_final();
         let group_columns = final_group.expr().len();
 
-        let reduce_in = Slot::default();
         let reduce_plan: Arc<dyn ExecutionPlan> = Arc::new(AggregateExec::try_new(
             AggregateMode::PartialReduce,
             final_group.clone(),
             partial.aggr_expr().to_vec(),
             partial.filter_expr().to_vec(),
-            Arc::new(SlotExec::new(
-                "WindowState",
-                reduce_in.clone(),
-                state_schema.clone(),
-                None,
-            )?),
+            Arc::new(SlotExec::new("WindowState", state_schema.clone(), None)?),
             partial.input_schema(),
         )?);
 
-        let close_in = Slot::default();
         let final_agg: Arc<dyn ExecutionPlan> = Arc::new(AggregateExec::try_new(
             AggregateMode::Final,
             final_group,
             partial.aggr_expr().to_vec(),
             partial.filter_expr().to_vec(),
-            Arc::new(SlotExec::new(
-                "WindowState",
-                close_in.clone(),
-                state_schema.clone(),
-                None,
-            )?),
+            Arc::new(SlotExec::new("WindowState", state_schema.clone(), None)?),
             partial.input_schema(),
         )?);
         let close_plan = physical
@@ -376,41 +359,39 @@ impl ContinuousPlan {
             state_schema,
             output_schema,
             group_columns,
-            input,
             batch_plan,
-            reduce_in,
             reduce_plan,
-            close_in,
             close_plan,
             task: ctx.task_ctx(),
         })
     }
 
+    /// Executes `plan` over `batches`. Each execution reads its own copy of
+    /// the plan's leaves ([`bind`]), so executions may overlap: the query's
+    /// thread closing a window while a roll-up runs the close plan.
     async fn run(
         &self,
-        slot: &Slot,
         plan: &Arc<dyn ExecutionPlan>,
         batches: Vec<RecordBatch>,
     ) -> Result<Vec<RecordBatch>> {
-        slot.put(batches);
-        let plan = reset_plan_states(plan.clone())?;
+        let plan = bind(plan, batches)?;
         let out = collect(plan, self.task.clone()).await?;
         Ok(out.into_iter().filter(|b| b.num_rows() > 0).collect())
     }
 
     /// Runs the batch plan on one batch of `input_schema`, returning partial states.
     pub async fn partial(&self, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
-        self.run(&self.input, &self.batch_plan, vec![batch]).await
+        self.run(&self.batch_plan, vec![batch]).await
     }
 
     /// Merges partial states into fewer rows, still partial.
     pub async fn reduce(&self, states: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
-        self.run(&self.reduce_in, &self.reduce_plan, states).await
+        self.run(&self.reduce_plan, states).await
     }
 
     /// Finishes partial states into output rows.
     pub async fn close(&self, states: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
-        self.run(&self.close_in, &self.close_plan, states).await
+        self.run(&self.close_plan, states).await
     }
 
     /// Indices of the stream columns the per-batch plan reads (the window
@@ -447,5 +428,91 @@ impl ContinuousPlan {
             displayable(self.reduce_plan.as_ref()).indent(true),
             displayable(self.close_plan.as_ref()).indent(true),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sql::{Statement, parse_sql};
+    use datafusion::arrow::array::{Array, ArrayRef, Int64Array, StringArray};
+    use datafusion::arrow::compute::{cast, concat_batches};
+
+    async fn plan(sql: &str) -> ContinuousPlan {
+        let stmts = parse_sql(sql).unwrap();
+        let Statement::CreateStream(stream) = &stmts[0].stmt else {
+            panic!("first statement must be CREATE STREAM")
+        };
+        let Statement::Select(select) = &stmts[1].stmt else {
+            panic!("second statement must be a SELECT")
+        };
+        ContinuousPlan::build(stream, select).await.unwrap()
+    }
+
+    /// `rows` records of key `key`, values 1..=rows, all in window [0, 10s).
+    fn input(plan: &ContinuousPlan, key: &str, rows: usize) -> RecordBatch {
+        let columns: [ArrayRef; 5] = [
+            Arc::new(Int64Array::from_iter_values(
+                (0..rows as i64).map(|i| i * 10),
+            )),
+            Arc::new(StringArray::from(vec![key; rows])),
+            Arc::new(Int64Array::from_iter_values(1..=rows as i64)),
+            Arc::new(Int64Array::from(vec![0; rows])),
+            Arc::new(Int64Array::from(vec![10_000; rows])),
+        ];
+        let columns = columns
+            .iter()
+            .zip(plan.input_schema.fields())
+            .map(|(c, f)| cast(c, f.data_type()).unwrap())
+            .collect();
+        RecordBatch::try_new(plan.input_schema.clone(), columns).unwrap()
+    }
+
+    fn column<T: Array + Clone + 'static>(b: &RecordBatch, name: &str, ty: &DataType) -> T {
+        let c = cast(b.column_by_name(name).unwrap(), ty).unwrap();
+        c.as_any().downcast_ref::<T>().unwrap().clone()
+    }
+
+    /// The engine's thread closes windows while HTTP handlers run roll-ups
+    /// through the same plan: each execution must read its own input.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_executions_read_their_own_input() {
+        let plan = Arc::new(
+            plan(
+                "CREATE STREAM s (ts TIMESTAMP, k TEXT, v BIGINT) WITH (kafka_topic = 's', event_time = 'ts');
+                 SELECT k, count(*) AS n, sum(v) AS total FROM s GROUP BY k WINDOW 10s",
+            )
+            .await,
+        );
+        let tasks: Vec<_> = (0..8)
+            .map(|task| {
+                let plan = plan.clone();
+                tokio::spawn(async move {
+                    let key = format!("k{task}");
+                    for round in 0..100 {
+                        let rows = 1 + (task * 7 + round) % 5;
+                        let states = plan.partial(input(&plan, &key, rows)).await.unwrap();
+                        let states = plan.reduce(states).await.unwrap();
+                        let out = plan.close(states).await.unwrap();
+                        let out = concat_batches(&plan.output_schema, &out).unwrap();
+                        assert_eq!(out.num_rows(), 1, "{key} round {round}: {out:?}");
+                        let k: StringArray = column(&out, "k", &DataType::Utf8);
+                        let n: Int64Array = column(&out, "n", &DataType::Int64);
+                        let total: Int64Array = column(&out, "total", &DataType::Int64);
+                        assert_eq!(k.value(0), key, "round {round}");
+                        assert_eq!(n.value(0), rows as i64, "{key} round {round}");
+                        assert_eq!(
+                            total.value(0),
+                            (rows * (rows + 1) / 2) as i64,
+                            "{key} round {round}"
+                        );
+                        tokio::task::yield_now().await;
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
     }
 }

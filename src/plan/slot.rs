@@ -1,8 +1,12 @@
-//! A leaf operator that yields whatever batches were last put in its slot.
+//! A leaf operator that yields the batches of one execution of a plan.
 //!
 //! Continuous queries plan once and execute many times: the physical plan's
-//! leaf reads from a [`Slot`] that the engine fills before each execution, so
-//! no SQL is re-planned per batch.
+//! leaf is a [`SlotExec`] and [`bind`] makes, for each execution, a copy of
+//! the plan whose leaves read a [`Slot`] of that execution's own, so no SQL
+//! is re-planned per batch. Executions of one plan may overlap (a window
+//! closing on the query's thread while a roll-up runs from an HTTP handler);
+//! as no slot is shared between two of them, neither can read the other's
+//! batches.
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -11,7 +15,7 @@ use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::Session;
-use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::Result;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -24,14 +28,15 @@ use datafusion::physical_plan::{
     PlanProperties, ReplaceChildrenOptions,
 };
 
-/// Batches waiting to be read by the next execution of a plan.
+/// The batches one execution of a plan reads; its first [`SlotExec`] to
+/// execute takes them.
 #[derive(Debug, Default, Clone)]
 pub struct Slot(Arc<Mutex<Vec<RecordBatch>>>);
 
 impl Slot {
-    /// Replaces the slot's contents.
-    pub fn put(&self, batches: Vec<RecordBatch>) {
-        *self.0.lock().expect("slot lock") = batches;
+    /// A slot holding `batches`.
+    pub fn new(batches: Vec<RecordBatch>) -> Self {
+        Slot(Arc::new(Mutex::new(batches)))
     }
 
     fn take(&self) -> Vec<RecordBatch> {
@@ -39,7 +44,30 @@ impl Slot {
     }
 }
 
-/// The leaf operator reading a [`Slot`].
+/// `plan` ready for one execution over `batches`: its [`SlotExec`] leaves
+/// replaced by copies reading a new slot holding `batches`, and every other
+/// operator's execution state reset (as
+/// [`reset_plan_states`](datafusion::physical_plan::execution_plan::reset_plan_states)
+/// does), in the one walk over the plan that reset takes anyway: nothing is
+/// planned again.
+pub fn bind(
+    plan: &Arc<dyn ExecutionPlan>,
+    batches: Vec<RecordBatch>,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let slot = Slot::new(batches);
+    Arc::clone(plan)
+        .transform_up(|node| {
+            let node = match node.downcast_ref::<SlotExec>() {
+                Some(leaf) => Arc::new(leaf.with_slot(slot.clone())),
+                None => node.reset_state()?,
+            };
+            Ok(Transformed::yes(node))
+        })
+        .map(|t| t.data)
+}
+
+/// The leaf operator reading a [`Slot`]; as planned it reads an empty one,
+/// until [`bind`] gives a copy of it an execution's batches.
 #[derive(Debug)]
 pub struct SlotExec {
     label: &'static str,
@@ -51,10 +79,10 @@ pub struct SlotExec {
 }
 
 impl SlotExec {
-    /// A leaf named `label` reading `slot`, projected by `projection`.
+    /// A leaf named `label` over batches of `full_schema`, projected by
+    /// `projection`.
     pub fn new(
         label: &'static str,
-        slot: Slot,
         full_schema: SchemaRef,
         projection: Option<Vec<usize>>,
     ) -> Result<Self> {
@@ -70,7 +98,7 @@ impl SlotExec {
         );
         Ok(SlotExec {
             label,
-            slot,
+            slot: Slot::default(),
             full_schema,
             projection,
             props: Arc::new(props),
@@ -79,6 +107,18 @@ impl SlotExec {
 }
 
 impl SlotExec {
+    /// This leaf reading `slot`; its properties are shared, so operators
+    /// above it need not recompute theirs.
+    fn with_slot(&self, slot: Slot) -> Self {
+        SlotExec {
+            label: self.label,
+            slot,
+            full_schema: self.full_schema.clone(),
+            projection: self.projection.clone(),
+            props: self.props.clone(),
+        }
+    }
+
     /// Indices of the slot's columns this leaf passes on (all when `None`).
     pub fn projection(&self) -> Option<&[usize]> {
         self.projection.as_deref()
@@ -150,17 +190,17 @@ impl ExecutionPlan for SlotExec {
     }
 }
 
-/// A table whose scans read a [`Slot`]; used to register a stream's batches.
+/// A table whose scans are [`SlotExec`] leaves; used to register a stream
+/// whose batches each execution supplies.
 #[derive(Debug)]
 pub struct SlotTable {
     schema: SchemaRef,
-    slot: Slot,
 }
 
 impl SlotTable {
-    /// A table of `schema` reading `slot`.
-    pub fn new(schema: SchemaRef, slot: Slot) -> Self {
-        SlotTable { schema, slot }
+    /// A table of `schema`.
+    pub fn new(schema: SchemaRef) -> Self {
+        SlotTable { schema }
     }
 }
 
@@ -183,7 +223,6 @@ impl TableProvider for SlotTable {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         Ok(Arc::new(SlotExec::new(
             "StreamBatch",
-            self.slot.clone(),
             self.schema.clone(),
             projection.cloned(),
         )?))
