@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::sql::window::{parse_duration, parse_duration_or_zero};
 
 /// Effective server settings.
 #[derive(Debug, Clone)]
@@ -108,26 +109,81 @@ impl FileConfig {
     ) -> Result<Config> {
         let set = |v: Option<String>| v.filter(|s| !s.is_empty());
         let d = Config::default();
-        let dur = |v: Option<String>, def: Duration| -> Result<Duration> {
-            match v {
-                Some(s) => crate::sql::window::parse_duration(&s)
-                    .map(|ms| Duration::from_millis(ms as u64))
-                    .map_err(Error::BadRequest),
-                None => Ok(def),
-            }
-        };
         Ok(Config {
             listen: listen.or(self.listen).unwrap_or(d.listen),
             brokers: brokers.or(self.brokers).unwrap_or(d.brokers),
             data_dir: data_dir.or(self.data_dir).unwrap_or(d.data_dir),
             store: set(store).or(set(self.store)),
             cluster: set(cluster).or(set(self.cluster)),
-            checkpoint_interval: dur(self.checkpoint_interval, d.checkpoint_interval)?,
-            idle_after: dur(self.idle_after, d.idle_after)?,
+            checkpoint_interval: duration(
+                "checkpoint_interval",
+                self.checkpoint_interval,
+                d.checkpoint_interval,
+                parse_duration,
+            )?,
+            idle_after: duration("idle_after", self.idle_after, d.idle_after, parse_duration)?,
             max_state_rows: self.max_state_rows.unwrap_or(d.max_state_rows),
-            window_state_retention: dur(self.window_state_retention, d.window_state_retention)?,
+            // Zero keeps no window states at all.
+            window_state_retention: duration(
+                "window_state_retention",
+                self.window_state_retention,
+                d.window_state_retention,
+                parse_duration_or_zero,
+            )?,
             token: None,
             protect_reads: self.protect_reads.unwrap_or(false),
         })
+    }
+}
+
+/// The duration setting `key`, read by `parse` when set, else `default`.
+fn duration(
+    key: &str,
+    value: Option<String>,
+    default: Duration,
+    parse: fn(&str) -> std::result::Result<i64, String>,
+) -> Result<Duration> {
+    match value {
+        Some(s) => parse(&s)
+            .map(|ms| Duration::from_millis(ms as u64))
+            .map_err(|e| Error::BadRequest(format!("{key}: {e}"))),
+        None => Ok(default),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(toml: &str) -> Result<Config> {
+        let file: FileConfig = toml::from_str(toml).unwrap();
+        file.resolve(None, None, None, None, None)
+    }
+
+    #[test]
+    fn window_state_retention() {
+        let c = resolve("").unwrap();
+        assert_eq!(c.window_state_retention, Duration::from_secs(24 * 3600));
+        let c = resolve("window_state_retention = '2h'").unwrap();
+        assert_eq!(c.window_state_retention, Duration::from_secs(2 * 3600));
+        // `0s` keeps none: the query runtime then stores no window states.
+        for zero in ["0s", "0ms", "0 hours"] {
+            let c = resolve(&format!("window_state_retention = '{zero}'")).unwrap();
+            assert!(c.window_state_retention.is_zero(), "{zero}");
+        }
+        let e = resolve("window_state_retention = 'forever'").unwrap_err();
+        assert!(e.to_string().starts_with("window_state_retention: "), "{e}");
+        assert_eq!(e.status(), 400);
+    }
+
+    #[test]
+    fn intervals_stay_positive() {
+        let c = resolve("checkpoint_interval = '500ms'\nidle_after = '2s'").unwrap();
+        assert_eq!(c.checkpoint_interval, Duration::from_millis(500));
+        assert_eq!(c.idle_after, Duration::from_secs(2));
+        for key in ["checkpoint_interval", "idle_after"] {
+            let e = resolve(&format!("{key} = '0s'")).unwrap_err();
+            assert!(e.to_string().starts_with(&format!("{key}: ")), "{e}");
+        }
     }
 }

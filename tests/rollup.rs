@@ -1,6 +1,7 @@
 //! Roll-ups: hourly windows merged from the stored 10 s sketches, over HTTP
 //! and in SQL; hourly uniques are the union of the windows' cookies, within
-//! HyperLogLog++'s error of the exact count.
+//! HyperLogLog++'s error of the exact count. With `window_state_retention =
+//! '0s'` no states are kept and roll-ups are empty.
 
 mod common;
 
@@ -129,4 +130,59 @@ async fn hourly_uniques_merge_the_window_sketches() {
     let (status, err): (u16, Value) = s.get("/queries/per_geo/results?rollup=15s").await;
     assert_eq!(status, 400, "{err}");
     assert!(err.to_string().contains("multiple"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_retention_keeps_no_window_states() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("imps", 1, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("runnel.toml");
+    std::fs::write(&config, "window_state_retention = '0s'\n").unwrap();
+    let s = TestServer::start_with(
+        &dir.path().join("data"),
+        &brokers,
+        &[("RUNNEL_CONFIG", config.to_str().unwrap())],
+    );
+    s.sql(
+        "CREATE STREAM imps (ts TIMESTAMP, geo TEXT)
+           WITH (kafka_topic = 'imps', event_time = 'ts', start = 'earliest');
+         CREATE QUERY per_geo AS SELECT geo, count(*) AS n FROM imps GROUP BY geo WINDOW 10s",
+    )
+    .await;
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    // One minute of event time, two hours ago: six windows.
+    let minute = (chrono::Utc::now().timestamp_millis() / 60_000 - 120) * 60_000;
+    let n = 600;
+    for i in 0..n {
+        let rec = format!(r#"{{"ts": {}, "geo": "FR"}}"#, minute + i * 100);
+        producer
+            .send(BaseRecord::<(), str>::to("imps").payload(&rec))
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, v) = s.get("/queries/per_geo/results").await;
+        let rows = v["rows"].as_array().cloned().unwrap_or_default();
+        if rows.iter().map(|r| r["n"].as_u64().unwrap()).sum::<u64>() == n as u64 {
+            assert_eq!(rows.len(), 6, "{v}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "windows not closed: {v}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // The windows closed and were written, their states were not.
+    let (status, v) = s.get("/queries/per_geo/results?rollup=1m").await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["rows"].as_array().unwrap().len(), 0, "{v}");
+    let sql = s
+        .sql("SELECT count(*) AS c FROM rollup('per_geo', '1m')")
+        .await;
+    assert_eq!(sql["results"][0]["rows"][0][0], 0, "{sql}");
 }

@@ -103,11 +103,25 @@ fn unit_ms(unit: &str) -> Option<i64> {
     })
 }
 
-/// Parses a single duration string: `500ms`, `10s`, `1m`, `10 seconds`, `INTERVAL '10' SECOND`.
+/// Parses a single positive duration string: `500ms`, `10s`, `1m`,
+/// `10 seconds`, `INTERVAL '10' SECOND`.
 pub fn parse_duration(text: &str) -> Result<i64, String> {
+    whole(text, duration)
+}
+
+/// Like [`parse_duration`], also accepting zero (`0s`), for settings where
+/// zero means "none" (`window_state_retention`).
+pub fn parse_duration_or_zero(text: &str) -> Result<i64, String> {
+    whole(text, length)
+}
+
+fn whole(
+    text: &str,
+    parse: fn(&[String], &mut usize) -> Result<i64, String>,
+) -> Result<i64, String> {
     let words = words(text);
     let mut pos = 0;
-    let d = duration(&words, &mut pos)?;
+    let d = parse(&words, &mut pos)?;
     if pos != words.len() {
         return Err(format!("unexpected '{}' after duration", words[pos]));
     }
@@ -121,7 +135,16 @@ fn words(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// A positive duration.
 fn duration(words: &[String], pos: &mut usize) -> Result<i64, String> {
+    match length(words, pos)? {
+        0 => Err("a window duration must be positive".into()),
+        ms => Ok(ms),
+    }
+}
+
+/// A duration of zero or more ms.
+fn length(words: &[String], pos: &mut usize) -> Result<i64, String> {
     let Some(first) = words.get(*pos) else {
         return Err("expected a duration such as 10s, 1m or INTERVAL '10' SECOND".into());
     };
@@ -149,9 +172,6 @@ fn duration(words: &[String], pos: &mut usize) -> Result<i64, String> {
         unit
     };
     let ms = unit_ms(unit).ok_or_else(|| format!("unknown duration unit '{unit}'"))?;
-    if n <= 0 {
-        return Err("a window duration must be positive".into());
-    }
     n.checked_mul(ms)
         .ok_or_else(|| format!("the duration {n}{unit} is too long"))
 }
@@ -255,6 +275,14 @@ mod tests {
         assert_eq!(parse_duration("INTERVAL '10' SECOND").unwrap(), 10_000);
         assert!(parse_duration("10 parsecs").is_err());
         assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_window_clause("0s").is_err());
+        assert!(parse_window_clause("10s SLIDE 0ms").is_err());
+        assert_eq!(parse_duration_or_zero("0s").unwrap(), 0);
+        assert_eq!(parse_duration_or_zero("0 hours").unwrap(), 0);
+        assert_eq!(parse_duration_or_zero("24h").unwrap(), 86_400_000);
+        assert!(parse_duration_or_zero("-1s").is_err());
+        assert!(parse_duration_or_zero("0").is_err());
     }
 
     #[test]
