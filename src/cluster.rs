@@ -303,7 +303,8 @@ fn finalize(
     c.late_records.fetch_add(found.late, Ordering::Relaxed);
     let mut out = Vec::new();
     for w in found.windows {
-        let emissions = vec![close_window(rt, plan, &w)?];
+        let keep_state = !task.state_retention.is_zero();
+        let emissions = vec![close_window(rt, plan, &w, keep_state)?];
         if pg.finish_window(&task.name, &w, plan.window.grace_ms, &emissions)? {
             c.windows_closed.fetch_add(1, Ordering::Relaxed);
             c.last_window_end.store(w.end, Ordering::Relaxed);
@@ -316,12 +317,14 @@ fn finalize(
 }
 
 /// Merges a window's partial states and runs the close plan: the window's
-/// emission, its rows (possibly none) with its merged state, as a
-/// single server's window close gives it.
+/// emission, its rows (possibly none) with its merged state when
+/// `keep_state` (roll-ups keep window states), as a single server's window
+/// close gives it.
 fn close_window(
     rt: &tokio::runtime::Runtime,
     plan: &ContinuousPlan,
     w: &FinalWindow,
+    keep_state: bool,
 ) -> Result<Emission> {
     let mut states = Vec::new();
     for s in &w.states {
@@ -332,6 +335,9 @@ fn close_window(
     Ok(Emission {
         batch: concat_batches(&plan.output_schema, &rows)?,
         cumulative: false,
-        state: Some(concat_batches(&plan.state_schema, &merged)?),
+        state: match keep_state {
+            true => Some(concat_batches(&plan.state_schema, &merged)?),
+            false => None,
+        },
     })
 }

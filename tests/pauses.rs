@@ -293,6 +293,32 @@ async fn twenty_kill_nines_between_bursts_and_pauses() {
     wait_and_check(&s, &oracle).await;
 }
 
+/// A broker that stalls (every request answered 3 s late, for 4 s) while
+/// old event times flow, with the producer pausing around it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_event_times_through_a_broker_stall() {
+    let (cluster, brokers) = mock_topic(4);
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path(), &brokers);
+    s.sql(SQL).await;
+    let mut feed = Feed::new(&brokers, 4, ten_minutes_ago(), 1);
+    feed.burst(20_000, 10_000.0);
+    cluster
+        .broker_round_trip_time(1, Duration::from_secs(3))
+        .unwrap();
+    let stalled = Instant::now();
+    feed.burst(10_000, 10_000.0);
+    if let Some(rest) = Duration::from_secs(4).checked_sub(stalled.elapsed()) {
+        std::thread::sleep(rest);
+    }
+    cluster.broker_round_trip_time(1, Duration::ZERO).unwrap();
+    std::thread::sleep(Duration::from_millis(1_500));
+    feed.burst(20_000, 10_000.0);
+    wait_and_check(&s, &feed.oracle).await;
+    let (_, q) = s.get("/queries/adnetwork").await;
+    assert_eq!(q["counters"]["late_records"], 0, "{q}");
+}
+
 /// A backfill of 200 000 records already in the topic, the broker down for
 /// 3 s while the query catches up, then a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -337,9 +337,12 @@ impl App {
             if self.queries.read().expect("lock").contains_key(name) {
                 continue;
             }
-            match parse_statement(sql)?.stmt {
+            let stored = |e: Error| Error::Execution(format!("stored query {name}: {e}"));
+            match parse_statement(sql).map_err(stored)?.stmt {
                 Statement::CreateQuery { select, .. } => {
-                    self.start_query(name, sql, &select, false, None).await?;
+                    self.start_query(name, sql, &select, false, None)
+                        .await
+                        .map_err(stored)?;
                 }
                 _ => wrong("query", name, "CREATE QUERY")?,
             }
