@@ -105,6 +105,20 @@ pub struct SourceContext {
 const LOG_EVERY: Duration = Duration::from_secs(30);
 
 impl SourceContext {
+    /// The context of a consumer of `topic`.
+    pub(super) fn new(topic: &str, start: StartFrom, on_assign: Option<OnAssign>) -> Self {
+        SourceContext {
+            topic: topic.to_string(),
+            start,
+            on_assign,
+            generation: AtomicU64::new(0),
+            assigned: Mutex::new((Vec::new(), BTreeMap::new())),
+            live_ends: Mutex::new(BTreeMap::new()),
+            down_since: Mutex::new(None),
+            logged: Mutex::new(HashMap::new()),
+        }
+    }
+
     /// Notes whether any broker is reachable, logging each change once.
     pub(super) fn set_reachable(&self, up: bool) {
         let mut since = self.down_since.lock().unwrap_or_else(|p| p.into_inner());
@@ -170,8 +184,11 @@ impl ClientContext for SourceContext {
             .filter(|b| b.state == "UP" && (0..=BROKER_FRESH_US).contains(&b.rxidle))
             .map(|b| b.nodeid)
             .collect();
-        let known = stats.brokers.values().filter(|b| b.nodeid >= 0);
-        self.set_reachable(known.clone().count() == 0 || known.clone().any(|b| b.state == "UP"));
+        // Bootstrap entries count too: before the first metadata answer
+        // they are the only brokers known.
+        if !stats.brokers.is_empty() {
+            self.set_reachable(stats.brokers.values().any(|b| b.state == "UP"));
+        }
         let at = Instant::now();
         let mut ends = self.live_ends.lock().unwrap_or_else(|p| p.into_inner());
         for p in stats
@@ -235,5 +252,55 @@ impl ConsumerContext for SourceContext {
         }
         *self.assigned.lock().unwrap_or_else(|p| p.into_inner()) = assigned;
         self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Statistics as librdkafka 2.12 writes them, cut to what is read.
+    fn stats(state: &str, rxidle: i64, hi: i64, next: i64) -> Vec<u8> {
+        format!(
+            r#"{{"name": "c", "type": "consumer", "ts": 1,
+                "brokers": {{
+                  "127.0.0.1:9092/bootstrap": {{"name": "b", "nodeid": -1, "state": "INIT", "rxidle": -1}},
+                  "127.0.0.1:9092/1": {{"name": "b1", "nodeid": 1, "state": "{state}", "rxidle": {rxidle}}}
+                }},
+                "topics": {{"t": {{"topic": "t", "partitions": {{
+                  "0": {{"partition": 0, "leader": 1, "fetchq_cnt": 0, "next_offset": {next}, "hi_offset": {hi}}},
+                  "-1": {{"partition": -1, "leader": -1, "fetchq_cnt": 0, "next_offset": 0, "hi_offset": -1}}
+                }}}}}}}}"#
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn a_live_leader_reports_the_log_end() {
+        let ctx = SourceContext::new("t", StartFrom::Earliest, None);
+        ctx.stats_raw(&stats("UP", 5_000, 120, 120));
+        let end = ctx.live_ends.lock().unwrap()[&0];
+        assert_eq!((end.high, end.next_fetch, end.queued), (120, 120, 0));
+        assert!(ctx.down_since.lock().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_stalled_or_down_broker_confirms_nothing() {
+        let ctx = SourceContext::new("t", StartFrom::Earliest, None);
+        ctx.stats_raw(&stats("UP", 5_000, 120, 120));
+        let first = ctx.live_ends.lock().unwrap()[&0].at;
+        // Nothing received for a second: the last confirmation stays as it was.
+        ctx.stats_raw(&stats("UP", 1_000_000, 130, 130));
+        let end = ctx.live_ends.lock().unwrap()[&0];
+        assert_eq!((end.high, end.at), (120, first));
+        assert!(ctx.down_since.lock().unwrap().is_none());
+        // Down: unreachable since now, and still nothing confirmed.
+        ctx.stats_raw(&stats("DOWN", -1, 130, 130));
+        assert_eq!(ctx.live_ends.lock().unwrap()[&0].high, 120);
+        assert!(ctx.down_since.lock().unwrap().is_some());
+        // Up again.
+        ctx.stats_raw(&stats("UP", 3_000, 140, 140));
+        assert_eq!(ctx.live_ends.lock().unwrap()[&0].high, 140);
+        assert!(ctx.down_since.lock().unwrap().is_none());
     }
 }

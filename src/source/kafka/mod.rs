@@ -32,9 +32,8 @@
 
 pub mod context;
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use rdkafka::config::ClientConfig;
@@ -540,16 +539,8 @@ fn open(
     for (k, v) in extra {
         config.set(*k, *v);
     }
-    let consumer: BaseConsumer<SourceContext> = config.create_with_context(SourceContext {
-        topic: topic.to_string(),
-        start,
-        on_assign,
-        generation: AtomicU64::new(0),
-        assigned: Mutex::new((Vec::new(), BTreeMap::new())),
-        live_ends: Mutex::new(BTreeMap::new()),
-        down_since: Mutex::new(None),
-        logged: Mutex::new(HashMap::new()),
-    })?;
+    let consumer: BaseConsumer<SourceContext> =
+        config.create_with_context(SourceContext::new(topic, start, on_assign))?;
     let partitions = loop {
         if waiting.stop.load(Ordering::Relaxed) {
             return Err(Error::Execution("stopped before the topic appeared".into()));
