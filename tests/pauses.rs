@@ -377,11 +377,13 @@ async fn a_live_stream_that_stops_closes_its_last_window() {
 /// and the same again when the query replays the topic from the start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_future_stamped_record_makes_no_on_time_record_late() {
-    let (_cluster, brokers) = mock_topic(4);
+    // 8 partitions: the replay needs every record still in the mock
+    // broker, which keeps about 5 MiB per partition.
+    let (_cluster, brokers) = mock_topic(8);
     let dir = tempfile::tempdir().unwrap();
     let s = TestServer::start(dir.path(), &brokers);
     s.sql(SQL).await;
-    let mut feed = Feed::new(&brokers, 4, 0, 0);
+    let mut feed = Feed::new(&brokers, 8, 0, 0);
     feed.burst(50_000, 25_000.0);
     feed.stray(chrono::Utc::now().timestamp_millis() + 1_800_000, 0);
     feed.burst(50_000, 25_000.0);
