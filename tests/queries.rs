@@ -7,7 +7,8 @@
 //! nothing for another `ms` of wall time; partitions go idle after
 //! [`IDLE_AFTER_MS`] of it), `stall` (no partition can be confirmed caught
 //! up: a broker stalled) and `emit <wall ms>` (a cumulative emit tick) lines;
-//! `NAME.expected` holds every emission, in order. Each case runs three
+//! `NAME.expected` holds every emission, in order, the rows of each window
+//! sorted by their columns unless the query has an `ORDER BY`. Each case runs three
 //! times — one record per batch; each partition's consecutive records in one
 //! batch; and all records between two `quiet`/`stall`/`emit` lines as one poll, one
 //! batch per partition, aggregated together as a query does — and all runs
@@ -20,7 +21,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{AsArray, UInt32Array};
-use datafusion::arrow::compute::take;
+use datafusion::arrow::compute::{SortColumn, lexsort_to_indices, take};
 use datafusion::arrow::datatypes::TimestampMillisecondType;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::pretty::pretty_format_batches;
@@ -83,6 +84,7 @@ enum Batching {
 }
 
 async fn run_case(sql: &str, input: &[Line], batching: Batching) -> String {
+    let ordered = sql.to_ascii_uppercase().contains("ORDER BY");
     let stmts = parse_sql(sql).unwrap();
     let Statement::CreateStream(stream) = &stmts[0].stmt else {
         panic!("first statement must be CREATE STREAM")
@@ -202,8 +204,27 @@ async fn run_case(sql: &str, input: &[Line], batching: Batching) -> String {
             }
         }
         keys.sort_by_key(|(s, e)| (*e, *s));
+        // Rows of one window in a fixed order (by their columns) unless the
+        // query orders them: aggregation gives groups in hash order.
+        let order: Vec<u32> = match ordered {
+            true => (0..e.batch.num_rows() as u32).collect(),
+            false => {
+                let cols: Vec<SortColumn> = e
+                    .batch
+                    .columns()
+                    .iter()
+                    .map(|c| SortColumn {
+                        values: c.clone(),
+                        options: None,
+                    })
+                    .collect();
+                lexsort_to_indices(&cols, None).unwrap().values().to_vec()
+            }
+        };
         for k in keys {
-            let idx: Vec<u32> = (0..starts.len() as u32)
+            let idx: Vec<u32> = order
+                .iter()
+                .copied()
                 .filter(|&i| (starts[i as usize], ends[i as usize]) == k)
                 .collect();
             let idx = UInt32Array::from(idx);

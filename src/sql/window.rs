@@ -242,10 +242,10 @@ fn hopping_kind(size_ms: i64, slide_ms: i64) -> Result<WindowKind, String> {
     if slide_ms > size_ms {
         return Err("SLIDE must not be longer than the window".into());
     }
-    if size_ms % slide_ms != 0 {
-        return Err("the window length must be a multiple of SLIDE".into());
-    }
-    let per_record = size_ms / slide_ms;
+    // Windows start at multiples of the slide (as in Spark and Flink), so a
+    // slide that does not divide the length puts a record in one window
+    // more or fewer depending on where it falls: at most this many.
+    let per_record = (size_ms + slide_ms - 1) / slide_ms;
     if per_record > MAX_WINDOWS_PER_RECORD {
         return Err(format!(
             "each record would fall into {per_record} windows ({} / {}); the limit is \
@@ -310,7 +310,14 @@ mod tests {
         assert_eq!(s.kind, WindowKind::Session { gap_ms: 30_000 });
         assert_eq!(s.grace_ms, 5000);
         assert!(parse_window_clause("10s SLIDE 20s").is_err());
-        assert!(parse_window_clause("10s SLIDE 3s").is_err());
+        // Any slide: windows start at multiples of it.
+        assert_eq!(
+            parse_window_clause("10s SLIDE 3s").unwrap().kind,
+            WindowKind::Hopping {
+                size_ms: 10_000,
+                slide_ms: 3_000
+            }
+        );
         assert!(parse_window_clause("10s EXTRA").is_err());
         assert_eq!(fmt_duration(60_000), "1m");
         assert_eq!(fmt_duration(1500), "1500ms");
