@@ -166,7 +166,7 @@ pub struct WindowEngine {
     sessions: WindowBuf,
     /// Per-partition event-time clocks: the watermark.
     clock: Watermarks,
-    /// Windows whose end plus grace is at or before this are closed.
+    /// The watermark windows have been closed up to ([`window_closed`]).
     closed_wm: i64,
     dirty: bool,
     /// Stream columns the batch plan reads.
@@ -178,6 +178,20 @@ pub struct WindowEngine {
     keep_states: bool,
     /// Live counters.
     pub counters: Arc<Counters>,
+}
+
+/// When a window is final, the one rule: once the watermark has passed the
+/// last event time that could still join it, plus the grace. For tumbling
+/// and hopping windows that is `end − 1 ms` (their end is exclusive), so
+/// they close when the watermark reaches `end + grace`; a session's end is
+/// its last event plus the gap, and a record exactly one gap later still
+/// joins it, so it closes only once the watermark is past `end + grace`.
+pub fn window_closed(kind: WindowKind, end: i64, grace: i64, watermark: i64) -> bool {
+    let last = match kind {
+        WindowKind::Session { .. } => end,
+        _ => end.saturating_sub(1),
+    };
+    last.saturating_add(grace) < watermark
 }
 
 fn ts_values(a: &ArrayRef) -> Result<Vec<i64>> {
@@ -235,8 +249,8 @@ impl WindowEngine {
         self.closed_wm = i64::MIN;
     }
 
-    /// Treats windows whose end plus grace is at or before `wm` as closed:
-    /// their records are dropped as late from now on.
+    /// Treats windows closed by watermark `wm` ([`window_closed`]) as
+    /// closed: their records are dropped as late from now on.
     pub fn close_before(&mut self, wm: i64) {
         self.closed_wm = self.closed_wm.max(wm);
     }
@@ -424,7 +438,7 @@ impl WindowEngine {
             let frontier = pm.saturating_sub(delay).max(self.closed_wm);
             let mut dropped = false;
             let mut assign = |s: i64, e: i64| {
-                if e.saturating_add(grace) <= frontier {
+                if window_closed(kind, e, grace, frontier) {
                     dropped = true;
                 } else {
                     idx.push(i as u32);
@@ -526,7 +540,7 @@ impl WindowEngine {
             }
             _ => {
                 while let Some((&(end, start), _)) = self.windows.first_key_value() {
-                    if end.saturating_add(self.grace) > wm {
+                    if !window_closed(self.plan.window.kind, end, self.grace, wm) {
                         break;
                     }
                     let buf = self.windows.remove(&(end, start)).expect("present");
@@ -631,9 +645,9 @@ impl WindowEngine {
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut members: Vec<u32> = Vec::new();
         let (mut cur_start, mut cur_end) = (0i64, 0i64);
-        let grace = self.grace;
+        let (grace, kind) = (self.grace, self.plan.window.kind);
         let mut finish = |members: &mut Vec<u32>, s: i64, e: i64| {
-            if e.saturating_add(grace) <= wm {
+            if window_closed(kind, e, grace, wm) {
                 for &m in members.iter() {
                     closed_idx.push(m);
                     new_start.push(s);
@@ -646,7 +660,9 @@ impl WindowEngine {
         };
         for (pos, &i) in order.iter().enumerate() {
             let same_key = pos > 0 && keys[order[pos - 1]] == keys[i];
-            if same_key && starts[i] < cur_end {
+            // Sessions merge when they touch: events exactly a gap apart
+            // belong to one session.
+            if same_key && starts[i] <= cur_end {
                 cur_end = cur_end.max(ends[i]);
             } else {
                 if !members.is_empty() {
