@@ -311,6 +311,22 @@ impl ContinuousPlan {
                 )));
             }
         };
+        // Each execution hands its batch to one stream leaf; a second would
+        // read nothing.
+        let mut stream_leaves = 0;
+        partial.input().apply(|node| {
+            stream_leaves += usize::from(node.downcast_ref::<SlotExec>().is_some());
+            Ok(TreeNodeRecursion::Continue)
+        })?;
+        if stream_leaves > 1 {
+            return Err(Error::sql(
+                format!(
+                    "a continuous query reads its stream once; stream {} appears twice (joined with itself or in a subquery)",
+                    stream.name
+                ),
+                None,
+            ));
+        }
         if partial.group_expr().groups().len() > 1 {
             return Err(Error::sql(
                 "GROUPING SETS, CUBE and ROLLUP are not supported in continuous queries",
@@ -514,5 +530,24 @@ mod tests {
         for t in tasks {
             t.await.unwrap();
         }
+    }
+
+    /// Every execution gives its batch to one stream leaf: a query reading
+    /// its stream twice is refused rather than left reading nothing the
+    /// second time.
+    #[tokio::test]
+    async fn a_stream_read_twice_is_refused() {
+        let stmts = parse_sql(
+            "CREATE STREAM s (ts TIMESTAMP, k TEXT, v BIGINT) WITH (kafka_topic = 's', event_time = 'ts');
+             SELECT k, count(*) AS n FROM s WHERE k IN (SELECT k FROM s WHERE v > 1) GROUP BY k WINDOW 10s",
+        )
+        .unwrap();
+        let (Statement::CreateStream(stream), Statement::Select(select)) =
+            (&stmts[0].stmt, &stmts[1].stmt)
+        else {
+            panic!("a stream and a select")
+        };
+        let e = ContinuousPlan::build(stream, select).await.unwrap_err();
+        assert!(e.to_string().contains("reads its stream once"), "{e}");
     }
 }

@@ -182,9 +182,12 @@ impl ExecutionPlan for SlotExec {
         _partition: usize,
         _context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
+        // The stream advertises the projected schema, as the leaf does:
+        // operators above may build batches from it (a hash join
+        // concatenates its build side with it).
         Ok(Box::pin(MemoryStream::try_new(
             self.slot.take(),
-            self.full_schema.clone(),
+            self.schema(),
             self.projection.clone(),
         )?))
     }
@@ -226,5 +229,39 @@ impl TableProvider for SlotTable {
             self.schema.clone(),
             projection.cloned(),
         )?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{ArrayRef, Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use futures::StreamExt;
+
+    /// A projected leaf's stream advertises the schema of the batches it
+    /// yields: a hash join building its side from the stream concatenates
+    /// them with that schema.
+    #[tokio::test]
+    async fn projected_stream_advertises_its_schema() {
+        let full = Arc::new(Schema::new(vec![
+            Field::new("ts", DataType::Int64, true),
+            Field::new("k", DataType::Utf8, true),
+            Field::new("v", DataType::Int64, true),
+        ]));
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from(vec![1, 2])),
+            Arc::new(StringArray::from(vec!["a", "b"])),
+            Arc::new(Int64Array::from(vec![10, 20])),
+        ];
+        let batch = RecordBatch::try_new(full.clone(), columns).unwrap();
+        let leaf: Arc<dyn ExecutionPlan> =
+            Arc::new(SlotExec::new("StreamBatch", full, Some(vec![1, 2])).unwrap());
+        let leaf = bind(&leaf, vec![batch]).unwrap();
+        let mut stream = leaf.execute(0, Arc::new(TaskContext::default())).unwrap();
+        assert_eq!(stream.schema(), leaf.schema());
+        let out = stream.next().await.unwrap().unwrap();
+        assert_eq!(out.schema(), leaf.schema());
+        assert_eq!(out.num_columns(), 2);
     }
 }
