@@ -1,16 +1,18 @@
 //! Golden query-semantics tests.
 //!
-//! Each `tests/queries/NAME.sql` holds a `CREATE STREAM` and one continuous
-//! `SELECT`; `NAME.input` holds the records, one per line as
-//! `<partition>[@<ms in the log>] <json>`, plus `quiet <ms> [<partition>]` (every partition
-//! of the input, or the one named, was confirmed caught up and delivered
-//! nothing for another `ms` of wall time; partitions go idle after
-//! [`IDLE_AFTER_MS`] of it), `stall` (no partition can be confirmed caught
-//! up: a broker stalled) and `emit <wall ms>` (a cumulative emit tick) lines;
-//! `NAME.expected` holds every emission, in order, the rows of each window
-//! sorted by their columns unless the query has an `ORDER BY`. Each case runs three
-//! times — one record per batch; each partition's consecutive records in one
-//! batch; and all records between two `quiet`/`stall`/`emit` lines as one poll, one
+//! Each `tests/queries/NAME.sql` holds a `CREATE STREAM`, the `CREATE
+//! TABLE`s of the reference tables it joins (their CSV files named relative
+//! to the crate's root) and one continuous `SELECT`; `NAME.input` holds the
+//! records, one per line as `<partition>[@<ms in the log>] <json>`, plus
+//! `quiet <ms> [<partition>]` (every partition of the input, or the one
+//! named, was confirmed caught up and delivered nothing for another `ms` of
+//! wall time; partitions go idle after [`IDLE_AFTER_MS`] of it), `stall` (no
+//! partition can be confirmed caught up: a broker stalled) and `emit <wall
+//! ms>` (a cumulative emit tick) lines; `NAME.expected` holds every
+//! emission, in order, the rows of each window sorted by their columns
+//! unless the query has an `ORDER BY`. Each case runs three times — one
+//! record per batch; each partition's consecutive records in one batch; and
+//! all records between two `quiet`/`stall`/`emit` lines as one poll, one
 //! batch per partition, aggregated together as a query does — and all runs
 //! must match, so results never depend on batching.
 //!
@@ -26,7 +28,7 @@ use datafusion::arrow::datatypes::TimestampMillisecondType;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use runnel::format::json::JsonDecoder;
-use runnel::plan::ContinuousPlan;
+use runnel::plan::{ContinuousPlan, RefTable};
 use runnel::sql::{Statement, parse_sql};
 use runnel::window::{Emission, PartitionBatch, WindowEngine};
 
@@ -89,10 +91,20 @@ async fn run_case(sql: &str, input: &[Line], batching: Batching) -> String {
     let Statement::CreateStream(stream) = &stmts[0].stmt else {
         panic!("first statement must be CREATE STREAM")
     };
-    let (Statement::Select(select) | Statement::CreateQuery { select, .. }) = &stmts[1].stmt else {
-        panic!("second statement must be a SELECT")
+    let mut tables = Vec::new();
+    for s in &stmts[1..stmts.len() - 1] {
+        let Statement::CreateTable(def) = &s.stmt else {
+            panic!("only CREATE TABLE may come between the stream and the SELECT")
+        };
+        tables.push(RefTable::load(def).await.unwrap());
+    }
+    let (Statement::Select(select) | Statement::CreateQuery { select, .. }) =
+        &stmts[stmts.len() - 1].stmt
+    else {
+        panic!("last statement must be a SELECT")
     };
-    let plan = Arc::new(ContinuousPlan::build(stream, select).await.unwrap());
+    let plan = ContinuousPlan::build_with_tables(stream, select, &tables);
+    let plan = Arc::new(plan.await.unwrap());
     let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(stream.fields()));
     let et = stream
         .event_time

@@ -26,6 +26,7 @@
 //! ```
 
 pub mod slot;
+mod table;
 
 use std::sync::Arc;
 
@@ -45,6 +46,7 @@ use crate::error::{Error, Result};
 use crate::sql::window::WindowSpec;
 use crate::sql::{SelectSql, StreamDef, parser_error};
 use slot::{SlotExec, SlotTable, bind};
+pub use table::RefTable;
 
 /// Name of the window start column.
 pub const WINDOW_START: &str = "window_start";
@@ -64,27 +66,6 @@ pub fn new_context() -> SessionContext {
     let ctx = SessionContext::new_with_config(config);
     crate::udaf::register(&ctx);
     ctx
-}
-
-/// A static reference table held in memory.
-#[derive(Debug, Clone)]
-pub struct RefTable {
-    /// Table name.
-    pub name: String,
-    /// Its schema.
-    pub schema: SchemaRef,
-    /// Its rows.
-    pub batches: Vec<RecordBatch>,
-}
-
-impl RefTable {
-    /// A DataFusion table over the rows.
-    pub fn provider(&self) -> Result<Arc<datafusion::datasource::MemTable>> {
-        Ok(Arc::new(datafusion::datasource::MemTable::try_new(
-            self.schema.clone(),
-            vec![self.batches.clone()],
-        )?))
-    }
 }
 
 /// A continuous query compiled into its batch, reduce and close plans.

@@ -604,34 +604,8 @@ impl App {
 
     /// Reads a reference table's CSV file into memory and registers it.
     async fn load_table(&self, def: &TableDef, sql: &str) -> Result<usize> {
-        let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(def.fields()));
-        let ext = std::path::Path::new(&def.path)
-            .extension()
-            .map(|e| format!(".{}", e.to_string_lossy()))
-            .unwrap_or_default();
-        let options = datafusion::prelude::CsvReadOptions::new()
-            .has_header(def.header)
-            .delimiter(def.delimiter)
-            .schema(&schema)
-            .file_extension(&ext);
-        let ctx = new_context();
-        let batches = ctx
-            .read_csv(def.path.as_str(), options)
-            .await
-            .map_err(|e| {
-                Error::BadRequest(format!("table {}: cannot read {}: {e}", def.name, def.path))
-            })?
-            .collect()
-            .await
-            .map_err(|e| {
-                Error::BadRequest(format!("table {}: cannot read {}: {e}", def.name, def.path))
-            })?;
-        let rows = batches.iter().map(|b| b.num_rows()).sum();
-        let table = RefTable {
-            name: def.name.clone(),
-            schema,
-            batches,
-        };
+        let table = RefTable::load(def).await?;
+        let rows = table.rows();
         self.tables
             .write()
             .expect("lock")

@@ -1,0 +1,9 @@
+CREATE STREAM orders (ts TIMESTAMP, customer TEXT, amount BIGINT)
+  WITH (kafka_topic = 'orders', event_time = 'ts');
+
+CREATE TABLE customers (id TEXT, name TEXT, region TEXT)
+  WITH (source = 'file', path = 'tests/queries/customers.csv', format = 'csv', header = true);
+
+SELECT c.region, c.name, count(*) AS n, sum(o.amount) AS total
+FROM orders o JOIN customers c ON o.customer = c.id
+GROUP BY c.region, c.name WINDOW 10s ORDER BY c.region, c.name;
