@@ -110,6 +110,15 @@ impl Error {
     }
 }
 
+/// The message a panic carried (`unknown panic` when it is not text).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
 impl From<DataFusionError> for Error {
     fn from(e: DataFusionError) -> Self {
         Error::Execution(e.to_string())

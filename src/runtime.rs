@@ -100,6 +100,25 @@ pub struct QueryTask {
     pub state_retention: Duration,
 }
 
+/// The status of query `name` once `run` has returned: stopped, or failed
+/// with a message naming the query. A bug (a panic) must fail the query
+/// visibly, not take the server down or leave the query looking alive.
+fn outcome(name: &str, run: impl FnOnce() -> Result<()>) -> QueryStatus {
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or_else(|p| {
+        Err(Error::Execution(format!(
+            "internal error: {}",
+            crate::error::panic_message(p.as_ref())
+        )))
+    });
+    match result {
+        Ok(()) => QueryStatus::Stopped,
+        Err(e) => {
+            tracing::error!("query {name} failed: {e}");
+            QueryStatus::Failed(format!("query {name}: {e}"))
+        }
+    }
+}
+
 /// A rejected record: (index, reason, detail).
 pub type Rejected = (usize, &'static str, String);
 
@@ -370,24 +389,8 @@ impl QueryTask {
         std::thread::Builder::new()
             .name(format!("query-{}", self.name))
             .spawn(move || {
-                // A bug must fail this query visibly, not take the server down
-                // or leave the query looking alive.
-                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run()))
-                    .unwrap_or_else(|p| {
-                        let msg = p
-                            .downcast_ref::<String>()
-                            .cloned()
-                            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                            .unwrap_or_else(|| "unknown panic".into());
-                        Err(Error::Execution(format!("internal error: {msg}")))
-                    });
-                match result {
-                    Ok(()) => self.set_status(QueryStatus::Stopped),
-                    Err(e) => {
-                        tracing::error!("query {} failed: {e}", self.name);
-                        self.set_status(QueryStatus::Failed(e.to_string()));
-                    }
-                }
+                let status = outcome(&self.name, || self.run());
+                self.set_status(status);
             })
             .expect("spawn query thread")
     }
@@ -530,5 +533,81 @@ impl QueryTask {
                 .commit(&self.name, &[], src.offsets(), &engine.checkpoint()?)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sql::{Statement, parse_sql};
+    use datafusion::arrow::array::{ArrayRef, StringArray, TimestampMillisecondArray};
+    use datafusion::arrow::datatypes::Field;
+
+    fn failure(status: QueryStatus) -> String {
+        match status {
+            QueryStatus::Failed(m) => m,
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_query_ends_stopped_or_failed_naming_it() {
+        assert_eq!(outcome("quiet", || Ok(())), QueryStatus::Stopped);
+        let m = failure(outcome("strict", || {
+            Err(Error::Execution("state limit exceeded".into()))
+        }));
+        assert!(
+            m.starts_with("query strict: ") && m.contains("state limit"),
+            "{m}"
+        );
+        let m = failure(outcome("buggy", || panic!("index out of bounds")));
+        assert!(
+            m.starts_with("query buggy: ") && m.contains("internal error: index out of bounds"),
+            "{m}"
+        );
+    }
+
+    /// A panic inside an operator of a plan fails the query with a status
+    /// naming the query and the plan.
+    #[test]
+    fn a_panic_inside_a_plan_fails_the_query_naming_it() {
+        let stmts = parse_sql(
+            "CREATE STREAM clicks (ts TIMESTAMP, page TEXT) WITH (kafka_topic = 'c', event_time = 'ts');
+             SELECT page, count(*) AS n FROM clicks GROUP BY page WINDOW 10s",
+        )
+        .unwrap();
+        let (Statement::CreateStream(stream), Statement::Select(select)) =
+            (&stmts[0].stmt, &stmts[1].stmt)
+        else {
+            panic!("a stream and a select")
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let plan = rt.block_on(ContinuousPlan::build(stream, select)).unwrap();
+        // A partial state whose count is text: the count's merge panics on it.
+        let mut fields: Vec<Field> = plan
+            .state_schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        let count = fields.pop().unwrap();
+        fields.push(Field::new(count.name(), DataType::Utf8, true));
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(TimestampMillisecondArray::from(vec![0])),
+            Arc::new(TimestampMillisecondArray::from(vec![10_000])),
+            Arc::new(StringArray::from(vec!["a"])),
+            Arc::new(StringArray::from(vec!["one"])),
+        ];
+        let state = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
+        let m = failure(outcome("clicks_by_page", || {
+            rt.block_on(plan.close(vec![state])).map(drop)
+        }));
+        assert!(
+            m.starts_with("query clicks_by_page: ")
+                && m.contains("internal error in the window-close plan"),
+            "{m}"
+        );
     }
 }

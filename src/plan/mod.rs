@@ -28,6 +28,7 @@
 pub mod slot;
 mod table;
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -41,8 +42,9 @@ use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{self, Expr, GroupByExpr, Ident, SelectItem};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
+use futures::FutureExt;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, panic_message};
 use crate::sql::window::WindowSpec;
 use crate::sql::{SelectSql, StreamDef, parser_error};
 use slot::{SlotExec, SlotTable, bind};
@@ -363,32 +365,46 @@ impl ContinuousPlan {
         })
     }
 
-    /// Executes `plan` over `batches`. Each execution reads its own copy of
-    /// the plan's leaves ([`bind`]), so executions may overlap: the query's
-    /// thread closing a window while a roll-up runs the close plan.
+    /// Executes `plan` (the `stage` plan) over `batches`. Each execution
+    /// reads its own copy of the plan's leaves ([`bind`]), so executions may
+    /// overlap: the query's thread closing a window while a roll-up runs the
+    /// close plan. A panic inside an operator ends the execution with an
+    /// error naming the stage, not the thread that ran it.
     async fn run(
         &self,
+        stage: &str,
         plan: &Arc<dyn ExecutionPlan>,
         batches: Vec<RecordBatch>,
     ) -> Result<Vec<RecordBatch>> {
-        let plan = bind(plan, batches)?;
-        let out = collect(plan, self.task.clone()).await?;
+        let execution = async {
+            let plan = bind(plan, batches)?;
+            Ok::<_, Error>(collect(plan, self.task.clone()).await?)
+        };
+        let out = AssertUnwindSafe(execution)
+            .catch_unwind()
+            .await
+            .map_err(|p| {
+                Error::Execution(format!(
+                    "internal error in the {stage} plan: {}",
+                    panic_message(p.as_ref())
+                ))
+            })??;
         Ok(out.into_iter().filter(|b| b.num_rows() > 0).collect())
     }
 
     /// Runs the batch plan on one batch of `input_schema`, returning partial states.
     pub async fn partial(&self, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
-        self.run(&self.batch_plan, vec![batch]).await
+        self.run("per-batch", &self.batch_plan, vec![batch]).await
     }
 
     /// Merges partial states into fewer rows, still partial.
     pub async fn reduce(&self, states: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
-        self.run(&self.reduce_plan, states).await
+        self.run("window-merge", &self.reduce_plan, states).await
     }
 
     /// Finishes partial states into output rows.
     pub async fn close(&self, states: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
-        self.run(&self.close_plan, states).await
+        self.run("window-close", &self.close_plan, states).await
     }
 
     /// Indices of the stream columns the per-batch plan reads (the window
