@@ -159,6 +159,127 @@ async fn adnetwork_and_stream_table_join() {
     }
 }
 
+/// Queries grouping a stream by the columns of a reference table it joins
+/// run through the server and emit what the join implies: a LEFT JOIN puts
+/// orders without a customer row, or without a customer, in the NULL group;
+/// an inner join drops them, and HAVING filters its groups.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_table_joins_grouped_by_table_columns() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("orders", 2, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path(), &brokers);
+    s.sql(
+        "CREATE STREAM orders (ts TIMESTAMP, customer TEXT, amount BIGINT)
+           WITH (kafka_topic = 'orders', format = 'json', event_time = 'ts', start = 'earliest');
+         CREATE TABLE customers (id TEXT, name TEXT, region TEXT)
+           WITH (source = 'file', path = 'tests/queries/customers.csv', format = 'csv', header = true);
+         CREATE QUERY by_region AS
+         SELECT c.region, count(*) AS n, sum(o.amount) AS total
+         FROM orders o LEFT JOIN customers c ON o.customer = c.id
+         GROUP BY c.region WINDOW 10s;
+         CREATE QUERY busy_regions AS
+         SELECT c.region, count(*) AS n
+         FROM orders o JOIN customers c ON o.customer = c.id
+         GROUP BY c.region HAVING sum(o.amount) > 10 WINDOW 10s;",
+    )
+    .await;
+
+    // customers.csv: c1 and c3 in east, c2 in west, c4 in north; c8 and c9
+    // have no row.
+    let base = (chrono::Utc::now().timestamp_millis() - 300_000) / 10_000 * 10_000;
+    let orders: [(i32, i64, Option<&str>, i64); 12] = [
+        (0, 1_000, Some("c1"), 10),
+        (1, 1_500, Some("c9"), 7),
+        (0, 2_000, Some("c2"), 20),
+        (1, 2_500, Some("c3"), 30),
+        (0, 3_000, None, 5),
+        (1, 4_000, Some("c1"), 1),
+        (0, 11_000, Some("c2"), 2),
+        (1, 12_000, Some("c4"), 4),
+        (0, 13_000, Some("c2"), 3),
+        (1, 14_000, Some("c8"), 9),
+        // Both partitions pass 20 s: the first two windows close.
+        (0, 30_000, Some("c1"), 100),
+        (1, 30_000, Some("c3"), 100),
+    ];
+    let p = producer(&brokers);
+    for (partition, at, customer, amount) in orders {
+        let record = serde_json::json!({"ts": base + at, "customer": customer, "amount": amount});
+        p.send(
+            BaseRecord::<(), str>::to("orders")
+                .payload(&record.to_string())
+                .partition(partition),
+        )
+        .map_err(|(e, _)| e)
+        .unwrap();
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+
+    // Both queries close both windows and keep running.
+    for q in ["by_region", "busy_regions"] {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let (_, v) = s.get(&format!("/queries/{q}")).await;
+            assert_ne!(v["status"], "failed", "{v}");
+            if v["counters"]["windows_closed"] == 2 {
+                assert_eq!(v["status"], "running", "{v}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "{q}: windows not closed: {v}");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    let key = |r: &Value| {
+        (
+            r["window_start"].as_str().unwrap().to_string(),
+            r["region"].as_str().map(str::to_string),
+        )
+    };
+    let window = |at: i64| runnel::store::format_ts(base + at);
+    let region = |r: &str| Some(r.to_string()).filter(|r| !r.is_empty());
+    // [0 s, 10 s): east c1 10 + c3 30 + c1 1, west c2 20, NULL c9 7 + 5;
+    // [10 s, 20 s): north c4 4, west c2 2 + 3, NULL c8 9.
+    let want: HashMap<(String, Option<String>), (i64, i64)> = [
+        (0, "east", 3, 41),
+        (0, "west", 1, 20),
+        (0, "", 2, 12),
+        (10_000, "north", 1, 4),
+        (10_000, "west", 2, 5),
+        (10_000, "", 1, 9),
+    ]
+    .into_iter()
+    .map(|(w, r, n, total)| ((window(w), region(r)), (n, total)))
+    .collect();
+    let rows = all_rows(&s, "by_region", want.len()).await;
+    let got: HashMap<_, _> = rows
+        .iter()
+        .map(|r| {
+            (
+                key(r),
+                (r["n"].as_i64().unwrap(), r["total"].as_i64().unwrap()),
+            )
+        })
+        .collect();
+    assert_eq!((rows.len(), got), (want.len(), want));
+
+    // Sums over 10: east 41 and west 20 in [0 s, 10 s); none in [10 s, 20 s).
+    let want: HashMap<(String, Option<String>), i64> = [
+        (window(0), region("east"), 3),
+        (window(0), region("west"), 1),
+    ]
+    .into_iter()
+    .map(|(w, r, n)| ((w, r), n))
+    .collect();
+    let rows = all_rows(&s, "busy_regions", want.len()).await;
+    let got: HashMap<_, _> = rows
+        .iter()
+        .map(|r| (key(r), r["n"].as_i64().unwrap()))
+        .collect();
+    assert_eq!((rows.len(), got), (want.len(), want));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn popular_users_published_to_kafka() {
     let cluster = MockCluster::new(1).unwrap();
