@@ -89,12 +89,18 @@ where
     }
 }
 
+/// The text of every element matching `css`, read in one script run: the
+/// page re-renders its tables as rows arrive, and elements found by one
+/// request may be gone by the next.
 async fn texts(c: &Client, css: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in c.find_all(Locator::Css(css)).await.unwrap_or_default() {
-        out.push(e.text().await.unwrap_or_default());
+    let script = "return Array.from(document.querySelectorAll(arguments[0])).map(e => e.textContent.trim());";
+    match c.execute(script, vec![json!(css)]).await {
+        Ok(Value::Array(v)) => v
+            .into_iter()
+            .map(|t| t.as_str().unwrap_or_default().to_string())
+            .collect(),
+        _ => Vec::new(),
     }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
