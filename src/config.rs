@@ -40,6 +40,9 @@ pub struct Config {
     pub token: Option<String>,
     /// Require the token for reads too.
     pub protect_reads: bool,
+    /// Directories whose files user SQL may read as file tables and file
+    /// streams; none when empty (every file table and stream is refused).
+    pub allow_files: Vec<PathBuf>,
 }
 
 impl Default for Config {
@@ -56,6 +59,7 @@ impl Default for Config {
             window_state_retention: Duration::from_secs(24 * 3600),
             token: None,
             protect_reads: false,
+            allow_files: Vec::new(),
         }
     }
 }
@@ -84,6 +88,8 @@ pub struct FileConfig {
     pub window_state_retention: Option<String>,
     /// Require the token for reads too.
     pub protect_reads: Option<bool>,
+    /// Directories file tables and file streams may read under.
+    pub allow_files: Option<Vec<PathBuf>>,
 }
 
 impl FileConfig {
@@ -98,7 +104,8 @@ impl FileConfig {
     }
 
     /// Merges flags/env (`Some` wins; an empty store or cluster counts as
-    /// unset) over this file over defaults.
+    /// unset; a non-empty `allow_files` replaces the file's list) over this
+    /// file over defaults.
     pub fn resolve(
         self,
         listen: Option<String>,
@@ -106,6 +113,7 @@ impl FileConfig {
         data_dir: Option<PathBuf>,
         store: Option<String>,
         cluster: Option<String>,
+        allow_files: Vec<PathBuf>,
     ) -> Result<Config> {
         let set = |v: Option<String>| v.filter(|s| !s.is_empty());
         let d = Config::default();
@@ -132,6 +140,14 @@ impl FileConfig {
             )?,
             token: None,
             protect_reads: self.protect_reads.unwrap_or(false),
+            allow_files: if allow_files.is_empty() {
+                self.allow_files.unwrap_or_default()
+            } else {
+                allow_files
+            }
+            .into_iter()
+            .filter(|d| !d.as_os_str().is_empty())
+            .collect(),
         })
     }
 }
@@ -157,7 +173,20 @@ mod tests {
 
     fn resolve(toml: &str) -> Result<Config> {
         let file: FileConfig = toml::from_str(toml).unwrap();
-        file.resolve(None, None, None, None, None)
+        file.resolve(None, None, None, None, None, Vec::new())
+    }
+
+    #[test]
+    fn allow_files() {
+        assert!(resolve("").unwrap().allow_files.is_empty());
+        let c = resolve("allow_files = ['/srv/data', '']").unwrap();
+        assert_eq!(c.allow_files, [PathBuf::from("/srv/data")]);
+        // Flags and environment replace the file's list.
+        let file: FileConfig = toml::from_str("allow_files = ['/srv/data']").unwrap();
+        let c = file
+            .resolve(None, None, None, None, None, vec!["/a".into(), "/b".into()])
+            .unwrap();
+        assert_eq!(c.allow_files, [PathBuf::from("/a"), PathBuf::from("/b")]);
     }
 
     #[test]

@@ -66,6 +66,16 @@ enum Command {
         /// Require the token for reads too.
         #[arg(long, env = "RUNNEL_PROTECT_READS")]
         protect_reads: bool,
+        /// Let file tables and file streams read files under DIR (repeatable;
+        /// RUNNEL_ALLOW_FILES takes a ':'-separated list, like PATH). By
+        /// default no directory is allowed.
+        #[arg(
+            long = "allow-files",
+            value_name = "DIR",
+            env = "RUNNEL_ALLOW_FILES",
+            value_delimiter = ':'
+        )]
+        allow_files: Vec<PathBuf>,
     },
     /// Run everything on embedded defaults: a Kafka-protocol broker, the
     /// impression generator, the server and the canonical query.
@@ -183,12 +193,16 @@ async fn demo(listen: String, rate: u64) -> anyhow_free::Result<()> {
     let brokers = cluster.bootstrap_servers();
     let data_dir = std::env::temp_dir().join(format!("runnel-demo-{}", std::process::id()));
     std::fs::create_dir_all(&data_dir)?;
-    let publishers = data_dir.join("publishers.csv");
+    // The reference files live apart from the store: only they are readable.
+    let files = data_dir.join("files");
+    std::fs::create_dir_all(&files)?;
+    let publishers = files.join("publishers.csv");
     std::fs::write(&publishers, PUBLISHERS_CSV)?;
     let config = Config {
         listen,
         brokers: brokers.clone(),
         data_dir: data_dir.clone(),
+        allow_files: vec![files],
         ..Config::default()
     };
     let stop = Arc::new(AtomicBool::new(false));
@@ -258,11 +272,12 @@ async fn main() {
             cluster,
             token,
             protect_reads,
+            allow_files,
         } => {
             let explicit = std::env::var_os("RUNNEL_CONFIG").is_some()
                 || std::env::args().any(|a| a == "--config" || a.starts_with("--config="));
             match FileConfig::load(&config, explicit)
-                .and_then(|f| f.resolve(listen, brokers, data_dir, store, cluster))
+                .and_then(|f| f.resolve(listen, brokers, data_dir, store, cluster, allow_files))
             {
                 Ok(mut c) => {
                     c.token = token.filter(|t| !t.is_empty());

@@ -169,7 +169,11 @@ async fn stream_table_joins_grouped_by_table_columns() {
     cluster.create_topic("orders", 2, 1).unwrap();
     let brokers = cluster.bootstrap_servers();
     let dir = tempfile::tempdir().unwrap();
-    let s = TestServer::start(dir.path(), &brokers);
+    let s = TestServer::start_with(
+        dir.path(),
+        &brokers,
+        &[("RUNNEL_ALLOW_FILES", "tests/queries")],
+    );
     s.sql(
         "CREATE STREAM orders (ts TIMESTAMP, customer TEXT, amount BIGINT)
            WITH (kafka_topic = 'orders', format = 'json', event_time = 'ts', start = 'earliest');

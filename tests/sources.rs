@@ -151,7 +151,8 @@ async fn file_source_follows_and_resumes_exactly() {
         .map(|(u, n)| format!(r#"{{"user": "{u}", "n": {n}}}"#))
         .collect();
     append(&path, &json[..100]);
-    let s = TestServer::start(dir.path(), "127.0.0.1:1");
+    let allow = [("RUNNEL_ALLOW_FILES", data.path().to_str().unwrap())];
+    let s = TestServer::start_with(dir.path(), "127.0.0.1:1", &allow);
     s.sql(&format!(
         "CREATE STREAM events (user TEXT, n BIGINT) WITH (source = 'file', path = '{}', format = 'json', start = 'earliest')",
         path.display()
@@ -182,9 +183,122 @@ async fn file_source_follows_and_resumes_exactly() {
     // counts exactly once.
     s.stop();
     append(&path, &json[250..330]);
-    let s = TestServer::start(dir.path(), "127.0.0.1:1");
+    let s = TestServer::start_with(dir.path(), "127.0.0.1:1", &allow);
     append(&path, &json[330..]);
     let (counts, sums) = user_totals(&records);
     wait_for(&s, "SELECT user, c FROM totals ORDER BY user", &counts).await;
     wait_for(&s, "SELECT user, s FROM totals ORDER BY user", &sums).await;
+}
+
+/// File tables and file streams read only regular files under the
+/// directories the server allows: by default none; with `--allow-files`
+/// (here `RUNNEL_ALLOW_FILES`) a path outside, a `..` escape, a symbolic
+/// link leading outside, a device, a FIFO and a directory are all 400s
+/// naming the allowed directory, while a file inside is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_are_read_only_under_allowed_directories() {
+    let root = tempfile::tempdir().unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let inside = root.path().join("users.csv");
+    std::fs::write(&inside, "id,name\n1,ann\n2,bob\n").unwrap();
+    let secret = other.path().join("secret.csv");
+    std::fs::write(&secret, "id,name\n9,root\n").unwrap();
+    let link = root.path().join("link.csv");
+    std::os::unix::fs::symlink(&secret, &link).unwrap();
+    let fifo = root.path().join("fifo");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let rootname = root.path().to_str().unwrap().to_string();
+    let escape = format!(
+        "{rootname}/../{}/secret.csv",
+        other.path().file_name().unwrap().to_str().unwrap()
+    );
+    let table = |name: &str, path: &str| {
+        format!(
+            "CREATE TABLE {name} (name TEXT) WITH (source = 'file', path = '{path}', format = 'csv', delimiter = ':', header = false)"
+        )
+    };
+    let stream = |name: &str, path: &str| {
+        format!(
+            "CREATE STREAM {name} (user TEXT) WITH (source = 'file', path = '{path}', format = 'json')"
+        )
+    };
+    let refused = |status: u16, v: &Value, what: &str, needle: &str| {
+        assert_eq!(status, 400, "{what}: {v}");
+        let message = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(needle), "{what}: {message}");
+    };
+
+    // By default no directory is allowed.
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path(), "127.0.0.1:1");
+    let inside_s = inside.to_str().unwrap();
+    let (st, v) = s.post("/sql", &table("t", inside_s)).await;
+    refused(st, &v, "table by default", "--allow-files");
+    let (st, v) = s.post("/sql", &stream("e", inside_s)).await;
+    refused(st, &v, "stream by default", "--allow-files");
+    s.stop();
+
+    let dir = tempfile::tempdir().unwrap();
+    let allow = [("RUNNEL_ALLOW_FILES", rootname.as_str())];
+    let s = TestServer::start_with(dir.path(), "127.0.0.1:1", &allow);
+    let bad = [
+        "/etc/passwd".to_string(),
+        escape,
+        link.to_str().unwrap().to_string(),
+        "/dev/zero".to_string(),
+        fifo.to_str().unwrap().to_string(),
+        rootname.clone(),
+        format!("{}/later.jsonl", other.path().display()),
+    ];
+    for (i, path) in bad.iter().enumerate() {
+        let (st, v) = s.post("/sql", &table(&format!("t{i}"), path)).await;
+        refused(st, &v, &format!("table {path}"), &rootname);
+        let (st, v) = s.post("/sql", &stream(&format!("e{i}"), path)).await;
+        refused(st, &v, &format!("stream {path}"), &rootname);
+    }
+    let (_, v) = s.get("/streams").await;
+    assert!(!v.to_string().contains("\"e0\""), "{v}");
+
+    // Inside the allowed directory: the table is read, and a stream may name
+    // a file that does not exist yet.
+    s.sql(&table("users", inside_s)).await;
+    let v = s.sql("SELECT name FROM users ORDER BY name").await;
+    assert_eq!(
+        v["results"][0]["rows"],
+        serde_json::json!([["1,ann"], ["2,bob"], ["id,name"]])
+    );
+    s.sql(&stream("later", &format!("{rootname}/later.jsonl")))
+        .await;
+    s.stop();
+
+    // A stored stream or table whose file is no longer allowed stops the
+    // server from starting, with a message naming the setting.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_runnel"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--brokers",
+            "127.0.0.1:1",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("RUNNEL_LOG", "warn")
+        .env_remove("RUNNEL_CONFIG")
+        .env_remove("RUNNEL_ALLOW_FILES")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("stored stream later") && err.contains("--allow-files"),
+        "{err}"
+    );
 }

@@ -33,11 +33,13 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::plan::{ContinuousPlan, RefTable, new_context, plan_error};
 use crate::runtime::{QueryStatus, QueryTask};
+use crate::source::file::allowed_file;
 use crate::source::stats::StreamStats;
 use crate::sql::StartFrom;
 use crate::sql::table::TableDef;
 use crate::sql::{
-    Parsed, SelectSql, Statement, StreamDef, normalize_ident, parse_sql, parse_statement,
+    Parsed, SelectSql, SourceKind, Statement, StreamDef, normalize_ident, parse_sql,
+    parse_statement,
 };
 use crate::store::Store;
 
@@ -318,6 +320,8 @@ impl App {
             }
             match parse_statement(sql)?.stmt {
                 Statement::CreateStream(def) => {
+                    self.check_stream_file(&def)
+                        .map_err(|e| Error::BadRequest(format!("stored stream {name}: {e}")))?;
                     self.streams
                         .write()
                         .expect("lock")
@@ -443,6 +447,7 @@ impl App {
                 if self.name_taken(&def.name) {
                     return Err(Error::Conflict(format!("'{}' already exists", def.name)));
                 }
+                self.check_stream_file(def)?;
                 self.store.save_stream(&def.name, &p.text)?;
                 self.streams.write().expect("lock").insert(
                     def.name.clone(),
@@ -602,9 +607,25 @@ impl App {
             || self.tables.read().expect("lock").contains_key(name)
     }
 
-    /// Reads a reference table's CSV file into memory and registers it.
+    /// Refuses a file stream whose file is not under an allowed directory.
+    fn check_stream_file(&self, def: &StreamDef) -> Result<()> {
+        if def.source == SourceKind::File {
+            let path = def.options.get("path").map(String::as_str).unwrap_or("");
+            allowed_file(path, &self.config.allow_files, true)?;
+        }
+        Ok(())
+    }
+
+    /// Reads a reference table's CSV file, which must be under an allowed
+    /// directory, into memory and registers it.
     async fn load_table(&self, def: &TableDef, sql: &str) -> Result<usize> {
-        let table = RefTable::load(def).await?;
+        let real = allowed_file(&def.path, &self.config.allow_files, false)
+            .map_err(|e| Error::BadRequest(format!("table {}: {e}", def.name)))?;
+        let read = TableDef {
+            path: real.to_string_lossy().into_owned(),
+            ..def.clone()
+        };
+        let table = RefTable::load(&read).await?;
         let rows = table.rows();
         self.tables
             .write()

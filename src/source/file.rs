@@ -8,6 +8,11 @@
 //! saved offset, `start = 'earliest'` reads the file from its beginning and
 //! `'latest'` only the lines completed after the query starts.
 //!
+//! Only regular files under the directories the server allows
+//! (`--allow-files`) may be read: [`allowed_file`] checks a path when a file
+//! stream or table is created and when a stored one is loaded. A line longer
+//! than [`MAX_LINE`] bytes is emitted in pieces, as the socket source does.
+//!
 //! A file that does not exist yet is waited for. A file that shrinks below
 //! the read position (truncated or replaced by a shorter one) is read again
 //! from its beginning.
@@ -33,7 +38,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{Chunk, take_lines};
+use super::{Chunk, MAX_LINE, take_lines};
 use crate::error::{Error, Result};
 use crate::sql::StartFrom;
 
@@ -41,6 +46,88 @@ use crate::sql::StartFrom;
 const FOLLOW_INTERVAL: Duration = Duration::from_millis(20);
 /// Most bytes read from the file per read call.
 const READ_SIZE: usize = 1 << 20;
+
+/// Checks that `path` names a regular file under one of the `allowed`
+/// directories once symlinks and `..` are resolved, and returns its
+/// canonical path. With `may_wait` (a file stream, which waits for its
+/// file) a missing file passes when its directory is under an allowed one.
+/// Refusals are [`Error::BadRequest`]s naming the allowed directories.
+///
+/// ```
+/// use runnel::source::file::allowed_file;
+/// let dir = tempfile::tempdir().unwrap();
+/// std::fs::write(dir.path().join("a.csv"), "x\n").unwrap();
+/// let roots = [dir.path().to_path_buf()];
+/// let a = dir.path().join("a.csv");
+/// assert!(allowed_file(a.to_str().unwrap(), &roots, false).is_ok());
+/// assert_eq!(allowed_file("/etc/passwd", &roots, false).unwrap_err().status(), 400);
+/// assert!(allowed_file(a.to_str().unwrap(), &[], false).is_err());
+/// ```
+pub fn allowed_file(path: &str, allowed: &[PathBuf], may_wait: bool) -> Result<PathBuf> {
+    if allowed.is_empty() {
+        return Err(Error::BadRequest(format!(
+            "cannot read '{path}': no directory is allowed for file tables and streams; \
+             start the server with --allow-files DIR"
+        )));
+    }
+    let named = allowed
+        .iter()
+        .map(|d| d.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let roots: Vec<PathBuf> = allowed
+        .iter()
+        .filter_map(|d| d.canonicalize().ok())
+        .collect();
+    let refused = |why: &str| {
+        Error::BadRequest(format!(
+            "cannot read '{path}': {why}; file tables and streams read regular files \
+             under the allowed directories ({named}; see --allow-files)"
+        ))
+    };
+    let under = |p: &Path| roots.iter().any(|r| p.starts_with(r));
+    let given = Path::new(path);
+    if path.is_empty() {
+        return Err(refused("the path is empty"));
+    }
+    match given.canonicalize() {
+        Ok(real) => {
+            if !under(&real) {
+                return Err(refused("it is not under an allowed directory"));
+            }
+            match std::fs::metadata(&real) {
+                Ok(m) if m.is_file() => Ok(real),
+                Ok(_) => Err(refused("it is not a regular file")),
+                Err(e) => Err(refused(&e.to_string())),
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && may_wait => {
+            // Nothing there yet: the stream waits for the file, which will
+            // appear in the (allowed) directory it names.
+            if given.symlink_metadata().is_ok() {
+                return Err(refused("it is a symbolic link to nothing"));
+            }
+            let Some(name) = given.file_name().filter(|_| {
+                matches!(
+                    given.components().next_back(),
+                    Some(std::path::Component::Normal(_))
+                )
+            }) else {
+                return Err(refused("it names no file"));
+            };
+            let parent = match given.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            match parent.canonicalize() {
+                Ok(dir) if under(&dir) && dir.is_dir() => Ok(dir.join(name)),
+                Ok(_) => Err(refused("its directory is not under an allowed directory")),
+                Err(e) => Err(refused(&format!("its directory: {e}"))),
+            }
+        }
+        Err(e) => Err(refused(&e.to_string())),
+    }
+}
 
 /// A reader following one file.
 pub struct FileSource {
@@ -184,13 +271,17 @@ impl FileSource {
             self.skip_partial = false;
             return self.read_more();
         }
-        if self.skip_partial
-            && let Some(nl) = self.buf.iter().position(|&b| b == b'\n')
-        {
-            self.buf.drain(..=nl);
-            self.pos += nl as u64 + 1;
-            self.skip_partial = false;
-            self.offsets.insert(0, self.pos as i64);
+        if self.skip_partial {
+            if let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
+                self.buf.drain(..=nl);
+                self.pos += nl as u64 + 1;
+                self.skip_partial = false;
+                self.offsets.insert(0, self.pos as i64);
+            } else if self.buf.len() > MAX_LINE {
+                // Still skipping: keep no more of the line than needed.
+                self.pos += self.buf.len() as u64;
+                self.buf.clear();
+            }
         }
         Ok(n)
     }
@@ -207,6 +298,15 @@ impl FileSource {
                 let used = take_lines(&self.buf, &mut chunk, max);
                 self.buf.drain(..used);
                 self.pos += used as u64;
+                // No newline in the first MAX_LINE bytes: emit them as they are.
+                while chunk.len() < max && self.buf.len() >= MAX_LINE {
+                    chunk.push(&self.buf[..MAX_LINE]);
+                    self.buf.drain(..MAX_LINE);
+                    self.pos += MAX_LINE as u64;
+                    let used = take_lines(&self.buf, &mut chunk, max);
+                    self.buf.drain(..used);
+                    self.pos += used as u64;
+                }
             }
             if chunk.len() >= max {
                 break;
@@ -320,6 +420,79 @@ mod tests {
         assert_eq!(got, all[7..]);
         let len = std::fs::metadata(&path).unwrap().len() as i64;
         assert_eq!(src.offsets().get(&0), Some(&len));
+    }
+
+    #[test]
+    fn long_lines_are_emitted_in_pieces() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.log");
+        // Longer than what is buffered when its first MAX_LINE bytes are.
+        let long = "a".repeat(MAX_LINE + 2 * READ_SIZE + 10);
+        append(&path, &format!("one\n{long}\ntwo\n"));
+        let mut src = open(&path, StartFrom::Earliest, &BTreeMap::new());
+        let lines = drain(&mut src, 100);
+        let lens: Vec<usize> = lines.iter().map(|l| l.len()).collect();
+        assert_eq!(lens, [3, MAX_LINE, 2 * READ_SIZE + 10, 3]);
+        assert_eq!(lines[3], "two");
+        // A line without a newline is not buffered past the bound either.
+        append(&path, &long);
+        let lines = drain(&mut src, 100);
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0].len(), MAX_LINE);
+        assert!(src.buf.len() < MAX_LINE);
+    }
+
+    #[test]
+    fn only_regular_files_under_allowed_directories() {
+        let root = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let roots = [root.path().to_path_buf()];
+        let inside = root.path().join("in.csv");
+        std::fs::write(&inside, "x\n").unwrap();
+        let outside = other.path().join("out.csv");
+        std::fs::write(&outside, "x\n").unwrap();
+        let s = |p: &Path| p.to_str().unwrap().to_string();
+        let ok = |p: &str, wait: bool| allowed_file(p, &roots, wait);
+        assert_eq!(
+            ok(&s(&inside), false).unwrap(),
+            inside.canonicalize().unwrap()
+        );
+        // A file stream may name a file that does not exist yet.
+        let later = root.path().join("later.log");
+        assert!(ok(&s(&later), false).is_err());
+        assert!(ok(&s(&later), true).is_ok());
+        let escape = format!("{}/../{}/out.csv", s(root.path()), s(other.path()));
+        std::os::unix::fs::symlink(&outside, root.path().join("link.csv")).unwrap();
+        std::os::unix::fs::symlink(other.path().join("nothing"), root.path().join("dangling"))
+            .unwrap();
+        let refused = [
+            (s(&outside), false),
+            ("/etc/passwd".into(), false),
+            ("/dev/zero".into(), true),
+            (escape, false),
+            (s(&root.path().join("link.csv")), false),
+            (s(&root.path().join("dangling")), true),
+            (s(root.path()), true),
+            (s(&other.path().join("later.log")), true),
+            (format!("{}/..", s(root.path())), true),
+            (String::new(), true),
+        ];
+        for (p, wait) in refused {
+            let e = ok(&p, wait).unwrap_err();
+            assert_eq!(e.status(), 400, "{p}: {e}");
+            assert!(e.to_string().contains(&s(root.path())), "{p}: {e}");
+        }
+        let fifo = root.path().join("fifo");
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        assert!(ok(&s(&fifo), true).is_err());
+        let e = allowed_file(&s(&inside), &[], false).unwrap_err();
+        assert!(e.to_string().contains("--allow-files"), "{e}");
     }
 
     #[test]

@@ -85,6 +85,10 @@ impl Chunk {
     }
 }
 
+/// Most bytes a socket or file source buffers for one line: a longer line
+/// is emitted in pieces (which then usually fail to decode as bad records).
+pub const MAX_LINE: usize = 16 << 20;
+
 /// Splits complete lines off the front of `buf`, pushing each (without its
 /// `\n` or `\r\n`) to `chunk` until it holds `max` records; returns the bytes
 /// consumed. A trailing partial line stays in `buf` for the caller.

@@ -28,7 +28,7 @@ use std::io::{ErrorKind, Read};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
-use super::{Chunk, take_lines};
+use super::{Chunk, MAX_LINE, take_lines};
 use crate::error::Result;
 
 /// First reconnection delay.
@@ -37,8 +37,6 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Longest time one connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// Most bytes buffered before a line without `\n` is emitted as it is.
-const MAX_LINE: usize = 16 << 20;
 
 /// A TCP client reading lines from one server.
 pub struct SocketSource {
