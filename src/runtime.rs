@@ -21,12 +21,13 @@ use datafusion::arrow::record_batch::RecordBatch;
 use crate::error::{Error, Result};
 use crate::format::Decoder;
 use crate::plan::ContinuousPlan;
+use crate::source::file::allowed_file;
 use crate::source::kafka::Waiting;
 use crate::source::prefetch::Prefetch;
 use crate::source::stats::StreamStats;
 use crate::source::{Chunk, Progress, Source};
 use crate::sql::window::WindowKind;
-use crate::sql::{OnError, StreamDef};
+use crate::sql::{OnError, SourceKind, StreamDef};
 use crate::store::Store;
 use crate::window::{Counters, Emission, PartitionBatch, WindowEngine};
 
@@ -98,6 +99,9 @@ pub struct QueryTask {
     pub cluster: Option<String>,
     /// How long closed windows' partial states are kept for roll-ups.
     pub state_retention: Duration,
+    /// Directories a file stream's file must be under (checked again once
+    /// the file exists, as it may have appeared after the stream was made).
+    pub allow_files: Vec<std::path::PathBuf>,
 }
 
 /// The status of query `name` once `run` has returned: stopped, or failed
@@ -441,6 +445,10 @@ impl QueryTask {
             Err(_) if self.stop.load(Ordering::Relaxed) => return Ok(()),
             Err(e) => return Err(e),
         };
+        if self.stream.source == SourceKind::File {
+            let path = self.stream.options.get("path").map(String::as_str);
+            allowed_file(path.unwrap_or(""), &self.allow_files, false)?;
+        }
         // Records are read and decoded one poll ahead on a second thread.
         let wait = Duration::from_millis(100);
         let mut src = Prefetch::spawn(src, 100_000, wait, move |chunks| {

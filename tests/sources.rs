@@ -275,6 +275,21 @@ async fn files_are_read_only_under_allowed_directories() {
     );
     s.sql(&stream("later", &format!("{rootname}/later.jsonl")))
         .await;
+    // ... but when it appears as a link leading outside, its query fails.
+    s.sql("CREATE QUERY peek AS SELECT user, count(*) AS n FROM later GROUP BY user EMIT EVERY 1s")
+        .await;
+    std::os::unix::fs::symlink(&secret, root.path().join("later.jsonl")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, q) = s.get("/queries/peek").await;
+        let error = q["error"].as_str().unwrap_or_default().to_string();
+        if !error.is_empty() {
+            assert!(error.contains(&rootname), "{q}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "query still running: {q}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     s.stop();
 
     // A stored stream or table whose file is no longer allowed stops the

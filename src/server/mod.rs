@@ -748,6 +748,7 @@ impl App {
             metrics: query_metrics.clone(),
             cluster: self.config.cluster.clone(),
             state_retention: self.config.window_state_retention,
+            allow_files: self.config.allow_files.clone(),
         };
         let entry = Arc::new(QueryEntry {
             name: name.to_string(),
