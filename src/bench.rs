@@ -978,15 +978,17 @@ pub async fn run_latency(rate: u64, secs: u64, partitions: i32) -> Result<RunSta
         ..crate::config::Config::default()
     };
     let listener = tokio::net::TcpListener::bind(&config.listen).await?;
-    let url = format!("http://{}", listener.local_addr()?);
+    let local = listener.local_addr()?;
+    let url = format!("http://{local}");
     let app = crate::server::App::open(config).await?;
     let stream_sql = STREAM_SQL
         .replace("adnetwork-topic", TOPIC)
         .replace("'earliest'", "'latest'");
     app.execute_sql(&format!("{stream_sql};\nCREATE QUERY bench AS {QUERY_SQL}"))
         .await?;
-    let server =
-        tokio::spawn(axum::serve(listener, crate::server::http::router(app.clone())).into_future());
+    let server = tokio::spawn(
+        axum::serve(listener, crate::server::http::router(app.clone(), local)).into_future(),
+    );
     // Let the query connect before producing.
     tokio::time::sleep(Duration::from_secs(2)).await;
 

@@ -43,6 +43,9 @@ pub struct Config {
     /// Directories whose files user SQL may read as file tables and file
     /// streams; none when empty (every file table and stream is refused).
     pub allow_files: Vec<PathBuf>,
+    /// `Host` names accepted besides the listen address and loopback names
+    /// (`name` for any port, `name:port` for one, `*` for any host).
+    pub allow_hosts: Vec<String>,
 }
 
 impl Default for Config {
@@ -60,6 +63,7 @@ impl Default for Config {
             token: None,
             protect_reads: false,
             allow_files: Vec::new(),
+            allow_hosts: Vec::new(),
         }
     }
 }
@@ -90,6 +94,8 @@ pub struct FileConfig {
     pub protect_reads: Option<bool>,
     /// Directories file tables and file streams may read under.
     pub allow_files: Option<Vec<PathBuf>>,
+    /// Extra accepted `Host` names, e.g. `["runnel.internal", "*"]`.
+    pub allow_hosts: Option<Vec<String>>,
 }
 
 impl FileConfig {
@@ -148,6 +154,7 @@ impl FileConfig {
             .into_iter()
             .filter(|d| !d.as_os_str().is_empty())
             .collect(),
+            allow_hosts: self.allow_hosts.unwrap_or_default(),
         })
     }
 }
@@ -203,6 +210,13 @@ mod tests {
         let e = resolve("window_state_retention = 'forever'").unwrap_err();
         assert!(e.to_string().starts_with("window_state_retention: "), "{e}");
         assert_eq!(e.status(), 400);
+    }
+
+    #[test]
+    fn allow_hosts() {
+        assert!(resolve("").unwrap().allow_hosts.is_empty());
+        let c = resolve("allow_hosts = ['runnel.internal', 'proxy:443']").unwrap();
+        assert_eq!(c.allow_hosts, ["runnel.internal", "proxy:443"]);
     }
 
     #[test]

@@ -40,6 +40,10 @@ pub enum Error {
     /// Missing or wrong bearer token.
     #[error("{0}")]
     Unauthorized(String),
+    /// A request the server refuses to act on whoever sends it: a foreign
+    /// `Host` or a cross-origin mutation.
+    #[error("{0}")]
+    Forbidden(String),
     /// The request body is larger than the server accepts.
     #[error("{0}")]
     PayloadTooLarge(String),
@@ -74,6 +78,7 @@ impl Error {
         match self {
             Error::Sql { .. } | Error::BadRequest(_) => 400,
             Error::Unauthorized(_) => 401,
+            Error::Forbidden(_) => 403,
             Error::NotFound(_) => 404,
             Error::PayloadTooLarge(_) => 413,
             Error::Conflict(_) => 409,
@@ -93,6 +98,7 @@ impl Error {
             Error::Conflict(_) => "conflict",
             Error::BadRequest(_) => "bad_request",
             Error::Unauthorized(_) => "unauthorized",
+            Error::Forbidden(_) => "forbidden",
             Error::PayloadTooLarge(_) => "payload_too_large",
             Error::Execution(_) => "execution_error",
             Error::Store(_) | Error::Postgres(_) => "store_error",

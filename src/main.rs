@@ -76,6 +76,16 @@ enum Command {
             value_delimiter = ':'
         )]
         allow_files: Vec<PathBuf>,
+        /// Also accept requests whose `Host` is NAME (`name` for any port,
+        /// `name:port` for one, `*` for any host); repeatable, or
+        /// comma-separated in the environment variable.
+        #[arg(
+            long = "allow-host",
+            value_name = "NAME",
+            env = "RUNNEL_ALLOW_HOSTS",
+            value_delimiter = ','
+        )]
+        allow_hosts: Vec<String>,
     },
     /// Run everything on embedded defaults: a Kafka-protocol broker, the
     /// impression generator, the server and the canonical query.
@@ -148,9 +158,10 @@ async fn shutdown_signal() {
 async fn serve(config: Config) -> anyhow_free::Result<()> {
     let listener = tokio::net::TcpListener::bind(&config.listen).await?;
     let addr = listener.local_addr()?.to_string();
+    let local = listener.local_addr()?;
     let app = App::open(config).await?;
     println!("runnel listening on http://{addr}");
-    axum::serve(listener, http::router(app.clone()))
+    axum::serve(listener, http::router(app.clone(), local))
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     tokio::task::spawn_blocking(move || app.shutdown()).await?;
@@ -223,7 +234,8 @@ async fn demo(listen: String, rate: u64) -> anyhow_free::Result<()> {
         });
     }
     let listener = tokio::net::TcpListener::bind(&config.listen).await?;
-    let addr = listener.local_addr()?.to_string();
+    let local = listener.local_addr()?;
+    let addr = local.to_string();
     let app = App::open(config).await?;
     for (file, sql) in DEMO_JOBS {
         let sql = sql.replace("queries/publishers.csv", &publishers.to_string_lossy());
@@ -249,7 +261,7 @@ async fn demo(listen: String, rate: u64) -> anyhow_free::Result<()> {
     println!("  curl -d \"SELECT * FROM adnetwork ORDER BY imps DESC LIMIT 5\" http://{addr}/sql");
     println!();
     println!("Results appear as each 10 s window closes. Ctrl-C stops.");
-    axum::serve(listener, http::router(app.clone()))
+    axum::serve(listener, http::router(app.clone(), local))
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -273,6 +285,7 @@ async fn main() {
             token,
             protect_reads,
             allow_files,
+            allow_hosts,
         } => {
             let explicit = std::env::var_os("RUNNEL_CONFIG").is_some()
                 || std::env::args().any(|a| a == "--config" || a.starts_with("--config="));
@@ -282,6 +295,11 @@ async fn main() {
                 Ok(mut c) => {
                     c.token = token.filter(|t| !t.is_empty());
                     c.protect_reads |= protect_reads;
+                    let allow_hosts: Vec<String> =
+                        allow_hosts.into_iter().filter(|h| !h.is_empty()).collect();
+                    if !allow_hosts.is_empty() {
+                        c.allow_hosts = allow_hosts;
+                    }
                     serve(c).await
                 }
                 Err(e) => Err(e.into()),

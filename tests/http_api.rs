@@ -149,11 +149,11 @@ async fn limits_and_sql_sandbox() {
     let s = TestServer::start(dir.path(), "127.0.0.1:1");
     // A body over the limit is refused from its Content-Length, before it is sent.
     let addr = s.url.trim_start_matches("http://").to_string();
-    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
     use std::io::{Read, Write};
     write!(
         conn,
-        "POST /sql HTTP/1.1\r\nHost: runnel\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "POST /sql HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         2 << 20
     )
     .unwrap();
@@ -202,4 +202,132 @@ async fn token_guards_mutations() {
     assert_eq!(st, 200);
     let (st, _) = s.get("/healthz").await;
     assert_eq!(st, 200);
+}
+
+#[tokio::test]
+async fn cross_origin_mutations_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path(), "127.0.0.1:1");
+    // What a form or `fetch` on another site sends: no preflight for text/plain.
+    let evil = [
+        ("Origin", "http://evil.example"),
+        ("Content-Type", "text/plain"),
+    ];
+    let (st, v) = s
+        .request(reqwest::Method::POST, "/sql", &evil, STREAM)
+        .await;
+    assert_eq!(st, 403, "{v}");
+    assert_eq!(v["error"]["code"], "forbidden");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("Origin"),
+        "{v}"
+    );
+    let (st, v) = s.get("/streams").await;
+    assert_eq!(st, 200);
+    assert_eq!(
+        v["streams"].as_array().unwrap().len(),
+        0,
+        "nothing created: {v}"
+    );
+    let (st, v) = s
+        .request(reqwest::Method::POST, "/queries", &evil, "SELECT 1")
+        .await;
+    assert_eq!(st, 403, "{v}");
+    let (st, v) = s
+        .request(reqwest::Method::DELETE, "/queries/q", &evil, "")
+        .await;
+    assert_eq!(st, 403, "{v}");
+    // `null` (sandboxed frames, files) is not the server's origin either.
+    let (st, v) = s
+        .request(reqwest::Method::POST, "/sql", &[("Origin", "null")], STREAM)
+        .await;
+    assert_eq!(st, 403, "{v}");
+
+    // The server's own pages send its own origin.
+    let own = s.url.clone();
+    let (st, v) = s
+        .request(
+            reqwest::Method::POST,
+            "/sql",
+            &[("Origin", &own), ("Content-Type", "text/plain")],
+            STREAM,
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let (_, v) = s.get("/streams").await;
+    assert_eq!(v["streams"].as_array().unwrap().len(), 1, "{v}");
+    // Reads stay readable with any Origin: no CORS headers let a page see them.
+    let (st, _) = s.request(reqwest::Method::GET, "/streams", &evil, "").await;
+    assert_eq!(st, 200);
+}
+
+#[tokio::test]
+async fn foreign_host_names_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_args(
+        dir.path(),
+        "127.0.0.1:1",
+        &[],
+        &["--allow-host", "runnel.internal"],
+    );
+    let port = s.port();
+    for host in ["evil.example", &format!("evil.example:{port}")] {
+        let (st, v) = s
+            .request(reqwest::Method::GET, "/streams", &[("Host", host)], "")
+            .await;
+        assert_eq!(st, 403, "{host}: {v}");
+        assert_eq!(v["error"]["code"], "forbidden");
+        // A rebound name cannot change anything either, Origin or not.
+        let (st, _) = s
+            .request(reqwest::Method::POST, "/sql", &[("Host", host)], STREAM)
+            .await;
+        assert_eq!(st, 403, "{host}");
+    }
+    let (_, v) = s.get("/streams").await;
+    assert_eq!(v["streams"].as_array().unwrap().len(), 0, "{v}");
+
+    for host in [
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        format!("[::1]:{port}"),
+        "runnel.internal".to_string(),
+        format!("runnel.internal:{port}"),
+    ] {
+        let (st, v) = s
+            .request(reqwest::Method::GET, "/streams", &[("Host", &host)], "")
+            .await;
+        assert_eq!(st, 200, "{host}: {v}");
+    }
+    // The dashboard reached as localhost posts with its own origin.
+    let (st, v) = s
+        .request(
+            reqwest::Method::POST,
+            "/sql",
+            &[
+                ("Host", &format!("localhost:{port}")),
+                ("Origin", &format!("http://localhost:{port}")),
+            ],
+            STREAM,
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+}
+
+#[tokio::test]
+async fn allowed_hosts_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(
+        dir.path(),
+        "127.0.0.1:1",
+        &[("RUNNEL_ALLOW_HOSTS", "a.internal,b.internal:1")],
+    );
+    let ok = |host: &'static str| async {
+        s.request(reqwest::Method::GET, "/streams", &[("Host", host)], "")
+            .await
+            .0
+    };
+    assert_eq!(ok("a.internal").await, 200);
+    assert_eq!(ok("b.internal:1").await, 200);
+    assert_eq!(ok("b.internal:2").await, 403);
+    assert_eq!(ok("c.internal").await, 403);
 }

@@ -9,6 +9,9 @@
 //! | `GET /streams`, `GET /streams/{name}` | |
 //! | `GET /healthz` | `{"status": "ok"}`, or `"degraded"` with the queries that cannot read their broker or have failed (still 200: the server itself is alive) |
 //!
+//! Requests with a foreign `Host`, and cross-origin calls that change
+//! something, get `403` (see [`super::guard`]).
+//!
 //! Every error is `{"error": {"code", "message", "line", "column"}}` with the
 //! status from [`Error::status`].
 //!
@@ -17,6 +20,7 @@
 //! curl "localhost:8080/queries/query_1/results?after=CURSOR"
 //! ```
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -29,6 +33,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::App;
+use super::guard::{HostRule, same_origin};
 use crate::error::Error;
 use crate::sql::{Statement, parse_statement};
 use crate::store::{ResultFilter, Value as SqlValue, normalize_ts, time_ms};
@@ -51,8 +56,9 @@ type Res = std::result::Result<Response, Error>;
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 1 << 20;
 
-/// The API router over `app`.
-pub fn router(app: Arc<App>) -> Router {
+/// The API router over `app`, served on `local` (the address as bound).
+pub fn router(app: Arc<App>, local: SocketAddr) -> Router {
+    let rule = Arc::new(HostRule::new(local, &app.config.allow_hosts));
     super::metrics::spawn_sampler(Arc::downgrade(&app));
     Router::new()
         .route("/sql", post(sql))
@@ -74,7 +80,49 @@ pub fn router(app: Arc<App>) -> Router {
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(app.clone(), authorize))
+        .layer(axum::middleware::from_fn_with_state(rule, browser_guard))
         .with_state(app)
+}
+
+/// Refuses requests a web page may have made the browser send: a `Host`
+/// that does not name this server (DNS rebinding), and a call that changes
+/// something with an `Origin` other than the server's own.
+async fn browser_guard(
+    State(rule): State<Arc<HostRule>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let headers = req.headers();
+    let host = match headers.get(header::HOST) {
+        Some(h) => Some(h.to_str().unwrap_or("")),
+        // HTTP/2 carries the host in the request line.
+        None => req.uri().authority().map(|a| a.as_str()),
+    };
+    if let Some(host) = host
+        && !rule.allows(host)
+    {
+        return Error::Forbidden(format!(
+            "Host {host:?} is not a name of this server; \
+             start it with --allow-host NAME to accept another name"
+        ))
+        .into_response();
+    }
+    let safe = matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    );
+    if !safe && let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("");
+        if !host.is_some_and(|h| same_origin(origin, h)) {
+            return Error::Forbidden(format!(
+                "cross-origin request refused: Origin {origin:?} is not this server's \
+                 origin; changes are accepted from its own pages or from clients \
+                 that send no Origin"
+            ))
+            .into_response();
+        }
+    }
+    next.run(req).await
 }
 
 /// Compares in time independent of where the inputs differ.

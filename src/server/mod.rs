@@ -12,6 +12,7 @@
 //! ```
 
 pub mod dashboard;
+pub mod guard;
 pub mod http;
 pub mod metrics;
 mod rollup;

@@ -36,6 +36,11 @@ impl TestServer {
 
     /// Like [`start`](Self::start) with extra environment variables.
     pub fn start_with(data_dir: &Path, brokers: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_args(data_dir, brokers, env, &[])
+    }
+
+    /// Like [`start_with`](Self::start_with) with extra `runnel serve` flags.
+    pub fn start_args(data_dir: &Path, brokers: &str, env: &[(&str, &str)], args: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_runnel"))
             .args([
                 "serve",
@@ -46,9 +51,11 @@ impl TestServer {
                 "--data-dir",
             ])
             .arg(data_dir)
+            .args(args)
             .env("RUNNEL_LOG", "warn")
             .env_remove("RUNNEL_CONFIG")
             .env_remove("RUNNEL_TOKEN")
+            .env_remove("RUNNEL_ALLOW_HOSTS")
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
@@ -115,6 +122,29 @@ impl TestServer {
                 .body(body.to_string()),
         )
         .await
+    }
+
+    /// The listening port.
+    pub fn port(&self) -> u16 {
+        self.url.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    /// A request to `path` with extra headers (`Host`, `Origin`, ...).
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, Value) {
+        let mut req = self
+            .client
+            .request(method, format!("{}{path}", self.url))
+            .body(body.to_string());
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        Self::send(req).await
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
