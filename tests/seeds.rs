@@ -85,7 +85,8 @@ async fn adnetwork_and_stream_table_join() {
     cluster.create_topic("adnetwork-topic", 2, 1).unwrap();
     let brokers = cluster.bootstrap_servers();
     let dir = tempfile::tempdir().unwrap();
-    let s = TestServer::start(dir.path(), &brokers);
+    // dstreams.sql joins the stream to queries/publishers.csv.
+    let s = TestServer::start_with(dir.path(), &brokers, &[("RUNNEL_ALLOW_FILES", "queries")]);
     s.sql(&query_file("adnetwork.sql")).await;
     s.sql(&query_file("dstreams.sql")).await;
 
