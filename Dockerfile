@@ -16,6 +16,8 @@ RUN apt-get update \
 COPY --from=build /usr/local/bin/runnel /usr/local/bin/runnel
 USER runnel
 WORKDIR /data
+# The server listens beyond loopback, so it refuses to start without
+# RUNNEL_TOKEN (or an explicit RUNNEL_NO_AUTH=true).
 ENV RUNNEL_DATA_DIR=/data \
     RUNNEL_LOG_FORMAT=json
 VOLUME ["/data"]

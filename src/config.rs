@@ -159,6 +159,27 @@ impl FileConfig {
     }
 }
 
+/// Refuses to serve an address other hosts can reach without a token
+/// (unless `no_auth` says the operator means it): anyone reaching it could
+/// create queries and read results.
+pub fn check_open_door(listen: &str, token: Option<&str>, no_auth: bool) -> Result<()> {
+    if token.is_some() || no_auth {
+        return Ok(());
+    }
+    use std::net::ToSocketAddrs;
+    let loopback_only = listen
+        .to_socket_addrs()
+        .map(|mut addrs| addrs.all(|a| a.ip().is_loopback()))
+        .unwrap_or(false);
+    if loopback_only {
+        return Ok(());
+    }
+    Err(Error::BadRequest(format!(
+        "refusing to listen on {listen} without a token: other hosts could reach it and change queries or read results; \
+         set --token (RUNNEL_TOKEN), listen on loopback (127.0.0.1), or pass --no-auth (RUNNEL_NO_AUTH=true) to run open on purpose"
+    )))
+}
+
 /// The duration setting `key`, read by `parse` when set, else `default`.
 fn duration(
     key: &str,
@@ -181,6 +202,19 @@ mod tests {
     fn resolve(toml: &str) -> Result<Config> {
         let file: FileConfig = toml::from_str(toml).unwrap();
         file.resolve(None, None, None, None, None, Vec::new())
+    }
+
+    #[test]
+    fn no_open_door_by_accident() {
+        for open in ["0.0.0.0:8080", "[::]:8080", "192.0.2.7:8080"] {
+            let e = check_open_door(open, None, false).unwrap_err().to_string();
+            assert!(e.contains("--token") && e.contains("--no-auth"), "{e}");
+            assert!(check_open_door(open, Some("s3cret"), false).is_ok());
+            assert!(check_open_door(open, None, true).is_ok());
+        }
+        for local in ["127.0.0.1:8080", "[::1]:0", "localhost:0"] {
+            assert!(check_open_door(local, None, false).is_ok(), "{local}");
+        }
     }
 
     #[test]

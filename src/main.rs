@@ -66,6 +66,10 @@ enum Command {
         /// Require the token for reads too.
         #[arg(long, env = "RUNNEL_PROTECT_READS")]
         protect_reads: bool,
+        /// Serve an address other hosts can reach without a token. Without
+        /// it, listening beyond loopback with no --token refuses to start.
+        #[arg(long, env = "RUNNEL_NO_AUTH")]
+        no_auth: bool,
         /// Let file tables and file streams read files under DIR (repeatable;
         /// RUNNEL_ALLOW_FILES takes a ':'-separated list, like PATH). By
         /// default no directory is allowed.
@@ -284,6 +288,7 @@ async fn main() {
             cluster,
             token,
             protect_reads,
+            no_auth,
             allow_files,
             allow_hosts,
         } => {
@@ -300,7 +305,10 @@ async fn main() {
                     if !allow_hosts.is_empty() {
                         c.allow_hosts = allow_hosts;
                     }
-                    serve(c).await
+                    match runnel::config::check_open_door(&c.listen, c.token.as_deref(), no_auth) {
+                        Ok(()) => serve(c).await,
+                        Err(e) => Err(e.into()),
+                    }
                 }
                 Err(e) => Err(e.into()),
             }

@@ -331,3 +331,43 @@ async fn allowed_hosts_from_the_environment() {
     assert_eq!(ok("b.internal:2").await, 403);
     assert_eq!(ok("c.internal").await, 403);
 }
+
+/// Listening beyond loopback without a token refuses to start, naming
+/// `--token` and `--no-auth`; with either it serves.
+#[tokio::test]
+async fn no_open_door_by_accident() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_runnel"))
+            .args(["serve", "--listen", "0.0.0.0:0", "--data-dir"])
+            .arg(dir.path())
+            .args(extra)
+            .env_remove("RUNNEL_TOKEN")
+            .env_remove("RUNNEL_NO_AUTH")
+            .env_remove("RUNNEL_CONFIG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let out = run(&[]).wait_with_output().unwrap();
+    assert!(!out.status.success(), "it started without a token");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("0.0.0.0:0") && err.contains("--token") && err.contains("--no-auth"),
+        "{err}"
+    );
+    for flags in [&["--token", "s3cret"][..], &["--no-auth"][..]] {
+        let mut child = run(flags);
+        let mut line = String::new();
+        let stdout = child.stdout.take().unwrap();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            line.starts_with("runnel listening on"),
+            "{flags:?}: {line:?}"
+        );
+    }
+}
