@@ -237,9 +237,10 @@ pub(crate) fn run(task: &QueryTask, cluster: &str, set_status: impl Fn(QueryStat
             tracing::info!(query = %task.name, partitions = ?ps, "assigned");
         }
         let now = now_ms();
+        let progress = src.progress();
         if !fenced {
             let decoded = decoder.decode_poll(&chunks)?;
-            task.tick_clock(&mut engine, &src.progress(), &decoded, &mut last_tick);
+            task.tick_clock(&mut engine, &progress, &decoded, &mut last_tick);
             let batches: Vec<_> = decoded.into_iter().filter_map(|(_, b)| b).collect();
             if !batches.is_empty() {
                 rt.block_on(engine.process_polled(batches, now))?;
@@ -252,7 +253,7 @@ pub(crate) fn run(task: &QueryTask, cluster: &str, set_status: impl Fn(QueryStat
         last_flush = Instant::now();
         task.prune_window_states(&mut last_prune)?;
         if !fenced && !src.partitions().is_empty() {
-            task.metrics.set_lag(&src.lag());
+            task.metrics.set_lag(&progress.lag);
             let progress: Vec<PartitionFlush> = src
                 .partitions()
                 .iter()

@@ -338,7 +338,6 @@ impl QueryTask {
         let elapsed = last_tick.elapsed().min(Duration::from_secs(1));
         *last_tick = Instant::now();
         let delivered: Vec<i32> = decoded.iter().map(|(p, _)| *p).collect();
-        engine.register_partitions(&progress.partitions);
         engine.clock_mut().tick(
             &progress.partitions,
             &delivered,

@@ -184,14 +184,6 @@ impl Source {
         }
     }
 
-    /// Records not yet read per partition, where the source knows it.
-    pub fn lag(&self) -> Vec<(i32, i64)> {
-        match self {
-            Source::Kafka(s) => s.lag(),
-            Source::Socket(_) | Source::File(_) => Vec::new(),
-        }
-    }
-
     /// How far the source is known to be caught up, as of now.
     pub fn progress(&self) -> Progress {
         match self {

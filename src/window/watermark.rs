@@ -157,15 +157,18 @@ impl Watermarks {
     /// its broker stalled or unreachable): it is active; its quiet time so
     /// far is kept but stops growing.
     pub fn unconfirmed(&mut self, partition: i32) {
-        if let Some(p) = self.partitions.get_mut(&partition) {
-            p.idle = false;
-        }
+        self.register(partition);
+        self.partitions
+            .get_mut(&partition)
+            .expect("registered")
+            .idle = false;
     }
 
     /// One turn of a query's loop, `elapsed_ms` after the last: the
     /// partitions in `delivered` gave records (they were observed as they
     /// were read), each other partition of `partitions` is quiet if
-    /// `caught_up` confirms it, and unconfirmed otherwise.
+    /// `caught_up` confirms it, and unconfirmed otherwise. Partitions new
+    /// to the clock are registered, so they hold the watermark back.
     pub fn tick(
         &mut self,
         partitions: &[i32],
