@@ -60,6 +60,14 @@ WHERE geo <> 'unknown'
 GROUP BY publisher, geo
 WINDOW 10s";
 
+/// The session-window run: per-cookie sessions with a 1 s gap, so sessions
+/// open, merge and close all through the run.
+pub const SESSION_SQL: &str = "SELECT cookie, count(*) AS imps, avg(bid) AS avg_bid
+FROM impressions
+WHERE geo <> 'unknown'
+GROUP BY cookie
+WINDOW SESSION 1s";
+
 /// The query of the state-scale runs: one group per publisher.
 pub const SCALE_SQL: &str = "SELECT publisher, avg(bid) AS avg_bid, count(*) AS imps,
        approx_distinct(cookie) AS uniques
@@ -535,7 +543,7 @@ pub async fn window_state(ds: &Dataset, sql: &str, batch: usize) -> Result<State
 /// Options of `runnel bench`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// Runs to do, comma-separated: engine, pipelined, decode, batch, scale,
+    /// Runs to do, comma-separated: engine, sessions, pipelined, decode, batch, scale,
     /// linear, e2e, latency, or all.
     #[arg(long, default_value = "engine,pipelined,decode")]
     pub runs: String,
@@ -585,7 +593,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         cpu_model()
     );
-    let needs_main = ["engine", "pipelined", "decode", "batch", "e2e"]
+    let needs_main = ["engine", "sessions", "pipelined", "decode", "batch", "e2e"]
         .iter()
         .any(|r| wants(&args, r));
     if needs_main {
@@ -605,6 +613,19 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             println!(
                 "{}",
                 run_engine(&ds, QUERY_SQL, args.batch, &name).await?.line()
+            );
+        }
+        if wants(&args, "sessions") {
+            // Beside the tumbling run over the same records: the ratio is
+            // what per-key sessions cost.
+            let name = format!("engine (batch {})", args.batch);
+            let tumbling = run_engine(&ds, QUERY_SQL, args.batch, &name).await?;
+            let name = format!("engine sessions (batch {})", args.batch);
+            let sessions = run_engine(&ds, SESSION_SQL, args.batch, &name).await?;
+            println!("{}\n{}", tumbling.line(), sessions.line());
+            println!(
+                "sessions / tumbling: {:.2}x records per CPU-second",
+                sessions.per_cpu() / tumbling.per_cpu()
             );
         }
         if wants(&args, "pipelined") {

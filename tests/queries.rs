@@ -13,8 +13,10 @@
 //! unless the query has an `ORDER BY`. Each case runs three times — one
 //! record per batch; each partition's consecutive records in one batch; and
 //! all records between two `quiet`/`stall`/`emit` lines as one poll, one
-//! batch per partition, aggregated together as a query does — and all runs
-//! must match, so results never depend on batching.
+//! batch per partition, aggregated together as a query does — plus once
+//! more one record at a time with the engine checkpointed and restored
+//! after each, and all runs must match, so results never depend on
+//! batching or restarts.
 //!
 //! Run: `cargo test --test queries`. Update the expected files:
 //! `RUNNEL_UPDATE_GOLDEN=1 cargo test --test queries`.
@@ -83,6 +85,10 @@ enum Batching {
     /// Every record up to the next `quiet`/`stall`/`emit` line in one
     /// `process_polled` call, one batch per partition.
     Polled,
+    /// One record per call, the engine checkpointed after each and restored
+    /// into a new one (a restart; the counters carry over, as the server's
+    /// do).
+    Restarted,
 }
 
 async fn run_case(sql: &str, input: &[Line], batching: Batching) -> String {
@@ -131,7 +137,7 @@ async fn run_case(sql: &str, input: &[Line], batching: Batching) -> String {
                 let first = i;
                 while let Some(line @ Line::Rec(p, ..)) = input.get(i) {
                     let same = match batching {
-                        Batching::Single => i == first,
+                        Batching::Single | Batching::Restarted => i == first,
                         Batching::Grouped => matches!(&input[first], Line::Rec(q, ..) if q == p),
                         Batching::Polled => true,
                     };
@@ -166,6 +172,15 @@ async fn run_case(sql: &str, input: &[Line], batching: Batching) -> String {
                     }));
                 }
                 out.extend(engine.process_polled(batches, 0).await.unwrap());
+                if batching == Batching::Restarted {
+                    let saved = engine.checkpoint().unwrap();
+                    let counters = engine.counters.clone();
+                    engine =
+                        WindowEngine::new(engine.plan().clone(), et, stream.watermark_delay_ms);
+                    engine.counters = counters;
+                    engine.register_partitions(&partitions.iter().copied().collect::<Vec<_>>());
+                    engine.restore(&saved).unwrap();
+                }
             }
             Line::Quiet(ms, only) => {
                 let parts: Vec<i32> = partitions
@@ -304,6 +319,8 @@ async fn golden_queries() {
         assert_eq!(single, grouped, "{name}: output depends on batching");
         let polled = run_case(&sql, &input, Batching::Polled).await;
         assert_eq!(single, polled, "{name}: output depends on polling");
+        let restarted = run_case(&sql, &input, Batching::Restarted).await;
+        assert_eq!(single, restarted, "{name}: output depends on restarts");
         let expected_path = sql_path.with_extension("expected");
         if update {
             std::fs::write(&expected_path, &single).unwrap();

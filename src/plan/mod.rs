@@ -33,9 +33,11 @@ use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
+use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::{ExecutionPlan, collect, displayable};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DFStatement;
@@ -45,7 +47,7 @@ use datafusion::sql::sqlparser::parser::Parser;
 use futures::FutureExt;
 
 use crate::error::{Error, Result, panic_message};
-use crate::sql::window::WindowSpec;
+use crate::sql::window::{WindowKind, WindowSpec};
 use crate::sql::{SelectSql, StreamDef, parser_error};
 use slot::{SlotExec, SlotTable, bind};
 pub use table::RefTable;
@@ -84,6 +86,9 @@ pub struct ContinuousPlan {
     /// Number of group columns in the state (including the two window columns).
     pub group_columns: usize,
     batch_plan: Arc<dyn ExecutionPlan>,
+    /// The batch plan without its aggregate: each surviving record's group
+    /// columns (sessions merge per key before aggregation).
+    key_plan: Arc<dyn ExecutionPlan>,
     reduce_plan: Arc<dyn ExecutionPlan>,
     close_plan: Arc<dyn ExecutionPlan>,
     task: Arc<TaskContext>,
@@ -319,6 +324,20 @@ impl ContinuousPlan {
         let state_schema = partial.schema();
         let final_group = partial.group_expr().as_final();
         let group_columns = final_group.expr().len();
+        // Sessions keep an index of their keys in Arrow's row format.
+        if matches!(window.kind, WindowKind::Session { .. }) {
+            let keys = state_schema.fields()[2..group_columns].iter();
+            RowConverter::new(
+                keys.map(|f| SortField::new(f.data_type().clone()))
+                    .collect(),
+            )
+            .map_err(|e| {
+                Error::sql(
+                    format!("session windows cannot group by these keys: {e}"),
+                    None,
+                )
+            })?;
+        }
 
         let reduce_plan: Arc<dyn ExecutionPlan> = Arc::new(AggregateExec::try_new(
             AggregateMode::PartialReduce,
@@ -351,6 +370,10 @@ impl ContinuousPlan {
             })?
             .data;
         let output_schema = close_plan.schema();
+        let key_plan: Arc<dyn ExecutionPlan> = Arc::new(ProjectionExec::try_new(
+            partial.group_expr().expr().to_vec(),
+            partial.input().clone(),
+        )?);
         let batch_plan: Arc<dyn ExecutionPlan> = partial;
         Ok(ContinuousPlan {
             window,
@@ -359,6 +382,7 @@ impl ContinuousPlan {
             output_schema,
             group_columns,
             batch_plan,
+            key_plan,
             reduce_plan,
             close_plan,
             task: ctx.task_ctx(),
@@ -395,6 +419,14 @@ impl ContinuousPlan {
     /// Runs the batch plan on one batch of `input_schema`, returning partial states.
     pub async fn partial(&self, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
         self.run("per-batch", &self.batch_plan, vec![batch]).await
+    }
+
+    /// The group columns of each record of `batch` that passes the query's
+    /// filters and joins, window columns first, as the partial states
+    /// would hold them; a record joined to several rows appears once per
+    /// row, a filtered one not at all.
+    pub async fn group_keys(&self, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
+        self.run("per-batch key", &self.key_plan, vec![batch]).await
     }
 
     /// Merges partial states into fewer rows, still partial.

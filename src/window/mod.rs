@@ -31,7 +31,6 @@ use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef, TimestampMill
 use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::arrow::row::{RowConverter, SortField};
 use serde::{Deserialize, Serialize};
 
 use twox_hash::XxHash64;
@@ -40,8 +39,10 @@ use crate::error::{Error, Result};
 use crate::plan::ContinuousPlan;
 use crate::sql::window::WindowKind;
 
+mod session;
 pub mod watermark;
 
+use session::Sessions;
 use watermark::Watermarks;
 
 /// Records of several small batches aggregated together, at most about this
@@ -150,6 +151,9 @@ struct CheckpointHeader {
     /// tell a truncated or damaged checkpoint from a whole one.
     #[serde(default)]
     states: Option<(usize, u64)>,
+    /// Length of the closed sessions' IPC stream at the end of the states.
+    #[serde(default)]
+    closed_sessions: Option<usize>,
 }
 
 /// Seed of the checkpoint checksum.
@@ -162,8 +166,8 @@ pub struct WindowEngine {
     grace: i64,
     /// Open windows by (end, start), so closing walks them in end order.
     windows: BTreeMap<(i64, i64), WindowBuf>,
-    /// Session windows: partial states keyed by record time, merged at close.
-    sessions: WindowBuf,
+    /// Session windows: each key's sessions and their partial states.
+    sessions: Option<Sessions>,
     /// Per-partition event-time clocks: the watermark.
     clock: Watermarks,
     /// The watermark windows have been closed up to ([`window_closed`]).
@@ -205,13 +209,17 @@ impl WindowEngine {
     pub fn new(plan: Arc<ContinuousPlan>, event_time: Option<usize>, delay_ms: i64) -> Self {
         let grace = plan.window.grace_ms;
         let read = plan.stream_columns_read();
+        let sessions = match plan.window.kind {
+            WindowKind::Session { .. } => Some(Sessions::new(&plan, grace)),
+            _ => None,
+        };
         WindowEngine {
             read,
             plan,
             event_time,
             grace,
             windows: BTreeMap::new(),
-            sessions: WindowBuf::default(),
+            sessions,
             clock: Watermarks::new(delay_ms),
             closed_wm: i64::MIN,
             partials_only: false,
@@ -244,7 +252,9 @@ impl WindowEngine {
     /// highest event time read per partition (`i64::MIN` when none yet).
     pub fn reset(&mut self, partition_max: BTreeMap<i32, i64>) {
         self.windows.clear();
-        self.sessions = WindowBuf::default();
+        if let Some(s) = &mut self.sessions {
+            *s = Sessions::new(&self.plan, self.grace);
+        }
         self.clock.reset(partition_max);
         self.closed_wm = i64::MIN;
     }
@@ -297,15 +307,17 @@ impl WindowEngine {
 
     /// Partial-state rows held across all open windows (about groups × windows).
     pub fn state_rows(&self) -> usize {
-        self.windows.values().map(|w| w.rows).sum::<usize>() + self.sessions.rows
+        self.windows.values().map(|w| w.rows).sum::<usize>()
+            + self.sessions.as_ref().map_or(0, Sessions::rows)
     }
 
     /// Bytes of partial state held in memory by the open windows.
     pub fn state_bytes(&self) -> usize {
+        let sessions = self.sessions.iter().flat_map(Sessions::batches);
         self.windows
             .values()
-            .chain(std::iter::once(&self.sessions))
             .flat_map(|w| &w.batches)
+            .chain(sessions)
             .map(|b| b.get_array_memory_size())
             .sum()
     }
@@ -317,15 +329,15 @@ impl WindowEngine {
                 compact(&self.plan, buf).await?;
             }
         }
-        if self.sessions.batches.len() > 1 {
-            compact(&self.plan, &mut self.sessions).await?;
+        if let Some(s) = &mut self.sessions {
+            s.compact_all(&self.plan).await?;
         }
         Ok(())
     }
 
     /// Number of windows holding state.
     pub fn open_windows(&self) -> usize {
-        self.windows.len() + usize::from(self.sessions.rows > 0)
+        self.windows.len() + self.sessions.as_ref().map_or(0, Sessions::open)
     }
 
     /// Processes one batch of records from `partition`, in partition order.
@@ -358,7 +370,16 @@ impl WindowEngine {
         let mut rows = 0;
         for b in batches {
             let caps = b.log_times.as_deref();
-            let Some(expanded) = self.assign(b.partition, b.batch, caps, arrival_ms)? else {
+            let keys = match &self.sessions {
+                Some(s) => {
+                    let indexed = session::with_record_index(&self.plan.input_schema, &b.batch)?;
+                    let out = self.plan.group_keys(indexed).await?;
+                    Some(session::keys_by_record(s, &self.plan, &out)?)
+                }
+                None => None,
+            };
+            let assigned = self.assign(b.partition, b.batch, caps, keys.as_deref(), arrival_ms)?;
+            let Some(expanded) = assigned else {
                 continue;
             };
             rows += expanded.num_rows();
@@ -399,12 +420,15 @@ impl WindowEngine {
     /// Assigns one partition's records to windows, advancing the partition's
     /// running watermark record by record (each record's advance capped at
     /// its time in the log, when known) and dropping late records: the
-    /// records kept, with their windows' start and end appended.
+    /// records kept, with their windows' start and end appended. Session
+    /// queries pass each record's group keys (record index, key), in record
+    /// order: a record is judged against the sessions it would join.
     fn assign(
         &mut self,
         partition: i32,
         batch: RecordBatch,
         log_times: Option<&[i64]>,
+        keys: Option<&[session::RecordKey]>,
         arrival_ms: i64,
     ) -> Result<Option<RecordBatch>> {
         let n = batch.num_rows();
@@ -429,6 +453,8 @@ impl WindowEngine {
         let (mut late, mut bad) = (0u64, 0u64);
         let kind = self.plan.window.kind;
         let grace = self.grace;
+        let keys = keys.unwrap_or_default();
+        let mut next_key = 0;
         for (i, &t) in ts.iter().enumerate() {
             if nulls.as_ref().is_some_and(|nb| nb.is_null(i)) {
                 bad += 1;
@@ -436,6 +462,28 @@ impl WindowEngine {
             }
             // The running watermark of this partition before record i.
             let frontier = pm.saturating_sub(delay).max(self.closed_wm);
+            pm = pm.max(log_times.map_or(t, |l| t.min(l[i])));
+            if let (WindowKind::Session { gap_ms }, Some(sessions)) = (kind, &mut self.sessions) {
+                let from = next_key + keys[next_key..].partition_point(|k| k.0 < i as u32);
+                next_key = from + keys[from..].partition_point(|k| k.0 == i as u32);
+                let mine = &keys[from..next_key];
+                // Filtered out by WHERE or an inner join: nothing to join.
+                if mine.is_empty() {
+                    continue;
+                }
+                // Late for one of its keys (a join fanned it out): late.
+                if !mine.iter().all(|(_, k)| sessions.admits(k, t, frontier)) {
+                    late += 1;
+                    continue;
+                }
+                for (_, k) in mine {
+                    sessions.merge(k, t);
+                }
+                idx.push(i as u32);
+                starts.push(t);
+                ends.push(t.saturating_add(gap_ms));
+                continue;
+            }
             let mut dropped = false;
             let mut assign = |s: i64, e: i64| {
                 if window_closed(kind, e, grace, frontier) {
@@ -458,7 +506,7 @@ impl WindowEngine {
                         s -= slide_ms;
                     }
                 }
-                WindowKind::Session { gap_ms } => assign(t, t + gap_ms),
+                WindowKind::Session { .. } => unreachable!("sessions are assigned above"),
                 WindowKind::Cumulative { .. } => {
                     idx.push(i as u32);
                     starts.push(0);
@@ -466,7 +514,6 @@ impl WindowEngine {
                 }
             }
             late += u64::from(dropped);
-            pm = pm.max(log_times.map_or(t, |l| t.min(l[i])));
         }
         self.counters
             .late_records
@@ -498,12 +545,9 @@ impl WindowEngine {
     }
 
     async fn add_states(&mut self, states: Vec<RecordBatch>) -> Result<()> {
-        if matches!(self.plan.window.kind, WindowKind::Session { .. }) {
+        if let Some(sessions) = &mut self.sessions {
             for s in states {
-                self.sessions.push(s);
-            }
-            if self.sessions.needs_compaction() {
-                compact(&self.plan, &mut self.sessions).await?;
+                sessions.push(&self.plan, s).await?;
             }
             return Ok(());
         }
@@ -615,86 +659,12 @@ impl WindowEngine {
     }
 
     async fn close_sessions(&mut self, wm: i64) -> Result<Option<Emission>> {
-        if self.sessions.rows == 0 {
-            return Ok(None);
-        }
-        let WindowKind::Session { .. } = self.plan.window.kind else {
+        let Some(sessions) = &mut self.sessions else {
             return Ok(None);
         };
-        let all = concat_batches(&self.plan.state_schema, &self.sessions.batches)?;
-        let starts = ts_values(all.column(0))?;
-        let ends = ts_values(all.column(1))?;
-        let keys: Vec<Vec<u8>> = {
-            let key_cols: Vec<ArrayRef> = all.columns()[2..self.plan.group_columns].to_vec();
-            if key_cols.is_empty() {
-                vec![Vec::new(); all.num_rows()]
-            } else {
-                let conv = RowConverter::new(
-                    key_cols
-                        .iter()
-                        .map(|c| SortField::new(c.data_type().clone()))
-                        .collect(),
-                )?;
-                let rows = conv.convert_columns(&key_cols)?;
-                rows.iter().map(|r| r.as_ref().to_vec()).collect()
-            }
-        };
-        let mut order: Vec<usize> = (0..all.num_rows()).collect();
-        order.sort_by(|&a, &b| keys[a].cmp(&keys[b]).then(starts[a].cmp(&starts[b])));
-        let (mut closed_idx, mut new_start, mut new_end, mut keep_idx) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let mut members: Vec<u32> = Vec::new();
-        let (mut cur_start, mut cur_end) = (0i64, 0i64);
-        let (grace, kind) = (self.grace, self.plan.window.kind);
-        let mut finish = |members: &mut Vec<u32>, s: i64, e: i64| {
-            if window_closed(kind, e, grace, wm) {
-                for &m in members.iter() {
-                    closed_idx.push(m);
-                    new_start.push(s);
-                    new_end.push(e);
-                }
-            } else {
-                keep_idx.extend_from_slice(members);
-            }
-            members.clear();
-        };
-        for (pos, &i) in order.iter().enumerate() {
-            let same_key = pos > 0 && keys[order[pos - 1]] == keys[i];
-            // Sessions merge when they touch: events exactly a gap apart
-            // belong to one session.
-            if same_key && starts[i] <= cur_end {
-                cur_end = cur_end.max(ends[i]);
-            } else {
-                if !members.is_empty() {
-                    finish(&mut members, cur_start, cur_end);
-                }
-                cur_start = starts[i];
-                cur_end = ends[i];
-            }
-            members.push(i as u32);
-        }
-        finish(&mut members, cur_start, cur_end);
-        let kept = take_rows(&all, keep_idx)?;
-        self.sessions = WindowBuf::default();
-        if kept.num_rows() > 0 {
-            self.sessions.compacted_rows = kept.num_rows();
-            self.sessions.push(kept);
-        }
-        if closed_idx.is_empty() {
+        let Some(closed) = sessions.close(&self.plan, wm).await? else {
             return Ok(None);
-        }
-        let closed = take_rows(&all, closed_idx)?;
-        let mut cols = closed.columns().to_vec();
-        let ty = self.plan.state_schema.field(0).data_type().clone();
-        cols[0] = cast(
-            &(Arc::new(TimestampMillisecondArray::from(new_start)) as ArrayRef),
-            &ty,
-        )?;
-        cols[1] = cast(
-            &(Arc::new(TimestampMillisecondArray::from(new_end)) as ArrayRef),
-            &ty,
-        )?;
-        let closed = RecordBatch::try_new(closed.schema(), cols)?;
+        };
         let rows = self.plan.close(vec![closed]).await?;
         let batch = concat(&self.plan, rows)?;
         if let Some(b) = &batch {
@@ -717,16 +687,25 @@ impl WindowEngine {
     pub fn checkpoint(&self) -> Result<Vec<u8>> {
         let mut states = Vec::new();
         let batches = self.windows.values().flat_map(|w| &w.batches);
+        let sessions = self.sessions.iter().flat_map(Sessions::batches);
         write_ipc(
             &mut states,
             &self.plan.state_schema,
-            batches.chain(&self.sessions.batches),
+            batches.chain(sessions),
         )?;
+        // Closed sessions a record could still touch follow the states.
+        let mut closed_sessions = None;
+        if let Some(s) = &self.sessions {
+            let at = states.len();
+            write_ipc(&mut states, &s.closed_schema(), [&s.closed_batch()?])?;
+            closed_sessions = Some(states.len() - at);
+        }
         let header = CheckpointHeader {
             version: 2,
             partition_max: self.clock.maxima().into_iter().collect(),
             closed_wm: self.closed_wm,
             states: Some((states.len(), XxHash64::oneshot(CHECKSUM_SEED, &states))),
+            closed_sessions,
         };
         let header = serde_json::to_vec(&header).map_err(|e| Error::Execution(e.to_string()))?;
         let mut out = (header.len() as u32).to_le_bytes().to_vec();
@@ -757,18 +736,32 @@ impl WindowEngine {
         {
             return Err(bad("its partial states are truncated or damaged"));
         }
+        let closed_len = header.closed_sessions.unwrap_or(0);
+        if closed_len > states.len() {
+            return Err(bad("truncated"));
+        }
+        let (states, closed) = states.split_at(states.len() - closed_len);
         // Arrow's IPC reader trusts lengths inside the bytes; a damaged
         // checkpoint must fail the query with a message, not panic.
-        let schema = self.plan.state_schema.clone();
-        let states = std::panic::catch_unwind(|| read_ipc(&schema, states))
-            .map_err(|_| bad("unreadable partial states"))?
-            .map_err(|e| bad(&e.to_string()))?
-            .ok_or_else(|| bad("state schema differs"))?;
+        let read = |schema: SchemaRef, bytes: &[u8]| {
+            std::panic::catch_unwind(|| read_ipc(&schema, bytes))
+                .map_err(|_| bad("unreadable partial states"))?
+                .map_err(|e| bad(&e.to_string()))?
+                .ok_or_else(|| bad("state schema differs"))
+        };
+        let states = read(self.plan.state_schema.clone(), states)?;
         self.clock.reset(header.partition_max.into_iter().collect());
         self.closed_wm = header.closed_wm;
         self.windows.clear();
-        self.sessions = WindowBuf::default();
-        self.add_states_sync(states)?;
+        if let Some(s) = &mut self.sessions {
+            let closed = match closed.is_empty() {
+                true => vec![],
+                false => read(s.closed_schema(), closed)?,
+            };
+            s.restore(&self.plan, states, closed)?;
+        } else {
+            self.add_states_sync(states)?;
+        }
         if let Some(w) = self.watermark() {
             self.counters.watermark.store(w, Ordering::Relaxed);
         }
@@ -777,12 +770,8 @@ impl WindowEngine {
 
     fn add_states_sync(&mut self, states: Vec<RecordBatch>) -> Result<()> {
         for s in states {
-            if matches!(self.plan.window.kind, WindowKind::Session { .. }) {
-                self.sessions.push(s);
-            } else {
-                for (key, part) in split_by_window(&s)? {
-                    self.windows.entry(key).or_default().push(part);
-                }
+            for (key, part) in split_by_window(&s)? {
+                self.windows.entry(key).or_default().push(part);
             }
         }
         self.dirty = !self.windows.is_empty();
