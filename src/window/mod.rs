@@ -154,6 +154,44 @@ struct CheckpointHeader {
     /// Length of the closed sessions' IPC stream at the end of the states.
     #[serde(default)]
     closed_sessions: Option<usize>,
+    /// The query's counters, so a restart carries them on.
+    #[serde(default)]
+    counters: Option<SavedCounters>,
+}
+
+/// [`Counters`] as saved in a checkpoint.
+#[derive(Serialize, Deserialize)]
+struct SavedCounters {
+    records_in: u64,
+    late_records: u64,
+    bad_records: u64,
+    records_skipped: u64,
+    windows_closed: u64,
+    rows_emitted: u64,
+}
+
+impl Counters {
+    fn save(&self) -> SavedCounters {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        SavedCounters {
+            records_in: get(&self.records_in),
+            late_records: get(&self.late_records),
+            bad_records: get(&self.bad_records),
+            records_skipped: get(&self.records_skipped),
+            windows_closed: get(&self.windows_closed),
+            rows_emitted: get(&self.rows_emitted),
+        }
+    }
+
+    fn load(&self, saved: &SavedCounters) {
+        let set = |c: &AtomicU64, v: u64| c.store(v, Ordering::Relaxed);
+        set(&self.records_in, saved.records_in);
+        set(&self.late_records, saved.late_records);
+        set(&self.bad_records, saved.bad_records);
+        set(&self.records_skipped, saved.records_skipped);
+        set(&self.windows_closed, saved.windows_closed);
+        set(&self.rows_emitted, saved.rows_emitted);
+    }
 }
 
 /// Seed of the checkpoint checksum.
@@ -706,6 +744,7 @@ impl WindowEngine {
             closed_wm: self.closed_wm,
             states: Some((states.len(), XxHash64::oneshot(CHECKSUM_SEED, &states))),
             closed_sessions,
+            counters: Some(self.counters.save()),
         };
         let header = serde_json::to_vec(&header).map_err(|e| Error::Execution(e.to_string()))?;
         let mut out = (header.len() as u32).to_le_bytes().to_vec();
@@ -752,6 +791,9 @@ impl WindowEngine {
         let states = read(self.plan.state_schema.clone(), states)?;
         self.clock.reset(header.partition_max.into_iter().collect());
         self.closed_wm = header.closed_wm;
+        if let Some(c) = &header.counters {
+            self.counters.load(c);
+        }
         self.windows.clear();
         if let Some(s) = &mut self.sessions {
             let closed = match closed.is_empty() {
