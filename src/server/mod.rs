@@ -44,8 +44,8 @@ use crate::sql::{
 };
 use crate::store::Store;
 
-/// Bad records kept per stream for `GET /streams/{name}/errors`.
-pub const BAD_SAMPLES: usize = 100;
+/// Bad records kept per stream and reason for `GET /streams/{name}/errors`.
+pub const BAD_SAMPLES: usize = 20;
 use crate::window::Counters;
 
 /// A declared stream.

@@ -19,6 +19,9 @@
 //! assert_eq!(s.kept_by_reason()["unknown_field"], 1);
 //! assert_eq!(s.kept_samples()[0].offset, 102);
 //! ```
+//!
+//! Each reason keeps its own newest samples: a flood of garbage never
+//! pushes out the last record of the wrong type.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
@@ -51,13 +54,18 @@ pub struct BadSample {
     pub seen_at: String,
 }
 
+/// The newest samples of each reason, each with its arrival number so they
+/// can be listed in the order they came.
+type Rings = BTreeMap<&'static str, VecDeque<(u64, BadSample)>>;
+
 #[derive(Default)]
 struct Inner {
     counted_to: HashMap<i32, i64>,
     by_reason: BTreeMap<&'static str, u64>,
     kept_by_reason: BTreeMap<&'static str, u64>,
-    samples: VecDeque<BadSample>,
-    kept_samples: VecDeque<BadSample>,
+    samples: Rings,
+    kept_samples: Rings,
+    seen: u64,
 }
 
 /// Input statistics of one stream.
@@ -65,20 +73,21 @@ pub struct StreamStats {
     records_in: AtomicU64,
     bytes_in: AtomicU64,
     bad: AtomicU64,
-    max_samples: usize,
+    per_reason: usize,
     inner: Mutex<Inner>,
 }
 
 const PAYLOAD_EXCERPT: usize = 256;
 
 impl StreamStats {
-    /// Statistics keeping at most `max_samples` bad records.
-    pub fn new(max_samples: usize) -> Self {
+    /// Statistics keeping the newest `per_reason` bad records of each
+    /// reason, so a flood of one kind never hides the others.
+    pub fn new(per_reason: usize) -> Self {
         StreamStats {
             records_in: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             bad: AtomicU64::new(0),
-            max_samples,
+            per_reason,
             inner: Mutex::new(Inner::default()),
         }
     }
@@ -120,33 +129,49 @@ impl StreamStats {
         for (_, reason, _) in &kept {
             *inner.kept_by_reason.entry(reason).or_default() += 1;
         }
-        // Only the last `max_samples` of each kind stay in its ring: build
-        // just those (a note can come with every record of a poll).
         let seen_at = chrono::Utc::now().to_rfc3339();
-        let max = self.max_samples;
+        let max = self.per_reason;
         for (entries, is_kept) in [(lost, false), (kept, true)] {
-            // Notes on kept records have their own ring: they never push
-            // out the samples of records that were lost.
-            let ring = match is_kept {
-                true => &mut inner.kept_samples,
-                false => &mut inner.samples,
-            };
-            for (i, reason, detail) in &entries[entries.len().saturating_sub(max)..] {
+            // Only the newest `max` of a reason stay: build just those (a
+            // note can come with every record of a poll).
+            let mut newer: HashMap<&str, usize> = HashMap::new();
+            let newest: Vec<_> = entries
+                .iter()
+                .rev()
+                .filter(|(_, reason, _)| {
+                    let n = newer.entry(reason).or_default();
+                    *n += 1;
+                    *n <= max
+                })
+                .collect();
+            for (i, reason, detail) in newest.into_iter().rev() {
+                inner.seen += 1;
+                let seq = inner.seen;
+                // Notes on kept records have their own rings: they never
+                // push out the samples of records that were lost.
+                let rings = match is_kept {
+                    true => &mut inner.kept_samples,
+                    false => &mut inner.samples,
+                };
+                let ring = rings.entry(reason).or_default();
                 if ring.len() == max {
                     ring.pop_front();
                 }
                 let p = payloads[*i];
                 let excerpt = &p[..p.len().min(PAYLOAD_EXCERPT)];
-                ring.push_back(BadSample {
-                    partition,
-                    offset: first_offset + *i as i64,
-                    reason,
-                    kept: is_kept,
-                    detail: detail.chars().take(300).collect(),
-                    payload: String::from_utf8_lossy(excerpt).into_owned(),
-                    size: p.len(),
-                    seen_at: seen_at.clone(),
-                });
+                ring.push_back((
+                    seq,
+                    BadSample {
+                        partition,
+                        offset: first_offset + *i as i64,
+                        reason,
+                        kept: is_kept,
+                        detail: detail.chars().take(300).collect(),
+                        payload: String::from_utf8_lossy(excerpt).into_owned(),
+                        size: p.len(),
+                        seen_at: seen_at.clone(),
+                    },
+                ));
             }
         }
         inner.counted_to.insert(partition, end);
@@ -185,15 +210,50 @@ impl StreamStats {
             .clone()
     }
 
-    /// The most recent bad records, oldest first.
+    /// The most recent bad records of each reason, oldest first.
     pub fn samples(&self) -> Vec<BadSample> {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        inner.samples.iter().cloned().collect()
+        in_order(&inner.samples)
     }
 
-    /// The most recent notes on records that were used, oldest first.
+    /// The most recent notes of each reason on records that were used,
+    /// oldest first.
     pub fn kept_samples(&self) -> Vec<BadSample> {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        inner.kept_samples.iter().cloned().collect()
+        in_order(&inner.kept_samples)
+    }
+}
+
+fn in_order(rings: &Rings) -> Vec<BadSample> {
+    let mut all: Vec<&(u64, BadSample)> = rings.values().flatten().collect();
+    all.sort_by_key(|(seq, _)| *seq);
+    all.into_iter().map(|(_, s)| s.clone()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flood_of_one_reason_keeps_the_others_samples() {
+        let s = StreamStats::new(3);
+        s.observe(0, 0, &[b"1".as_slice()], &[(0, "wrong_type", "x".into())]);
+        let garbage: Vec<&[u8]> = vec![b"?".as_slice(); 100];
+        let bad: Vec<_> = (0..100)
+            .map(|i| (i, "invalid_json", String::new()))
+            .collect();
+        s.observe(0, 1, &garbage, &bad);
+        let samples = s.samples();
+        let reasons: Vec<_> = samples.iter().map(|b| (b.reason, b.offset)).collect();
+        assert_eq!(
+            reasons,
+            [
+                ("wrong_type", 0),
+                ("invalid_json", 98),
+                ("invalid_json", 99),
+                ("invalid_json", 100)
+            ]
+        );
+        assert_eq!(s.bad_by_reason()["invalid_json"], 100);
     }
 }
