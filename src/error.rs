@@ -47,6 +47,13 @@ pub enum Error {
     /// The request body is larger than the server accepts.
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// A valid request whose work exceeds a server limit (memory, rows,
+    /// roll-up range): the caller must ask for less.
+    #[error("{0}")]
+    LimitExceeded(String),
+    /// The server is at capacity for this kind of request; retry later.
+    #[error("{0}")]
+    Busy(String),
     /// Query execution failed inside DataFusion or arrow.
     #[error("execution error: {0}")]
     Execution(String),
@@ -82,6 +89,8 @@ impl Error {
             Error::NotFound(_) => 404,
             Error::PayloadTooLarge(_) => 413,
             Error::Conflict(_) => 409,
+            Error::LimitExceeded(_) => 422,
+            Error::Busy(_) => 503,
             Error::Execution(_)
             | Error::Store(_)
             | Error::Postgres(_)
@@ -100,6 +109,8 @@ impl Error {
             Error::Unauthorized(_) => "unauthorized",
             Error::Forbidden(_) => "forbidden",
             Error::PayloadTooLarge(_) => "payload_too_large",
+            Error::LimitExceeded(_) => "limit_exceeded",
+            Error::Busy(_) => "busy",
             Error::Execution(_) => "execution_error",
             Error::Store(_) | Error::Postgres(_) => "store_error",
             Error::Kafka(_) => "kafka_error",
@@ -125,10 +136,36 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "unknown panic".into())
 }
 
+/// DataFusion errors are classified by their root cause: what the SQL asked
+/// for (planning, schema, a value that does not cast or divides by zero) is
+/// the caller's mistake; exhausted memory is a limit; the rest is internal.
 impl From<DataFusionError> for Error {
     fn from(e: DataFusionError) -> Self {
-        Error::Execution(e.to_string())
+        let root = e.find_root();
+        let message = root.strip_backtrace();
+        match root {
+            DataFusionError::Plan(_)
+            | DataFusionError::SchemaError(..)
+            | DataFusionError::SQL(..)
+            | DataFusionError::NotImplemented(_)
+            | DataFusionError::Configuration(_)
+            | DataFusionError::Execution(_) => Error::BadRequest(message),
+            DataFusionError::ArrowError(a, _) if caller_arrow_error(a) => {
+                Error::BadRequest(message)
+            }
+            DataFusionError::ResourcesExhausted(_) => Error::LimitExceeded(message),
+            _ => Error::Execution(e.strip_backtrace()),
+        }
     }
+}
+
+/// Arrow errors a query's values cause rather than a fault of the server.
+fn caller_arrow_error(e: &datafusion::arrow::error::ArrowError) -> bool {
+    use datafusion::arrow::error::ArrowError as A;
+    matches!(
+        e,
+        A::CastError(_) | A::ParseError(_) | A::DivideByZero | A::ArithmeticOverflow(_)
+    )
 }
 
 impl From<datafusion::arrow::error::ArrowError> for Error {
