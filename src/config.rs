@@ -46,6 +46,8 @@ pub struct Config {
     /// `Host` names accepted besides the listen address and loopback names
     /// (`name` for any port, `name:port` for one, `*` for any host).
     pub allow_hosts: Vec<String>,
+    /// Bounds on the work of one request (see [`crate::server::limits`]).
+    pub limits: crate::server::limits::Limits,
 }
 
 impl Default for Config {
@@ -64,6 +66,7 @@ impl Default for Config {
             protect_reads: false,
             allow_files: Vec::new(),
             allow_hosts: Vec::new(),
+            limits: Default::default(),
         }
     }
 }
@@ -96,6 +99,12 @@ pub struct FileConfig {
     pub allow_files: Option<Vec<PathBuf>>,
     /// Extra accepted `Host` names, e.g. `["runnel.internal", "*"]`.
     pub allow_hosts: Option<Vec<String>>,
+    /// Memory pull queries may use together, e.g. `256MB`.
+    pub pull_memory: Option<String>,
+    /// Most rows one pull query returns.
+    pub pull_rows: Option<usize>,
+    /// Most server-sent-event connections at once.
+    pub max_sse: Option<usize>,
 }
 
 impl FileConfig {
@@ -155,6 +164,11 @@ impl FileConfig {
             .filter(|d| !d.as_os_str().is_empty())
             .collect(),
             allow_hosts: self.allow_hosts.unwrap_or_default(),
+            limits: crate::server::limits::Limits::from_file(
+                self.pull_memory.as_deref(),
+                self.pull_rows,
+                self.max_sse,
+            )?,
         })
     }
 }

@@ -90,6 +90,18 @@ enum Command {
             value_delimiter = ','
         )]
         allow_hosts: Vec<String>,
+        /// Memory pull queries and roll-ups may use together, e.g. `256MB`
+        /// or `1GiB` (default 256 MiB); a query needing more gets 422.
+        #[arg(long, value_name = "SIZE", env = "RUNNEL_PULL_MEMORY", value_parser = runnel::server::limits::parse_size)]
+        pull_memory: Option<u64>,
+        /// Most rows one pull query returns (default 100000); a larger
+        /// answer gets 422 suggesting LIMIT.
+        #[arg(long, value_name = "N", env = "RUNNEL_PULL_ROWS", value_parser = clap::value_parser!(u64).range(1..))]
+        pull_rows: Option<u64>,
+        /// Most server-sent-event connections open at once (default 256);
+        /// the next gets 503 with Retry-After.
+        #[arg(long, value_name = "N", env = "RUNNEL_MAX_SSE", value_parser = clap::value_parser!(u64).range(1..))]
+        max_sse: Option<u64>,
     },
     /// Run everything on embedded defaults: a Kafka-protocol broker, the
     /// impression generator, the server and the canonical query.
@@ -291,6 +303,9 @@ async fn main() {
             no_auth,
             allow_files,
             allow_hosts,
+            pull_memory,
+            pull_rows,
+            max_sse,
         } => {
             let explicit = std::env::var_os("RUNNEL_CONFIG").is_some()
                 || std::env::args().any(|a| a == "--config" || a.starts_with("--config="));
@@ -305,6 +320,8 @@ async fn main() {
                     if !allow_hosts.is_empty() {
                         c.allow_hosts = allow_hosts;
                     }
+                    let count = |n: Option<u64>| n.map(|n| n as usize);
+                    c.limits.set(pull_memory, count(pull_rows), count(max_sse));
                     match runnel::config::check_open_door(&c.listen, c.token.as_deref(), no_auth) {
                         Ok(()) => serve(c).await,
                         Err(e) => Err(e.into()),

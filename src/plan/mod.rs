@@ -72,6 +72,20 @@ pub fn new_context() -> SessionContext {
     ctx
 }
 
+/// Like [`new_context`], with `config`'s settings and on `runtime` (whose
+/// memory pool bounds what the context's queries may use).
+pub fn new_context_on(
+    config: SessionConfig,
+    runtime: Arc<datafusion::execution::runtime_env::RuntimeEnv>,
+) -> SessionContext {
+    let config = config
+        .with_target_partitions(1)
+        .with_information_schema(false);
+    let ctx = SessionContext::new_with_config_rt(config, runtime);
+    crate::udaf::register(&ctx);
+    ctx
+}
+
 /// A continuous query compiled into its batch, reduce and close plans.
 #[derive(Debug)]
 pub struct ContinuousPlan {

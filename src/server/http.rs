@@ -47,7 +47,13 @@ impl IntoResponse for Error {
             None => (Value::Null, Value::Null),
         };
         let body = json!({"error": {"code": self.code(), "message": self.to_string(), "line": line, "column": column}});
-        (status, axum::Json(body)).into_response()
+        let mut response = (status, axum::Json(body)).into_response();
+        if let Error::Busy(_) = self {
+            // Event streams end when their clients leave: a slot soon frees.
+            let retry = header::HeaderValue::from_static("5");
+            response.headers_mut().insert(header::RETRY_AFTER, retry);
+        }
+        response
     }
 }
 
@@ -468,9 +474,11 @@ async fn stream_results(
                 .map_err(|_| Error::BadRequest(format!("invalid cursor '{a}'")))?,
         ),
     };
+    // Held by the stream: dropping it when the client leaves frees the slot.
+    let slot = app.guards.sse_slot()?;
     let name = q.name.clone();
     let state = (
-        app,
+        (app, slot),
         name,
         after,
         std::collections::VecDeque::<Event>::new(),
@@ -478,12 +486,12 @@ async fn stream_results(
     );
     let events = futures::stream::unfold(
         state,
-        |(app, name, mut after, mut pending, mut done)| async move {
+        |((app, slot), name, mut after, mut pending, mut done)| async move {
             loop {
                 if let Some(ev) = pending.pop_front() {
                     return Some((
                         Ok::<Event, std::convert::Infallible>(ev),
-                        (app, name, after, pending, done),
+                        ((app, slot), name, after, pending, done),
                     ));
                 }
                 if done {

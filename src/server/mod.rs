@@ -14,6 +14,7 @@
 pub mod dashboard;
 pub mod guard;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 mod rollup;
 
@@ -32,7 +33,7 @@ use serde_json::{Value, json};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::plan::{ContinuousPlan, RefTable, new_context, plan_error};
+use crate::plan::{ContinuousPlan, RefTable, plan_error};
 use crate::runtime::{QueryStatus, QueryTask};
 use crate::source::file::allowed_file;
 use crate::source::stats::StreamStats;
@@ -113,6 +114,8 @@ pub struct App {
     pub store: Store,
     /// This process's Prometheus registry.
     pub metrics: metrics::Metrics,
+    /// Bounds on pull queries, roll-ups and event streams.
+    pub guards: limits::Guards,
     streams: RwLock<BTreeMap<String, Arc<StreamEntry>>>,
     tables: RwLock<BTreeMap<String, (String, RefTable)>>,
     queries: RwLock<BTreeMap<String, Arc<QueryEntry>>>,
@@ -265,10 +268,12 @@ impl App {
     /// Opens the store under the configured data dir and resumes every saved query.
     pub async fn open(config: Config) -> Result<Arc<Self>> {
         let store = Store::connect(config.store.as_deref(), &config.data_dir)?;
+        let guards = limits::Guards::new(config.limits)?;
         let app = Arc::new(App {
             config,
             store: store.clone(),
             metrics: metrics::Metrics::new(),
+            guards,
             streams: RwLock::new(BTreeMap::new()),
             tables: RwLock::new(BTreeMap::new()),
             queries: RwLock::new(BTreeMap::new()),
@@ -863,7 +868,7 @@ impl App {
 
     /// Answers a one-shot SELECT over query results.
     pub async fn pull(&self, select: &SelectSql) -> Result<(SchemaRef, Vec<RecordBatch>)> {
-        let ctx = new_context();
+        let ctx = self.guards.context();
         if let Some(f) = self.rollup_function(&select.sql).await? {
             ctx.register_udtf("rollup", f);
         }
@@ -884,9 +889,14 @@ impl App {
                 None,
             ));
         }
+        // The tables read stay reserved in the pull pool until the answer is built.
+        let mut loaded = self.guards.reservation("results tables");
         for q in tables {
-            let batch = self.store.load_results(&q.name, &q.plan.output_schema)?;
-            let table = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
+            let (store, name, schema) = (&self.store, &q.name, &q.plan.output_schema);
+            let batches = self.guards.load_results(store, name, schema, &mut loaded)?;
+            // Batches are built nullable from the stored rows: their schema rules.
+            let schema = batches.first().map_or(schema.clone(), |b| b.schema());
+            let table = MemTable::try_new(schema, vec![batches])?;
             ctx.register_table(q.name.as_str(), Arc::new(table))?;
         }
         let options = SQLOptions::new()
@@ -898,7 +908,8 @@ impl App {
             .await
             .map_err(|e| plan_error(&select.sql, e))?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        let batches = df.collect().await?;
+        let batches = self.guards.collect(df).await?;
+        drop(loaded);
         Ok((schema, batches))
     }
 

@@ -27,6 +27,7 @@ use datafusion::logical_expr::Expr;
 use datafusion::sql::sqlparser::ast::{self, FunctionArg, FunctionArgExpr, TableFactor, Value};
 
 use super::App;
+use super::limits::MAX_ROLLUP_WINDOWS;
 use crate::error::{Error, Result};
 use crate::sql::window::{WindowKind, parse_duration};
 use crate::window::states_from_ipc;
@@ -58,17 +59,35 @@ impl App {
                 q.name, size_ms
             )));
         }
+        // A range spanning more windows than one request may merge is
+        // refused before anything is read; an open range is bounded by
+        // what is stored (the retention), counted below.
+        if let Some(from) = from {
+            let to = to.unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
+            let spanned = to.saturating_sub(from) / size_ms;
+            if spanned > MAX_ROLLUP_WINDOWS {
+                return Err(too_many_windows(&q.name, spanned));
+            }
+        }
         let store = self.store.clone();
         let query = q.name.clone();
         let stored =
             tokio::task::spawn_blocking(move || store.load_window_states(&query, from, to))
                 .await
                 .map_err(|e| Error::Execution(e.to_string()))??;
+        if stored.len() as i64 > MAX_ROLLUP_WINDOWS {
+            return Err(too_many_windows(&q.name, stored.len() as i64));
+        }
+        let mut held = self.guards.reservation("roll-up window states");
+        let bytes = stored.iter().map(|(_, _, b)| b.len()).sum();
+        held.try_grow(bytes)
+            .map_err(|e| self.guards.explain(e.into()))?;
         let ty = plan.state_schema.field(0).data_type().clone();
         let mut buckets: BTreeMap<i64, Vec<RecordBatch>> = BTreeMap::new();
         for (start, _, bytes) in stored {
             let b_start = start.div_euclid(bucket) * bucket;
             for b in states_from_ipc(&plan.state_schema, &bytes)? {
+                self.guards.admit(&mut held, &b)?;
                 let bound = |t: i64| -> Result<ArrayRef> {
                     let a: ArrayRef =
                         Arc::new(TimestampMillisecondArray::from(vec![t; b.num_rows()]));
@@ -88,6 +107,8 @@ impl App {
         // rows per group, as it does for a window's unmerged partials.
         for (_, states) in buckets {
             rows.extend(plan.close(states).await?);
+            self.guards
+                .check_rows(rows.iter().map(|b| b.num_rows()).sum())?;
         }
         Ok(concat_batches(&plan.output_schema, &rows)?)
     }
@@ -106,6 +127,14 @@ impl App {
         }
         Ok(Some(Arc::new(RollupFunction { tables })))
     }
+}
+
+fn too_many_windows(query: &str, windows: i64) -> Error {
+    Error::LimitExceeded(format!(
+        "the roll-up range covers {windows} of {query}'s windows; one request merges at most \
+         {MAX_ROLLUP_WINDOWS}: narrow it with from= and to= on GET /queries/{query}/results?rollup=, \
+         or keep fewer window states (window_state_retention)"
+    ))
 }
 
 /// The `rollup(query, size)` table function of one pull query, its tables

@@ -115,7 +115,7 @@ pub(crate) fn column_kind(dt: &DataType) -> ColumnKind {
 }
 
 /// One page of results read from a results table.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct ResultPage {
     /// Column names, in table order.
     pub columns: Vec<String>,
@@ -357,6 +357,49 @@ impl Store {
             },
         )?;
         page_to_batch(&page, schema)
+    }
+
+    /// Loads a results table as batches of `schema` of at most `page_rows`
+    /// rows each, handing each to `admit` first: an error from it stops the
+    /// load, so a caller can refuse a table too big to hold before all of it
+    /// is read.
+    pub fn load_results_paged(
+        &self,
+        query: &str,
+        schema: &SchemaRef,
+        page_rows: usize,
+        mut admit: impl FnMut(&RecordBatch) -> Result<()>,
+    ) -> Result<Vec<RecordBatch>> {
+        let mut out = Vec::new();
+        let mut each = |page: ResultPage| {
+            let batch = page_to_batch(&page, schema)?;
+            admit(&batch)?;
+            out.push(batch);
+            Ok(())
+        };
+        match self {
+            Store::Sqlite(s) => s.read_all_results(query, page_rows, &mut each)?,
+            // PostgreSQL sends the rows at once; they are converted and
+            // admitted a page at a time.
+            Store::Postgres(s) => {
+                let all = ResultFilter {
+                    limit: i64::MAX as usize,
+                    ..Default::default()
+                };
+                let page = s.read_results(query, &all)?;
+                for rows in page.rows.chunks(page_rows.max(1)) {
+                    each(ResultPage {
+                        columns: page.columns.clone(),
+                        rows: rows.to_vec(),
+                        ..Default::default()
+                    })?;
+                }
+            }
+        }
+        if out.is_empty() {
+            out.push(page_to_batch(&ResultPage::default(), schema)?);
+        }
+        Ok(out)
     }
 }
 

@@ -347,6 +347,51 @@ impl SqliteStore {
         }
     }
 
+    /// Reads all of a query's results in one statement (one consistent
+    /// view, even while windows are replaced), handing them to `each` in
+    /// pages of `page_rows`; an error from `each` stops the read.
+    pub fn read_all_results(
+        &self,
+        query: &str,
+        page_rows: usize,
+        each: &mut dyn FnMut(ResultPage) -> Result<()>,
+    ) -> Result<()> {
+        let conn = self.conn();
+        let mut st = conn.prepare(&format!("SELECT * FROM {} ORDER BY _seq", quote(query)))?;
+        let columns: Vec<String> = st.column_names()[1..]
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        let n = columns.len() + 1;
+        let mut rows = st.query([])?;
+        let mut page = ResultPage {
+            columns,
+            ..Default::default()
+        };
+        loop {
+            let row = rows.next()?;
+            if let Some(r) = row {
+                page.seqs.push(r.get(0)?);
+                page.rows.push(
+                    (1..n)
+                        .map(|i| r.get::<_, Value>(i))
+                        .collect::<std::result::Result<_, _>>()?,
+                );
+            }
+            if page.rows.len() == page_rows || (row.is_none() && !page.rows.is_empty()) {
+                page.cursor = page.seqs.last().copied();
+                let next = ResultPage {
+                    columns: page.columns.clone(),
+                    ..Default::default()
+                };
+                each(std::mem::replace(&mut page, next))?;
+            }
+            if row.is_none() {
+                return Ok(());
+            }
+        }
+    }
+
     /// Reads a page of a query's results, oldest write first.
     pub fn read_results(&self, query: &str, f: &ResultFilter) -> Result<ResultPage> {
         let conn = self.conn();
