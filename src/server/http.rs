@@ -13,7 +13,8 @@
 //! something, get `403` (see [`super::guard`]).
 //!
 //! Every error is `{"error": {"code", "message", "line", "column"}}` with the
-//! status from [`Error::status`].
+//! status from [`Error::status`]; `503 busy` (a full set of event streams,
+//! see [`super::limits`]) also carries `Retry-After`.
 //!
 //! ```text
 //! curl -d "SELECT geo, count(*) FROM impressions GROUP BY geo WINDOW 10s" localhost:8080/queries

@@ -105,10 +105,13 @@ impl App {
         let mut rows = Vec::new();
         // The close plan's final aggregation merges any number of partial
         // rows per group, as it does for a window's unmerged partials.
+        let mut count = 0;
         for (_, states) in buckets {
-            rows.extend(plan.close(states).await?);
-            self.guards
-                .check_rows(rows.iter().map(|b| b.num_rows()).sum())?;
+            for b in plan.close(states).await? {
+                count += b.num_rows();
+                self.guards.check_rows(count)?;
+                rows.push(b);
+            }
         }
         Ok(concat_batches(&plan.output_schema, &rows)?)
     }
