@@ -906,7 +906,7 @@ async fn consume_e2e(
     let broker_cpu = broker.cpu();
     let meter = Meter::start();
     let src = crate::source::kafka::KafkaSource::connect(
-        broker.bootstrap(),
+        &crate::connect::kafka::KafkaConn::new(broker.bootstrap()),
         topic,
         "runnel-bench",
         crate::sql::StartFrom::Earliest,

@@ -192,9 +192,8 @@ pub(crate) fn run(task: &QueryTask, cluster: &str, set_status: impl Fn(QueryStat
             Ok(offsets)
         })
     };
-    let brokers = task.stream.brokers.as_deref().unwrap_or(&task.brokers);
     let mut src = match KafkaSource::join_group(
-        brokers,
+        &task.kafka,
         &task.stream.topic,
         &format!("runnel.{cluster}.{}", task.name),
         &format!("runnel-{}", task.name),
@@ -210,7 +209,7 @@ pub(crate) fn run(task: &QueryTask, cluster: &str, set_status: impl Fn(QueryStat
         Err(e) => return Err(e),
     };
     let sink = match &task.into_topic {
-        Some(t) => Some(crate::sink::TopicSink::new(brokers, t)?),
+        Some(t) => Some(crate::sink::TopicSink::new(&task.kafka, t)?),
         None => None,
     };
     set_status(QueryStatus::Running);

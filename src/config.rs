@@ -6,11 +6,14 @@
 //! assert_eq!(c.brokers.as_deref(), Some("kafka:9092"));
 //! ```
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::connect::hosts::HostRules;
+use crate::connect::kafka::{KafkaConn, KafkaProps};
 use crate::error::{Error, Result};
 use crate::sql::window::{parse_duration, parse_duration_or_zero};
 
@@ -48,6 +51,11 @@ pub struct Config {
     pub allow_hosts: Vec<String>,
     /// Bounds on the work of one request (see [`crate::server::limits`]).
     pub limits: crate::server::limits::Limits,
+    /// Hosts (`host` for any port, `host:port` for one) streams may connect
+    /// to besides `brokers`: their own brokers and socket sources.
+    pub allow_connect: Vec<String>,
+    /// librdkafka properties of every Kafka client (SASL, TLS, ...).
+    pub kafka: KafkaProps,
 }
 
 impl Default for Config {
@@ -67,6 +75,8 @@ impl Default for Config {
             allow_files: Vec::new(),
             allow_hosts: Vec::new(),
             limits: Default::default(),
+            allow_connect: Vec::new(),
+            kafka: KafkaProps::default(),
         }
     }
 }
@@ -105,6 +115,10 @@ pub struct FileConfig {
     pub pull_rows: Option<usize>,
     /// Most server-sent-event connections at once.
     pub max_sse: Option<usize>,
+    /// Hosts streams may connect to, e.g. `["kafka-2:9092", "logs.internal"]`.
+    pub allow_connect: Option<Vec<String>>,
+    /// librdkafka properties, e.g. `"security.protocol" = "SASL_SSL"`.
+    pub kafka: Option<BTreeMap<String, toml::Value>>,
 }
 
 impl FileConfig {
@@ -169,8 +183,60 @@ impl FileConfig {
                 self.pull_rows,
                 self.max_sse,
             )?,
+            allow_connect: self.allow_connect.unwrap_or_default(),
+            kafka: kafka_props(self.kafka.unwrap_or_default())?,
         })
     }
+}
+
+/// The `[kafka]` table as property strings (TOML numbers and booleans as
+/// librdkafka writes them), checked for properties Runnel manages.
+fn kafka_props(table: BTreeMap<String, toml::Value>) -> Result<KafkaProps> {
+    let props = table
+        .into_iter()
+        .map(|(k, v)| match v {
+            toml::Value::String(s) => Ok((k, s)),
+            toml::Value::Integer(i) => Ok((k, i.to_string())),
+            toml::Value::Float(f) => Ok((k, f.to_string())),
+            toml::Value::Boolean(b) => Ok((k, b.to_string())),
+            _ => Err(Error::BadRequest(format!(
+                "[kafka] {k}: expected a string, number or boolean"
+            ))),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let props = KafkaProps::new(props);
+    props.check_server("[kafka] in runnel.toml")?;
+    Ok(props)
+}
+
+/// Applies the operator's connection settings from the environment and
+/// flags over the file's: `RUNNEL_KAFKA_<PROP>` variables over `[kafka]`,
+/// and a non-empty `allow_connect` list replacing the file's. Checks both.
+pub fn apply_connect(
+    config: &mut Config,
+    allow_connect: Vec<String>,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<()> {
+    let allow_connect: Vec<String> = allow_connect
+        .into_iter()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .collect();
+    if !allow_connect.is_empty() {
+        config.allow_connect = allow_connect;
+    }
+    for rule in &config.allow_connect {
+        HostRules::validate(rule)?;
+    }
+    let env = KafkaProps::from_env(vars);
+    env.check_server("RUNNEL_KAFKA_* variables")?;
+    config.kafka = config.kafka.merged(&env);
+    KafkaConn {
+        brokers: String::new(),
+        props: config.kafka.clone(),
+    }
+    .check()
+    .map_err(|e| Error::BadRequest(format!("server-wide Kafka properties: {e}")))
 }
 
 /// Refuses to serve an address other hosts can reach without a token
@@ -265,6 +331,51 @@ mod tests {
         assert!(resolve("").unwrap().allow_hosts.is_empty());
         let c = resolve("allow_hosts = ['runnel.internal', 'proxy:443']").unwrap();
         assert_eq!(c.allow_hosts, ["runnel.internal", "proxy:443"]);
+    }
+
+    #[test]
+    fn allow_connect() {
+        assert!(resolve("").unwrap().allow_connect.is_empty());
+        let mut c = resolve("allow_connect = ['kafka-2:9092', 'logs']").unwrap();
+        assert_eq!(c.allow_connect, ["kafka-2:9092", "logs"]);
+        apply_connect(&mut c, Vec::new(), []).unwrap();
+        assert_eq!(c.allow_connect, ["kafka-2:9092", "logs"]);
+        // Flags and environment replace the file's list.
+        apply_connect(&mut c, vec!["a".into(), " ".into()], []).unwrap();
+        assert_eq!(c.allow_connect, ["a"]);
+        let e = apply_connect(&mut c, vec!["a:port".into()], []).unwrap_err();
+        assert!(e.to_string().contains("a:port"), "{e}");
+    }
+
+    #[test]
+    fn kafka_properties() {
+        let mut c =
+            resolve("[kafka]\n\"security.protocol\" = 'SASL_PLAINTEXT'\n\"sasl.mechanism\" = 'PLAIN'\n\"sasl.username\" = 'u'\n\"sasl.password\" = 'p'\n\"socket.timeout.ms\" = 10000")
+                .unwrap();
+        assert_eq!(c.kafka.get("socket.timeout.ms"), Some("10000"));
+        // The environment wins over the file, property by property.
+        let env = [(
+            "RUNNEL_KAFKA_SASL_MECHANISM".to_string(),
+            "SCRAM-SHA-256".to_string(),
+        )];
+        apply_connect(&mut c, Vec::new(), env).unwrap();
+        assert_eq!(c.kafka.get("sasl.mechanism"), Some("SCRAM-SHA-256"));
+        assert_eq!(c.kafka.get("security.protocol"), Some("SASL_PLAINTEXT"));
+        let e = resolve("[kafka]\n\"group.id\" = 'mine'").unwrap_err();
+        assert!(e.to_string().contains("group.id"), "{e}");
+        let env = [(
+            "RUNNEL_KAFKA_ENABLE_AUTO_COMMIT".to_string(),
+            "true".to_string(),
+        )];
+        let e = apply_connect(&mut c, Vec::new(), env).unwrap_err();
+        assert!(e.to_string().contains("enable.auto.commit"), "{e}");
+        // librdkafka's own verdict on a value stops the server from starting.
+        let env = [(
+            "RUNNEL_KAFKA_SASL_MECHANISM".to_string(),
+            "NOPE".to_string(),
+        )];
+        let e = apply_connect(&mut c, Vec::new(), env).unwrap_err();
+        assert!(e.to_string().contains("NOPE"), "{e}");
     }
 
     #[test]

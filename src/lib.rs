@@ -2,6 +2,7 @@
 pub mod bench;
 pub mod cluster;
 pub mod config;
+pub mod connect;
 pub mod error;
 pub mod format;
 pub mod plan;

@@ -102,6 +102,20 @@ enum Command {
         /// the next gets 503 with Retry-After.
         #[arg(long, value_name = "N", env = "RUNNEL_MAX_SSE", value_parser = clap::value_parser!(u64).range(1..))]
         max_sse: Option<u64>,
+        /// Let streams connect to HOST (any port) or HOST:PORT: brokers a
+        /// stream names, socket sources, and so INTO TOPIC. The server's own
+        /// --brokers are always allowed; nothing else is by default.
+        /// Repeatable, or comma-separated in the environment variable.
+        /// librdkafka properties (SASL, TLS) come from `[kafka]` in
+        /// runnel.toml and RUNNEL_KAFKA_<PROP> variables
+        /// (RUNNEL_KAFKA_SASL_MECHANISM is sasl.mechanism).
+        #[arg(
+            long = "allow-connect",
+            value_name = "HOST[:PORT]",
+            env = "RUNNEL_ALLOW_CONNECT",
+            value_delimiter = ','
+        )]
+        allow_connect: Vec<String>,
     },
     /// Run everything on embedded defaults: a Kafka-protocol broker, the
     /// impression generator, the server and the canonical query.
@@ -145,7 +159,10 @@ enum Command {
 
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUNNEL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"))
+        // sqlparser's debug lines carry whole statements, passwords given
+        // as stream options included: they are never logged.
+        .add_directive("sqlparser=info".parse().expect("a valid directive"));
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -153,6 +170,11 @@ fn init_tracing(format: LogFormat) {
         LogFormat::Text => fmt.init(),
         LogFormat::Json => fmt.json().init(),
     }
+}
+
+/// The environment variables whose names and values are UTF-8.
+fn utf8_env() -> impl Iterator<Item = (String, String)> {
+    std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -306,6 +328,7 @@ async fn main() {
             pull_memory,
             pull_rows,
             max_sse,
+            allow_connect,
         } => {
             let explicit = std::env::var_os("RUNNEL_CONFIG").is_some()
                 || std::env::args().any(|a| a == "--config" || a.starts_with("--config="));
@@ -322,7 +345,11 @@ async fn main() {
                     }
                     let count = |n: Option<u64>| n.map(|n| n as usize);
                     c.limits.set(pull_memory, count(pull_rows), count(max_sse));
-                    match runnel::config::check_open_door(&c.listen, c.token.as_deref(), no_auth) {
+                    match runnel::config::apply_connect(&mut c, allow_connect, utf8_env()).and_then(
+                        |()| {
+                            runnel::config::check_open_door(&c.listen, c.token.as_deref(), no_auth)
+                        },
+                    ) {
                         Ok(()) => serve(c).await,
                         Err(e) => Err(e.into()),
                     }

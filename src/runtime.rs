@@ -70,8 +70,9 @@ pub struct QueryTask {
     pub stream: StreamDef,
     /// Its compiled plan.
     pub plan: Arc<ContinuousPlan>,
-    /// Broker list.
-    pub brokers: String,
+    /// How the stream's Kafka clients (its consumer, the `INTO TOPIC`
+    /// producer) connect.
+    pub kafka: crate::connect::kafka::KafkaConn,
     /// Store for results and checkpoints.
     pub store: Store,
     /// Shared counters.
@@ -427,11 +428,10 @@ impl QueryTask {
             None => BTreeMap::new(),
         };
         self.set_status(QueryStatus::WaitingForTopic);
-        let brokers = self.stream.brokers.as_deref().unwrap_or(&self.brokers);
         let client = format!("runnel-{}", self.name);
         let src = match Source::connect(
             &self.stream,
-            brokers,
+            &self.kafka,
             &client,
             self.reset.unwrap_or(self.stream.start),
             &saved,
@@ -454,7 +454,7 @@ impl QueryTask {
             decoder.decode_poll(&chunks)
         });
         let sink = match &self.into_topic {
-            Some(t) => Some(crate::sink::TopicSink::new(brokers, t)?),
+            Some(t) => Some(crate::sink::TopicSink::new(&self.kafka, t)?),
             None => None,
         };
         self.set_status(QueryStatus::Running);

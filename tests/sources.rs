@@ -63,7 +63,13 @@ fn word_counts(lines: &[String]) -> BTreeMap<String, i64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socket_word_count() {
     let dir = tempfile::tempdir().unwrap();
-    let s = TestServer::start(dir.path(), "127.0.0.1:1");
+    // The operator lets streams reach this machine's sockets.
+    let s = TestServer::start_args(
+        dir.path(),
+        "127.0.0.1:1",
+        &[],
+        &["--allow-connect", "127.0.0.1"],
+    );
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let words = [

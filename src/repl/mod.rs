@@ -500,7 +500,8 @@ impl Session {
             };
             // A whole multi-line statement is one history entry, as in psql.
             if flow == Flow::Quit || !has_code(&self.buffer) {
-                let text = entry.join("\n");
+                // Passwords given as stream options stay off the disk.
+                let text = crate::connect::secret::redact_sql(&entry.join("\n"));
                 if !text.trim().is_empty() {
                     let _ = lines.add_owned(text);
                     if let Some(h) = &history {

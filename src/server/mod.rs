@@ -32,6 +32,7 @@ use datafusion::sql::sqlparser::parser::Parser;
 use serde_json::{Value, json};
 
 use crate::config::Config;
+use crate::connect::secret::{redact_sql, shown};
 use crate::error::{Error, Result};
 use crate::plan::{ContinuousPlan, RefTable, plan_error};
 use crate::runtime::{QueryStatus, QueryTask};
@@ -326,7 +327,7 @@ impl App {
             }
             match parse_statement(sql)?.stmt {
                 Statement::CreateStream(def) => {
-                    self.check_stream_file(&def)
+                    self.check_stream(&def)
                         .map_err(|e| Error::BadRequest(format!("stored stream {name}: {e}")))?;
                     self.streams
                         .write()
@@ -441,7 +442,10 @@ impl App {
         let mut out = Vec::new();
         for p in parse_sql(body)? {
             let mut r = self.execute(&p).await?;
-            r["statement"] = Value::String(p.text.clone());
+            r["statement"] = Value::String(match p.stmt {
+                Statement::CreateStream(_) => redact_sql(&p.text),
+                _ => p.text.clone(),
+            });
             out.push(r);
         }
         Ok(out)
@@ -453,7 +457,7 @@ impl App {
                 if self.name_taken(&def.name) {
                     return Err(Error::Conflict(format!("'{}' already exists", def.name)));
                 }
-                self.check_stream_file(def)?;
+                self.check_stream(def)?;
                 self.store.save_stream(&def.name, &p.text)?;
                 self.streams.write().expect("lock").insert(
                     def.name.clone(),
@@ -613,13 +617,15 @@ impl App {
             || self.tables.read().expect("lock").contains_key(name)
     }
 
-    /// Refuses a file stream whose file is not under an allowed directory.
-    fn check_stream_file(&self, def: &StreamDef) -> Result<()> {
+    /// Refuses a file stream whose file is not under an allowed directory,
+    /// and a stream connecting to a host not allowed or with Kafka
+    /// properties librdkafka rejects.
+    fn check_stream(&self, def: &StreamDef) -> Result<()> {
         if def.source == SourceKind::File {
             let path = def.options.get("path").map(String::as_str).unwrap_or("");
             allowed_file(path, &self.config.allow_files, true)?;
         }
-        Ok(())
+        crate::connect::check_stream(&self.config, def)
     }
 
     /// Reads a reference table's CSV file, which must be under an allowed
@@ -740,7 +746,7 @@ impl App {
             name: name.to_string(),
             stream: stream.def.clone(),
             plan: plan.clone(),
-            brokers: self.config.brokers.clone(),
+            kafka: crate::connect::kafka_conn(&self.config, &stream.def),
             store: self.store.clone(),
             counters: counters.clone(),
             status: status.clone(),
@@ -791,16 +797,12 @@ impl App {
         {
             return Ok(());
         }
-        let brokers = stream
-            .brokers
-            .clone()
-            .unwrap_or_else(|| self.config.brokers.clone());
+        let kafka = crate::connect::kafka_conn(&self.config, stream);
         let topic = stream.topic.clone();
-        let ends = tokio::task::spawn_blocking(move || {
-            crate::source::kafka::end_offsets(&brokers, &topic)
-        })
-        .await
-        .map_err(|e| Error::Execution(e.to_string()))?;
+        let ends =
+            tokio::task::spawn_blocking(move || crate::source::kafka::end_offsets(&kafka, &topic))
+                .await
+                .map_err(|e| Error::Execution(e.to_string()))?;
         match ends {
             Ok(offsets) => self.store.commit(name, &[], &offsets, &[]),
             Err(e) => {
@@ -953,14 +955,14 @@ impl App {
         let readers = self.readers(&d.name);
         json!({
             "name": d.name,
-            "sql": s.sql,
+            "sql": redact_sql(&s.sql),
             "topic": d.topic,
             "format": format!("{:?}", d.format).to_lowercase(),
             "event_time": d.event_time,
             "watermark_delay_ms": d.watermark_delay_ms,
             "start": format!("{:?}", d.start).to_lowercase(),
             "columns": d.columns.iter().map(|c| json!({"name": c.name, "type": c.sql_type})).collect::<Vec<_>>(),
-            "options": d.options,
+            "options": d.options.iter().map(|(k, v)| (k.clone(), shown(k, v))).collect::<BTreeMap<_, _>>(),
             "queries": readers,
             "on_error": format!("{:?}", d.on_error).to_lowercase(),
             "max_future_ms": d.max_future_ms,

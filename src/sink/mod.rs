@@ -6,15 +6,17 @@
 //! (at-least-once); the store stays exactly-once.
 //!
 //! ```no_run
-//! let sink = runnel::sink::TopicSink::new("127.0.0.1:9092", "popular_users").unwrap();
+//! use runnel::connect::kafka::KafkaConn;
+//! let sink = runnel::sink::TopicSink::new(&KafkaConn::new("127.0.0.1:9092"), "popular_users").unwrap();
 //! sink.publish(&[]).unwrap();
 //! ```
 
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
+use rdkafka::producer::DefaultProducerContext;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
+use crate::connect::kafka::KafkaConn;
 use crate::error::{Error, Result};
 use crate::window::Emission;
 
@@ -25,12 +27,9 @@ pub struct TopicSink {
 }
 
 impl TopicSink {
-    /// A producer for `topic` on `brokers`.
-    pub fn new(brokers: &str, topic: &str) -> Result<Self> {
-        let producer: BaseProducer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set("linger.ms", "5")
-            .create()?;
+    /// A producer for `topic`, connecting as `kafka` says.
+    pub fn new(kafka: &KafkaConn, topic: &str) -> Result<Self> {
+        let producer: BaseProducer = kafka.create(&[("linger.ms", "5")], DefaultProducerContext)?;
         Ok(TopicSink {
             producer,
             topic: topic.to_string(),

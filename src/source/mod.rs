@@ -19,6 +19,7 @@ pub mod stats;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use crate::connect::kafka::KafkaConn;
 use crate::error::{Error, Result};
 use crate::sql::{SourceKind, StartFrom, StreamDef};
 use file::FileSource;
@@ -122,7 +123,7 @@ impl Source {
     /// reconnects) while polling.
     pub fn connect(
         stream: &StreamDef,
-        brokers: &str,
+        kafka: &KafkaConn,
         client_id: &str,
         start: StartFrom,
         saved: &BTreeMap<i32, i64>,
@@ -136,7 +137,7 @@ impl Source {
         Ok(match stream.source {
             SourceKind::Kafka => {
                 let mut src =
-                    KafkaSource::connect(brokers, &stream.topic, client_id, start, saved, waiting)?;
+                    KafkaSource::connect(kafka, &stream.topic, client_id, start, saved, waiting)?;
                 src.set_on_offset_loss(stream.on_offset_loss);
                 Source::Kafka(src)
             }

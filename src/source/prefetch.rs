@@ -17,7 +17,8 @@
 //! # use std::time::Duration;
 //! # use runnel::source::{Source, kafka::Waiting, prefetch::Prefetch};
 //! # fn demo(stream: &runnel::sql::StreamDef) -> runnel::error::Result<()> {
-//! let src = Source::connect(stream, "127.0.0.1:9092", "runnel-q",
+//! let kafka = runnel::connect::kafka::KafkaConn::new("127.0.0.1:9092");
+//! let src = Source::connect(stream, &kafka, "runnel-q",
 //!                           stream.start, &BTreeMap::new(), Waiting::until(&AtomicBool::new(false)))?;
 //! // Counted on the reader thread; the query gets the counts.
 //! let mut src = Prefetch::spawn(src, 100_000, Duration::from_millis(100), |chunks| {

@@ -30,6 +30,7 @@ use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 use serde::{Deserialize, Serialize};
 
+use crate::connect::kafka;
 use crate::error::{Error, Result};
 use window::{WindowSpec, parse_duration, parse_window_clause};
 
@@ -602,13 +603,16 @@ fn create_stream(text: &str) -> Result<StreamDef> {
         "path",
     ];
     for k in options.keys() {
-        if !KNOWN.contains(&k.as_str()) {
+        if !KNOWN.contains(&k.as_str()) && !k.starts_with(kafka::STREAM_PREFIX) {
             return Err(bad(format!(
-                "unknown stream option '{k}'; known: {}",
+                "unknown stream option '{k}'; known: {}, and \"kafka.<librdkafka property>\"",
                 KNOWN.join(", ")
             )));
         }
     }
+    kafka::KafkaProps::of_stream(&options)
+        .check_stream()
+        .map_err(bad)?;
     let source = match options
         .get("source")
         .map(|s| s.to_ascii_lowercase())
@@ -727,6 +731,11 @@ fn source_options(
     options: &BTreeMap<String, String>,
 ) -> std::result::Result<String, String> {
     let only = |keys: &[&str], kind: &str| -> std::result::Result<(), String> {
+        if kind != "kafka"
+            && let Some(k) = options.keys().find(|k| k.starts_with(kafka::STREAM_PREFIX))
+        {
+            return Err(format!("option '{k}' does not apply to a {kind} stream"));
+        }
         match keys.iter().find(|k| options.contains_key(**k)) {
             Some(k) => Err(format!("option '{k}' does not apply to a {kind} stream")),
             None => Ok(()),

@@ -239,7 +239,8 @@ impl Store {
                 u.trim_start_matches("sqlite:").trim_start_matches("//"),
             )),
             Some(u) => Err(Error::BadRequest(format!(
-                "unsupported store '{u}': use postgres://user:password@host/database, sqlite:DIR, or none for SQLite under the data dir"
+                "unsupported store '{}': use postgres://user:password@host/database, sqlite:DIR, or none for SQLite under the data dir",
+                crate::connect::secret::redact_url(u)
             ))),
         }
     }

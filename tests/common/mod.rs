@@ -41,6 +41,22 @@ impl TestServer {
 
     /// Like [`start_with`](Self::start_with) with extra `runnel serve` flags.
     pub fn start_args(data_dir: &Path, brokers: &str, env: &[(&str, &str)], args: &[&str]) -> Self {
+        Self::start_logged(data_dir, brokers, env, args, None)
+    }
+
+    /// Like [`start_args`](Self::start_args), writing the server's log
+    /// (stderr) to `log` when given.
+    pub fn start_logged(
+        data_dir: &Path,
+        brokers: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+        log: Option<&Path>,
+    ) -> Self {
+        let stderr = match log {
+            Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+            None => Stdio::inherit(),
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_runnel"))
             .args([
                 "serve",
@@ -56,10 +72,11 @@ impl TestServer {
             .env_remove("RUNNEL_CONFIG")
             .env_remove("RUNNEL_TOKEN")
             .env_remove("RUNNEL_ALLOW_HOSTS")
+            .env_remove("RUNNEL_ALLOW_CONNECT")
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("start runnel");
         let stdout = child.stdout.take().unwrap();

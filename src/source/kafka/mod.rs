@@ -23,7 +23,8 @@
 //! use runnel::source::kafka::{KafkaSource, Waiting};
 //! use runnel::sql::StartFrom;
 //! let stop = AtomicBool::new(false);
-//! let mut src = KafkaSource::connect("127.0.0.1:9092", "clicks", "runnel-q", StartFrom::Earliest,
+//! # use runnel::connect::kafka::KafkaConn;
+//! let mut src = KafkaSource::connect(&KafkaConn::new("127.0.0.1:9092"), "clicks", "runnel-q", StartFrom::Earliest,
 //!                                    &BTreeMap::new(), Waiting::until(&stop)).unwrap();
 //! for chunk in src.poll(10_000, Duration::from_millis(100)).unwrap() {
 //!     println!("partition {}: {} records", chunk.partition, chunk.len());
@@ -36,13 +37,13 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext};
 use rdkafka::message::Message;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 pub use super::Chunk;
+use crate::connect::kafka::KafkaConn;
 use crate::error::{Error, Result};
 use crate::sql::{OnOffsetLoss, StartFrom};
 pub use context::{BROKER_FRESH_US, STATS_INTERVAL_MS, SourceContext};
@@ -91,11 +92,11 @@ const DISCOVER_EVERY: Duration = Duration::from_secs(5);
 /// The log end of every partition of `topic` now: where a query that starts
 /// at `latest` begins, saved when it is created so that records produced
 /// before its consumer is assigned are not skipped.
-pub fn end_offsets(brokers: &str, topic: &str) -> Result<BTreeMap<i32, i64>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("allow.auto.create.topics", "false")
-        .create()?;
+pub fn end_offsets(kafka: &KafkaConn, topic: &str) -> Result<BTreeMap<i32, i64>> {
+    let consumer: BaseConsumer = kafka.create(
+        &[("allow.auto.create.topics", "false")],
+        DefaultConsumerContext,
+    )?;
     let md = consumer.fetch_metadata(Some(topic), ASK_TIMEOUT)?;
     let partitions = partitions_of(&md, topic);
     if partitions.is_empty() {
@@ -153,14 +154,14 @@ impl KafkaSource {
     /// Connects, waits until the topic exists, and assigns all its partitions,
     /// resuming from `saved` offsets where known.
     pub fn connect(
-        brokers: &str,
+        kafka: &KafkaConn,
         topic: &str,
         client_id: &str,
         start: StartFrom,
         saved: &BTreeMap<i32, i64>,
         waiting: Waiting,
     ) -> Result<Self> {
-        let (consumer, partitions) = open(brokers, topic, client_id, start, None, &[], waiting)?;
+        let (consumer, partitions) = open(kafka, topic, client_id, start, None, &[], waiting)?;
         let mut offsets = saved.clone();
         let mut tpl = TopicPartitionList::new();
         for p in &partitions {
@@ -202,7 +203,7 @@ impl KafkaSource {
     /// says where each assigned partition resumes. Nothing is committed to
     /// Kafka; offsets live with the state they produced.
     pub fn join_group(
-        brokers: &str,
+        kafka: &KafkaConn,
         topic: &str,
         group: &str,
         client_id: &str,
@@ -218,7 +219,7 @@ impl KafkaSource {
             ("partition.assignment.strategy", "range"),
         ];
         let (consumer, partitions) = open(
-            brokers,
+            kafka,
             topic,
             client_id,
             start,
@@ -504,7 +505,7 @@ fn partitions_of(md: &rdkafka::metadata::Metadata, topic: &str) -> Vec<i32> {
 
 /// Creates a consumer and waits until `topic` exists; returns its partitions.
 fn open(
-    brokers: &str,
+    kafka: &KafkaConn,
     topic: &str,
     client_id: &str,
     start: StartFrom,
@@ -512,35 +513,34 @@ fn open(
     extra: &[(&str, &str)],
     waiting: Waiting,
 ) -> Result<(BaseConsumer<SourceContext>, Vec<i32>)> {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", brokers)
-        .set("group.id", client_id)
-        .set("client.id", client_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false")
+    let stats_interval = STATS_INTERVAL_MS.to_string();
+    let mut settings = vec![
+        ("group.id", client_id),
+        ("client.id", client_id),
+        ("enable.auto.commit", "false"),
+        ("enable.auto.offset.store", "false"),
+        ("enable.partition.eof", "false"),
         // A saved offset outside the log is reported, never silently
         // reset: see KafkaSource::on_offset_loss.
-        .set("auto.offset.reset", "error")
-        .set("fetch.wait.max.ms", "10")
+        ("auto.offset.reset", "error"),
+        ("fetch.wait.max.ms", "10"),
         // Bound what is fetched ahead of processing (one queue shared by
         // all partitions): when input outruns the engine, fetching pauses
         // instead of memory growing. 16 MiB keeps several fetch responses
         // in flight; 4 MiB left the reader waiting on fetches.
-        .set("queued.max.messages.kbytes", "16384")
+        ("queued.max.messages.kbytes", "16384"),
         // Resume soon after the engine drains it: librdkafka's default
         // waits a whole second, which left the consumer idle most of the
         // time when catching up (34k records/s instead of 1M+).
-        .set("fetch.queue.backoff.ms", "5")
+        ("fetch.queue.backoff.ms", "5"),
         // Log ends and broker liveness, for telling caught up from stalled.
-        .set("statistics.interval.ms", STATS_INTERVAL_MS.to_string())
-        .set("allow.auto.create.topics", "false");
-    for (k, v) in extra {
-        config.set(*k, *v);
-    }
+        ("statistics.interval.ms", &stats_interval),
+        ("allow.auto.create.topics", "false"),
+    ];
+    settings.extend_from_slice(extra);
     let consumer: BaseConsumer<SourceContext> =
-        config.create_with_context(SourceContext::new(topic, start, on_assign))?;
+        kafka.create(&settings, SourceContext::new(topic, start, on_assign))?;
+    let brokers = &kafka.brokers;
     let partitions = loop {
         if waiting.stop.load(Ordering::Relaxed) {
             return Err(Error::Execution("stopped before the topic appeared".into()));
