@@ -322,3 +322,79 @@ async fn server_keeps_catalog_checkpoints_and_results_in_postgres() {
     }
     s.stop();
 }
+
+/// Whether the store's connections (named `app` in the URL) use TLS, as the
+/// server sees them.
+fn store_uses_tls(pg: &Postgres, app: &str) -> String {
+    pg.psql(
+        "postgres",
+        &format!(
+            "SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = '{app}'"
+        ),
+    )
+    .trim()
+    .to_string()
+}
+
+/// The store's URL follows libpq's `sslmode`: `require` against a server
+/// without TLS fails naming TLS instead of going on in plain text; against a
+/// TLS server `require` encrypts, `verify-full` checks the certificate
+/// against `sslrootcert` and the host name, and a certificate that does not
+/// check out is refused. The password stays out of the messages.
+#[test]
+fn store_tls_follows_sslmode() {
+    let Some(plain) = Postgres::start("store_tls_follows_sslmode") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let url = plain.create_db("plain");
+    let url = url.replace("runnel@", "runnel:pg-secret@");
+    let e = Store::connect(Some(&format!("{url}?sslmode=require")), dir.path())
+        .err()
+        .expect("require must not fall back to plain text");
+    let m = e.to_string();
+    assert!(m.contains("TLS"), "{m}");
+    assert!(!m.contains("pg-secret") && m.contains("runnel:***@"), "{m}");
+    // The default, `prefer`, still connects to a server without TLS.
+    drop(Store::connect(Some(&url), dir.path()).unwrap());
+
+    let Some(tls) = Postgres::start_tls("store_tls_follows_sslmode") else {
+        return;
+    };
+    let url = tls.create_db("secure");
+    let store = Store::connect(
+        Some(&format!("{url}?sslmode=require&application_name=req")),
+        dir.path(),
+    )
+    .unwrap();
+    assert_eq!(store_uses_tls(&tls, "req"), "t");
+    drop(store);
+    let by_name = url.replace("127.0.0.1", "localhost");
+    let cert = tls.cert();
+    let store = Store::connect(
+        Some(&format!(
+            "{by_name}?sslmode=verify-full&sslrootcert={}&application_name=full",
+            cert.display()
+        )),
+        dir.path(),
+    )
+    .unwrap();
+    assert_eq!(store_uses_tls(&tls, "full"), "t");
+    drop(store);
+    // The certificate names localhost, not 127.0.0.1.
+    let e = Store::connect(
+        Some(&format!(
+            "{url}?sslmode=verify-full&sslrootcert={}",
+            cert.display()
+        )),
+        dir.path(),
+    )
+    .err()
+    .expect("wrong host name");
+    assert!(e.to_string().contains("certificate"), "{e}");
+    // Self-signed: not trusted without sslrootcert.
+    let e = Store::connect(Some(&format!("{by_name}?sslmode=verify-ca")), dir.path())
+        .err()
+        .expect("untrusted certificate");
+    assert!(e.to_string().contains("certificate"), "{e}");
+}

@@ -12,6 +12,7 @@
 //!
 //! Both apply versioned migrations when opened.
 
+pub mod pg_tls;
 pub mod postgres;
 pub mod sqlite;
 

@@ -28,7 +28,7 @@ use datafusion::arrow::datatypes::{
 };
 use tokio::sync::Mutex;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, NoTls, Row};
+use tokio_postgres::{Client, Row};
 
 use super::{
     Checkpoint, ColumnKind, ResultFilter, ResultPage, TS_FORMAT, Value, column_kind, quote,
@@ -315,18 +315,20 @@ fn result_statements(query: &str, emissions: &[Emission]) -> Result<Vec<(String,
 }
 
 impl PgStore {
-    /// Connects to `url` (a libpq-style URL or key=value string) and applies
-    /// migrations.
+    /// Connects to `url` (a libpq-style URL or key=value string, TLS as its
+    /// `sslmode` says: see [`super::pg_tls`]) and applies migrations.
     pub fn connect(url: &str) -> Result<Self> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("runnel-postgres")
             .enable_all()
             .build()?;
-        let url = url.to_string();
+        let shown = crate::connect::secret::redact_url(url);
+        let (url, tls) = super::pg_tls::split_tls(url)?;
+        let connector = super::pg_tls::connector(&tls)?;
         let (tx, rx) = std::sync::mpsc::channel();
         rt.spawn(async move {
-            let r = tokio_postgres::connect(&url, NoTls)
+            let r = tokio_postgres::connect(&url, connector)
                 .await
                 .map(|(client, conn)| {
                     tokio::spawn(async move {
@@ -340,7 +342,17 @@ impl PgStore {
         });
         let client = rx
             .recv()
-            .map_err(|_| Error::Execution("postgres connection task ended".into()))??;
+            .map_err(|_| Error::Execution("postgres connection task ended".into()))?
+            .map_err(|e| {
+                // The cause (a TLS or certificate failure) is in the source chain.
+                let mut message = e.to_string();
+                let mut cause = std::error::Error::source(&e);
+                while let Some(c) = cause {
+                    message = format!("{message}: {c}");
+                    cause = c.source();
+                }
+                Error::Execution(format!("connecting to the store {shown}: {message}"))
+            })?;
         let store = PgStore {
             rt: Arc::new(PgRuntime(Some(rt))),
             client: Arc::new(Mutex::new(client)),

@@ -42,6 +42,21 @@ impl Postgres {
     /// installed; with `RUNNEL_REQUIRE_POSTGRES=1` (set by `.ci/run`) a
     /// missing PostgreSQL fails the test instead.
     pub fn start(test: &str) -> Option<Postgres> {
+        Self::start_opts(test, false)
+    }
+
+    /// Like [`start`](Self::start), with TLS on: a self-signed certificate
+    /// for `localhost`, whose PEM file is [`cert`](Self::cert).
+    pub fn start_tls(test: &str) -> Option<Postgres> {
+        Self::start_opts(test, true)
+    }
+
+    /// The server's certificate (TLS servers only).
+    pub fn cert(&self) -> PathBuf {
+        self.dir.join("server.crt")
+    }
+
+    fn start_opts(test: &str, tls: bool) -> Option<Postgres> {
         let Some(bin) = find_bin() else {
             assert!(
                 std::env::var_os("RUNNEL_REQUIRE_POSTGRES").is_none(),
@@ -71,6 +86,44 @@ impl Postgres {
                     .output(),
             );
         }
+        let mut tls_opts = String::new();
+        if tls {
+            let (crt, key) = (pg.cert(), pg.dir.join("server.key"));
+            check(
+                "openssl req",
+                Command::new("openssl")
+                    .args([
+                        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    ])
+                    .args([
+                        "-subj",
+                        "/CN=localhost",
+                        "-addext",
+                        "subjectAltName=DNS:localhost",
+                    ])
+                    .arg("-keyout")
+                    .arg(&key)
+                    .arg("-out")
+                    .arg(&crt)
+                    .output(),
+            );
+            check("chmod", Command::new("chmod").arg("600").arg(&key).output());
+            if as_postgres {
+                check(
+                    "chown",
+                    Command::new("chown")
+                        .arg("postgres:postgres")
+                        .arg(&key)
+                        .arg(&crt)
+                        .output(),
+                );
+            }
+            tls_opts = format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                crt.display(),
+                key.display()
+            );
+        }
         let data = pg.dir.join("data");
         check(
             "initdb",
@@ -91,7 +144,7 @@ impl Postgres {
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
             pg.port,
             pg.dir.display()
-        );
+        ) + &tls_opts;
         check(
             "pg_ctl start",
             pg.command("pg_ctl")
