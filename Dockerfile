@@ -10,7 +10,7 @@ RUN cargo build --release --locked --bin runnel \
 
 FROM debian:bookworm-slim
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates \
+    && apt-get install -y --no-install-recommends ca-certificates libssl3 \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /data --create-home runnel
 COPY --from=build /usr/local/bin/runnel /usr/local/bin/runnel
