@@ -21,6 +21,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use crate::error::{Error, Result};
 use crate::format::Decoder;
 use crate::plan::ContinuousPlan;
+use crate::sink::exact::ExactSink;
 use crate::source::file::allowed_file;
 use crate::source::kafka::Waiting;
 use crate::source::prefetch::Prefetch;
@@ -42,6 +43,9 @@ pub enum QueryStatus {
     BrokerUnreachable(String),
     /// Consuming.
     Running,
+    /// Consuming, but `INTO TOPIC` cannot publish (the message says why);
+    /// the rows wait in the store and publishing is retried.
+    SinkWaiting(String),
     /// Stopped on request.
     Stopped,
     /// Stopped by an error.
@@ -56,6 +60,7 @@ impl QueryStatus {
             QueryStatus::WaitingForTopic => "waiting_for_topic",
             QueryStatus::BrokerUnreachable(_) => "broker_unreachable",
             QueryStatus::Running => "running",
+            QueryStatus::SinkWaiting(_) => "sink_waiting",
             QueryStatus::Stopped => "stopped",
             QueryStatus::Failed(_) => "failed",
         }
@@ -384,6 +389,23 @@ impl QueryTask {
         }
     }
 
+    /// Publishes the store's new rows to the query's topic; a failure to be
+    /// retried shows in the query's status until publishing works again.
+    fn drive_sink(&self, sink: &mut ExactSink) -> Result<()> {
+        let waiting = sink.drive(&self.store)?;
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        match waiting {
+            Some(m) if matches!(*status, QueryStatus::Running | QueryStatus::SinkWaiting(_)) => {
+                *status = QueryStatus::SinkWaiting(m)
+            }
+            None if matches!(*status, QueryStatus::SinkWaiting(_)) => {
+                *status = QueryStatus::Running
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     fn set_status(&self, s: QueryStatus) {
         *self.status.lock().unwrap_or_else(|p| p.into_inner()) = s;
     }
@@ -453,10 +475,16 @@ impl QueryTask {
         let mut src = Prefetch::spawn(src, 100_000, wait, move |chunks| {
             decoder.decode_poll(&chunks)
         });
-        let sink = match &self.into_topic {
-            Some(t) => Some(crate::sink::TopicSink::new(&self.kafka, t)?),
-            None => None,
-        };
+        let mut sink = self.into_topic.as_ref().map(|t| {
+            let schema = self.plan.output_schema.clone();
+            ExactSink::new(
+                &self.kafka,
+                &self.name,
+                t,
+                schema,
+                self.counters.sink.clone(),
+            )
+        });
         self.set_status(QueryStatus::Running);
         engine.register_partitions(src.partitions());
         let emit_ms = match self.plan.window.kind {
@@ -500,14 +528,19 @@ impl QueryTask {
                 let state = engine.checkpoint()?;
                 self.store
                     .commit(&self.name, &emitted, src.offsets(), &state)?;
-                if let Some(sink) = &sink {
-                    sink.publish(&emitted)?;
+                if let Some(sink) = &mut sink
+                    && !emitted.is_empty()
+                {
+                    sink.mark_pending();
                 }
                 self.metrics
                     .set_state(engine.state_rows(), engine.open_windows(), state.len());
                 self.metrics.observe_emissions(&emitted, now_ms());
                 last_commit = Instant::now();
                 uncommitted = false;
+            }
+            if let Some(sink) = &mut sink {
+                self.drive_sink(sink)?;
             }
             if got_records {
                 self.metrics.observe_batch(batch_start.elapsed());

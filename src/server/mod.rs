@@ -592,6 +592,9 @@ impl App {
                 let mut v = table_rows(&["column", "type"], rows);
                 v["kind"] = json!("rows");
                 v["object"] = json!(kind);
+                if let Ok(q) = self.query(name) {
+                    v["sink"] = crate::sink::SinkStatus::json(&q.counters.sink).into();
+                }
                 v
             }
             Statement::DropQuery { name, if_exists } => {
@@ -942,6 +945,9 @@ impl App {
             QueryStatus::Failed(e) => v["error"] = json!(e),
             QueryStatus::BrokerUnreachable(since) => v["broker_unreachable_since"] = json!(since),
             _ => {}
+        }
+        if let Some(sink) = crate::sink::SinkStatus::json(&c.sink) {
+            v["sink"] = sink;
         }
         if with_plan {
             v["plan"] = json!(q.plan.explain());

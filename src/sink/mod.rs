@@ -1,26 +1,137 @@
 //! Sinks: where emitted rows go besides the store.
 //!
-//! `INTO TOPIC 'name'` publishes each emitted row as one JSON message to a
-//! Kafka topic, after the rows are committed to the store. A crash between
-//! the commit and the publish can repeat the last rows on the topic
-//! (at-least-once); the store stays exactly-once.
+//! `INTO TOPIC 'name'` publishes each row of a query's results table as one
+//! JSON message to a Kafka topic, exactly once and in the table's write
+//! order ([`exact::ExactSink`]): rows are published from the store after
+//! they are committed there, in Kafka transactions, and a restarted server
+//! finds where publishing stopped from the topic itself
+//! ([`recover::last_published`]). Every message carries three headers:
+//! `runnel-query` (the query's name), `runnel-cursor` (the row's cursor,
+//! the same as `results?after=` and the SSE event id) and `runnel-after`
+//! (the cursor its batch followed). A broker without transactions gets
+//! at-least-once delivery: consumers drop repeats by `runnel-cursor`.
+//! [`SinkStatus`] is what `GET /queries/{id}` shows of it.
 //!
-//! ```no_run
-//! use runnel::connect::kafka::KafkaConn;
-//! let sink = runnel::sink::TopicSink::new(&KafkaConn::new("127.0.0.1:9092"), "popular_users").unwrap();
-//! sink.publish(&[]).unwrap();
-//! ```
+//! Cluster mode publishes each server's emitted rows as they are written
+//! ([`TopicSink`]): at-least-once across crashes, not exactly-once.
+
+pub mod exact;
+pub mod recover;
 
 use std::time::Duration;
 
-use rdkafka::producer::DefaultProducerContext;
+use datafusion::arrow::record_batch::RecordBatch;
+use rdkafka::consumer::BaseConsumer;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use serde::Serialize;
 
 use crate::connect::kafka::KafkaConn;
 use crate::error::{Error, Result};
 use crate::window::Emission;
 
-/// Publishes rows as JSON messages to one topic.
+/// Where a query's `INTO TOPIC` publishing stands.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SinkStatus {
+    /// The topic.
+    pub topic: String,
+    /// `exactly_once` (transactions), `at_least_once` (the broker refused
+    /// transactions) or empty before the first connection.
+    pub mode: &'static str,
+    /// Cursor of the last row on the topic.
+    pub published_cursor: Option<i64>,
+    /// Cursor of the newest row read from the store.
+    pub store_cursor: Option<i64>,
+    /// Rows in the store not yet on the topic, as last seen (at most one
+    /// batch's worth is counted).
+    pub lag_rows: u64,
+    /// Rows published by this server since it started.
+    pub rows_published: u64,
+    /// Failed publishing attempts (each retried).
+    pub errors: u64,
+    /// The last failure, while it lasts.
+    pub error: Option<String>,
+}
+
+impl SinkStatus {
+    /// The status as JSON, with `lag_cursor` (how far the store's newest
+    /// row is past the published one); `None` for a query without a sink.
+    pub fn json(status: &std::sync::Mutex<SinkStatus>) -> Option<serde_json::Value> {
+        let s = status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if s.topic.is_empty() {
+            return None;
+        }
+        let lag = match (s.store_cursor, s.published_cursor) {
+            (Some(a), Some(b)) => (a - b).max(0),
+            (Some(a), None) => a,
+            _ => 0,
+        };
+        let mut v = serde_json::to_value(&s).ok()?;
+        v["lag_cursor"] = serde_json::json!(lag);
+        Some(v)
+    }
+}
+
+/// Refuses a name Kafka would refuse as a topic: 1 to 249 ASCII letters,
+/// digits, `.`, `_` and `-`, and not `.` or `..`.
+pub fn check_topic_name(topic: &str) -> Result<()> {
+    let ok = !topic.is_empty()
+        && topic.len() <= 249
+        && topic != "."
+        && topic != ".."
+        && topic
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::BadRequest(format!(
+            "INTO TOPIC '{topic}' is not a valid Kafka topic name: use 1 to 249 letters, digits, '.', '_' and '-'"
+        )))
+    }
+}
+
+/// Checks that `topic` can be published to: a valid name that exists (or
+/// that the broker creates when asked for it).
+pub fn check_topic(kafka: &KafkaConn, topic: &str) -> Result<()> {
+    check_topic_name(topic).map_err(|e| Error::Execution(e.to_string()))?;
+    let consumer: BaseConsumer = kafka.create(
+        &[("allow.auto.create.topics", "true")],
+        rdkafka::consumer::DefaultConsumerContext,
+    )?;
+    recover::topic_partitions(&consumer, topic).map(drop)
+}
+
+/// Each row of `batch` as one JSON object.
+pub fn json_lines(batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
+    let mut buf = Vec::new();
+    {
+        let mut w = arrow_json::LineDelimitedWriter::new(&mut buf);
+        w.write(batch)?;
+        w.finish()?;
+    }
+    Ok(buf
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect())
+}
+
+/// Queues `record`, waiting while the producer's queue is full.
+fn send(producer: &BaseProducer, mut record: BaseRecord<'_, (), [u8]>) -> Result<()> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                producer.poll(Duration::from_millis(10));
+            }
+            Err((e, _)) => return Err(e.into()),
+        }
+    }
+}
+
+/// Publishes emitted rows as JSON messages to one topic (cluster mode).
 pub struct TopicSink {
     producer: BaseProducer,
     topic: String,
@@ -29,7 +140,10 @@ pub struct TopicSink {
 impl TopicSink {
     /// A producer for `topic`, connecting as `kafka` says.
     pub fn new(kafka: &KafkaConn, topic: &str) -> Result<Self> {
-        let producer: BaseProducer = kafka.create(&[("linger.ms", "5")], DefaultProducerContext)?;
+        let producer: BaseProducer = kafka.create(
+            &[("linger.ms", "5")],
+            rdkafka::producer::DefaultProducerContext,
+        )?;
         Ok(TopicSink {
             producer,
             topic: topic.to_string(),
@@ -39,32 +153,48 @@ impl TopicSink {
     /// Sends every row of `emissions`, one JSON object per message, and waits
     /// for delivery.
     pub fn publish(&self, emissions: &[Emission]) -> Result<()> {
-        if emissions.is_empty() {
-            return Ok(());
-        }
-        let mut buf = Vec::new();
-        {
-            let mut w = arrow_json::LineDelimitedWriter::new(&mut buf);
-            for e in emissions {
-                w.write(&e.batch)?;
-            }
-            w.finish()?;
-        }
-        for line in buf.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let mut record = BaseRecord::<(), [u8]>::to(&self.topic).payload(line);
-            loop {
-                match self.producer.send(record) {
-                    Ok(()) => break,
-                    Err((e, r)) if e.to_string().contains("Queue full") => {
-                        record = r;
-                        self.producer.poll(Duration::from_millis(10));
-                    }
-                    Err((e, _)) => return Err(e.into()),
-                }
+        for e in emissions {
+            for line in json_lines(&e.batch)? {
+                send(
+                    &self.producer,
+                    BaseRecord::<(), [u8]>::to(&self.topic).payload(&line),
+                )?;
             }
         }
         self.producer
             .flush(Duration::from_secs(30))
             .map_err(|e| Error::Execution(format!("publishing to topic {}: {e}", self.topic)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names_kafka_refuses_are_refused() {
+        for ok in ["out", "popular_users", "a.b-c_1", &"x".repeat(249)] {
+            check_topic_name(ok).unwrap();
+        }
+        for bad in ["", ".", "..", "has space", "ünï", "a/b", &"x".repeat(250)] {
+            let e = check_topic_name(bad).unwrap_err().to_string();
+            assert!(e.contains("not a valid Kafka topic name"), "{e}");
+        }
+    }
+
+    #[test]
+    fn transactions_refused_only_for_lasting_reasons() {
+        assert!(exact::transactions_unsupported(
+            RDKafkaErrorCode::UnsupportedFeature
+        ));
+        assert!(exact::transactions_unsupported(
+            RDKafkaErrorCode::TransactionalIdAuthorizationFailed
+        ));
+        assert!(!exact::transactions_unsupported(
+            RDKafkaErrorCode::CoordinatorNotAvailable
+        ));
+        assert!(!exact::transactions_unsupported(
+            RDKafkaErrorCode::BrokerTransportFailure
+        ));
     }
 }

@@ -521,6 +521,8 @@ fn select(src: &Source, toks: &[&TokenWithSpan], range: (usize, usize)) -> Resul
                     .and_then(|t| t.strip_suffix('\''))
                     .filter(|t| !t.is_empty())
                     .ok_or_else(|| Error::sql("expected INTO TOPIC 'name'", here))?;
+                crate::sink::check_topic_name(topic)
+                    .map_err(|e| Error::sql(e.to_string(), here))?;
                 out.into_topic = Some(topic.to_string());
             }
         }

@@ -403,6 +403,27 @@ impl Store {
         }
         Ok(out)
     }
+
+    /// Up to `limit` rows of `query` written after cursor `after` (from the
+    /// first row when `None`), oldest write first, as a batch of `schema`,
+    /// with each row's cursor: what `INTO TOPIC` publishes.
+    pub fn rows_after(
+        &self,
+        query: &str,
+        after: Option<i64>,
+        limit: usize,
+        schema: &SchemaRef,
+    ) -> Result<(RecordBatch, Vec<i64>)> {
+        let page = self.read_results(
+            query,
+            &ResultFilter {
+                after,
+                limit,
+                ..Default::default()
+            },
+        )?;
+        Ok((page_to_batch(&page, schema)?, page.seqs))
+    }
 }
 
 /// The rows of `page` as a batch of `schema` (all columns nullable).

@@ -68,6 +68,8 @@ pub struct Counters {
     pub watermark: AtomicI64,
     /// End of the last closed window in ms (`i64::MIN` when none).
     pub last_window_end: AtomicI64,
+    /// Where `INTO TOPIC` publishing stands (an empty topic: no sink).
+    pub sink: Arc<std::sync::Mutex<crate::sink::SinkStatus>>,
 }
 
 impl Default for Counters {
@@ -81,6 +83,7 @@ impl Default for Counters {
             rows_emitted: AtomicU64::new(0),
             watermark: AtomicI64::new(i64::MIN),
             last_window_end: AtomicI64::new(i64::MIN),
+            sink: Default::default(),
         }
     }
 }
