@@ -435,3 +435,80 @@ async fn a_missing_topic_is_a_status_naming_it_and_a_bad_name_a_400() {
     reader.join().unwrap();
     assert!(rows > 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_refusing_transactions_gets_at_least_once_with_cursors() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("imps", 4, 1).unwrap();
+    cluster.create_topic("out", 1, 1).unwrap();
+    // The transactional producer's init is refused; the idempotent one's is not.
+    cluster.request_errors(
+        RDKafkaApiKey::InitProducerId,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TRANSACTIONAL_ID_AUTHORIZATION_FAILED],
+    );
+    let brokers = cluster.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = TestServer::start(dir.path(), &brokers);
+    s.sql(SQL).await;
+    let base = chrono::Utc::now().timestamp_millis() / 10_000 * 10_000 - 3_600_000;
+    let (stop_in, stop_out) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let producer = {
+        let (b, st) = (brokers.clone(), stop_in.clone());
+        std::thread::spawn(move || produce(b, base, 2000, st))
+    };
+    let reader = {
+        let (b, g, st) = (brokers.clone(), got.clone(), stop_out.clone());
+        std::thread::spawn(move || read_topic(b, g, st))
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, q) = s.get("/queries/adnetwork").await;
+    assert_eq!(q["sink"]["mode"], "at_least_once", "{q}");
+    for _ in 0..3 {
+        s.kill9();
+        cluster.request_errors(
+            RDKafkaApiKey::InitProducerId,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TRANSACTIONAL_ID_AUTHORIZATION_FAILED],
+        );
+        s = TestServer::start(dir.path(), &brokers);
+        tokio::time::sleep(Duration::from_millis(2000)).await;
+    }
+    stop_in.store(true, Ordering::SeqCst);
+    let n = producer.join().unwrap();
+    let last_start = last_window(base, n);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let (table, topic) = loop {
+        let table = table_rows(&s.data_dir);
+        let topic: BTreeMap<i64, Value> = got.lock().unwrap().iter().cloned().collect();
+        let complete = table
+            .values()
+            .any(|r| r["window_start"].as_i64() == Some(last_start));
+        if complete && table.keys().all(|c| topic.contains_key(c)) {
+            break (table, topic);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} rows",
+            topic.len(),
+            table.len()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    stop_out.store(true, Ordering::SeqCst);
+    reader.join().unwrap();
+    // Deduplicated by cursor, the topic is the table.
+    assert_eq!(topic.len(), table.len());
+    for (c, row) in &topic {
+        assert_eq!(Some(&as_table_row(row)), table.get(c), "cursor {c}");
+    }
+    let (_, q) = s.get("/queries/adnetwork").await;
+    assert_eq!(q["sink"]["mode"], "at_least_once", "{q}");
+    eprintln!(
+        "at-least-once: {} messages for {} rows",
+        got.lock().unwrap().len(),
+        table.len()
+    );
+}

@@ -12,8 +12,8 @@
 //! at-least-once delivery: consumers drop repeats by `runnel-cursor`.
 //! [`SinkStatus`] is what `GET /queries/{id}` shows of it.
 //!
-//! Cluster mode publishes each server's emitted rows as they are written
-//! ([`TopicSink`]): at-least-once across crashes, not exactly-once.
+//! Cluster mode publishes each server's emitted rows right after writing
+//! them ([`TopicSink`]): a crash in between loses them on the topic.
 
 pub mod exact;
 pub mod recover;
