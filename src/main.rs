@@ -42,13 +42,14 @@ enum Command {
         /// Config file (TOML); flags and RUNNEL_* variables override it.
         #[arg(long, env = "RUNNEL_CONFIG", default_value = "runnel.toml")]
         config: PathBuf,
-        /// HTTP listen address (port 0 picks a free port).
+        /// HTTP listen address (port 0 picks a free port) [default:
+        /// 127.0.0.1:8080].
         #[arg(long, env = "RUNNEL_LISTEN")]
         listen: Option<String>,
-        /// Default Kafka bootstrap servers.
+        /// Default Kafka bootstrap servers [default: 127.0.0.1:9092].
         #[arg(long, env = "RUNNEL_BROKERS")]
         brokers: Option<String>,
-        /// Directory of the embedded store.
+        /// Directory of the embedded store [default: runnel-data].
         #[arg(long, env = "RUNNEL_DATA_DIR")]
         data_dir: Option<PathBuf>,
         /// Keep catalog, checkpoints and results in PostgreSQL
@@ -154,6 +155,10 @@ enum Command {
         /// Random seed.
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// Partitions of the topic when it does not exist yet and is created;
+        /// records are then spread round-robin over them.
+        #[arg(long, value_parser = clap::value_parser!(i32).range(1..))]
+        partitions: Option<i32>,
     },
 }
 
@@ -373,6 +378,7 @@ async fn main() {
             rate,
             count,
             seed,
+            partitions,
         } => {
             if brokers == "-" {
                 let mut out = std::io::stdout().lock();
@@ -388,13 +394,31 @@ async fn main() {
                     }
                     .to_string()
                 });
+                // Producing into a missing topic would wait out every
+                // delivery's timeout: create it, or say why not, first.
+                let kafka = runnel::connect::kafka::KafkaConn::new(&brokers);
+                let n = partitions.unwrap_or(1);
+                use runnel::source::kafka::admin::{Ensured, ensure_topic};
+                match ensure_topic(&kafka, &topic, n).await {
+                    Ok(Ensured::Created) => {
+                        eprintln!("created topic {topic} with {n} partition(s)")
+                    }
+                    Ok(Ensured::AutoCreated) => eprintln!(
+                        "topic {topic} was created by the broker with its default partitions"
+                    ),
+                    Ok(Ensured::Existed) => {}
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        std::process::exit(1);
+                    }
+                }
                 let opts = ProduceOptions {
                     brokers,
                     topic,
                     rate,
                     count,
                     seed,
-                    partitions: None,
+                    partitions,
                 };
                 let stop = Arc::new(AtomicBool::new(false));
                 let s2 = stop.clone();

@@ -31,6 +31,7 @@
 //! }
 //! ```
 
+pub mod admin;
 pub mod context;
 
 use std::collections::BTreeMap;
