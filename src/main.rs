@@ -168,8 +168,11 @@ fn init_tracing(format: LogFormat) {
         // sqlparser's debug lines carry whole statements, passwords given
         // as stream options included: they are never logged.
         .add_directive("sqlparser=info".parse().expect("a valid directive"));
+    // Colours only on a terminal: a log file or collector gets plain text.
+    use std::io::IsTerminal;
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => fmt.init(),
@@ -203,12 +206,43 @@ async fn serve(config: Config) -> anyhow_free::Result<()> {
     let addr = listener.local_addr()?.to_string();
     let local = listener.local_addr()?;
     let app = App::open(config).await?;
+    log_startup(&app);
     println!("runnel listening on http://{addr}");
     axum::serve(listener, http::router(app.clone(), local))
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     tokio::task::spawn_blocking(move || app.shutdown()).await?;
     Ok(())
+}
+
+/// Says what the server started with: its store, its brokers, and the
+/// streams and queries it resumed, each query from its saved offsets.
+fn log_startup(app: &App) {
+    let c = &app.config;
+    let store = match &c.store {
+        Some(url) => runnel::connect::secret::redact_url(url),
+        None => c.data_dir.join("runnel.db").display().to_string(),
+    };
+    let (streams, queries) = (app.streams(), app.queries());
+    tracing::info!(
+        store = %format!("{} {store}", app.store.kind()),
+        brokers = %c.brokers,
+        streams = streams.len(),
+        queries = queries.len(),
+        "runnel started"
+    );
+    for q in &queries {
+        let offsets = match app.store.load_checkpoint(&q.name) {
+            Ok(Some((offsets, _))) => offsets
+                .iter()
+                .map(|(p, o)| format!("{p}:{o}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            Ok(None) => "none saved (starts as its stream says)".into(),
+            Err(e) => format!("unreadable: {e}"),
+        };
+        tracing::info!(query = %q.name, offsets = %offsets, "resumed query");
+    }
 }
 
 /// Errors of the command line, printed without a backtrace.

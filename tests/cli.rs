@@ -1,6 +1,8 @@
 //! The command line as a new user meets it: help that shows the defaults,
 //! and `runnel gen` into a topic that does not exist yet.
 
+mod common;
+
 use std::process::Command;
 use std::time::Duration;
 
@@ -98,4 +100,58 @@ fn gen_without_a_broker_fails_at_once_saying_so() {
         "{err}"
     );
     assert!(!err.contains("failed"), "{err}");
+}
+
+#[tokio::test]
+async fn startup_log_names_store_brokers_and_resumed_queries_with_offsets() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("clicks", 1, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let s = common::TestServer::start(dir.path(), &brokers);
+    s.sql(
+        "CREATE STREAM clicks (ts TIMESTAMP, user_id TEXT) WITH (kafka_topic = 'clicks', event_time = 'ts');
+         CREATE QUERY per_user AS SELECT user_id, count(*) AS n FROM clicks GROUP BY user_id WINDOW 10s;",
+    )
+    .await;
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    for i in 0..10 {
+        let payload = format!(r#"{{"ts": {}, "user_id": "u{i}"}}"#, 1_000 + i);
+        producer
+            .send(BaseRecord::<(), str>::to("clicks").payload(&payload))
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(5)).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while s.get("/queries/per_user").await.1["counters"]["records_in"] != 10 {
+        assert!(std::time::Instant::now() < deadline, "records not read");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    s.stop();
+
+    let log = dir.path().join("server.log");
+    let s = common::TestServer::start_logged(
+        dir.path(),
+        &brokers,
+        &[("RUNNEL_LOG", "info")],
+        &[],
+        Some(&log),
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    s.stop();
+    for want in [
+        "runnel started",
+        "store=sqlite",
+        &format!("brokers={brokers}"),
+        "streams=1",
+        "queries=1",
+        "resumed query query=per_user offsets=0:10",
+    ] {
+        assert!(text.contains(want), "no {want:?} in:\n{text}");
+    }
 }
