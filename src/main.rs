@@ -127,6 +127,10 @@ enum Command {
         /// Impressions per second.
         #[arg(long, default_value_t = 2000)]
         rate: u64,
+        /// Keep the demo's store (in the system's temporary directory) when
+        /// it stops; by default it is removed.
+        #[arg(long)]
+        keep: bool,
     },
     /// Interactive SQL client for a running server (psql-like).
     Sql {
@@ -201,6 +205,39 @@ async fn shutdown_signal() {
     }
 }
 
+/// How long open requests (event streams never end by themselves) may run
+/// on after a shutdown signal.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Serves `app` until Ctrl-C or SIGTERM, then lets open requests finish for
+/// at most [`DRAIN`] and stops the queries, saying what it waits for.
+async fn serve_until_signal(
+    listener: tokio::net::TcpListener,
+    app: Arc<App>,
+    local: std::net::SocketAddr,
+) -> anyhow_free::Result<()> {
+    let (signalled, mut on_signal) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, http::router(app.clone(), local)).with_graceful_shutdown(
+        async move {
+            shutdown_signal().await;
+            eprintln!("stopping: closing open requests and event streams");
+            let _ = signalled.send(true);
+        },
+    );
+    tokio::select! {
+        r = server => r?,
+        _ = async {
+            let _ = on_signal.wait_for(|s| *s).await;
+            tokio::time::sleep(DRAIN).await;
+        } => {}
+    }
+    let n = app.queries().len();
+    eprintln!("stopping: waiting for {n} queries to commit their last records");
+    tokio::task::spawn_blocking(move || app.shutdown()).await?;
+    eprintln!("stopped");
+    Ok(())
+}
+
 async fn serve(config: Config) -> anyhow_free::Result<()> {
     let listener = tokio::net::TcpListener::bind(&config.listen).await?;
     let addr = listener.local_addr()?.to_string();
@@ -208,11 +245,7 @@ async fn serve(config: Config) -> anyhow_free::Result<()> {
     let app = App::open(config).await?;
     log_startup(&app);
     println!("runnel listening on http://{addr}");
-    axum::serve(listener, http::router(app.clone(), local))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
-    tokio::task::spawn_blocking(move || app.shutdown()).await?;
-    Ok(())
+    serve_until_signal(listener, app, local).await
 }
 
 /// Says what the server started with: its store, its brokers, and the
@@ -272,7 +305,7 @@ const DEMO_FEEDS: &[(GenKind, &str, u64)] = &[
     (GenKind::AccessLog, "access-log", 4),
 ];
 
-async fn demo(listen: String, rate: u64) -> anyhow_free::Result<()> {
+async fn demo(listen: String, rate: u64, keep: bool) -> anyhow_free::Result<()> {
     let cluster = rdkafka::mocking::MockCluster::new(1)?;
     for (_, topic, _) in DEMO_FEEDS {
         cluster.create_topic(topic, 4, 1)?;
@@ -294,6 +327,7 @@ async fn demo(listen: String, rate: u64) -> anyhow_free::Result<()> {
         ..Config::default()
     };
     let stop = Arc::new(AtomicBool::new(false));
+    let mut generators = Vec::new();
     for (i, (kind, topic, share)) in DEMO_FEEDS.iter().enumerate() {
         let opts = ProduceOptions {
             brokers: brokers.clone(),
@@ -304,11 +338,11 @@ async fn demo(listen: String, rate: u64) -> anyhow_free::Result<()> {
             partitions: None,
         };
         let (kind, gen_stop) = (*kind, stop.clone());
-        tokio::spawn(async move {
+        generators.push(tokio::spawn(async move {
             if let Err(e) = produce(kind, &opts, Some(gen_stop)).await {
                 eprintln!("generator stopped: {e}");
             }
-        });
+        }));
     }
     let listener = tokio::net::TcpListener::bind(&config.listen).await?;
     let local = listener.local_addr()?;
@@ -328,7 +362,10 @@ async fn demo(listen: String, rate: u64) -> anyhow_free::Result<()> {
             (rate / share).max(1)
         );
     }
-    println!("  store: {}", data_dir.join("runnel.db").display());
+    println!(
+        "  store: {} (removed on exit unless --keep)",
+        data_dir.join("runnel.db").display()
+    );
     let names: Vec<String> = app.queries().iter().map(|q| q.name.clone()).collect();
     println!("  queries: {}", names.join(", "));
     println!("  dashboard: http://{addr}/");
@@ -338,13 +375,23 @@ async fn demo(listen: String, rate: u64) -> anyhow_free::Result<()> {
     println!("  curl -d \"SELECT * FROM adnetwork ORDER BY imps DESC LIMIT 5\" http://{addr}/sql");
     println!();
     println!("Results appear as each 10 s window closes. Ctrl-C stops.");
-    axum::serve(listener, http::router(app.clone(), local))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    let served = serve_until_signal(listener, app, local).await;
+    // The generators flush while the broker is still there.
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    tokio::task::spawn_blocking(move || app.shutdown()).await?;
+    for g in generators {
+        let _ = g.await;
+    }
     drop(cluster);
-    Ok(())
+    if keep {
+        eprintln!("kept the demo's store in {}", data_dir.display());
+    } else {
+        std::fs::remove_dir_all(&data_dir)?;
+        eprintln!(
+            "removed the demo's store {} (--keep keeps it)",
+            data_dir.display()
+        );
+    }
+    served
 }
 
 #[tokio::main]
@@ -397,7 +444,7 @@ async fn main() {
             }
         }
         Command::Bench(args) => runnel::bench::run(args).await.map_err(Into::into),
-        Command::Demo { listen, rate } => demo(listen, rate).await,
+        Command::Demo { listen, rate, keep } => demo(listen, rate, keep).await,
         // The REPL blocks (reqwest's blocking client), so it runs off the async workers.
         Command::Sql { opts } => {
             match tokio::task::spawn_blocking(move || runnel::repl::run(opts)).await {

@@ -155,3 +155,74 @@ async fn startup_log_names_store_brokers_and_resumed_queries_with_offsets() {
         assert!(text.contains(want), "no {want:?} in:\n{text}");
     }
 }
+
+/// Ctrl-C with a dashboard's event stream open: the demo still stops, says
+/// what it waits for, and removes its store.
+#[test]
+fn demo_stops_on_ctrl_c_with_an_event_stream_open_and_cleans_up() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::process::Stdio;
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_runnel"))
+        .args(["demo", "--listen", "127.0.0.1:0", "--rate", "200"])
+        .env_remove("RUNNEL_LISTEN")
+        .env("RUNNEL_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let data_dir = std::env::temp_dir().join(format!("runnel-demo-{}", child.id()));
+    // Drained as it comes: a full pipe would block the demo's writes.
+    let mut stderr = child.stderr.take().unwrap();
+    let err_reader = std::thread::spawn(move || {
+        let mut err = String::new();
+        stderr.read_to_string(&mut err).unwrap();
+        err
+    });
+    let mut addr = None;
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while out.read_line(&mut line).unwrap() > 0 {
+        if let Some(rest) = line.trim().strip_prefix("dashboard: http://") {
+            addr = Some(rest.trim_end_matches('/').to_string());
+            break;
+        }
+        line.clear();
+    }
+    let addr = addr.expect("the demo printed its dashboard");
+    assert!(data_dir.exists(), "{}", data_dir.display());
+    // An event stream, as the dashboard keeps open: it never ends by itself.
+    let mut sse = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        sse,
+        "GET /queries/adnetwork/stream HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = [0u8; 12];
+    sse.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    // A liveness bound, not a speed one: before, it never exited.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the demo did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let err = err_reader.join().unwrap();
+    assert!(status.success(), "{err}");
+    assert!(err.contains("stopping: waiting for 9 queries"), "{err}");
+    assert!(err.contains("removed the demo's store"), "{err}");
+    assert!(!data_dir.exists(), "{} still there", data_dir.display());
+    drop(sse);
+}

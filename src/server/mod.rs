@@ -100,7 +100,17 @@ impl QueryEntry {
     }
 
     fn stop(&self) {
+        self.ask_to_stop();
+        self.join();
+    }
+
+    /// Tells the query's thread to stop after its current poll.
+    fn ask_to_stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Waits for the query's thread to commit and end.
+    fn join(&self) {
         if let Some(h) = self.handle.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = h.join();
         }
@@ -982,8 +992,13 @@ impl App {
 
     /// Stops every query, checkpointing its state.
     pub fn shutdown(&self) {
-        for q in self.queries() {
-            q.stop();
+        // All at once: each finishes its poll and commits in parallel.
+        let queries = self.queries();
+        for q in &queries {
+            q.ask_to_stop();
+        }
+        for q in &queries {
+            q.join();
         }
     }
 }
