@@ -390,3 +390,146 @@ fn token_and_server_come_from_the_environment() {
         );
     }
 }
+
+#[test]
+fn pasted_lines_all_run_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path(), "127.0.0.1:1");
+    let home = tempfile::tempdir().unwrap();
+    let mut cmd = sql_command(home.path(), &s.url);
+    cmd.env("TERM", "xterm");
+    let mut p = Session::spawn(cmd).expect("spawn in a pty");
+    p.get_process_mut().set_window_size(160, 50).unwrap();
+    p.set_expect_timeout(Some(Duration::from_secs(20)));
+    p.expect("runnel=> ").unwrap();
+    // One write, as a terminal delivers a paste without bracketed-paste
+    // markers: the lines after the first arrive while the first runs.
+    p.send("SELECT 1 AS first_col; SELECT 2 AS second_col;\rSELECT 3 AS third_col;\rSELECT 4 AS fourth_col;\r")
+        .unwrap();
+    for col in ["first_col", "second_col", "third_col", "fourth_col"] {
+        p.expect(col).unwrap();
+        p.expect("(1 row)").unwrap();
+    }
+    p.expect("runnel=> ").unwrap();
+    // The editor kept for the session must leave Ctrl-C to \watch.
+    p.send_line("SELECT 5 AS five \\watch 0.3").unwrap();
+    p.expect("(every 0.3s)").unwrap();
+    p.expect("(every 0.3s)").unwrap();
+    p.send(expectrl::ControlCode::EndOfText).unwrap();
+    p.expect("runnel=> ").unwrap();
+    p.send_line("\\q").unwrap();
+    p.expect(Eof).unwrap();
+}
+
+#[test]
+fn watch_reruns_the_query_buffer_like_psql() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path(), "127.0.0.1:1");
+    let home = tempfile::tempdir().unwrap();
+    let headers = |out: &str| out.lines().filter(|l| l.ends_with("(every 0.2s)")).count();
+
+    // The statement on the \watch line is the query buffer.
+    let out = run(
+        home.path(),
+        &s.url,
+        &["-c", "SELECT 40 + 2 AS answer \\watch 0.2 c=3"],
+        None,
+    );
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert_eq!(headers(&stdout), 3, "{stdout}");
+    assert_eq!(stdout.matches("     42\n").count(), 3, "{stdout}");
+
+    // With an empty buffer, the last statement runs again.
+    let input = "SELECT 7 AS seven;\n\\watch 0.2 c=2\n";
+    let out = run(home.path(), &s.url, &[], Some(input));
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert_eq!(headers(&stdout), 2, "{stdout}");
+    assert_eq!(stdout.matches("(1 row)").count(), 3, "{stdout}");
+
+    // A statement that created a continuous query is followed, not re-run.
+    let create = format!(
+        "{STREAM}; CREATE QUERY per_url AS SELECT url, count(*) AS n FROM clicks GROUP BY url WINDOW 10s"
+    );
+    let out = run(
+        home.path(),
+        &s.url,
+        &["-c", &create, "-c", "\\watch 0.2 c=2"],
+        None,
+    );
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(
+        stdout.contains("Waiting for per_url's next window to close"),
+        "{stdout}"
+    );
+
+    let out = run(home.path(), &s.url, &["-c", "\\watch 1"], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("\\watch cannot be used with an empty query"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn dt_lists_reference_and_results_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let csv = files.path().join("pages.csv");
+    std::fs::write(&csv, "url,title\n/a,Home\n/b,About\n").unwrap();
+    let allow = files.path().to_str().unwrap();
+    let s = TestServer::start_args(dir.path(), "127.0.0.1:1", &[], &["--allow-files", allow]);
+    let home = tempfile::tempdir().unwrap();
+    let setup = format!(
+        "{STREAM}; CREATE QUERY per_url AS SELECT url, count(*) AS n FROM clicks GROUP BY url WINDOW 10s;\
+         CREATE TABLE pages (url TEXT, title TEXT) WITH (source = 'file', path = '{}', format = 'csv', header = true)",
+        csv.display()
+    );
+    let out = run(
+        home.path(),
+        &s.url,
+        &["-q", "-c", &setup, "-c", "\\dt"],
+        None,
+    );
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(stdout.contains("List of tables"), "{stdout}");
+    let row = |name: &str| {
+        stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in:\n{stdout}"))
+            .to_string()
+    };
+    assert!(row("pages").contains("| reference |"), "{stdout}");
+    assert!(row("pages").contains("pages.csv"), "{stdout}");
+    assert!(row("per_url").contains("| results "), "{stdout}");
+    assert!(
+        row("per_url").contains("query per_url over clicks"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn e_edits_the_buffer_then_runs_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path(), "127.0.0.1:1");
+    let home = tempfile::tempdir().unwrap();
+    // An "editor" that changes the statement and ends it with ';'.
+    let editor = home.path().join("editor.sh");
+    std::fs::write(&editor, "#!/bin/sh\nsed -i 's/40/42/; s/$/;/' \"$1\"\n").unwrap();
+    std::fs::set_permissions(&editor, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = sql_command(home.path(), &s.url)
+        .args(["-c", "SELECT 40 AS answer \\e"])
+        .env("EDITOR", &editor)
+        .env_remove("RUNNEL_EDITOR")
+        .env_remove("VISUAL")
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert_eq!(stdout, " answer\n--------\n     42\n(1 row)\n\n");
+}

@@ -78,6 +78,8 @@ pub const KEYWORDS: &[&str] = &[
     "STREAM",
     "STREAMS",
     "SUM",
+    "TABLE",
+    "TABLES",
     "TEXT",
     "THEN",
     "TIMESTAMP",

@@ -41,6 +41,10 @@
 //! std::process::exit(runnel::repl::run(Cli::parse().sql));
 //! ```
 
+mod commands;
+mod describe;
+mod watch;
+
 pub mod client;
 pub mod complete;
 pub mod output;
@@ -166,8 +170,11 @@ struct Session {
     buffer_line: usize,
     /// The last statement sent, for `\g` on an empty buffer.
     last_statement: Option<String>,
-    /// The last query created, the default for `\watch`.
+    /// The continuous query the last statement created, which `\watch`
+    /// follows instead of running the statement again.
     last_query: Option<String>,
+    /// Inside `\watch`: results are written without the pager.
+    watching: bool,
     /// Counters from the previous `\dq`, for rates.
     rate_sample: Option<(Instant, HashMap<String, Counters>)>,
     depth: usize,
@@ -219,6 +226,7 @@ pub fn run(opts: Options) -> i32 {
         buffer_line: 1,
         last_statement: None,
         last_query: None,
+        watching: false,
         rate_sample: None,
         depth: 0,
     };
@@ -276,6 +284,19 @@ pub fn run(opts: Options) -> i32 {
         }
     }
     0
+}
+
+/// Runs `f` and then puts back the SIGINT handler in place before it.
+fn keeping_sigint<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: `sigaction` only reads and writes the struct passed to it, and
+    // the handler restored is one the process had installed.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    let saved = unsafe { libc::sigaction(libc::SIGINT, std::ptr::null(), &mut old) } == 0;
+    let out = f();
+    if saved {
+        unsafe { libc::sigaction(libc::SIGINT, &old, std::ptr::null_mut()) };
+    }
+    out
 }
 
 /// One line of script input.
@@ -348,51 +369,6 @@ pub fn error_context(statement: &str, line: u64, column: u64) -> Option<String> 
     ))
 }
 
-const HELP: &str = r#"General
-  \q                     quit
-  \?                     show this help
-  \h                     summary of the SQL dialect
-  \conninfo              show the server this session talks to
-  \c [URL]               connect to another server (or reconnect)
-
-Query buffer
-  \g                     send the query buffer (or repeat the last statement)
-  \p                     show the query buffer
-  \r                     reset (clear) the query buffer
-
-Informational
-  \d                     list streams and queries
-  \d NAME                describe a stream or query: columns, options, status, counters
-  \d+ NAME               the same, with a query's plan
-  \ds                    list streams
-  \dq                    list queries with status, counters and rates
-  \watch [SEC] [QUERY]   show QUERY's newly closed windows every SEC seconds
-                         (default 2; also i=SEC, c=COUNT); Ctrl-C stops
-
-Input/Output
-  \i FILE                execute statements from FILE
-  \o [FILE]              send results to FILE, or back to standard output
-  \echo [TEXT]           write TEXT to standard output
-
-Formatting
-  \x [on|off|auto]       expanded display
-  \pset [NAME [VALUE]]   format aligned|csv|json, pager on|off, null STRING, footer on|off
-  \timing [on|off]       show how long each statement takes
-
-Statements end with ";" and may span lines. Ctrl-C cancels the current input
-or a running \watch; Ctrl-D quits. Tab completes keywords and names.
-"#;
-
-const SQL_HELP: &str = r#"CREATE STREAM name (col TYPE, ...) WITH (kafka_topic = 't', format = 'json',
-    event_time = 'col', watermark_delay = '5s', start = 'earliest'|'latest', brokers = '...')
-CREATE QUERY name AS SELECT ... FROM stream [WHERE ...] GROUP BY ...
-    WINDOW 10s | WINDOW 60s SLIDE 10s | WINDOW SESSION 30s [GRACE 5s] | EMIT EVERY 10s
-SELECT ... FROM stream ... WINDOW ...     a continuous query with a generated name
-SELECT ... FROM query_name ...            a one-shot pull query over a query's results
-SHOW STREAMS | SHOW QUERIES | DESCRIBE name | EXPLAIN SELECT ...
-DROP QUERY [IF EXISTS] name | DROP STREAM [IF EXISTS] name
-"#;
-
 impl Session {
     // ----- input -----------------------------------------------------------
 
@@ -441,26 +417,25 @@ impl Session {
                 self.client.url()
             ));
         }
+        // One editor for the whole session: it keeps input read past the
+        // end of a line (pasted statements) for the next line. It installs
+        // its own SIGINT handler, which would keep Ctrl-C from stopping a
+        // \watch, a slow request or the pager: ours is put back. Reading a
+        // line needs no SIGINT, as the raw terminal delivers Ctrl-C as a key.
+        let editor = keeping_sigint(|| Editor::with_history(config, lines));
+        let mut rl: Editor<ReplHelper, FileHistory> = match editor {
+            Ok(rl) => rl,
+            Err(e) => {
+                eprintln!("runnel sql: error: cannot start line editing: {e}");
+                return EXIT_ERROR;
+            }
+        };
+        rl.set_helper(Some(ReplHelper::new(self.names.clone())));
         let mut entry: Vec<String> = Vec::new();
         let mut code = 0;
         loop {
             self.interrupt.clear();
-            // The editor lives only while a line is read: it installs its own
-            // SIGINT handler, and dropping it restores ours, which a running
-            // \watch, a slow request or the pager relies on.
-            let mut rl: Editor<ReplHelper, FileHistory> =
-                match Editor::with_history(config.clone(), std::mem::take(&mut lines)) {
-                    Ok(rl) => rl,
-                    Err(e) => {
-                        eprintln!("runnel sql: error: cannot start line editing: {e}");
-                        code = EXIT_ERROR;
-                        break;
-                    }
-                };
-            rl.set_helper(Some(ReplHelper::new(self.names.clone())));
             let read = rl.readline(&self.prompt());
-            lines = std::mem::take(rl.history_mut());
-            drop(rl);
             let line = match read {
                 Ok(l) => l,
                 Err(ReadlineError::Interrupted) => {
@@ -503,9 +478,9 @@ impl Session {
                 // Passwords given as stream options stay off the disk.
                 let text = crate::connect::secret::redact_sql(&entry.join("\n"));
                 if !text.trim().is_empty() {
-                    let _ = lines.add_owned(text);
+                    let _ = rl.history_mut().add_owned(text);
                     if let Some(h) = &history {
-                        let _ = lines.append(h);
+                        let _ = rl.history_mut().append(h);
                     }
                 }
                 entry.clear();
@@ -607,7 +582,12 @@ impl Session {
 
     /// Results: to `\o` or standard output, through the pager when long.
     fn emit(&mut self, text: &str) -> Result<(), Fail> {
-        self.out.write(text).map_err(|e| {
+        let written = if self.watching {
+            self.out.write_unpaged(text)
+        } else {
+            self.out.write(text)
+        };
+        written.map_err(|e| {
             if e.kind() != std::io::ErrorKind::BrokenPipe {
                 eprintln!("runnel sql: error: cannot write output: {e}");
             }
@@ -692,6 +672,7 @@ impl Session {
             return Err(self.report(&ApiError::Interrupted, None, line, origin));
         }
         self.last_statement = Some(text.to_string());
+        self.last_query = None;
         let started = Instant::now();
         let results = self.client.sql(text);
         let elapsed = started.elapsed();
@@ -764,695 +745,6 @@ impl Session {
         };
         Some(counts)
     }
-
-    // ----- meta-commands ---------------------------------------------------
-
-    fn meta(&mut self, text: &str, line: usize, origin: &Origin) -> Step {
-        let words = meta_words(text);
-        let Some(cmd) = words.first().cloned() else {
-            return Ok(Flow::Continue);
-        };
-        let args: Vec<String> = words[1..].to_vec();
-        let arg = args.first().map(String::as_str);
-        let fail = |msg: String| {
-            eprintln!("{msg}");
-            Err(Fail::Error)
-        };
-        match cmd.as_str() {
-            "\\q" | "\\quit" => Ok(Flow::Quit),
-            "\\?" => {
-                self.emit(HELP)?;
-                Ok(Flow::Continue)
-            }
-            "\\h" | "\\help" => {
-                self.emit(SQL_HELP)?;
-                Ok(Flow::Continue)
-            }
-            "\\conninfo" => self.conninfo(origin, line),
-            "\\c" | "\\connect" => self.connect(arg, origin, line),
-            "\\d" | "\\d+" => match arg {
-                None => self.list_all(origin, line),
-                Some(name) => self.describe(name, cmd == "\\d+", origin, line),
-            },
-            "\\ds" => self.list_streams(origin, line),
-            "\\dq" => self.list_queries(origin, line),
-            "\\watch" => self.watch(&args, origin, line),
-            "\\i" | "\\include" => {
-                let Some(path) = arg else {
-                    return fail("\\i: missing required argument".into());
-                };
-                let text = match std::fs::read_to_string(path) {
-                    Ok(t) => t,
-                    Err(e) => return fail(format!("{path}: {e}")),
-                };
-                self.run_script(&mut text_lines(&text), Origin::File(path.to_string()))
-            }
-            "\\o" | "\\out" => {
-                if let Err(e) = self.out.redirect(arg.map(std::path::Path::new)) {
-                    return fail(format!("{}: {e}", arg.unwrap_or_default()));
-                }
-                Ok(Flow::Continue)
-            }
-            "\\echo" => {
-                self.notice(&args.join(" "));
-                Ok(Flow::Continue)
-            }
-            "\\g" => {
-                let text = if has_code(&self.buffer) {
-                    std::mem::take(&mut self.buffer)
-                } else if let Some(last) = self.last_statement.clone() {
-                    last
-                } else {
-                    return fail("\\g: there is no statement to send".into());
-                };
-                let at = self.buffer_line;
-                self.buffer.clear();
-                self.execute(&text, at, origin)
-            }
-            "\\p" | "\\print" => {
-                if has_code(&self.buffer) {
-                    let b = self.buffer.clone();
-                    self.notice(b.trim());
-                } else {
-                    self.notice("Query buffer is empty.");
-                }
-                Ok(Flow::Continue)
-            }
-            "\\r" | "\\reset" => {
-                self.buffer.clear();
-                if !self.quiet {
-                    self.notice("Query buffer reset (cleared).");
-                }
-                Ok(Flow::Continue)
-            }
-            "\\x" => {
-                self.settings.expanded = match arg.map(|a| a.to_ascii_lowercase()).as_deref() {
-                    Some("auto") => Expanded::Auto,
-                    a => match parse_bool(a, self.settings.expanded == Expanded::On) {
-                        Ok(true) => Expanded::On,
-                        Ok(false) => Expanded::Off,
-                        Err(e) => return fail(format!("\\x: {e}")),
-                    },
-                };
-                if !self.quiet {
-                    self.notice(match self.settings.expanded {
-                        Expanded::On => "Expanded display is on.",
-                        Expanded::Off => "Expanded display is off.",
-                        Expanded::Auto => "Expanded display is used automatically.",
-                    });
-                }
-                Ok(Flow::Continue)
-            }
-            "\\timing" => {
-                match parse_bool(arg, self.timing) {
-                    Ok(b) => self.timing = b,
-                    Err(e) => return fail(format!("\\timing: {e}")),
-                }
-                if !self.quiet {
-                    self.notice(&format!("Timing is {}.", on_off(self.timing)));
-                }
-                Ok(Flow::Continue)
-            }
-            "\\pset" => self.pset(&args),
-            _ => fail(format!("invalid command {cmd}\nTry \\? for help.")),
-        }
-    }
-
-    fn pset(&mut self, args: &[String]) -> Step {
-        let fail = |msg: String| {
-            eprintln!("\\pset: {msg}");
-            Err(Fail::Error)
-        };
-        let value = args.get(1).map(String::as_str);
-        let msg = match args.first().map(String::as_str) {
-            None => {
-                let text = format!(
-                    "expanded   {}\nfooter     {}\nformat     {}\nnull       '{}'\npager      {}",
-                    match self.settings.expanded {
-                        Expanded::On => "on",
-                        Expanded::Off => "off",
-                        Expanded::Auto => "auto",
-                    },
-                    on_off(self.settings.footer),
-                    self.settings.format.name(),
-                    self.settings.null,
-                    on_off(self.out.pager)
-                );
-                self.notice(&text);
-                return Ok(Flow::Continue);
-            }
-            Some("format") => {
-                match value {
-                    None => {}
-                    Some(v) => match Format::parse(v) {
-                        Some(f) => self.settings.format = f,
-                        None => return fail("allowed formats are aligned, csv, json".into()),
-                    },
-                }
-                format!("Output format is {}.", self.settings.format.name())
-            }
-            Some("pager") => {
-                match parse_bool(value, self.out.pager) {
-                    Ok(b) => self.out.pager = b,
-                    Err(e) => return fail(e),
-                }
-                format!("Pager usage is {}.", on_off(self.out.pager))
-            }
-            Some("null") => {
-                if let Some(v) = value {
-                    self.settings.null = v.to_string();
-                }
-                format!("Null display is \"{}\".", self.settings.null)
-            }
-            Some("footer") => {
-                match parse_bool(value, self.settings.footer) {
-                    Ok(b) => self.settings.footer = b,
-                    Err(e) => return fail(e),
-                }
-                format!("Default footer is {}.", on_off(self.settings.footer))
-            }
-            Some("expanded") | Some("x") => {
-                return self.meta(
-                    &format!("\\x {}", value.unwrap_or_default()),
-                    0,
-                    &Origin::Command,
-                );
-            }
-            Some(other) => return fail(format!("unknown option: {other}")),
-        };
-        if !self.quiet {
-            self.notice(&msg);
-        }
-        Ok(Flow::Continue)
-    }
-
-    /// `\c URL`: switches servers only once the new one answers, like psql
-    /// keeping the old connection when the new one fails.
-    fn connect(&mut self, url: Option<&str>, origin: &Origin, line: usize) -> Step {
-        let url = url.map(str::to_string).unwrap_or_else(|| self.client.url());
-        let token = std::env::var("RUNNEL_TOKEN").ok();
-        let client = match Client::new(&url, token, self.interrupt.clone()) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("{e}");
-                return Err(Fail::Error);
-            }
-        };
-        if let Err(e) = client.health() {
-            let fail = self.report(&e, None, line, origin);
-            if self.interactive {
-                self.notice("Previous connection kept");
-            }
-            return Err(fail);
-        }
-        self.client = client;
-        self.rate_sample = None;
-        self.last_query = None;
-        if self.interactive {
-            self.refresh_names();
-        }
-        if !self.quiet {
-            self.notice(&format!(
-                "You are now connected to the Runnel server at \"{}\".",
-                self.client.url()
-            ));
-        }
-        Ok(Flow::Continue)
-    }
-
-    fn conninfo(&mut self, origin: &Origin, line: usize) -> Step {
-        let health = self.api(self.client.health(), origin, line)?;
-        let status = health["status"].as_str().unwrap_or("unknown").to_string();
-        let streams = self.api(self.client.streams(), origin, line)?.len();
-        let queries = self.api(self.client.queries(), origin, line)?.len();
-        self.notice(&format!(
-            "You are connected to the Runnel server at \"{}\" (health: {status}; {}, {}){}.",
-            self.client.url(),
-            plural(streams, "stream", "streams"),
-            plural(queries, "query", "queries"),
-            if self.client.has_token() {
-                ", sending a bearer token from RUNNEL_TOKEN"
-            } else {
-                ""
-            }
-        ));
-        Ok(Flow::Continue)
-    }
-
-    fn list_all(&mut self, origin: &Origin, line: usize) -> Step {
-        let streams = self.api(self.client.streams(), origin, line)?;
-        let queries = self.api(self.client.queries(), origin, line)?;
-        if streams.is_empty() && queries.is_empty() {
-            self.notice("Did not find any streams or queries.");
-            return Ok(Flow::Continue);
-        }
-        let mut rows = Vec::new();
-        for s in &streams {
-            rows.push(vec![
-                json!(s.name),
-                json!("stream"),
-                json!(format!("topic {} ({})", s.topic, s.format)),
-                Value::Null,
-                Value::Null,
-            ]);
-        }
-        for q in &queries {
-            rows.push(vec![
-                json!(q.name),
-                json!("query"),
-                json!(q.stream),
-                json!(q.window),
-                json!(q.status),
-            ]);
-        }
-        let rows = Rows::new(
-            ["name", "type", "source", "window", "status"]
-                .map(String::from)
-                .to_vec(),
-            rows,
-        )
-        .with_title("List of streams and queries");
-        let text = self.render(&rows);
-        self.emit(&text)?;
-        Ok(Flow::Continue)
-    }
-
-    fn list_streams(&mut self, origin: &Origin, line: usize) -> Step {
-        let streams = self.api(self.client.streams(), origin, line)?;
-        if streams.is_empty() {
-            self.notice("Did not find any streams.");
-            return Ok(Flow::Continue);
-        }
-        let rows = streams
-            .iter()
-            .map(|s| {
-                vec![
-                    json!(s.name),
-                    json!(s.topic),
-                    json!(s.format),
-                    json!(s.event_time),
-                    json!(s.queries.join(", ")),
-                    json!(s.records_in),
-                    json!(s.bad_records),
-                ]
-            })
-            .collect();
-        let rows = Rows::new(
-            [
-                "name",
-                "topic",
-                "format",
-                "event_time",
-                "queries",
-                "records_in",
-                "bad_records",
-            ]
-            .map(String::from)
-            .to_vec(),
-            rows,
-        )
-        .with_title("List of streams");
-        let text = self.render(&rows);
-        self.emit(&text)?;
-        Ok(Flow::Continue)
-    }
-
-    /// `\dq`: rates come from the previous sample when it is recent enough,
-    /// otherwise from two samples a second apart.
-    fn list_queries(&mut self, origin: &Origin, line: usize) -> Step {
-        let sample = |qs: &[QueryInfo]| -> HashMap<String, Counters> {
-            qs.iter()
-                .map(|q| (q.name.clone(), q.counters.clone()))
-                .collect()
-        };
-        let mut queries = self.api(self.client.queries(), origin, line)?;
-        let mut now = Instant::now();
-        let usable = |t: &Instant| {
-            let age = now.duration_since(*t);
-            age >= Duration::from_millis(500) && age <= Duration::from_secs(600)
-        };
-        let previous = match self.rate_sample.take() {
-            Some((t, s)) if usable(&t) => (t, s),
-            _ if queries.is_empty() => (now, HashMap::new()),
-            _ => {
-                let first = (now, sample(&queries));
-                if self.interrupt.sleep(Duration::from_secs(1)) {
-                    return Err(self.report(&ApiError::Interrupted, None, line, origin));
-                }
-                queries = self.api(self.client.queries(), origin, line)?;
-                now = Instant::now();
-                first
-            }
-        };
-        self.rate_sample = Some((now, sample(&queries)));
-        if queries.is_empty() {
-            self.notice("Did not find any queries.");
-            return Ok(Flow::Continue);
-        }
-        let secs = now.duration_since(previous.0).as_secs_f64();
-        let rate = |name: &str, f: fn(&Counters) -> u64, cur: u64| -> Value {
-            match previous.1.get(name) {
-                Some(c) if secs > 0.0 => {
-                    let r = cur.saturating_sub(f(c)) as f64 / secs;
-                    json!((r * 10.0).round() / 10.0)
-                }
-                _ => Value::Null,
-            }
-        };
-        let rows = queries
-            .iter()
-            .map(|q| {
-                let c = &q.counters;
-                vec![
-                    json!(q.name),
-                    json!(q.stream),
-                    json!(q.status),
-                    json!(q.window),
-                    json!(c.records_in),
-                    rate(&q.name, |c| c.records_in, c.records_in),
-                    json!(c.late_records),
-                    json!(c.bad_records),
-                    json!(c.windows_closed),
-                    json!(c.rows_emitted),
-                    rate(&q.name, |c| c.rows_emitted, c.rows_emitted),
-                    json!(q.watermark),
-                ]
-            })
-            .collect();
-        let rows = Rows::new(
-            [
-                "name",
-                "stream",
-                "status",
-                "window",
-                "records_in",
-                "in/s",
-                "late",
-                "bad",
-                "windows",
-                "rows_out",
-                "out/s",
-                "watermark",
-            ]
-            .map(String::from)
-            .to_vec(),
-            rows,
-        )
-        .with_title(format!("List of queries (rates over the last {secs:.1} s)"));
-        let text = self.render(&rows);
-        self.emit(&text)?;
-        Ok(Flow::Continue)
-    }
-
-    fn describe(&mut self, name: &str, verbose: bool, origin: &Origin, line: usize) -> Step {
-        let not_found = |e: &ApiError| matches!(e, ApiError::Server { status: 404, .. });
-        let mut settings = self.settings.clone();
-        settings.footer = false;
-        let width = self.term_width();
-        let columns = |cols: &[client::ColumnInfo], title: String| {
-            Rows::new(
-                vec!["column".into(), "type".into()],
-                cols.iter()
-                    .map(|c| vec![json!(c.name), json!(c.data_type)])
-                    .collect(),
-            )
-            .with_title(title)
-            .render(&settings, width)
-        };
-        let mut text;
-        match self.client.stream(name) {
-            Ok(s) => {
-                text = columns(&s.columns, format!("Stream \"{}\"", s.name));
-                let mut facts = vec![
-                    ("Topic", s.topic.clone()),
-                    ("Format", s.format.clone()),
-                    (
-                        "Event time",
-                        s.event_time
-                            .clone()
-                            .unwrap_or_else(|| "(arrival time)".into()),
-                    ),
-                ];
-                if let Some(ms) = s.watermark_delay_ms {
-                    facts.push(("Watermark delay", crate::sql::window::fmt_duration(ms)));
-                }
-                if let Some(st) = &s.start {
-                    facts.push(("Start", st.clone()));
-                }
-                let options: Vec<String> = s
-                    .options
-                    .iter()
-                    .map(|(k, v)| match v {
-                        Value::String(s) => format!("{k} = '{}'", s.replace('\'', "''")),
-                        v => format!("{k} = {v}"),
-                    })
-                    .collect();
-                facts.push(("Options", options.join(", ")));
-                facts.push((
-                    "Queries",
-                    if s.queries.is_empty() {
-                        "(none)".into()
-                    } else {
-                        s.queries.join(", ")
-                    },
-                ));
-                facts.push(("Records in", s.records_in.to_string()));
-                facts.push(("Bad records", s.bad_records.to_string()));
-                for (k, v) in facts {
-                    text.push_str(&format!("{k}: {v}\n"));
-                }
-            }
-            Err(e) if not_found(&e) => match self.client.query(name) {
-                Ok(q) => {
-                    text = columns(&q.columns, format!("Query \"{}\"", q.name));
-                    let c = &q.counters;
-                    let none = || "(none)".to_string();
-                    let mut facts = vec![
-                        ("Stream", q.stream.clone()),
-                        ("Window", q.window.clone()),
-                        ("Status", q.status.clone()),
-                    ];
-                    if let Some(e) = &q.error {
-                        facts.push(("Error", e.clone()));
-                    }
-                    facts.extend([
-                        ("Records in", c.records_in.to_string()),
-                        ("Late records", c.late_records.to_string()),
-                        ("Bad records", c.bad_records.to_string()),
-                        ("Windows closed", c.windows_closed.to_string()),
-                        ("Rows emitted", c.rows_emitted.to_string()),
-                        ("Watermark", q.watermark.clone().unwrap_or_else(none)),
-                        (
-                            "Last window end",
-                            q.last_window_end.clone().unwrap_or_else(none),
-                        ),
-                    ]);
-                    for (k, v) in facts {
-                        text.push_str(&format!("{k}: {v}\n"));
-                    }
-                    text.push_str("Definition:\n");
-                    for l in q.sql.trim().lines() {
-                        text.push_str(&format!("    {l}\n"));
-                    }
-                    if verbose && let Some(plan) = &q.plan {
-                        text.push_str("Plan:\n");
-                        for l in plan.trim_end().lines() {
-                            text.push_str(format!("    {l}").trim_end());
-                            text.push('\n');
-                        }
-                    }
-                }
-                Err(e) if not_found(&e) => {
-                    eprintln!("Did not find any stream or query named \"{name}\".");
-                    return Err(Fail::Error);
-                }
-                Err(e) => return Err(self.report(&e, None, line, origin)),
-            },
-            Err(e) => return Err(self.report(&e, None, line, origin)),
-        }
-        text.push('\n');
-        self.emit(&text)?;
-        Ok(Flow::Continue)
-    }
-
-    /// `\watch [SEC] [QUERY]`: polls the query's results with the cursor and
-    /// shows each batch of newly closed windows, until Ctrl-C (or `c=N` rounds).
-    fn watch(&mut self, args: &[String], origin: &Origin, line: usize) -> Step {
-        let usage = || {
-            eprintln!("usage: \\watch [SECONDS] [QUERY]   (also i=SECONDS, c=COUNT)");
-            Err(Fail::Error)
-        };
-        let mut interval = 2.0f64;
-        let mut count: Option<u64> = None;
-        let mut name: Option<String> = None;
-        for a in args {
-            let (key, val) = match a.split_once('=') {
-                Some((k, v)) => (Some(k), v),
-                None => (None, a.as_str()),
-            };
-            match key {
-                Some("i" | "interval") | None if val.parse::<f64>().is_ok() => {
-                    interval = val.parse().unwrap_or(2.0);
-                }
-                Some("c" | "count") => match val.parse::<u64>() {
-                    Ok(n) if n > 0 => count = Some(n),
-                    _ => return usage(),
-                },
-                None if name.is_none() => name = Some(val.to_string()),
-                _ => return usage(),
-            }
-        }
-        if !interval.is_finite() || interval <= 0.0 {
-            return usage();
-        }
-        let Some(name) = name.or_else(|| self.last_query.clone()) else {
-            return usage();
-        };
-        let q = self.api(self.client.query(&name), origin, line)?;
-        let numeric: HashMap<String, bool> = q
-            .columns
-            .iter()
-            .map(|c| (c.name.clone(), is_numeric_type(&c.data_type)))
-            .collect();
-        self.interrupt.clear();
-        let every = format!("every {interval}s");
-        let mut cursor = String::new();
-        // Catch up to the newest closed window, without showing the history.
-        let mut newest = Vec::new();
-        let mut columns;
-        loop {
-            let page = self.api(
-                self.client.results(&q.name, Some(&cursor), WATCH_PAGE),
-                origin,
-                line,
-            )?;
-            let full = page.rows.len() >= WATCH_PAGE;
-            if !page.cursor.is_empty() {
-                cursor = page.cursor;
-            }
-            columns = page.columns;
-            newest = newest_windows(newest, page.rows);
-            if !full {
-                break;
-            }
-        }
-        if newest.is_empty() {
-            self.notice(&format!(
-                "Waiting for {}'s next window to close ({every}; Ctrl-C stops).",
-                q.name
-            ));
-        } else {
-            self.show_windows(&q.name, &every, &columns, &numeric, newest)?;
-        }
-        let mut rounds = 1;
-        loop {
-            if count.is_some_and(|c| rounds >= c) {
-                break;
-            }
-            if self.interrupt.sleep(Duration::from_secs_f64(interval)) {
-                break;
-            }
-            let mut fresh = Vec::new();
-            loop {
-                let page = match self.client.results(&q.name, Some(&cursor), WATCH_PAGE) {
-                    Ok(p) => p,
-                    // Ctrl-C during a poll ends the watch like Ctrl-C between polls.
-                    Err(ApiError::Interrupted) => break,
-                    Err(e) => return Err(self.report(&e, None, line, origin)),
-                };
-                let full = page.rows.len() >= WATCH_PAGE;
-                if !page.cursor.is_empty() {
-                    cursor = page.cursor;
-                }
-                columns = page.columns;
-                fresh.extend(page.rows);
-                if !full {
-                    break;
-                }
-            }
-            if self.interrupt.is_set() {
-                break;
-            }
-            if !fresh.is_empty() {
-                self.show_windows(&q.name, &every, &columns, &numeric, fresh)?;
-            }
-            rounds += 1;
-        }
-        if self.interrupt.is_set() && self.interactive {
-            // The terminal echoed ^C; start the prompt on a line of its own.
-            self.notice("");
-        }
-        self.interrupt.clear();
-        Ok(Flow::Continue)
-    }
-
-    fn show_windows(
-        &mut self,
-        name: &str,
-        every: &str,
-        columns: &[String],
-        numeric: &HashMap<String, bool>,
-        rows: Vec<serde_json::Map<String, Value>>,
-    ) -> Result<(), Fail> {
-        let last_end = rows
-            .iter()
-            .filter_map(|r| r.get("window_end").and_then(Value::as_str))
-            .max()
-            .map(|e| format!(", newest window ends {e}"))
-            .unwrap_or_default();
-        let values = rows
-            .into_iter()
-            .map(|mut r| {
-                columns
-                    .iter()
-                    .map(|c| r.remove(c).unwrap_or(Value::Null))
-                    .collect()
-            })
-            .collect();
-        let mut rows = Rows::new(columns.to_vec(), values);
-        for (i, c) in columns.iter().enumerate() {
-            if numeric.get(c).copied().unwrap_or(false) {
-                rows.numeric[i] = true;
-            }
-        }
-        let header = format!(
-            "{} ({every}) {name}{last_end}\n\n",
-            chrono::Local::now().format("%a %d %b %Y %H:%M:%S")
-        );
-        let text = format!("{header}{}", self.render(&rows));
-        self.out.write_unpaged(&text).map_err(|e| {
-            eprintln!("runnel sql: error: cannot write output: {e}");
-            Fail::Error
-        })
-    }
-}
-
-/// Keeps the rows of the newest window seen in `kept` plus `more` (by
-/// `window_end`; results are written in window order, so later pages win ties).
-fn newest_windows(
-    mut kept: Vec<serde_json::Map<String, Value>>,
-    more: Vec<serde_json::Map<String, Value>>,
-) -> Vec<serde_json::Map<String, Value>> {
-    let end = |r: &serde_json::Map<String, Value>| {
-        r.get("window_end")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-    };
-    for r in more {
-        match (kept.first().and_then(end), end(&r)) {
-            (Some(k), Some(e)) if e > k => {
-                kept.clear();
-                kept.push(r);
-            }
-            (Some(k), Some(e)) if e < k => {}
-            _ => kept.push(r),
-        }
-    }
-    // Without window columns there is no "newest window": keep the latest rows.
-    if kept.first().and_then(end).is_none() && kept.len() > 1000 {
-        kept.drain(..kept.len() - 1000);
-    }
-    kept
 }
 
 #[cfg(test)]
@@ -1474,20 +766,6 @@ mod tests {
         assert!(lines[0].starts_with("LINE 1: ..."));
         let caret = lines[1].len() - 1;
         assert_eq!(lines[0].chars().nth(caret), stmt.chars().nth(149), "{c}");
-    }
-
-    #[test]
-    fn newest_window_kept() {
-        let row = |end: &str, k: i64| {
-            json!({"window_end": end, "k": k})
-                .as_object()
-                .unwrap()
-                .clone()
-        };
-        let kept = newest_windows(vec![], vec![row("a", 1), row("b", 2), row("b", 3)]);
-        assert_eq!(kept.len(), 2);
-        let kept = newest_windows(kept, vec![row("a", 4), row("c", 5)]);
-        assert_eq!(kept, vec![row("c", 5)]);
     }
 
     #[test]

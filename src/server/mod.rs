@@ -564,6 +564,25 @@ impl App {
                 v["kind"] = json!("rows");
                 v
             }
+            Statement::ShowTables => {
+                let mut rows: Vec<Vec<Value>> = Vec::new();
+                for (name, (sql, t)) in self.tables.read().expect("lock").iter() {
+                    let path = match parse_statement(sql).map(|p| p.stmt) {
+                        Ok(Statement::CreateTable(def)) => json!(def.path),
+                        _ => Value::Null,
+                    };
+                    let n = t.schema.fields().len();
+                    rows.push(vec![json!(name), json!("reference"), path, json!(n)]);
+                }
+                for q in self.queries() {
+                    let n = q.plan.output_schema.fields().len();
+                    let source = json!(format!("query {} over {}", q.name, q.stream));
+                    rows.push(vec![json!(q.name), json!("results"), source, json!(n)]);
+                }
+                let mut v = table_rows(&["name", "type", "source", "columns"], rows);
+                v["kind"] = json!("rows");
+                v
+            }
             Statement::Describe(name) => {
                 let table = self
                     .tables

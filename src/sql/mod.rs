@@ -65,6 +65,8 @@ pub enum Statement {
     ShowStreams,
     /// `SHOW QUERIES`.
     ShowQueries,
+    /// `SHOW TABLES`: reference tables and each query's results table.
+    ShowTables,
     /// `DESCRIBE name`.
     Describe(String),
     /// `DROP QUERY name`.
@@ -404,6 +406,10 @@ fn parse_one(src: &Source, tokens: &[TokenWithSpan]) -> Result<Parsed> {
         ("SHOW", "QUERIES") => {
             expect_end(2)?;
             Statement::ShowQueries
+        }
+        ("SHOW", "TABLES") => {
+            expect_end(2)?;
+            Statement::ShowTables
         }
         ("DESCRIBE", _) | ("DESC", _) => {
             let name = name_at(1)?;
@@ -925,6 +931,10 @@ mod tests {
     #[test]
     fn multiple_statements() {
         let v = parse_sql("SHOW STREAMS; ;\nDROP QUERY IF EXISTS q;\nDESCRIBE s").unwrap();
+        assert!(matches!(
+            parse_sql("SHOW TABLES").unwrap()[0].stmt,
+            Statement::ShowTables
+        ));
         assert_eq!(v.len(), 3);
         assert!(matches!(
             v[1].stmt,
