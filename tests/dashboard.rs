@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -103,54 +103,10 @@ async fn texts(c: &Client, css: &str) -> Vec<String> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dashboard_in_headless_chromium() {
-    let (Some(chromium), Some(driver)) = (
-        find_program(&["chromium", "chromium-browser"]),
-        find_program(&["chromedriver"]),
-    ) else {
-        eprintln!(
-            "SKIPPED dashboard_in_headless_chromium: chromium and chromedriver are not installed \
-             (apt-get install chromium chromium-driver; .ci/run does this)"
-        );
-        return;
-    };
-
-    let cluster = MockCluster::new(1).unwrap();
-    cluster.create_topic("events", 1, 1).unwrap();
-    let brokers = cluster.bootstrap_servers();
-    let dir = tempfile::tempdir().unwrap();
-    let s = TestServer::start(dir.path(), &brokers);
-    s.sql(
-        "CREATE STREAM events (ts TIMESTAMP, geo TEXT, bid DOUBLE)
-         WITH (kafka_topic = 'events', format = 'json', event_time = 'ts',
-               watermark_delay = '1s', start = 'earliest')",
-    )
-    .await;
-    s.sql("CREATE QUERY by_geo AS SELECT geo, count(*) AS imps, avg(bid) AS avg_bid FROM events GROUP BY geo WINDOW 10s")
-        .await;
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .unwrap();
-    let base = chrono::Utc::now().timestamp_millis() - 300_000;
-    let base = base - base.rem_euclid(10_000);
-    for i in 0..600i64 {
-        let geo = ["US", "DE", "FR", "JP"][(i % 4) as usize];
-        let v = json!({"ts": base + i * 100, "geo": geo, "bid": (i % 10) as f64 / 10.0});
-        let v = if i % 97 == 0 {
-            "{broken".to_string()
-        } else {
-            v.to_string()
-        };
-        producer
-            .send(BaseRecord::<(), str>::to("events").payload(&v).partition(0))
-            .unwrap();
-    }
-    producer.flush(Duration::from_secs(30)).unwrap();
-
+/// Starts chromedriver and a headless Chromium session.
+async fn browser(chromium: &Path, driver: &Path) -> (Driver, Client) {
     let port = free_port();
-    let _driver = Driver(
+    let child = Driver(
         Command::new(driver)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
@@ -183,6 +139,80 @@ async fn dashboard_in_headless_chromium() {
         }
     }
     let c = client.expect("connect to chromedriver");
+    (child, c)
+}
+
+/// Chromium and chromedriver, or `None` (with a SKIPPED line) when they are
+/// not installed.
+fn programs(test: &str) -> Option<(PathBuf, PathBuf)> {
+    match (
+        find_program(&["chromium", "chromium-browser"]),
+        find_program(&["chromedriver"]),
+    ) {
+        (Some(c), Some(d)) => Some((c, d)),
+        _ => {
+            eprintln!(
+                "SKIPPED {test}: chromium and chromedriver are not installed \
+                 (apt-get install chromium chromium-driver; .ci/run does this)"
+            );
+            None
+        }
+    }
+}
+
+/// Produces `n` records into partition 0 of `topic`, 100 ms of event time
+/// apart, starting at a 10 s boundary five minutes ago; every 97th is broken.
+fn produce(brokers: &str, topic: &str, n: i64) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let base = chrono::Utc::now().timestamp_millis() - 300_000;
+    let base = base - base.rem_euclid(10_000);
+    for i in 0..n {
+        let geo = ["US", "DE", "FR", "JP"][(i % 4) as usize];
+        let v = json!({"ts": base + i * 100, "geo": geo, "bid": (i % 10) as f64 / 10.0});
+        let v = if i % 97 == 0 {
+            "{broken".to_string()
+        } else {
+            v.to_string()
+        };
+        producer
+            .send(BaseRecord::<(), str>::to(topic).payload(&v).partition(0))
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_in_headless_chromium() {
+    let Some((chromium, driver)) = programs("dashboard_in_headless_chromium") else {
+        return;
+    };
+
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("events", 1, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path(), &brokers);
+    s.sql(
+        "CREATE STREAM events (ts TIMESTAMP, geo TEXT, bid DOUBLE)
+         WITH (kafka_topic = 'events', format = 'json', event_time = 'ts',
+               watermark_delay = '1s', start = 'earliest')",
+    )
+    .await;
+    s.sql("CREATE QUERY by_geo AS SELECT geo, count(*) AS imps, avg(bid) AS avg_bid FROM events GROUP BY geo WINDOW 10s")
+        .await;
+    // The records come in one burst once the stream has been sampled, as
+    // when a query catches up on a backlog.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s.get("/dashboard/history").await.1["streams"]["events"].is_null() {
+        assert!(Instant::now() < deadline, "the stream was never sampled");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    produce(&brokers, "events", 600);
+
+    let (_driver, c) = browser(&chromium, &driver).await;
 
     c.goto(&format!("{}/", s.url)).await.unwrap();
     assert_eq!(c.title().await.unwrap(), "Runnel");
@@ -218,6 +248,32 @@ async fn dashboard_in_headless_chromium() {
             .any(|t| t == "invalid_json")
     })
     .await;
+
+    // The 600 records arrive in one burst; the input rate is taken over
+    // 10 s, so no point of the chart is above 600 / 10 s, as its top
+    // y-axis label shows.
+    wait_until(&c, "the input-rate chart", || async {
+        c.find_all(Locator::Css("#rate-chart polyline"))
+            .await
+            .is_ok_and(|v| !v.is_empty())
+    })
+    .await;
+    let note = texts(&c, "#rate-chart").await;
+    let y_labels: Vec<String> = texts(&c, "#rate-chart .axis text[text-anchor=end]")
+        .await
+        .into_iter()
+        .filter(|t| !t.contains(':'))
+        .collect();
+    let top: f64 = y_labels
+        .last()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("y-axis labels {y_labels:?} in {note:?}"));
+    assert!(top <= 60.0, "y-axis up to {top}: {y_labels:?}");
+    assert!(
+        texts(&c, "#rate-note").await[0].contains("over 10 s"),
+        "{:?}",
+        texts(&c, "#rate-note").await
+    );
 
     // Register a query through the SQL box.
     let sql = c.find(Locator::Id("sql")).await.unwrap();
@@ -276,6 +332,79 @@ async fn dashboard_in_headless_chromium() {
     std::fs::write(&path, shot).unwrap();
     eprintln!("dashboard screenshot: {}", path.display());
 
+    let errors = severe_logs(&c).await;
+    assert!(errors.is_empty(), "console errors: {errors:?}");
+    c.close().await.unwrap();
+    s.stop();
+}
+
+/// Opened after windows have closed, the page loads the newest windows as
+/// results already there (not flashed as rows just arrived), and the
+/// results stream goes on after them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_opened_late_shows_closed_windows() {
+    let Some((chromium, driver)) = programs("dashboard_opened_late_shows_closed_windows") else {
+        return;
+    };
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("late", 1, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path(), &brokers);
+    s.sql(
+        "CREATE STREAM late (ts TIMESTAMP, geo TEXT, bid DOUBLE)
+         WITH (kafka_topic = 'late', format = 'json', event_time = 'ts',
+               watermark_delay = '1s', start = 'earliest');
+         CREATE QUERY late_geo AS SELECT geo, count(*) AS imps FROM late GROUP BY geo WINDOW 10s",
+    )
+    .await;
+    produce(&brokers, "late", 600);
+    // All six windows close (the partition goes idle) before the page opens.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (_, q) = s.get("/queries/late_geo").await;
+        if q["counters"]["windows_closed"].as_u64().unwrap_or(0) >= 6 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "windows did not close: {q}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    let (_driver, c) = browser(&chromium, &driver).await;
+    c.goto(&format!("{}/#late_geo", s.url)).await.unwrap();
+    wait_until(&c, "the closed windows' rows", || async {
+        texts(&c, "#results tbody td.num").await.len() >= 24
+    })
+    .await;
+    wait_until(&c, "the per-group chart", || async {
+        c.find_all(Locator::Css("#group-chart polyline"))
+            .await
+            .is_ok_and(|v| v.len() == 4)
+    })
+    .await;
+    let starts = texts(&c, "#results tbody tr td:nth-child(1)").await;
+    let (_, page) = s.get("/queries/late_geo/results?limit=1000").await;
+    let rows = page["rows"].as_array().unwrap();
+    let newest = rows
+        .iter()
+        .filter_map(|r| r["window_start"].as_str())
+        .max()
+        .unwrap();
+    assert_eq!(
+        starts.first().map(String::as_str),
+        Some(newest),
+        "{starts:?}"
+    );
+    assert_eq!(starts.len(), rows.len(), "{starts:?}");
+    let fresh = c
+        .find_all(Locator::Css("#results tbody tr.fresh"))
+        .await
+        .unwrap();
+    assert!(
+        fresh.is_empty(),
+        "{} rows shown as just arrived",
+        fresh.len()
+    );
     let errors = severe_logs(&c).await;
     assert!(errors.is_empty(), "console errors: {errors:?}");
     c.close().await.unwrap();

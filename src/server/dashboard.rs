@@ -1,16 +1,26 @@
 //! The dashboard at `GET /`: one page, its script and stylesheet embedded in
 //! the binary, reading the HTTP API (`/streams`, `/queries`, the results
-//! stream, `/sql`) and `GET /dashboard/history` for its charts.
+//! stream, `/sql`), `GET /dashboard/history` for its charts and
+//! `GET /dashboard/latest/{query}` for the newest windows when a query is
+//! opened (the results stream then goes on from their cursor).
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
+use serde_json::{Value, json};
+
 use super::App;
+use crate::error::Error;
+use crate::store::{ResultFilter, Store};
+
+/// Rows `GET /dashboard/latest/{query}` returns at most: enough for the
+/// page's table and its chart of the last windows.
+const LATEST_ROWS: usize = 5000;
 
 const INDEX: &str = include_str!("assets/index.html");
 const SCRIPT: &str = include_str!("assets/app.js");
@@ -48,8 +58,81 @@ pub fn routes() -> Router<Arc<App>> {
             get(|| async { asset("image/svg+xml", ICON) }),
         )
         .route("/dashboard/history", get(history))
+        .route("/dashboard/latest/{id}", get(latest))
 }
 
 async fn history(State(app): State<Arc<App>>) -> Response {
-    axum::Json(app.metrics.history_json()).into_response()
+    axum::Json(app.metrics.history.json()).into_response()
+}
+
+/// The newest result rows of a query, whole windows only, oldest first, with
+/// the cursor of the newest row: `{"columns", "rows", "cursor"}`.
+async fn latest(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Response, Error> {
+    let name = app.query(&id)?.name.clone();
+    let store = app.store.clone();
+    let page = tokio::task::spawn_blocking(move || newest_rows(&store, &name))
+        .await
+        .map_err(|e| Error::Execution(e.to_string()))??;
+    Ok(axum::Json(page).into_response())
+}
+
+fn newest_rows(store: &Store, name: &str) -> crate::error::Result<Value> {
+    // The smallest sequence number written after `after`, if any.
+    let next_after = |after: Option<i64>| -> crate::error::Result<Option<i64>> {
+        let filter = ResultFilter {
+            after,
+            limit: 1,
+            ..Default::default()
+        };
+        Ok(store.read_results(name, &filter)?.seqs.first().copied())
+    };
+    let Some(mut lo) = next_after(None)? else {
+        return Ok(json!({"columns": [], "rows": [], "cursor": ""}));
+    };
+    // The store reads forward only: find the newest row's sequence number by
+    // galloping, then bisecting (`lo` exists, nothing is at `hi` or after).
+    let mut step = 1i64;
+    let mut hi = loop {
+        match next_after(Some(lo + step - 1))? {
+            Some(s) => {
+                lo = s;
+                step = step.saturating_mul(2);
+            }
+            None => break lo + step,
+        }
+    };
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        match next_after(Some(mid - 1))? {
+            Some(s) => lo = s,
+            None => hi = mid,
+        }
+    }
+    let filter = ResultFilter {
+        after: Some(lo.saturating_sub(LATEST_ROWS as i64)),
+        limit: LATEST_ROWS,
+        ..Default::default()
+    };
+    let page = store.read_results(name, &filter)?;
+    let mut rows: Vec<Value> = page
+        .rows
+        .into_iter()
+        .map(|r| {
+            let obj: serde_json::Map<String, Value> = page
+                .columns
+                .iter()
+                .cloned()
+                .zip(r.into_iter().map(super::http::sql_to_json))
+                .collect();
+            Value::Object(obj)
+        })
+        .collect();
+    // A full page may start in the middle of a window: leave that one out.
+    if rows.len() >= LATEST_ROWS {
+        let first = rows[0]["window_start"].clone();
+        if !first.is_null() && rows.iter().any(|r| r["window_start"] != first) {
+            rows.retain(|r| r["window_start"] != first);
+        }
+    }
+    Ok(json!({"columns": page.columns, "rows": rows, "cursor": lo.to_string()}))
 }

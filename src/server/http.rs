@@ -280,7 +280,7 @@ struct ResultsParams {
     rollup: Option<String>,
 }
 
-fn sql_to_json(v: SqlValue) -> Value {
+pub(super) fn sql_to_json(v: SqlValue) -> Value {
     match v {
         SqlValue::Null => Value::Null,
         SqlValue::Integer(i) => json!(i),

@@ -1,5 +1,5 @@
-//! Prometheus metrics (`GET /metrics`) and the short history the dashboard
-//! charts (`GET /dashboard/history`).
+//! Prometheus metrics (`GET /metrics`); the rates the dashboard charts are
+//! sampled into [`History`].
 //!
 //! Each [`App`] owns its own [`Metrics`] registry. Counters that already live
 //! in the query engine and the stream statistics are copied into the registry
@@ -18,7 +18,7 @@
 //! | `runnel_query_batch_duration_seconds`, `runnel_query_window_close_latency_seconds` (histograms) | `query`, `stream` |
 //! | `runnel_process_resident_memory_bytes`, `runnel_streams`, `runnel_queries` | |
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,16 +27,11 @@ use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use serde_json::{Value, json};
 
 use super::App;
+use super::history::History;
+pub use super::history::{SAMPLE_EVERY, spawn_sampler};
 use crate::runtime::QueryStatus;
-
-/// Samples kept for the dashboard's charts.
-const HISTORY: usize = 300;
-
-/// How often the dashboard history is sampled.
-pub const SAMPLE_EVERY: Duration = Duration::from_secs(2);
 
 const BATCH_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -117,21 +112,6 @@ impl QueryMetrics {
     }
 }
 
-#[derive(Clone)]
-struct QuerySample {
-    records: u64,
-    batches: u64,
-    batch_secs: f64,
-    rows: u64,
-    lag: Option<i64>,
-}
-
-struct Sample {
-    t_ms: i64,
-    streams: BTreeMap<String, (u64, u64)>,
-    queries: BTreeMap<String, QuerySample>,
-}
-
 struct Gauges {
     stream_records: IntCounterVec,
     stream_bytes: IntCounterVec,
@@ -163,7 +143,8 @@ pub struct Metrics {
     close_latency: HistogramVec,
     live: Mutex<BTreeSet<(String, String)>>,
     scrape: Mutex<()>,
-    history: Mutex<VecDeque<Sample>>,
+    /// Rates over time for the dashboard's charts.
+    pub history: History,
 }
 
 impl Default for Metrics {
@@ -327,7 +308,7 @@ impl Metrics {
             close_latency,
             live: Mutex::new(BTreeSet::new()),
             scrape: Mutex::new(()),
-            history: Mutex::new(VecDeque::new()),
+            history: History::default(),
         }
     }
 
@@ -471,105 +452,6 @@ impl Metrics {
             .expect("text encoding");
         String::from_utf8(out).unwrap_or_default()
     }
-
-    /// Records one sample of `app`'s rates for the dashboard.
-    pub fn sample(&self, app: &App) {
-        let t_ms = chrono::Utc::now().timestamp_millis();
-        let streams = app
-            .streams()
-            .iter()
-            .map(|s| {
-                (
-                    s.def.name.clone(),
-                    (s.stats.records_in(), s.stats.bad_records()),
-                )
-            })
-            .collect();
-        let queries = app
-            .queries()
-            .iter()
-            .map(|q| {
-                let (batches, batch_secs) = q.metrics.batch_totals();
-                (
-                    q.name.clone(),
-                    QuerySample {
-                        records: q.counters.records_in.load(Ordering::Relaxed),
-                        rows: q.counters.rows_emitted.load(Ordering::Relaxed),
-                        batches,
-                        batch_secs,
-                        lag: q.metrics.total_lag(),
-                    },
-                )
-            })
-            .collect();
-        let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
-        if h.len() == HISTORY {
-            h.pop_front();
-        }
-        h.push_back(Sample {
-            t_ms,
-            streams,
-            queries,
-        });
-    }
-
-    /// Per stream and per query, points `{t, rate, ...}` between consecutive
-    /// samples: records/s in, and for queries the mean batch time in ms and
-    /// the consumer lag.
-    pub fn history_json(&self) -> Value {
-        let h = self.history.lock().unwrap_or_else(|p| p.into_inner());
-        let mut streams: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-        let mut queries: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-        for (a, b) in h.iter().zip(h.iter().skip(1)) {
-            let dt = ((b.t_ms - a.t_ms) as f64 / 1000.0).max(0.001);
-            for (name, (rec, bad)) in &b.streams {
-                if let Some((rec0, bad0)) = a.streams.get(name) {
-                    streams.entry(name.clone()).or_default().push(json!({
-                        "t": b.t_ms,
-                        "rate": rec.saturating_sub(*rec0) as f64 / dt,
-                        "bad_rate": bad.saturating_sub(*bad0) as f64 / dt,
-                    }));
-                }
-            }
-            for (name, q) in &b.queries {
-                if let Some(q0) = a.queries.get(name) {
-                    let n = q.batches.saturating_sub(q0.batches);
-                    let ms = if n == 0 {
-                        Value::Null
-                    } else {
-                        json!((q.batch_secs - q0.batch_secs) * 1000.0 / n as f64)
-                    };
-                    queries.entry(name.clone()).or_default().push(json!({
-                        "t": b.t_ms,
-                        "rate": q.records.saturating_sub(q0.records) as f64 / dt,
-                        "rows_rate": q.rows.saturating_sub(q0.rows) as f64 / dt,
-                        "batch_ms": ms,
-                        "lag": q.lag,
-                    }));
-                }
-            }
-        }
-        json!({
-            "interval_ms": SAMPLE_EVERY.as_millis() as u64,
-            "streams": streams,
-            "queries": queries,
-        })
-    }
-}
-
-/// Samples `app` every [`SAMPLE_EVERY`] until it is dropped.
-pub fn spawn_sampler(app: std::sync::Weak<App>) {
-    let Ok(rt) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    rt.spawn(async move {
-        let mut tick = tokio::time::interval(SAMPLE_EVERY);
-        loop {
-            tick.tick().await;
-            let Some(app) = app.upgrade() else { break };
-            app.metrics.sample(&app);
-        }
-    });
 }
 
 impl QueryMetrics {

@@ -13,6 +13,7 @@
 
 pub mod dashboard;
 pub mod guard;
+pub mod history;
 pub mod http;
 pub mod limits;
 pub mod metrics;

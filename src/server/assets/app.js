@@ -12,6 +12,7 @@
     selected: null,
     selectedStream: null,
     source: null,
+    cursor: "",
     rows: [],
     windows: new Map(),
     columns: [],
@@ -161,7 +162,8 @@
           fill: "none", stroke: color, "stroke-width": 2, "stroke-linejoin": "round",
         });
         const title = svg("title");
-        title.textContent = s.name + ": latest " + fmtNum(pts[pts.length - 1][1]);
+        const peak = Math.max.apply(null, pts.map((p) => p[1]));
+        title.textContent = s.name + ": latest " + fmtNum(pts[pts.length - 1][1]) + ", peak " + fmtNum(peak);
         line.appendChild(title);
         root.appendChild(line);
       }
@@ -203,6 +205,8 @@
   }
 
   function renderRateCharts() {
+    const span = state.history.rate_span_ms;
+    if (span) $("rate-note").textContent = "records/s over " + span / 1000 + " s, per stream";
     const hs = state.history.streams || {};
     const hq = state.history.queries || {};
     lineChart($("rate-chart"), Object.keys(hs).map((n) => ({ name: n, points: hs[n].map((p) => [p.t, p.rate]) })), "Collecting samples…");
@@ -300,7 +304,14 @@
   function onRow(ev) {
     let row;
     try { row = JSON.parse(ev.data); } catch (e) { return; }
-    state.rows.unshift({ row: row, at: Date.now() });
+    if (ev.lastEventId) state.cursor = ev.lastEventId;
+    addRow(row, Date.now());
+    scheduleRender();
+  }
+
+  // `at` is when the row arrived (0 for rows loaded on open: not "fresh").
+  function addRow(row, at) {
+    state.rows.unshift({ row: row, at: at });
     if (state.rows.length > MAX_ROWS) state.rows.length = MAX_ROWS;
     const w = parseTs(row.window_start);
     if (!Number.isNaN(w)) {
@@ -312,7 +323,6 @@
         for (const k of oldest) state.windows.delete(k);
       }
     }
-    scheduleRender();
   }
 
   function closeSource() {
@@ -321,6 +331,29 @@
       state.source = null;
     }
     $("live").hidden = true;
+  }
+
+  // The newest closed windows first, then every row written after them.
+  async function openResults(name) {
+    const r = await api("/dashboard/latest/" + encodeURIComponent(name));
+    if (state.selected !== name) return;
+    state.cursor = "";
+    if (r.ok && r.body) {
+      for (const row of r.body.rows || []) addRow(row, 0);
+      state.cursor = r.body.cursor || "";
+      renderResults();
+    }
+    follow(name);
+  }
+
+  function follow(name) {
+    const after = state.cursor ? "?after=" + encodeURIComponent(state.cursor) : "";
+    const src = new EventSource("/queries/" + encodeURIComponent(name) + "/stream" + after);
+    src.addEventListener("row", onRow);
+    src.addEventListener("open", () => { $("live").hidden = false; });
+    src.addEventListener("dropped", () => closeSource());
+    src.onerror = () => { $("live").hidden = true; };
+    state.source = src;
   }
 
   function selectQuery(name) {
@@ -341,12 +374,7 @@
     try { history.replaceState(null, "", "#" + encodeURIComponent(name)); } catch (e) { /* ignore */ }
     renderQueryPanel();
     renderResults();
-    const src = new EventSource("/queries/" + encodeURIComponent(name) + "/stream");
-    src.addEventListener("row", onRow);
-    src.addEventListener("open", () => { $("live").hidden = false; });
-    src.addEventListener("dropped", () => closeSource());
-    src.onerror = () => { $("live").hidden = true; };
-    state.source = src;
+    openResults(name);
     if (!state.selectedStream || state.selectedStream !== q.stream) selectStream(q.stream);
     renderLists();
   }
