@@ -327,6 +327,55 @@ async fn dashboard_in_headless_chromium() {
     })
     .await;
 
+    // The selected query's event-time charts.
+    wait_until(&c, "the watermark-lag and late-record charts", || async {
+        let lag = c.find_all(Locator::Css("#lag-chart polyline")).await;
+        let late = c.find_all(Locator::Css("#late-chart polyline")).await;
+        lag.is_ok_and(|v| v.len() == 1) && late.is_ok_and(|v| v.len() == 1)
+    })
+    .await;
+    let lag = texts(&c, "#lag-chart polyline title").await;
+    assert!(lag[0].starts_with(&format!("{new}: latest ")), "{lag:?}");
+
+    // Stop drops the selected query, after a confirmation.
+    c.find(Locator::Id("q-stop"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.accept_alert().await.unwrap();
+    wait_until(&c, "the stopped query gone", || async {
+        !texts(&c, "#queries li .name").await.contains(&new)
+            && texts(&c, "#q-action-out .ok")
+                .await
+                .contains(&format!("Query {new} stopped."))
+    })
+    .await;
+    let (_, qs) = s.get("/queries").await;
+    assert_eq!(qs["queries"].as_array().unwrap().len(), 1, "{qs}");
+    let legend = texts(&c, "#proc-chart .legend span").await;
+    assert!(!legend.contains(&new), "{legend:?}");
+    // by_geo is selected again; Reset restarts it and its rows come back.
+    wait_until(&c, "by_geo selected", || async {
+        texts(&c, "#q-title").await == ["by_geo"]
+    })
+    .await;
+    c.find(Locator::Id("q-reset"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.accept_alert().await.unwrap();
+    wait_until(&c, "the reset message and rows", || async {
+        texts(&c, "#q-action-out .ok")
+            .await
+            .contains(&"Query by_geo reset.".to_string())
+            && texts(&c, "#results tbody td.num").await.len() >= 8
+    })
+    .await;
+
     let shot = c.screenshot().await.unwrap();
     let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
     std::fs::write(&path, shot).unwrap();

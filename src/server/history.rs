@@ -34,6 +34,9 @@ struct QuerySample {
     batch_secs: f64,
     rows: u64,
     lag: Option<i64>,
+    /// Event-time watermark in epoch ms, `i64::MIN` before the first record.
+    watermark: i64,
+    late: u64,
 }
 
 #[derive(Default)]
@@ -74,6 +77,8 @@ impl History {
                         batches,
                         batch_secs,
                         lag: q.metrics.total_lag(),
+                        watermark: q.counters.watermark.load(Ordering::Relaxed),
+                        late: q.counters.late_records.load(Ordering::Relaxed),
                     },
                 )
             })
@@ -95,8 +100,9 @@ impl History {
 
     /// Per stream and per query still present in the newest sample, points
     /// `{t, rate, ...}`: records/s in over at least [`RATE_SPAN`], and for
-    /// queries the mean batch time in ms over the same span and the
-    /// consumer lag.
+    /// queries the mean batch time in ms over the same span, the consumer
+    /// lag, the late records so far and the event-time lag: how far the
+    /// watermark is behind the sample's wall-clock time, in seconds.
     pub fn json(&self) -> Value {
         let h = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let mut streams: BTreeMap<String, Vec<Value>> = BTreeMap::new();
@@ -149,6 +155,9 @@ impl History {
                         "rows_rate": q.rows.saturating_sub(q0.rows) as f64 / dt,
                         "batch_ms": ms,
                         "lag": q.lag,
+                        "late": q.late,
+                        "event_lag_s": (q.watermark != i64::MIN)
+                            .then(|| (b.t_ms - q.watermark) as f64 / 1000.0),
                     }));
                 }
             }
@@ -251,5 +260,23 @@ mod tests {
             h.push(at(t, 500, None));
         }
         assert_eq!(rates(&h.json(), "streams", "clicks"), [50.0]);
+    }
+
+    #[test]
+    fn event_time_lag_is_wall_clock_minus_watermark() {
+        let h = History::default();
+        for t in (0..=12_000).step_by(2_000) {
+            let mut s = at(t, 0, Some(0));
+            let q = s.queries.get_mut("q").unwrap();
+            q.watermark = if t < 12_000 { i64::MIN } else { t - 3_500 };
+            q.late = t as u64 / 1000;
+            h.push(s);
+        }
+        let v = h.json();
+        let points = v["queries"]["q"].as_array().unwrap();
+        assert_eq!(points.len(), 2, "{v}");
+        assert_eq!(points[0]["event_lag_s"], Value::Null);
+        assert_eq!(points[1]["event_lag_s"], 3.5);
+        assert_eq!(points[1]["late"], 12);
     }
 }

@@ -209,8 +209,11 @@
     if (span) $("rate-note").textContent = "records/s over " + span / 1000 + " s, per stream";
     const hs = state.history.streams || {};
     const hq = state.history.queries || {};
-    lineChart($("rate-chart"), Object.keys(hs).map((n) => ({ name: n, points: hs[n].map((p) => [p.t, p.rate]) })), "Collecting samples…");
-    lineChart($("proc-chart"), Object.keys(hq).map((n) => ({ name: n, points: hq[n].map((p) => [p.t, p.batch_ms]) })), "Collecting samples…");
+    // Until the next sample, the history may still name a query just dropped.
+    const streams = state.streams.map((s) => s.name).filter((n) => hs[n]);
+    const queries = state.queries.map((q) => q.name).filter((n) => hq[n]);
+    lineChart($("rate-chart"), streams.map((n) => ({ name: n, points: hs[n].map((p) => [p.t, p.rate]) })), "Collecting samples…");
+    lineChart($("proc-chart"), queries.map((n) => ({ name: n, points: hq[n].map((p) => [p.t, p.batch_ms]) })), "Collecting samples…");
   }
 
   function renderQueryPanel() {
@@ -240,6 +243,44 @@
     dl.textContent = "";
     for (const [k, v] of stats) dl.appendChild(el("div", null, [el("dt", { text: k }), el("dd", { text: v })]));
     if (q.error) dl.appendChild(el("div", { class: "error-box", text: q.error }));
+    $("q-reset").hidden = false;
+    $("q-stop").hidden = false;
+    const points = (key) => [{ name: q.name, points: hist.filter((p) => p[key] !== null && p[key] !== undefined).map((p) => [p.t, p[key]]) }];
+    lineChart($("lag-chart"), points("event_lag_s"), "No watermark yet");
+    lineChart($("late-chart"), points("late"), "Collecting samples…");
+  }
+
+  function clearQueryPanel() {
+    $("q-title").textContent = "Select a query";
+    $("q-status").hidden = true;
+    $("q-sql").textContent = "";
+    $("q-stats").textContent = "";
+    $("q-reset").hidden = true;
+    $("q-stop").hidden = true;
+    lineChart($("lag-chart"), [], "Select a query");
+    lineChart($("late-chart"), [], "Select a query");
+  }
+
+  // Stop drops the query (DELETE /queries/{id}); Reset restarts it from the
+  // earliest offsets without its saved state (POST /queries/{id}/reset).
+  async function queryAction(kind) {
+    const name = state.selected;
+    if (!name) return;
+    const ask = kind === "stop"
+      ? "Stop query " + name + "? It is dropped with its results."
+      : "Reset query " + name + "? It restarts from the earliest offsets without its saved state.";
+    if (!window.confirm(ask)) return;
+    const path = "/queries/" + encodeURIComponent(name) + (kind === "stop" ? "" : "/reset?from=earliest");
+    const r = await api(path, { method: kind === "stop" ? "DELETE" : "POST" });
+    if (r.ok) {
+      if (kind === "reset") selectQuery(name);
+      await refresh();
+    }
+    const out = $("q-action-out");
+    out.textContent = "";
+    out.appendChild(r.ok
+      ? el("div", { class: "ok", text: "Query " + name + (kind === "stop" ? " stopped." : " reset.") })
+      : errorNode(r.body, r.status));
   }
 
   function groupColumns() {
@@ -360,6 +401,7 @@
     const q = state.queries.find((x) => x.name === name);
     if (!q) return;
     closeSource();
+    if (state.selected !== name) $("q-action-out").textContent = "";
     state.selected = name;
     state.rows = [];
     state.windows = new Map();
@@ -424,10 +466,7 @@
       if (state.selected && !state.queries.some((x) => x.name === state.selected)) {
         closeSource();
         state.selected = null;
-        $("q-title").textContent = "Select a query";
-        $("q-status").hidden = true;
-        $("q-sql").textContent = "";
-        $("q-stats").textContent = "";
+        clearQueryPanel();
       }
       if (!state.selected && state.queries.length) {
         const wanted = decodeURIComponent(location.hash.slice(1));
@@ -505,6 +544,8 @@
 
   function init() {
     $("register").addEventListener("click", register);
+    $("q-stop").addEventListener("click", () => queryAction("stop"));
+    $("q-reset").addEventListener("click", () => queryAction("reset"));
     $("run").addEventListener("click", run);
     $("sql").addEventListener("keydown", (e) => {
       if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) {
@@ -526,7 +567,7 @@
     let resizeTimer = null;
     window.addEventListener("resize", () => {
       clearTimeout(resizeTimer);
-      resizeTimer = setTimeout(() => { renderRateCharts(); renderGroupChart(); }, 150);
+      resizeTimer = setTimeout(() => { renderRateCharts(); renderGroupChart(); renderQueryPanel(); }, 150);
     });
     refresh();
     setInterval(refresh, 2000);
