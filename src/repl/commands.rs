@@ -21,7 +21,7 @@ Query buffer
 
 Informational
   \d                     list streams and queries
-  \d NAME                describe a stream or query: columns, options, status, counters
+  \d NAME                describe a stream, query or table: columns, options, status, counters
   \d+ NAME               the same, with a query's plan
   \ds                    list streams
   \dq                    list queries with status, counters and rates

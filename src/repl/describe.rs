@@ -1,4 +1,5 @@
-//! Informational meta-commands: `\d`, `\ds`, `\dq`, `\dt` and `\d NAME`.
+//! Informational meta-commands: `\d`, `\ds`, `\dq`, `\dt` and `\d NAME` (a
+//! stream, a query or a reference table).
 
 use super::*;
 
@@ -273,8 +274,19 @@ impl Session {
                     }
                 }
                 Err(e) if not_found(&e) => {
-                    eprintln!("Did not find any stream or query named \"{name}\".");
-                    return Err(Fail::Error);
+                    // Neither a stream nor a query: a reference table, if DESCRIBE knows it.
+                    let plain = name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                    let table = plain
+                        .then(|| self.client.sql(&format!("DESCRIBE {name}")).ok())
+                        .flatten()
+                        .and_then(|r| r.into_iter().next());
+                    let Some(t) = table else {
+                        eprintln!("Did not find any stream, query or table named \"{name}\".");
+                        return Err(Fail::Error);
+                    };
+                    text = Rows::new(vec!["column".into(), "type".into()], t.rows)
+                        .with_title(format!("Table \"{name}\""))
+                        .render(&settings, width);
                 }
                 Err(e) => return Err(self.report(&e, None, line, origin)),
             },
