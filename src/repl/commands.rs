@@ -307,6 +307,8 @@ impl Session {
         let path = std::env::temp_dir().join(format!("runnel-edit-{}.sql", std::process::id()));
         let edited = edit_file(&path, &text);
         let _ = std::fs::remove_file(&path);
+        // Ctrl-C inside the editor is the editor's, not a cancel of what follows.
+        self.interrupt.clear();
         let edited = match edited {
             Ok(t) => t,
             Err(e) => {

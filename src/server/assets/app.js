@@ -388,6 +388,8 @@
   }
 
   function follow(name) {
+    // A query selected twice in quick succession must not keep two streams.
+    if (state.source) state.source.close();
     const after = state.cursor ? "?after=" + encodeURIComponent(state.cursor) : "";
     const src = new EventSource("/queries/" + encodeURIComponent(name) + "/stream" + after);
     src.addEventListener("row", onRow);
