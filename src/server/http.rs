@@ -2,7 +2,7 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `POST /sql` | any statements, `;`-separated |
+//! | `POST /sql` | any statements, `;`-separated; the body, or `{"sql": ...}` as `application/json` |
 //! | `POST /queries` | `{"sql": ..., "name"?: ...}` or a `text/plain` SELECT → `201` |
 //! | `GET /queries`, `GET /queries/{id}`, `DELETE /queries/{id}` | |
 //! | `GET /queries/{id}/results?from=&to=&after=&limit=&format=json\|csv` | results, cursor-paged |
@@ -192,17 +192,45 @@ fn utf8(body: &Bytes) -> Result<&str, Error> {
 
 async fn sql(
     State(app): State<Arc<App>>,
+    headers: HeaderMap,
     b: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Res {
-    let b = body(b)?;
-    let results = app.execute_sql(utf8(&b)?).await?;
+    let (text, _) = sql_body(&headers, &body(b)?)?;
+    let results = app.execute_sql(&text).await?;
     Ok(axum::Json(json!({"results": results})).into_response())
 }
 
 #[derive(Deserialize)]
-struct CreateQueryBody {
+struct SqlBody {
     sql: String,
     name: Option<String>,
+}
+
+/// The SQL text of a request (and the query name a JSON body may give):
+/// `{"sql": "...", "name"?: "..."}` when the body is declared
+/// `application/json`, the body itself otherwise.
+fn sql_body(headers: &HeaderMap, body: &Bytes) -> Result<(String, Option<String>), Error> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let (text, name) = if is_json && !body.iter().all(u8::is_ascii_whitespace) {
+        let b: SqlBody = serde_json::from_slice(body).map_err(|e| {
+            Error::BadRequest(format!(
+                "invalid JSON body: {e}; expected {{\"sql\": \"...\"}}"
+            ))
+        })?;
+        (b.sql, b.name)
+    } else {
+        (utf8(body)?.to_string(), None)
+    };
+    if text.trim().is_empty() {
+        return Err(Error::BadRequest(
+            "empty request body: send SQL as text/plain, or {\"sql\": \"...\"} as application/json"
+                .into(),
+        ));
+    }
+    Ok((text, name))
 }
 
 async fn create_query(
@@ -210,21 +238,7 @@ async fn create_query(
     headers: HeaderMap,
     b: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Res {
-    let body = body(b)?;
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    let (text, name) = if is_json {
-        let b: CreateQueryBody = serde_json::from_slice(&body).map_err(|e| {
-            Error::BadRequest(format!(
-                "invalid JSON body: {e}; expected {{\"sql\": \"...\"}}"
-            ))
-        })?;
-        (b.sql, b.name)
-    } else {
-        (utf8(&body)?.to_string(), None)
-    };
+    let (text, name) = sql_body(&headers, &body(b)?)?;
     let parsed = parse_statement(&text)?;
     let (name, select) =
         match parsed.stmt {
