@@ -4,8 +4,13 @@
 
 mod common;
 
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
 use common::TestServer;
 use reqwest::Method;
+use serde_json::Value;
 
 const STREAM: &str = "CREATE STREAM clicks (ts TIMESTAMP, page TEXT, ms BIGINT)
   WITH (kafka_topic = 'clicks', event_time = 'ts')";
@@ -58,4 +63,203 @@ async fn sql_takes_a_json_body() {
             .unwrap()
             .starts_with("empty request body")
     );
+}
+
+/// A server reading a JSON-lines file stream of clicks, one record per key
+/// and second of event time, with a 1 s tumbling count per page.
+struct Clicks {
+    s: TestServer,
+    path: PathBuf,
+    base: i64,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+const PAGES: [&str; 4] = ["a", "b", "c", "d"];
+
+impl Clicks {
+    async fn start(query: &str) -> Clicks {
+        let dir = tempfile::tempdir().unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let path = data.path().join("clicks.jsonl");
+        std::fs::write(&path, "").unwrap();
+        let allow = [("RUNNEL_ALLOW_FILES", data.path().to_str().unwrap())];
+        let s = TestServer::start_with(dir.path(), "127.0.0.1:1", &allow);
+        s.sql(&format!(
+            "CREATE STREAM clicks (ts TIMESTAMP, page TEXT) WITH (source = 'file', \
+             path = '{}', format = 'json', event_time = 'ts', start = 'earliest')",
+            path.display()
+        ))
+        .await;
+        s.sql(query).await;
+        // Two hours ago, on a whole hour, so roll-ups have known buckets.
+        let now = chrono::Utc::now().timestamp_millis();
+        let base = (now / 3_600_000 - 2) * 3_600_000;
+        Clicks {
+            s,
+            path,
+            base,
+            _dirs: (dir, data),
+        }
+    }
+
+    /// Appends one record per page for each second in `from..to`.
+    fn append(&self, from: i64, to: i64) {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.path)
+            .unwrap();
+        for sec in from..to {
+            for p in PAGES {
+                let ts = self.base + sec * 1000 + 100;
+                writeln!(f, r#"{{"ts": {ts}, "page": "{p}"}}"#).unwrap();
+            }
+        }
+        f.flush().unwrap();
+    }
+
+    /// Waits until query `q` has at least `n` result rows and returns them all.
+    async fn rows(&self, q: &str, n: usize) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (st, v) = self
+                .s
+                .get(&format!("/queries/{q}/results?limit=100000"))
+                .await;
+            assert_eq!(st, 200, "{v}");
+            if v["rows"].as_array().unwrap().len() >= n {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "fewer than {n} rows: {v}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+const PER_PAGE: &str =
+    "CREATE QUERY per_page AS SELECT page, count(*) AS n FROM clicks GROUP BY page WINDOW 1s";
+
+/// A minimal server-sent events reader.
+struct Sse {
+    resp: reqwest::Response,
+    buf: String,
+}
+
+impl Sse {
+    async fn connect(url: &str) -> Sse {
+        let resp = reqwest::get(url).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        Sse {
+            resp,
+            buf: String::new(),
+        }
+    }
+
+    /// The next `row` event's id and data.
+    async fn row(&mut self) -> (i64, Value) {
+        loop {
+            if let Some(i) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..i + 2).collect();
+                let (mut id, mut data, mut event) = (None, String::new(), "");
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        id = Some(v.trim().parse::<i64>().unwrap());
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    } else if line.starts_with("event: row") {
+                        event = "row";
+                    }
+                }
+                if event == "row" {
+                    return (id.unwrap(), serde_json::from_str(&data).unwrap());
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(60), self.resp.chunk())
+                .await
+                .expect("an event within 60 s")
+                .unwrap()
+                .expect("stream still open");
+            self.buf.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    }
+}
+
+/// A cursor the query never issued is refused naming the newest one, on
+/// results and on the event stream; `after=now` starts after the newest row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cursors_are_checked_and_now_starts_at_the_newest_row() {
+    let c = Clicks::start(PER_PAGE).await;
+    c.append(0, 10);
+    // Nine of the ten windows close on the watermark.
+    let all = c.rows("per_page", 36).await;
+    let newest: i64 = all["cursor"].as_str().unwrap().parse().unwrap();
+
+    let (st, v) = c.s.get("/queries/per_page/results?after=999999999").await;
+    assert_eq!(st, 400, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("cursor 999999999 was never issued"), "{msg}");
+    assert!(
+        msg.contains("newest is ") && msg.contains("after=now"),
+        "{msg}"
+    );
+    let (st, v) = c.s.get("/queries/per_page/results?after=-3").await;
+    assert_eq!(st, 400, "{v}");
+
+    // Issued cursors still work, the newest included.
+    let (st, v) =
+        c.s.get(&format!("/queries/per_page/results?after={newest}"))
+            .await;
+    assert_eq!(st, 200, "{v}");
+
+    let (st, v) = c.s.get("/queries/per_page/results?after=now").await;
+    assert_eq!(st, 200, "{v}");
+    let now: i64 = v["cursor"].as_str().unwrap().parse().unwrap();
+    assert!(now >= newest, "{v}");
+    assert!(v["rows"].as_array().unwrap().is_empty(), "{v}");
+
+    let url = format!("{}/queries/per_page/stream", c.s.url);
+    let r = reqwest::get(format!("{url}?after=999999999"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = reqwest::Client::new()
+        .get(&url)
+        .header("Last-Event-ID", "999999999")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    // From now, the stream's first row is one written after it connected.
+    let mut live = Sse::connect(&format!("{url}?after=now")).await;
+    let before = c.rows("per_page", 36).await;
+    let before: i64 = before["cursor"].as_str().unwrap().parse().unwrap();
+    c.append(10, 20);
+    let (id, row) = live.row().await;
+    assert!(id > before, "{id} <= {before}: {row}");
+    // Without a cursor the stream starts at the first row.
+    let mut all = Sse::connect(&url).await;
+    let (first, _) = all.row().await;
+    let (_, v) = c.s.get("/queries/per_page/results?limit=1").await;
+    assert_eq!(v["cursor"].as_str().unwrap(), first.to_string());
+}
+
+/// Pages stop at their limit (1000 by default) and say whether more rows follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_say_when_more_rows_follow() {
+    let c = Clicks::start(PER_PAGE).await;
+    c.append(0, 10);
+    c.rows("per_page", 36).await;
+    let (_, v) = c.s.get("/queries/per_page/results?limit=10").await;
+    assert_eq!(v["rows"].as_array().unwrap().len(), 10, "{v}");
+    assert_eq!(v["has_more"], true, "{v}");
+    let (_, v) = c.s.get("/queries/per_page/results?limit=100000").await;
+    assert_eq!(v["has_more"], false, "{v}");
+    let r = reqwest::get(format!(
+        "{}/queries/per_page/results?limit=10&format=csv",
+        c.s.url
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.headers()["x-runnel-has-more"], "true");
 }

@@ -122,7 +122,7 @@ fn newest_rows(store: &Store, name: &str) -> crate::error::Result<Value> {
                 .columns
                 .iter()
                 .cloned()
-                .zip(r.into_iter().map(super::http::sql_to_json))
+                .zip(r.into_iter().map(super::rows::sql_to_json))
                 .collect();
             Value::Object(obj)
         })

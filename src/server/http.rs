@@ -5,7 +5,7 @@
 //! | `POST /sql` | any statements, `;`-separated; the body, or `{"sql": ...}` as `application/json` |
 //! | `POST /queries` | `{"sql": ..., "name"?: ...}` or a `text/plain` SELECT → `201` |
 //! | `GET /queries`, `GET /queries/{id}`, `DELETE /queries/{id}` | |
-//! | `GET /queries/{id}/results?from=&to=&after=&limit=&format=json\|csv` | results, cursor-paged |
+//! | `GET /queries/{id}/results?from=&to=&after=&limit=&format=json\|csv` | results, cursor-paged (`after=now` for only new rows), `has_more` when a page stops at its limit |
 //! | `GET /streams`, `GET /streams/{name}` | |
 //! | `GET /healthz` | `{"status": "ok"}`, or `"degraded"` with the queries that cannot read their broker or have failed (still 200: the server itself is alive) |
 //!
@@ -35,9 +35,10 @@ use serde_json::{Value, json};
 
 use super::App;
 use super::guard::{HostRule, same_origin};
+use super::rows::{csv_field, sql_to_json};
 use crate::error::Error;
 use crate::sql::{Statement, parse_statement};
-use crate::store::{ResultFilter, Value as SqlValue, normalize_ts, time_ms};
+use crate::store::{ResultFilter, normalize_ts, time_ms};
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
@@ -294,34 +295,6 @@ struct ResultsParams {
     rollup: Option<String>,
 }
 
-pub(super) fn sql_to_json(v: SqlValue) -> Value {
-    match v {
-        SqlValue::Null => Value::Null,
-        SqlValue::Integer(i) => json!(i),
-        SqlValue::Real(f) => json!(f),
-        SqlValue::Text(s) => Value::String(s),
-        SqlValue::Blob(b) => Value::String(base64::Engine::encode(
-            &base64::engine::general_purpose::STANDARD,
-            b,
-        )),
-    }
-}
-
-fn csv_field(v: &SqlValue) -> String {
-    let s = match v {
-        SqlValue::Null => return String::new(),
-        SqlValue::Integer(i) => i.to_string(),
-        SqlValue::Real(f) => f.to_string(),
-        SqlValue::Text(s) => s.clone(),
-        SqlValue::Blob(b) => base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b),
-    };
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s
-    }
-}
-
 async fn results(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
@@ -339,13 +312,6 @@ async fn results(
                 Error::BadRequest(format!("limit must be between 1 and 100000, not '{l}'"))
             })?,
     };
-    let after = match p.after.as_deref() {
-        None | Some("") => None,
-        Some(a) => Some(
-            a.parse::<i64>()
-                .map_err(|_| Error::BadRequest(format!("invalid cursor '{a}'")))?,
-        ),
-    };
     if let Some(size) = &p.rollup {
         let ms = |t: &Option<String>| t.as_deref().map(time_ms).transpose();
         let batch = app.rollup(&q.name, size, ms(&p.from)?, ms(&p.to)?).await?;
@@ -357,6 +323,7 @@ async fn results(
         });
         return Ok(axum::Json(body).into_response());
     }
+    let after = app.resolve_after(&q.name, p.after.as_deref()).await?;
     let filter = ResultFilter {
         from: p.from.as_deref().map(normalize_ts).transpose()?,
         to: p.to.as_deref().map(normalize_ts).transpose()?,
@@ -384,8 +351,7 @@ async fn results(
                     Value::Object(obj)
                 })
                 .collect();
-            let body =
-                json!({"query": q.name, "columns": page.columns, "rows": rows, "cursor": cursor});
+            let body = json!({"query": q.name, "columns": page.columns, "rows": rows, "cursor": cursor, "has_more": page.has_more});
             Ok(axum::Json(body).into_response())
         }
         "csv" => {
@@ -399,6 +365,10 @@ async fn results(
                 [
                     (header::CONTENT_TYPE, "text/csv".to_string()),
                     (header::HeaderName::from_static("x-runnel-cursor"), cursor),
+                    (
+                        header::HeaderName::from_static("x-runnel-has-more"),
+                        page.has_more.to_string(),
+                    ),
                 ],
                 out,
             )
@@ -482,13 +452,7 @@ async fn stream_results(
         .map(str::trim)
         .filter(|v| !v.is_empty())
         .or(p.after.as_deref().filter(|v| !v.is_empty()));
-    let after = match from {
-        None => None,
-        Some(a) => Some(
-            a.parse::<i64>()
-                .map_err(|_| Error::BadRequest(format!("invalid cursor '{a}'")))?,
-        ),
-    };
+    let after = app.resolve_after(&q.name, from).await?;
     // Held by the stream: dropping it when the client leaves frees the slot.
     let slot = app.guards.sse_slot()?;
     let name = q.name.clone();

@@ -18,6 +18,7 @@ pub mod http;
 pub mod limits;
 pub mod metrics;
 mod rollup;
+mod rows;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};

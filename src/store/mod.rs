@@ -126,6 +126,8 @@ pub struct ResultPage {
     pub cursor: Option<i64>,
     /// Each row's own cursor (its sequence), in row order.
     pub seqs: Vec<i64>,
+    /// More rows match than the page's limit let through.
+    pub has_more: bool,
 }
 
 /// Filters for reading results.
@@ -331,6 +333,12 @@ impl Store {
     /// Reads a page of a query's results, oldest write first.
     pub fn read_results(&self, query: &str, f: &ResultFilter) -> Result<ResultPage> {
         both!(self.read_results(query, f))
+    }
+
+    /// The newest cursor of a query's results (its largest row sequence),
+    /// None while it has no rows.
+    pub fn newest_cursor(&self, query: &str) -> Result<Option<i64>> {
+        both!(self.newest_cursor(query))
     }
 
     /// Stored window states of `query` whose window starts in `[from, to)`

@@ -632,7 +632,8 @@ impl PgStore {
         }
         sql.push_str(&format!(
             " ORDER BY _seq LIMIT {}",
-            f.limit.min(i64::MAX as usize)
+            // One row more than asked tells whether the page is the last.
+            f.limit.min(i64::MAX as usize - 1) + 1
         ));
         let (columns, rows) = self.run(|c| async move {
             let c = c.lock().await;
@@ -641,9 +642,10 @@ impl PgStore {
             let rows = c.query(&st, &refs(&params)).await?;
             Ok((columns, rows))
         })?;
+        let has_more = rows.len() > f.limit;
         let mut seqs = Vec::with_capacity(rows.len());
         let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
+        for r in rows.iter().take(f.limit) {
             seqs.push(r.try_get::<_, i64>(0)?);
             out.push(
                 (1..columns.len())
@@ -656,6 +658,16 @@ impl PgStore {
             rows: out,
             cursor: seqs.last().copied().or(f.after),
             seqs,
+            has_more,
+        })
+    }
+
+    /// The largest row sequence of a query's results.
+    pub fn newest_cursor(&self, query: &str) -> Result<Option<i64>> {
+        let sql = format!("SELECT MAX(_seq) FROM {}", quote(query));
+        self.run(|c| async move {
+            let c = c.lock().await;
+            Ok(c.query_one(&sql, &[]).await?.try_get::<_, Option<i64>>(0)?)
         })
     }
 

@@ -409,7 +409,11 @@ impl SqliteStore {
             sql.push_str(" AND _seq > ?");
             args.push(Value::Integer(after));
         }
-        sql.push_str(&format!(" ORDER BY _seq LIMIT {}", f.limit));
+        // One row more than asked tells whether the page is the last.
+        sql.push_str(&format!(
+            " ORDER BY _seq LIMIT {}",
+            f.limit.saturating_add(1)
+        ));
         let mut st = conn.prepare(&sql)?;
         let columns: Vec<String> = st.column_names().into_iter().map(String::from).collect();
         let n = columns.len();
@@ -419,6 +423,8 @@ impl SqliteStore {
                 .collect::<std::result::Result<Vec<_>, _>>()
         })?;
         let mut out: Vec<Vec<Value>> = rows.collect::<std::result::Result<_, _>>()?;
+        let has_more = out.len() > f.limit;
+        out.truncate(f.limit);
         let cursor = out.last().and_then(|r| match r[0] {
             Value::Integer(i) => Some(i),
             _ => None,
@@ -435,6 +441,13 @@ impl SqliteStore {
             rows: out,
             cursor: cursor.or(f.after),
             seqs,
+            has_more,
         })
+    }
+
+    /// The largest row sequence of a query's results.
+    pub fn newest_cursor(&self, query: &str) -> Result<Option<i64>> {
+        let sql = format!("SELECT MAX(_seq) FROM {}", quote(query));
+        Ok(self.conn().query_row(&sql, [], |r| r.get(0))?)
     }
 }

@@ -1,0 +1,91 @@
+//! How result rows leave the server: the `after=` cursor of results pages
+//! and server-sent events, and rows as JSON objects or CSV fields.
+//!
+//! A cursor is a row's sequence in its results table. `after=N` must be a
+//! cursor the query has issued (at most its newest), so a client holding a
+//! cursor from elsewhere hears of it instead of silently missing rows;
+//! `after=now` starts after the newest row.
+
+use serde_json::{Value, json};
+
+use super::App;
+use crate::error::{Error, Result};
+use crate::store::Value as SqlValue;
+
+impl App {
+    /// The newest cursor of query `name`'s results (None while it has none).
+    pub(super) async fn newest_cursor(&self, name: &str) -> Result<Option<i64>> {
+        let store = self.store.clone();
+        let name = name.to_string();
+        tokio::task::spawn_blocking(move || store.newest_cursor(&name))
+            .await
+            .map_err(|e| Error::Execution(e.to_string()))?
+    }
+
+    /// Resolves an `after` cursor given for query `name`: None for none,
+    /// the newest cursor for `now`, else a cursor the query has issued.
+    pub(super) async fn resolve_after(
+        &self,
+        name: &str,
+        after: Option<&str>,
+    ) -> Result<Option<i64>> {
+        let after = match after.map(str::trim) {
+            None | Some("") => return Ok(None),
+            Some(a) => a,
+        };
+        if after.eq_ignore_ascii_case("now") {
+            return Ok(Some(self.newest_cursor(name).await?.unwrap_or(0)));
+        }
+        let n = after
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .ok_or_else(|| {
+                Error::BadRequest(format!(
+                    "invalid cursor '{after}': use a cursor this query returned, or 'now'"
+                ))
+            })?;
+        let newest = self.newest_cursor(name).await?;
+        if n > newest.unwrap_or(0) {
+            let newest = match newest {
+                Some(c) => format!("its newest is {c}"),
+                None => "it has no rows yet".into(),
+            };
+            return Err(Error::BadRequest(format!(
+                "cursor {n} was never issued by query {name}: {newest}; \
+                 use after=now to start from the newest row"
+            )));
+        }
+        Ok(Some(n))
+    }
+}
+
+/// A stored value as JSON (blobs in base64).
+pub(super) fn sql_to_json(v: SqlValue) -> Value {
+    match v {
+        SqlValue::Null => Value::Null,
+        SqlValue::Integer(i) => json!(i),
+        SqlValue::Real(f) => json!(f),
+        SqlValue::Text(s) => Value::String(s),
+        SqlValue::Blob(b) => Value::String(base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            b,
+        )),
+    }
+}
+
+/// A stored value as a CSV field, quoted when it must be.
+pub(super) fn csv_field(v: &SqlValue) -> String {
+    let s = match v {
+        SqlValue::Null => return String::new(),
+        SqlValue::Integer(i) => i.to_string(),
+        SqlValue::Real(f) => f.to_string(),
+        SqlValue::Text(s) => s.clone(),
+        SqlValue::Blob(b) => base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b),
+    };
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s
+    }
+}
