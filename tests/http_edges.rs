@@ -13,7 +13,7 @@ use reqwest::Method;
 use serde_json::Value;
 
 const STREAM: &str = "CREATE STREAM clicks (ts TIMESTAMP, page TEXT, ms BIGINT)
-  WITH (kafka_topic = 'clicks', event_time = 'ts')";
+  WITH (kafka_topic = 'clicks', event_time = 'ts', start = 'earliest')";
 
 const JSON: (&str, &str) = ("Content-Type", "application/json");
 
@@ -262,4 +262,115 @@ async fn pages_say_when_more_rows_follow() {
     .await
     .unwrap();
     assert_eq!(r.headers()["x-runnel-has-more"], "true");
+}
+
+/// Catalog statements take PostgreSQL's `IF [NOT] EXISTS` and `OR REPLACE`
+/// and say what they did.
+#[tokio::test]
+async fn catalog_statements_say_what_they_did() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path(), "127.0.0.1:1");
+    let message = |v: &Value| v["results"][0]["message"].as_str().unwrap().to_string();
+
+    let v = s.sql("DROP STREAM IF EXISTS nosuch").await;
+    assert_eq!(
+        message(&v),
+        "stream nosuch does not exist; nothing dropped",
+        "{v}"
+    );
+    assert_eq!(v["results"][0]["dropped"], false, "{v}");
+    let v = s.sql("DROP QUERY IF EXISTS nosuch").await;
+    assert_eq!(
+        message(&v),
+        "query nosuch does not exist; nothing dropped",
+        "{v}"
+    );
+
+    let if_not_exists = STREAM.replace("STREAM clicks", "STREAM IF NOT EXISTS clicks");
+    let v = s.sql(&if_not_exists).await;
+    assert_eq!(message(&v), "stream clicks created", "{v}");
+    let v = s.sql(&if_not_exists).await;
+    assert_eq!(
+        message(&v),
+        "stream clicks already exists; nothing created",
+        "{v}"
+    );
+    let (st, v) = s.post("/sql", STREAM).await;
+    assert_eq!(st, 409, "{v}");
+
+    let q = "QUERY per_page AS SELECT page, count(*) AS n FROM clicks GROUP BY page WINDOW 10s";
+    let v = s.sql(&format!("CREATE OR REPLACE {q}")).await;
+    assert_eq!(message(&v), "query per_page created", "{v}");
+    let v = s
+        .sql(&q.replace("QUERY per_page", "CREATE QUERY IF NOT EXISTS per_page"))
+        .await;
+    assert_eq!(
+        message(&v),
+        "query per_page already exists; nothing created",
+        "{v}"
+    );
+    // Replacing changes the definition and says the results were reset.
+    let v = s
+        .sql(&format!("CREATE OR REPLACE {}", q.replace("10s", "1m")))
+        .await;
+    assert_eq!(
+        message(&v),
+        "query per_page replaced; its previous results were deleted",
+        "{v}"
+    );
+    assert_eq!(v["results"][0]["query"]["window"], "TUMBLING 1m", "{v}");
+    // A replacement that does not plan leaves the old query in place.
+    let (st, v) = s
+        .post(
+            "/sql",
+            &format!("CREATE OR REPLACE {}", q.replace("page,", "nope,")),
+        )
+        .await;
+    assert_eq!(st, 400, "{v}");
+    let (st, v) = s.get("/queries/per_page").await;
+    assert_eq!(
+        (st, v["window"].as_str()),
+        (200, Some("TUMBLING 1m")),
+        "{v}"
+    );
+    let (st, v) = s
+        .post(
+            "/sql",
+            "CREATE OR REPLACE STREAM clicks (a INT) WITH (kafka_topic = 'x')",
+        )
+        .await;
+    assert_eq!(st, 400, "{v}");
+
+    let v = s.sql("DROP QUERY per_page").await;
+    assert_eq!(
+        message(&v),
+        "query per_page dropped with its results table",
+        "{v}"
+    );
+}
+
+/// `DROP QUERY ... KEEP RESULTS` keeps the rows in a renamed table, and a
+/// new query of the same name starts with its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_query_can_keep_its_results() {
+    let c = Clicks::start(PER_PAGE).await;
+    c.append(0, 10);
+    c.rows("per_page", 36).await;
+    let v = c.s.sql("DROP QUERY per_page KEEP RESULTS").await;
+    let table = v["results"][0]["results_table"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(table.starts_with("per_page_kept_"), "{v}");
+    let msg = v["results"][0]["message"].as_str().unwrap();
+    assert!(msg.contains(&format!("kept in table {table}")), "{v}");
+    c.s.sql(PER_PAGE).await;
+    c.rows("per_page", 36).await;
+    let db = rusqlite::Connection::open(c.s.data_dir.join("runnel.db")).unwrap();
+    let kept: i64 = db
+        .query_row(&format!("SELECT count(*) FROM \"{table}\""), [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert!(kept >= 36, "{kept}");
 }

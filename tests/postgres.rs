@@ -103,7 +103,7 @@ fn scenario(store: &Store) -> Vec<String> {
             b"",
         )
         .unwrap();
-    store.delete_query("gone").unwrap();
+    store.delete_query("gone", None).unwrap();
     seen.push(format!("{:?}", store.list_streams().unwrap()));
     seen.push(format!("{:?}", store.list_tables().unwrap()));
     seen.push(format!("{:?}", store.list_queries().unwrap()));

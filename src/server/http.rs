@@ -256,10 +256,16 @@ async fn create_query(
         }
         _ => parsed.text.clone(),
     };
-    let q = app.create_query(name, &select, &text).await?;
+    let (q, created) = app
+        .create_query_as(parsed.create, name, &select, &text)
+        .await?;
     let v = app.query_json(&q, false);
     let body = json!({"id": v["id"], "name": v["name"], "columns": v["columns"]});
-    Ok((StatusCode::CREATED, axum::Json(body)).into_response())
+    let status = match created {
+        crate::server::Created::Existing => StatusCode::OK,
+        _ => StatusCode::CREATED,
+    };
+    Ok((status, axum::Json(body)).into_response())
 }
 
 async fn list_queries(State(app): State<Arc<App>>) -> Res {
@@ -282,7 +288,8 @@ async fn delete_query(State(app): State<Arc<App>>, Path(id): Path<String>) -> Re
     tokio::task::spawn_blocking(move || app2.drop_query(&id2))
         .await
         .map_err(|e| Error::Execution(e.to_string()))??;
-    Ok(axum::Json(json!({"dropped": id})).into_response())
+    let message = format!("query {id} dropped with its results table");
+    Ok(axum::Json(json!({"dropped": id, "message": message})).into_response())
 }
 
 #[derive(Deserialize)]

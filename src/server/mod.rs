@@ -12,6 +12,7 @@
 //! ```
 
 pub mod dashboard;
+mod ddl;
 pub mod guard;
 pub mod history;
 pub mod http;
@@ -47,6 +48,7 @@ use crate::sql::{
     parse_statement,
 };
 use crate::store::Store;
+pub use ddl::Created;
 
 /// Bad records kept per stream and reason for `GET /streams/{name}/errors`.
 pub const BAD_SAMPLES: usize = 20;
@@ -466,8 +468,8 @@ impl App {
     async fn execute(&self, p: &Parsed) -> Result<Value> {
         Ok(match &p.stmt {
             Statement::CreateStream(def) => {
-                if self.name_taken(&def.name) {
-                    return Err(Error::Conflict(format!("'{}' already exists", def.name)));
+                if let Some(v) = self.create_check(p.create, "stream", &def.name)? {
+                    return Ok(v);
                 }
                 self.check_stream(def)?;
                 self.store.save_stream(&def.name, &p.text)?;
@@ -478,10 +480,20 @@ impl App {
                 json!({"kind": "create_stream", "message": format!("stream {} created", def.name), "stream": def.name})
             }
             Statement::CreateQuery { name, select } => {
-                let q = self
-                    .create_query(Some(name.clone()), select, &p.text)
+                let (q, created) = self
+                    .create_query_as(p.create, Some(name.clone()), select, &p.text)
                     .await?;
-                json!({"kind": "create_query", "message": format!("query {} created", q.name), "query": self.query_json(&q, false)})
+                let message = match created {
+                    Created::New => format!("query {} created", q.name),
+                    Created::Existing => {
+                        format!("query {} already exists; nothing created", q.name)
+                    }
+                    Created::Replaced => format!(
+                        "query {} replaced; its previous results were deleted",
+                        q.name
+                    ),
+                };
+                json!({"kind": "create_query", "message": message, "created": created != Created::Existing, "query": self.query_json(&q, false)})
             }
             Statement::Select(select) => {
                 if self.reads_stream(&select.sql)? {
@@ -495,8 +507,8 @@ impl App {
                 }
             }
             Statement::CreateTable(def) => {
-                if self.name_taken(&def.name) {
-                    return Err(Error::Conflict(format!("'{}' already exists", def.name)));
+                if let Some(v) = self.create_check(p.create, "table", &def.name)? {
+                    return Ok(v);
                 }
                 let rows = self.load_table(def, &p.text).await?;
                 self.store.save_table(&def.name, &p.text)?;
@@ -628,20 +640,12 @@ impl App {
                 }
                 v
             }
-            Statement::DropQuery { name, if_exists } => {
-                match self.drop_query(name) {
-                    Err(Error::NotFound(_)) if *if_exists => {}
-                    other => other?,
-                }
-                json!({"kind": "drop_query", "message": format!("query {name} dropped")})
-            }
-            Statement::DropStream { name, if_exists } => {
-                match self.drop_stream(name) {
-                    Err(Error::NotFound(_)) if *if_exists => {}
-                    other => other?,
-                }
-                json!({"kind": "drop_stream", "message": format!("stream {name} dropped")})
-            }
+            Statement::DropQuery {
+                name,
+                if_exists,
+                keep_results,
+            } => self.drop_query_stmt(name, *if_exists, *keep_results)?,
+            Statement::DropStream { name, if_exists } => self.drop_stream_stmt(name, *if_exists)?,
         })
     }
 
@@ -848,11 +852,16 @@ impl App {
 
     /// Stops and deletes a query with its results.
     pub fn drop_query(&self, name: &str) -> Result<()> {
+        self.drop_query_keeping(name, None)
+    }
+
+    /// Stops and deletes a query, its results table with it or renamed to `keep_as`.
+    fn drop_query_keeping(&self, name: &str, keep_as: Option<&str>) -> Result<()> {
         let q = self.query(name)?;
         q.stop();
         // Gone from the catalog before its table goes, so readers see "dropped".
         self.queries.write().expect("lock").remove(&q.name);
-        self.store.delete_query(&q.name)?;
+        self.store.delete_query(&q.name, keep_as)?;
         Ok(())
     }
 

@@ -17,8 +17,11 @@
 //! }
 //! ```
 
+mod ddl;
 pub mod table;
 pub mod window;
+
+pub use ddl::CreateMode;
 
 use std::collections::BTreeMap;
 
@@ -41,6 +44,8 @@ pub struct Parsed {
     pub stmt: Statement,
     /// The statement's own text, trimmed.
     pub text: String,
+    /// What a `CREATE` does when its name is taken.
+    pub create: CreateMode,
 }
 
 /// A Runnel statement.
@@ -75,6 +80,8 @@ pub enum Statement {
         name: String,
         /// `IF EXISTS` given.
         if_exists: bool,
+        /// `KEEP RESULTS` given: the results table stays.
+        keep_results: bool,
     },
     /// `DROP STREAM name`.
     DropStream {
@@ -348,6 +355,7 @@ fn parse_one(src: &Source, tokens: &[TokenWithSpan]) -> Result<Parsed> {
     let first = toks[0];
     let range = (start_of(src, first), end_of(src, toks[toks.len() - 1]));
     let text: String = src.chars[range.0..range.1].iter().collect();
+    let (toks, modifiers, create) = ddl::create_modifiers(src, &toks)?;
     let kw: Vec<String> = toks
         .iter()
         .take(3)
@@ -374,9 +382,11 @@ fn parse_one(src: &Source, tokens: &[TokenWithSpan]) -> Result<Parsed> {
     };
     let stmt = match (kw(0), kw(1)) {
         ("CREATE", "TABLE") => {
-            Statement::CreateTable(table::create_table(&src.keep_only(range, &[]))?)
+            Statement::CreateTable(table::create_table(&src.keep_only(range, &modifiers))?)
         }
-        ("CREATE", "STREAM") => Statement::CreateStream(create_stream(&src.keep_only(range, &[]))?),
+        ("CREATE", "STREAM") => {
+            Statement::CreateStream(create_stream(&src.keep_only(range, &modifiers))?)
+        }
         ("CREATE", "QUERY") => {
             let name = name_at(2)?;
             let as_tok = toks.get(3).filter(|t| word(t).as_deref() == Some("AS"));
@@ -416,20 +426,7 @@ fn parse_one(src: &Source, tokens: &[TokenWithSpan]) -> Result<Parsed> {
             expect_end(2)?;
             Statement::Describe(name)
         }
-        ("DROP", "QUERY") | ("DROP", "STREAM") => {
-            let if_exists = kw(2) == "IF";
-            let at = if if_exists { 4 } else { 2 };
-            if if_exists && toks.get(3).and_then(|t| word(t)).as_deref() != Some("EXISTS") {
-                return Err(Error::sql("expected IF EXISTS", loc(toks[2])));
-            }
-            let name = name_at(at)?;
-            expect_end(at + 1)?;
-            if kw(1) == "QUERY" {
-                Statement::DropQuery { name, if_exists }
-            } else {
-                Statement::DropStream { name, if_exists }
-            }
-        }
+        ("DROP", "QUERY") | ("DROP", "STREAM") => ddl::drop_statement(&toks)?,
         _ => {
             return Err(Error::sql(
                 format!(
@@ -440,7 +437,7 @@ fn parse_one(src: &Source, tokens: &[TokenWithSpan]) -> Result<Parsed> {
             ));
         }
     };
-    Ok(Parsed { stmt, text })
+    Ok(Parsed { stmt, text, create })
 }
 
 /// Lower-cases unquoted identifiers, as DataFusion does.

@@ -185,6 +185,20 @@ fn results_ddl(
     )
 }
 
+/// The statements removing query `name`'s results table, or keeping it as
+/// `keep_as` (without its index, whose name a new query `name` will need).
+fn drop_results_sql(name: &str, keep_as: Option<&str>) -> String {
+    match keep_as {
+        None => format!("DROP TABLE IF EXISTS {}", quote(name)),
+        Some(new) => format!(
+            "DROP INDEX IF EXISTS {idx}; ALTER TABLE {t} RENAME TO {new}",
+            idx = quote(&format!("{name}_window")),
+            t = quote(name),
+            new = quote(new),
+        ),
+    }
+}
+
 /// The windows a closed-window emission's rows replace: each distinct
 /// (window_start, window_end) of its rows, in epoch ms, in first-seen order.
 fn replaced_windows(batch: &RecordBatch) -> Result<Vec<(i64, i64)>> {
@@ -302,9 +316,10 @@ impl Store {
         both!(self.save_query(name, sql, schema))
     }
 
-    /// Deletes a query, its checkpoint and its results table.
-    pub fn delete_query(&self, name: &str) -> Result<()> {
-        both!(self.delete_query(name))
+    /// Deletes a query, its checkpoint and its results table (or renames
+    /// the table to `keep_as`).
+    pub fn delete_query(&self, name: &str, keep_as: Option<&str>) -> Result<()> {
+        both!(self.delete_query(name, keep_as))
     }
 
     /// Writes emitted rows, the offsets consumed so far and the open-window

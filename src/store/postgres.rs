@@ -489,8 +489,10 @@ impl PgStore {
         })
     }
 
-    /// Deletes a query, its checkpoint and its results table.
-    pub fn delete_query(&self, name: &str) -> Result<()> {
+    /// Deletes a query, its checkpoint and its results table (or renames
+    /// the table to `keep_as`).
+    pub fn delete_query(&self, name: &str, keep_as: Option<&str>) -> Result<()> {
+        let drop_results = super::drop_results_sql(name, keep_as);
         let name = name.to_string();
         self.run(|c| async move {
             let mut c = c.lock().await;
@@ -507,8 +509,7 @@ impl PgStore {
                 tx.execute(&format!("DELETE FROM {t} WHERE query = $1"), &[&name])
                     .await?;
             }
-            tx.batch_execute(&format!("DROP TABLE IF EXISTS {}", quote(&name)))
-                .await?;
+            tx.batch_execute(&drop_results).await?;
             tx.commit().await?;
             Ok(())
         })

@@ -210,15 +210,16 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Deletes a query, its checkpoint and its results table.
-    pub fn delete_query(&self, name: &str) -> Result<()> {
+    /// Deletes a query, its checkpoint and its results table (or renames
+    /// the table to `keep_as`).
+    pub fn delete_query(&self, name: &str, keep_as: Option<&str>) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         tx.execute("DELETE FROM runnel_queries WHERE name = ?1", params![name])?;
         for t in ["runnel_checkpoints", "runnel_window_states"] {
             tx.execute(&format!("DELETE FROM {t} WHERE query = ?1"), params![name])?;
         }
-        tx.execute_batch(&format!("DROP TABLE IF EXISTS {}", quote(name)))?;
+        tx.execute_batch(&super::drop_results_sql(name, keep_as))?;
         tx.commit()?;
         Ok(())
     }
