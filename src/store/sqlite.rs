@@ -413,7 +413,7 @@ impl SqliteStore {
         // One row more than asked tells whether the page is the last.
         sql.push_str(&format!(
             " ORDER BY _seq LIMIT {}",
-            f.limit.saturating_add(1)
+            f.limit.min(i64::MAX as usize - 1) + 1
         ));
         let mut st = conn.prepare(&sql)?;
         let columns: Vec<String> = st.column_names().into_iter().map(String::from).collect();
