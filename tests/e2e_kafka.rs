@@ -26,7 +26,7 @@ struct Agg {
 type Key = (String, String, String); // window_start, publisher, geo
 
 fn ts_text(ms: i64) -> String {
-    runnel::store::format_ts(ms)
+    runnel::store::format_api_ts(ms)
 }
 
 /// Produces `count` impressions starting at record `from`, 4 partitions,

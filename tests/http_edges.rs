@@ -374,3 +374,63 @@ async fn drop_query_can_keep_its_results() {
         .unwrap();
     assert!(kept >= 36, "{kept}");
 }
+
+/// Timestamps are RFC 3339 in UTC with milliseconds everywhere, and JSON
+/// rows keep the select list's order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timestamps_and_column_order_are_the_same_everywhere() {
+    let c = Clicks::start(
+        "CREATE QUERY per_page AS SELECT page, max(ts) AS last_ts, count(*) AS n \
+         FROM clicks GROUP BY page WINDOW 1s",
+    )
+    .await;
+    c.append(0, 3);
+    c.rows("per_page", 8).await;
+    let start = runnel::store::format_api_ts(c.base);
+    let end = runnel::store::format_api_ts(c.base + 1000);
+    let last = runnel::store::format_api_ts(c.base + 100);
+    assert!(
+        start.ends_with(":00.000Z") && start.contains('T'),
+        "{start}"
+    );
+
+    let text = reqwest::get(format!("{}/queries/per_page/results?limit=1", c.s.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let want = format!(
+        r#""rows":[{{"window_start":"{start}","window_end":"{end}","page":"a","last_ts":"{last}","n":1}}]"#
+    );
+    assert!(text.contains(&want), "{text}\nwant {want}");
+
+    let csv = reqwest::get(format!(
+        "{}/queries/per_page/results?limit=1&format=csv",
+        c.s.url
+    ))
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    assert_eq!(
+        csv,
+        format!("window_start,window_end,page,last_ts,n\n{start},{end},a,{last},1\n")
+    );
+
+    let mut sse = Sse::connect(&format!("{}/queries/per_page/stream", c.s.url)).await;
+    let (_, row) = sse.row().await;
+    assert_eq!(row["window_start"], start.as_str(), "{row}");
+    assert_eq!(row["last_ts"], last.as_str(), "{row}");
+
+    let v = c
+        .s
+        .sql("SELECT window_end, last_ts, page FROM per_page ORDER BY window_start, page LIMIT 1")
+        .await;
+    assert_eq!(
+        v["results"][0]["rows"][0],
+        serde_json::json!([end, last, "a"]),
+        "{v}"
+    );
+}

@@ -112,7 +112,7 @@ impl Feed {
             if geo != "unknown" {
                 let ws = ts.div_euclid(10_000) * 10_000;
                 let key = (
-                    runnel::store::format_ts(ws),
+                    runnel::store::format_api_ts(ws),
                     v["publisher"].as_str().unwrap().to_string(),
                     geo,
                 );

@@ -75,8 +75,8 @@ async fn hourly_uniques_merge_the_window_sketches() {
     assert_eq!(status, 200, "{v}");
     let rows = v["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 2, "{v}");
-    let start = runnel::store::format_ts(hour);
-    let end = runnel::store::format_ts(hour + 3_600_000);
+    let start = runnel::store::format_api_ts(hour);
+    let end = runnel::store::format_api_ts(hour + 3_600_000);
     for r in rows {
         let geo = r["geo"].as_str().unwrap();
         assert_eq!(r["window_start"], start.as_str(), "{r}");

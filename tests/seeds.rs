@@ -242,7 +242,7 @@ async fn stream_table_joins_grouped_by_table_columns() {
             r["region"].as_str().map(str::to_string),
         )
     };
-    let window = |at: i64| runnel::store::format_ts(base + at);
+    let window = |at: i64| runnel::store::format_api_ts(base + at);
     let region = |r: &str| Some(r.to_string()).filter(|r| !r.is_empty());
     // [0 s, 10 s): east c1 10 + c3 30 + c1 1, west c2 20, NULL c9 7 + 5;
     // [10 s, 20 s): north c4 4, west c2 2 + 3, NULL c8 9.
@@ -431,7 +431,7 @@ async fn access_log_analytics() {
     }
     p.flush(Duration::from_secs(30)).unwrap();
 
-    let win = |ts: i64| runnel::store::format_ts(ts.div_euclid(10_000) * 10_000);
+    let win = |ts: i64| runnel::store::format_api_ts(ts.div_euclid(10_000) * 10_000);
     let mut sizes: HashMap<String, (i64, i64, i64, i64, i64)> = HashMap::new(); // min, max, sum, n_sized, n
     let mut codes: HashMap<(String, i64), i64> = HashMap::new();
     let mut ips: HashMap<(String, String), i64> = HashMap::new();

@@ -35,7 +35,7 @@ use serde_json::{Value, json};
 
 use super::App;
 use super::guard::{HostRule, same_origin};
-use super::rows::{csv_field, sql_to_json};
+use super::rows::{api_rows, csv_field, row_object};
 use crate::error::Error;
 use crate::sql::{Statement, parse_statement};
 use crate::store::{ResultFilter, normalize_ts, time_ms};
@@ -339,24 +339,17 @@ async fn results(
     };
     let store = app.store.clone();
     let name = q.name.clone();
-    let page = tokio::task::spawn_blocking(move || store.read_results(&name, &filter))
+    let mut page = tokio::task::spawn_blocking(move || store.read_results(&name, &filter))
         .await
         .map_err(|e| Error::Execution(e.to_string()))??;
+    api_rows(&q.plan.output_schema, &page.columns, &mut page.rows);
     let cursor = page.cursor.map(|c| c.to_string()).unwrap_or_default();
     match p.format.as_deref().unwrap_or("json") {
         "json" => {
             let rows: Vec<Value> = page
                 .rows
                 .into_iter()
-                .map(|r| {
-                    let obj: serde_json::Map<String, Value> = page
-                        .columns
-                        .iter()
-                        .cloned()
-                        .zip(r.into_iter().map(sql_to_json))
-                        .collect();
-                    Value::Object(obj)
-                })
+                .map(|r| row_object(&page.columns, r))
                 .collect();
             let body = json!({"query": q.name, "columns": page.columns, "rows": rows, "cursor": cursor, "has_more": page.has_more});
             Ok(axum::Json(body).into_response())
@@ -498,19 +491,16 @@ async fn stream_results(
                 let page =
                     tokio::task::spawn_blocking(move || store.read_results(&table, &filter)).await;
                 match page {
-                    Ok(Ok(page)) if !page.rows.is_empty() => {
+                    Ok(Ok(mut page)) if !page.rows.is_empty() => {
+                        if let Ok(q) = app.query(&name) {
+                            api_rows(&q.plan.output_schema, &page.columns, &mut page.rows);
+                        }
                         for (row, seq) in page.rows.into_iter().zip(page.seqs) {
-                            let obj: serde_json::Map<String, Value> = page
-                                .columns
-                                .iter()
-                                .cloned()
-                                .zip(row.into_iter().map(sql_to_json))
-                                .collect();
                             pending.push_back(
                                 Event::default()
                                     .event("row")
                                     .id(seq.to_string())
-                                    .data(Value::Object(obj).to_string()),
+                                    .data(row_object(&page.columns, row).to_string()),
                             );
                             after = Some(seq);
                         }

@@ -165,9 +165,14 @@ fn batch_objects(batches: &[RecordBatch]) -> Result<Vec<serde_json::Map<String, 
     serde_json::from_slice(&buf).map_err(|e| Error::Execution(e.to_string()))
 }
 
-/// Converts batches to `{"columns": [...], "rows": [[...]]}`.
+/// Converts batches to `{"columns": [...], "rows": [[...]]}`, timestamps in
+/// the API's format.
 pub fn batches_json(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Value> {
-    let rows: Vec<Value> = batch_objects(batches)?
+    let batches = batches
+        .iter()
+        .map(api_timestamps)
+        .collect::<Result<Vec<_>>>()?;
+    let rows: Vec<Value> = batch_objects(&batches)?
         .into_iter()
         .map(|mut o| {
             Value::Array(
@@ -182,9 +187,9 @@ pub fn batches_json(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Value
     Ok(json!({"columns": columns_json(schema), "rows": rows}))
 }
 
-/// The rows of `batch` as JSON objects, timestamps written as in results
-/// tables (`YYYY-MM-DD HH:MM:SS.fff`).
-pub fn row_objects(batch: &RecordBatch) -> Result<Vec<Value>> {
+/// `batch` with its timestamp columns as text in the API's format
+/// ([`crate::store::API_TS_FORMAT`]).
+fn api_timestamps(batch: &RecordBatch) -> Result<RecordBatch> {
     use datafusion::arrow::array::{ArrayRef, AsArray, StringArray};
     use datafusion::arrow::datatypes::{
         DataType, Field, Schema, TimeUnit, TimestampMillisecondType,
@@ -201,7 +206,7 @@ pub fn row_objects(batch: &RecordBatch) -> Result<Vec<Value>> {
                 let text: StringArray = ms
                     .as_primitive::<TimestampMillisecondType>()
                     .iter()
-                    .map(|v| v.map(crate::store::format_ts))
+                    .map(|v| v.map(crate::store::format_api_ts))
                     .collect();
                 Arc::new(text) as ArrayRef
             }
@@ -210,15 +215,24 @@ pub fn row_objects(batch: &RecordBatch) -> Result<Vec<Value>> {
         fields.push(Field::new(f.name(), c.data_type().clone(), true));
         cols.push(c);
     }
-    let schema: SchemaRef = Arc::new(Schema::new(fields));
-    let batch = RecordBatch::try_new(schema.clone(), cols)?;
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?)
+}
+
+/// The rows of `batch` as JSON objects with every column in schema order,
+/// timestamps in the API's format.
+pub fn row_objects(batch: &RecordBatch) -> Result<Vec<Value>> {
+    let batch = api_timestamps(batch)?;
+    let schema = batch.schema();
     Ok(batch_objects(&[batch])?
         .into_iter()
         .map(|mut o| {
-            for f in schema.fields() {
-                o.entry(f.name().as_str()).or_insert(Value::Null);
-            }
-            Value::Object(o)
+            Value::Object(
+                schema
+                    .fields()
+                    .iter()
+                    .map(|f| (f.name().clone(), o.remove(f.name()).unwrap_or(Value::Null)))
+                    .collect(),
+            )
         })
         .collect())
 }
@@ -235,7 +249,7 @@ fn fmt_ms(ms: i64) -> Value {
     if ms == i64::MIN {
         Value::Null
     } else {
-        Value::String(crate::store::format_ts(ms))
+        Value::String(crate::store::format_api_ts(ms))
     }
 }
 

@@ -1,16 +1,18 @@
 //! How result rows leave the server: the `after=` cursor of results pages
-//! and server-sent events, and rows as JSON objects or CSV fields.
+//! and server-sent events, and rows as JSON objects (keys in column order)
+//! or CSV fields, timestamps as RFC 3339 UTC with milliseconds.
 //!
 //! A cursor is a row's sequence in its results table. `after=N` must be a
 //! cursor the query has issued (at most its newest), so a client holding a
 //! cursor from elsewhere hears of it instead of silently missing rows;
 //! `after=now` starts after the newest row.
 
+use datafusion::arrow::datatypes::{DataType, Schema};
 use serde_json::{Value, json};
 
 use super::App;
 use crate::error::{Error, Result};
-use crate::store::Value as SqlValue;
+use crate::store::{Value as SqlValue, api_ts};
 
 impl App {
     /// The newest cursor of query `name`'s results (None while it has none).
@@ -58,6 +60,41 @@ impl App {
         }
         Ok(Some(n))
     }
+}
+
+/// Rewrites the timestamp columns of `rows` (stored as [`TS_FORMAT`] text,
+/// columns named as in `columns`) in the API's format.
+///
+/// [`TS_FORMAT`]: crate::store::TS_FORMAT
+pub(super) fn api_rows(schema: &Schema, columns: &[String], rows: &mut [Vec<SqlValue>]) {
+    let ts: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| {
+            schema
+                .field_with_name(c)
+                .is_ok_and(|f| matches!(f.data_type(), DataType::Timestamp(_, _)))
+        })
+        .map(|(i, _)| i)
+        .collect();
+    for row in rows {
+        for &i in &ts {
+            if let Some(SqlValue::Text(t)) = row.get_mut(i) {
+                *t = api_ts(t);
+            }
+        }
+    }
+}
+
+/// A row as a JSON object, keys in column order.
+pub(super) fn row_object(columns: &[String], row: Vec<SqlValue>) -> Value {
+    Value::Object(
+        columns
+            .iter()
+            .cloned()
+            .zip(row.into_iter().map(sql_to_json))
+            .collect(),
+    )
 }
 
 /// A stored value as JSON (blobs in base64).
