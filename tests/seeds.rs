@@ -131,13 +131,9 @@ async fn adnetwork_and_stream_table_join() {
     let rows = all_rows(&s, "revenue_by_tier", by_tier.len()).await;
     assert_eq!(rows.len(), by_tier.len());
     for r in &rows {
-        let start = chrono::NaiveDateTime::parse_from_str(
-            r["window_start"].as_str().unwrap(),
-            "%Y-%m-%d %H:%M:%S%.3f",
-        )
-        .unwrap()
-        .and_utc()
-        .timestamp_millis();
+        let start = chrono::DateTime::parse_from_rfc3339(r["window_start"].as_str().unwrap())
+            .unwrap()
+            .timestamp_millis();
         let (n, sum) = by_tier[&(start, r["tier"].as_str().unwrap())];
         assert_eq!(r["imps"].as_i64().unwrap(), n, "{r}");
         assert!((r["spend"].as_f64().unwrap() - sum).abs() < 1e-6, "{r}");
@@ -145,13 +141,9 @@ async fn adnetwork_and_stream_table_join() {
     let rows = all_rows(&s, "geo_counts", by_geo.len()).await;
     assert_eq!(rows.len(), by_geo.len());
     for r in &rows {
-        let start = chrono::NaiveDateTime::parse_from_str(
-            r["window_start"].as_str().unwrap(),
-            "%Y-%m-%d %H:%M:%S%.3f",
-        )
-        .unwrap()
-        .and_utc()
-        .timestamp_millis();
+        let start = chrono::DateTime::parse_from_rfc3339(r["window_start"].as_str().unwrap())
+            .unwrap()
+            .timestamp_millis();
         assert_eq!(
             r["n"].as_i64().unwrap(),
             by_geo[&(start, r["geo"].as_str().unwrap().to_string())],
