@@ -434,3 +434,45 @@ async fn timestamps_and_column_order_are_the_same_everywhere() {
         "{v}"
     );
 }
+
+/// CREATE answers warn about what a new user would not expect: a query
+/// without WINDOW is a cumulative table, and a topic that does not exist.
+#[tokio::test]
+async fn create_answers_warn_of_cumulative_queries_and_missing_topics() {
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    cluster.create_topic("clicks", 1, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path(), &brokers);
+    let v = s
+        .sql("CREATE STREAM typo (ts TIMESTAMP, page TEXT) WITH (kafka_topic = 'clikcs', event_time = 'ts')")
+        .await;
+    let w = v["results"][0]["warnings"][0].as_str().unwrap_or_default();
+    assert!(w.contains("topic 'clikcs' does not exist"), "{v}");
+    let v = s
+        .sql("CREATE STREAM clicks (ts TIMESTAMP, page TEXT) WITH (kafka_topic = 'clicks', event_time = 'ts')")
+        .await;
+    assert!(v["results"][0].get("warnings").is_none(), "{v}");
+    let v = s
+        .sql("CREATE QUERY per_page AS SELECT page, count(*) AS n FROM clicks GROUP BY page")
+        .await;
+    let w = v["results"][0]["warnings"][0].as_str().unwrap_or_default();
+    assert!(w.contains("no WINDOW: a cumulative table"), "{v}");
+    let v = s.sql("DESCRIBE per_page").await;
+    assert!(
+        v["results"][0]["notes"][0]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cumulative"),
+        "{v}"
+    );
+    let v = s
+        .sql("CREATE QUERY per_page_10s AS SELECT page, count(*) AS n FROM clicks GROUP BY page WINDOW 10s")
+        .await;
+    assert!(v["results"][0].get("warnings").is_none(), "{v}");
+    let v = s
+        .sql("CREATE QUERY waits AS SELECT page, count(*) AS n FROM typo GROUP BY page WINDOW 10s")
+        .await;
+    let w = v["results"][0]["warnings"][0].as_str().unwrap_or_default();
+    assert!(w.contains("topic 'clikcs' does not exist"), "{v}");
+}

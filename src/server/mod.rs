@@ -491,7 +491,11 @@ impl App {
                     def.name.clone(),
                     Arc::new(StreamEntry::new(def.clone(), p.text.clone())),
                 );
-                json!({"kind": "create_stream", "message": format!("stream {} created", def.name), "stream": def.name})
+                let mut v = json!({"kind": "create_stream", "message": format!("stream {} created", def.name), "stream": def.name});
+                if let Some(w) = self.topic_warning(def).await {
+                    v["warnings"] = json!([w]);
+                }
+                v
             }
             Statement::CreateQuery { name, select } => {
                 let (q, created) = self
@@ -507,12 +511,16 @@ impl App {
                         q.name
                     ),
                 };
-                json!({"kind": "create_query", "message": message, "created": created != Created::Existing, "query": self.query_json(&q, false)})
+                let mut v = json!({"kind": "create_query", "message": message, "created": created != Created::Existing, "query": self.query_json(&q, false)});
+                self.add_create_warnings(&q, &mut v).await;
+                v
             }
             Statement::Select(select) => {
                 if self.reads_stream(&select.sql)? {
                     let q = self.create_query(None, select, &p.text).await?;
-                    json!({"kind": "create_query", "message": format!("query {} created", q.name), "query": self.query_json(&q, false)})
+                    let mut v = json!({"kind": "create_query", "message": format!("query {} created", q.name), "query": self.query_json(&q, false)});
+                    self.add_create_warnings(&q, &mut v).await;
+                    v
                 } else {
                     let (schema, batches) = self.pull(select).await?;
                     let mut v = batches_json(&schema, &batches)?;
@@ -651,6 +659,10 @@ impl App {
                 v["object"] = json!(kind);
                 if let Ok(q) = self.query(name) {
                     v["sink"] = crate::sink::SinkStatus::json(&q.counters.sink).into();
+                    let notes = self.query_notes(&q);
+                    if !notes.is_empty() {
+                        v["notes"] = json!(notes);
+                    }
                 }
                 v
             }
@@ -1006,7 +1018,64 @@ impl App {
         if with_plan {
             v["plan"] = json!(q.plan.explain());
         }
+        let notes = self.query_notes(q);
+        if !notes.is_empty() {
+            v["notes"] = json!(notes);
+        }
         v
+    }
+
+    /// A warning when `def` reads a Kafka topic its brokers do not have
+    /// (a typo, or a topic not created yet): queries over it wait for it.
+    async fn topic_warning(&self, def: &StreamDef) -> Option<String> {
+        if def.source != crate::sql::SourceKind::Kafka {
+            return None;
+        }
+        let kafka = crate::connect::kafka_conn(&self.config, def);
+        let topic = def.topic.clone();
+        let (k, t) = (kafka.clone(), topic.clone());
+        let wait = std::time::Duration::from_secs(1);
+        let exists = tokio::task::spawn_blocking(move || {
+            crate::source::kafka::admin::topic_exists(&k, &t, wait)
+        })
+        .await
+        .ok()??;
+        if exists {
+            return None;
+        }
+        let w = format!(
+            "topic '{topic}' does not exist on {} yet: queries over stream {} wait for it (check kafka_topic for a typo)",
+            kafka.brokers, def.name
+        );
+        tracing::warn!("{w}");
+        Some(w)
+    }
+
+    /// Adds to a CREATE answer what the user should know about query `q`:
+    /// the notes of [`query_notes`](Self::query_notes) and a missing topic.
+    async fn add_create_warnings(&self, q: &QueryEntry, v: &mut Value) {
+        let mut warnings = self.query_notes(q);
+        let stream = self.streams.read().expect("lock").get(&q.stream).cloned();
+        if let Some(s) = stream
+            && let Some(w) = self.topic_warning(&s.def).await
+        {
+            warnings.push(w);
+        }
+        if !warnings.is_empty() {
+            v["warnings"] = json!(warnings);
+        }
+    }
+
+    /// What a reader of query `q`'s rows should know about them.
+    fn query_notes(&self, q: &QueryEntry) -> Vec<String> {
+        let mut notes = Vec::new();
+        if let crate::sql::window::WindowKind::Cumulative { emit_ms } = q.plan.window.kind {
+            notes.push(format!(
+                "no WINDOW: a cumulative table over the whole stream, re-emitted every {} ms; window_start is always 1970-01-01 and window_end the event time it was computed as of (add WINDOW <size> for windows)",
+                emit_ms
+            ));
+        }
+        notes
     }
 
     /// JSON description of a stream.

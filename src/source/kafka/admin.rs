@@ -10,6 +10,8 @@
 //! # Ok(()) }
 //! ```
 
+use std::time::Duration;
+
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext};
@@ -28,6 +30,19 @@ pub enum Ensured {
     /// The broker does not create topics on request (CreateTopics) but
     /// created it when asked for its metadata, with its default partitions.
     AutoCreated,
+}
+
+/// Whether `topic` exists, asking the brokers for at most `timeout`
+/// without letting them auto-create it; `None` when they cannot be reached.
+pub fn topic_exists(kafka: &KafkaConn, topic: &str, timeout: Duration) -> Option<bool> {
+    let consumer: BaseConsumer = kafka
+        .create(
+            &[("allow.auto.create.topics", "false")],
+            DefaultConsumerContext,
+        )
+        .ok()?;
+    let md = consumer.fetch_metadata(Some(topic), timeout).ok()?;
+    Some(!partitions_of(&md, topic).is_empty())
 }
 
 /// Makes sure `topic` exists: creates it with `partitions` partitions (the
