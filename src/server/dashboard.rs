@@ -68,64 +68,35 @@ async fn history(State(app): State<Arc<App>>) -> Response {
 /// The newest result rows of a query, whole windows only, oldest first, with
 /// the cursor of the newest row: `{"columns", "rows", "cursor"}`.
 async fn latest(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Response, Error> {
-    let name = app.query(&id)?.name.clone();
-    let store = app.store.clone();
-    let page = tokio::task::spawn_blocking(move || newest_rows(&store, &name))
+    let q = app.query(&id)?;
+    let (store, name) = (app.store.clone(), q.name.clone());
+    let schema = q.plan.output_schema.clone();
+    let page = tokio::task::spawn_blocking(move || newest_rows(&store, &name, &schema))
         .await
         .map_err(|e| Error::Execution(e.to_string()))??;
     Ok(axum::Json(page).into_response())
 }
 
-fn newest_rows(store: &Store, name: &str) -> crate::error::Result<Value> {
-    // The smallest sequence number written after `after`, if any.
-    let next_after = |after: Option<i64>| -> crate::error::Result<Option<i64>> {
-        let filter = ResultFilter {
-            after,
-            limit: 1,
-            ..Default::default()
-        };
-        Ok(store.read_results(name, &filter)?.seqs.first().copied())
-    };
-    let Some(mut lo) = next_after(None)? else {
+fn newest_rows(
+    store: &Store,
+    name: &str,
+    schema: &datafusion::arrow::datatypes::Schema,
+) -> crate::error::Result<Value> {
+    let Some(newest) = store.newest_cursor(name)? else {
         return Ok(json!({"columns": [], "rows": [], "cursor": ""}));
     };
-    // The store reads forward only: find the newest row's sequence number by
-    // galloping, then bisecting (`lo` exists, nothing is at `hi` or after).
-    let mut step = 1i64;
-    let mut hi = loop {
-        match next_after(Some(lo + step - 1))? {
-            Some(s) => {
-                lo = s;
-                step = step.saturating_mul(2);
-            }
-            None => break lo + step,
-        }
-    };
-    while hi - lo > 1 {
-        let mid = lo + (hi - lo) / 2;
-        match next_after(Some(mid - 1))? {
-            Some(s) => lo = s,
-            None => hi = mid,
-        }
-    }
     let filter = ResultFilter {
-        after: Some(lo.saturating_sub(LATEST_ROWS as i64)),
+        after: Some(newest.saturating_sub(LATEST_ROWS as i64)),
         limit: LATEST_ROWS,
         ..Default::default()
     };
-    let page = store.read_results(name, &filter)?;
+    let mut page = store.read_results(name, &filter)?;
+    // The same values as the results API gives (timestamps in RFC 3339).
+    super::rows::api_rows(schema, &page.columns, &mut page.rows);
     let mut rows: Vec<Value> = page
         .rows
         .into_iter()
-        .map(|r| {
-            let obj: serde_json::Map<String, Value> = page
-                .columns
-                .iter()
-                .cloned()
-                .zip(r.into_iter().map(super::rows::sql_to_json))
-                .collect();
-            Value::Object(obj)
-        })
+        .map(|r| super::rows::row_object(&page.columns, r))
         .collect();
     // A full page may start in the middle of a window: leave that one out.
     if rows.len() >= LATEST_ROWS {
@@ -134,5 +105,5 @@ fn newest_rows(store: &Store, name: &str) -> crate::error::Result<Value> {
             rows.retain(|r| r["window_start"] != first);
         }
     }
-    Ok(json!({"columns": page.columns, "rows": rows, "cursor": lo.to_string()}))
+    Ok(json!({"columns": page.columns, "rows": rows, "cursor": newest.to_string()}))
 }
