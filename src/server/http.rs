@@ -6,6 +6,7 @@
 //! | `POST /queries` | `{"sql": ..., "name"?: ...}` or a `text/plain` SELECT → `201` |
 //! | `GET /queries`, `GET /queries/{id}`, `DELETE /queries/{id}` | |
 //! | `GET /queries/{id}/results?from=&to=&after=&limit=&format=json\|csv` | results, cursor-paged (`after=now` for only new rows), `has_more` when a page stops at its limit |
+//! | `GET /queries/{id}/results?rollup=1h&from=&to=&limit=&format=&partial=` | roll-up of the complete buckets ([`super::rollup`]); `partial=true` adds the open ones, flagged by a `complete` column |
 //! | `GET /streams`, `GET /streams/{name}` | |
 //! | `GET /healthz` | `{"status": "ok"}`, or `"degraded"` with the queries that cannot read their broker or have failed (still 200: the server itself is alive) |
 //!
@@ -35,7 +36,8 @@ use serde_json::{Value, json};
 
 use super::App;
 use super::guard::{HostRule, same_origin};
-use super::rows::{api_rows, csv_field, row_object};
+use super::rollup::RollupRequest;
+use super::rows::{api_rows, csv_field, csv_text, json_csv_field, row_object};
 use crate::error::Error;
 use crate::sql::{Statement, parse_statement};
 use crate::store::{ResultFilter, normalize_ts, time_ms};
@@ -300,6 +302,14 @@ struct ResultsParams {
     limit: Option<String>,
     format: Option<String>,
     rollup: Option<String>,
+    partial: Option<String>,
+}
+
+/// The answer formats of results pages and roll-ups.
+#[derive(Clone, Copy, PartialEq)]
+enum Format {
+    Json,
+    Csv,
 }
 
 async fn results(
@@ -319,16 +329,22 @@ async fn results(
                 Error::BadRequest(format!("limit must be between 1 and 100000, not '{l}'"))
             })?,
     };
+    let format = match p.format.as_deref().unwrap_or("json") {
+        "json" => Format::Json,
+        "csv" => Format::Csv,
+        f => {
+            return Err(Error::BadRequest(format!(
+                "format must be json or csv, not '{f}'"
+            )));
+        }
+    };
     if let Some(size) = &p.rollup {
-        let ms = |t: &Option<String>| t.as_deref().map(time_ms).transpose();
-        let batch = app.rollup(&q.name, size, ms(&p.from)?, ms(&p.to)?).await?;
-        let body = json!({
-            "query": q.name,
-            "rollup": size,
-            "columns": batch.schema().fields().iter().map(|f| f.name().clone()).collect::<Vec<_>>(),
-            "rows": crate::server::row_objects(&batch)?,
-        });
-        return Ok(axum::Json(body).into_response());
+        return rollup_results(&app, &q.name, size, &p, limit, format).await;
+    }
+    if p.partial.is_some() {
+        return Err(Error::BadRequest(
+            "partial= applies to roll-ups only (with rollup=SIZE)".into(),
+        ));
     }
     let after = app.resolve_after(&q.name, p.after.as_deref()).await?;
     let filter = ResultFilter {
@@ -344,40 +360,90 @@ async fn results(
         .map_err(|e| Error::Execution(e.to_string()))??;
     api_rows(&q.plan.output_schema, &page.columns, &mut page.rows);
     let cursor = page.cursor.map(|c| c.to_string()).unwrap_or_default();
-    match p.format.as_deref().unwrap_or("json") {
-        "json" => {
-            let rows: Vec<Value> = page
-                .rows
-                .into_iter()
-                .map(|r| row_object(&page.columns, r))
-                .collect();
-            let body = json!({"query": q.name, "columns": page.columns, "rows": rows, "cursor": cursor, "has_more": page.has_more});
-            Ok(axum::Json(body).into_response())
-        }
-        "csv" => {
-            let mut out = page.columns.join(",");
-            out.push('\n');
-            for r in &page.rows {
-                out.push_str(&r.iter().map(csv_field).collect::<Vec<_>>().join(","));
-                out.push('\n');
-            }
-            Ok((
-                [
-                    (header::CONTENT_TYPE, "text/csv".to_string()),
-                    (header::HeaderName::from_static("x-runnel-cursor"), cursor),
-                    (
-                        header::HeaderName::from_static("x-runnel-has-more"),
-                        page.has_more.to_string(),
-                    ),
-                ],
-                out,
-            )
-                .into_response())
-        }
-        f => Err(Error::BadRequest(format!(
-            "format must be json or csv, not '{f}'"
-        ))),
+    if format == Format::Csv {
+        let rows = page.rows.iter().map(|r| r.iter().map(csv_field).collect());
+        let out = csv_text(&page.columns, rows);
+        return Ok(csv_response(out, Some(cursor), page.has_more));
     }
+    let rows: Vec<Value> = page
+        .rows
+        .into_iter()
+        .map(|r| row_object(&page.columns, r))
+        .collect();
+    let body = json!({"query": q.name, "columns": page.columns, "rows": rows, "cursor": cursor, "has_more": page.has_more});
+    Ok(axum::Json(body).into_response())
+}
+
+/// `results?rollup=SIZE`: at most `limit` rows of the complete buckets (and
+/// the incomplete ones with `partial=true`), `has_more` when cut.
+async fn rollup_results(
+    app: &App,
+    name: &str,
+    size: &str,
+    p: &ResultsParams,
+    limit: usize,
+    format: Format,
+) -> Res {
+    if p.after.is_some() {
+        return Err(Error::BadRequest(
+            "roll-ups are paged with from= and to=, not after=".into(),
+        ));
+    }
+    let partial = match p.partial.as_deref().map(str::trim) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(Error::BadRequest(format!(
+                "partial must be true or false, not '{other}'"
+            )));
+        }
+    };
+    let ms = |t: &Option<String>| t.as_deref().map(time_ms).transpose();
+    let req = RollupRequest {
+        size: size.to_string(),
+        from: ms(&p.from)?,
+        to: ms(&p.to)?,
+        limit: Some(limit),
+        partial,
+    };
+    let rollup = app.rollup(name, &req).await?;
+    let columns: Vec<String> = (rollup.batch.schema().fields().iter())
+        .map(|f| f.name().clone())
+        .collect();
+    let rows = crate::server::row_objects(&rollup.batch)?;
+    if format == Format::Csv {
+        let fields = rows.iter().map(|r| {
+            let r = r.as_object().expect("row objects");
+            columns.iter().map(|c| json_csv_field(&r[c])).collect()
+        });
+        let out = csv_text(&columns, fields);
+        return Ok(csv_response(out, None, rollup.has_more));
+    }
+    let body = json!({
+        "query": name,
+        "rollup": size,
+        "columns": columns,
+        "rows": rows,
+        "has_more": rollup.has_more,
+    });
+    Ok(axum::Json(body).into_response())
+}
+
+/// A CSV answer: `X-Runnel-Cursor` (results pages) and `X-Runnel-Has-More`.
+fn csv_response(body: String, cursor: Option<String>, has_more: bool) -> Response {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/csv"),
+    );
+    if let Some(c) = cursor.and_then(|c| header::HeaderValue::from_str(&c).ok()) {
+        headers.insert(header::HeaderName::from_static("x-runnel-cursor"), c);
+    }
+    headers.insert(
+        header::HeaderName::from_static("x-runnel-has-more"),
+        header::HeaderValue::from_static(if has_more { "true" } else { "false" }),
+    );
+    (headers, body).into_response()
 }
 
 async fn list_streams(State(app): State<Arc<App>>) -> Res {

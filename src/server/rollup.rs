@@ -13,12 +13,19 @@
 //! aggregates, `HAVING`, `ORDER BY ... LIMIT`, projection), as if the query
 //! had been declared with that window size. States are kept for the
 //! server's `window_state_retention` (24 h by default).
+//!
+//! Only complete buckets are answered (every window ending by the bucket's
+//! end has closed); `partial=true` over HTTP adds the open ones, flagged by
+//! a `complete` column. HTTP answers honour `limit` (with `has_more`) and
+//! `format=csv` like results pages.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
-use datafusion::arrow::array::{ArrayRef, TimestampMillisecondArray};
+use datafusion::arrow::array::{ArrayRef, BooleanArray, TimestampMillisecondArray};
 use datafusion::arrow::compute::{cast, concat_batches};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{TableFunctionArgs, TableFunctionImpl, TableProvider};
 use datafusion::common::{ScalarValue, plan_err};
@@ -30,19 +37,42 @@ use super::App;
 use super::limits::MAX_ROLLUP_WINDOWS;
 use crate::error::{Error, Result};
 use crate::sql::window::{WindowKind, parse_duration};
-use crate::window::states_from_ipc;
+use crate::window::{states_from_ipc, window_closed};
+
+/// What one roll-up asks for.
+#[derive(Debug, Clone, Default)]
+pub struct RollupRequest {
+    /// Size of the coarser windows, e.g. `1h`.
+    pub size: String,
+    /// Windows starting in `[from, to)` (epoch ms).
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+    /// At most this many rows (None: all, up to the pull-rows limit).
+    pub limit: Option<usize>,
+    /// Include buckets not complete yet, with a `complete` column.
+    pub partial: bool,
+}
+
+/// A roll-up's rows, and whether `limit` cut some off.
+#[derive(Debug)]
+pub struct Rollup {
+    pub batch: RecordBatch,
+    pub has_more: bool,
+}
+
+/// The column that flags each row's bucket as complete, with `partial`.
+pub const COMPLETE: &str = "complete";
 
 impl App {
     /// Merges the stored window states of tumbling query `name` whose
-    /// windows start in `[from, to)` (epoch ms) into windows of `size`
-    /// (e.g. `1h`, a multiple of the query's window), and returns their rows.
-    pub async fn rollup(
-        &self,
-        name: &str,
-        size: &str,
-        from: Option<i64>,
-        to: Option<i64>,
-    ) -> Result<RecordBatch> {
+    /// windows start in `[from, to)` into windows of `size` (a multiple of
+    /// the query's window), and returns their rows, buckets in time order.
+    /// A bucket is complete once the watermark has passed its end (by the
+    /// rule of [`window_closed`]) or a window ending at or after it has
+    /// closed (windows close in end order): the newest stored window state
+    /// says so durably, the counters restored from the checkpoint too.
+    /// Incomplete buckets are left out unless `partial` asks for them.
+    pub async fn rollup(&self, name: &str, req: &RollupRequest) -> Result<Rollup> {
         let q = self.query(name)?;
         let plan = q.plan.clone();
         let WindowKind::Tumbling { size_ms } = plan.window.kind else {
@@ -52,6 +82,7 @@ impl App {
                 plan.window.describe()
             )));
         };
+        let size = &req.size;
         let bucket = parse_duration(size).map_err(Error::BadRequest)?;
         if bucket < size_ms || bucket % size_ms != 0 {
             return Err(Error::BadRequest(format!(
@@ -59,6 +90,14 @@ impl App {
                 q.name, size_ms
             )));
         }
+        if req.partial && plan.output_schema.field_with_name(COMPLETE).is_ok() {
+            return Err(Error::BadRequest(format!(
+                "{} has a column named {COMPLETE}, which partial=true would add; \
+                 rename it in the query, or leave partial out",
+                q.name
+            )));
+        }
+        let (from, to) = (req.from, req.to);
         // A range spanning more windows than one request may merge is
         // refused before anything is read; an open range is bounded by
         // what is stored (the retention), counted below.
@@ -71,10 +110,12 @@ impl App {
         }
         let store = self.store.clone();
         let query = q.name.clone();
-        let stored =
-            tokio::task::spawn_blocking(move || store.load_window_states(&query, from, to))
-                .await
-                .map_err(|e| Error::Execution(e.to_string()))??;
+        let (stored, newest_end) = tokio::task::spawn_blocking(move || {
+            let stored = store.load_window_states(&query, from, to)?;
+            Ok::<_, Error>((stored, store.newest_window_state_end(&query)?))
+        })
+        .await
+        .map_err(|e| Error::Execution(e.to_string()))??;
         if stored.len() as i64 > MAX_ROLLUP_WINDOWS {
             return Err(too_many_windows(&q.name, stored.len() as i64));
         }
@@ -102,18 +143,49 @@ impl App {
                     .push(RecordBatch::try_new(b.schema(), cols)?);
             }
         }
+        let c = &q.counters;
+        let watermark = c.watermark.load(Ordering::Relaxed);
+        let closed = c
+            .last_window_end
+            .load(Ordering::Relaxed)
+            .max(newest_end.unwrap_or(i64::MIN));
+        let complete = |end: i64| {
+            end <= closed
+                || (watermark != i64::MIN
+                    && window_closed(plan.window.kind, end, plan.window.grace_ms, watermark))
+        };
+        let limit = req.limit.unwrap_or(usize::MAX);
         let mut rows = Vec::new();
+        let mut flags: Vec<bool> = Vec::new();
         // The close plan's final aggregation merges any number of partial
         // rows per group, as it does for a window's unmerged partials.
         let mut count = 0;
-        for (_, states) in buckets {
+        'buckets: for (b_start, states) in buckets {
+            let done = complete(b_start + bucket);
+            if !done && !req.partial {
+                continue;
+            }
             for b in plan.close(states).await? {
                 count += b.num_rows();
-                self.guards.check_rows(count)?;
+                flags.extend(std::iter::repeat_n(done, b.num_rows()));
                 rows.push(b);
+                // One row past the limit tells that more follow.
+                if count > limit {
+                    break 'buckets;
+                }
+                self.guards.check_rows(count)?;
             }
         }
-        Ok(concat_batches(&plan.output_schema, &rows)?)
+        let has_more = count > limit;
+        let mut batch = concat_batches(&plan.output_schema, &rows)?;
+        if has_more {
+            batch = batch.slice(0, limit);
+            flags.truncate(limit);
+        }
+        if req.partial {
+            batch = with_complete(&batch, flags)?;
+        }
+        Ok(Rollup { batch, has_more })
     }
 
     /// Computes the roll-ups a pull query names (`rollup('q', '1h')` in its
@@ -125,11 +197,29 @@ impl App {
         }
         let mut tables = BTreeMap::new();
         for (query, size) in calls {
-            let batch = self.rollup(&query, &size, None, None).await?;
-            tables.insert((query.to_ascii_lowercase(), size), batch);
+            let req = RollupRequest {
+                size: size.clone(),
+                ..Default::default()
+            };
+            let rollup = self.rollup(&query, &req).await?;
+            tables.insert((query.to_ascii_lowercase(), size), rollup.batch);
         }
         Ok(Some(Arc::new(RollupFunction { tables })))
     }
+}
+
+/// `batch` with a last boolean column [`COMPLETE`].
+fn with_complete(batch: &RecordBatch, flags: Vec<bool>) -> Result<RecordBatch> {
+    let mut fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new(COMPLETE, DataType::Boolean, false));
+    let mut cols = batch.columns().to_vec();
+    cols.push(Arc::new(BooleanArray::from(flags)));
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?)
 }
 
 fn too_many_windows(query: &str, windows: i64) -> Error {

@@ -120,6 +120,30 @@ pub(super) fn csv_field(v: &SqlValue) -> String {
         SqlValue::Text(s) => s.clone(),
         SqlValue::Blob(b) => base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b),
     };
+    csv_quote(s)
+}
+
+/// A JSON row value (see [`row_objects`](super::row_objects)) as a CSV field.
+pub(super) fn json_csv_field(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::String(s) => csv_quote(s.clone()),
+        v => csv_quote(v.to_string()),
+    }
+}
+
+/// A CSV document: a header row of `columns`, then `rows` of fields.
+pub(super) fn csv_text(columns: &[String], rows: impl IntoIterator<Item = Vec<String>>) -> String {
+    let mut out = columns.join(",");
+    out.push('\n');
+    for r in rows {
+        out.push_str(&r.join(","));
+        out.push('\n');
+    }
+    out
+}
+
+fn csv_quote(s: String) -> String {
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {

@@ -385,6 +385,12 @@ impl Store {
         both!(self.load_window_states(query, from.unwrap_or(i64::MIN), to.unwrap_or(i64::MAX)))
     }
 
+    /// The latest end among `query`'s stored window states: windows close
+    /// in end order, so every window ending by then has closed.
+    pub fn newest_window_state_end(&self, query: &str) -> Result<Option<i64>> {
+        both!(self.newest_window_state_end(query))
+    }
+
     /// Deletes the stored window states of `query` that ended before `before`.
     pub fn prune_window_states(&self, query: &str, before: i64) -> Result<usize> {
         both!(self.prune_window_states(query, before))

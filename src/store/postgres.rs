@@ -571,6 +571,20 @@ impl PgStore {
         })
     }
 
+    /// The latest end among `query`'s stored window states.
+    pub fn newest_window_state_end(&self, query: &str) -> Result<Option<i64>> {
+        let query = query.to_string();
+        self.run(move |c| async move {
+            let c = c.lock().await;
+            Ok(c.query_one(
+                "SELECT MAX(window_end) FROM runnel_window_states WHERE query = $1",
+                &[&query],
+            )
+            .await?
+            .try_get::<_, Option<i64>>(0)?)
+        })
+    }
+
     /// Deletes the stored window states of `query` that ended before `before`.
     pub fn prune_window_states(&self, query: &str, before: i64) -> Result<usize> {
         let query = query.to_string();

@@ -311,6 +311,15 @@ impl SqliteStore {
         Ok(rows.collect::<std::result::Result<_, _>>()?)
     }
 
+    /// The latest end among `query`'s stored window states.
+    pub fn newest_window_state_end(&self, query: &str) -> Result<Option<i64>> {
+        Ok(self.conn().query_row(
+            "SELECT MAX(window_end) FROM runnel_window_states WHERE query = ?1",
+            params![query],
+            |r| r.get(0),
+        )?)
+    }
+
     /// Deletes the stored window states of `query` that ended before `before`.
     pub fn prune_window_states(&self, query: &str, before: i64) -> Result<usize> {
         Ok(self.conn().execute(

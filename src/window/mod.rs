@@ -171,6 +171,16 @@ struct SavedCounters {
     records_skipped: u64,
     windows_closed: u64,
     rows_emitted: u64,
+    /// Watermark and last closed window's end, so a restarted query still
+    /// tells which roll-up buckets are complete before its first poll.
+    #[serde(default = "unset")]
+    watermark: i64,
+    #[serde(default = "unset")]
+    last_window_end: i64,
+}
+
+fn unset() -> i64 {
+    i64::MIN
 }
 
 impl Counters {
@@ -183,6 +193,8 @@ impl Counters {
             records_skipped: get(&self.records_skipped),
             windows_closed: get(&self.windows_closed),
             rows_emitted: get(&self.rows_emitted),
+            watermark: self.watermark.load(Ordering::Relaxed),
+            last_window_end: self.last_window_end.load(Ordering::Relaxed),
         }
     }
 
@@ -194,6 +206,9 @@ impl Counters {
         set(&self.records_skipped, saved.records_skipped);
         set(&self.windows_closed, saved.windows_closed);
         set(&self.rows_emitted, saved.rows_emitted);
+        self.watermark.fetch_max(saved.watermark, Ordering::Relaxed);
+        self.last_window_end
+            .fetch_max(saved.last_window_end, Ordering::Relaxed);
     }
 }
 
