@@ -36,11 +36,10 @@ use serde_json::{Value, json};
 
 use super::App;
 use super::guard::{HostRule, same_origin};
-use super::rollup::RollupRequest;
-use super::rows::{api_rows, csv_field, csv_text, json_csv_field, row_object};
+use super::rows::{api_rows, csv_field, csv_text, row_object};
 use crate::error::Error;
 use crate::sql::{Statement, parse_statement};
-use crate::store::{ResultFilter, normalize_ts, time_ms};
+use crate::store::{ResultFilter, normalize_ts};
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
@@ -61,7 +60,7 @@ impl IntoResponse for Error {
     }
 }
 
-type Res = std::result::Result<Response, Error>;
+pub(super) type Res = std::result::Result<Response, Error>;
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 1 << 20;
@@ -295,19 +294,19 @@ async fn delete_query(State(app): State<Arc<App>>, Path(id): Path<String>) -> Re
 }
 
 #[derive(Deserialize)]
-struct ResultsParams {
-    from: Option<String>,
-    to: Option<String>,
-    after: Option<String>,
-    limit: Option<String>,
-    format: Option<String>,
-    rollup: Option<String>,
-    partial: Option<String>,
+pub(super) struct ResultsParams {
+    pub(super) from: Option<String>,
+    pub(super) to: Option<String>,
+    pub(super) after: Option<String>,
+    pub(super) limit: Option<String>,
+    pub(super) format: Option<String>,
+    pub(super) rollup: Option<String>,
+    pub(super) partial: Option<String>,
 }
 
 /// The answer formats of results pages and roll-ups.
 #[derive(Clone, Copy, PartialEq)]
-enum Format {
+pub(super) enum Format {
     Json,
     Csv,
 }
@@ -339,7 +338,7 @@ async fn results(
         }
     };
     if let Some(size) = &p.rollup {
-        return rollup_results(&app, &q.name, size, &p, limit, format).await;
+        return super::rollup::results(&app, &q.name, size, &p, limit, format).await;
     }
     if p.partial.is_some() {
         return Err(Error::BadRequest(
@@ -374,63 +373,8 @@ async fn results(
     Ok(axum::Json(body).into_response())
 }
 
-/// `results?rollup=SIZE`: at most `limit` rows of the complete buckets (and
-/// the incomplete ones with `partial=true`), `has_more` when cut.
-async fn rollup_results(
-    app: &App,
-    name: &str,
-    size: &str,
-    p: &ResultsParams,
-    limit: usize,
-    format: Format,
-) -> Res {
-    if p.after.is_some() {
-        return Err(Error::BadRequest(
-            "roll-ups are paged with from= and to=, not after=".into(),
-        ));
-    }
-    let partial = match p.partial.as_deref().map(str::trim) {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(other) => {
-            return Err(Error::BadRequest(format!(
-                "partial must be true or false, not '{other}'"
-            )));
-        }
-    };
-    let ms = |t: &Option<String>| t.as_deref().map(time_ms).transpose();
-    let req = RollupRequest {
-        size: size.to_string(),
-        from: ms(&p.from)?,
-        to: ms(&p.to)?,
-        limit: Some(limit),
-        partial,
-    };
-    let rollup = app.rollup(name, &req).await?;
-    let columns: Vec<String> = (rollup.batch.schema().fields().iter())
-        .map(|f| f.name().clone())
-        .collect();
-    let rows = crate::server::row_objects(&rollup.batch)?;
-    if format == Format::Csv {
-        let fields = rows.iter().map(|r| {
-            let r = r.as_object().expect("row objects");
-            columns.iter().map(|c| json_csv_field(&r[c])).collect()
-        });
-        let out = csv_text(&columns, fields);
-        return Ok(csv_response(out, None, rollup.has_more));
-    }
-    let body = json!({
-        "query": name,
-        "rollup": size,
-        "columns": columns,
-        "rows": rows,
-        "has_more": rollup.has_more,
-    });
-    Ok(axum::Json(body).into_response())
-}
-
 /// A CSV answer: `X-Runnel-Cursor` (results pages) and `X-Runnel-Has-More`.
-fn csv_response(body: String, cursor: Option<String>, has_more: bool) -> Response {
+pub(super) fn csv_response(body: String, cursor: Option<String>, has_more: bool) -> Response {
     let mut headers = HeaderMap::new();
     headers.insert(
         header::CONTENT_TYPE,

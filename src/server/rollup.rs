@@ -33,10 +33,16 @@ use datafusion::datasource::MemTable;
 use datafusion::logical_expr::Expr;
 use datafusion::sql::sqlparser::ast::{self, FunctionArg, FunctionArgExpr, TableFactor, Value};
 
+use axum::response::IntoResponse;
+use serde_json::json;
+
 use super::App;
+use super::http::{Format, Res, ResultsParams, csv_response};
 use super::limits::MAX_ROLLUP_WINDOWS;
+use super::rows::{csv_text, json_csv_field};
 use crate::error::{Error, Result};
 use crate::sql::window::{WindowKind, parse_duration};
+use crate::store::time_ms;
 use crate::window::{states_from_ipc, window_closed};
 
 /// What one roll-up asks for.
@@ -206,6 +212,61 @@ impl App {
         }
         Ok(Some(Arc::new(RollupFunction { tables })))
     }
+}
+
+/// `results?rollup=SIZE`: at most `limit` rows of the complete buckets (and
+/// the incomplete ones with `partial=true`), `has_more` when cut.
+pub(super) async fn results(
+    app: &App,
+    name: &str,
+    size: &str,
+    p: &ResultsParams,
+    limit: usize,
+    format: Format,
+) -> Res {
+    if p.after.is_some() {
+        return Err(Error::BadRequest(
+            "roll-ups are paged with from= and to=, not after=".into(),
+        ));
+    }
+    let partial = match p.partial.as_deref().map(str::trim) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(Error::BadRequest(format!(
+                "partial must be true or false, not '{other}'"
+            )));
+        }
+    };
+    let ms = |t: &Option<String>| t.as_deref().map(time_ms).transpose();
+    let req = RollupRequest {
+        size: size.to_string(),
+        from: ms(&p.from)?,
+        to: ms(&p.to)?,
+        limit: Some(limit),
+        partial,
+    };
+    let rollup = app.rollup(name, &req).await?;
+    let columns: Vec<String> = (rollup.batch.schema().fields().iter())
+        .map(|f| f.name().clone())
+        .collect();
+    let rows = crate::server::row_objects(&rollup.batch)?;
+    if format == Format::Csv {
+        let fields = rows.iter().map(|r| {
+            let r = r.as_object().expect("row objects");
+            columns.iter().map(|c| json_csv_field(&r[c])).collect()
+        });
+        let out = csv_text(&columns, fields);
+        return Ok(csv_response(out, None, rollup.has_more));
+    }
+    let body = json!({
+        "query": name,
+        "rollup": size,
+        "columns": columns,
+        "rows": rows,
+        "has_more": rollup.has_more,
+    });
+    Ok(axum::Json(body).into_response())
 }
 
 /// `batch` with a last boolean column [`COMPLETE`].
