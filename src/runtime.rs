@@ -13,9 +13,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use datafusion::arrow::array::{Array, AsArray, BooleanArray};
+use datafusion::arrow::array::{Array, AsArray, BooleanArray, TimestampMillisecondArray};
 use datafusion::arrow::compute::{cast, filter_record_batch};
-use datafusion::arrow::datatypes::{DataType, Int64Type, Schema};
+use datafusion::arrow::datatypes::{
+    DataType, Field, Int64Type, Schema, SchemaRef, TimestampMillisecondType,
+};
 use datafusion::arrow::record_batch::RecordBatch;
 
 use crate::error::{Error, Result};
@@ -147,9 +149,16 @@ fn good_indices(n: usize, bad: impl Iterator<Item = usize>) -> Vec<usize> {
         .collect()
 }
 
+/// How far before the wall clock an event time must be to be noted as most
+/// likely in the wrong unit (20 years): seconds read as milliseconds land in
+/// January 1970.
+const DECADES_MS: i64 = 20 * 365 * 86_400_000;
+
 /// Drops records whose event time is missing, before 1970, or further than
 /// `max_future_ms` ahead of the wall clock, so they cannot poison the
-/// watermark; returns the rest and (row, reason, detail) of each dropped one.
+/// watermark; returns the rest and (row, reason, detail) of each dropped one,
+/// and of each kept one whose event time is decades old (a note: the likely
+/// unit mistake).
 pub fn check_event_time(
     batch: RecordBatch,
     column: usize,
@@ -173,6 +182,16 @@ pub fn check_event_time(
                 "before_epoch",
                 format!("event time {} ms is before 1970", ts.value(i)),
             ));
+        } else if ts.value(i) < now_ms.saturating_sub(DECADES_MS) {
+            let when = chrono::DateTime::from_timestamp_millis(ts.value(i))
+                .map_or_else(String::new, |t| t.to_rfc3339());
+            rejected.push((
+                i,
+                crate::format::EVENT_TIME_DECADES_OLD,
+                format!(
+                    "event time {when} is decades before the wall clock: if the numbers are seconds (or microseconds), declare event_time_unit = 's' (or 'us')"
+                ),
+            ));
         } else if ts.value(i) > limit {
             rejected.push((
                 i,
@@ -184,12 +203,12 @@ pub fn check_event_time(
             ));
         }
     }
-    if rejected.is_empty() {
+    if rejected.iter().all(|r| crate::format::is_kept(r.1)) {
         return Ok((batch, rejected));
     }
     let mut keep = vec![true; batch.num_rows()];
-    for (i, _, _) in &rejected {
-        keep[*i] = false;
+    for (i, reason, _) in &rejected {
+        keep[*i] = crate::format::is_kept(reason);
     }
     let batch = filter_record_batch(&batch, &BooleanArray::from(keep))?;
     Ok((batch, rejected))
@@ -199,11 +218,31 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// `batch` with its event-time column, numbers in the stream's
+/// `event_time_unit`, turned into millisecond timestamps of `schema`.
+fn scale_event_time(
+    batch: RecordBatch,
+    schema: &SchemaRef,
+    column: usize,
+    (mul, div): (i64, i64),
+) -> Result<RecordBatch> {
+    let n = batch.column(column).as_primitive::<Int64Type>();
+    let ms: TimestampMillisecondArray = n.unary_opt::<_, TimestampMillisecondType>(|v| {
+        v.checked_mul(mul).map(|v| v.div_euclid(div))
+    });
+    let mut cols = batch.columns().to_vec();
+    cols[column] = Arc::new(ms);
+    Ok(RecordBatch::try_new(schema.clone(), cols)?)
+}
+
 /// Decodes a query's chunks into record batches, counting and sampling bad
 /// records as the stream says. Owns what it needs, so it can run on the
 /// source's reader thread (see [`Prefetch`]).
 pub(crate) struct ChunkDecoder {
     decoder: Decoder,
+    /// The stream's schema, when the decoder's differs: an event time in
+    /// seconds or microseconds is decoded as a number, then scaled.
+    scaled: Option<(SchemaRef, (i64, i64))>,
     /// Index of the event-time column, if the stream has one.
     pub event_time: Option<usize>,
     stream: StreamDef,
@@ -224,8 +263,18 @@ impl ChunkDecoder {
         read.extend(event_time);
         read.sort_unstable();
         read.dedup();
+        let (decode_schema, scaled) = match (task.stream.event_time_scale(), event_time) {
+            (Some(scale), Some(c)) => {
+                let mut fields: Vec<Field> =
+                    schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+                fields[c] = Field::new(fields[c].name(), DataType::Int64, true);
+                (Arc::new(Schema::new(fields)), Some((schema, scale)))
+            }
+            _ => (schema, None),
+        };
         Ok(ChunkDecoder {
-            decoder: Decoder::with_projection(task.stream.format, schema, &read)?,
+            decoder: Decoder::with_projection(task.stream.format, decode_schema, &read)?,
+            scaled,
             event_time,
             stream: task.stream.clone(),
             stats: task.stats.clone(),
@@ -239,6 +288,12 @@ impl ChunkDecoder {
     fn decode(&mut self, chunk: &Chunk, now: i64) -> Result<Option<PartitionBatch>> {
         let payloads = chunk.payloads();
         let (batch, decode_bad) = self.decoder.decode(&payloads);
+        let batch = match (batch, &self.scaled, self.event_time) {
+            (Some(b), Some((schema, scale)), Some(c)) => {
+                Some(scale_event_time(b, schema, c, *scale)?)
+            }
+            (b, _, _) => b,
+        };
         // Lost records and notes on kept ones, in record order.
         let mut rejected: Vec<Rejected> = decode_bad
             .into_iter()

@@ -44,9 +44,13 @@ pub(crate) fn decode_each(
 /// counted and sampled like a bad record, but not dropped.
 pub const UNKNOWN_FIELD: &str = "unknown_field";
 
+/// Reason of a record used although its event time is decades before the
+/// wall clock: most likely seconds read as milliseconds.
+pub const EVENT_TIME_DECADES_OLD: &str = "event_time_decades_old";
+
 /// Whether records noted with `reason` are still used (see [`UNKNOWN_FIELD`]).
 pub fn is_kept(reason: &str) -> bool {
-    reason == UNKNOWN_FIELD
+    reason == UNKNOWN_FIELD || reason == EVENT_TIME_DECADES_OLD
 }
 
 /// Why a record could not be used, or (for [`UNKNOWN_FIELD`]) what was

@@ -212,6 +212,16 @@ pub struct ColumnDef {
 }
 
 impl StreamDef {
+    /// How numbers in the event-time column become milliseconds, from
+    /// `event_time_unit`: (multiply by, divide by); `None` for milliseconds.
+    pub fn event_time_scale(&self) -> Option<(i64, i64)> {
+        match self.options.get("event_time_unit").map(String::as_str) {
+            Some("s") => Some((1000, 1)),
+            Some("us") => Some((1, 1000)),
+            _ => None,
+        }
+    }
+
     /// The arrow fields of the declared columns.
     pub fn fields(&self) -> Vec<Field> {
         self.columns
@@ -603,6 +613,7 @@ fn create_stream(text: &str) -> Result<StreamDef> {
         "on_error",
         "max_future",
         "on_offset_loss",
+        "event_time_unit",
         "host",
         "port",
         "path",
@@ -666,6 +677,22 @@ fn create_stream(text: &str) -> Result<StreamDef> {
             return Err(bad(format!(
                 "event_time column '{et}' must be TIMESTAMP or BIGINT"
             )));
+        }
+    }
+    if let Some(unit) = options.get("event_time_unit") {
+        if !matches!(unit.as_str(), "s" | "ms" | "us") {
+            return Err(bad(format!(
+                "event_time_unit must be 's', 'ms' or 'us', not '{unit}'"
+            )));
+        }
+        let is_ts = event_time
+            .as_ref()
+            .and_then(|et| columns.iter().find(|c| &c.name == et));
+        if !is_ts.is_some_and(|c| matches!(c.data_type, DataType::Timestamp(_, _))) {
+            return Err(bad(
+                "event_time_unit applies to a TIMESTAMP event_time column whose values are numbers"
+                    .into(),
+            ));
         }
     }
     let watermark_delay_ms = match options.get("watermark_delay") {
