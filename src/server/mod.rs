@@ -1,6 +1,11 @@
 //! The Runnel server: catalog of streams and queries, statement execution,
 //! and the HTTP API ([`http`]).
 //!
+//! This file holds the catalog ([`App`]: streams, tables, queries, their
+//! threads); `execute` runs statements against it, `render` writes its
+//! answers as JSON, `ddl` the `IF [NOT] EXISTS` / `OR REPLACE` cases, and
+//! `http`, `rows`, `rollup`, `limits` and `guard` serve it.
+//!
 //! ```no_run
 //! # async fn f() -> runnel::error::Result<()> {
 //! use runnel::config::Config;
@@ -13,11 +18,13 @@
 
 pub mod dashboard;
 mod ddl;
+mod execute;
 pub mod guard;
 pub mod history;
 pub mod http;
 pub mod limits;
 pub mod metrics;
+mod render;
 mod rollup;
 mod rows;
 
@@ -49,6 +56,8 @@ use crate::sql::{
 };
 use crate::store::Store;
 pub use ddl::Created;
+use render::*;
+pub use render::{batches_json, row_objects};
 
 /// Bad records kept per stream and reason for `GET /streams/{name}/errors`.
 pub const BAD_SAMPLES: usize = 20;
@@ -137,120 +146,6 @@ pub struct App {
     /// Held while the catalog changes, so statements and the cluster's
     /// catalog sync never interleave.
     ddl: tokio::sync::Mutex<()>,
-}
-
-fn columns_json(schema: &SchemaRef) -> Value {
-    Value::Array(
-        schema
-            .fields()
-            .iter()
-            .map(|f| json!({"name": f.name(), "type": f.data_type().to_string()}))
-            .collect(),
-    )
-}
-
-/// The rows of `batches` as JSON objects (NULL columns left out).
-fn batch_objects(batches: &[RecordBatch]) -> Result<Vec<serde_json::Map<String, Value>>> {
-    let mut buf = Vec::new();
-    {
-        let mut w = arrow_json::ArrayWriter::new(&mut buf);
-        for b in batches {
-            w.write(b)?;
-        }
-        w.finish()?;
-    }
-    if buf.is_empty() {
-        return Ok(vec![]);
-    }
-    serde_json::from_slice(&buf).map_err(|e| Error::Execution(e.to_string()))
-}
-
-/// Converts batches to `{"columns": [...], "rows": [[...]]}`, timestamps in
-/// the API's format.
-pub fn batches_json(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Value> {
-    let batches = batches
-        .iter()
-        .map(api_timestamps)
-        .collect::<Result<Vec<_>>>()?;
-    let rows: Vec<Value> = batch_objects(&batches)?
-        .into_iter()
-        .map(|mut o| {
-            Value::Array(
-                schema
-                    .fields()
-                    .iter()
-                    .map(|f| o.remove(f.name()).unwrap_or(Value::Null))
-                    .collect(),
-            )
-        })
-        .collect();
-    Ok(json!({"columns": columns_json(schema), "rows": rows}))
-}
-
-/// `batch` with its timestamp columns as text in the API's format
-/// ([`crate::store::API_TS_FORMAT`]).
-fn api_timestamps(batch: &RecordBatch) -> Result<RecordBatch> {
-    use datafusion::arrow::array::{ArrayRef, AsArray, StringArray};
-    use datafusion::arrow::datatypes::{
-        DataType, Field, Schema, TimeUnit, TimestampMillisecondType,
-    };
-    let mut fields = Vec::new();
-    let mut cols: Vec<ArrayRef> = Vec::new();
-    for (f, c) in batch.schema().fields().iter().zip(batch.columns()) {
-        let c = match c.data_type() {
-            DataType::Timestamp(_, _) => {
-                let ms = datafusion::arrow::compute::cast(
-                    c,
-                    &DataType::Timestamp(TimeUnit::Millisecond, None),
-                )?;
-                let text: StringArray = ms
-                    .as_primitive::<TimestampMillisecondType>()
-                    .iter()
-                    .map(|v| v.map(crate::store::format_api_ts))
-                    .collect();
-                Arc::new(text) as ArrayRef
-            }
-            _ => c.clone(),
-        };
-        fields.push(Field::new(f.name(), c.data_type().clone(), true));
-        cols.push(c);
-    }
-    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?)
-}
-
-/// The rows of `batch` as JSON objects with every column in schema order,
-/// timestamps in the API's format.
-pub fn row_objects(batch: &RecordBatch) -> Result<Vec<Value>> {
-    let batch = api_timestamps(batch)?;
-    let schema = batch.schema();
-    Ok(batch_objects(&[batch])?
-        .into_iter()
-        .map(|mut o| {
-            Value::Object(
-                schema
-                    .fields()
-                    .iter()
-                    .map(|f| (f.name().clone(), o.remove(f.name()).unwrap_or(Value::Null)))
-                    .collect(),
-            )
-        })
-        .collect())
-}
-
-fn table_rows(columns: &[&str], rows: Vec<Vec<Value>>) -> Value {
-    let cols: Vec<Value> = columns
-        .iter()
-        .map(|c| json!({"name": c, "type": "Utf8"}))
-        .collect();
-    json!({"columns": cols, "rows": rows})
-}
-
-fn fmt_ms(ms: i64) -> Value {
-    if ms == i64::MIN {
-        Value::Null
-    } else {
-        Value::String(crate::store::format_api_ts(ms))
-    }
 }
 
 /// A table name a statement reads, with where it appears.
@@ -462,217 +357,6 @@ impl App {
             .values()
             .cloned()
             .collect()
-    }
-
-    /// Runs every statement in `body` in order; stops at the first error.
-    pub async fn execute_sql(&self, body: &str) -> Result<Vec<Value>> {
-        let _ddl = self.ddl.lock().await;
-        let mut out = Vec::new();
-        for p in parse_sql(body)? {
-            let mut r = self.execute(&p).await?;
-            r["statement"] = Value::String(match p.stmt {
-                Statement::CreateStream(_) => redact_sql(&p.text),
-                _ => p.text.clone(),
-            });
-            out.push(r);
-        }
-        Ok(out)
-    }
-
-    async fn execute(&self, p: &Parsed) -> Result<Value> {
-        Ok(match &p.stmt {
-            Statement::CreateStream(def) => {
-                if let Some(v) = self.create_check(p.create, "stream", &def.name)? {
-                    return Ok(v);
-                }
-                self.check_stream(def)?;
-                self.store.save_stream(&def.name, &p.text)?;
-                self.streams.write().expect("lock").insert(
-                    def.name.clone(),
-                    Arc::new(StreamEntry::new(def.clone(), p.text.clone())),
-                );
-                let mut v = json!({"kind": "create_stream", "message": format!("stream {} created", def.name), "stream": def.name});
-                if let Some(w) = self.topic_warning(def).await {
-                    v["warnings"] = json!([w]);
-                }
-                v
-            }
-            Statement::CreateQuery { name, select } => {
-                let (q, created) = self
-                    .create_query_as(p.create, Some(name.clone()), select, &p.text)
-                    .await?;
-                let message = match created {
-                    Created::New => format!("query {} created", q.name),
-                    Created::Existing => {
-                        format!("query {} already exists; nothing created", q.name)
-                    }
-                    Created::Replaced => format!(
-                        "query {} replaced; its previous results were deleted",
-                        q.name
-                    ),
-                };
-                let mut v = json!({"kind": "create_query", "message": message, "created": created != Created::Existing, "query": self.query_json(&q, false)});
-                self.add_create_warnings(&q, &mut v).await;
-                v
-            }
-            Statement::Select(select) => {
-                if self.reads_stream(&select.sql)? {
-                    let q = self.create_query(None, select, &p.text).await?;
-                    let mut v = json!({"kind": "create_query", "message": format!("query {} created", q.name), "query": self.query_json(&q, false)});
-                    self.add_create_warnings(&q, &mut v).await;
-                    v
-                } else {
-                    let (schema, batches) = self.pull(select).await?;
-                    let mut v = batches_json(&schema, &batches)?;
-                    v["kind"] = json!("rows");
-                    v
-                }
-            }
-            Statement::CreateTable(def) => {
-                if let Some(v) = self.create_check(p.create, "table", &def.name)? {
-                    return Ok(v);
-                }
-                let rows = self.load_table(def, &p.text).await?;
-                self.store.save_table(&def.name, &p.text)?;
-                json!({"kind": "create_table", "message": format!("table {} created ({rows} rows)", def.name), "table": def.name})
-            }
-            Statement::Explain(select) => {
-                let stream = self.stream_of(&select.sql)?;
-                let plan =
-                    ContinuousPlan::build_with_tables(&stream.def, select, &self.ref_tables())
-                        .await?;
-                let text = plan.explain();
-                let rows = text
-                    .lines()
-                    .map(|l| vec![Value::String(l.to_string())])
-                    .collect();
-                let mut v = table_rows(&["plan"], rows);
-                v["kind"] = json!("rows");
-                v
-            }
-            Statement::ShowStreams => {
-                let rows = self
-                    .streams()
-                    .iter()
-                    .map(|s| {
-                        vec![
-                            json!(s.def.name),
-                            json!(s.def.topic),
-                            json!(format!("{:?}", s.def.format).to_lowercase()),
-                            json!(s.def.event_time),
-                            json!(self.readers(&s.def.name).len()),
-                        ]
-                    })
-                    .collect();
-                let mut v = table_rows(&["name", "topic", "format", "event_time", "queries"], rows);
-                v["kind"] = json!("rows");
-                v
-            }
-            Statement::ShowQueries => {
-                let rows = self
-                    .queries()
-                    .iter()
-                    .map(|q| {
-                        let c = &q.counters;
-                        vec![
-                            json!(q.name),
-                            json!(q.stream),
-                            json!(q.status().label()),
-                            json!(q.plan.window.describe()),
-                            json!(c.records_in.load(Ordering::Relaxed)),
-                            json!(c.windows_closed.load(Ordering::Relaxed)),
-                            fmt_ms(c.watermark.load(Ordering::Relaxed)),
-                        ]
-                    })
-                    .collect();
-                let mut v = table_rows(
-                    &[
-                        "name",
-                        "stream",
-                        "status",
-                        "window",
-                        "records_in",
-                        "windows_closed",
-                        "watermark",
-                    ],
-                    rows,
-                );
-                v["kind"] = json!("rows");
-                v
-            }
-            Statement::ShowTables => {
-                let mut rows: Vec<Vec<Value>> = Vec::new();
-                for (name, (sql, t)) in self.tables.read().expect("lock").iter() {
-                    let path = match parse_statement(sql).map(|p| p.stmt) {
-                        Ok(Statement::CreateTable(def)) => json!(def.path),
-                        _ => Value::Null,
-                    };
-                    let n = t.schema.fields().len();
-                    rows.push(vec![json!(name), json!("reference"), path, json!(n)]);
-                }
-                for q in self.queries() {
-                    let n = q.plan.output_schema.fields().len();
-                    let source = json!(format!("query {} over {}", q.name, q.stream));
-                    rows.push(vec![json!(q.name), json!("results"), source, json!(n)]);
-                }
-                let mut v = table_rows(&["name", "type", "source", "columns"], rows);
-                v["kind"] = json!("rows");
-                v
-            }
-            Statement::Describe(name) => {
-                let table = self
-                    .tables
-                    .read()
-                    .expect("lock")
-                    .get(name)
-                    .map(|(_, t)| t.schema.clone());
-                let (rows, kind) = if let Some(schema) = table {
-                    let rows = schema
-                        .fields()
-                        .iter()
-                        .map(|f| vec![json!(f.name()), json!(f.data_type().to_string())])
-                        .collect();
-                    (rows, "table")
-                } else if let Ok(s) = self.stream(name) {
-                    let rows = s
-                        .def
-                        .columns
-                        .iter()
-                        .map(|c| vec![json!(c.name), json!(c.sql_type)])
-                        .collect();
-                    (rows, "stream")
-                } else {
-                    let q = self.query(name).map_err(|_| {
-                        Error::NotFound(format!("no stream or query named '{name}'"))
-                    })?;
-                    let rows = q
-                        .plan
-                        .output_schema
-                        .fields()
-                        .iter()
-                        .map(|f| vec![json!(f.name()), json!(f.data_type().to_string())])
-                        .collect();
-                    (rows, "query")
-                };
-                let mut v = table_rows(&["column", "type"], rows);
-                v["kind"] = json!("rows");
-                v["object"] = json!(kind);
-                if let Ok(q) = self.query(name) {
-                    v["sink"] = crate::sink::SinkStatus::json(&q.counters.sink).into();
-                    let notes = self.query_notes(&q);
-                    if !notes.is_empty() {
-                        v["notes"] = json!(notes);
-                    }
-                }
-                v
-            }
-            Statement::DropQuery {
-                name,
-                if_exists,
-                keep_results,
-            } => self.drop_query_stmt(name, *if_exists, *keep_results)?,
-            Statement::DropStream { name, if_exists } => self.drop_stream_stmt(name, *if_exists)?,
-        })
     }
 
     fn name_taken(&self, name: &str) -> bool {
@@ -982,125 +666,6 @@ impl App {
         let batches = self.guards.collect(df).await?;
         drop(loaded);
         Ok((schema, batches))
-    }
-
-    /// JSON description of a query.
-    pub fn query_json(&self, q: &QueryEntry, with_plan: bool) -> Value {
-        let c = &q.counters;
-        let status = q.status();
-        let mut v = json!({
-            "id": q.name,
-            "name": q.name,
-            "sql": q.sql,
-            "stream": q.stream,
-            "status": status.label(),
-            "window": q.plan.window.describe(),
-            "columns": columns_json(&q.plan.output_schema),
-            "counters": {
-                "records_in": c.records_in.load(Ordering::Relaxed),
-                "late_records": c.late_records.load(Ordering::Relaxed),
-                "bad_records": c.bad_records.load(Ordering::Relaxed),
-                "records_skipped": c.records_skipped.load(Ordering::Relaxed),
-                "windows_closed": c.windows_closed.load(Ordering::Relaxed),
-                "rows_emitted": c.rows_emitted.load(Ordering::Relaxed),
-            },
-            "watermark": fmt_ms(c.watermark.load(Ordering::Relaxed)),
-            "last_window_end": fmt_ms(c.last_window_end.load(Ordering::Relaxed)),
-        });
-        match status {
-            QueryStatus::Failed(e) => v["error"] = json!(e),
-            QueryStatus::BrokerUnreachable(since) => v["broker_unreachable_since"] = json!(since),
-            _ => {}
-        }
-        if let Some(sink) = crate::sink::SinkStatus::json(&c.sink) {
-            v["sink"] = sink;
-        }
-        if with_plan {
-            v["plan"] = json!(q.plan.explain());
-        }
-        let notes = self.query_notes(q);
-        if !notes.is_empty() {
-            v["notes"] = json!(notes);
-        }
-        v
-    }
-
-    /// A warning when `def` reads a Kafka topic its brokers do not have
-    /// (a typo, or a topic not created yet): queries over it wait for it.
-    async fn topic_warning(&self, def: &StreamDef) -> Option<String> {
-        if def.source != crate::sql::SourceKind::Kafka {
-            return None;
-        }
-        let kafka = crate::connect::kafka_conn(&self.config, def);
-        let topic = def.topic.clone();
-        let (k, t) = (kafka.clone(), topic.clone());
-        let wait = std::time::Duration::from_secs(1);
-        let exists = tokio::task::spawn_blocking(move || {
-            crate::source::kafka::admin::topic_exists(&k, &t, wait)
-        })
-        .await
-        .ok()??;
-        if exists {
-            return None;
-        }
-        let w = format!(
-            "topic '{topic}' does not exist on {} yet: queries over stream {} wait for it (check kafka_topic for a typo)",
-            kafka.brokers, def.name
-        );
-        tracing::warn!("{w}");
-        Some(w)
-    }
-
-    /// Adds to a CREATE answer what the user should know about query `q`:
-    /// the notes of [`query_notes`](Self::query_notes) and a missing topic.
-    async fn add_create_warnings(&self, q: &QueryEntry, v: &mut Value) {
-        let mut warnings = self.query_notes(q);
-        let stream = self.streams.read().expect("lock").get(&q.stream).cloned();
-        if let Some(s) = stream
-            && let Some(w) = self.topic_warning(&s.def).await
-        {
-            warnings.push(w);
-        }
-        if !warnings.is_empty() {
-            v["warnings"] = json!(warnings);
-        }
-    }
-
-    /// What a reader of query `q`'s rows should know about them.
-    fn query_notes(&self, q: &QueryEntry) -> Vec<String> {
-        let mut notes = Vec::new();
-        if let crate::sql::window::WindowKind::Cumulative { emit_ms } = q.plan.window.kind {
-            notes.push(format!(
-                "no WINDOW: a cumulative table over the whole stream, re-emitted every {} ms; window_start is always 1970-01-01 and window_end the event time it was computed as of (add WINDOW <size> for windows)",
-                emit_ms
-            ));
-        }
-        notes
-    }
-
-    /// JSON description of a stream.
-    pub fn stream_json(&self, s: &StreamEntry) -> Value {
-        let d = &s.def;
-        let readers = self.readers(&d.name);
-        json!({
-            "name": d.name,
-            "sql": redact_sql(&s.sql),
-            "topic": d.topic,
-            "format": format!("{:?}", d.format).to_lowercase(),
-            "event_time": d.event_time,
-            "watermark_delay_ms": d.watermark_delay_ms,
-            "start": format!("{:?}", d.start).to_lowercase(),
-            "columns": d.columns.iter().map(|c| json!({"name": c.name, "type": c.sql_type})).collect::<Vec<_>>(),
-            "options": d.options.iter().map(|(k, v)| (k.clone(), shown(k, v))).collect::<BTreeMap<_, _>>(),
-            "queries": readers,
-            "on_error": format!("{:?}", d.on_error).to_lowercase(),
-            "max_future_ms": d.max_future_ms,
-            "records_in": s.stats.records_in(),
-            "bytes_in": s.stats.bytes_in(),
-            "bad_records": s.stats.bad_records(),
-            "bad_records_by_reason": s.stats.bad_by_reason(),
-            "kept_records_by_reason": s.stats.kept_by_reason(),
-        })
     }
 
     /// Stops every query, checkpointing its state.

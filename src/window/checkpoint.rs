@@ -1,0 +1,222 @@
+//! Checkpoints of a window engine: its open windows' partial states (Arrow
+//! IPC), each partition's event-time maximum, the lateness frontier, the
+//! closed sessions a record could still touch and the query's counters,
+//! behind a length and an XxHash64, so a damaged or truncated checkpoint
+//! fails the query with a message instead of restoring the wrong state.
+
+use datafusion::arrow::ipc::reader::StreamReader;
+use datafusion::arrow::ipc::writer::StreamWriter;
+use serde::{Deserialize, Serialize};
+use twox_hash::XxHash64;
+
+use super::*;
+
+#[derive(Serialize, Deserialize)]
+pub(super) struct CheckpointHeader {
+    version: u32,
+    partition_max: Vec<(i32, i64)>,
+    closed_wm: i64,
+    /// Length and XxHash64 of the partial states that follow (version 2):
+    /// an IPC stream cut between two batches still reads, so only these
+    /// tell a truncated or damaged checkpoint from a whole one.
+    #[serde(default)]
+    states: Option<(usize, u64)>,
+    /// Length of the closed sessions' IPC stream at the end of the states.
+    #[serde(default)]
+    closed_sessions: Option<usize>,
+    /// The query's counters, so a restart carries them on.
+    #[serde(default)]
+    counters: Option<SavedCounters>,
+}
+
+/// [`Counters`] as saved in a checkpoint.
+#[derive(Serialize, Deserialize)]
+pub(super) struct SavedCounters {
+    records_in: u64,
+    late_records: u64,
+    bad_records: u64,
+    records_skipped: u64,
+    windows_closed: u64,
+    rows_emitted: u64,
+    /// Watermark and last closed window's end, so a restarted query still
+    /// tells which roll-up buckets are complete before its first poll.
+    #[serde(default = "unset")]
+    watermark: i64,
+    #[serde(default = "unset")]
+    last_window_end: i64,
+}
+
+pub(super) fn unset() -> i64 {
+    i64::MIN
+}
+
+impl Counters {
+    fn save(&self) -> SavedCounters {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        SavedCounters {
+            records_in: get(&self.records_in),
+            late_records: get(&self.late_records),
+            bad_records: get(&self.bad_records),
+            records_skipped: get(&self.records_skipped),
+            windows_closed: get(&self.windows_closed),
+            rows_emitted: get(&self.rows_emitted),
+            watermark: self.watermark.load(Ordering::Relaxed),
+            last_window_end: self.last_window_end.load(Ordering::Relaxed),
+        }
+    }
+
+    fn load(&self, saved: &SavedCounters) {
+        let set = |c: &AtomicU64, v: u64| c.store(v, Ordering::Relaxed);
+        set(&self.records_in, saved.records_in);
+        set(&self.late_records, saved.late_records);
+        set(&self.bad_records, saved.bad_records);
+        set(&self.records_skipped, saved.records_skipped);
+        set(&self.windows_closed, saved.windows_closed);
+        set(&self.rows_emitted, saved.rows_emitted);
+        self.watermark.fetch_max(saved.watermark, Ordering::Relaxed);
+        self.last_window_end
+            .fetch_max(saved.last_window_end, Ordering::Relaxed);
+    }
+}
+
+/// Seed of the checkpoint checksum.
+pub(super) const CHECKSUM_SEED: u64 = 0x72756e6e;
+
+impl WindowEngine {
+    /// Serialises the open windows, watermarks and lateness frontier.
+    pub fn checkpoint(&self) -> Result<Vec<u8>> {
+        let mut states = Vec::new();
+        let batches = self.windows.values().flat_map(|w| &w.batches);
+        let sessions = self.sessions.iter().flat_map(Sessions::batches);
+        write_ipc(
+            &mut states,
+            &self.plan.state_schema,
+            batches.chain(sessions),
+        )?;
+        // Closed sessions a record could still touch follow the states.
+        let mut closed_sessions = None;
+        if let Some(s) = &self.sessions {
+            let at = states.len();
+            write_ipc(&mut states, &s.closed_schema(), [&s.closed_batch()?])?;
+            closed_sessions = Some(states.len() - at);
+        }
+        let header = CheckpointHeader {
+            version: 2,
+            partition_max: self.clock.maxima().into_iter().collect(),
+            closed_wm: self.closed_wm,
+            states: Some((states.len(), XxHash64::oneshot(CHECKSUM_SEED, &states))),
+            closed_sessions,
+            counters: Some(self.counters.save()),
+        };
+        let header = serde_json::to_vec(&header).map_err(|e| Error::Execution(e.to_string()))?;
+        let mut out = (header.len() as u32).to_le_bytes().to_vec();
+        out.extend_from_slice(&header);
+        out.extend_from_slice(&states);
+        Ok(out)
+    }
+
+    /// Restores a [`checkpoint`](Self::checkpoint) taken by an engine of the same plan.
+    pub fn restore(&mut self, bytes: &[u8]) -> Result<()> {
+        let bad = |m: &str| {
+            Error::Execution(format!(
+                "the saved checkpoint is corrupt or does not match the query: {m}"
+            ))
+        };
+        let Some((len, rest)) = bytes.split_first_chunk::<4>() else {
+            return Err(bad("too short"));
+        };
+        let hl = u32::from_le_bytes(*len) as usize;
+        if hl > rest.len() {
+            return Err(bad("truncated"));
+        }
+        let (header, states) = rest.split_at(hl);
+        let header: CheckpointHeader =
+            serde_json::from_slice(header).map_err(|e| bad(&e.to_string()))?;
+        if let Some((len, hash)) = header.states
+            && (states.len() != len || XxHash64::oneshot(CHECKSUM_SEED, states) != hash)
+        {
+            return Err(bad("its partial states are truncated or damaged"));
+        }
+        let closed_len = header.closed_sessions.unwrap_or(0);
+        if closed_len > states.len() {
+            return Err(bad("truncated"));
+        }
+        let (states, closed) = states.split_at(states.len() - closed_len);
+        // Arrow's IPC reader trusts lengths inside the bytes; a damaged
+        // checkpoint must fail the query with a message, not panic.
+        let read = |schema: SchemaRef, bytes: &[u8]| {
+            std::panic::catch_unwind(|| read_ipc(&schema, bytes))
+                .map_err(|_| bad("unreadable partial states"))?
+                .map_err(|e| bad(&e.to_string()))?
+                .ok_or_else(|| bad("state schema differs"))
+        };
+        let states = read(self.plan.state_schema.clone(), states)?;
+        self.clock.reset(header.partition_max.into_iter().collect());
+        self.closed_wm = header.closed_wm;
+        if let Some(c) = &header.counters {
+            self.counters.load(c);
+        }
+        self.windows.clear();
+        if let Some(s) = &mut self.sessions {
+            let closed = match closed.is_empty() {
+                true => vec![],
+                false => read(s.closed_schema(), closed)?,
+            };
+            s.restore(&self.plan, states, closed)?;
+        } else {
+            self.add_states_sync(states)?;
+        }
+        if let Some(w) = self.watermark() {
+            self.counters.watermark.store(w, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    pub(super) fn add_states_sync(&mut self, states: Vec<RecordBatch>) -> Result<()> {
+        for s in states {
+            for (key, part) in split_by_window(&s)? {
+                self.windows.entry(key).or_default().push(part);
+            }
+        }
+        self.dirty = !self.windows.is_empty();
+        Ok(())
+    }
+}
+
+/// Appends `batches` to `out` as one Arrow IPC stream.
+pub(super) fn write_ipc<'a>(
+    out: &mut Vec<u8>,
+    schema: &SchemaRef,
+    batches: impl IntoIterator<Item = &'a RecordBatch>,
+) -> Result<()> {
+    let mut w = StreamWriter::try_new(out, schema)?;
+    for b in batches {
+        w.write(b)?;
+    }
+    w.finish()?;
+    Ok(())
+}
+
+/// The batches of an Arrow IPC stream, or `None` when its schema is not
+/// `schema`'s.
+pub(super) fn read_ipc(schema: &SchemaRef, bytes: &[u8]) -> Result<Option<Vec<RecordBatch>>> {
+    let reader = StreamReader::try_new(bytes, None)?;
+    if reader.schema().fields() != schema.fields() {
+        return Ok(None);
+    }
+    Ok(Some(reader.collect::<std::result::Result<_, _>>()?))
+}
+
+/// Partial states as Arrow IPC stream bytes (how they are stored).
+pub fn states_to_ipc(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    write_ipc(&mut out, schema, batches)?;
+    Ok(out)
+}
+
+/// Reads partial states written by [`states_to_ipc`], checking their schema.
+pub fn states_from_ipc(schema: &SchemaRef, bytes: &[u8]) -> Result<Vec<RecordBatch>> {
+    read_ipc(schema, bytes)?.ok_or_else(|| {
+        Error::Execution("stored partial state does not match the query's state schema".into())
+    })
+}
