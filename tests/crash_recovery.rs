@@ -142,19 +142,17 @@ async fn kill_dash_nine_five_times_then_same_results() {
     let (_, q) = crashing.get("/queries/adnetwork").await;
     assert_eq!(q["counters"]["records_in"], RECORDS as u64, "{q}");
     // Each closes the stream's last window once it is idle, which a loaded
-    // machine may take longer to confirm on one than the other.
+    // machine may confirm (and commit) later on one than the other: wait
+    // until both hold the same windows, then compare every row exactly.
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (_, a) = calm.get("/queries/adnetwork").await;
-        let (_, b) = crashing.get("/queries/adnetwork").await;
-        if a["last_window_end"] == b["last_window_end"] || Instant::now() > deadline {
-            break;
+    let (expected, got) = loop {
+        let (expected, got) = (all_rows(&calm).await, all_rows(&crashing).await);
+        let same_keys = expected.len() == got.len() && expected.keys().all(|k| got.contains_key(k));
+        if same_keys || Instant::now() > deadline {
+            break (expected, got);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-
-    let expected = all_rows(&calm).await;
-    let got = all_rows(&crashing).await;
+    };
     assert!(expected.len() > 500, "too few rows: {}", expected.len());
     let (_, q) = calm.get("/queries/adnetwork").await;
     assert_eq!(q["counters"]["late_records"], 0, "{q}");
