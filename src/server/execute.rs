@@ -51,16 +51,15 @@ impl App {
                         q.name
                     ),
                 };
-                let mut v = json!({"kind": "create_query", "message": message, "created": created != Created::Existing, "query": self.query_json(&q, false)});
-                self.add_create_warnings(&q, &mut v).await;
+                let mut v = self.created_query(&q, message).await;
+                v["created"] = json!(created != Created::Existing);
                 v
             }
             Statement::Select(select) => {
                 if self.reads_stream(&select.sql)? {
                     let q = self.create_query(None, select, &p.text).await?;
-                    let mut v = json!({"kind": "create_query", "message": format!("query {} created", q.name), "query": self.query_json(&q, false)});
-                    self.add_create_warnings(&q, &mut v).await;
-                    v
+                    self.created_query(&q, format!("query {} created", q.name))
+                        .await
                 } else {
                     let (schema, batches) = self.pull(select).await?;
                     let mut v = batches_json(&schema, &batches)?;
@@ -241,9 +240,12 @@ impl App {
         Some(w)
     }
 
-    /// Adds to a CREATE answer what the user should know about query `q`:
-    /// the notes of [`query_notes`](Self::query_notes) and a missing topic.
-    pub(super) async fn add_create_warnings(&self, q: &QueryEntry, v: &mut Value) {
+    /// The answer to creating query `q`, with what the user should know
+    /// about it: the notes of [`query_notes`](Self::query_notes) and a
+    /// missing topic.
+    pub(super) async fn created_query(&self, q: &QueryEntry, message: String) -> Value {
+        let mut v =
+            json!({"kind": "create_query", "message": message, "query": self.query_json(q, false)});
         let mut warnings = self.query_notes(q);
         let stream = self.streams.read().expect("lock").get(&q.stream).cloned();
         if let Some(s) = stream
@@ -254,5 +256,6 @@ impl App {
         if !warnings.is_empty() {
             v["warnings"] = json!(warnings);
         }
+        v
     }
 }

@@ -35,36 +35,31 @@ pub enum Ensured {
 /// Whether `topic` exists, asking the brokers for at most `timeout`
 /// without letting them auto-create it; `None` when they cannot be reached.
 pub fn topic_exists(kafka: &KafkaConn, topic: &str, timeout: Duration) -> Option<bool> {
-    let consumer: BaseConsumer = kafka
-        .create(
-            &[("allow.auto.create.topics", "false")],
-            DefaultConsumerContext,
-        )
-        .ok()?;
-    let md = consumer.fetch_metadata(Some(topic), timeout).ok()?;
-    Some(!partitions_of(&md, topic).is_empty())
+    lookup(kafka, topic, false, timeout).ok()
+}
+
+/// Whether `topic` exists after asking the brokers for its metadata,
+/// letting them auto-create it when `auto_create`.
+fn lookup(kafka: &KafkaConn, topic: &str, auto_create: bool, timeout: Duration) -> Result<bool> {
+    let allow = if auto_create { "true" } else { "false" };
+    let consumer: BaseConsumer = kafka.create(
+        &[("allow.auto.create.topics", allow)],
+        DefaultConsumerContext,
+    )?;
+    let md = consumer.fetch_metadata(Some(topic), timeout).map_err(|e| {
+        Error::Execution(format!(
+            "cannot reach the brokers at {} to look up topic {topic}: {e}",
+            kafka.brokers
+        ))
+    })?;
+    Ok(!partitions_of(&md, topic).is_empty())
 }
 
 /// Makes sure `topic` exists: creates it with `partitions` partitions (the
 /// broker's default replication), or failing that lets the broker
 /// auto-create it; an error says why neither worked.
 pub async fn ensure_topic(kafka: &KafkaConn, topic: &str, partitions: i32) -> Result<Ensured> {
-    let exists = |auto_create: bool| -> Result<bool> {
-        let allow = if auto_create { "true" } else { "false" };
-        let consumer: BaseConsumer = kafka.create(
-            &[("allow.auto.create.topics", allow)],
-            DefaultConsumerContext,
-        )?;
-        let md = consumer
-            .fetch_metadata(Some(topic), ASK_TIMEOUT)
-            .map_err(|e| {
-                Error::Execution(format!(
-                    "cannot reach the brokers at {} to look up topic {topic}: {e}",
-                    kafka.brokers
-                ))
-            })?;
-        Ok(!partitions_of(&md, topic).is_empty())
-    };
+    let exists = |auto_create: bool| lookup(kafka, topic, auto_create, ASK_TIMEOUT);
     if exists(false)? {
         return Ok(Ensured::Existed);
     }
