@@ -29,34 +29,7 @@ FROM impressions WHERE geo <> 'unknown' GROUP BY publisher, geo WINDOW 10s";
 /// Produces `RECORDS` impressions at about 4000/s over 4 partitions, event
 /// times 1 ms apart starting `base`.
 fn produce_steadily(brokers: String, base: i64, done: Arc<AtomicBool>) {
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("linger.ms", "5")
-        .create()
-        .unwrap();
-    let mut g = Generator::new(GenKind::Impressions, 99);
-    let mut buf = Vec::new();
-    let start = Instant::now();
-    for i in 0..RECORDS {
-        buf.clear();
-        g.write_record(base + i as i64, &mut buf);
-        while let Err((e, _)) = producer.send(
-            BaseRecord::<(), [u8]>::to("imps")
-                .payload(&buf)
-                .partition((i % 4) as i32),
-        ) {
-            assert!(e.to_string().contains("Queue full"), "{e}");
-            producer.poll(Duration::from_millis(5));
-        }
-        if i % 400 == 0 {
-            producer.poll(Duration::ZERO);
-            let due = Duration::from_millis(i as u64 / 4);
-            if let Some(wait) = due.checked_sub(start.elapsed()) {
-                std::thread::sleep(wait);
-            }
-        }
-    }
-    producer.flush(Duration::from_secs(30)).unwrap();
+    common::feed::produce_paced(&brokers, 99, base, 1, 4000, |i| i < RECORDS as u64);
     done.store(true, Ordering::SeqCst);
 }
 

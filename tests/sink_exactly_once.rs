@@ -46,37 +46,9 @@ const STEP_MS: i64 = 10;
 /// Produces impressions at about `rate`/s over 4 partitions until `stop`;
 /// returns how many.
 fn produce(brokers: String, base: i64, rate: u64, stop: Arc<AtomicBool>) -> u64 {
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("linger.ms", "5")
-        .create()
-        .unwrap();
-    let mut g = Generator::new(GenKind::Impressions, 11);
-    let mut buf = Vec::new();
-    let start = Instant::now();
-    let mut i = 0u64;
-    while !stop.load(Ordering::SeqCst) {
-        buf.clear();
-        g.write_record(base + i as i64 * STEP_MS, &mut buf);
-        while let Err((e, _)) = producer.send(
-            BaseRecord::<(), [u8]>::to("imps")
-                .payload(&buf)
-                .partition((i % 4) as i32),
-        ) {
-            assert!(e.to_string().contains("Queue full"), "{e}");
-            producer.poll(Duration::from_millis(5));
-        }
-        i += 1;
-        if i.is_multiple_of(100) {
-            producer.poll(Duration::ZERO);
-            let due = Duration::from_millis(i * 1000 / rate);
-            if let Some(wait) = due.checked_sub(start.elapsed()) {
-                std::thread::sleep(wait);
-            }
-        }
-    }
-    producer.flush(Duration::from_secs(30)).unwrap();
-    i
+    common::feed::produce_paced(&brokers, 11, base, STEP_MS, rate, |_| {
+        !stop.load(Ordering::SeqCst)
+    })
 }
 
 /// One message of the output topic: its cursor header and its row.

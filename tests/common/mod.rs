@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+pub mod feed;
 pub mod postgres;
 
 /// A TCP port free on loopback right now.
