@@ -32,10 +32,11 @@ use rand::{Rng, SeedableRng};
 
 use crate::error::{Error, Result};
 use crate::format::json::JsonDecoder;
+use crate::generate::{GEOS, NUM_ADVERTISERS, NUM_COOKIES, NUM_WEBSITES};
+use crate::model::{SelectSql, StreamDef};
 use crate::plan::ContinuousPlan;
 use crate::source::Source;
-use crate::source::generator::{GEOS, NUM_ADVERTISERS, NUM_COOKIES, NUM_WEBSITES};
-use crate::sql::{SelectSql, Statement, StreamDef, parse_statement};
+use crate::sql::{Statement, parse_statement};
 use crate::window::{PartitionBatch, WindowEngine};
 
 /// Event time of the first window's start (a multiple of 10 s).
@@ -909,7 +910,7 @@ async fn consume_e2e(
         &crate::connect::kafka::KafkaConn::new(broker.bootstrap()),
         topic,
         "runnel-bench",
-        crate::sql::StartFrom::Earliest,
+        crate::model::StartFrom::Earliest,
         &Default::default(),
         crate::source::kafka::Waiting::until(&stop),
     )?;

@@ -51,13 +51,15 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 
 use crate::error::{Error, Result};
+use crate::model::Emission;
+use crate::model::QueryStatus;
+use crate::model::WindowKind;
+use crate::model::{SelectSql, SourceKind};
 use crate::plan::ContinuousPlan;
-use crate::runtime::{ChunkDecoder, QueryStatus, QueryTask};
+use crate::runtime::{ChunkDecoder, QueryTask};
 use crate::source::kafka::{KafkaSource, OnAssign, Waiting};
-use crate::sql::window::WindowKind;
-use crate::sql::{SelectSql, SourceKind};
 use crate::store::postgres::{FinalWindow, PartitionFlush, PgStore, Progress};
-use crate::window::{Emission, WindowEngine, states_from_ipc, states_to_ipc};
+use crate::window::{WindowEngine, states_from_ipc, states_to_ipc};
 
 /// Aggregates whose partial states cannot be merged across servers (or grow
 /// with every value), with what to use instead.
@@ -80,7 +82,7 @@ const NOT_MERGEABLE: &[(&str, &str)] = &[
 
 /// Refuses a query whose aggregates cannot be merged across servers.
 pub fn check_mergeable_sql(sql: &str) -> Result<()> {
-    let stmts = Parser::parse_sql(&GenericDialect {}, sql).map_err(crate::sql::parser_error)?;
+    let stmts = Parser::parse_sql(&GenericDialect {}, sql).map_err(crate::error::parser_error)?;
     let mut refused: Option<String> = None;
     let _ = visit_expressions(&stmts, |e| {
         if let Expr::Function(f) = e {

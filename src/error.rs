@@ -13,6 +13,7 @@
 //! ```
 
 use datafusion::error::DataFusionError;
+use datafusion::sql::sqlparser::parser::ParserError;
 
 /// Result alias used throughout Runnel.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -172,4 +173,29 @@ impl From<datafusion::arrow::error::ArrowError> for Error {
     fn from(e: datafusion::arrow::error::ArrowError) -> Self {
         Error::Execution(e.to_string())
     }
+}
+/// Turns a sqlparser error into a located Runnel error.
+pub fn parser_error(e: ParserError) -> Error {
+    let msg = match &e {
+        ParserError::TokenizerError(m) | ParserError::ParserError(m) => m.clone(),
+        other => other.to_string(),
+    };
+    let location = parse_location(&msg);
+    let message = match msg.find(" at Line: ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg,
+    };
+    Error::sql(message, location)
+}
+
+fn parse_location(msg: &str) -> Option<(u64, u64)> {
+    let i = msg.find("Line: ")?;
+    let rest = &msg[i + 6..];
+    let line: u64 = rest.split(',').next()?.trim().parse().ok()?;
+    let j = rest.find("Column: ")?;
+    let col: String = rest[j + 8..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    Some((line, col.parse().ok()?))
 }

@@ -5,6 +5,8 @@ pub mod config;
 pub mod connect;
 pub mod error;
 pub mod format;
+pub mod generate;
+pub mod model;
 pub mod plan;
 pub mod repl;
 pub mod runtime;

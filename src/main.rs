@@ -6,8 +6,8 @@ use std::sync::atomic::AtomicBool;
 
 use clap::{Parser, Subcommand};
 use runnel::config::{Config, FileConfig};
+use runnel::generate::{GenKind, ProduceOptions, produce, write_lines};
 use runnel::server::{App, http};
-use runnel::source::generator::{GenKind, ProduceOptions, produce, write_lines};
 
 #[derive(Parser)]
 #[command(
@@ -93,7 +93,7 @@ enum Command {
         allow_hosts: Vec<String>,
         /// Memory pull queries and roll-ups may use together, e.g. `256MB`
         /// or `1GiB` (default 256 MiB); a query needing more gets 422.
-        #[arg(long, value_name = "SIZE", env = "RUNNEL_PULL_MEMORY", value_parser = runnel::server::limits::parse_size)]
+        #[arg(long, value_name = "SIZE", env = "RUNNEL_PULL_MEMORY", value_parser = runnel::config::limits::parse_size)]
         pull_memory: Option<u64>,
         /// Most rows one pull query returns (default 100000); a larger
         /// answer gets 422 suggesting LIMIT.

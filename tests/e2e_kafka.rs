@@ -11,7 +11,7 @@ use common::TestServer;
 use rdkafka::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use runnel::source::generator::{GenKind, Generator};
+use runnel::generate::{GenKind, Generator};
 use serde_json::Value;
 
 const TOPIC: &str = "impressions";

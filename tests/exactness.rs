@@ -16,10 +16,11 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
 use runnel::format::json::JsonDecoder;
+use runnel::generate::{GenKind, Generator};
+use runnel::model::Emission;
 use runnel::plan::ContinuousPlan;
-use runnel::source::generator::{GenKind, Generator};
 use runnel::sql::{Statement, parse_sql};
-use runnel::window::{Emission, WindowEngine};
+use runnel::window::WindowEngine;
 
 /// A deterministic pseudo-random sequence (64-bit LCG, high bits).
 struct Lcg(u64);

@@ -9,7 +9,7 @@ use common::TestServer;
 use rdkafka::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use runnel::source::generator::{GenKind, Generator};
+use runnel::generate::{GenKind, Generator};
 
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

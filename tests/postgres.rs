@@ -18,8 +18,8 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use rdkafka::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use runnel::model::Emission;
 use runnel::store::{ResultFilter, Store};
-use runnel::window::Emission;
 
 fn schema() -> Arc<Schema> {
     let ts = DataType::Timestamp(TimeUnit::Millisecond, None);

@@ -30,9 +30,10 @@ use datafusion::arrow::datatypes::TimestampMillisecondType;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use runnel::format::json::JsonDecoder;
+use runnel::model::Emission;
 use runnel::plan::{ContinuousPlan, RefTable};
 use runnel::sql::{Statement, parse_sql};
-use runnel::window::{Emission, PartitionBatch, WindowEngine};
+use runnel::window::{PartitionBatch, WindowEngine};
 
 /// Confirmed quiet time after which a partition is idle, as `idle_after`.
 const IDLE_AFTER_MS: i64 = 1_000;

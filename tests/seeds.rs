@@ -13,7 +13,7 @@ use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
-use runnel::source::generator::{GenKind, Generator};
+use runnel::generate::{GenKind, Generator};
 use serde_json::Value;
 
 fn query_file(name: &str) -> String {

@@ -28,7 +28,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use runnel::source::generator::{GenKind, Generator};
+use runnel::generate::{GenKind, Generator};
 use serde_json::Value;
 
 const SQL: &str = "

@@ -253,9 +253,39 @@ impl KafkaConn {
     }
 }
 
+/// Refuses a name Kafka would refuse as a topic: 1 to 249 ASCII letters,
+/// digits, `.`, `_` and `-`, and not `.` or `..`.
+pub fn check_topic_name(topic: &str) -> Result<()> {
+    let ok = !topic.is_empty()
+        && topic.len() <= 249
+        && topic != "."
+        && topic != ".."
+        && topic
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::BadRequest(format!(
+            "INTO TOPIC '{topic}' is not a valid Kafka topic name: use 1 to 249 letters, digits, '.', '_' and '-'"
+        )))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn topic_names_kafka_refuses_are_refused() {
+        for ok in ["out", "popular_users", "a.b-c_1", &"x".repeat(249)] {
+            check_topic_name(ok).unwrap();
+        }
+        for bad in ["", ".", "..", "has space", "ünï", "a/b", &"x".repeat(250)] {
+            let e = check_topic_name(bad).unwrap_err().to_string();
+            assert!(e.contains("not a valid Kafka topic name"), "{e}");
+        }
+    }
 
     fn props(pairs: &[(&str, &str)]) -> KafkaProps {
         KafkaProps::new(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())))

@@ -448,7 +448,7 @@ fn clf_time_ms(t: &[u8]) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::generator::{GenKind, Generator};
+    use crate::generate::{GenKind, Generator};
     use datafusion::arrow::array::{Array, AsArray};
     use datafusion::arrow::datatypes::{
         Field, Int32Type, Int64Type, Schema, TimestampMillisecondType,

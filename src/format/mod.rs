@@ -13,7 +13,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
 
-use crate::sql::Format;
+use crate::model::Format;
 
 use access_log::AccessLogDecoder;
 use csv::CsvDecoder;
@@ -71,7 +71,7 @@ pub struct BadRecord {
 /// use std::sync::Arc;
 /// use datafusion::arrow::datatypes::{DataType, Field, Schema};
 /// use runnel::format::Decoder;
-/// use runnel::sql::Format;
+/// use runnel::model::Format;
 /// let schema = Arc::new(Schema::new(vec![Field::new("line", DataType::Utf8, true)]));
 /// let mut d = Decoder::for_format(Format::Lines, schema).unwrap();
 /// let (batch, bad) = d.decode(&[b"a b c".as_slice()]);
@@ -151,51 +151,4 @@ pub fn check_schema(format: Format, schema: SchemaRef) -> Result<(), String> {
             ArrowError::InvalidArgumentError(m) => m,
             e => e.to_string(),
         })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::sql::{Statement, parse_sql};
-
-    fn create(sql: &str) -> Result<Format, String> {
-        let mut parsed = parse_sql(sql).map_err(|e| e.to_string())?;
-        match parsed.remove(0).stmt {
-            Statement::CreateStream(def) => {
-                let schema =
-                    std::sync::Arc::new(datafusion::arrow::datatypes::Schema::new(def.fields()));
-                Decoder::for_format(def.format, schema).map_err(|e| e.to_string())?;
-                Ok(def.format)
-            }
-            _ => Err("not a stream".into()),
-        }
-    }
-
-    #[test]
-    fn create_stream_formats() {
-        let logs = "CREATE STREAM logs (ip TEXT, ts TIMESTAMP, status INT, size BIGINT, endpoint TEXT) \
-                    WITH (kafka_topic = 'logs', format = 'access_log', event_time = 'ts')";
-        assert_eq!(create(logs), Ok(Format::AccessLog));
-        let words = "CREATE STREAM words (line TEXT) WITH (kafka_topic = 'w', format = 'LINES')";
-        assert_eq!(create(words), Ok(Format::Lines));
-        let csv = "CREATE STREAM c (a TEXT, n BIGINT) WITH (kafka_topic = 'c', format = 'csv')";
-        assert_eq!(create(csv), Ok(Format::Csv));
-        let err =
-            create("CREATE STREAM l (url TEXT) WITH (kafka_topic = 'l', format = 'access_log')")
-                .unwrap_err();
-        assert!(err.contains("no column 'url'"), "{err}");
-        let err = create("CREATE STREAM w (n BIGINT) WITH (kafka_topic = 'w', format = 'lines')")
-            .unwrap_err();
-        assert!(err.contains("TEXT column"), "{err}");
-        let err = create("CREATE STREAM w (n BIGINT) WITH (kafka_topic = 'w', format = 'xml')")
-            .unwrap_err();
-        assert!(
-            err.contains("supported: json, access_log, csv, lines"),
-            "{err}"
-        );
-        assert_eq!(
-            serde_json::to_string(&Format::AccessLog).unwrap(),
-            "\"access_log\""
-        );
-    }
 }

@@ -15,7 +15,7 @@
 //!   window and yields its rows.
 //!
 //! ```no_run
-//! # async fn f(stream: runnel::sql::StreamDef) -> runnel::error::Result<()> {
+//! # async fn f(stream: runnel::model::StreamDef) -> runnel::error::Result<()> {
 //! use runnel::plan::ContinuousPlan;
 //! use runnel::sql::{parse_statement, Statement};
 //! let Statement::Select(select) = parse_statement(
@@ -46,9 +46,10 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 use futures::FutureExt;
 
+use crate::error::parser_error;
 use crate::error::{Error, Result, panic_message};
-use crate::sql::window::{WindowKind, WindowSpec};
-use crate::sql::{SelectSql, StreamDef, parser_error};
+use crate::model::{SelectSql, StreamDef};
+use crate::model::{WindowKind, WindowSpec};
 use slot::{SlotExec, SlotTable, bind};
 pub use table::RefTable;
 

@@ -10,7 +10,7 @@ use datafusion::prelude::CsvReadOptions;
 
 use super::new_context;
 use crate::error::{Error, Result};
-use crate::sql::table::TableDef;
+use crate::model::TableDef;
 
 /// A static reference table held in memory.
 #[derive(Debug, Clone)]

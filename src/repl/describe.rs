@@ -205,7 +205,7 @@ impl Session {
                     ),
                 ];
                 if let Some(ms) = s.watermark_delay_ms {
-                    facts.push(("Watermark delay", crate::sql::window::fmt_duration(ms)));
+                    facts.push(("Watermark delay", crate::model::duration::fmt_duration(ms)));
                 }
                 if let Some(st) = &s.start {
                     facts.push(("Start", st.clone()));

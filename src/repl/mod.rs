@@ -557,8 +557,8 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(crate::sql::window::fmt_duration(2000), "2s");
-        assert_eq!(crate::sql::window::fmt_duration(1500), "1500ms");
-        assert_eq!(crate::sql::window::fmt_duration(60_000), "1m");
+        assert_eq!(crate::model::duration::fmt_duration(2000), "2s");
+        assert_eq!(crate::model::duration::fmt_duration(1500), "1500ms");
+        assert_eq!(crate::model::duration::fmt_duration(60_000), "1m");
     }
 }

@@ -10,8 +10,9 @@ use serde_json::{Value, json};
 
 use super::{App, QueryEntry};
 use crate::error::{Error, Result};
+use crate::model::SelectSql;
 use crate::plan::ContinuousPlan;
-use crate::sql::{CreateMode, SelectSql};
+use crate::sql::CreateMode;
 
 /// What a `CREATE QUERY` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -197,7 +197,7 @@ impl App {
                 v["kind"] = json!("rows");
                 v["object"] = json!(kind);
                 if let Ok(q) = self.query(name) {
-                    v["sink"] = crate::sink::SinkStatus::json(&q.counters.sink).into();
+                    v["sink"] = crate::model::SinkStatus::json(&q.counters.sink).into();
                     let notes = self.query_notes(&q);
                     if !notes.is_empty() {
                         v["notes"] = json!(notes);
@@ -217,10 +217,10 @@ impl App {
     /// A warning when `def` reads a Kafka topic its brokers do not have
     /// (a typo, or a topic not created yet): queries over it wait for it.
     pub(super) async fn topic_warning(&self, def: &StreamDef) -> Option<String> {
-        if def.source != crate::sql::SourceKind::Kafka {
+        if def.source != crate::model::SourceKind::Kafka {
             return None;
         }
-        let kafka = crate::connect::kafka_conn(&self.config, def);
+        let kafka = self.config.kafka_conn(def);
         let topic = def.topic.clone();
         let (k, t) = (kafka.clone(), topic.clone());
         let wait = std::time::Duration::from_secs(1);

@@ -424,8 +424,8 @@ async fn reset_query(
     params: Query<ResetParams>,
 ) -> Res {
     let from = match params.0.from.as_deref() {
-        Some("earliest") => crate::sql::StartFrom::Earliest,
-        Some("latest") => crate::sql::StartFrom::Latest,
+        Some("earliest") => crate::model::StartFrom::Earliest,
+        Some("latest") => crate::model::StartFrom::Latest,
         other => {
             return Err(Error::BadRequest(format!(
                 "reset needs ?from=earliest or ?from=latest, not {other:?}"
@@ -542,13 +542,13 @@ async fn healthz(State(app): State<Arc<App>>) -> axum::Json<Value> {
     let mut problems = serde_json::Map::new();
     for q in app.queries() {
         match q.status() {
-            crate::runtime::QueryStatus::BrokerUnreachable(since) => {
+            crate::model::QueryStatus::BrokerUnreachable(since) => {
                 problems.insert(
                     q.name.clone(),
                     json!(format!("broker unreachable since {since}")),
                 );
             }
-            crate::runtime::QueryStatus::Failed(e) => {
+            crate::model::QueryStatus::Failed(e) => {
                 problems.insert(q.name.clone(), json!(format!("failed: {e}")));
             }
             _ => {}

@@ -19,98 +19,19 @@
 //! | `runnel_process_resident_memory_bytes`, `runnel_streams`, `runnel_queries` | |
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use super::App;
 use super::history::History;
 pub use super::history::{SAMPLE_EVERY, spawn_sampler};
-use crate::runtime::QueryStatus;
-
-const BATCH_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
-const LATENCY_BUCKETS: &[f64] = &[
-    0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
-];
-
-/// What one query's thread records.
-pub struct QueryMetrics {
-    batch: Histogram,
-    close_latency: Histogram,
-    lag: Mutex<BTreeMap<i32, i64>>,
-    open_groups: AtomicU64,
-    open_windows: AtomicU64,
-    state_bytes: AtomicU64,
-}
-
-impl QueryMetrics {
-    /// Metrics not attached to any registry.
-    pub fn detached() -> Self {
-        let h = |name: &str, buckets: &[f64]| {
-            Histogram::with_opts(HistogramOpts::new(name, name).buckets(buckets.to_vec()))
-                .expect("valid histogram")
-        };
-        Self::new(
-            h("batch", BATCH_BUCKETS),
-            h("close_latency", LATENCY_BUCKETS),
-        )
-    }
-
-    fn new(batch: Histogram, close_latency: Histogram) -> Self {
-        QueryMetrics {
-            batch,
-            close_latency,
-            lag: Mutex::new(BTreeMap::new()),
-            open_groups: AtomicU64::new(0),
-            open_windows: AtomicU64::new(0),
-            state_bytes: AtomicU64::new(0),
-        }
-    }
-
-    /// One poll's records decoded, windowed and committed in `d`.
-    pub fn observe_batch(&self, d: Duration) {
-        self.batch.observe(d.as_secs_f64());
-    }
-
-    /// A window's rows committed `seconds` after the window's end.
-    pub fn observe_close_latency(&self, seconds: f64) {
-        self.close_latency.observe(seconds.max(0.0));
-    }
-
-    /// Replaces the consumer lag per partition.
-    pub fn set_lag(&self, lag: &[(i32, i64)]) {
-        let mut m = self.lag.lock().unwrap_or_else(|p| p.into_inner());
-        for (p, l) in lag {
-            m.insert(*p, *l);
-        }
-    }
-
-    /// Total consumer lag over partitions, if known.
-    pub fn total_lag(&self) -> Option<i64> {
-        let m = self.lag.lock().unwrap_or_else(|p| p.into_inner());
-        (!m.is_empty()).then(|| m.values().sum())
-    }
-
-    /// Open partial-state rows (about groups × windows), open windows and
-    /// the size of the saved state.
-    pub fn set_state(&self, groups: usize, windows: usize, bytes: usize) {
-        self.open_groups.store(groups as u64, Ordering::Relaxed);
-        self.open_windows.store(windows as u64, Ordering::Relaxed);
-        self.state_bytes.store(bytes as u64, Ordering::Relaxed);
-    }
-
-    /// Batches observed and their total seconds.
-    pub fn batch_totals(&self) -> (u64, f64) {
-        (self.batch.get_sample_count(), self.batch.get_sample_sum())
-    }
-}
+use crate::model::QueryStatus;
+use crate::runtime::telemetry::{BATCH_BUCKETS, LATENCY_BUCKETS, QueryMetrics};
 
 struct Gauges {
     stream_records: IntCounterVec,
@@ -451,29 +372,6 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut out)
             .expect("text encoding");
         String::from_utf8(out).unwrap_or_default()
-    }
-}
-
-impl QueryMetrics {
-    /// Observes the close latency of every window in `emitted`, written at `now_ms`.
-    pub fn observe_emissions(&self, emitted: &[crate::window::Emission], now_ms: i64) {
-        use datafusion::arrow::array::AsArray;
-        use datafusion::arrow::compute::cast;
-        use datafusion::arrow::datatypes::{DataType, Int64Type, TimeUnit};
-        for e in emitted.iter().filter(|e| !e.cumulative) {
-            let Some(col) = e.batch.columns().get(1) else {
-                continue;
-            };
-            let Ok(ms) = cast(col, &DataType::Timestamp(TimeUnit::Millisecond, None))
-                .and_then(|a| cast(&a, &DataType::Int64))
-            else {
-                continue;
-            };
-            let ends: BTreeSet<i64> = ms.as_primitive::<Int64Type>().iter().flatten().collect();
-            for end in ends {
-                self.observe_close_latency((now_ms - end) as f64 / 1000.0);
-            }
-        }
     }
 }
 

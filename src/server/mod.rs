@@ -44,16 +44,15 @@ use serde_json::{Value, json};
 use crate::config::Config;
 use crate::connect::secret::{redact_sql, shown};
 use crate::error::{Error, Result};
+use crate::model::QueryStatus;
+use crate::model::StartFrom;
+use crate::model::TableDef;
+use crate::model::{SelectSql, SourceKind, StreamDef};
 use crate::plan::{ContinuousPlan, RefTable, plan_error};
-use crate::runtime::{QueryStatus, QueryTask};
+use crate::runtime::QueryTask;
 use crate::source::file::allowed_file;
 use crate::source::stats::StreamStats;
-use crate::sql::StartFrom;
-use crate::sql::table::TableDef;
-use crate::sql::{
-    Parsed, SelectSql, SourceKind, Statement, StreamDef, normalize_ident, parse_sql,
-    parse_statement,
-};
+use crate::sql::{Parsed, Statement, normalize_ident, parse_sql, parse_statement};
 use crate::store::Store;
 pub use ddl::Created;
 use render::*;
@@ -61,7 +60,7 @@ pub use render::{batches_json, row_objects};
 
 /// Bad records kept per stream and reason for `GET /streams/{name}/errors`.
 pub const BAD_SAMPLES: usize = 20;
-use crate::window::Counters;
+use crate::model::Counters;
 
 /// A declared stream.
 pub struct StreamEntry {
@@ -98,7 +97,7 @@ pub struct QueryEntry {
     /// Run status.
     pub status: Arc<Mutex<QueryStatus>>,
     /// Timings, lag and state size recorded by the query's thread.
-    pub metrics: Arc<metrics::QueryMetrics>,
+    pub metrics: Arc<crate::runtime::telemetry::QueryMetrics>,
     stop: Arc<AtomicBool>,
     handle: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -156,7 +155,7 @@ fn relations(sql: &str) -> Result<Vec<Relation>> {
     let stmt = Parser::new(&GenericDialect {})
         .try_with_sql(sql)
         .and_then(|mut p| p.parse_statement())
-        .map_err(crate::sql::parser_error)?;
+        .map_err(crate::error::parser_error)?;
     let mut out = Vec::new();
     for f in from_factors(&stmt) {
         // Table functions (`rollup(...)`) are not relations.
@@ -373,7 +372,7 @@ impl App {
             let path = def.options.get("path").map(String::as_str).unwrap_or("");
             allowed_file(path, &self.config.allow_files, true)?;
         }
-        crate::connect::check_stream(&self.config, def)
+        self.config.check_stream(def)
     }
 
     /// Reads a reference table's CSV file, which must be under an allowed
@@ -494,7 +493,7 @@ impl App {
             name: name.to_string(),
             stream: stream.def.clone(),
             plan: plan.clone(),
-            kafka: crate::connect::kafka_conn(&self.config, &stream.def),
+            kafka: self.config.kafka_conn(&stream.def),
             store: self.store.clone(),
             counters: counters.clone(),
             status: status.clone(),
@@ -540,12 +539,12 @@ impl App {
         start: StartFrom,
     ) -> Result<()> {
         if start != StartFrom::Latest
-            || stream.source != crate::sql::SourceKind::Kafka
+            || stream.source != crate::model::SourceKind::Kafka
             || self.config.cluster.is_some()
         {
             return Ok(());
         }
-        let kafka = crate::connect::kafka_conn(&self.config, stream);
+        let kafka = self.config.kafka_conn(stream);
         let topic = stream.topic.clone();
         let ends =
             tokio::task::spawn_blocking(move || crate::source::kafka::end_offsets(&kafka, &topic))

@@ -149,7 +149,7 @@ impl App {
             QueryStatus::BrokerUnreachable(since) => v["broker_unreachable_since"] = json!(since),
             _ => {}
         }
-        if let Some(sink) = crate::sink::SinkStatus::json(&c.sink) {
+        if let Some(sink) = crate::model::SinkStatus::json(&c.sink) {
             v["sink"] = sink;
         }
         if with_plan {
@@ -165,7 +165,7 @@ impl App {
     /// What a reader of query `q`'s rows should know about them.
     pub(super) fn query_notes(&self, q: &QueryEntry) -> Vec<String> {
         let mut notes = Vec::new();
-        if let crate::sql::window::WindowKind::Cumulative { emit_ms } = q.plan.window.kind {
+        if let crate::model::WindowKind::Cumulative { emit_ms } = q.plan.window.kind {
             notes.push(format!(
                 "no WINDOW: a cumulative table over the whole stream, re-emitted every {} ms; window_start is always 1970-01-01 and window_end the event time it was computed as of (add WINDOW <size> for windows)",
                 emit_ms

@@ -41,7 +41,8 @@ use super::http::{Format, Res, ResultsParams, csv_response};
 use super::limits::MAX_ROLLUP_WINDOWS;
 use super::rows::{csv_text, json_csv_field};
 use crate::error::{Error, Result};
-use crate::sql::window::{WindowKind, parse_duration};
+use crate::model::WindowKind;
+use crate::model::duration::parse_duration;
 use crate::store::time_ms;
 use crate::window::{states_from_ipc, window_closed};
 
@@ -331,7 +332,7 @@ fn rollup_calls(sql: &str) -> Result<Vec<(String, String)>> {
         &datafusion::sql::sqlparser::dialect::GenericDialect {},
         sql,
     )
-    .map_err(crate::sql::parser_error)?;
+    .map_err(crate::error::parser_error)?;
     let mut out = Vec::new();
     for stmt in &stmts {
         collect_rollups(stmt, &mut out);

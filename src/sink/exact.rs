@@ -25,10 +25,11 @@ use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
+use super::json_lines;
 use super::recover::{self, AFTER_HEADER, CURSOR_HEADER, QUERY_HEADER};
-use super::{SinkStatus, json_lines};
 use crate::connect::kafka::KafkaConn;
 use crate::error::{Error, Result};
+use crate::model::SinkStatus;
 use crate::store::Store;
 
 /// Most rows in one transaction.

@@ -24,77 +24,15 @@ use datafusion::arrow::record_batch::RecordBatch;
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use serde::Serialize;
 
 use crate::connect::kafka::KafkaConn;
 use crate::error::{Error, Result};
-use crate::window::Emission;
-
-/// Where a query's `INTO TOPIC` publishing stands.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct SinkStatus {
-    /// The topic.
-    pub topic: String,
-    /// `exactly_once` (transactions), `at_least_once` (the broker refused
-    /// transactions) or empty before the first connection.
-    pub mode: &'static str,
-    /// Cursor of the last row on the topic.
-    pub published_cursor: Option<i64>,
-    /// Cursor of the newest row read from the store.
-    pub store_cursor: Option<i64>,
-    /// Rows in the store not yet on the topic, as last seen (at most one
-    /// batch's worth is counted).
-    pub lag_rows: u64,
-    /// Rows published by this server since it started.
-    pub rows_published: u64,
-    /// Failed publishing attempts (each retried).
-    pub errors: u64,
-    /// The last failure, while it lasts.
-    pub error: Option<String>,
-}
-
-impl SinkStatus {
-    /// The status as JSON, with `lag_cursor` (how far the store's newest
-    /// row is past the published one); `None` for a query without a sink.
-    pub fn json(status: &std::sync::Mutex<SinkStatus>) -> Option<serde_json::Value> {
-        let s = status.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if s.topic.is_empty() {
-            return None;
-        }
-        let lag = match (s.store_cursor, s.published_cursor) {
-            (Some(a), Some(b)) => (a - b).max(0),
-            (Some(a), None) => a,
-            _ => 0,
-        };
-        let mut v = serde_json::to_value(&s).ok()?;
-        v["lag_cursor"] = serde_json::json!(lag);
-        Some(v)
-    }
-}
-
-/// Refuses a name Kafka would refuse as a topic: 1 to 249 ASCII letters,
-/// digits, `.`, `_` and `-`, and not `.` or `..`.
-pub fn check_topic_name(topic: &str) -> Result<()> {
-    let ok = !topic.is_empty()
-        && topic.len() <= 249
-        && topic != "."
-        && topic != ".."
-        && topic
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::BadRequest(format!(
-            "INTO TOPIC '{topic}' is not a valid Kafka topic name: use 1 to 249 letters, digits, '.', '_' and '-'"
-        )))
-    }
-}
+use crate::model::Emission;
 
 /// Checks that `topic` can be published to: a valid name that exists (or
 /// that the broker creates when asked for it).
 pub fn check_topic(kafka: &KafkaConn, topic: &str) -> Result<()> {
-    check_topic_name(topic).map_err(|e| Error::Execution(e.to_string()))?;
+    crate::connect::kafka::check_topic_name(topic).map_err(|e| Error::Execution(e.to_string()))?;
     let consumer: BaseConsumer = kafka.create(
         &[("allow.auto.create.topics", "true")],
         rdkafka::consumer::DefaultConsumerContext,
@@ -170,17 +108,6 @@ impl TopicSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn topic_names_kafka_refuses_are_refused() {
-        for ok in ["out", "popular_users", "a.b-c_1", &"x".repeat(249)] {
-            check_topic_name(ok).unwrap();
-        }
-        for bad in ["", ".", "..", "has space", "ünï", "a/b", &"x".repeat(250)] {
-            let e = check_topic_name(bad).unwrap_err().to_string();
-            assert!(e.contains("not a valid Kafka topic name"), "{e}");
-        }
-    }
 
     #[test]
     fn transactions_refused_only_for_lasting_reasons() {

@@ -22,7 +22,7 @@
 //! use std::sync::atomic::AtomicBool;
 //! use std::time::Duration;
 //! use runnel::source::file::FileSource;
-//! use runnel::sql::StartFrom;
+//! use runnel::model::StartFrom;
 //! let stop = AtomicBool::new(false);
 //! let mut src = FileSource::open("/var/log/app.log".as_ref(), StartFrom::Earliest,
 //!                                &BTreeMap::new(), &stop).unwrap();
@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use super::{Chunk, MAX_LINE, take_lines};
 use crate::error::{Error, Result};
-use crate::sql::StartFrom;
+use crate::model::StartFrom;
 
 /// How often a file at its end is checked for new lines.
 const FOLLOW_INTERVAL: Duration = Duration::from_millis(20);

@@ -5,12 +5,9 @@
 //! TCP server, and [`file`] reads a file's lines and follows it as it grows.
 //! [`Source`] picks one of them from a stream's `source` option, and
 //! [`prefetch`] reads it on a thread of its own, one poll ahead of the query.
-//! [`generator`] holds the built-in load generators (ad impressions, user
-//! activity, access logs) that feed Kafka topics or standard output with
-//! deterministic, seeded records.
+//! (The producers of test records, `runnel gen`, are in `generate`.)
 
 pub mod file;
-pub mod generator;
 pub mod kafka;
 pub mod prefetch;
 pub mod socket;
@@ -21,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::connect::kafka::KafkaConn;
 use crate::error::{Error, Result};
-use crate::sql::{SourceKind, StartFrom, StreamDef};
+use crate::model::{SourceKind, StartFrom, StreamDef};
 use file::FileSource;
 use kafka::{KafkaSource, Waiting};
 use socket::SocketSource;

@@ -16,7 +16,7 @@
 //! # use std::sync::atomic::AtomicBool;
 //! # use std::time::Duration;
 //! # use runnel::source::{Source, kafka::Waiting, prefetch::Prefetch};
-//! # fn demo(stream: &runnel::sql::StreamDef) -> runnel::error::Result<()> {
+//! # fn demo(stream: &runnel::model::StreamDef) -> runnel::error::Result<()> {
 //! let kafka = runnel::connect::kafka::KafkaConn::new("127.0.0.1:9092");
 //! let src = Source::connect(stream, &kafka, "runnel-q",
 //!                           stream.start, &BTreeMap::new(), Waiting::until(&AtomicBool::new(false)))?;
@@ -181,8 +181,8 @@ fn read<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::StartFrom;
     use crate::source::file::FileSource;
-    use crate::sql::StartFrom;
 
     /// Reads the lines of a new file through a prefetching reader that takes
     /// at most `max` lines per poll and applies `step` to each poll.

@@ -29,13 +29,18 @@ use datafusion::arrow::datatypes::{DataType, Field, TimeUnit};
 use datafusion::sql::sqlparser::ast::{self, Expr, SqlOption};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
-use datafusion::sql::sqlparser::parser::{Parser, ParserError};
+use datafusion::sql::sqlparser::parser::Parser;
 use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
-use serde::{Deserialize, Serialize};
 
 use crate::connect::kafka;
+use crate::error::parser_error;
 use crate::error::{Error, Result};
-use window::{WindowSpec, parse_duration, parse_window_clause};
+use crate::model::duration::parse_duration;
+use crate::model::{
+    ColumnDef, DEFAULT_MAX_FUTURE_MS, Format, OnError, OnOffsetLoss, SelectSql, SourceKind,
+    StartFrom, StreamDef,
+};
+use window::parse_window_clause;
 
 /// One parsed statement with its source text.
 #[derive(Debug, Clone)]
@@ -54,7 +59,7 @@ pub enum Statement {
     /// `CREATE STREAM name (cols) WITH (...)`.
     CreateStream(StreamDef),
     /// `CREATE TABLE name (cols) WITH (source = 'file', ...)`.
-    CreateTable(table::TableDef),
+    CreateTable(crate::model::TableDef),
     /// `CREATE QUERY name AS SELECT ...`.
     CreateQuery {
         /// Query name.
@@ -90,145 +95,6 @@ pub enum Statement {
         /// `IF EXISTS` given.
         if_exists: bool,
     },
-}
-
-/// A `SELECT` with Runnel's clauses separated out.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct SelectSql {
-    /// DataFusion SQL: the statement with Runnel's clauses blanked out.
-    pub sql: String,
-    /// The window clause, if any.
-    pub window: Option<WindowSpec>,
-    /// `EMIT EVERY` interval in ms, if given.
-    pub emit_ms: Option<i64>,
-    /// `INTO TOPIC 'name'`, if given.
-    pub into_topic: Option<String>,
-}
-
-/// Where a stream's records come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SourceKind {
-    /// A Kafka topic.
-    Kafka,
-    /// Newline-delimited records read from a TCP server (`host`, `port`).
-    Socket,
-    /// A file's lines, followed as it grows (`path`).
-    File,
-}
-
-/// Where a new query starts reading when it has no saved offsets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StartFrom {
-    /// The oldest retained record.
-    Earliest,
-    /// Only records produced after the query starts.
-    Latest,
-}
-
-/// What a malformed record does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OnError {
-    /// Count it, keep a sample, and go on.
-    Skip,
-    /// Stop the query with an error naming the record.
-    Fail,
-}
-
-/// What a query does when the offset it must read next is no longer in the
-/// log (records deleted by retention, a topic recreated, a broker that came
-/// back empty).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OnOffsetLoss {
-    /// Stop the query with a status naming the partition, the saved offset
-    /// and the log's range.
-    Fail,
-    /// Go on from the log's first record, counting the records skipped.
-    Earliest,
-    /// Go on from the log's end, counting the records skipped.
-    Latest,
-}
-
-/// Default `max_future`: one hour.
-pub const DEFAULT_MAX_FUTURE_MS: i64 = 3_600_000;
-
-/// Payload formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Format {
-    /// One JSON object per message.
-    Json,
-    /// One Apache/NCSA common or combined log line per message.
-    AccessLog,
-    /// One CSV record per message, fields in column order.
-    Csv,
-    /// The whole message as the first TEXT column.
-    Lines,
-}
-
-/// A declared stream.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StreamDef {
-    /// Stream name (lower case).
-    pub name: String,
-    /// Declared columns.
-    pub columns: Vec<ColumnDef>,
-    /// Source kind.
-    pub source: SourceKind,
-    /// Kafka topic (empty for socket and file streams).
-    pub topic: String,
-    /// Payload format.
-    pub format: Format,
-    /// Event-time column; arrival time when absent.
-    pub event_time: Option<String>,
-    /// Watermark delay in ms.
-    pub watermark_delay_ms: i64,
-    /// Starting position.
-    pub start: StartFrom,
-    /// Broker list overriding the server default.
-    pub brokers: Option<String>,
-    /// What a bad record does to the queries reading the stream.
-    pub on_error: OnError,
-    /// Records stamped further than this ahead of the wall clock are bad (ms).
-    pub max_future_ms: i64,
-    /// What losing the saved offset does.
-    pub on_offset_loss: OnOffsetLoss,
-    /// All options as written.
-    pub options: BTreeMap<String, String>,
-}
-
-/// A declared column.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ColumnDef {
-    /// Column name (lower case).
-    pub name: String,
-    /// SQL type as written.
-    pub sql_type: String,
-    /// Arrow type.
-    pub data_type: DataType,
-}
-
-impl StreamDef {
-    /// How numbers in the event-time column become milliseconds, from
-    /// `event_time_unit`: (multiply by, divide by); `None` for milliseconds.
-    pub fn event_time_scale(&self) -> Option<(i64, i64)> {
-        match self.options.get("event_time_unit").map(String::as_str) {
-            Some("s") => Some((1000, 1)),
-            Some("us") => Some((1, 1000)),
-            _ => None,
-        }
-    }
-
-    /// The arrow fields of the declared columns.
-    pub fn fields(&self) -> Vec<Field> {
-        self.columns
-            .iter()
-            .map(|c| Field::new(&c.name, c.data_type.clone(), true))
-            .collect()
-    }
 }
 
 /// Splits `body` into statements and parses each one.
@@ -325,32 +191,6 @@ fn end_of(src: &Source, t: &TokenWithSpan) -> usize {
 
 fn loc(t: &TokenWithSpan) -> Option<(u64, u64)> {
     Some((t.span.start.line, t.span.start.column))
-}
-
-/// Turns a sqlparser error into a located Runnel error.
-pub fn parser_error(e: ParserError) -> Error {
-    let msg = match &e {
-        ParserError::TokenizerError(m) | ParserError::ParserError(m) => m.clone(),
-        other => other.to_string(),
-    };
-    let location = parse_location(&msg);
-    let message = match msg.find(" at Line: ") {
-        Some(i) => msg[..i].to_string(),
-        None => msg,
-    };
-    Error::sql(message, location)
-}
-
-fn parse_location(msg: &str) -> Option<(u64, u64)> {
-    let i = msg.find("Line: ")?;
-    let rest = &msg[i + 6..];
-    let line: u64 = rest.split(',').next()?.trim().parse().ok()?;
-    let j = rest.find("Column: ")?;
-    let col: String = rest[j + 8..]
-        .chars()
-        .take_while(|c| c.is_ascii_digit())
-        .collect();
-    Some((line, col.parse().ok()?))
 }
 
 fn word(t: &TokenWithSpan) -> Option<String> {
@@ -534,7 +374,7 @@ fn select(src: &Source, toks: &[&TokenWithSpan], range: (usize, usize)) -> Resul
                     .and_then(|t| t.strip_suffix('\''))
                     .filter(|t| !t.is_empty())
                     .ok_or_else(|| Error::sql("expected INTO TOPIC 'name'", here))?;
-                crate::sink::check_topic_name(topic)
+                crate::connect::kafka::check_topic_name(topic)
                     .map_err(|e| Error::sql(e.to_string(), here))?;
                 out.into_topic = Some(topic.to_string());
             }
@@ -863,6 +703,45 @@ pub(crate) fn arrow_type(t: &ast::DataType) -> Option<DataType> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn create_format(sql: &str) -> Result<Format, String> {
+        let mut parsed = parse_sql(sql).map_err(|e| e.to_string())?;
+        match parsed.remove(0).stmt {
+            Statement::CreateStream(def) => Ok(def.format),
+            _ => Err("not a stream".into()),
+        }
+    }
+
+    #[test]
+    fn create_stream_formats() {
+        let logs = "CREATE STREAM logs (ip TEXT, ts TIMESTAMP, status INT, size BIGINT, endpoint TEXT) \
+                    WITH (kafka_topic = 'logs', format = 'access_log', event_time = 'ts')";
+        assert_eq!(create_format(logs), Ok(Format::AccessLog));
+        let words = "CREATE STREAM words (line TEXT) WITH (kafka_topic = 'w', format = 'LINES')";
+        assert_eq!(create_format(words), Ok(Format::Lines));
+        let csv = "CREATE STREAM c (a TEXT, n BIGINT) WITH (kafka_topic = 'c', format = 'csv')";
+        assert_eq!(create_format(csv), Ok(Format::Csv));
+        let err = create_format(
+            "CREATE STREAM l (url TEXT) WITH (kafka_topic = 'l', format = 'access_log')",
+        )
+        .unwrap_err();
+        assert!(err.contains("no column 'url'"), "{err}");
+        let err =
+            create_format("CREATE STREAM w (n BIGINT) WITH (kafka_topic = 'w', format = 'lines')")
+                .unwrap_err();
+        assert!(err.contains("TEXT column"), "{err}");
+        let err =
+            create_format("CREATE STREAM w (n BIGINT) WITH (kafka_topic = 'w', format = 'xml')")
+                .unwrap_err();
+        assert!(
+            err.contains("supported: json, access_log, csv, lines"),
+            "{err}"
+        );
+        assert_eq!(
+            serde_json::to_string(&Format::AccessLog).unwrap(),
+            "\"access_log\""
+        );
+    }
 
     #[test]
     fn create_stream_parses() {

@@ -13,40 +13,15 @@
 
 use std::collections::BTreeMap;
 
-use datafusion::arrow::datatypes::Field;
 use datafusion::sql::sqlparser::ast::SqlOption;
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::Parser;
 use datafusion::sql::sqlparser::tokenizer::Token;
 
-use super::{ColumnDef, column_defs, normalize_ident, option_value, parser_error};
-use crate::error::{Error, Result};
-
-/// A declared reference table.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TableDef {
-    /// Table name (lower case).
-    pub name: String,
-    /// Declared columns.
-    pub columns: Vec<ColumnDef>,
-    /// CSV file path, read when the table is created and at server start.
-    pub path: String,
-    /// Whether the first line is a header.
-    pub header: bool,
-    /// Field delimiter.
-    pub delimiter: u8,
-}
-
-impl TableDef {
-    /// The arrow fields of the declared columns.
-    pub fn fields(&self) -> Vec<Field> {
-        self.columns
-            .iter()
-            .map(|c| Field::new(&c.name, c.data_type.clone(), true))
-            .collect()
-    }
-}
+use super::{column_defs, normalize_ident, option_value};
+use crate::error::{Error, Result, parser_error};
+use crate::model::TableDef;
 
 /// Parses a `CREATE TABLE` statement (text blanked outside the statement).
 pub fn create_table(text: &str) -> Result<TableDef> {

@@ -1,180 +1,15 @@
-//! The window clause of a continuous query, and durations.
+//! The window clause of a continuous query (`WINDOW 1m SLIDE 10s GRACE 5s`).
 //!
 //! ```
-//! use runnel::sql::window::{parse_window_clause, WindowKind};
+//! use runnel::model::WindowKind;
+//! use runnel::sql::window::parse_window_clause;
 //! let w = parse_window_clause("60s SLIDE 10s GRACE 5s").unwrap();
 //! assert_eq!(w.kind, WindowKind::Hopping { size_ms: 60_000, slide_ms: 10_000 });
 //! assert_eq!(w.grace_ms, 5_000);
 //! ```
 
-use serde::{Deserialize, Serialize};
-
-/// How records are grouped in time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum WindowKind {
-    /// Fixed, non-overlapping windows aligned to the epoch.
-    Tumbling {
-        /// Window length in ms.
-        size_ms: i64,
-    },
-    /// Overlapping windows of `size_ms` starting every `slide_ms`.
-    Hopping {
-        /// Window length in ms.
-        size_ms: i64,
-        /// Distance between window starts in ms.
-        slide_ms: i64,
-    },
-    /// Per-key sessions closed after `gap_ms` without records.
-    Session {
-        /// Inactivity gap in ms.
-        gap_ms: i64,
-    },
-    /// No window: one cumulative table, emitted every `emit_ms`.
-    Cumulative {
-        /// Emit interval in ms.
-        emit_ms: i64,
-    },
-}
-
-/// A parsed window clause.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WindowSpec {
-    /// The window type.
-    pub kind: WindowKind,
-    /// Extra lateness allowed on top of the stream's watermark delay.
-    pub grace_ms: i64,
-}
-
-impl WindowSpec {
-    /// The cumulative (no window) spec.
-    pub fn cumulative(emit_ms: i64) -> Self {
-        WindowSpec {
-            kind: WindowKind::Cumulative { emit_ms },
-            grace_ms: 0,
-        }
-    }
-
-    /// A human-readable form, e.g. `TUMBLING 10s`.
-    pub fn describe(&self) -> String {
-        let base = match self.kind {
-            WindowKind::Tumbling { size_ms } => format!("TUMBLING {}", fmt_duration(size_ms)),
-            WindowKind::Hopping { size_ms, slide_ms } => format!(
-                "HOPPING {} SLIDE {}",
-                fmt_duration(size_ms),
-                fmt_duration(slide_ms)
-            ),
-            WindowKind::Session { gap_ms } => format!("SESSION {}", fmt_duration(gap_ms)),
-            WindowKind::Cumulative { emit_ms } => {
-                format!("CUMULATIVE EMIT EVERY {}", fmt_duration(emit_ms))
-            }
-        };
-        if self.grace_ms > 0 {
-            format!("{base} GRACE {}", fmt_duration(self.grace_ms))
-        } else {
-            base
-        }
-    }
-}
-
-/// Formats ms as the shortest exact unit (`10s`, `1m`, `500ms`).
-pub fn fmt_duration(ms: i64) -> String {
-    for (unit, n) in [
-        ("d", 86_400_000),
-        ("h", 3_600_000),
-        ("m", 60_000),
-        ("s", 1000),
-    ] {
-        if ms != 0 && ms % n == 0 {
-            return format!("{}{unit}", ms / n);
-        }
-    }
-    format!("{ms}ms")
-}
-
-fn unit_ms(unit: &str) -> Option<i64> {
-    Some(match unit.to_ascii_lowercase().as_str() {
-        "ms" | "millisecond" | "milliseconds" => 1,
-        "s" | "sec" | "secs" | "second" | "seconds" => 1000,
-        "m" | "min" | "mins" | "minute" | "minutes" => 60_000,
-        "h" | "hour" | "hours" => 3_600_000,
-        "d" | "day" | "days" => 86_400_000,
-        _ => return None,
-    })
-}
-
-/// Parses a single positive duration string: `500ms`, `10s`, `1m`,
-/// `10 seconds`, `INTERVAL '10' SECOND`.
-pub fn parse_duration(text: &str) -> Result<i64, String> {
-    whole(text, duration)
-}
-
-/// Like [`parse_duration`], also accepting zero (`0s`), for settings where
-/// zero means "none" (`window_state_retention`).
-pub fn parse_duration_or_zero(text: &str) -> Result<i64, String> {
-    whole(text, length)
-}
-
-fn whole(
-    text: &str,
-    parse: fn(&[String], &mut usize) -> Result<i64, String>,
-) -> Result<i64, String> {
-    let words = words(text);
-    let mut pos = 0;
-    let d = parse(&words, &mut pos)?;
-    if pos != words.len() {
-        return Err(format!("unexpected '{}' after duration", words[pos]));
-    }
-    Ok(d)
-}
-
-fn words(text: &str) -> Vec<String> {
-    text.replace(['(', ')', ','], " ")
-        .split_whitespace()
-        .map(|w| w.trim_matches('\'').to_string())
-        .collect()
-}
-
-/// A positive duration.
-fn duration(words: &[String], pos: &mut usize) -> Result<i64, String> {
-    match length(words, pos)? {
-        0 => Err("a window duration must be positive".into()),
-        ms => Ok(ms),
-    }
-}
-
-/// A duration of zero or more ms.
-fn length(words: &[String], pos: &mut usize) -> Result<i64, String> {
-    let Some(first) = words.get(*pos) else {
-        return Err("expected a duration such as 10s, 1m or INTERVAL '10' SECOND".into());
-    };
-    let mut w = first.as_str();
-    if w.eq_ignore_ascii_case("interval") {
-        *pos += 1;
-        w = words
-            .get(*pos)
-            .ok_or("expected a number after INTERVAL")?
-            .as_str();
-    }
-    let split = w.find(|c: char| !c.is_ascii_digit()).unwrap_or(w.len());
-    let (num, unit) = w.split_at(split);
-    let n: i64 = num
-        .parse()
-        .map_err(|_| format!("expected a duration such as 10s, found '{w}'"))?;
-    *pos += 1;
-    let unit = if unit.is_empty() {
-        let u = words
-            .get(*pos)
-            .ok_or_else(|| format!("missing unit after {n} (use ms, s, m, h or d)"))?;
-        *pos += 1;
-        u.as_str()
-    } else {
-        unit
-    };
-    let ms = unit_ms(unit).ok_or_else(|| format!("unknown duration unit '{unit}'"))?;
-    n.checked_mul(ms)
-        .ok_or_else(|| format!("the duration {n}{unit} is too long"))
-}
+use crate::model::duration::{duration, fmt_duration, words};
+use crate::model::{WindowKind, WindowSpec};
 
 fn is_kw(words: &[String], pos: usize, kw: &str) -> bool {
     words.get(pos).is_some_and(|w| w.eq_ignore_ascii_case(kw))
@@ -266,26 +101,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms").unwrap(), 500);
-        assert_eq!(parse_duration("10s").unwrap(), 10_000);
-        assert_eq!(parse_duration("1m").unwrap(), 60_000);
-        assert_eq!(parse_duration("2 hours").unwrap(), 7_200_000);
-        assert_eq!(parse_duration("1d").unwrap(), 86_400_000);
-        assert_eq!(parse_duration("INTERVAL '10' SECOND").unwrap(), 10_000);
-        assert!(parse_duration("10 parsecs").is_err());
-        assert!(parse_duration("fast").is_err());
-        assert!(parse_duration("0s").is_err());
-        assert!(parse_window_clause("0s").is_err());
-        assert!(parse_window_clause("10s SLIDE 0ms").is_err());
-        assert_eq!(parse_duration_or_zero("0s").unwrap(), 0);
-        assert_eq!(parse_duration_or_zero("0 hours").unwrap(), 0);
-        assert_eq!(parse_duration_or_zero("24h").unwrap(), 86_400_000);
-        assert!(parse_duration_or_zero("-1s").is_err());
-        assert!(parse_duration_or_zero("0").is_err());
-    }
-
-    #[test]
     fn clauses() {
         assert_eq!(
             parse_window_clause("10s").unwrap().kind,
@@ -344,8 +159,6 @@ mod tests {
 
     #[test]
     fn huge_durations_are_refused() {
-        let e = parse_duration("9223372036854775807d").unwrap_err();
-        assert!(e.contains("too long"), "{e}");
         assert!(parse_window_clause("99999999999999999999s").is_err());
     }
 }

@@ -32,7 +32,7 @@ use datafusion::arrow::datatypes::{
 pub use rusqlite::types::Value;
 
 use crate::error::{Error, Result};
-use crate::window::Emission;
+use crate::model::Emission;
 use postgres::PgStore;
 use sqlite::SqliteStore;
 

@@ -34,7 +34,7 @@ use super::{
     Checkpoint, ColumnKind, ResultFilter, ResultPage, TS_FORMAT, Value, column_kind, quote,
 };
 use crate::error::{Error, Result};
-use crate::window::Emission;
+use crate::model::Emission;
 use crate::window::watermark::{self, PartitionMark};
 
 /// Versioned schema migrations, applied in order under an advisory lock so

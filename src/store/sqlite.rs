@@ -29,7 +29,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{Checkpoint, ColumnKind, ResultFilter, ResultPage, column_kind, format_ts, quote};
 use crate::error::{Error, Result};
-use crate::window::Emission;
+use crate::model::Emission;
 
 fn sqlite_type(dt: &DataType) -> &'static str {
     match column_kind(dt) {

@@ -7,6 +7,7 @@
 use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::StreamWriter;
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::AtomicU64;
 use twox_hash::XxHash64;
 
 use super::*;

@@ -21,7 +21,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, TimestampMillisecondArray, UInt32Array, new_null_array,
@@ -31,8 +31,9 @@ use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef, TimestampMill
 use datafusion::arrow::record_batch::RecordBatch;
 
 use crate::error::{Error, Result};
+use crate::model::WindowKind;
+use crate::model::{Counters, Emission};
 use crate::plan::ContinuousPlan;
-use crate::sql::window::WindowKind;
 
 mod checkpoint;
 mod session;
@@ -45,45 +46,6 @@ use watermark::Watermarks;
 /// Records of several small batches aggregated together, at most about this
 /// many rows at a time.
 const COALESCE_ROWS: usize = 65_536;
-
-/// Live counters of one query, shared with the HTTP layer.
-#[derive(Debug)]
-pub struct Counters {
-    /// Records received (good and bad).
-    pub records_in: AtomicU64,
-    /// Records dropped from at least one closed window.
-    pub late_records: AtomicU64,
-    /// Records that could not be decoded or lacked an event time.
-    pub bad_records: AtomicU64,
-    /// Records skipped because their offsets were lost (`on_offset_loss`).
-    pub records_skipped: AtomicU64,
-    /// Windows finished and emitted.
-    pub windows_closed: AtomicU64,
-    /// Result rows emitted.
-    pub rows_emitted: AtomicU64,
-    /// Current watermark in ms (`i64::MIN` before any record).
-    pub watermark: AtomicI64,
-    /// End of the last closed window in ms (`i64::MIN` when none).
-    pub last_window_end: AtomicI64,
-    /// Where `INTO TOPIC` publishing stands (an empty topic: no sink).
-    pub sink: Arc<std::sync::Mutex<crate::sink::SinkStatus>>,
-}
-
-impl Default for Counters {
-    fn default() -> Self {
-        Counters {
-            records_in: AtomicU64::new(0),
-            late_records: AtomicU64::new(0),
-            bad_records: AtomicU64::new(0),
-            records_skipped: AtomicU64::new(0),
-            windows_closed: AtomicU64::new(0),
-            rows_emitted: AtomicU64::new(0),
-            watermark: AtomicI64::new(i64::MIN),
-            last_window_end: AtomicI64::new(i64::MIN),
-            sink: Default::default(),
-        }
-    }
-}
 
 /// One partition's records of a poll, in partition order.
 #[derive(Debug, Clone)]
@@ -109,18 +71,6 @@ impl PartitionBatch {
             log_times: None,
         }
     }
-}
-
-/// Rows produced when windows close (or a cumulative table is emitted).
-#[derive(Debug, Clone)]
-pub struct Emission {
-    /// Output rows; columns 0 and 1 are `window_start` and `window_end`.
-    pub batch: RecordBatch,
-    /// The whole cumulative table: replaces all earlier rows.
-    pub cumulative: bool,
-    /// The window's partial states, kept for roll-ups (see
-    /// [`WindowEngine::keep_window_states`]).
-    pub state: Option<RecordBatch>,
 }
 
 #[derive(Debug, Default)]

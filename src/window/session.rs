@@ -41,8 +41,8 @@ use datafusion::arrow::row::{RowConverter, SortField};
 
 use super::{WindowBuf, compact, take_rows, window_closed};
 use crate::error::Result;
+use crate::model::WindowKind;
 use crate::plan::ContinuousPlan;
-use crate::sql::window::WindowKind;
 
 /// One session of a key: `[start, end]`, `end` being its last event + gap.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use runnel::source::generator::{GenKind, Generator};
+use runnel::generate::{GenKind, Generator};
 
 /// Produces impressions (generator `seed`) to topic `imps`, round-robin over
 /// 4 partitions, at about `rate` records/s, event times `step_ms` apart from

@@ -18,7 +18,7 @@ use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use serde::Deserialize;
 
 use super::{OnAssign, start_offset};
-use crate::sql::StartFrom;
+use crate::model::StartFrom;
 
 /// How often librdkafka reports statistics (the partitions' log ends and the
 /// brokers' liveness).

@@ -21,7 +21,7 @@
 //! use std::sync::atomic::AtomicBool;
 //! use std::time::Duration;
 //! use runnel::source::kafka::{KafkaSource, Waiting};
-//! use runnel::sql::StartFrom;
+//! use runnel::model::StartFrom;
 //! let stop = AtomicBool::new(false);
 //! # use runnel::connect::kafka::KafkaConn;
 //! let mut src = KafkaSource::connect(&KafkaConn::new("127.0.0.1:9092"), "clicks", "runnel-q", StartFrom::Earliest,
@@ -46,7 +46,7 @@ use rdkafka::{Offset, TopicPartitionList};
 pub use super::Chunk;
 use crate::connect::kafka::KafkaConn;
 use crate::error::{Error, Result};
-use crate::sql::{OnOffsetLoss, StartFrom};
+use crate::model::{OnOffsetLoss, StartFrom};
 pub use context::{BROKER_FRESH_US, STATS_INTERVAL_MS, SourceContext};
 
 /// Where a consumer group member starts the partitions it is assigned:

@@ -6,6 +6,8 @@
 //! assert_eq!(c.brokers.as_deref(), Some("kafka:9092"));
 //! ```
 
+pub mod limits;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,7 +17,8 @@ use serde::Deserialize;
 use crate::connect::hosts::HostRules;
 use crate::connect::kafka::{KafkaConn, KafkaProps};
 use crate::error::{Error, Result};
-use crate::sql::window::{parse_duration, parse_duration_or_zero};
+use crate::model::duration::{parse_duration, parse_duration_or_zero};
+use crate::model::{SourceKind, StreamDef};
 
 /// Effective server settings.
 #[derive(Debug, Clone)]
@@ -49,8 +52,8 @@ pub struct Config {
     /// `Host` names accepted besides the listen address and loopback names
     /// (`name` for any port, `name:port` for one, `*` for any host).
     pub allow_hosts: Vec<String>,
-    /// Bounds on the work of one request (see [`crate::server::limits`]).
-    pub limits: crate::server::limits::Limits,
+    /// Bounds on the work of one request (see [`limits`]).
+    pub limits: limits::Limits,
     /// Hosts (`host` for any port, `host:port` for one) streams may connect
     /// to besides `brokers`: their own brokers and socket sources.
     pub allow_connect: Vec<String>,
@@ -178,7 +181,7 @@ impl FileConfig {
             .filter(|d| !d.as_os_str().is_empty())
             .collect(),
             allow_hosts: self.allow_hosts.unwrap_or_default(),
-            limits: crate::server::limits::Limits::from_file(
+            limits: limits::Limits::from_file(
                 self.pull_memory.as_deref(),
                 self.pull_rows,
                 self.max_sse,
@@ -272,6 +275,38 @@ fn duration(
             .map(|ms| Duration::from_millis(ms as u64))
             .map_err(|e| Error::BadRequest(format!("{key}: {e}"))),
         None => Ok(default),
+    }
+}
+
+impl Config {
+    /// How the Kafka clients of stream `def` connect: its brokers (the
+    /// server's by default) with the server-wide properties and its own over
+    /// them.
+    pub fn kafka_conn(&self, def: &StreamDef) -> KafkaConn {
+        KafkaConn {
+            brokers: def.brokers.clone().unwrap_or_else(|| self.brokers.clone()),
+            props: self.kafka.merged(&KafkaProps::of_stream(&def.options)),
+        }
+    }
+
+    /// Refuses a stream that would connect where the operator did not allow
+    /// (its brokers, and so its `INTO TOPIC` producer, or its socket's
+    /// `host:port`), or whose Kafka properties librdkafka rejects.
+    pub fn check_stream(&self, def: &StreamDef) -> Result<()> {
+        let hosts = HostRules::new(&self.allow_connect, &self.brokers);
+        match def.source {
+            SourceKind::Kafka => {
+                let conn = self.kafka_conn(def);
+                hosts.check_brokers(&conn.brokers)?;
+                conn.check()
+            }
+            SourceKind::Socket => {
+                let host = def.options.get("host").map(String::as_str).unwrap_or("");
+                let port = def.options.get("port").and_then(|p| p.parse().ok());
+                hosts.check_socket(host, port.unwrap_or(0))
+            }
+            SourceKind::File => Ok(()),
+        }
     }
 }
 

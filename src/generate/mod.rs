@@ -1,4 +1,5 @@
-//! Built-in load generators for Runnel.
+//! `runnel gen`: built-in producers of deterministic, seeded test records
+//! for Kafka topics or standard output.
 //!
 //! Three record shapes are available, each modelled on a classic streaming
 //! analytics workload:
@@ -28,7 +29,7 @@
 //! as newline-separated lines to any writer (standard output, a file).
 //!
 //! ```
-//! use runnel::source::generator::{GenKind, Generator};
+//! use runnel::generate::{GenKind, Generator};
 //!
 //! let mut generator = Generator::new(GenKind::Impressions, 42);
 //! let mut buf = Vec::new();
@@ -536,8 +537,8 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
 /// producer is driven by polling.
 ///
 /// ```no_run
-/// # async fn run() -> Result<(), runnel::source::generator::GenError> {
-/// use runnel::source::generator::{produce, GenKind, ProduceOptions};
+/// # async fn run() -> Result<(), runnel::generate::GenError> {
+/// use runnel::generate::{produce, GenKind, ProduceOptions};
 ///
 /// let opts = ProduceOptions {
 ///     brokers: "localhost:9092".into(),
@@ -662,7 +663,7 @@ const LINE_BUFFER: usize = 64 * 1024;
 /// as an error). Returns the number of lines written.
 ///
 /// ```
-/// use runnel::source::generator::{write_lines, GenKind};
+/// use runnel::generate::{write_lines, GenKind};
 ///
 /// let mut out = Vec::new();
 /// let n = write_lines(GenKind::AccessLog, &mut out, None, Some(3), 7).unwrap();

@@ -8,6 +8,8 @@
 //! every window close and at least every `checkpoint_interval` while records
 //! flow.
 
+pub mod telemetry;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,6 +24,10 @@ use datafusion::arrow::record_batch::RecordBatch;
 
 use crate::error::{Error, Result};
 use crate::format::Decoder;
+use crate::model::QueryStatus;
+use crate::model::WindowKind;
+use crate::model::{Counters, Emission};
+use crate::model::{OnError, SourceKind, StreamDef};
 use crate::plan::ContinuousPlan;
 use crate::sink::exact::ExactSink;
 use crate::source::file::allowed_file;
@@ -29,45 +35,8 @@ use crate::source::kafka::Waiting;
 use crate::source::prefetch::Prefetch;
 use crate::source::stats::StreamStats;
 use crate::source::{Chunk, Progress, Source};
-use crate::sql::window::WindowKind;
-use crate::sql::{OnError, SourceKind, StreamDef};
 use crate::store::Store;
-use crate::window::{Counters, Emission, PartitionBatch, WindowEngine};
-
-/// What a running query is doing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum QueryStatus {
-    /// Restoring state and connecting.
-    Starting,
-    /// Waiting for the stream's topic to exist.
-    WaitingForTopic,
-    /// No broker has answered since this time (RFC 3339).
-    BrokerUnreachable(String),
-    /// Consuming.
-    Running,
-    /// Consuming, but `INTO TOPIC` cannot publish (the message says why);
-    /// the rows wait in the store and publishing is retried.
-    SinkWaiting(String),
-    /// Stopped on request.
-    Stopped,
-    /// Stopped by an error.
-    Failed(String),
-}
-
-impl QueryStatus {
-    /// Short label (`running`, `failed`, ...).
-    pub fn label(&self) -> &'static str {
-        match self {
-            QueryStatus::Starting => "starting",
-            QueryStatus::WaitingForTopic => "waiting_for_topic",
-            QueryStatus::BrokerUnreachable(_) => "broker_unreachable",
-            QueryStatus::Running => "running",
-            QueryStatus::SinkWaiting(_) => "sink_waiting",
-            QueryStatus::Stopped => "stopped",
-            QueryStatus::Failed(_) => "failed",
-        }
-    }
-}
+use crate::window::{PartitionBatch, WindowEngine};
 
 /// Everything a query thread needs.
 pub struct QueryTask {
@@ -100,9 +69,9 @@ pub struct QueryTask {
     /// Kafka topic each emitted row is also published to, as JSON.
     pub into_topic: Option<String>,
     /// Start position overriding the saved offsets (after a reset).
-    pub reset: Option<crate::sql::StartFrom>,
+    pub reset: Option<crate::model::StartFrom>,
     /// Timings, lag and state size for `GET /metrics`.
-    pub metrics: Arc<crate::server::metrics::QueryMetrics>,
+    pub metrics: Arc<telemetry::QueryMetrics>,
     /// Cluster name: run as one member of it (see [`crate::cluster`]).
     pub cluster: Option<String>,
     /// How long closed windows' partial states are kept for roll-ups.
