@@ -41,7 +41,7 @@ use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use datafusion::arrow::compute::concat_batches;
 use datafusion::sql::sqlparser::ast::{
@@ -51,12 +51,11 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 
 use crate::error::{Error, Result};
-use crate::model::Emission;
-use crate::model::QueryStatus;
-use crate::model::WindowKind;
-use crate::model::{SelectSql, SourceKind};
+use crate::model::{Emission, QueryStatus, SelectSql, SourceKind, WindowKind};
 use crate::plan::ContinuousPlan;
-use crate::runtime::{ChunkDecoder, QueryTask};
+use crate::runtime::decode::{ChunkDecoder, Decoded};
+use crate::runtime::{Coordinator, QueryTask, now_ms};
+use crate::sink::TopicSink;
 use crate::source::kafka::{KafkaSource, OnAssign, Waiting};
 use crate::store::postgres::{FinalWindow, PartitionFlush, PgStore, Progress};
 use crate::window::{WindowEngine, states_from_ipc, states_to_ipc};
@@ -137,10 +136,6 @@ pub fn check_mergeable(select: &SelectSql, plan: &ContinuousPlan) -> Result<()> 
     check_mergeable_sql(&select.sql)
 }
 
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
 /// A token naming one server's claim on partitions.
 fn owner_token(query: &str) -> String {
     format!(
@@ -151,81 +146,114 @@ fn owner_token(query: &str) -> String {
     )
 }
 
-/// Runs `task` as one member of cluster `cluster`.
-pub(crate) fn run(task: &QueryTask, cluster: &str, set_status: impl Fn(QueryStatus)) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let pg = task.store.postgres()?.clone();
-    if task.stream.source != SourceKind::Kafka {
-        return Err(Error::BadRequest(format!(
-            "stream {} is not read from Kafka: cluster mode shares a topic's partitions between servers",
-            task.stream.name
-        )));
-    }
-    let plan = task.plan.clone();
-    let mut decoder = ChunkDecoder::new(task)?;
-    let mut engine = WindowEngine::new(
-        plan.clone(),
-        decoder.event_time,
-        task.stream.watermark_delay_ms,
-    );
-    engine.counters = task.counters.clone();
-    engine.keep_partials_only();
+/// How many records one poll takes at most.
+const POLL_MAX: usize = 100_000;
 
-    set_status(QueryStatus::WaitingForTopic);
-    let owner = owner_token(&task.name);
-    // Where each newly assigned partition stands, for the engine's reset.
-    let claimed: Arc<Mutex<BTreeMap<i32, Progress>>> = Arc::default();
-    let on_assign: OnAssign = {
-        let (pg, query, owner, claimed) = (
-            pg.clone(),
-            task.name.clone(),
-            owner.clone(),
-            claimed.clone(),
-        );
-        Box::new(move |ps: &[i32]| {
-            let progress = pg.claim_partitions(&query, &owner, ps)?;
-            let offsets = progress
-                .iter()
-                .filter_map(|(p, x)| x.next_offset.map(|o| (*p, o)))
-                .collect();
-            *claimed.lock().unwrap_or_else(|p| p.into_inner()) = progress;
-            Ok(offsets)
-        })
-    };
-    let mut src = match KafkaSource::join_group(
-        &task.kafka,
-        &task.stream.topic,
-        &format!("runnel.{cluster}.{}", task.name),
-        &format!("runnel-{}", task.name),
-        task.reset.unwrap_or(task.stream.start),
-        on_assign,
-        Waiting {
-            stop: &task.stop,
-            unreachable: &|since| task.note_reachability(since, QueryStatus::WaitingForTopic),
-        },
-    ) {
-        Ok(s) => s,
-        Err(_) if task.stop.load(Ordering::Relaxed) => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    let sink = match &task.into_topic {
-        Some(t) => Some(crate::sink::TopicSink::new(&task.kafka, t)?),
-        None => None,
-    };
-    set_status(QueryStatus::Running);
-    let mut last_tick = Instant::now();
-    let mut last_flush = Instant::now();
-    let mut last_prune = None;
-    // After a refused flush, nothing is read until the group reassigns.
-    let mut fenced = false;
-    while !task.stop.load(Ordering::Relaxed) {
-        let chunks = src.poll(100_000, Duration::from_millis(100))?;
+/// One server running its share of a query as a member of a cluster.
+pub struct Member {
+    cluster: String,
+    owner: String,
+    pg: Option<PgStore>,
+    src: Option<KafkaSource>,
+    decoder: Option<ChunkDecoder>,
+    sink: Option<TopicSink>,
+    /// Where each newly assigned partition stands, for the engine's reset.
+    claimed: Arc<Mutex<BTreeMap<i32, Progress>>>,
+    /// After a refused flush, nothing is read until the group reassigns.
+    fenced: bool,
+}
+
+impl Member {
+    /// A member of cluster `cluster`.
+    pub fn new(cluster: &str) -> Self {
+        Member {
+            cluster: cluster.to_string(),
+            owner: String::new(),
+            pg: None,
+            src: None,
+            decoder: None,
+            sink: None,
+            claimed: Arc::default(),
+            fenced: false,
+        }
+    }
+
+    fn parts(&mut self) -> (&PgStore, &mut KafkaSource) {
+        (
+            self.pg.as_ref().expect("started"),
+            self.src.as_mut().expect("started"),
+        )
+    }
+}
+
+impl Coordinator for Member {
+    fn start(&mut self, task: &QueryTask, engine: &mut WindowEngine) -> Result<bool> {
+        if task.stream.source != SourceKind::Kafka {
+            return Err(Error::BadRequest(format!(
+                "stream {} is not read from Kafka: cluster mode shares a topic's partitions between servers",
+                task.stream.name
+            )));
+        }
+        let pg = task.store.postgres()?.clone();
+        engine.keep_partials_only();
+        self.decoder = Some(ChunkDecoder::new(task)?);
+        self.owner = owner_token(&task.name);
+        let on_assign: OnAssign = {
+            let (pg, query, owner, claimed) = (
+                pg.clone(),
+                task.name.clone(),
+                self.owner.clone(),
+                self.claimed.clone(),
+            );
+            Box::new(move |ps: &[i32]| {
+                let progress = pg.claim_partitions(&query, &owner, ps)?;
+                let offsets = progress
+                    .iter()
+                    .filter_map(|(p, x)| x.next_offset.map(|o| (*p, o)))
+                    .collect();
+                *claimed.lock().unwrap_or_else(|p| p.into_inner()) = progress;
+                Ok(offsets)
+            })
+        };
+        self.src = match KafkaSource::join_group(
+            &task.kafka,
+            &task.stream.topic,
+            &format!("runnel.{}.{}", self.cluster, task.name),
+            &format!("runnel-{}", task.name),
+            task.reset.unwrap_or(task.stream.start),
+            on_assign,
+            Waiting {
+                stop: &task.stop,
+                unreachable: &|since| task.note_reachability(since, QueryStatus::WaitingForTopic),
+            },
+        ) {
+            Ok(s) => Some(s),
+            Err(_) if task.stop.load(Ordering::Relaxed) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        self.sink = match &task.into_topic {
+            Some(t) => Some(TopicSink::new(&task.kafka, t)?),
+            None => None,
+        };
+        self.pg = Some(pg);
+        Ok(true)
+    }
+
+    fn poll(
+        &mut self,
+        task: &QueryTask,
+        engine: &mut WindowEngine,
+    ) -> Result<Option<(Vec<Decoded>, crate::source::Progress)>> {
+        let src = self.src.as_mut().expect("started");
+        let chunks = src.poll(POLL_MAX, Duration::from_millis(100))?;
         if let Some(ps) = src.take_assignment() {
             // What the engine holds was read under the old assignment and is
             // read again from the flushed offsets.
-            let claimed = claimed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let claimed = self
+                .claimed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
             engine.reset(
                 ps.iter()
                     .map(|p| {
@@ -234,27 +262,37 @@ pub(crate) fn run(task: &QueryTask, cluster: &str, set_status: impl Fn(QueryStat
                     })
                     .collect(),
             );
-            fenced = false;
+            self.fenced = false;
             tracing::info!(query = %task.name, partitions = ?ps, "assigned");
         }
-        let now = now_ms();
-        let progress = src.progress();
-        if !fenced {
-            let decoded = decoder.decode_poll(&chunks)?;
-            task.tick_clock(&mut engine, &progress, &decoded, &mut last_tick);
-            let batches: Vec<_> = decoded.into_iter().filter_map(|(_, b)| b).collect();
-            if !batches.is_empty() {
-                rt.block_on(engine.process_polled(batches, now))?;
-                task.check_state_limit(&rt, &mut engine)?;
-            }
+        if self.fenced {
+            return Ok(None);
         }
-        if last_flush.elapsed() < task.checkpoint_interval {
-            continue;
-        }
-        last_flush = Instant::now();
-        task.prune_window_states(&mut last_prune)?;
+        let decoded = self
+            .decoder
+            .as_mut()
+            .expect("started")
+            .decode_poll(&chunks)?;
+        Ok(Some((decoded, src.progress())))
+    }
+
+    fn commits_only_records(&self) -> bool {
+        false
+    }
+
+    /// Flushes this server's partial states with the offsets they cover,
+    /// then finishes every window all partitions are past.
+    fn commit(
+        &mut self,
+        task: &QueryTask,
+        rt: &tokio::runtime::Runtime,
+        engine: &mut WindowEngine,
+        _emitted: Vec<Emission>,
+    ) -> Result<Vec<Emission>> {
+        let fenced = self.fenced;
+        let (pg, src) = self.parts();
+        let pg = pg.clone();
         if !fenced && !src.partitions().is_empty() {
-            task.metrics.set_lag(&progress.lag);
             let progress: Vec<PartitionFlush> = src
                 .partitions()
                 .iter()
@@ -266,23 +304,35 @@ pub(crate) fn run(task: &QueryTask, cluster: &str, set_status: impl Fn(QueryStat
                 .collect();
             let mut partials = Vec::new();
             for (start, end, state) in rt.block_on(engine.drain_states())? {
-                partials.push((start, end, states_to_ipc(&plan.state_schema, &[state])?));
+                partials.push((
+                    start,
+                    end,
+                    states_to_ipc(&task.plan.state_schema, &[state])?,
+                ));
             }
-            if !pg.flush_partials(&task.name, &owner, &progress, partials)? {
+            if !pg.flush_partials(&task.name, &self.owner, &progress, partials)? {
                 tracing::warn!(query = %task.name, "another server owns some of these partitions now; waiting for the group to reassign");
                 engine.reset(BTreeMap::new());
-                fenced = true;
+                self.fenced = true;
             }
         }
-        let (closed_wm, emitted) = finalize(&rt, &pg, task, src.topic_partitions())?;
+        let partitions = self.src.as_ref().expect("started").topic_partitions();
+        let (closed_wm, written) = finalize(rt, &pg, task, partitions)?;
         // Records of windows already final are late here too.
         engine.close_before(closed_wm);
-        if let Some(sink) = &sink {
-            sink.publish(&emitted)?;
-        }
-        task.metrics.observe_emissions(&emitted, now_ms());
+        Ok(written)
     }
-    Ok(())
+
+    fn publish(&mut self, _task: &QueryTask, written: &[Emission]) -> Result<()> {
+        match &self.sink {
+            Some(sink) if !written.is_empty() => sink.publish(written),
+            _ => Ok(()),
+        }
+    }
+
+    fn lag(&self) -> Vec<(i32, i64)> {
+        self.src.as_ref().map(|s| s.lag()).unwrap_or_default()
+    }
 }
 
 /// Finishes every window all partitions are past; returns the watermark

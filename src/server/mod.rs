@@ -505,7 +505,6 @@ impl App {
             max_state_rows: self.config.max_state_rows,
             reset,
             metrics: query_metrics.clone(),
-            cluster: self.config.cluster.clone(),
             state_retention: self.config.window_state_retention,
             allow_files: self.config.allow_files.clone(),
         };
@@ -518,7 +517,10 @@ impl App {
             status,
             metrics: query_metrics,
             stop,
-            handle: Mutex::new(Some(task.spawn())),
+            handle: Mutex::new(Some(task.spawn(match &self.config.cluster {
+                Some(c) => Box::new(crate::cluster::Member::new(c)),
+                None => Box::new(crate::runtime::local::Local::default()),
+            }))),
         });
         self.queries
             .write()

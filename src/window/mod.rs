@@ -558,7 +558,10 @@ impl WindowEngine {
 
     /// Emits the whole table of a cumulative query if it changed.
     pub async fn emit_cumulative(&mut self, now_ms: i64) -> Result<Vec<Emission>> {
-        if !self.dirty || !matches!(self.plan.window.kind, WindowKind::Cumulative { .. }) {
+        if self.partials_only
+            || !self.dirty
+            || !matches!(self.plan.window.kind, WindowKind::Cumulative { .. })
+        {
             return Ok(vec![]);
         }
         self.dirty = false;

@@ -1,0 +1,145 @@
+//! The single-server coordinator: this server reads every partition of the
+//! stream, a window is final when this server's watermark passes it, and
+//! rows, offsets and the engine's checkpoint are committed together in one
+//! store transaction. Records are read and decoded one poll ahead on a
+//! second thread ([`Prefetch`]); `INTO TOPIC` rows are published from the
+//! store, exactly once ([`ExactSink`]).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::decode::{ChunkDecoder, Decoded};
+use super::{Coordinator, QueryTask};
+use crate::error::{Error, Result};
+use crate::model::{Emission, QueryStatus, SourceKind};
+use crate::sink::exact::ExactSink;
+use crate::source::file::allowed_file;
+use crate::source::kafka::Waiting;
+use crate::source::prefetch::Prefetch;
+use crate::source::{Progress, Source};
+use crate::window::WindowEngine;
+
+/// How long one poll waits for records.
+const POLL_WAIT: Duration = Duration::from_millis(100);
+
+/// One server running a query on its own.
+#[derive(Default)]
+pub struct Local {
+    src: Option<Prefetch<Vec<Decoded>>>,
+    sink: Option<ExactSink>,
+}
+
+impl Local {
+    fn src(&self) -> &Prefetch<Vec<Decoded>> {
+        self.src.as_ref().expect("started")
+    }
+}
+
+impl Coordinator for Local {
+    fn start(&mut self, task: &QueryTask, engine: &mut WindowEngine) -> Result<bool> {
+        let saved = match task.store.load_checkpoint(&task.name)? {
+            Some((offsets, state)) => {
+                if !state.is_empty() {
+                    engine.restore(&state).map_err(|e| {
+                        Error::Execution(format!(
+                            "{e}; the saved state was not resumed. Reset the query with POST /queries/{}/reset?from=earliest or ?from=latest",
+                            task.name
+                        ))
+                    })?;
+                }
+                offsets
+            }
+            None => BTreeMap::new(),
+        };
+        let mut decoder = ChunkDecoder::new(task)?;
+        let src = match Source::connect(
+            &task.stream,
+            &task.kafka,
+            &format!("runnel-{}", task.name),
+            task.reset.unwrap_or(task.stream.start),
+            &saved,
+            Waiting {
+                stop: &task.stop,
+                unreachable: &|since| task.note_reachability(since, QueryStatus::WaitingForTopic),
+            },
+        ) {
+            Ok(s) => s,
+            Err(_) if task.stop.load(Ordering::Relaxed) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        if task.stream.source == SourceKind::File {
+            let path = task.stream.options.get("path").map(String::as_str);
+            allowed_file(path.unwrap_or(""), &task.allow_files, false)?;
+        }
+        let src = Prefetch::spawn(src, 100_000, POLL_WAIT, move |chunks| {
+            decoder.decode_poll(&chunks)
+        });
+        engine.register_partitions(src.partitions());
+        self.src = Some(src);
+        self.sink = task.into_topic.as_ref().map(|t| {
+            ExactSink::new(
+                &task.kafka,
+                &task.name,
+                t,
+                task.plan.output_schema.clone(),
+                task.counters.sink.clone(),
+            )
+        });
+        Ok(true)
+    }
+
+    fn poll(
+        &mut self,
+        _task: &QueryTask,
+        _engine: &mut WindowEngine,
+    ) -> Result<Option<(Vec<Decoded>, Progress)>> {
+        let src = self.src.as_mut().expect("started");
+        let decoded = src.poll(POLL_WAIT)?.unwrap_or_default();
+        Ok(Some((decoded, src.progress())))
+    }
+
+    fn commit(
+        &mut self,
+        task: &QueryTask,
+        _rt: &tokio::runtime::Runtime,
+        engine: &mut WindowEngine,
+        emitted: Vec<Emission>,
+    ) -> Result<Vec<Emission>> {
+        let state = engine.checkpoint()?;
+        task.store
+            .commit(&task.name, &emitted, self.src().offsets(), &state)?;
+        if let Some(sink) = &mut self.sink
+            && !emitted.is_empty()
+        {
+            sink.mark_pending();
+        }
+        task.metrics
+            .set_state(engine.state_rows(), engine.open_windows(), state.len());
+        Ok(emitted)
+    }
+
+    /// Publishes the store's new rows to the query's topic; a failure to be
+    /// retried shows in the query's status until publishing works again.
+    fn publish(&mut self, task: &QueryTask, _written: &[Emission]) -> Result<()> {
+        let Some(sink) = &mut self.sink else {
+            return Ok(());
+        };
+        let waiting = sink.drive(&task.store)?;
+        let mut status = task.status.lock().unwrap_or_else(|p| p.into_inner());
+        match waiting {
+            Some(m) if matches!(*status, QueryStatus::Running | QueryStatus::SinkWaiting(_)) => {
+                *status = QueryStatus::SinkWaiting(m)
+            }
+            None if matches!(*status, QueryStatus::SinkWaiting(_)) => {
+                *status = QueryStatus::Running
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn lag(&self) -> Vec<(i32, i64)> {
+        self.src().lag()
+    }
+}
