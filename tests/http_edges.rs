@@ -476,3 +476,48 @@ async fn create_answers_warn_of_cumulative_queries_and_missing_topics() {
     let w = v["results"][0]["warnings"][0].as_str().unwrap_or_default();
     assert!(w.contains("topic 'clikcs' does not exist"), "{v}");
 }
+
+/// A query without WINDOW is a cumulative table: its rows belong to no
+/// window, so `window_start` is NULL in every answer (results pages, CSV,
+/// server-sent events, pull queries over the results table) instead of a
+/// made-up 1970-01-01, and `window_end` is the event time the table was
+/// computed as of.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cumulative_rows_carry_no_window_start() {
+    let c = Clicks::start(
+        "CREATE QUERY totals AS SELECT page, count(*) AS n FROM clicks GROUP BY page EMIT EVERY 500ms",
+    )
+    .await;
+    c.append(0, 3);
+    let v = c.rows("totals", 4).await;
+    let rows = v["rows"].as_array().unwrap();
+    for r in rows {
+        assert!(r["window_start"].is_null(), "{r}");
+        let end = r["window_end"].as_str().unwrap_or_default();
+        assert!(end.ends_with('Z') && !end.starts_with("1970"), "{r}");
+    }
+
+    let csv = reqwest::get(format!(
+        "{}/queries/totals/results?limit=1&format=csv",
+        c.s.url
+    ))
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    let line = csv.lines().nth(1).unwrap_or_default();
+    assert!(line.starts_with(',') && !line.contains("1970"), "{csv}");
+
+    let mut sse = Sse::connect(&format!("{}/queries/totals/stream", c.s.url)).await;
+    let (_, row) = sse.row().await;
+    assert!(row["window_start"].is_null(), "{row}");
+    assert!(row["window_end"].is_string(), "{row}");
+
+    let v =
+        c.s.sql("SELECT count(*) AS n, count(window_start) AS starts FROM totals")
+            .await;
+    let counts = &v["results"][0]["rows"][0];
+    assert!(counts[0].as_i64().unwrap_or(0) >= 4, "{v}");
+    assert_eq!(counts[1], 0, "{v}");
+}

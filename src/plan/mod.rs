@@ -384,7 +384,21 @@ impl ContinuousPlan {
                 }
             })?
             .data;
-        let output_schema = close_plan.schema();
+        let mut output_schema = close_plan.schema();
+        if matches!(window.kind, WindowKind::Cumulative { .. }) {
+            // A cumulative table's rows belong to no window: their
+            // window_start is NULL (see `WindowEngine::emit_cumulative`).
+            let mut fields: Vec<Field> = output_schema
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone())
+                .collect();
+            fields[0] = fields[0].clone().with_nullable(true);
+            output_schema = Arc::new(Schema::new_with_metadata(
+                fields,
+                output_schema.metadata().clone(),
+            ));
+        }
         let key_plan: Arc<dyn ExecutionPlan> = Arc::new(ProjectionExec::try_new(
             partial.group_expr().expr().to_vec(),
             partial.input().clone(),

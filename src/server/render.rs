@@ -167,7 +167,7 @@ impl App {
         let mut notes = Vec::new();
         if let crate::model::WindowKind::Cumulative { emit_ms } = q.plan.window.kind {
             notes.push(format!(
-                "no WINDOW: a cumulative table over the whole stream, re-emitted every {} ms; window_start is always 1970-01-01 and window_end the event time it was computed as of (add WINDOW <size> for windows)",
+                "no WINDOW: a cumulative table over the whole stream, re-emitted every {} ms; window_start is NULL (its rows belong to no window) and window_end the event time it was computed as of (add WINDOW <size> for windows)",
                 emit_ms
             ));
         }

@@ -575,14 +575,16 @@ impl WindowEngine {
         let Some(batch) = concat(&self.plan, rows)? else {
             return Ok(vec![]);
         };
-        // window_end of a cumulative row is the time it was computed as of.
+        // A cumulative row belongs to no window: window_start is NULL, and
+        // window_end is the time the table was computed as of.
         let as_of = self.watermark().unwrap_or(now_ms);
         let mut cols = batch.columns().to_vec();
+        cols[0] = new_null_array(cols[0].data_type(), batch.num_rows());
         cols[1] = Arc::new(TimestampMillisecondArray::from(vec![
             as_of;
             batch.num_rows()
         ]));
-        let batch = RecordBatch::try_new(batch.schema(), cols)?;
+        let batch = RecordBatch::try_new(self.plan.output_schema.clone(), cols)?;
         self.counters
             .rows_emitted
             .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);

@@ -354,7 +354,9 @@
   function addRow(row, at) {
     state.rows.unshift({ row: row, at: at });
     if (state.rows.length > MAX_ROWS) state.rows.length = MAX_ROWS;
-    const w = parseTs(row.window_start);
+    // A cumulative query's rows have no window_start: chart them by the
+    // time they were computed as of.
+    const w = parseTs(row.window_start === null || row.window_start === undefined ? row.window_end : row.window_start);
     if (!Number.isNaN(w)) {
       if (!state.windows.has(w)) state.windows.set(w, new Map());
       const g = groupColumns().map((c) => cell(row[c.name])).join(" · ");
