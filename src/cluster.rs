@@ -225,6 +225,7 @@ impl Coordinator for Member {
             Waiting {
                 stop: &task.stop,
                 unreachable: &|since| task.note_reachability(since, QueryStatus::WaitingForTopic),
+                missing: &|what| task.note_missing_topic(what),
             },
         ) {
             Ok(s) => Some(s),
@@ -330,8 +331,11 @@ impl Coordinator for Member {
         }
     }
 
-    fn lag(&self) -> Vec<(i32, i64)> {
-        self.src.as_ref().map(|s| s.lag()).unwrap_or_default()
+    fn offsets(&self) -> BTreeMap<i32, i64> {
+        self.src
+            .as_ref()
+            .map(|s| s.offsets().clone())
+            .unwrap_or_default()
     }
 }
 

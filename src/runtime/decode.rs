@@ -4,6 +4,7 @@
 //! stream's `on_error` says) and event times checked before they can move
 //! the watermark.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -14,6 +15,8 @@ use datafusion::arrow::datatypes::{
 };
 use datafusion::arrow::record_batch::RecordBatch;
 
+use super::events::Level;
+use super::telemetry::QueryMetrics;
 use super::{QueryTask, now_ms};
 use crate::error::{Error, Result};
 use crate::format::Decoder;
@@ -135,6 +138,7 @@ pub struct ChunkDecoder {
     stream: StreamDef,
     stats: Arc<StreamStats>,
     counters: Arc<Counters>,
+    metrics: Arc<QueryMetrics>,
 }
 
 impl ChunkDecoder {
@@ -166,6 +170,7 @@ impl ChunkDecoder {
             stream: task.stream.clone(),
             stats: task.stats.clone(),
             counters: task.counters.clone(),
+            metrics: task.metrics.clone(),
         })
     }
 
@@ -200,6 +205,7 @@ impl ChunkDecoder {
         };
         self.stats
             .observe(chunk.partition, chunk.first_offset, &payloads, &rejected);
+        self.note_rejected(chunk, &payloads, &rejected);
         let mut lost = rejected.iter().filter(lost);
         if let Some((i, reason, detail)) = lost.next() {
             let n = 1 + lost.count() as u64;
@@ -229,6 +235,36 @@ impl ChunkDecoder {
             batch,
             log_times,
         }))
+    }
+
+    /// Notes a chunk's bad records (and notes on kept ones) in the query's
+    /// events: per reason, how many, with the first as a sample.
+    fn note_rejected(&self, chunk: &Chunk, payloads: &[&[u8]], rejected: &[Rejected]) {
+        let mut by_reason: BTreeMap<&'static str, (u64, usize, &str)> = BTreeMap::new();
+        for (i, reason, detail) in rejected {
+            by_reason.entry(reason).or_insert((0, *i, detail)).0 += 1;
+        }
+        for (reason, (n, i, detail)) in by_reason {
+            let kept = crate::format::is_kept(reason);
+            let (level, kind, what) = match kept {
+                true => (Level::Info, "noted_record", "used with a note"),
+                false => (Level::Warning, "bad_record", "skipped"),
+            };
+            let message = format!(
+                "stream {}: {reason} records {what} ({detail})",
+                self.stream.name
+            );
+            let payload =
+                String::from_utf8_lossy(&payloads[i][..payloads[i].len().min(200)]).into_owned();
+            let sample = format!(
+                "partition {} offset {}: {payload}",
+                chunk.partition,
+                chunk.first_offset + i as i64
+            );
+            self.metrics
+                .events
+                .note(level, kind, reason, &message, n, Some(sample));
+        }
     }
 
     /// Decodes one poll's chunks: per chunk, its partition and its good

@@ -62,6 +62,7 @@ impl Coordinator for Local {
             Waiting {
                 stop: &task.stop,
                 unreachable: &|since| task.note_reachability(since, QueryStatus::WaitingForTopic),
+                missing: &|what| task.note_missing_topic(what),
             },
         ) {
             Ok(s) => s,
@@ -129,17 +130,17 @@ impl Coordinator for Local {
         let mut status = task.status.lock().unwrap_or_else(|p| p.into_inner());
         match waiting {
             Some(m) if matches!(*status, QueryStatus::Running | QueryStatus::SinkWaiting(_)) => {
-                *status = QueryStatus::SinkWaiting(m)
+                task.change_status(&mut status, QueryStatus::SinkWaiting(m))
             }
             None if matches!(*status, QueryStatus::SinkWaiting(_)) => {
-                *status = QueryStatus::Running
+                task.change_status(&mut status, QueryStatus::Running)
             }
             _ => {}
         }
         Ok(())
     }
 
-    fn lag(&self) -> Vec<(i32, i64)> {
-        self.src().lag()
+    fn offsets(&self) -> BTreeMap<i32, i64> {
+        self.src().offsets().clone()
     }
 }

@@ -21,9 +21,11 @@
 //! ```
 
 pub mod decode;
+pub mod events;
 pub mod local;
 pub mod telemetry;
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -38,6 +40,7 @@ use crate::source::stats::StreamStats;
 use crate::store::Store;
 use crate::window::{PartitionBatch, WindowEngine};
 use decode::Decoded;
+use events::Level;
 
 /// The wall clock in epoch ms.
 pub fn now_ms() -> i64 {
@@ -181,18 +184,77 @@ impl QueryTask {
                     && !matches!(*status, QueryStatus::Failed(_) | QueryStatus::Stopped) =>
             {
                 let at = chrono::DateTime::<chrono::Utc>::from(t);
-                *status = QueryStatus::BrokerUnreachable(
-                    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                );
+                let at = at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+                self.change_status(&mut status, QueryStatus::BrokerUnreachable(at));
             }
-            None if matches!(*status, QueryStatus::BrokerUnreachable(_)) => *status = back,
+            None if matches!(*status, QueryStatus::BrokerUnreachable(_)) => {
+                self.change_status(&mut status, back)
+            }
             _ => {}
         }
     }
 
     /// Sets the query's status.
     pub fn set_status(&self, s: QueryStatus) {
-        *self.status.lock().unwrap_or_else(|p| p.into_inner()) = s;
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        self.change_status(&mut status, s);
+    }
+
+    /// Sets `status` to `new`, noting in the query's events a change a
+    /// reader should know of.
+    pub fn change_status(&self, status: &mut QueryStatus, new: QueryStatus) {
+        if *status != new {
+            let note = |level, kind, message: String| {
+                self.metrics
+                    .events
+                    .note(level, kind, &message, &message, 1, None)
+            };
+            match (&*status, &new) {
+                (_, QueryStatus::BrokerUnreachable(since)) => note(
+                    Level::Error,
+                    "broker_unreachable",
+                    format!(
+                        "no broker of stream {} reachable since {since}",
+                        self.stream.name
+                    ),
+                ),
+                (QueryStatus::BrokerUnreachable(_), _) => note(
+                    Level::Info,
+                    "broker_reachable",
+                    "a broker is reachable again".to_string(),
+                ),
+                (_, QueryStatus::SinkWaiting(m)) => note(Level::Warning, "sink", m.clone()),
+                (QueryStatus::SinkWaiting(_), _) => note(
+                    Level::Info,
+                    "sink",
+                    "INTO TOPIC publishes again".to_string(),
+                ),
+                (_, QueryStatus::Failed(m)) => note(Level::Error, "failed", m.clone()),
+                _ => {}
+            }
+        }
+        *status = new;
+    }
+
+    /// Notes that the stream's topic is missing (see [`crate::source::kafka::Waiting`]).
+    pub fn note_missing_topic(&self, what: &str) {
+        let level = Level::Warning;
+        self.metrics
+            .events
+            .note(level, "waiting_for_topic", what, what, 1, None)
+    }
+
+    /// Notes, once each, the Kafka client errors logged since `seen`.
+    fn note_client_errors(&self, progress: &Progress, seen: &mut std::time::SystemTime) {
+        for (at, message) in &progress.client_errors {
+            if at > seen {
+                *seen = *at;
+                let key = message.split('(').next().unwrap_or(message);
+                self.metrics
+                    .events
+                    .note(Level::Warning, "kafka_client", key, message, 1, None);
+            }
+        }
     }
 
     /// Starts the query on its own thread, coordinated by `coordinator`.
@@ -241,13 +303,16 @@ impl QueryTask {
         let mut last_lag = Instant::now();
         let mut last_prune: Option<Instant> = None;
         let mut backlog = Backlog::new(&self.counters);
+        let mut progress = Progress::default();
+        let mut errors_seen = std::time::UNIX_EPOCH;
         while !self.stop.load(Ordering::Relaxed) {
             let polled = coord.poll(self, &mut engine)?;
             let batch_start = Instant::now();
             let now = now_ms();
             let mut emitted: Vec<Emission> = Vec::new();
             let mut got_records = false;
-            if let Some((decoded, progress)) = polled {
+            if let Some((decoded, polled_progress)) = polled {
+                progress = polled_progress;
                 got_records = !decoded.is_empty();
                 self.tick_clock(&mut engine, &progress, &decoded, &mut last_tick);
                 let batches: Vec<PartitionBatch> =
@@ -270,7 +335,9 @@ impl QueryTask {
                 || (uncommitted || !coord.commits_only_records())
                     && last_commit.elapsed() >= self.checkpoint_interval;
             if due {
+                let started = Instant::now();
                 let written = coord.commit(self, &rt, &mut engine, emitted)?;
+                self.metrics.observe_commit(started.elapsed());
                 self.metrics.observe_emissions(&written, now_ms());
                 coord.publish(self, &written)?;
                 last_commit = Instant::now();
@@ -284,7 +351,10 @@ impl QueryTask {
             if last_lag.elapsed() >= Duration::from_secs(1) {
                 last_lag = Instant::now();
                 self.prune_window_states(&mut last_prune)?;
-                self.metrics.set_lag(&coord.lag());
+                self.metrics.set_lag(&progress.lag);
+                let (ps, ends) = (&progress.partitions, &progress.log_ends);
+                self.metrics.set_positions(ps, &coord.offsets(), ends);
+                self.note_client_errors(&progress, &mut errors_seen);
                 backlog.note(&self.name, &self.counters, self.metrics.total_lag());
             }
         }
@@ -335,8 +405,8 @@ pub trait Coordinator: Send {
     /// (called every turn, with no rows when none were written).
     fn publish(&mut self, task: &QueryTask, written: &[Emission]) -> Result<()>;
 
-    /// Consumer lag per partition.
-    fn lag(&self) -> Vec<(i32, i64)>;
+    /// The next offset to read per partition read.
+    fn offsets(&self) -> BTreeMap<i32, i64>;
 }
 
 /// Logs the catch-up rate while a backlog of more than 10 000 records is

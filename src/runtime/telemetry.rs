@@ -21,12 +21,30 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
 ];
 
+/// Where a query's consumer stands in one partition.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct PartitionPosition {
+    /// The partition.
+    pub partition: i32,
+    /// The next offset the query consumes (committed with its results), if
+    /// it has one yet.
+    pub offset: Option<i64>,
+    /// The log end (high watermark) the broker last reported, if known.
+    pub log_end: Option<i64>,
+    /// Records between the two (when both are known).
+    pub lag: Option<i64>,
+}
+
 /// What one query's thread records.
 pub struct QueryMetrics {
     batch: Histogram,
+    commit: Histogram,
     close_latency: Histogram,
     /// Consumer lag per partition.
     pub lag: Mutex<BTreeMap<i32, i64>>,
+    positions: Mutex<Vec<PartitionPosition>>,
+    /// The query's recent errors and warnings.
+    pub events: super::events::EventLog,
     /// Open partial-state rows.
     pub open_groups: AtomicU64,
     /// Open windows.
@@ -44,16 +62,20 @@ impl QueryMetrics {
         };
         Self::new(
             h("batch", BATCH_BUCKETS),
+            h("commit", BATCH_BUCKETS),
             h("close_latency", LATENCY_BUCKETS),
         )
     }
 
-    /// Metrics recording into `batch` and `close_latency`.
-    pub fn new(batch: Histogram, close_latency: Histogram) -> Self {
+    /// Metrics recording into the given histograms.
+    pub fn new(batch: Histogram, commit: Histogram, close_latency: Histogram) -> Self {
         QueryMetrics {
             batch,
+            commit,
             close_latency,
             lag: Mutex::new(BTreeMap::new()),
+            positions: Mutex::new(Vec::new()),
+            events: Default::default(),
             open_groups: AtomicU64::new(0),
             open_windows: AtomicU64::new(0),
             state_bytes: AtomicU64::new(0),
@@ -63,6 +85,51 @@ impl QueryMetrics {
     /// One poll's records decoded, windowed and committed in `d`.
     pub fn observe_batch(&self, d: Duration) {
         self.batch.observe(d.as_secs_f64());
+    }
+
+    /// One store commit (results, offsets and checkpoint) took `d`.
+    pub fn observe_commit(&self, d: Duration) {
+        self.commit.observe(d.as_secs_f64());
+    }
+
+    /// Commits observed and their total seconds.
+    pub fn commit_totals(&self) -> (u64, f64) {
+        (self.commit.get_sample_count(), self.commit.get_sample_sum())
+    }
+
+    /// Notes where the query stands in each of `partitions`: `offsets` are
+    /// the next offsets it consumes, `log_ends` the brokers' last reported
+    /// log ends.
+    pub fn set_positions(
+        &self,
+        partitions: &[i32],
+        offsets: &BTreeMap<i32, i64>,
+        log_ends: &BTreeMap<i32, i64>,
+    ) {
+        let mut ps: Vec<i32> = partitions.to_vec();
+        ps.sort_unstable();
+        ps.dedup();
+        let positions = ps
+            .into_iter()
+            .map(|p| {
+                let (offset, log_end) = (offsets.get(&p).copied(), log_ends.get(&p).copied());
+                PartitionPosition {
+                    partition: p,
+                    offset,
+                    log_end,
+                    lag: offset.zip(log_end).map(|(o, e)| (e - o).max(0)),
+                }
+            })
+            .collect();
+        *self.positions.lock().unwrap_or_else(|p| p.into_inner()) = positions;
+    }
+
+    /// The query's partitions as last noted, by partition.
+    pub fn positions(&self) -> Vec<PartitionPosition> {
+        self.positions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// A window's rows committed `seconds` after the window's end.

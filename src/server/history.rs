@@ -32,6 +32,8 @@ struct QuerySample {
     records: u64,
     batches: u64,
     batch_secs: f64,
+    commits: u64,
+    commit_secs: f64,
     rows: u64,
     lag: Option<i64>,
     /// Event-time watermark in epoch ms, `i64::MIN` before the first record.
@@ -69,6 +71,7 @@ impl History {
             .iter()
             .map(|q| {
                 let (batches, batch_secs) = q.metrics.batch_totals();
+                let (commits, commit_secs) = q.metrics.commit_totals();
                 (
                     q.name.clone(),
                     QuerySample {
@@ -76,6 +79,8 @@ impl History {
                         rows: q.counters.rows_emitted.load(Ordering::Relaxed),
                         batches,
                         batch_secs,
+                        commits,
+                        commit_secs,
                         lag: q.metrics.total_lag(),
                         watermark: q.counters.watermark.load(Ordering::Relaxed),
                         late: q.counters.late_records.load(Ordering::Relaxed),
@@ -100,7 +105,9 @@ impl History {
 
     /// Per stream and per query still present in the newest sample, points
     /// `{t, rate, ...}`: records/s in over at least [`RATE_SPAN`], and for
-    /// queries the mean batch time in ms over the same span, the consumer
+    /// queries the mean batch time and the mean commit time (results,
+    /// offsets and checkpoint in one store transaction) in ms over the
+    /// same span, the consumer
     /// lag, the late records so far and the event-time lag: how far the
     /// watermark is behind the sample's wall-clock time, in seconds.
     pub fn json(&self) -> Value {
@@ -143,17 +150,19 @@ impl History {
             for (name, q) in &b.queries {
                 if let Some(points) = queries.get_mut(name) {
                     let q0 = a.queries.get(name).cloned().unwrap_or_default();
-                    let n = q.batches.saturating_sub(q0.batches);
-                    let ms = if n == 0 {
-                        Value::Null
-                    } else {
-                        json!((q.batch_secs - q0.batch_secs) * 1000.0 / n as f64)
-                    };
+                    let mean_ms =
+                        |n: u64, n0: u64, secs: f64, secs0: f64| match n.saturating_sub(n0) {
+                            0 => Value::Null,
+                            d => json!((secs - secs0) * 1000.0 / d as f64),
+                        };
+                    let ms = mean_ms(q.batches, q0.batches, q.batch_secs, q0.batch_secs);
+                    let commit_ms = mean_ms(q.commits, q0.commits, q.commit_secs, q0.commit_secs);
                     points.push(json!({
                         "t": b.t_ms,
                         "rate": q.records.saturating_sub(q0.records) as f64 / dt,
                         "rows_rate": q.rows.saturating_sub(q0.rows) as f64 / dt,
                         "batch_ms": ms,
+                        "commit_ms": commit_ms,
                         "lag": q.lag,
                         "late": q.late,
                         "event_lag_s": (q.watermark != i64::MIN)

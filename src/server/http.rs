@@ -7,6 +7,7 @@
 //! | `GET /queries`, `GET /queries/{id}`, `DELETE /queries/{id}` | |
 //! | `GET /queries/{id}/results?from=&to=&after=&limit=&format=json\|csv` | results, cursor-paged (`after=now` for only new rows), `has_more` when a page stops at its limit |
 //! | `GET /queries/{id}/results?rollup=1h&from=&to=&limit=&format=&partial=` | roll-up of the complete buckets ([`super::rollup`]); `partial=true` adds the open ones, flagged by a `complete` column |
+//! | `GET /queries/{id}/events` | the query's recent errors and warnings ([`crate::runtime::events`]) |
 //! | `GET /streams`, `GET /streams/{name}` | |
 //! | `GET /healthz` | `{"status": "ok"}`, or `"degraded"` with the queries that cannot read their broker or have failed (still 200: the server itself is alive) |
 //!
@@ -78,6 +79,7 @@ pub fn router(app: Arc<App>, local: SocketAddr) -> Router {
         .route("/streams/{name}", get(get_stream))
         .route("/streams/{name}/errors", get(stream_errors))
         .route("/queries/{id}/reset", post(reset_query))
+        .route("/queries/{id}/events", get(query_events))
         .route("/healthz", get(healthz))
         .route("/queries/{id}/stream", get(stream_results))
         .route("/metrics", get(super::metrics::handler))
@@ -558,4 +560,15 @@ async fn healthz(State(app): State<Arc<App>>) -> axum::Json<Value> {
         true => axum::Json(json!({"status": "ok"})),
         false => axum::Json(json!({"status": "degraded", "queries": problems})),
     }
+}
+/// `GET /queries/{id}/events`: `{"query", "events": [...]}`, oldest first.
+async fn query_events(
+    axum::extract::State(app): axum::extract::State<Arc<App>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<axum::Json<serde_json::Value>, crate::error::Error> {
+    let q = app.query(&id)?;
+    let events = q.metrics.events.list();
+    Ok(axum::Json(
+        serde_json::json!({"query": q.name, "kept": crate::runtime::events::KEPT, "events": events}),
+    ))
 }

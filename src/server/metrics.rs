@@ -5,7 +5,8 @@
 //! in the query engine and the stream statistics are copied into the registry
 //! at scrape time; batch durations, window-close latency, consumer lag and
 //! state size are recorded by each query's thread through its
-//! [`QueryMetrics`].
+//! [`QueryMetrics`], which also holds the query's partitions' positions and
+//! its recent events ([`super::events`]).
 //!
 //! | metric | labels |
 //! |---|---|
@@ -15,7 +16,7 @@
 //! | `runnel_stream_consumer_lag_records` | `stream`, `query`, `partition` |
 //! | `runnel_query_records_processed_total`, `runnel_query_late_records_total`, `runnel_query_records_skipped_total`, `runnel_query_windows_closed_total`, `runnel_query_rows_emitted_total` | `query`, `stream` |
 //! | `runnel_query_open_groups`, `runnel_query_open_windows`, `runnel_query_state_bytes`, `runnel_query_watermark_seconds`, `runnel_query_running`, `runnel_query_broker_unreachable` | `query`, `stream` |
-//! | `runnel_query_batch_duration_seconds`, `runnel_query_window_close_latency_seconds` (histograms) | `query`, `stream` |
+//! | `runnel_query_batch_duration_seconds`, `runnel_query_commit_duration_seconds`, `runnel_query_window_close_latency_seconds` (histograms) | `query`, `stream` |
 //! | `runnel_process_resident_memory_bytes`, `runnel_streams`, `runnel_queries` | |
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -61,6 +62,7 @@ pub struct Metrics {
     registry: Registry,
     g: Gauges,
     batch: HistogramVec,
+    commit: HistogramVec,
     close_latency: HistogramVec,
     live: Mutex<BTreeSet<(String, String)>>,
     scrape: Mutex<()>,
@@ -217,6 +219,11 @@ impl Metrics {
             "Time to decode, window and commit one poll's records.",
             BATCH_BUCKETS,
         );
+        let commit = hist(
+            "runnel_query_commit_duration_seconds",
+            "Time to commit results, offsets and the checkpoint in one store transaction.",
+            BATCH_BUCKETS,
+        );
         let close_latency = hist(
             "runnel_query_window_close_latency_seconds",
             "Wall-clock time from a window's end to its rows being written.",
@@ -226,6 +233,7 @@ impl Metrics {
             registry: r,
             g,
             batch,
+            commit,
             close_latency,
             live: Mutex::new(BTreeSet::new()),
             scrape: Mutex::new(()),
@@ -238,6 +246,7 @@ impl Metrics {
     pub fn query(&self, name: &str, stream: &str) -> Arc<QueryMetrics> {
         let labels = [name, stream];
         let _ = self.batch.remove_label_values(&labels);
+        let _ = self.commit.remove_label_values(&labels);
         let _ = self.close_latency.remove_label_values(&labels);
         self.live
             .lock()
@@ -245,6 +254,7 @@ impl Metrics {
             .insert((name.to_string(), stream.to_string()));
         Arc::new(QueryMetrics::new(
             self.batch.with_label_values(&labels),
+            self.commit.with_label_values(&labels),
             self.close_latency.with_label_values(&labels),
         ))
     }
@@ -363,6 +373,7 @@ impl Metrics {
             let mut known = self.live.lock().unwrap_or_else(|p| p.into_inner());
             for (q, s) in known.difference(&live) {
                 let _ = self.batch.remove_label_values(&[q, s]);
+                let _ = self.commit.remove_label_values(&[q, s]);
                 let _ = self.close_latency.remove_label_values(&[q, s]);
             }
             *known = live;

@@ -154,6 +154,9 @@ impl App {
         }
         if with_plan {
             v["plan"] = json!(q.plan.explain());
+            v["partitions"] = json!(q.metrics.positions());
+            let (commits, secs) = q.metrics.commit_totals();
+            v["commits"] = json!({"count": commits, "seconds": secs});
         }
         let notes = self.query_notes(q);
         if !notes.is_empty() {

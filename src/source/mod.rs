@@ -211,6 +211,11 @@ pub struct Progress {
     pub unreachable_since: Option<std::time::SystemTime>,
     /// Records skipped because their offsets were lost (on_offset_loss).
     pub skipped: u64,
+    /// Log end (high watermark) per partition, where known.
+    pub log_ends: BTreeMap<i32, i64>,
+    /// The Kafka client's latest errors and warnings, as logged (once per
+    /// kind every 30 s), oldest first.
+    pub client_errors: Vec<(std::time::SystemTime, String)>,
 }
 
 /// A confirmation that a partition is caught up counts for this long: a

@@ -2,9 +2,10 @@
 //! records. In a consumer group it assigns partitions at the offsets the
 //! query saved; from the statistics it keeps each partition's log end as a
 //! live leader last reported it, and whether any broker is reachable; it
-//! logs client errors once per kind and state change, not per retry.
+//! logs client errors once per kind and state change, not per retry, and
+//! keeps the latest of them for the query's events.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -98,7 +99,12 @@ pub struct SourceContext {
     pub(super) down_since: Mutex<Option<SystemTime>>,
     /// When each kind of client error or log line was last logged.
     pub(super) logged: Mutex<HashMap<String, Instant>>,
+    /// The latest client errors and log lines logged, with when.
+    pub(super) errors: Mutex<VecDeque<(SystemTime, String)>>,
 }
+
+/// Client errors kept for the query's events.
+const ERRORS_KEPT: usize = 10;
 
 /// The same client error or log line is logged at most once this often:
 /// librdkafka retries connections many times a second.
@@ -116,7 +122,23 @@ impl SourceContext {
             live_ends: Mutex::new(BTreeMap::new()),
             down_since: Mutex::new(None),
             logged: Mutex::new(HashMap::new()),
+            errors: Mutex::new(VecDeque::new()),
         }
+    }
+
+    /// Keeps a client error or log line just logged for the query's events.
+    fn keep_error(&self, message: String) {
+        let mut errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        if errors.len() == ERRORS_KEPT {
+            errors.pop_front();
+        }
+        errors.push_back((SystemTime::now(), message));
+    }
+
+    /// The latest client errors logged, oldest first.
+    pub(super) fn recent_errors(&self) -> Vec<(SystemTime, String)> {
+        let errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        errors.iter().cloned().collect()
     }
 
     /// Notes whether any broker is reachable, logging each change once.
@@ -159,6 +181,7 @@ impl ClientContext for SourceContext {
             return;
         }
         tracing::warn!(target: "librdkafka", "librdkafka: {fac} {log_message}");
+        self.keep_error(format!("{fac} {log_message}"));
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
@@ -167,6 +190,7 @@ impl ClientContext for SourceContext {
         }
         if self.should_log(reason) {
             tracing::warn!("kafka: {error}: {reason}");
+            self.keep_error(format!("{error}: {reason}"));
         }
     }
 

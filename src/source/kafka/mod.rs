@@ -71,6 +71,9 @@ pub struct Waiting<'a> {
     pub stop: &'a AtomicBool,
     /// Told of the brokers' reachability at each attempt.
     pub unreachable: &'a dyn Fn(Option<SystemTime>),
+    /// Told, at each attempt the brokers answer without the topic, what
+    /// is missing.
+    pub missing: &'a dyn Fn(&str),
 }
 
 impl<'a> Waiting<'a> {
@@ -79,6 +82,7 @@ impl<'a> Waiting<'a> {
         Waiting {
             stop,
             unreachable: &|_| {},
+            missing: &|_| {},
         }
     }
 }
@@ -277,6 +281,15 @@ impl KafkaSource {
     /// Records not yet read per partition: the high watermark last reported
     /// by the broker minus the next offset to read (partitions read so far).
     pub fn lag(&self) -> Vec<(i32, i64)> {
+        self.log_ends()
+            .into_iter()
+            .map(|(p, next, high)| (p, (high - next).max(0)))
+            .collect()
+    }
+
+    /// Per assigned partition whose log end librdkafka knows: the next
+    /// offset to read and the log end (high watermark) last reported.
+    fn log_ends(&self) -> Vec<(i32, i64, i64)> {
         let Ok(tpl) = self.consumer.assignment() else {
             return Vec::new();
         };
@@ -306,7 +319,7 @@ impl KafkaSource {
                     (None, StartFrom::Earliest) => low,
                     (None, StartFrom::Latest) => high,
                 };
-                (high >= 0).then(|| (e.partition(), (high - next).max(0)))
+                (high >= 0).then_some((e.partition(), next, high))
             })
             .collect()
     }
@@ -319,12 +332,15 @@ impl KafkaSource {
     /// Lag, caught-up confirmations and broker reachability.
     pub fn progress(&self) -> super::Progress {
         let ctx = self.consumer.context();
+        let ends = self.log_ends();
         super::Progress {
             partitions: self.partitions.clone(),
-            lag: self.lag(),
+            lag: ends.iter().map(|(p, n, h)| (*p, (h - n).max(0))).collect(),
+            log_ends: ends.iter().map(|(p, _, h)| (*p, *h)).collect(),
             caught_up: self.caught_up(),
             unreachable_since: *ctx.down_since.lock().unwrap_or_else(|p| p.into_inner()),
             skipped: self.skipped,
+            client_errors: ctx.recent_errors(),
         }
     }
 
@@ -556,6 +572,9 @@ fn open(
                 if !ps.is_empty() {
                     break ps;
                 }
+                (waiting.missing)(&format!(
+                    "topic '{topic}' does not exist on the brokers {brokers}; the query waits for it"
+                ));
             }
             Err(e) if ctx.should_log(&e.to_string()) => {
                 tracing::warn!("kafka: asking {brokers} for topic {topic}: {e}");
