@@ -2,167 +2,29 @@
 //! (Debian's `chromium` and `chromium-driver`, which `.ci/run` installs).
 //! It loads `/`, sees a query's rows arrive, registers a query through the
 //! SQL box, has no console errors, and saves a screenshot to
-//! `$CARGO_TARGET_TMPDIR/dashboard.png`.
+//! `$CARGO_TARGET_TMPDIR/dashboard.png`. The selected query's detail panels
+//! (plan, partitions, errors and warnings, commit time) each have a test
+//! over a two-partition topic.
 
+#[path = "common/browser.rs"]
+mod browser;
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{TestServer, free_port};
-use fantoccini::wd::WebDriverCompatibleCommand;
-use fantoccini::{Client, ClientBuilder, Locator};
+use browser::{Driver, browser, programs, severe_logs, texts, wait_until};
+use common::TestServer;
+use fantoccini::{Client, Locator};
 use rdkafka::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use serde_json::{Value, json};
+use serde_json::json;
 
-fn find_program(names: &[&str]) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .flat_map(|dir| names.iter().map(move |n| dir.join(n)))
-        .find(|p| p.is_file())
-}
-
-struct Driver(Child);
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Chromium's browser log (chromedriver's `se/log` command).
-#[derive(Debug)]
-struct BrowserLog;
-
-impl WebDriverCompatibleCommand for BrowserLog {
-    fn endpoint(
-        &self,
-        base_url: &url::Url,
-        session_id: Option<&str>,
-    ) -> Result<url::Url, url::ParseError> {
-        base_url.join(&format!(
-            "session/{}/se/log",
-            session_id.unwrap_or_default()
-        ))
-    }
-
-    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
-        (
-            http::Method::POST,
-            Some(json!({"type": "browser"}).to_string()),
-        )
-    }
-}
-
-async fn severe_logs(c: &Client) -> Vec<String> {
-    let v = c.issue_cmd(BrowserLog).await.unwrap_or(Value::Null);
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .filter(|e| e["level"] == "SEVERE")
-        .map(|e| e["message"].to_string())
-        .collect()
-}
-
-async fn wait_until<F, Fut>(c: &Client, what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while !f().await {
-        if Instant::now() > deadline {
-            let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard-failed.png");
-            if let Ok(png) = c.screenshot().await {
-                let _ = std::fs::write(&path, png);
-            }
-            panic!(
-                "timed out waiting for {what}; screenshot: {}",
-                path.display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-/// The text of every element matching `css`, read in one script run: the
-/// page re-renders its tables as rows arrive, and elements found by one
-/// request may be gone by the next.
-async fn texts(c: &Client, css: &str) -> Vec<String> {
-    let script = "return Array.from(document.querySelectorAll(arguments[0])).map(e => e.textContent.trim());";
-    match c.execute(script, vec![json!(css)]).await {
-        Ok(Value::Array(v)) => v
-            .into_iter()
-            .map(|t| t.as_str().unwrap_or_default().to_string())
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
-/// Starts chromedriver and a headless Chromium session.
-async fn browser(chromium: &Path, driver: &Path) -> (Driver, Client) {
-    let port = free_port();
-    let child = Driver(
-        Command::new(driver)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start chromedriver"),
-    );
-    let caps: serde_json::Map<String, Value> = serde_json::from_value(json!({
-        "goog:chromeOptions": {
-            "binary": chromium,
-            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--hide-scrollbars", "--window-size=1400,1800"],
-        },
-        "goog:loggingPrefs": {"browser": "ALL"},
-    }))
-    .unwrap();
-    let webdriver = format!("http://127.0.0.1:{port}");
-    let mut client = None;
-    for _ in 0..40 {
-        match ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-            .capabilities(caps.clone())
-            .connect(&webdriver)
-            .await
-        {
-            Ok(c) => {
-                client = Some(c);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
-        }
-    }
-    let c = client.expect("connect to chromedriver");
-    (child, c)
-}
-
-/// Chromium and chromedriver, or `None` (with a SKIPPED line) when they are
-/// not installed.
-fn programs(test: &str) -> Option<(PathBuf, PathBuf)> {
-    match (
-        find_program(&["chromium", "chromium-browser"]),
-        find_program(&["chromedriver"]),
-    ) {
-        (Some(c), Some(d)) => Some((c, d)),
-        _ => {
-            eprintln!(
-                "SKIPPED {test}: chromium and chromedriver are not installed \
-                 (apt-get install chromium chromium-driver; .ci/run does this)"
-            );
-            None
-        }
-    }
-}
-
-/// Produces `n` records into partition 0 of `topic`, 100 ms of event time
-/// apart, starting at a 10 s boundary five minutes ago; every 97th is broken.
-fn produce(brokers: &str, topic: &str, n: i64) {
+/// Produces `n` records into the first `partitions` partitions of `topic`
+/// in turn, 100 ms of event time apart, starting at a 10 s boundary five
+/// minutes ago; every 97th is broken.
+fn produce(brokers: &str, topic: &str, n: i64, partitions: i32) {
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()
@@ -178,7 +40,11 @@ fn produce(brokers: &str, topic: &str, n: i64) {
             v.to_string()
         };
         producer
-            .send(BaseRecord::<(), str>::to(topic).payload(&v).partition(0))
+            .send(
+                BaseRecord::<(), str>::to(topic)
+                    .payload(&v)
+                    .partition((i % partitions as i64) as i32),
+            )
             .unwrap();
     }
     producer.flush(Duration::from_secs(30)).unwrap();
@@ -210,7 +76,7 @@ async fn dashboard_in_headless_chromium() {
         assert!(Instant::now() < deadline, "the stream was never sampled");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    produce(&brokers, "events", 600);
+    produce(&brokers, "events", 600, 1);
 
     let (_driver, c) = browser(&chromium, &driver).await;
 
@@ -407,7 +273,7 @@ async fn dashboard_opened_late_shows_closed_windows() {
          CREATE QUERY late_geo AS SELECT geo, count(*) AS imps FROM late GROUP BY geo WINDOW 10s",
     )
     .await;
-    produce(&brokers, "late", 600);
+    produce(&brokers, "late", 600, 1);
     // All six windows close (the partition goes idle) before the page opens.
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
@@ -458,4 +324,171 @@ async fn dashboard_opened_late_shows_closed_windows() {
     assert!(errors.is_empty(), "console errors: {errors:?}");
     c.close().await.unwrap();
     s.stop();
+}
+
+/// A query over a two-partition topic holding 600 records (some broken),
+/// its server, and a browser showing it in the dashboard.
+struct Panels {
+    c: Client,
+    s: TestServer,
+    _driver: Driver,
+    _dir: tempfile::TempDir,
+    _cluster: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+}
+
+impl Panels {
+    async fn open(test: &str) -> Option<Panels> {
+        let (chromium, driver) = programs(test)?;
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("clicks", 2, 1).unwrap();
+        let brokers = cluster.bootstrap_servers();
+        let dir = tempfile::tempdir().unwrap();
+        let s = TestServer::start(dir.path(), &brokers);
+        s.sql(
+            "CREATE STREAM clicks (ts TIMESTAMP, geo TEXT, bid DOUBLE)
+             WITH (kafka_topic = 'clicks', format = 'json', event_time = 'ts',
+                   watermark_delay = '1s', start = 'earliest');
+             CREATE QUERY per_geo AS SELECT geo, count(*) AS n FROM clicks GROUP BY geo WINDOW 10s",
+        )
+        .await;
+        produce(&brokers, "clicks", 600, 2);
+        let (driver, c) = browser(&chromium, &driver).await;
+        c.goto(&format!("{}/#per_geo", s.url)).await.unwrap();
+        wait_until(&c, "the query selected", || async {
+            texts(&c, "#q-title").await == ["per_geo"]
+        })
+        .await;
+        Some(Panels {
+            c,
+            s,
+            _driver: driver,
+            _dir: dir,
+            _cluster: cluster,
+        })
+    }
+
+    async fn close(self) {
+        let errors = severe_logs(&self.c).await;
+        assert!(errors.is_empty(), "console errors: {errors:?}");
+        self.c.close().await.unwrap();
+        self.s.stop();
+    }
+}
+
+/// The plan panel draws the query's three stages from its EXPLAIN output,
+/// each listing its operators.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_plan_panel_shows_the_three_stages() {
+    let Some(p) = Panels::open("dashboard_plan_panel_shows_the_three_stages").await else {
+        return;
+    };
+    let c = &p.c;
+    wait_until(c, "the plan's stages", || async {
+        texts(c, "#plan .stage h4").await.len() == 3
+    })
+    .await;
+    assert_eq!(
+        texts(c, "#plan .stage h4").await,
+        ["1 · Per batch", "2 · Window merge", "3 · Window close"]
+    );
+    let stages = texts(c, "#plan .stage .ops").await;
+    assert!(
+        stages.iter().all(|s| s.contains("AggregateExec")),
+        "{stages:?}"
+    );
+    let (_, q) = p.s.get("/queries/per_geo").await;
+    let plan = q["plan"].as_str().unwrap();
+    assert!(
+        plan.contains("mode=Partial") && plan.contains("mode=Final"),
+        "{plan}"
+    );
+    assert!(
+        texts(c, "#plan-window").await[0].contains("10"),
+        "{:?}",
+        texts(c, "#plan-window").await
+    );
+    p.close().await;
+}
+
+/// The partitions panel has one row per partition of the two-partition
+/// topic, each with its consumed offset and the log end once all is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_partitions_panel_shows_each_partition() {
+    let Some(p) = Panels::open("dashboard_partitions_panel_shows_each_partition").await else {
+        return;
+    };
+    let c = &p.c;
+    // 600 records in turn: 300 in each partition, all read.
+    let want = vec![vec!["0", "300", "300", "0"], vec!["1", "300", "300", "0"]];
+    wait_until(c, "both partitions read to their log end", || async {
+        let cells = texts(c, "#partitions tbody td").await;
+        let rows: Vec<Vec<&str>> = cells
+            .chunks(4)
+            .map(|r| r.iter().map(String::as_str).collect())
+            .collect();
+        rows == want
+    })
+    .await;
+    let (_, q) = p.s.get("/queries/per_geo").await;
+    assert_eq!(q["partitions"].as_array().map(Vec::len), Some(2), "{q}");
+    p.close().await;
+}
+
+/// The errors-and-warnings panel shows the broken records the test wrote,
+/// with a sample of one, counted together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_events_panel_shows_bad_records() {
+    let Some(p) = Panels::open("dashboard_events_panel_shows_bad_records").await else {
+        return;
+    };
+    let c = &p.c;
+    wait_until(c, "the bad-record warning", || async {
+        texts(c, "#events tbody td")
+            .await
+            .iter()
+            .any(|t| t.contains("invalid_json"))
+    })
+    .await;
+    let row = texts(c, "#events tbody tr.ev-warning td").await;
+    assert!(row.iter().any(|t| t == "bad_record"), "{row:?}");
+    assert!(row.iter().any(|t| t.contains("{broken")), "{row:?}");
+    // Seven of the 600 records are broken: one event counts them all.
+    let (_, v) = p.s.get("/queries/per_geo/events").await;
+    let bad: u64 = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "bad_record")
+        .map(|e| e["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(bad, 7, "{v}");
+    p.close().await;
+}
+
+/// The commit-time chart plots the query's store commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_commit_chart_has_points() {
+    let Some(p) = Panels::open("dashboard_commit_chart_has_points").await else {
+        return;
+    };
+    let c = &p.c;
+    wait_until(c, "points on the commit-time chart", || async {
+        c.find_all(Locator::Css("#commit-chart polyline, #commit-chart circle"))
+            .await
+            .is_ok_and(|v| !v.is_empty())
+    })
+    .await;
+    let legend = texts(c, "#commit-chart .legend span").await;
+    assert_eq!(legend, ["per_geo"]);
+    let metrics = reqwest::get(format!("{}/metrics", p.s.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("runnel_query_commit_duration_seconds_count{query=\"per_geo\""),
+        "{metrics}"
+    );
+    p.close().await;
 }

@@ -1,6 +1,8 @@
-//! The dashboard at `GET /`: one page, its script and stylesheet embedded in
-//! the binary, reading the HTTP API (`/streams`, `/queries`, the results
-//! stream, `/sql`), `GET /dashboard/history` for its charts and
+//! The dashboard at `GET /`: one page, its scripts (`app.js`; `panels.js`
+//! for the selected query's commit time, partitions, plan and events) and
+//! stylesheet embedded in the binary, reading the HTTP API (`/streams`,
+//! `/queries`, `/queries/{id}/events`, the results stream, `/sql`),
+//! `GET /dashboard/history` for its charts and
 //! `GET /dashboard/latest/{query}` for the newest windows when a query is
 //! opened (the results stream then goes on from their cursor).
 
@@ -24,6 +26,7 @@ const LATEST_ROWS: usize = 5000;
 
 const INDEX: &str = include_str!("assets/index.html");
 const SCRIPT: &str = include_str!("assets/app.js");
+const PANELS: &str = include_str!("assets/panels.js");
 const STYLE: &str = include_str!("assets/app.css");
 const ICON: &str = include_str!("assets/favicon.svg");
 
@@ -48,6 +51,10 @@ pub fn routes() -> Router<Arc<App>> {
         .route(
             "/assets/app.js",
             get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }),
+        )
+        .route(
+            "/assets/panels.js",
+            get(|| async { asset("text/javascript; charset=utf-8", PANELS) }),
         )
         .route(
             "/assets/app.css",

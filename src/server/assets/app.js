@@ -248,6 +248,7 @@
     const points = (key) => [{ name: q.name, points: hist.filter((p) => p[key] !== null && p[key] !== undefined).map((p) => [p.t, p[key]]) }];
     lineChart($("lag-chart"), points("event_lag_s"), "No watermark yet");
     lineChart($("late-chart"), points("late"), "Collecting samples…");
+    if (window.runnelPanels) window.runnelPanels.show(q, points("commit_ms"));
   }
 
   function clearQueryPanel() {
@@ -259,6 +260,7 @@
     $("q-stop").hidden = true;
     lineChart($("lag-chart"), [], "Select a query");
     lineChart($("late-chart"), [], "Select a query");
+    if (window.runnelPanels) window.runnelPanels.clear();
   }
 
   // Stop drops the query (DELETE /queries/{id}); Reset restarts it from the
@@ -578,5 +580,7 @@
     setInterval(loadErrors, 5000);
   }
 
+  // Shared with the query's detail panels (panels.js).
+  window.runnel = { api: api, el: el, fmtNum: fmtNum, lineChart: lineChart, errorNode: errorNode };
   init();
 })();
