@@ -55,6 +55,10 @@ pub enum Error {
     /// The server is at capacity for this kind of request; retry later.
     #[error("{0}")]
     Busy(String),
+    /// The store cannot be reached for now (PostgreSQL restarting or cut
+    /// off, SQLite busy or its disk full); queries pause and retry.
+    #[error("the store is unavailable: {0}; retrying")]
+    Unavailable(String),
     /// Query execution failed inside DataFusion or arrow.
     #[error("execution error: {0}")]
     Execution(String),
@@ -91,7 +95,7 @@ impl Error {
             Error::PayloadTooLarge(_) => 413,
             Error::Conflict(_) => 409,
             Error::LimitExceeded(_) => 422,
-            Error::Busy(_) => 503,
+            Error::Busy(_) | Error::Unavailable(_) => 503,
             Error::Execution(_)
             | Error::Store(_)
             | Error::Postgres(_)
@@ -112,11 +116,18 @@ impl Error {
             Error::PayloadTooLarge(_) => "payload_too_large",
             Error::LimitExceeded(_) => "limit_exceeded",
             Error::Busy(_) => "busy",
+            Error::Unavailable(_) => "store_unavailable",
             Error::Execution(_) => "execution_error",
             Error::Store(_) | Error::Postgres(_) => "store_error",
             Error::Kafka(_) => "kafka_error",
             Error::Io(_) => "io_error",
         }
+    }
+
+    /// Whether this is the store being unavailable for now, which a query
+    /// waits out rather than fails on.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Error::Unavailable(_))
     }
 
     /// (line, column) of a SQL error, when known.

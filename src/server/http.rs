@@ -52,8 +52,9 @@ impl IntoResponse for Error {
         };
         let body = json!({"error": {"code": self.code(), "message": self.to_string(), "line": line, "column": column}});
         let mut response = (status, axum::Json(body)).into_response();
-        if let Error::Busy(_) = self {
-            // Event streams end when their clients leave: a slot soon frees.
+        if let Error::Busy(_) | Error::Unavailable(_) = self {
+            // Event streams end when their clients leave: a slot soon frees;
+            // a store reconnects within seconds.
             let retry = header::HeaderValue::from_static("5");
             response.headers_mut().insert(header::RETRY_AFTER, retry);
         }

@@ -10,10 +10,14 @@
 //! $ sqlite3 runnel-data/runnel.db 'SELECT * FROM adnetwork ORDER BY window_start DESC LIMIT 5'
 //! ```
 //!
-//! Both apply versioned migrations when opened.
+//! Both apply versioned migrations when opened. [`Store`] holds what the
+//! backends share (the catalog, the order of a commit, results pages); a
+//! backend only runs statements ([`backend::Backend`]).
 
+pub(crate) mod backend;
 pub mod pg_tls;
 pub mod postgres;
+mod results;
 pub mod sqlite;
 
 use std::collections::BTreeMap;
@@ -21,18 +25,17 @@ use std::path::Path;
 use std::sync::Arc;
 
 use datafusion::arrow::array::AsArray;
-use datafusion::arrow::array::{
-    ArrayRef, BinaryArray, Float64Array, Int64Array, RecordBatch, StringArray,
-};
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{
-    DataType, Int64Type, Schema, SchemaRef, TimeUnit, TimestampMillisecondType,
+    DataType, Int64Type, Schema, TimeUnit, TimestampMillisecondType,
 };
 
 pub use rusqlite::types::Value;
 
 use crate::error::{Error, Result};
 use crate::model::Emission;
+use backend::{Backend, Dialect, Param, Tx};
 use postgres::PgStore;
 use sqlite::SqliteStore;
 
@@ -181,42 +184,6 @@ fn window_state(e: &Emission) -> Result<Option<WindowState>> {
     Ok(Some((bound(0)?, bound(1)?, bytes)))
 }
 
-/// The DDL of a results table: a `_seq` row cursor declared as `seq`, one
-/// column per field of `schema` typed by `ty`, and an index on the window.
-fn results_ddl(
-    name: &str,
-    schema: &Schema,
-    seq: &str,
-    ty: fn(&DataType) -> &'static str,
-) -> String {
-    let cols: Vec<String> = schema
-        .fields()
-        .iter()
-        .map(|f| format!("{} {}", quote(f.name()), ty(f.data_type())))
-        .collect();
-    format!(
-        "CREATE TABLE IF NOT EXISTS {t} (_seq {seq}, {cols});
-         CREATE INDEX IF NOT EXISTS {idx} ON {t} (window_start, window_end);",
-        t = quote(name),
-        cols = cols.join(", "),
-        idx = quote(&format!("{name}_window")),
-    )
-}
-
-/// The statements removing query `name`'s results table, or keeping it as
-/// `keep_as` (without its index, whose name a new query `name` will need).
-fn drop_results_sql(name: &str, keep_as: Option<&str>) -> String {
-    match keep_as {
-        None => format!("DROP TABLE IF EXISTS {}", quote(name)),
-        Some(new) => format!(
-            "DROP INDEX IF EXISTS {idx}; ALTER TABLE {t} RENAME TO {new}",
-            idx = quote(&format!("{name}_window")),
-            t = quote(name),
-            new = quote(new),
-        ),
-    }
-}
-
 /// The windows a closed-window emission's rows replace: each distinct
 /// (window_start, window_end) of its rows, in epoch ms, in first-seen order.
 fn replaced_windows(batch: &RecordBatch) -> Result<Vec<(i64, i64)>> {
@@ -236,29 +203,46 @@ fn replaced_windows(batch: &RecordBatch) -> Result<Vec<(i64, i64)>> {
 /// A saved checkpoint: the next offset per partition and the engine state.
 pub type Checkpoint = (BTreeMap<i32, i64>, Vec<u8>);
 
-/// The store of a server: SQLite or PostgreSQL.
+/// The store of a server: SQLite or PostgreSQL, behind one [`Backend`].
 #[derive(Clone)]
-pub enum Store {
-    /// The embedded SQLite store.
-    Sqlite(SqliteStore),
-    /// A PostgreSQL database.
-    Postgres(PgStore),
+pub struct Store {
+    backend: Arc<dyn Backend>,
 }
 
-/// Calls the same method on whichever backend.
-macro_rules! both {
-    ($self:ident . $m:ident ( $($a:expr),* )) => {
-        match $self {
-            Store::Sqlite(s) => s.$m($($a),*),
-            Store::Postgres(s) => s.$m($($a),*),
-        }
-    };
+/// The text of a stored value, if it is text.
+fn text(v: &Value) -> Option<&str> {
+    match v {
+        Value::Text(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// The integer of a stored value, if it is one.
+fn int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Integer(i) => Some(*i),
+        _ => None,
+    }
+}
+
+/// A results-table timestamp given in [`TS_FORMAT`] as epoch ms.
+fn stored_ts(text: &str) -> Result<i64> {
+    chrono::NaiveDateTime::parse_from_str(text, TS_FORMAT)
+        .map(|d| d.and_utc().timestamp_millis())
+        .map_err(|e| Error::BadRequest(format!("bad time '{text}': {e}")))
 }
 
 impl Store {
+    fn new(backend: impl Backend + 'static) -> Result<Self> {
+        backend::migrate(&backend)?;
+        Ok(Store {
+            backend: Arc::new(backend),
+        })
+    }
+
     /// Opens the SQLite store under `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Self> {
-        Ok(Store::Sqlite(SqliteStore::open(data_dir)?))
+        Self::new(SqliteStore::open(data_dir)?)
     }
 
     /// Opens the store at `url` (`postgres://...` or `postgresql://...`, or
@@ -268,7 +252,7 @@ impl Store {
         match url {
             None => Self::open(data_dir),
             Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
-                Ok(Store::Postgres(PgStore::connect(u)?))
+                Self::new(PgStore::connect(u)?)
             }
             Some(u) if u.starts_with("sqlite:") => Self::open(Path::new(
                 u.trim_start_matches("sqlite:").trim_start_matches("//"),
@@ -282,62 +266,129 @@ impl Store {
 
     /// The PostgreSQL store, which cluster mode needs.
     pub fn postgres(&self) -> Result<&PgStore> {
-        match self {
-            Store::Postgres(s) => Ok(s),
-            Store::Sqlite(_) => Err(Error::BadRequest(
+        self.backend.postgres().ok_or_else(|| {
+            Error::BadRequest(
                 "cluster mode keeps shared state in PostgreSQL: start with --store postgres://..."
                     .into(),
-            )),
-        }
+            )
+        })
     }
 
     /// Which backend this is (`sqlite` or `postgres`).
     pub fn kind(&self) -> &'static str {
-        match self {
-            Store::Sqlite(_) => "sqlite",
-            Store::Postgres(_) => "postgres",
-        }
+        self.backend.kind()
+    }
+
+    fn dialect(&self) -> &'static Dialect {
+        self.backend.dialect()
+    }
+
+    /// Runs `f` in one transaction and returns what it returned.
+    fn write<T>(&self, mut f: impl FnMut(&mut dyn Tx) -> Result<T>) -> Result<T> {
+        let mut out = None;
+        self.backend.transaction(&mut |tx| {
+            out = Some(f(tx)?);
+            Ok(())
+        })?;
+        Ok(out.expect("set when the transaction succeeds"))
+    }
+
+    /// Runs the reads of `f` and returns what it returned.
+    fn read<T>(&self, mut f: impl FnMut(&mut dyn Tx) -> Result<T>) -> Result<T> {
+        let mut out = None;
+        self.backend.session(&mut |tx| {
+            out = Some(f(tx)?);
+            Ok(())
+        })?;
+        Ok(out.expect("set when the reads succeed"))
+    }
+
+    fn save(&self, table: &str, name: &str, sql: &str) -> Result<()> {
+        let insert = format!(
+            "INSERT INTO {table} (name, sql, created_at) VALUES ($1, $2, {})",
+            self.dialect().now
+        );
+        let params = [Param::Text(name.into()), Param::Text(sql.into())];
+        self.write(|tx| tx.execute(&insert, &params).map(drop))
+    }
+
+    fn list(&self, table: &str) -> Result<Vec<(String, String)>> {
+        let sql = format!(
+            "SELECT name, sql FROM {table} ORDER BY created_at, {}",
+            self.dialect().tie_break
+        );
+        let (_, rows) = self.read(|tx| tx.query(&sql, &[]))?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let s = |i: usize| text(&r[i]).unwrap_or_default().to_string();
+                (s(0), s(1))
+            })
+            .collect())
     }
 
     /// Saves a stream definition.
     pub fn save_stream(&self, name: &str, sql: &str) -> Result<()> {
-        both!(self.save_stream(name, sql))
+        self.save("runnel_streams", name, sql)
     }
 
     /// Deletes a stream definition.
     pub fn delete_stream(&self, name: &str) -> Result<()> {
-        both!(self.delete_stream(name))
+        let params = [Param::Text(name.into())];
+        self.write(|tx| {
+            tx.execute("DELETE FROM runnel_streams WHERE name = $1", &params)
+                .map(drop)
+        })
     }
 
     /// All stream definitions, oldest first.
     pub fn list_streams(&self) -> Result<Vec<(String, String)>> {
-        both!(self.list_streams())
+        self.list("runnel_streams")
     }
 
     /// Saves a reference table definition.
     pub fn save_table(&self, name: &str, sql: &str) -> Result<()> {
-        both!(self.save_table(name, sql))
+        self.save("runnel_tables", name, sql)
     }
 
     /// All reference table definitions, oldest first.
     pub fn list_tables(&self) -> Result<Vec<(String, String)>> {
-        both!(self.list_tables())
+        self.list("runnel_tables")
     }
 
     /// All query definitions, oldest first.
     pub fn list_queries(&self) -> Result<Vec<(String, String)>> {
-        both!(self.list_queries())
+        self.list("runnel_queries")
     }
 
     /// Saves a query and creates its results table for `schema` (kept if it exists).
     pub fn save_query(&self, name: &str, sql: &str, schema: &Schema) -> Result<()> {
-        both!(self.save_query(name, sql, schema))
+        let d = self.dialect();
+        let insert = format!(
+            "INSERT INTO runnel_queries (name, sql, created_at) VALUES ($1, $2, {})",
+            d.now
+        );
+        let params = [Param::Text(name.into()), Param::Text(sql.into())];
+        let ddl = backend::results_ddl(d, name, schema);
+        self.write(|tx| {
+            tx.execute(&insert, &params)?;
+            tx.batch(&ddl)
+        })
     }
 
     /// Deletes a query, its checkpoint and its results table (or renames
     /// the table to `keep_as`).
     pub fn delete_query(&self, name: &str, keep_as: Option<&str>) -> Result<()> {
-        both!(self.delete_query(name, keep_as))
+        let params = [Param::Text(name.into())];
+        let drop_results = backend::drop_results_sql(name, keep_as);
+        let tables = self.dialect().query_tables;
+        self.write(|tx| {
+            tx.execute("DELETE FROM runnel_queries WHERE name = $1", &params)?;
+            for t in tables {
+                tx.execute(&format!("DELETE FROM {t} WHERE query = $1"), &params)?;
+            }
+            tx.batch(&drop_results)
+        })
     }
 
     /// Writes emitted rows, the offsets consumed so far and the open-window
@@ -350,28 +401,64 @@ impl Store {
         offsets: &BTreeMap<i32, i64>,
         state: &[u8],
     ) -> Result<()> {
-        both!(self.commit(query, emissions, offsets, state))
+        let mut stmts = backend::emission_statements(query, emissions)?;
+        let offsets =
+            serde_json::to_string(offsets).map_err(|e| Error::Execution(e.to_string()))?;
+        stmts.push(backend::checkpoint_statement(
+            self.dialect(),
+            query,
+            offsets,
+            state,
+        ));
+        self.write(|tx| {
+            for s in &stmts {
+                tx.execute(&s.sql, &s.params)?;
+            }
+            Ok(())
+        })
     }
 
     /// Forgets a query's saved offsets and state.
     pub fn delete_checkpoint(&self, query: &str) -> Result<()> {
-        both!(self.delete_checkpoint(query))
+        let params = [Param::Text(query.into())];
+        self.write(|tx| {
+            tx.execute("DELETE FROM runnel_checkpoints WHERE query = $1", &params)
+                .map(drop)
+        })
     }
 
     /// The last checkpoint of a query: next offsets per partition and the state blob.
     pub fn load_checkpoint(&self, query: &str) -> Result<Option<Checkpoint>> {
-        both!(self.load_checkpoint(query))
-    }
-
-    /// Reads a page of a query's results, oldest write first.
-    pub fn read_results(&self, query: &str, f: &ResultFilter) -> Result<ResultPage> {
-        both!(self.read_results(query, f))
+        let params = [Param::Text(query.into())];
+        let (_, rows) = self.read(|tx| {
+            tx.query(
+                "SELECT offsets, state FROM runnel_checkpoints WHERE query = $1",
+                &params,
+            )
+        })?;
+        let Some(row) = rows.into_iter().next() else {
+            return Ok(None);
+        };
+        let offsets = serde_json::from_str(text(&row[0]).unwrap_or_default())
+            .map_err(|e| Error::Execution(format!("corrupt checkpoint offsets: {e}")))?;
+        let state = match &row[1] {
+            Value::Blob(b) => b.clone(),
+            _ => Vec::new(),
+        };
+        Ok(Some((offsets, state)))
     }
 
     /// The newest cursor of a query's results (its largest row sequence),
     /// None while it has no rows.
     pub fn newest_cursor(&self, query: &str) -> Result<Option<i64>> {
-        both!(self.newest_cursor(query))
+        let sql = format!("SELECT MAX(_seq) FROM {}", quote(query));
+        self.scalar(&sql, &[])
+    }
+
+    /// The one integer (or NULL) a query answers.
+    fn scalar(&self, sql: &str, params: &[Param]) -> Result<Option<i64>> {
+        let (_, rows) = self.read(|tx| tx.query(sql, params))?;
+        Ok(rows.first().and_then(|r| r.first()).and_then(int))
     }
 
     /// Stored window states of `query` whose window starts in `[from, to)`
@@ -382,141 +469,49 @@ impl Store {
         from: Option<i64>,
         to: Option<i64>,
     ) -> Result<Vec<WindowState>> {
-        both!(self.load_window_states(query, from.unwrap_or(i64::MIN), to.unwrap_or(i64::MAX)))
+        let params = [
+            Param::Text(query.into()),
+            Param::Int(from.unwrap_or(i64::MIN)),
+            Param::Int(to.unwrap_or(i64::MAX)),
+        ];
+        let (_, rows) = self.read(|tx| {
+            tx.query(
+                "SELECT window_start, window_end, state FROM runnel_window_states
+                 WHERE query = $1 AND window_start >= $2 AND window_start < $3
+                 ORDER BY window_start, window_end",
+                &params,
+            )
+        })?;
+        Ok(rows
+            .into_iter()
+            .map(|mut r| {
+                let state = match r.pop() {
+                    Some(Value::Blob(b)) => b,
+                    _ => Vec::new(),
+                };
+                (int(&r[0]).unwrap_or(0), int(&r[1]).unwrap_or(0), state)
+            })
+            .collect())
     }
 
     /// The latest end among `query`'s stored window states: windows close
     /// in end order, so every window ending by then has closed.
     pub fn newest_window_state_end(&self, query: &str) -> Result<Option<i64>> {
-        both!(self.newest_window_state_end(query))
+        self.scalar(
+            "SELECT MAX(window_end) FROM runnel_window_states WHERE query = $1",
+            &[Param::Text(query.into())],
+        )
     }
 
     /// Deletes the stored window states of `query` that ended before `before`.
     pub fn prune_window_states(&self, query: &str, before: i64) -> Result<usize> {
-        both!(self.prune_window_states(query, before))
+        let params = [Param::Text(query.into()), Param::Int(before)];
+        self.write(|tx| {
+            tx.execute(
+                "DELETE FROM runnel_window_states WHERE query = $1 AND window_end < $2",
+                &params,
+            )
+        })
+        .map(|n| n as usize)
     }
-
-    /// Loads a whole results table as one batch of `schema`, for pull queries.
-    pub fn load_results(&self, query: &str, schema: &SchemaRef) -> Result<RecordBatch> {
-        let page = self.read_results(
-            query,
-            &ResultFilter {
-                limit: i64::MAX as usize,
-                ..Default::default()
-            },
-        )?;
-        page_to_batch(&page, schema)
-    }
-
-    /// Loads a results table as batches of `schema` of at most `page_rows`
-    /// rows each, handing each to `admit` first: an error from it stops the
-    /// load, so a caller can refuse a table too big to hold before all of it
-    /// is read.
-    pub fn load_results_paged(
-        &self,
-        query: &str,
-        schema: &SchemaRef,
-        page_rows: usize,
-        mut admit: impl FnMut(&RecordBatch) -> Result<()>,
-    ) -> Result<Vec<RecordBatch>> {
-        let mut out = Vec::new();
-        let mut each = |page: ResultPage| {
-            let batch = page_to_batch(&page, schema)?;
-            admit(&batch)?;
-            out.push(batch);
-            Ok(())
-        };
-        match self {
-            Store::Sqlite(s) => s.read_all_results(query, page_rows, &mut each)?,
-            // PostgreSQL sends the rows at once; they are converted and
-            // admitted a page at a time.
-            Store::Postgres(s) => {
-                let all = ResultFilter {
-                    limit: i64::MAX as usize,
-                    ..Default::default()
-                };
-                let page = s.read_results(query, &all)?;
-                for rows in page.rows.chunks(page_rows.max(1)) {
-                    each(ResultPage {
-                        columns: page.columns.clone(),
-                        rows: rows.to_vec(),
-                        ..Default::default()
-                    })?;
-                }
-            }
-        }
-        if out.is_empty() {
-            out.push(page_to_batch(&ResultPage::default(), schema)?);
-        }
-        Ok(out)
-    }
-
-    /// Up to `limit` rows of `query` written after cursor `after` (from the
-    /// first row when `None`), oldest write first, as a batch of `schema`,
-    /// with each row's cursor: what `INTO TOPIC` publishes.
-    pub fn rows_after(
-        &self,
-        query: &str,
-        after: Option<i64>,
-        limit: usize,
-        schema: &SchemaRef,
-    ) -> Result<(RecordBatch, Vec<i64>)> {
-        let page = self.read_results(
-            query,
-            &ResultFilter {
-                after,
-                limit,
-                ..Default::default()
-            },
-        )?;
-        Ok((page_to_batch(&page, schema)?, page.seqs))
-    }
-}
-
-/// The rows of `page` as a batch of `schema` (all columns nullable).
-fn page_to_batch(page: &ResultPage, schema: &SchemaRef) -> Result<RecordBatch> {
-    let mut cols: Vec<ArrayRef> = Vec::new();
-    for (c, field) in schema.fields().iter().enumerate() {
-        let vals = page.rows.iter().map(|r| &r[c]);
-        let raw: ArrayRef = match column_kind(field.data_type()) {
-            ColumnKind::Bool | ColumnKind::Int => Arc::new(
-                vals.map(|v| match v {
-                    Value::Integer(i) => Some(*i),
-                    _ => None,
-                })
-                .collect::<Int64Array>(),
-            ),
-            ColumnKind::Real => Arc::new(
-                vals.map(|v| match v {
-                    Value::Real(f) => Some(*f),
-                    Value::Integer(i) => Some(*i as f64),
-                    _ => None,
-                })
-                .collect::<Float64Array>(),
-            ),
-            ColumnKind::Blob => Arc::new(
-                vals.map(|v| match v {
-                    Value::Blob(b) => Some(b.clone()),
-                    _ => None,
-                })
-                .collect::<BinaryArray>(),
-            ),
-            ColumnKind::Timestamp | ColumnKind::Text => Arc::new(
-                vals.map(|v| match v {
-                    Value::Text(s) => Some(s.clone()),
-                    _ => None,
-                })
-                .collect::<StringArray>(),
-            ),
-        };
-        cols.push(cast(&raw, field.data_type())?);
-    }
-    let schema = Arc::new(Schema::new(
-        schema
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone().with_nullable(true))
-            .collect::<Vec<_>>(),
-    ));
-    Ok(RecordBatch::try_new(schema, cols)?)
 }

@@ -12,6 +12,8 @@
 //!   as the offsets they cover;
 //! * each final window's merged state (`runnel_window_states`) and rows.
 //!
+//! The statements on those tables are `pg.rs`'s.
+//!
 //! A server reads its partitions, folds records into per-window partial
 //! states and flushes them every checkpoint interval. A window is final once
 //! every partition's watermark (its highest event time minus the stream's
@@ -57,8 +59,10 @@ use crate::runtime::decode::{ChunkDecoder, Decoded};
 use crate::runtime::{Coordinator, QueryTask, now_ms};
 use crate::sink::TopicSink;
 use crate::source::kafka::{KafkaSource, OnAssign, Waiting};
-use crate::store::postgres::{FinalWindow, PartitionFlush, PgStore, Progress};
 use crate::window::{WindowEngine, states_from_ipc, states_to_ipc};
+use pg::{FinalWindow, PartitionFlush, Progress, Shared};
+
+mod pg;
 
 /// Aggregates whose partial states cannot be merged across servers (or grow
 /// with every value), with what to use instead.
@@ -153,7 +157,7 @@ const POLL_MAX: usize = 100_000;
 pub struct Member {
     cluster: String,
     owner: String,
-    pg: Option<PgStore>,
+    pg: Option<Shared>,
     src: Option<KafkaSource>,
     decoder: Option<ChunkDecoder>,
     sink: Option<TopicSink>,
@@ -178,7 +182,7 @@ impl Member {
         }
     }
 
-    fn parts(&mut self) -> (&PgStore, &mut KafkaSource) {
+    fn parts(&mut self) -> (&Shared, &mut KafkaSource) {
         (
             self.pg.as_ref().expect("started"),
             self.src.as_mut().expect("started"),
@@ -194,7 +198,7 @@ impl Coordinator for Member {
                 task.stream.name
             )));
         }
-        let pg = task.store.postgres()?.clone();
+        let pg = Shared::new(task.store.postgres()?.clone());
         engine.keep_partials_only();
         self.decoder = Some(ChunkDecoder::new(task)?);
         self.owner = owner_token(&task.name);
@@ -343,7 +347,7 @@ impl Coordinator for Member {
 /// windows were final up to before, and the rows this server wrote.
 fn finalize(
     rt: &tokio::runtime::Runtime,
-    pg: &PgStore,
+    pg: &Shared,
     task: &QueryTask,
     partitions: usize,
 ) -> Result<(i64, Vec<Emission>)> {

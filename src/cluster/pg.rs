@@ -1,0 +1,319 @@
+//! Cluster mode's shared state in PostgreSQL: who owns each partition of
+//! a query and how far it is, the partial states servers flush per window,
+//! and the watermark up to which windows are final. Every step is one
+//! transaction under a per-query advisory lock.
+
+use std::collections::BTreeMap;
+
+use futures::executor::block_on;
+
+use crate::error::{Error, Result};
+use crate::model::Emission;
+use crate::store::backend::emission_statements;
+use crate::store::postgres::{PgStore, execute_all};
+use crate::window::watermark::{self, PartitionMark};
+
+/// A partition's idle mark is trusted for this long after its owner
+/// flushed it (owners flush every checkpoint interval, 1 s by default).
+const IDLE_MARK_FRESH_SECS: f64 = 5.0;
+
+/// The cluster's tables in the PostgreSQL store.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    pg: PgStore,
+}
+
+impl Shared {
+    /// The cluster state kept in `pg`.
+    pub(crate) fn new(pg: PgStore) -> Self {
+        Shared { pg }
+    }
+
+    /// Claims `partitions` of `query` for `owner` (a token unique to one
+    /// assignment of one server) and returns where each one stands. A
+    /// previous owner's later writes to them are refused from now on.
+    pub fn claim_partitions(
+        &self,
+        query: &str,
+        owner: &str,
+        partitions: &[i32],
+    ) -> Result<BTreeMap<i32, Progress>> {
+        let (query, owner, partitions) =
+            (query.to_string(), owner.to_string(), partitions.to_vec());
+        self.pg.with_client(|c| {
+            block_on(async move {
+                let tx = c.transaction().await?;
+                tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&query])
+                    .await?;
+                // A query dropped meanwhile leaves nothing behind to claim.
+                let exists = tx
+                    .query_opt("SELECT 1 FROM runnel_queries WHERE name = $1", &[&query])
+                    .await?
+                    .is_some();
+                if !exists {
+                    return Err(Error::NotFound(format!("query '{query}' was dropped")));
+                }
+                let mut out = BTreeMap::new();
+                for p in partitions {
+                    let row = tx
+                        .query_one(
+                            "INSERT INTO runnel_partition_progress (query, partition, owner)
+                         VALUES ($1, $2, $3)
+                         ON CONFLICT (query, partition) DO UPDATE
+                         SET owner = excluded.owner, idle = false, updated_at = now()
+                         RETURNING next_offset, max_event_time",
+                            &[&query, &p, &owner],
+                        )
+                        .await?;
+                    out.insert(
+                        p,
+                        Progress {
+                            next_offset: row.get(0),
+                            max_event_time: row.get(1),
+                        },
+                    );
+                }
+                tx.commit().await?;
+                Ok(out)
+            })
+        })
+    }
+
+    /// Saves the progress of the partitions `owner` holds and the partial
+    /// states read since its last flush, atomically. `false` (nothing
+    /// written) when another server has claimed one of the partitions since.
+    pub fn flush_partials(
+        &self,
+        query: &str,
+        owner: &str,
+        progress: &[PartitionFlush],
+        partials: Vec<(i64, i64, Vec<u8>)>,
+    ) -> Result<bool> {
+        let (query, owner, progress) = (query.to_string(), owner.to_string(), progress.to_vec());
+        self.pg.with_client(|c| {
+            block_on(async move {
+                let tx = c.transaction().await?;
+                tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&query])
+                    .await?;
+                let update = tx
+                    .prepare(
+                        "UPDATE runnel_partition_progress
+                     SET next_offset = $4, max_event_time = $5, idle = $6, idle_watermark = $7,
+                         updated_at = now()
+                     WHERE query = $1 AND partition = $2 AND owner = $3",
+                    )
+                    .await?;
+                for f in &progress {
+                    let n = tx
+                        .execute(
+                            &update,
+                            &[
+                                &query,
+                                &f.partition,
+                                &owner,
+                                &f.next_offset,
+                                &f.mark.max_event,
+                                &f.mark.idle.is_some(),
+                                &f.mark.idle.flatten(),
+                            ],
+                        )
+                        .await?;
+                    if n == 0 {
+                        return Ok(false);
+                    }
+                }
+                let insert = tx
+                .prepare(
+                    "INSERT INTO runnel_window_partials (query, window_start, window_end, state)
+                     VALUES ($1, $2, $3, $4)",
+                )
+                .await?;
+                for (start, end, state) in &partials {
+                    tx.execute(&insert, &[&query, start, end, state]).await?;
+                }
+                tx.commit().await?;
+                Ok(true)
+            })
+        })
+    }
+
+    /// The windows of `query` every partition is past: the watermark combines
+    /// the stored marks of the topic's `partitions` by the one rule
+    /// ([`watermark::combine`]); windows whose end plus `grace` is at or
+    /// before it are returned with their partial states.
+    /// Partial states of windows already final (from records read after the
+    /// window was finished) are deleted and counted in `late`.
+    pub fn final_windows(
+        &self,
+        query: &str,
+        partitions: usize,
+        delay: i64,
+        grace: i64,
+    ) -> Result<FinalWindows> {
+        let query = query.to_string();
+        self.pg.with_client(|c| {
+            block_on(async move {
+                let tx = c.transaction().await?;
+                tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&query])
+                    .await?;
+                let closed_wm: i64 = tx
+                    .query_opt(
+                        "SELECT closed_wm FROM runnel_query_watermarks WHERE query = $1",
+                        &[&query],
+                    )
+                    .await?
+                    .map_or(i64::MIN, |r| r.get(0));
+                // Stored as the last final window's end plus grace.
+                let late = tx
+                    .execute(
+                        "DELETE FROM runnel_window_partials WHERE query = $1 AND window_end <= $2",
+                        &[&query, &closed_wm.saturating_sub(grace)],
+                    )
+                    .await?;
+                let rows = tx
+                .query(
+                    // An idle mark counts only while its owner keeps
+                    // flushing: a dead server's partitions hold the
+                    // watermark at their event-time frontier until their
+                    // new owner has read what was written meanwhile.
+                    "SELECT max_event_time, idle AND updated_at > now() - make_interval(secs => $2),
+                            idle_watermark
+                     FROM runnel_partition_progress WHERE query = $1",
+                    &[&query, &IDLE_MARK_FRESH_SECS],
+                )
+                .await?;
+                let marks = rows.iter().map(|r| {
+                    let (max_event, idle, idle_wm): (Option<i64>, bool, Option<i64>) =
+                        (r.get(0), r.get(1), r.get(2));
+                    PartitionMark {
+                        max_event,
+                        idle: idle.then_some(idle_wm),
+                    }
+                });
+                // A topic not fully claimed yet holds everything back.
+                let wm = match rows.len() < partitions {
+                    true => i64::MIN,
+                    false => watermark::combine(marks, delay).unwrap_or(i64::MIN),
+                };
+                let parts = tx
+                    .query(
+                        "SELECT id, window_start, window_end, state FROM runnel_window_partials
+                     WHERE query = $1 AND window_end <= $2 ORDER BY window_end, window_start, id",
+                        &[&query, &wm.saturating_sub(grace)],
+                    )
+                    .await?;
+                tx.commit().await?;
+                let mut windows: Vec<FinalWindow> = Vec::new();
+                for r in parts {
+                    let (id, start, end, state): (i64, i64, i64, Vec<u8>) =
+                        (r.get(0), r.get(1), r.get(2), r.get(3));
+                    match windows.last_mut() {
+                        Some(w) if w.start == start && w.end == end => {
+                            w.ids.push(id);
+                            w.states.push(state);
+                        }
+                        _ => windows.push(FinalWindow {
+                            start,
+                            end,
+                            ids: vec![id],
+                            states: vec![state],
+                        }),
+                    }
+                }
+                Ok(FinalWindows {
+                    closed_wm,
+                    late,
+                    windows,
+                })
+            })
+        })
+    }
+
+    /// Writes a final window's emissions (rows and merged state) and deletes
+    /// its partial states, atomically; `false` (nothing written) when another
+    /// server finalised it first.
+    pub fn finish_window(
+        &self,
+        query: &str,
+        window: &FinalWindow,
+        grace: i64,
+        rows: &[Emission],
+    ) -> Result<bool> {
+        let stmts = emission_statements(query, rows)?;
+        let closed = window.end.saturating_add(grace);
+        let (query, ids) = (query.to_string(), window.ids.clone());
+        self.pg.with_client(|c| {
+            block_on(async move {
+                let tx = c.transaction().await?;
+                tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&query])
+                    .await?;
+                let n = tx
+                    .execute(
+                        "DELETE FROM runnel_window_partials WHERE id = ANY($1)",
+                        &[&ids],
+                    )
+                    .await?;
+                if n as usize != ids.len() {
+                    return Ok(false);
+                }
+                execute_all(&tx, &stmts).await?;
+                // Windows are finished in end order, so every window ending by
+                // then is final: later partial states for them are late.
+                tx.execute(
+                    "INSERT INTO runnel_query_watermarks (query, closed_wm) VALUES ($1, $2)
+                 ON CONFLICT (query) DO UPDATE
+                 SET closed_wm = greatest(runnel_query_watermarks.closed_wm, excluded.closed_wm)",
+                    &[&query, &closed],
+                )
+                .await?;
+                tx.commit().await?;
+                Ok(true)
+            })
+        })
+    }
+}
+
+/// Where a partition of a cluster query stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Next offset to read; `None` before the first flush.
+    pub next_offset: Option<i64>,
+    /// Highest event time read so far.
+    pub max_event_time: Option<i64>,
+}
+
+/// One partition's progress in a flush.
+#[derive(Debug, Clone, Copy)]
+pub struct PartitionFlush {
+    /// The partition.
+    pub partition: i32,
+    /// Next offset to read.
+    pub next_offset: Option<i64>,
+    /// What it contributes to the watermark.
+    pub mark: PartitionMark,
+}
+
+/// What [`Shared::final_windows`] found.
+#[derive(Debug, Clone)]
+pub struct FinalWindows {
+    /// Windows whose end plus grace is at or before this are final
+    /// (`i64::MIN` before the first).
+    pub closed_wm: i64,
+    /// Partial states of final windows deleted as late.
+    pub late: u64,
+    /// Windows to finish now, in end order.
+    pub windows: Vec<FinalWindow>,
+}
+
+/// A window every partition is past, with its partial states (Arrow IPC).
+#[derive(Debug, Clone)]
+pub struct FinalWindow {
+    /// Window start, epoch ms.
+    pub start: i64,
+    /// Window end, epoch ms.
+    pub end: i64,
+    /// Ids of the partial states.
+    pub ids: Vec<i64>,
+    /// The partial states.
+    pub states: Vec<Vec<u8>>,
+}

@@ -1,0 +1,337 @@
+//! What a store backend must provide, and the statements both run.
+//!
+//! A backend ([`super::sqlite::SqliteStore`], [`super::postgres::PgStore`])
+//! only executes statements: [`Backend::transaction`] and
+//! [`Backend::session`] hand a [`Tx`] to a closure. Everything else is
+//! written once here and in [`super::Store`]: how an emission becomes rows
+//! and statements, the order of a commit, the results tables' DDL and the
+//! migrations' bookkeeping. The differences between the SQL of the two
+//! databases are data, a [`Dialect`]. Shared statements number their
+//! parameters `$1, $2, ...`; SQLite's backend reads them as `?1, ?2, ...`.
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BinaryArray, BooleanArray, Float64Array, Int64Array, StringArray,
+    TimestampMillisecondArray,
+};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{
+    DataType, Float64Type, Int64Type, Schema, TimeUnit, TimestampMillisecondType,
+};
+
+use super::{ColumnKind, Value, column_kind, quote};
+use crate::error::Result;
+use crate::model::Emission;
+
+/// A statement parameter, bound by each backend in its own types.
+#[derive(Debug, Clone)]
+pub enum Param {
+    /// SQL NULL.
+    Null,
+    /// SQLite: 0/1; PostgreSQL: `BOOLEAN`.
+    Bool(bool),
+    /// A 64-bit integer.
+    Int(i64),
+    /// A double.
+    Real(f64),
+    /// Epoch ms. SQLite: text in [`super::TS_FORMAT`]; PostgreSQL: `TIMESTAMP(3)`.
+    Ts(i64),
+    /// Text.
+    Text(String),
+    /// Bytes.
+    Blob(Vec<u8>),
+    /// JSON text. SQLite: `TEXT`; PostgreSQL: `JSONB`.
+    Json(String),
+}
+
+/// A statement and its parameters.
+pub struct Stmt {
+    /// The SQL, parameters numbered `$1, $2, ...`.
+    pub sql: String,
+    /// The parameters.
+    pub params: Vec<Param>,
+}
+
+/// Takes one row of a query, with the query's column names.
+pub type EachRow<'a> = dyn FnMut(&[String], Vec<Value>) -> Result<()> + 'a;
+
+/// What a closure may run inside [`Backend::transaction`] or
+/// [`Backend::session`].
+pub trait Tx {
+    /// Runs one statement; returns the rows it changed.
+    fn execute(&mut self, sql: &str, params: &[Param]) -> Result<u64>;
+    /// Runs statements without parameters (`;`-separated).
+    fn batch(&mut self, sql: &str) -> Result<()>;
+    /// Runs a query, handing each row to `each` with the result's column
+    /// names; an error from `each` stops it. Returns the column names.
+    fn query_each(
+        &mut self,
+        sql: &str,
+        params: &[Param],
+        each: &mut EachRow<'_>,
+    ) -> Result<Vec<String>>;
+
+    /// Runs a query and returns its column names and rows.
+    fn query(&mut self, sql: &str, params: &[Param]) -> Result<(Vec<String>, Vec<Vec<Value>>)> {
+        let mut rows = Vec::new();
+        let columns = self.query_each(sql, params, &mut |_, r| {
+            rows.push(r);
+            Ok(())
+        })?;
+        Ok((columns, rows))
+    }
+}
+
+/// A database Runnel keeps its store in.
+pub trait Backend: Send + Sync {
+    /// `sqlite` or `postgres`.
+    fn kind(&self) -> &'static str;
+    /// How its SQL differs.
+    fn dialect(&self) -> &'static Dialect;
+    /// Runs `f` in one transaction, committed when `f` succeeds.
+    fn transaction(&self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()>;
+    /// Runs `f`'s statements each on its own (reads).
+    fn session(&self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()>;
+    /// The PostgreSQL store, when this is one.
+    fn postgres(&self) -> Option<&super::postgres::PgStore> {
+        None
+    }
+}
+
+/// The SQL that differs between the backends.
+pub struct Dialect {
+    /// The results tables' `_seq` row cursor column.
+    pub seq: &'static str,
+    /// The column type of a results column.
+    pub column_type: fn(ColumnKind) -> &'static str,
+    /// The current time, as the catalog's `created_at` and `updated_at` hold it.
+    pub now: &'static str,
+    /// What orders catalog rows created at the same time.
+    pub tie_break: &'static str,
+    /// The schema migrations, in order.
+    pub migrations: &'static [&'static str],
+    /// Run first in the migrations' transaction: the bookkeeping's own
+    /// table, a lock against servers starting together.
+    pub migrations_setup: &'static str,
+    /// How many migrations are applied (one integer).
+    pub version_query: &'static str,
+    /// Records that `n` migrations are applied.
+    pub set_version: fn(usize) -> String,
+    /// Tables whose rows of a query (column `query`) go with it.
+    pub query_tables: &'static [&'static str],
+}
+
+/// At most this many bind parameters per statement (SQLite allows 32 766,
+/// PostgreSQL 65 535).
+const MAX_PARAMS: usize = 30_000;
+
+/// Applies the migrations not applied yet, in one transaction.
+pub(crate) fn migrate(b: &dyn Backend) -> Result<()> {
+    let d = b.dialect();
+    b.transaction(&mut |tx| {
+        if !d.migrations_setup.is_empty() {
+            tx.batch(d.migrations_setup)?;
+        }
+        let (_, rows) = tx.query(d.version_query, &[])?;
+        let applied = match rows.first().and_then(|r| r.first()) {
+            Some(Value::Integer(v)) => *v as usize,
+            _ => 0,
+        };
+        for (i, m) in d.migrations.iter().enumerate().skip(applied) {
+            tx.batch(m)?;
+            tx.batch(&(d.set_version)(i + 1))?;
+        }
+        Ok(())
+    })
+}
+
+/// The DDL of a results table: a `_seq` row cursor, one column per field
+/// of `schema`, and an index on the window.
+pub(crate) fn results_ddl(d: &Dialect, name: &str, schema: &Schema) -> String {
+    let cols: Vec<String> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let ty = (d.column_type)(column_kind(f.data_type()));
+            format!("{} {ty}", quote(f.name()))
+        })
+        .collect();
+    format!(
+        "CREATE TABLE IF NOT EXISTS {t} (_seq {seq}, {cols});
+         CREATE INDEX IF NOT EXISTS {idx} ON {t} (window_start, window_end);",
+        t = quote(name),
+        seq = d.seq,
+        cols = cols.join(", "),
+        idx = quote(&format!("{name}_window")),
+    )
+}
+
+/// The statements removing query `name`'s results table, or keeping it as
+/// `keep_as` (without its index, whose name a new query `name` will need).
+pub(crate) fn drop_results_sql(name: &str, keep_as: Option<&str>) -> String {
+    match keep_as {
+        None => format!("DROP TABLE IF EXISTS {}", quote(name)),
+        Some(new) => format!(
+            "DROP INDEX IF EXISTS {idx}; ALTER TABLE {t} RENAME TO {new}",
+            idx = quote(&format!("{name}_window")),
+            t = quote(name),
+            new = quote(new),
+        ),
+    }
+}
+
+/// A column converted to the type of its results-table column.
+enum Col {
+    Bool(BooleanArray),
+    Int(Int64Array),
+    Real(Float64Array),
+    Ts(TimestampMillisecondArray),
+    Text(StringArray),
+    Blob(BinaryArray),
+}
+
+impl Col {
+    fn from_array(a: &ArrayRef) -> Result<Self> {
+        Ok(match column_kind(a.data_type()) {
+            ColumnKind::Bool => Col::Bool(a.as_boolean().clone()),
+            ColumnKind::Int => Col::Int(
+                cast(a, &DataType::Int64)?
+                    .as_primitive::<Int64Type>()
+                    .clone(),
+            ),
+            ColumnKind::Real => Col::Real(
+                cast(a, &DataType::Float64)?
+                    .as_primitive::<Float64Type>()
+                    .clone(),
+            ),
+            ColumnKind::Timestamp => Col::Ts(
+                cast(a, &DataType::Timestamp(TimeUnit::Millisecond, None))?
+                    .as_primitive::<TimestampMillisecondType>()
+                    .clone(),
+            ),
+            ColumnKind::Blob => Col::Blob(cast(a, &DataType::Binary)?.as_binary::<i32>().clone()),
+            ColumnKind::Text => Col::Text(cast(a, &DataType::Utf8)?.as_string::<i32>().clone()),
+        })
+    }
+
+    fn param(&self, i: usize) -> Param {
+        let valid = match self {
+            Col::Bool(a) => a.is_valid(i),
+            Col::Int(a) => a.is_valid(i),
+            Col::Real(a) => a.is_valid(i),
+            Col::Ts(a) => a.is_valid(i),
+            Col::Text(a) => a.is_valid(i),
+            Col::Blob(a) => a.is_valid(i),
+        };
+        if !valid {
+            return Param::Null;
+        }
+        match self {
+            Col::Bool(a) => Param::Bool(a.value(i)),
+            Col::Int(a) => Param::Int(a.value(i)),
+            Col::Real(a) => Param::Real(a.value(i)),
+            Col::Ts(a) => Param::Ts(a.value(i)),
+            Col::Text(a) => Param::Text(a.value(i).to_string()),
+            Col::Blob(a) => Param::Blob(a.value(i).to_vec()),
+        }
+    }
+}
+
+/// The statements writing `emissions` into `query`'s results table, in
+/// order: each emission's window state (for roll-ups), then its rows. A
+/// closed window's rows replace earlier rows of that window; a cumulative
+/// emission replaces the whole table.
+pub(crate) fn emission_statements(query: &str, emissions: &[Emission]) -> Result<Vec<Stmt>> {
+    let table = quote(query);
+    let mut stmts = Vec::new();
+    for e in emissions {
+        if let Some((start, end, state)) = super::window_state(e)? {
+            stmts.push(Stmt {
+                sql: "INSERT INTO runnel_window_states (query, window_start, window_end, state)
+                      VALUES ($1, $2, $3, $4)
+                      ON CONFLICT (query, window_start, window_end) DO UPDATE SET state = excluded.state"
+                    .into(),
+                params: vec![
+                    Param::Text(query.to_string()),
+                    Param::Int(start),
+                    Param::Int(end),
+                    Param::Blob(state),
+                ],
+            });
+        }
+        let b = &e.batch;
+        if b.num_rows() == 0 && !e.cumulative {
+            continue;
+        }
+        let cols: Vec<Col> = b
+            .columns()
+            .iter()
+            .map(Col::from_array)
+            .collect::<Result<_>>()?;
+        if e.cumulative {
+            stmts.push(Stmt {
+                sql: format!("DELETE FROM {table}"),
+                params: vec![],
+            });
+        } else {
+            for (s, en) in super::replaced_windows(b)? {
+                stmts.push(Stmt {
+                    sql: format!("DELETE FROM {table} WHERE window_start = $1 AND window_end = $2"),
+                    params: vec![Param::Ts(s), Param::Ts(en)],
+                });
+            }
+        }
+        let names: Vec<String> = b
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| quote(f.name()))
+            .collect();
+        let per_stmt = (MAX_PARAMS / names.len().max(1)).max(1);
+        let mut start = 0;
+        while start < b.num_rows() {
+            let end = (start + per_stmt).min(b.num_rows());
+            let mut params = Vec::with_capacity((end - start) * cols.len());
+            let mut rows = Vec::with_capacity(end - start);
+            for i in start..end {
+                let marks: Vec<String> = (0..cols.len())
+                    .map(|c| format!("${}", params.len() + c + 1))
+                    .collect();
+                rows.push(format!("({})", marks.join(", ")));
+                params.extend(cols.iter().map(|c| c.param(i)));
+            }
+            stmts.push(Stmt {
+                sql: format!(
+                    "INSERT INTO {table} ({}) VALUES {}",
+                    names.join(", "),
+                    rows.join(", ")
+                ),
+                params,
+            });
+            start = end;
+        }
+    }
+    Ok(stmts)
+}
+
+/// The statement saving `query`'s checkpoint.
+pub(crate) fn checkpoint_statement(
+    d: &Dialect,
+    query: &str,
+    offsets: String,
+    state: &[u8],
+) -> Stmt {
+    Stmt {
+        sql: format!(
+            "INSERT INTO runnel_checkpoints (query, offsets, state, updated_at)
+             VALUES ($1, $2, $3, {now})
+             ON CONFLICT (query) DO UPDATE SET offsets = excluded.offsets,
+             state = excluded.state, updated_at = excluded.updated_at",
+            now = d.now
+        ),
+        params: vec![
+            Param::Text(query.to_string()),
+            Param::Json(offsets),
+            Param::Blob(state.to_vec()),
+        ],
+    }
+}
