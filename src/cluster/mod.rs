@@ -200,6 +200,7 @@ impl Coordinator for Member {
         }
         let pg = Shared::new(task.store.postgres()?.clone());
         engine.keep_partials_only();
+        self.fenced = false;
         self.decoder = Some(ChunkDecoder::new(task)?);
         self.owner = owner_token(&task.name);
         let on_assign: OnAssign = {

@@ -21,6 +21,10 @@ pub enum QueryStatus {
     /// Consuming, but `INTO TOPIC` cannot publish (the message says why);
     /// the rows wait in the store and publishing is retried.
     SinkWaiting(String),
+    /// The store cannot be reached (the message says why): consuming is
+    /// paused, and the query resumes from its last commit once the store
+    /// answers again.
+    WaitingForStore(String),
     /// Stopped on request.
     Stopped,
     /// Stopped by an error.
@@ -36,6 +40,7 @@ impl QueryStatus {
             QueryStatus::BrokerUnreachable(_) => "broker_unreachable",
             QueryStatus::Running => "running",
             QueryStatus::SinkWaiting(_) => "sink_waiting",
+            QueryStatus::WaitingForStore(_) => "waiting_for_store",
             QueryStatus::Stopped => "stopped",
             QueryStatus::Failed(_) => "failed",
         }

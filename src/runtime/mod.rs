@@ -38,7 +38,7 @@ use crate::plan::ContinuousPlan;
 use crate::source::Progress;
 use crate::source::stats::StreamStats;
 use crate::store::Store;
-use crate::window::{PartitionBatch, WindowEngine};
+use crate::window::{PartitionBatch, SavedCounters, WindowEngine};
 use decode::Decoded;
 use events::Level;
 
@@ -268,9 +268,74 @@ impl QueryTask {
             .expect("spawn query thread")
     }
 
-    /// The query loop: poll → decode → engine → commit → publish, the same
-    /// for one server and a cluster member; `coord` does what differs.
+    /// Runs the query until it is stopped or fails; while the store is
+    /// unavailable it pauses, then starts again from the last commit.
     fn run(&self, coord: &mut dyn Coordinator) -> Result<()> {
+        let fresh = self.counters.snapshot();
+        loop {
+            match self.run_from_store(coord, &fresh) {
+                Err(e) if e.is_unavailable() => {}
+                done => return done,
+            }
+            // What was read since the last commit is read again.
+            if !self.wait_for_store()? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Pauses while the store is unavailable, retrying from 250 ms doubling
+    /// to 4 s; `false` when the query is stopped meanwhile.
+    fn wait_for_store(&self) -> Result<bool> {
+        let mut wait = Duration::from_millis(250);
+        loop {
+            // The store answers once it takes a write again: the last
+            // commit's checkpoint, written back as it is.
+            let answer = self
+                .store
+                .load_checkpoint(&self.name)
+                .and_then(|c| match c {
+                    Some((offsets, state)) => self.store.commit(&self.name, &[], &offsets, &state),
+                    None => Ok(()),
+                });
+            match answer {
+                Ok(_) => {
+                    tracing::info!(query = %self.name, "the store answers again: resuming from the last commit");
+                    return Ok(true);
+                }
+                Err(e) if e.is_unavailable() => {
+                    if !matches!(self.status(), QueryStatus::WaitingForStore(_)) {
+                        tracing::warn!(query = %self.name, "{e}: paused until it answers");
+                    }
+                    self.set_status(QueryStatus::WaitingForStore(e.to_string()));
+                }
+                Err(e) => return Err(e),
+            }
+            let until = Instant::now() + wait;
+            while Instant::now() < until {
+                if self.stop.load(Ordering::Relaxed) {
+                    return Ok(false);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            wait = (wait * 2).min(Duration::from_secs(4));
+        }
+    }
+
+    fn status(&self) -> QueryStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The query loop, from the last commit until the query is stopped or
+    /// fails: poll → decode → engine → commit → publish, the same for one
+    /// server and a cluster member; `coord` does what differs. The counters
+    /// start from `fresh` (as they stood when the query started) unless the
+    /// last commit saved them.
+    fn run_from_store(&self, coord: &mut dyn Coordinator, fresh: &SavedCounters) -> Result<()> {
+        self.counters.put_back(fresh);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -359,8 +424,12 @@ impl QueryTask {
             }
         }
         if uncommitted {
-            let written = coord.commit(self, &rt, &mut engine, Vec::new())?;
-            coord.publish(self, &written)?;
+            match coord.commit(self, &rt, &mut engine, Vec::new()) {
+                Ok(written) => coord.publish(self, &written)?,
+                // Read again from the last commit on the next start.
+                Err(e) if e.is_unavailable() => tracing::warn!(query = %self.name, "{e}"),
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }

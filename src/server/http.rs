@@ -539,8 +539,8 @@ async fn stream_results(
         .into_response())
 }
 
-/// `ok`, or `degraded` naming each query whose broker is unreachable or
-/// that has failed.
+/// `ok`, or `degraded` naming each query whose broker is unreachable,
+/// that waits for the store or that has failed.
 async fn healthz(State(app): State<Arc<App>>) -> axum::Json<Value> {
     let mut problems = serde_json::Map::new();
     for q in app.queries() {
@@ -553,6 +553,9 @@ async fn healthz(State(app): State<Arc<App>>) -> axum::Json<Value> {
             }
             crate::model::QueryStatus::Failed(e) => {
                 problems.insert(q.name.clone(), json!(format!("failed: {e}")));
+            }
+            crate::model::QueryStatus::WaitingForStore(e) => {
+                problems.insert(q.name.clone(), json!(format!("waiting for the store: {e}")));
             }
             _ => {}
         }

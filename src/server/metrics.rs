@@ -15,7 +15,7 @@
 //! | `runnel_stream_watermark_seconds` | `stream` |
 //! | `runnel_stream_consumer_lag_records` | `stream`, `query`, `partition` |
 //! | `runnel_query_records_processed_total`, `runnel_query_late_records_total`, `runnel_query_records_skipped_total`, `runnel_query_windows_closed_total`, `runnel_query_rows_emitted_total` | `query`, `stream` |
-//! | `runnel_query_open_groups`, `runnel_query_open_windows`, `runnel_query_state_bytes`, `runnel_query_watermark_seconds`, `runnel_query_running`, `runnel_query_broker_unreachable` | `query`, `stream` |
+//! | `runnel_query_open_groups`, `runnel_query_open_windows`, `runnel_query_state_bytes`, `runnel_query_watermark_seconds`, `runnel_query_running`, `runnel_query_broker_unreachable`, `runnel_query_waiting_for_store` | `query`, `stream` |
 //! | `runnel_query_batch_duration_seconds`, `runnel_query_commit_duration_seconds`, `runnel_query_window_close_latency_seconds` (histograms) | `query`, `stream` |
 //! | `runnel_process_resident_memory_bytes`, `runnel_streams`, `runnel_queries` | |
 
@@ -52,6 +52,7 @@ struct Gauges {
     watermark: GaugeVec,
     running: IntGaugeVec,
     unreachable: IntGaugeVec,
+    store_waiting: IntGaugeVec,
     memory: IntGauge,
     streams: IntGauge,
     queries: IntGauge,
@@ -200,6 +201,11 @@ impl Metrics {
                 "1 while no broker of the query's stream answers.",
                 qs,
             ),
+            store_waiting: igauge(
+                "runnel_query_waiting_for_store",
+                "1 while the query is paused because the store cannot be reached.",
+                qs,
+            ),
             memory: plain(
                 "runnel_process_resident_memory_bytes",
                 "Resident memory of the Runnel process.",
@@ -283,6 +289,7 @@ impl Metrics {
             &g.state_bytes,
             &g.running,
             &g.unreachable,
+            &g.store_waiting,
         ] {
             c.reset();
         }
@@ -349,6 +356,12 @@ impl Metrics {
                 .set(i64::from(matches!(
                     q.status(),
                     QueryStatus::BrokerUnreachable(_)
+                )));
+            g.store_waiting
+                .with_label_values(&labels)
+                .set(i64::from(matches!(
+                    q.status(),
+                    QueryStatus::WaitingForStore(_)
                 )));
             for (p, l) in m.lag.lock().unwrap_or_else(|p| p.into_inner()).iter() {
                 g.lag

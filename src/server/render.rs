@@ -147,6 +147,7 @@ impl App {
         match status {
             QueryStatus::Failed(e) => v["error"] = json!(e),
             QueryStatus::BrokerUnreachable(since) => v["broker_unreachable_since"] = json!(since),
+            QueryStatus::WaitingForStore(e) => v["store_error"] = json!(e),
             _ => {}
         }
         if let Some(sink) = crate::model::SinkStatus::json(&c.sink) {

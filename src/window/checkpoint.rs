@@ -32,7 +32,7 @@ pub(super) struct CheckpointHeader {
 
 /// [`Counters`] as saved in a checkpoint.
 #[derive(Serialize, Deserialize)]
-pub(super) struct SavedCounters {
+pub struct SavedCounters {
     records_in: u64,
     late_records: u64,
     bad_records: u64,
@@ -52,6 +52,16 @@ pub(super) fn unset() -> i64 {
 }
 
 impl Counters {
+    /// The counters as they stand, to be put back with [`Counters::put_back`].
+    pub fn snapshot(&self) -> SavedCounters {
+        self.save()
+    }
+
+    /// Sets the counters to `saved` (the watermarks only move forward).
+    pub fn put_back(&self, saved: &SavedCounters) {
+        self.load(saved)
+    }
+
     fn save(&self) -> SavedCounters {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         SavedCounters {

@@ -36,6 +36,7 @@ use crate::model::{Counters, Emission};
 use crate::plan::ContinuousPlan;
 
 mod checkpoint;
+pub use checkpoint::SavedCounters;
 mod session;
 pub mod watermark;
 

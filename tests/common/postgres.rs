@@ -15,6 +15,8 @@ pub struct Postgres {
     /// Port on 127.0.0.1.
     pub port: u16,
     as_postgres: bool,
+    /// The server's options, for starting it again.
+    opts: String,
 }
 
 fn find_bin() -> Option<PathBuf> {
@@ -71,11 +73,12 @@ impl Postgres {
         let dir =
             std::env::temp_dir().join(format!("runnel-pg-{}-{}", std::process::id(), free_port()));
         std::fs::create_dir_all(&dir).unwrap();
-        let pg = Postgres {
+        let mut pg = Postgres {
             bin,
             dir,
             port: free_port(),
             as_postgres,
+            opts: String::new(),
         };
         if as_postgres {
             check(
@@ -145,17 +148,37 @@ impl Postgres {
             pg.port,
             pg.dir.display()
         ) + &tls_opts;
+        pg.opts = opts;
+        pg.start_again();
+        Some(pg)
+    }
+
+    /// Starts the server (again, after [`stop_fast`](Self::stop_fast)) and
+    /// waits until it accepts connections.
+    pub fn start_again(&self) {
         check(
             "pg_ctl start",
-            pg.command("pg_ctl")
+            self.command("pg_ctl")
                 .args(["-w", "-t", "60", "-D"])
-                .arg(&data)
+                .arg(self.dir.join("data"))
                 .arg("-l")
-                .arg(pg.dir.join("log"))
-                .args(["-o", &opts, "start"])
+                .arg(self.dir.join("log"))
+                .args(["-o", &self.opts, "start"])
                 .output(),
         );
-        Some(pg)
+    }
+
+    /// Stops the server as `pg_ctl stop -m fast` does: open sessions are
+    /// ended, their transactions rolled back.
+    pub fn stop_fast(&self) {
+        check(
+            "pg_ctl stop",
+            self.command("pg_ctl")
+                .args(["-w", "-t", "60", "-m", "fast", "-D"])
+                .arg(self.dir.join("data"))
+                .arg("stop")
+                .output(),
+        );
     }
 
     fn command(&self, program: &str) -> Command {
