@@ -357,7 +357,7 @@ fn finalize(
         &task.name,
         partitions,
         task.stream.watermark_delay_ms,
-        plan.window.grace_ms,
+        plan.window,
     )?;
     let c = &task.counters;
     // Partial states of finished windows: their records came too late.

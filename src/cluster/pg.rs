@@ -9,8 +9,10 @@ use futures::executor::block_on;
 
 use crate::error::{Error, Result};
 use crate::model::Emission;
+use crate::model::WindowSpec;
 use crate::store::backend::emission_statements;
 use crate::store::postgres::{PgStore, execute_all};
+use crate::window::closed_through;
 use crate::window::watermark::{self, PartitionMark};
 
 /// A partition's idle mark is trusted for this long after its owner
@@ -139,8 +141,8 @@ impl Shared {
 
     /// The windows of `query` every partition is past: the watermark combines
     /// the stored marks of the topic's `partitions` by the one rule
-    /// ([`watermark::combine`]); windows whose end plus `grace` is at or
-    /// before it are returned with their partial states.
+    /// ([`watermark::combine`]); windows it closes (by the one closing rule,
+    /// [`closed_through`]) are returned with their partial states.
     /// Partial states of windows already final (from records read after the
     /// window was finished) are deleted and counted in `late`.
     pub fn final_windows(
@@ -148,8 +150,9 @@ impl Shared {
         query: &str,
         partitions: usize,
         delay: i64,
-        grace: i64,
+        window: WindowSpec,
     ) -> Result<FinalWindows> {
+        let grace = window.grace_ms;
         let query = query.to_string();
         self.pg.with_client(|c| {
             block_on(async move {
@@ -199,7 +202,7 @@ impl Shared {
                     .query(
                         "SELECT id, window_start, window_end, state FROM runnel_window_partials
                      WHERE query = $1 AND window_end <= $2 ORDER BY window_end, window_start, id",
-                        &[&query, &wm.saturating_sub(grace)],
+                        &[&query, &closed_through(window.kind, grace, wm)],
                     )
                     .await?;
                 tx.commit().await?;

@@ -124,11 +124,17 @@ pub struct WindowEngine {
 /// its last event plus the gap, and a record exactly one gap later still
 /// joins it, so it closes only once the watermark is past `end + grace`.
 pub fn window_closed(kind: WindowKind, end: i64, grace: i64, watermark: i64) -> bool {
-    let last = match kind {
-        WindowKind::Session { .. } => end,
-        _ => end.saturating_sub(1),
-    };
-    last.saturating_add(grace) < watermark
+    end <= closed_through(kind, grace, watermark)
+}
+
+/// The largest window end that is closed at `watermark` (the rule of
+/// [`window_closed`] as a bound, for stores that select closed windows).
+pub fn closed_through(kind: WindowKind, grace: i64, watermark: i64) -> i64 {
+    let bound = watermark.saturating_sub(grace);
+    match kind {
+        WindowKind::Session { .. } => bound.saturating_sub(1),
+        _ => bound,
+    }
 }
 
 fn ts_values(a: &ArrayRef) -> Result<Vec<i64>> {
