@@ -123,7 +123,7 @@ fn assert_same(expected: &Rows, got: &Rows) {
 /// one cluster storing into one PostgreSQL database, with the default
 /// `idle_after`: the last windows close once every partition is idle.
 struct Fixture {
-    _kafka: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    kafka: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
     brokers: String,
     producer: BaseProducer,
     dir: tempfile::TempDir,
@@ -148,7 +148,7 @@ impl Fixture {
         let config = dir.path().join("runnel.toml");
         std::fs::write(&config, "checkpoint_interval = '1s'\n").unwrap();
         Fixture {
-            _kafka: kafka,
+            kafka,
             brokers,
             producer,
             config: config.to_str().unwrap().to_string(),
@@ -342,5 +342,128 @@ async fn cluster_throughput() {
             n as f64 / secs,
             n as f64 / cpu
         );
+    }
+}
+
+/// A cluster query's `INTO TOPIC`: the member reading partition 0
+/// publishes what every member wrote. Killing it mid-stream hands the
+/// producer over; the topic, read as a `read_committed` consumer reads it,
+/// then holds each (window, geo) row of the results table exactly once,
+/// with the same count. (The mock cluster keeps aborted transactions'
+/// messages visible; the sink resumes from that same view, so the check is
+/// that nothing is lost or doubled in it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn into_topic_exactly_once_across_a_handover() {
+    let Some(pg) = Postgres::start("into_topic_exactly_once_across_a_handover") else {
+        return;
+    };
+    let f = Fixture::new(pg.create_db("cluster_sink"), "sinks");
+    f.kafka.create_topic("out", 1, 1).unwrap();
+    let (a, b) = (f.server(0), f.server(1));
+    a.sql(&format!(
+        "{STREAM}; CREATE QUERY by_geo AS SELECT geo, count(*) AS n FROM imps GROUP BY geo WINDOW 10s INTO TOPIC 'out'"
+    ))
+    .await;
+    wait_owners(&pg, "cluster_sink", 2).await;
+    let t0 = (chrono::Utc::now().timestamp_millis() / 10_000 - 100) * 10_000;
+    let n = 6_000;
+    produce(&f.producer, t0, 0..n / 2);
+    // Kill the publishing member once it has published something.
+    let out = topic_rows(&f.brokers);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while out().is_empty() {
+        assert!(Instant::now() < deadline, "nothing published");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let reads_zero = |q: &Value| {
+        q["partitions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|p| p["partition"] == 0)
+    };
+    let (leader, survivor) = match reads_zero(&a.get("/queries/by_geo").await.1) {
+        true => (a, b),
+        false => (b, a),
+    };
+    assert!(!reads_zero(&survivor.get("/queries/by_geo").await.1));
+    leader.kill9();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    produce(&f.producer, t0, n / 2..n);
+    // Every record counted once in the results table ...
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let table = loop {
+        let (_, v) = survivor.get("/queries/by_geo/results?limit=100000").await;
+        let rows: BTreeMap<(i64, String), u64> = v["rows"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| (window_and_geo(r), r["n"].as_u64().unwrap()))
+            .collect();
+        if rows.values().sum::<u64>() == n as u64 {
+            break rows;
+        }
+        assert!(Instant::now() < deadline, "results: {rows:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(table.len(), 6 * 4, "six windows of four geos");
+    // ... and on the topic, each row once.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let published = out();
+        let mut seen = BTreeMap::new();
+        for row in &published {
+            let key = window_and_geo(row);
+            let n = row["n"].as_u64().unwrap();
+            assert!(seen.insert(key.clone(), n).is_none(), "{key:?} twice");
+        }
+        if seen == table {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "topic {seen:?} != table {table:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // The survivor took over: it published the rows the leader had not.
+    let (_, q) = survivor.get("/queries/by_geo").await;
+    assert_eq!(q["sink"]["mode"], "exactly_once", "{q}");
+    let published = q["sink"]["rows_published"].as_u64().unwrap();
+    assert!(published > 0 && published < table.len() as u64, "{q}");
+}
+
+/// A row's window start (in epoch ms: the topic writes timestamps without a
+/// zone) and geo.
+fn window_and_geo(row: &Value) -> (i64, String) {
+    let start = row["window_start"].as_str().unwrap();
+    let start = runnel::store::time_ms(start).unwrap();
+    (start, row["geo"].as_str().unwrap().to_string())
+}
+
+/// A reader of topic `out` from its start, as a `read_committed` consumer:
+/// each call returns every row published so far.
+fn topic_rows(brokers: &str) -> impl Fn() -> Vec<Value> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "cluster-sink-check")
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset("out", 0, rdkafka::Offset::Beginning)
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    let rows = std::sync::Mutex::new(Vec::new());
+    move || {
+        let mut rows = rows.lock().unwrap();
+        while let Some(m) = consumer.poll(Duration::from_millis(200)) {
+            let m = m.unwrap();
+            rows.push(serde_json::from_slice(m.payload().unwrap()).unwrap());
+        }
+        rows.clone()
     }
 }

@@ -17,7 +17,9 @@
 //! A server reads its partitions, folds records into per-window partial
 //! states and flushes them every checkpoint interval. A window is final once
 //! every partition's watermark (its highest event time minus the stream's
-//! delay; idle partitions aside) has passed the window's end plus grace; any
+//! delay; idle partitions aside, and a partition counts as idle only while
+//! its stored offset has reached the log end the brokers report) has
+//! passed the window's end plus grace; any
 //! server may then merge its partials, run the close plan and write the rows,
 //! in one transaction under a per-query lock.
 //!
@@ -26,6 +28,9 @@
 //! from the last flushed offset. Claiming a partition records the new owner,
 //! and a flush from anyone else is refused, so a server that lost a
 //! partition without noticing cannot write it twice.
+//!
+//! `INTO TOPIC`: the member reading partition 0 publishes the rows every
+//! member wrote, from the store, exactly once (see [`crate::sink`]).
 //!
 //! Only mergeable aggregates are allowed: sums, counts, averages, min/max,
 //! HyperLogLog++ sketches (`approx_distinct`), t-digests
@@ -57,7 +62,7 @@ use crate::model::{Emission, QueryStatus, SelectSql, SourceKind, WindowKind};
 use crate::plan::ContinuousPlan;
 use crate::runtime::decode::{ChunkDecoder, Decoded};
 use crate::runtime::{Coordinator, QueryTask, now_ms};
-use crate::sink::TopicSink;
+use crate::sink::exact::ExactSink;
 use crate::source::kafka::{KafkaSource, OnAssign, Waiting};
 use crate::window::{WindowEngine, states_from_ipc, states_to_ipc};
 use pg::{FinalWindow, PartitionFlush, Progress, Shared};
@@ -153,6 +158,10 @@ fn owner_token(query: &str) -> String {
 /// How many records one poll takes at most.
 const POLL_MAX: usize = 100_000;
 
+/// How long the brokers may take to tell the topic's log ends before
+/// windows are finalised (without them no partition counts as idle).
+const LOG_END_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// One server running its share of a query as a member of a cluster.
 pub struct Member {
     cluster: String,
@@ -160,7 +169,9 @@ pub struct Member {
     pg: Option<Shared>,
     src: Option<KafkaSource>,
     decoder: Option<ChunkDecoder>,
-    sink: Option<TopicSink>,
+    sink: Option<ExactSink>,
+    /// A commit ran since the last publishing turn.
+    committed: bool,
     /// Where each newly assigned partition stands, for the engine's reset.
     claimed: Arc<Mutex<BTreeMap<i32, Progress>>>,
     /// After a refused flush, nothing is read until the group reassigns.
@@ -177,6 +188,7 @@ impl Member {
             src: None,
             decoder: None,
             sink: None,
+            committed: false,
             claimed: Arc::default(),
             fenced: false,
         }
@@ -237,10 +249,15 @@ impl Coordinator for Member {
             Err(_) if task.stop.load(Ordering::Relaxed) => return Ok(false),
             Err(e) => return Err(e),
         };
-        self.sink = match &task.into_topic {
-            Some(t) => Some(TopicSink::new(&task.kafka, t)?),
-            None => None,
-        };
+        self.sink = task.into_topic.as_ref().map(|t| {
+            ExactSink::new(
+                &task.kafka,
+                &task.name,
+                t,
+                task.plan.output_schema.clone(),
+                task.counters.sink.clone(),
+            )
+        });
         self.pg = Some(pg);
         Ok(true)
     }
@@ -322,18 +339,34 @@ impl Coordinator for Member {
                 self.fenced = true;
             }
         }
-        let partitions = self.src.as_ref().expect("started").topic_partitions();
-        let (closed_wm, written) = finalize(rt, &pg, task, partitions)?;
+        let src = self.src.as_ref().expect("started");
+        let log_ends = src.topic_log_ends(LOG_END_TIMEOUT).unwrap_or_default();
+        let (closed_wm, written) = finalize(rt, &pg, task, src.topic_partitions(), &log_ends)?;
         // Records of windows already final are late here too.
         engine.close_before(closed_wm);
+        self.committed = true;
         Ok(written)
     }
 
-    fn publish(&mut self, _task: &QueryTask, written: &[Emission]) -> Result<()> {
-        match &self.sink {
-            Some(sink) if !written.is_empty() => sink.publish(written),
-            _ => Ok(()),
+    /// The member reading partition 0 publishes what every member wrote
+    /// (see [`crate::sink`]); the others let go of their producers.
+    fn publish(&mut self, task: &QueryTask, _written: &[Emission]) -> Result<()> {
+        let committed = std::mem::take(&mut self.committed);
+        let Some(sink) = &mut self.sink else {
+            return Ok(());
+        };
+        let leads = self
+            .src
+            .as_ref()
+            .is_some_and(|s| s.partitions().contains(&0));
+        if !leads {
+            sink.release();
+            return Ok(());
         }
+        if committed {
+            sink.mark_pending();
+        }
+        task.drive_sink(sink)
     }
 
     fn offsets(&self) -> BTreeMap<i32, i64> {
@@ -351,11 +384,13 @@ fn finalize(
     pg: &Shared,
     task: &QueryTask,
     partitions: usize,
+    log_ends: &BTreeMap<i32, i64>,
 ) -> Result<(i64, Vec<Emission>)> {
     let plan = &task.plan;
     let found = pg.final_windows(
         &task.name,
         partitions,
+        log_ends,
         task.stream.watermark_delay_ms,
         plan.window,
     )?;

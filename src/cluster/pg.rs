@@ -143,12 +143,15 @@ impl Shared {
     /// the stored marks of the topic's `partitions` by the one rule
     /// ([`watermark::combine`]); windows it closes (by the one closing rule,
     /// [`closed_through`]) are returned with their partial states.
+    /// A partition's idle mark counts only if its stored next offset has
+    /// reached its log end in `log_ends` (asked of the brokers just before).
     /// Partial states of windows already final (from records read after the
     /// window was finished) are deleted and counted in `late`.
     pub fn final_windows(
         &self,
         query: &str,
         partitions: usize,
+        log_ends: &BTreeMap<i32, i64>,
         delay: i64,
         window: WindowSpec,
     ) -> Result<FinalWindows> {
@@ -180,7 +183,7 @@ impl Shared {
                     // watermark at their event-time frontier until their
                     // new owner has read what was written meanwhile.
                     "SELECT max_event_time, idle AND updated_at > now() - make_interval(secs => $2),
-                            idle_watermark
+                            idle_watermark, partition, next_offset
                      FROM runnel_partition_progress WHERE query = $1",
                     &[&query, &IDLE_MARK_FRESH_SECS],
                 )
@@ -188,9 +191,17 @@ impl Shared {
                 let marks = rows.iter().map(|r| {
                     let (max_event, idle, idle_wm): (Option<i64>, bool, Option<i64>) =
                         (r.get(0), r.get(1), r.get(2));
+                    let (partition, next): (i32, Option<i64>) = (r.get(3), r.get(4));
+                    // Idle only while the log holds nothing past what was
+                    // read: records its owner has not read (it may be dead)
+                    // hold the watermark back like any unread record.
+                    let caught_up = match (next, log_ends.get(&partition)) {
+                        (Some(next), Some(end)) => next >= *end,
+                        _ => false,
+                    };
                     PartitionMark {
                         max_event,
-                        idle: idle.then_some(idle_wm),
+                        idle: (idle && caught_up).then_some(idle_wm),
                     }
                 });
                 // A topic not fully claimed yet holds everything back.

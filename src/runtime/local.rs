@@ -120,24 +120,11 @@ impl Coordinator for Local {
         Ok(emitted)
     }
 
-    /// Publishes the store's new rows to the query's topic; a failure to be
-    /// retried shows in the query's status until publishing works again.
     fn publish(&mut self, task: &QueryTask, _written: &[Emission]) -> Result<()> {
-        let Some(sink) = &mut self.sink else {
-            return Ok(());
-        };
-        let waiting = sink.drive(&task.store)?;
-        let mut status = task.status.lock().unwrap_or_else(|p| p.into_inner());
-        match waiting {
-            Some(m) if matches!(*status, QueryStatus::Running | QueryStatus::SinkWaiting(_)) => {
-                task.change_status(&mut status, QueryStatus::SinkWaiting(m))
-            }
-            None if matches!(*status, QueryStatus::SinkWaiting(_)) => {
-                task.change_status(&mut status, QueryStatus::Running)
-            }
-            _ => {}
+        match &mut self.sink {
+            Some(sink) => task.drive_sink(sink),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn offsets(&self) -> BTreeMap<i32, i64> {

@@ -35,6 +35,7 @@ use datafusion::arrow::datatypes::Schema;
 use crate::error::{Error, Result};
 use crate::model::{Counters, Emission, QueryStatus, StreamDef, WindowKind};
 use crate::plan::ContinuousPlan;
+use crate::sink::exact::ExactSink;
 use crate::source::Progress;
 use crate::source::stats::StreamStats;
 use crate::store::Store;
@@ -192,6 +193,23 @@ impl QueryTask {
             }
             _ => {}
         }
+    }
+
+    /// Publishes the store's new rows to the query's topic; a failure to be
+    /// retried shows in the query's status until publishing works again.
+    pub fn drive_sink(&self, sink: &mut ExactSink) -> Result<()> {
+        let waiting = sink.drive(&self.store)?;
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        match waiting {
+            Some(m) if matches!(*status, QueryStatus::Running | QueryStatus::SinkWaiting(_)) => {
+                self.change_status(&mut status, QueryStatus::SinkWaiting(m))
+            }
+            None if matches!(*status, QueryStatus::SinkWaiting(_)) => {
+                self.change_status(&mut status, QueryStatus::Running)
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     /// Sets the query's status.

@@ -109,6 +109,13 @@ impl ExactSink {
         self.pending = true;
     }
 
+    /// Lets go of the producer (another server publishes now); the next
+    /// [`drive`](Self::drive) fences it and goes on from what the topic shows.
+    pub fn release(&mut self) {
+        self.conn = None;
+        self.pending = true;
+    }
+
     /// Publishes whatever the store holds past the sink's cursor, unless
     /// waiting out a backoff. `Ok(Some(message))` when publishing failed and
     /// will be retried; `Err` only when it never can succeed.

@@ -12,8 +12,11 @@
 //! at-least-once delivery: consumers drop repeats by `runnel-cursor`.
 //! [`SinkStatus`] is what `GET /queries/{id}` shows of it.
 //!
-//! Cluster mode publishes each server's emitted rows right after writing
-//! them ([`TopicSink`]): a crash in between loses them on the topic.
+//! In cluster mode the one member reading partition 0 of the stream
+//! publishes, from the shared store, the rows every member wrote; a member
+//! taking over fences the previous one with the same `transactional.id`
+//! and goes on from what the topic shows, so a handover neither loses nor
+//! repeats a row.
 
 pub mod exact;
 pub mod recover;
@@ -23,11 +26,10 @@ use std::time::Duration;
 use datafusion::arrow::record_batch::RecordBatch;
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord};
 
 use crate::connect::kafka::KafkaConn;
 use crate::error::{Error, Result};
-use crate::model::Emission;
 
 /// Checks that `topic` can be published to: a valid name that exists (or
 /// that the broker creates when asked for it).
@@ -66,42 +68,6 @@ fn send(producer: &BaseProducer, mut record: BaseRecord<'_, (), [u8]>) -> Result
             }
             Err((e, _)) => return Err(e.into()),
         }
-    }
-}
-
-/// Publishes emitted rows as JSON messages to one topic (cluster mode).
-pub struct TopicSink {
-    producer: BaseProducer,
-    topic: String,
-}
-
-impl TopicSink {
-    /// A producer for `topic`, connecting as `kafka` says.
-    pub fn new(kafka: &KafkaConn, topic: &str) -> Result<Self> {
-        let producer: BaseProducer = kafka.create(
-            &[("linger.ms", "5")],
-            rdkafka::producer::DefaultProducerContext,
-        )?;
-        Ok(TopicSink {
-            producer,
-            topic: topic.to_string(),
-        })
-    }
-
-    /// Sends every row of `emissions`, one JSON object per message, and waits
-    /// for delivery.
-    pub fn publish(&self, emissions: &[Emission]) -> Result<()> {
-        for e in emissions {
-            for line in json_lines(&e.batch)? {
-                send(
-                    &self.producer,
-                    BaseRecord::<(), [u8]>::to(&self.topic).payload(&line),
-                )?;
-            }
-        }
-        self.producer
-            .flush(Duration::from_secs(30))
-            .map_err(|e| Error::Execution(format!("publishing to topic {}: {e}", self.topic)))
     }
 }
 

@@ -254,6 +254,20 @@ impl KafkaSource {
         self.topic_partitions
     }
 
+    /// The log end of every partition of the topic, asked of the brokers
+    /// now; `None` when one does not answer within `timeout`.
+    pub fn topic_log_ends(&self, timeout: Duration) -> Option<BTreeMap<i32, i64>> {
+        (0..self.topic_partitions as i32)
+            .map(|p| {
+                let (_, high) = self
+                    .consumer
+                    .fetch_watermarks(&self.topic, p, timeout)
+                    .ok()?;
+                Some((p, high))
+            })
+            .collect()
+    }
+
     /// In a consumer group: the newly assigned partitions, once after each
     /// rebalance. Records read before it are not returned.
     pub fn take_assignment(&mut self) -> Option<Vec<i32>> {
