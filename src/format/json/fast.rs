@@ -1,0 +1,371 @@
+//! A fast path for flat JSON objects: it scans each payload once and appends
+//! straight to the columns the caller reads, skipping the values of the others
+//! after checking that arrow-json would accept them. Anything it is not sure
+//! about (escapes in kept strings, nested values, timestamps written as text,
+//! duplicate keys, malformed input) makes it give up on the whole call, and
+//! the arrow-json path decodes the payloads instead, so both paths always
+//! agree.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder,
+    TimestampMillisecondBuilder, new_null_array,
+};
+use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use datafusion::arrow::record_batch::RecordBatch;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Utf8,
+    Float64,
+    Int64,
+    TimestampMs,
+    Boolean,
+}
+
+enum Builder {
+    Utf8(StringBuilder),
+    Float64(Float64Builder),
+    Int64(Int64Builder),
+    TimestampMs(TimestampMillisecondBuilder),
+    Boolean(BooleanBuilder),
+    Skip,
+}
+
+struct Column {
+    name: Box<[u8]>,
+    kind: Kind,
+    builder: Builder,
+}
+
+/// Decoder of flat objects whose columns are all of the supported types.
+pub(super) struct FastDecoder {
+    schema: SchemaRef,
+    columns: Vec<Column>,
+}
+
+fn kind(t: &DataType) -> Option<Kind> {
+    Some(match t {
+        DataType::Utf8 => Kind::Utf8,
+        DataType::Float64 => Kind::Float64,
+        DataType::Int64 => Kind::Int64,
+        DataType::Timestamp(TimeUnit::Millisecond, None) => Kind::TimestampMs,
+        DataType::Boolean => Kind::Boolean,
+        _ => return None,
+    })
+}
+
+/// Why a value cannot take the fast path.
+struct GiveUp;
+
+type R<T> = Result<T, GiveUp>;
+
+fn ws(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
+        i += 1;
+    }
+    i
+}
+
+/// End of the string starting at the quote `b[i]`, and whether it has escapes.
+fn string_end(b: &[u8], i: usize) -> R<(usize, bool)> {
+    let mut j = i + 1;
+    let mut escaped = false;
+    while j < b.len() {
+        match b[j] {
+            b'"' => return Ok((j + 1, escaped)),
+            b'\\' => {
+                escaped = true;
+                j += 2;
+            }
+            c if c < 0x20 => return Err(GiveUp),
+            _ => j += 1,
+        }
+    }
+    Err(GiveUp)
+}
+
+/// End of the JSON number starting at `b[i]`, checked against the grammar,
+/// and whether it is an integer.
+fn number_end(b: &[u8], i: usize) -> R<(usize, bool)> {
+    let mut j = i;
+    let digits = |j: &mut usize| {
+        let s = *j;
+        while *j < b.len() && b[*j].is_ascii_digit() {
+            *j += 1;
+        }
+        *j - s
+    };
+    if j < b.len() && b[j] == b'-' {
+        j += 1;
+    }
+    let n = digits(&mut j);
+    if n == 0 || (n > 1 && b[j - n] == b'0') {
+        return Err(GiveUp);
+    }
+    let mut integer = true;
+    if j < b.len() && b[j] == b'.' {
+        j += 1;
+        integer = false;
+        if digits(&mut j) == 0 {
+            return Err(GiveUp);
+        }
+    }
+    if j < b.len() && (b[j] == b'e' || b[j] == b'E') {
+        j += 1;
+        integer = false;
+        if j < b.len() && (b[j] == b'+' || b[j] == b'-') {
+            j += 1;
+        }
+        if digits(&mut j) == 0 {
+            return Err(GiveUp);
+        }
+    }
+    Ok((j, integer))
+}
+
+/// A scalar token at `b[i]`.
+enum Token {
+    Str(usize, usize, bool),
+    Num(usize, usize, bool),
+    Bool(bool),
+    Null,
+}
+
+fn token(b: &[u8], i: usize) -> R<(Token, usize)> {
+    let lit = |word: &[u8], t: Token| {
+        if b[i..].starts_with(word) {
+            Ok((t, i + word.len()))
+        } else {
+            Err(GiveUp)
+        }
+    };
+    match b.get(i) {
+        Some(b'"') => {
+            let (e, esc) = string_end(b, i)?;
+            Ok((Token::Str(i + 1, e - 1, esc), e))
+        }
+        Some(b'-' | b'0'..=b'9') => {
+            let (e, int) = number_end(b, i)?;
+            Ok((Token::Num(i, e, int), e))
+        }
+        Some(b't') => lit(b"true", Token::Bool(true)),
+        Some(b'f') => lit(b"false", Token::Bool(false)),
+        Some(b'n') => lit(b"null", Token::Null),
+        _ => Err(GiveUp),
+    }
+}
+
+fn text(b: &[u8], s: usize, e: usize) -> &str {
+    // The whole payload was checked to be UTF-8 and token bounds are ASCII.
+    std::str::from_utf8(&b[s..e]).unwrap_or_default()
+}
+
+impl Column {
+    fn append(&mut self, b: &[u8], t: &Token) -> R<()> {
+        match (&mut self.builder, t) {
+            (Builder::Skip, t) => match (self.kind, t) {
+                (_, Token::Null) | (Kind::Utf8, _) => Ok(()),
+                (Kind::Float64, Token::Num(..)) => Ok(()),
+                (Kind::Int64 | Kind::TimestampMs, Token::Num(_, _, true)) => Ok(()),
+                (Kind::Boolean, Token::Bool(_)) => Ok(()),
+                _ => Err(GiveUp),
+            },
+            (Builder::Utf8(v), Token::Null) => {
+                v.append_null();
+                Ok(())
+            }
+            (Builder::Utf8(v), Token::Str(s, e, false)) => {
+                v.append_value(text(b, *s, *e));
+                Ok(())
+            }
+            (Builder::Float64(v), Token::Null) => {
+                v.append_null();
+                Ok(())
+            }
+            (Builder::Float64(v), Token::Num(s, e, _)) => {
+                v.append_value(text(b, *s, *e).parse().map_err(|_| GiveUp)?);
+                Ok(())
+            }
+            (Builder::Int64(v), Token::Null) => {
+                v.append_null();
+                Ok(())
+            }
+            (Builder::Int64(v), Token::Num(s, e, true)) => {
+                v.append_value(text(b, *s, *e).parse().map_err(|_| GiveUp)?);
+                Ok(())
+            }
+            (Builder::TimestampMs(v), Token::Null) => {
+                v.append_null();
+                Ok(())
+            }
+            (Builder::TimestampMs(v), Token::Num(s, e, true)) => {
+                v.append_value(text(b, *s, *e).parse().map_err(|_| GiveUp)?);
+                Ok(())
+            }
+            (Builder::Boolean(v), Token::Null) => {
+                v.append_null();
+                Ok(())
+            }
+            (Builder::Boolean(v), Token::Bool(x)) => {
+                v.append_value(*x);
+                Ok(())
+            }
+            _ => Err(GiveUp),
+        }
+    }
+
+    fn append_null(&mut self) {
+        match &mut self.builder {
+            Builder::Utf8(v) => v.append_null(),
+            Builder::Float64(v) => v.append_null(),
+            Builder::Int64(v) => v.append_null(),
+            Builder::TimestampMs(v) => v.append_null(),
+            Builder::Boolean(v) => v.append_null(),
+            Builder::Skip => {}
+        }
+    }
+
+    fn finish(&mut self, t: &DataType, rows: usize) -> ArrayRef {
+        match &mut self.builder {
+            Builder::Utf8(v) => Arc::new(v.finish()),
+            Builder::Float64(v) => Arc::new(v.finish()),
+            Builder::Int64(v) => Arc::new(v.finish()),
+            Builder::TimestampMs(v) => Arc::new(v.finish()),
+            Builder::Boolean(v) => Arc::new(v.finish()),
+            Builder::Skip => new_null_array(t, rows),
+        }
+    }
+}
+
+impl FastDecoder {
+    /// A fast decoder for `schema` building only the columns `read`
+    /// (all when `None`); `None` when a column type is not supported.
+    pub(super) fn new(schema: &SchemaRef, read: Option<&[usize]>) -> Option<FastDecoder> {
+        let mut columns = Vec::new();
+        for (i, f) in schema.fields().iter().enumerate() {
+            let kind = kind(f.data_type())?;
+            let keep = read.is_none_or(|r| r.contains(&i));
+            let builder = if !keep {
+                Builder::Skip
+            } else {
+                match kind {
+                    Kind::Utf8 => Builder::Utf8(StringBuilder::new()),
+                    Kind::Float64 => Builder::Float64(Float64Builder::new()),
+                    Kind::Int64 => Builder::Int64(Int64Builder::new()),
+                    Kind::TimestampMs => Builder::TimestampMs(TimestampMillisecondBuilder::new()),
+                    Kind::Boolean => Builder::Boolean(BooleanBuilder::new()),
+                }
+            };
+            columns.push(Column {
+                name: f.name().as_bytes().into(),
+                kind,
+                builder,
+            });
+        }
+        if columns.len() > 64 {
+            return None;
+        }
+        Some(FastDecoder {
+            schema: schema.clone(),
+            columns,
+        })
+    }
+
+    /// Appends one record; `Ok(Some(key))` names the first field that is
+    /// not a column (the record is still used).
+    fn record(&mut self, b: &[u8]) -> R<Option<String>> {
+        if std::str::from_utf8(b).is_err() {
+            return Err(GiveUp);
+        }
+        let mut i = ws(b, 0);
+        if b.get(i) != Some(&b'{') {
+            return Err(GiveUp);
+        }
+        i = ws(b, i + 1);
+        let mut seen: u64 = 0;
+        let mut unknown = None;
+        if b.get(i) == Some(&b'}') {
+            i += 1;
+        } else {
+            loop {
+                if b.get(i) != Some(&b'"') {
+                    return Err(GiveUp);
+                }
+                let (ke, esc) = string_end(b, i)?;
+                if esc {
+                    return Err(GiveUp);
+                }
+                let key = &b[i + 1..ke - 1];
+                i = ws(b, ke);
+                if b.get(i) != Some(&b':') {
+                    return Err(GiveUp);
+                }
+                i = ws(b, i + 1);
+                let (t, e) = token(b, i)?;
+                i = e;
+                if let Some(c) = self.columns.iter().position(|c| &*c.name == key) {
+                    if seen & (1 << c) != 0 {
+                        return Err(GiveUp);
+                    }
+                    seen |= 1 << c;
+                    self.columns[c].append(b, &t)?;
+                } else if unknown.is_none() {
+                    unknown = Some(String::from_utf8_lossy(key).into_owned());
+                }
+                i = ws(b, i);
+                match b.get(i) {
+                    Some(b',') => i = ws(b, i + 1),
+                    Some(b'}') => {
+                        i += 1;
+                        break;
+                    }
+                    _ => return Err(GiveUp),
+                }
+            }
+        }
+        if ws(b, i) != b.len() {
+            return Err(GiveUp);
+        }
+        for (c, col) in self.columns.iter_mut().enumerate() {
+            if seen & (1 << c) == 0 {
+                col.append_null();
+            }
+        }
+        Ok(unknown)
+    }
+
+    /// Decodes all of `payloads`, with the first unknown field of each
+    /// record that has one (by index), or `None` (leaving nothing behind)
+    /// when one of them needs the general path.
+    pub(super) fn decode(
+        &mut self,
+        payloads: &[&[u8]],
+    ) -> Option<(RecordBatch, Vec<(usize, String)>)> {
+        let mut ok = true;
+        let mut unknown = Vec::new();
+        for (i, p) in payloads.iter().enumerate() {
+            match self.record(p) {
+                Ok(None) => {}
+                Ok(Some(key)) => unknown.push((i, key)),
+                Err(_) => {
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        let n = payloads.len();
+        let cols: Vec<ArrayRef> = self
+            .columns
+            .iter_mut()
+            .zip(self.schema.fields())
+            .map(|(c, f)| c.finish(f.data_type(), n))
+            .collect();
+        if !ok {
+            return None;
+        }
+        let batch = RecordBatch::try_new(self.schema.clone(), cols).ok()?;
+        Some((batch, unknown))
+    }
+}

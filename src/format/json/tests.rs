@@ -1,0 +1,105 @@
+//! Tests of the JSON decoder, its fast path against arrow-json's, and
+//! projections.
+
+use super::*;
+use datafusion::arrow::array::{Array, AsArray, Float64Array};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit, TimestampMillisecondType};
+use std::sync::Arc;
+
+fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), true),
+        Field::new("geo", DataType::Utf8, true),
+        Field::new("bid", DataType::Float64, true),
+    ]))
+}
+
+#[test]
+fn timestamps_in_three_forms() {
+    let mut d = JsonDecoder::new(schema()).unwrap();
+    let (b, bad) = d.decode(&[
+        br#"{"ts": 1000, "geo": "US", "bid": 0.5}"#.as_slice(),
+        br#"{"ts": "1970-01-01T00:00:02Z", "geo": "FR"}"#,
+        br#"{"ts": "1970-01-01 00:00:03", "bid": 1, "extra": [1,2]}"#,
+    ]);
+    // The unknown field is noted; the record is in the batch.
+    assert_eq!(bad.len(), 1, "{bad:?}");
+    assert_eq!((bad[0].index, bad[0].reason), (2, "unknown_field"));
+    assert!(bad[0].detail.contains("'extra'"), "{bad:?}");
+    let b = b.unwrap();
+    let ts = b.column(0).as_primitive::<TimestampMillisecondType>();
+    assert_eq!(ts.values().to_vec(), vec![1000, 2000, 3000]);
+    let bid = b.column(2).as_any().downcast_ref::<Float64Array>().unwrap();
+    assert!(bid.is_null(1));
+    assert_eq!(bid.value(2), 1.0);
+}
+
+#[test]
+fn bad_records_are_isolated() {
+    let mut d = JsonDecoder::new(schema()).unwrap();
+    let payloads: Vec<&[u8]> = vec![
+        br#"{"ts": 1, "geo": "a"}"#,
+        b"{not json",
+        br#"{"ts": 2, "geo": "b"}"#,
+        b"",
+        br#"{"ts": 3} {"ts": 4}"#,
+        br#"{"ts": 5, "bid": "lots"}"#,
+        b"\xff\xfe",
+        br#"{"ts": 6, "geo": "c"}"#,
+    ];
+    let (b, bad) = d.decode(&payloads);
+    let b = b.unwrap();
+    let ts = b.column(0).as_primitive::<TimestampMillisecondType>();
+    assert_eq!(ts.values().to_vec(), vec![1, 2, 6]);
+    let idx: Vec<usize> = bad.iter().map(|b| b.index).collect();
+    assert_eq!(idx, vec![1, 3, 4, 5, 6]);
+    assert_eq!(bad[1].reason, "empty");
+}
+
+fn slow(schema: SchemaRef) -> JsonDecoder {
+    let mut d = JsonDecoder::new(schema).unwrap();
+    d.fast = None;
+    d
+}
+
+#[test]
+fn fast_path_agrees_with_arrow_json() {
+    let cases: Vec<&[u8]> = vec![
+        br#"{"ts": 1000, "geo": "US", "bid": 0.5}"#,
+        br#" {"ts":-5,"geo":null,"bid":1e3,"x":[1,{"a":2}]} "#,
+        br#"{"geo": "caf\u00e9", "ts": 7}"#,
+        br#"{"ts": 1, "ts": 2}"#,
+        br#"{"ts": "1970-01-01T00:00:02Z"}"#,
+        br#"{"bid": "1.5", "extra": true, "more": null, "n": -0.25E+2}"#,
+        br#"{"bid": 01}"#,
+        br#"{"bid": 1.}"#,
+        br#"{"ts": 1.5}"#,
+        br#"{}"#,
+        b"{\"geo\": \"\xc3\xa9t\xc3\xa9\"}",
+        br#"{"geo": 12, "bid": true}"#,
+        br#"{"geo": "a"} x"#,
+        br#"[1]"#,
+        b"  ",
+    ];
+    let both = |payloads: &[&[u8]]| {
+        let (fb, fbad) = JsonDecoder::new(schema()).unwrap().decode(payloads);
+        let (sb, sbad) = slow(schema()).decode(payloads);
+        assert_eq!(fb, sb, "{payloads:?}");
+        assert_eq!(fbad, sbad, "{payloads:?}");
+    };
+    for c in &cases {
+        both(&[c]);
+    }
+    both(&cases);
+    both(&cases[..2]);
+    // Projected: the read columns are the same, the rest may be NULL.
+    let payloads = &[cases[0], cases[9]];
+    let (p, _) = JsonDecoder::with_projection(schema(), &[0, 2])
+        .unwrap()
+        .decode(payloads);
+    let (s, _) = slow(schema()).decode(payloads);
+    let (p, s) = (p.unwrap(), s.unwrap());
+    assert_eq!(p.column(0), s.column(0));
+    assert_eq!(p.column(2), s.column(2));
+    assert_eq!(p.column(1).null_count(), 2);
+}
