@@ -7,6 +7,8 @@
 //! and merges those into the state of each open window. When the watermark
 //! (the rule is in [`watermark`]) passes a window's end plus its grace, the
 //! window's states go through the close plan and its rows are emitted.
+//! Assignment is in `assign.rs`, closing in `close.rs`, sessions in
+//! `session.rs` and saved state in `checkpoint.rs`.
 //!
 //! ```no_run
 //! # async fn f(plan: std::sync::Arc<runnel::plan::ContinuousPlan>,
@@ -23,9 +25,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, TimestampMillisecondArray, UInt32Array, new_null_array,
-};
+use datafusion::arrow::array::{ArrayRef, AsArray, UInt32Array};
 use datafusion::arrow::compute::{cast, concat_batches, take};
 use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef, TimestampMillisecondType};
 use datafusion::arrow::record_batch::RecordBatch;
@@ -35,8 +35,10 @@ use crate::model::WindowKind;
 use crate::model::{Counters, Emission};
 use crate::plan::ContinuousPlan;
 
+mod assign;
 mod checkpoint;
 pub use checkpoint::SavedCounters;
+mod close;
 mod session;
 pub mod watermark;
 
@@ -356,133 +358,6 @@ impl WindowEngine {
         self.add_states(states).await
     }
 
-    /// Assigns one partition's records to windows, advancing the partition's
-    /// running watermark record by record (each record's advance capped at
-    /// its time in the log, when known) and dropping late records: the
-    /// records kept, with their windows' start and end appended. Session
-    /// queries pass each record's group keys (record index, key), in record
-    /// order: a record is judged against the sessions it would join.
-    fn assign(
-        &mut self,
-        partition: i32,
-        batch: RecordBatch,
-        log_times: Option<&[i64]>,
-        keys: Option<&[session::RecordKey]>,
-        arrival_ms: i64,
-    ) -> Result<Option<RecordBatch>> {
-        let n = batch.num_rows();
-        self.counters
-            .records_in
-            .fetch_add(n as u64, Ordering::Relaxed);
-        if n == 0 {
-            return Ok(None);
-        }
-        let (ts, nulls) = match self.event_time {
-            Some(c) => {
-                let col = batch.column(c);
-                (ts_values(col)?, col.logical_nulls())
-            }
-            None => (vec![arrival_ms; n], None),
-        };
-        let mut pm = self.clock.max_event(partition);
-        let delay = self.clock.delay();
-        let mut idx: Vec<u32> = Vec::with_capacity(n);
-        let mut starts: Vec<i64> = Vec::with_capacity(n);
-        let mut ends: Vec<i64> = Vec::with_capacity(n);
-        let (mut late, mut bad) = (0u64, 0u64);
-        let kind = self.plan.window.kind;
-        let grace = self.grace;
-        let keys = keys.unwrap_or_default();
-        let mut next_key = 0;
-        for (i, &t) in ts.iter().enumerate() {
-            if nulls.as_ref().is_some_and(|nb| nb.is_null(i)) {
-                bad += 1;
-                continue;
-            }
-            // The running watermark of this partition before record i.
-            let frontier = pm.saturating_sub(delay).max(self.closed_wm);
-            pm = pm.max(log_times.map_or(t, |l| t.min(l[i])));
-            if let (WindowKind::Session { gap_ms }, Some(sessions)) = (kind, &mut self.sessions) {
-                let from = next_key + keys[next_key..].partition_point(|k| k.0 < i as u32);
-                next_key = from + keys[from..].partition_point(|k| k.0 == i as u32);
-                let mine = &keys[from..next_key];
-                // Filtered out by WHERE or an inner join: nothing to join.
-                if mine.is_empty() {
-                    continue;
-                }
-                // Late for one of its keys (a join fanned it out): late.
-                if !mine.iter().all(|(_, k)| sessions.admits(k, t, frontier)) {
-                    late += 1;
-                    continue;
-                }
-                for (_, k) in mine {
-                    sessions.merge(k, t);
-                }
-                idx.push(i as u32);
-                starts.push(t);
-                ends.push(t.saturating_add(gap_ms));
-                continue;
-            }
-            let mut dropped = false;
-            let mut assign = |s: i64, e: i64| {
-                if window_closed(kind, e, grace, frontier) {
-                    dropped = true;
-                } else {
-                    idx.push(i as u32);
-                    starts.push(s);
-                    ends.push(e);
-                }
-            };
-            match kind {
-                WindowKind::Tumbling { size_ms } => {
-                    let s = t.div_euclid(size_ms) * size_ms;
-                    assign(s, s + size_ms);
-                }
-                WindowKind::Hopping { size_ms, slide_ms } => {
-                    let mut s = t.div_euclid(slide_ms) * slide_ms;
-                    while s > t - size_ms {
-                        assign(s, s + size_ms);
-                        s -= slide_ms;
-                    }
-                }
-                WindowKind::Session { .. } => unreachable!("sessions are assigned above"),
-                WindowKind::Cumulative { .. } => {
-                    idx.push(i as u32);
-                    starts.push(0);
-                    ends.push(0);
-                }
-            }
-            late += u64::from(dropped);
-        }
-        self.counters
-            .late_records
-            .fetch_add(late, Ordering::Relaxed);
-        self.counters.bad_records.fetch_add(bad, Ordering::Relaxed);
-        self.clock.observe(partition, pm);
-        if idx.is_empty() {
-            return Ok(None);
-        }
-        // Every record in one window each, in order: the columns as they are.
-        let identity = idx.len() == n && idx.iter().enumerate().all(|(k, &v)| v as usize == k);
-        let indices = UInt32Array::from(idx);
-        let mut cols: Vec<ArrayRef> = Vec::with_capacity(batch.num_columns() + 2);
-        for (i, c) in batch.columns().iter().enumerate() {
-            cols.push(if identity {
-                c.clone()
-            } else if self.read.binary_search(&i).is_ok() {
-                take(c.as_ref(), &indices, None)?
-            } else {
-                new_null_array(c.data_type(), indices.len())
-            });
-        }
-        cols.push(Arc::new(TimestampMillisecondArray::from(starts)));
-        cols.push(Arc::new(TimestampMillisecondArray::from(ends)));
-        Ok(Some(RecordBatch::try_new(
-            self.plan.input_schema.clone(),
-            cols,
-        )?))
-    }
-
     async fn add_states(&mut self, states: Vec<RecordBatch>) -> Result<()> {
         if let Some(sessions) = &mut self.sessions {
             for s in states {
@@ -507,125 +382,6 @@ impl WindowEngine {
         }
         Ok(())
     }
-
-    /// Closes every window whose end plus grace is at or before `wm`.
-    async fn close_until(&mut self, wm: i64) -> Result<Vec<Emission>> {
-        if wm <= self.closed_wm {
-            return Ok(vec![]);
-        }
-        let mut out = Vec::new();
-        match self.plan.window.kind {
-            WindowKind::Cumulative { .. } => return Ok(out),
-            WindowKind::Session { .. } => {
-                if let Some(e) = self.close_sessions(wm).await? {
-                    out.push(e);
-                }
-            }
-            _ => {
-                while let Some((&(end, start), _)) = self.windows.first_key_value() {
-                    if !window_closed(self.plan.window.kind, end, self.grace, wm) {
-                        break;
-                    }
-                    let buf = self.windows.remove(&(end, start)).expect("present");
-                    let state = match self.keep_states {
-                        true => Some(concat_batches(&self.plan.state_schema, &buf.batches)?),
-                        false => None,
-                    };
-                    let rows = self.plan.close(buf.batches).await?;
-                    self.counters.windows_closed.fetch_add(1, Ordering::Relaxed);
-                    self.counters.last_window_end.store(end, Ordering::Relaxed);
-                    let batch = concat(&self.plan, rows)?;
-                    // A window without rows (after HAVING) still keeps its state.
-                    if batch.is_some() || state.is_some() {
-                        out.push(Emission {
-                            batch: batch.unwrap_or_else(|| {
-                                RecordBatch::new_empty(self.plan.output_schema.clone())
-                            }),
-                            cumulative: false,
-                            state,
-                        });
-                    }
-                }
-            }
-        }
-        self.closed_wm = wm;
-        for e in &out {
-            self.counters
-                .rows_emitted
-                .fetch_add(e.batch.num_rows() as u64, Ordering::Relaxed);
-        }
-        Ok(out)
-    }
-
-    /// Closes every open window, as if the watermark had passed them all:
-    /// the input has ended for good (benchmarks, tests).
-    pub async fn close_all(&mut self) -> Result<Vec<Emission>> {
-        self.close_until(i64::MAX).await
-    }
-
-    /// Emits the whole table of a cumulative query if it changed.
-    pub async fn emit_cumulative(&mut self, now_ms: i64) -> Result<Vec<Emission>> {
-        if self.partials_only
-            || !self.dirty
-            || !matches!(self.plan.window.kind, WindowKind::Cumulative { .. })
-        {
-            return Ok(vec![]);
-        }
-        self.dirty = false;
-        let Some(buf) = self.windows.get_mut(&(0, 0)) else {
-            return Ok(vec![]);
-        };
-        if buf.batches.len() > 1 {
-            compact(&self.plan, buf).await?;
-        }
-        let rows = self.plan.close(buf.batches.clone()).await?;
-        let Some(batch) = concat(&self.plan, rows)? else {
-            return Ok(vec![]);
-        };
-        // A cumulative row belongs to no window: window_start is NULL, and
-        // window_end is the time the table was computed as of.
-        let as_of = self.watermark().unwrap_or(now_ms);
-        let mut cols = batch.columns().to_vec();
-        cols[0] = new_null_array(cols[0].data_type(), batch.num_rows());
-        cols[1] = Arc::new(TimestampMillisecondArray::from(vec![
-            as_of;
-            batch.num_rows()
-        ]));
-        let batch = RecordBatch::try_new(self.plan.output_schema.clone(), cols)?;
-        self.counters
-            .rows_emitted
-            .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
-        Ok(vec![Emission {
-            batch,
-            cumulative: true,
-            state: None,
-        }])
-    }
-
-    async fn close_sessions(&mut self, wm: i64) -> Result<Option<Emission>> {
-        let Some(sessions) = &mut self.sessions else {
-            return Ok(None);
-        };
-        let Some(closed) = sessions.close(&self.plan, wm).await? else {
-            return Ok(None);
-        };
-        let rows = self.plan.close(vec![closed]).await?;
-        let batch = concat(&self.plan, rows)?;
-        if let Some(b) = &batch {
-            let ends = ts_values(b.column(1))?;
-            self.counters
-                .windows_closed
-                .fetch_add(b.num_rows() as u64, Ordering::Relaxed);
-            if let Some(m) = ends.iter().max() {
-                self.counters.last_window_end.store(*m, Ordering::Relaxed);
-            }
-        }
-        Ok(batch.map(|batch| Emission {
-            batch,
-            cumulative: false,
-            state: None,
-        }))
-    }
 }
 
 fn take_rows(b: &RecordBatch, idx: Vec<u32>) -> Result<RecordBatch> {
@@ -636,14 +392,6 @@ fn take_rows(b: &RecordBatch, idx: Vec<u32>) -> Result<RecordBatch> {
         .map(|c| take(c.as_ref(), &indices, None))
         .collect::<std::result::Result<Vec<_>, _>>()?;
     Ok(RecordBatch::try_new(b.schema(), cols)?)
-}
-
-fn concat(plan: &ContinuousPlan, rows: Vec<RecordBatch>) -> Result<Option<RecordBatch>> {
-    Ok(match rows.len() {
-        0 => None,
-        1 => rows.into_iter().next(),
-        _ => Some(concat_batches(&plan.output_schema, &rows)?),
-    })
 }
 
 async fn compact(plan: &ContinuousPlan, buf: &mut WindowBuf) -> Result<()> {

@@ -1,0 +1,145 @@
+//! Closing windows: once the watermark passes a window's end plus grace its
+//! partial states go through the close plan and its rows are emitted (with
+//! its state when asked); sessions close the same way, and a cumulative
+//! query emits its whole table when it changed.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use datafusion::arrow::array::{TimestampMillisecondArray, new_null_array};
+use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::record_batch::RecordBatch;
+
+use super::{WindowEngine, compact, ts_values, window_closed};
+use crate::error::Result;
+use crate::model::{Emission, WindowKind};
+use crate::plan::ContinuousPlan;
+
+impl WindowEngine {
+    /// Closes every window whose end plus grace is at or before `wm`.
+    pub(super) async fn close_until(&mut self, wm: i64) -> Result<Vec<Emission>> {
+        if wm <= self.closed_wm {
+            return Ok(vec![]);
+        }
+        let mut out = Vec::new();
+        match self.plan.window.kind {
+            WindowKind::Cumulative { .. } => return Ok(out),
+            WindowKind::Session { .. } => {
+                if let Some(e) = self.close_sessions(wm).await? {
+                    out.push(e);
+                }
+            }
+            _ => {
+                while let Some((&(end, start), _)) = self.windows.first_key_value() {
+                    if !window_closed(self.plan.window.kind, end, self.grace, wm) {
+                        break;
+                    }
+                    let buf = self.windows.remove(&(end, start)).expect("present");
+                    let state = match self.keep_states {
+                        true => Some(concat_batches(&self.plan.state_schema, &buf.batches)?),
+                        false => None,
+                    };
+                    let rows = self.plan.close(buf.batches).await?;
+                    self.counters.windows_closed.fetch_add(1, Ordering::Relaxed);
+                    self.counters.last_window_end.store(end, Ordering::Relaxed);
+                    let batch = concat(&self.plan, rows)?;
+                    // A window without rows (after HAVING) still keeps its state.
+                    if batch.is_some() || state.is_some() {
+                        out.push(Emission {
+                            batch: batch.unwrap_or_else(|| {
+                                RecordBatch::new_empty(self.plan.output_schema.clone())
+                            }),
+                            cumulative: false,
+                            state,
+                        });
+                    }
+                }
+            }
+        }
+        self.closed_wm = wm;
+        for e in &out {
+            self.counters
+                .rows_emitted
+                .fetch_add(e.batch.num_rows() as u64, Ordering::Relaxed);
+        }
+        Ok(out)
+    }
+
+    /// Closes every open window, as if the watermark had passed them all:
+    /// the input has ended for good (benchmarks, tests).
+    pub async fn close_all(&mut self) -> Result<Vec<Emission>> {
+        self.close_until(i64::MAX).await
+    }
+
+    /// Emits the whole table of a cumulative query if it changed.
+    pub async fn emit_cumulative(&mut self, now_ms: i64) -> Result<Vec<Emission>> {
+        if self.partials_only
+            || !self.dirty
+            || !matches!(self.plan.window.kind, WindowKind::Cumulative { .. })
+        {
+            return Ok(vec![]);
+        }
+        self.dirty = false;
+        let Some(buf) = self.windows.get_mut(&(0, 0)) else {
+            return Ok(vec![]);
+        };
+        if buf.batches.len() > 1 {
+            compact(&self.plan, buf).await?;
+        }
+        let rows = self.plan.close(buf.batches.clone()).await?;
+        let Some(batch) = concat(&self.plan, rows)? else {
+            return Ok(vec![]);
+        };
+        // A cumulative row belongs to no window: window_start is NULL, and
+        // window_end is the time the table was computed as of.
+        let as_of = self.watermark().unwrap_or(now_ms);
+        let mut cols = batch.columns().to_vec();
+        cols[0] = new_null_array(cols[0].data_type(), batch.num_rows());
+        cols[1] = Arc::new(TimestampMillisecondArray::from(vec![
+            as_of;
+            batch.num_rows()
+        ]));
+        let batch = RecordBatch::try_new(self.plan.output_schema.clone(), cols)?;
+        self.counters
+            .rows_emitted
+            .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+        Ok(vec![Emission {
+            batch,
+            cumulative: true,
+            state: None,
+        }])
+    }
+
+    async fn close_sessions(&mut self, wm: i64) -> Result<Option<Emission>> {
+        let Some(sessions) = &mut self.sessions else {
+            return Ok(None);
+        };
+        let Some(closed) = sessions.close(&self.plan, wm).await? else {
+            return Ok(None);
+        };
+        let rows = self.plan.close(vec![closed]).await?;
+        let batch = concat(&self.plan, rows)?;
+        if let Some(b) = &batch {
+            let ends = ts_values(b.column(1))?;
+            self.counters
+                .windows_closed
+                .fetch_add(b.num_rows() as u64, Ordering::Relaxed);
+            if let Some(m) = ends.iter().max() {
+                self.counters.last_window_end.store(*m, Ordering::Relaxed);
+            }
+        }
+        Ok(batch.map(|batch| Emission {
+            batch,
+            cumulative: false,
+            state: None,
+        }))
+    }
+}
+
+fn concat(plan: &ContinuousPlan, rows: Vec<RecordBatch>) -> Result<Option<RecordBatch>> {
+    Ok(match rows.len() {
+        0 => None,
+        1 => rows.into_iter().next(),
+        _ => Some(concat_batches(&plan.output_schema, &rows)?),
+    })
+}
