@@ -282,26 +282,12 @@ impl ContinuousPlan {
         // With one partition DataFusion plans a single-stage aggregate; find or
         // rebuild the partial stage.
         let partial: Arc<AggregateExec> = match agg.mode() {
-            AggregateMode::Single => Arc::new(AggregateExec::try_new(
-                AggregateMode::Partial,
-                agg.group_expr().clone(),
-                agg.aggr_expr().to_vec(),
-                agg.filter_expr().to_vec(),
-                agg.input().clone(),
-                agg.input_schema(),
-            )?),
+            AggregateMode::Single => partial_of(agg)?,
             AggregateMode::Final => {
                 let mut found = None;
                 agg.input().apply(|n| {
                     if let Some(a) = n.downcast_ref::<AggregateExec>() {
-                        found = Some(Arc::new(AggregateExec::try_new(
-                            AggregateMode::Partial,
-                            a.group_expr().clone(),
-                            a.aggr_expr().to_vec(),
-                            a.filter_expr().to_vec(),
-                            a.input().clone(),
-                            a.input_schema(),
-                        )?));
+                        found = Some(partial_of(a)?);
                         return Ok(TreeNodeRecursion::Stop);
                     }
                     Ok(TreeNodeRecursion::Continue)
@@ -504,5 +490,18 @@ impl ContinuousPlan {
         )
     }
 }
+/// The partial stage of `agg`: the same groups and aggregates over the same
+/// input, producing partial states.
+fn partial_of(agg: &AggregateExec) -> datafusion::error::Result<Arc<AggregateExec>> {
+    Ok(Arc::new(AggregateExec::try_new(
+        AggregateMode::Partial,
+        agg.group_expr().clone(),
+        agg.aggr_expr().to_vec(),
+        agg.filter_expr().to_vec(),
+        agg.input().clone(),
+        agg.input_schema(),
+    )?))
+}
+
 #[cfg(test)]
 mod tests;

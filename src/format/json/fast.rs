@@ -164,48 +164,33 @@ fn text(b: &[u8], s: usize, e: usize) -> &str {
 
 impl Column {
     fn append(&mut self, b: &[u8], t: &Token) -> R<()> {
+        // A null fits every type, read or skipped.
+        if let Token::Null = t {
+            self.append_null();
+            return Ok(());
+        }
         match (&mut self.builder, t) {
             (Builder::Skip, t) => match (self.kind, t) {
-                (_, Token::Null) | (Kind::Utf8, _) => Ok(()),
+                (Kind::Utf8, _) => Ok(()),
                 (Kind::Float64, Token::Num(..)) => Ok(()),
                 (Kind::Int64 | Kind::TimestampMs, Token::Num(_, _, true)) => Ok(()),
                 (Kind::Boolean, Token::Bool(_)) => Ok(()),
                 _ => Err(GiveUp),
             },
-            (Builder::Utf8(v), Token::Null) => {
-                v.append_null();
-                Ok(())
-            }
             (Builder::Utf8(v), Token::Str(s, e, false)) => {
                 v.append_value(text(b, *s, *e));
-                Ok(())
-            }
-            (Builder::Float64(v), Token::Null) => {
-                v.append_null();
                 Ok(())
             }
             (Builder::Float64(v), Token::Num(s, e, _)) => {
                 v.append_value(text(b, *s, *e).parse().map_err(|_| GiveUp)?);
                 Ok(())
             }
-            (Builder::Int64(v), Token::Null) => {
-                v.append_null();
-                Ok(())
-            }
             (Builder::Int64(v), Token::Num(s, e, true)) => {
                 v.append_value(text(b, *s, *e).parse().map_err(|_| GiveUp)?);
                 Ok(())
             }
-            (Builder::TimestampMs(v), Token::Null) => {
-                v.append_null();
-                Ok(())
-            }
             (Builder::TimestampMs(v), Token::Num(s, e, true)) => {
                 v.append_value(text(b, *s, *e).parse().map_err(|_| GiveUp)?);
-                Ok(())
-            }
-            (Builder::Boolean(v), Token::Null) => {
-                v.append_null();
                 Ok(())
             }
             (Builder::Boolean(v), Token::Bool(x)) => {

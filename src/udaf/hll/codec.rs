@@ -262,44 +262,30 @@ impl<'a, 'b, S: Sink> ser::Serializer for &'a mut Encoder<'b, S> {
     }
 }
 
-impl<S: Sink> ser::SerializeSeq for &mut Encoder<'_, S> {
-    type Ok = ();
-    type Error = Error;
+/// Sequences, tuples and tuple structs: their elements one after another,
+/// nothing written at the end.
+macro_rules! elements {
+    ($($kind:ident :: $method:ident),*) => {$(
+        impl<S: Sink> ser::$kind for &mut Encoder<'_, S> {
+            type Ok = ();
+            type Error = Error;
 
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        value.serialize(&mut **self)
-    }
+            fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
+                value.serialize(&mut **self)
+            }
 
-    fn end(self) -> Result<(), Error> {
-        Ok(())
-    }
+            fn end(self) -> Result<(), Error> {
+                Ok(())
+            }
+        }
+    )*};
 }
 
-impl<S: Sink> ser::SerializeTuple for &mut Encoder<'_, S> {
-    type Ok = ();
-    type Error = Error;
-
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        value.serialize(&mut **self)
-    }
-
-    fn end(self) -> Result<(), Error> {
-        Ok(())
-    }
-}
-
-impl<S: Sink> ser::SerializeTupleStruct for &mut Encoder<'_, S> {
-    type Ok = ();
-    type Error = Error;
-
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        value.serialize(&mut **self)
-    }
-
-    fn end(self) -> Result<(), Error> {
-        Ok(())
-    }
-}
+elements!(
+    SerializeSeq::serialize_element,
+    SerializeTuple::serialize_element,
+    SerializeTupleStruct::serialize_field
+);
 
 impl<S: Sink> ser::SerializeStruct for &mut Encoder<'_, S> {
     type Ok = ();
