@@ -112,6 +112,7 @@ fn scenario(store: &Store) -> Vec<String> {
     let all = store
         .read_results(
             "q",
+            &schema(),
             &ResultFilter {
                 limit: 100,
                 ..Default::default()
@@ -122,6 +123,7 @@ fn scenario(store: &Store) -> Vec<String> {
     let page = store
         .read_results(
             "q",
+            &schema(),
             &ResultFilter {
                 from: Some(runnel::store::format_ts(t0)),
                 to: Some(runnel::store::format_ts(t0 + 10_000)),

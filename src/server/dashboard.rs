@@ -14,7 +14,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::App;
 use crate::error::Error;
@@ -81,36 +81,46 @@ async fn latest(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<R
     let page = tokio::task::spawn_blocking(move || newest_rows(&store, &name, &schema))
         .await
         .map_err(|e| Error::Execution(e.to_string()))??;
-    Ok(axum::Json(page).into_response())
+    Ok(super::encode::json_response(page))
 }
 
 fn newest_rows(
     store: &Store,
     name: &str,
     schema: &datafusion::arrow::datatypes::Schema,
-) -> crate::error::Result<Value> {
+) -> crate::error::Result<Vec<u8>> {
+    use super::encode::{json, json_body, json_rows};
     let Some(newest) = store.newest_cursor(name)? else {
-        return Ok(json!({"columns": [], "rows": [], "cursor": ""}));
+        return Ok(json(&json!({"columns": [], "rows": [], "cursor": ""})));
     };
     let filter = ResultFilter {
         after: Some(newest.saturating_sub(LATEST_ROWS as i64)),
         limit: LATEST_ROWS,
         ..Default::default()
     };
-    let mut page = store.read_results(name, &filter)?;
-    // The same values as the results API gives (timestamps in RFC 3339).
-    super::rows::api_rows(schema, &page.columns, &mut page.rows);
-    let mut rows: Vec<Value> = page
-        .rows
-        .into_iter()
-        .map(|r| super::rows::row_object(&page.columns, r))
-        .collect();
+    let page = store.read_results(name, schema, &filter)?;
     // A full page may start in the middle of a window: leave that one out.
-    if rows.len() >= LATEST_ROWS {
-        let first = rows[0]["window_start"].clone();
-        if !first.is_null() && rows.iter().any(|r| r["window_start"] != first) {
-            rows.retain(|r| r["window_start"] != first);
+    let mut batch = page.batch;
+    if batch.num_rows() >= LATEST_ROWS
+        && let Some(starts) = batch.column_by_name("window_start").cloned()
+        && starts.is_valid(0)
+    {
+        let first = starts.slice(0, 1);
+        let first = datafusion::arrow::array::Scalar::new(first);
+        let other = datafusion::arrow::compute::kernels::cmp::distinct(&starts, &first)?;
+        if other.true_count() > 0 {
+            batch = datafusion::arrow::compute::filter_record_batch(&batch, &other)?;
         }
     }
-    Ok(json!({"columns": page.columns, "rows": rows, "cursor": newest.to_string()}))
+    let columns: Vec<&String> = batch
+        .schema_ref()
+        .fields()
+        .iter()
+        .map(|f| f.name())
+        .collect();
+    Ok(json_body(&[
+        ("columns", &json(&columns)),
+        ("rows", &json_rows(std::slice::from_ref(&batch), true)?),
+        ("cursor", &json(&newest.to_string())),
+    ]))
 }

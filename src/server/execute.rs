@@ -5,12 +5,12 @@ use super::*;
 
 impl App {
     /// Runs every statement in `body` in order; stops at the first error.
-    pub async fn execute_sql(&self, body: &str) -> Result<Vec<Value>> {
+    pub async fn execute_sql(&self, body: &str) -> Result<Vec<Answer>> {
         let _ddl = self.ddl.lock().await;
         let mut out = Vec::new();
         for p in parse_sql(body)? {
             let mut r = self.execute(&p).await?;
-            r["statement"] = Value::String(match p.stmt {
+            r.set_statement(match p.stmt {
                 Statement::CreateStream(_) => redact_sql(&p.text),
                 _ => p.text.clone(),
             });
@@ -19,11 +19,11 @@ impl App {
         Ok(out)
     }
 
-    pub(super) async fn execute(&self, p: &Parsed) -> Result<Value> {
-        Ok(match &p.stmt {
+    pub(super) async fn execute(&self, p: &Parsed) -> Result<Answer> {
+        Ok(Answer::Json(match &p.stmt {
             Statement::CreateStream(def) => {
                 if let Some(v) = self.create_check(p.create, "stream", &def.name)? {
-                    return Ok(v);
+                    return Ok(v.into());
                 }
                 self.check_stream(def)?;
                 self.store.save_stream(&def.name, &p.text)?;
@@ -62,14 +62,12 @@ impl App {
                         .await
                 } else {
                     let (schema, batches) = self.pull(select).await?;
-                    let mut v = batches_json(&schema, &batches)?;
-                    v["kind"] = json!("rows");
-                    v
+                    return Answer::rows(&schema, &batches);
                 }
             }
             Statement::CreateTable(def) => {
                 if let Some(v) = self.create_check(p.create, "table", &def.name)? {
-                    return Ok(v);
+                    return Ok(v.into());
                 }
                 let rows = self.load_table(def, &p.text).await?;
                 self.store.save_table(&def.name, &p.text)?;
@@ -211,7 +209,7 @@ impl App {
                 keep_results,
             } => self.drop_query_stmt(name, *if_exists, *keep_results)?,
             Statement::DropStream { name, if_exists } => self.drop_stream_stmt(name, *if_exists)?,
-        })
+        }))
     }
 
     /// A warning when `def` reads a Kafka topic its brokers do not have

@@ -36,8 +36,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::App;
+use super::encode;
 use super::guard::{HostRule, same_origin};
-use super::rows::{api_rows, csv_field, csv_text, row_object};
 use crate::error::Error;
 use crate::sql::{Statement, parse_statement};
 use crate::store::{ResultFilter, normalize_ts};
@@ -202,7 +202,15 @@ async fn sql(
 ) -> Res {
     let (text, _) = sql_body(&headers, &body(b)?)?;
     let results = app.execute_sql(&text).await?;
-    Ok(axum::Json(json!({"results": results})).into_response())
+    let mut out = b"{\"results\":[".to_vec();
+    for (i, r) in results.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        r.write_json(&mut out);
+    }
+    out.extend_from_slice(b"]}");
+    Ok(encode::json_response(out))
 }
 
 #[derive(Deserialize)]
@@ -356,28 +364,37 @@ async fn results(
         limit,
     };
     let store = app.store.clone();
-    let name = q.name.clone();
-    let mut page = tokio::task::spawn_blocking(move || store.read_results(&name, &filter))
+    let (name, schema) = (q.name.clone(), q.plan.output_schema.clone());
+    let page = tokio::task::spawn_blocking(move || store.read_results(&name, &schema, &filter))
         .await
         .map_err(|e| Error::Execution(e.to_string()))??;
-    api_rows(&q.plan.output_schema, &page.columns, &mut page.rows);
     let cursor = page.cursor.map(|c| c.to_string()).unwrap_or_default();
     if format == Format::Csv {
-        let rows = page.rows.iter().map(|r| r.iter().map(csv_field).collect());
-        let out = csv_text(&page.columns, rows);
+        let out = encode::csv(&page.batch)?;
         return Ok(csv_response(out, Some(cursor), page.has_more));
     }
-    let rows: Vec<Value> = page
-        .rows
-        .into_iter()
-        .map(|r| row_object(&page.columns, r))
+    let columns: Vec<&String> = page
+        .batch
+        .schema_ref()
+        .fields()
+        .iter()
+        .map(|f| f.name())
         .collect();
-    let body = json!({"query": q.name, "columns": page.columns, "rows": rows, "cursor": cursor, "has_more": page.has_more});
-    Ok(axum::Json(body).into_response())
+    let body = encode::json_body(&[
+        ("query", &encode::json(&q.name)),
+        ("columns", &encode::json(&columns)),
+        (
+            "rows",
+            &encode::json_rows(std::slice::from_ref(&page.batch), true)?,
+        ),
+        ("cursor", &encode::json(&cursor)),
+        ("has_more", &encode::json(&page.has_more)),
+    ]);
+    Ok(encode::json_response(body))
 }
 
 /// A CSV answer: `X-Runnel-Cursor` (results pages) and `X-Runnel-Has-More`.
-pub(super) fn csv_response(body: String, cursor: Option<String>, has_more: bool) -> Response {
+pub(super) fn csv_response(body: Vec<u8>, cursor: Option<String>, has_more: bool) -> Response {
     let mut headers = HeaderMap::new();
     headers.insert(
         header::CONTENT_TYPE,
@@ -489,31 +506,28 @@ async fn stream_results(
                 if done {
                     return None;
                 }
-                if app.query(&name).is_err() {
+                let Ok(q) = app.query(&name) else {
                     done = true;
                     pending.push_back(Event::default().event("dropped").data(name.clone()));
                     continue;
-                }
+                };
                 let store = app.store.clone();
-                let table = name.clone();
+                let (table, schema) = (name.clone(), q.plan.output_schema.clone());
                 let filter = ResultFilter {
                     after,
                     limit: 1000,
                     ..Default::default()
                 };
-                let page =
-                    tokio::task::spawn_blocking(move || store.read_results(&table, &filter)).await;
+                let page = tokio::task::spawn_blocking(move || {
+                    let page = store.read_results(&table, &schema, &filter)?;
+                    Ok::<_, Error>((encode::row_texts(&page.batch)?, page.seqs))
+                })
+                .await;
                 match page {
-                    Ok(Ok(mut page)) if !page.rows.is_empty() => {
-                        if let Ok(q) = app.query(&name) {
-                            api_rows(&q.plan.output_schema, &page.columns, &mut page.rows);
-                        }
-                        for (row, seq) in page.rows.into_iter().zip(page.seqs) {
+                    Ok(Ok((rows, seqs))) if !rows.is_empty() => {
+                        for (row, seq) in rows.into_iter().zip(seqs) {
                             pending.push_back(
-                                Event::default()
-                                    .event("row")
-                                    .id(seq.to_string())
-                                    .data(row_object(&page.columns, row).to_string()),
+                                Event::default().event("row").id(seq.to_string()).data(row),
                             );
                             after = Some(seq);
                         }

@@ -3,7 +3,7 @@
 //!
 //! This file holds the catalog ([`App`]: streams, tables, queries, their
 //! threads); `execute` runs statements against it, `render` writes its
-//! answers as JSON, `ddl` the `IF [NOT] EXISTS` / `OR REPLACE` cases, and
+//! answers as JSON, `encode` writes result rows (JSON, CSV, events), `ddl` the `IF [NOT] EXISTS` / `OR REPLACE` cases, and
 //! `http`, `rows`, `rollup`, `limits` and `guard` serve it.
 //!
 //! ```no_run
@@ -18,6 +18,7 @@
 
 pub mod dashboard;
 mod ddl;
+mod encode;
 mod execute;
 pub mod guard;
 pub mod history;
@@ -55,8 +56,8 @@ use crate::source::stats::StreamStats;
 use crate::sql::{Parsed, Statement, normalize_ident, parse_sql, parse_statement};
 use crate::store::Store;
 pub use ddl::Created;
+pub use render::Answer;
 use render::*;
-pub use render::{batches_json, row_objects};
 
 /// Bad records kept per stream and reason for `GET /streams/{name}/errors`.
 pub const BAD_SAMPLES: usize = 20;

@@ -1,5 +1,6 @@
-//! What the API answers look like: catalog entries, query status and rows
-//! as JSON. Statements decide what to answer (`execute`); this module only
+//! What the API answers look like: catalog entries, query status and
+//! statement answers as JSON (rows themselves are written by
+//! [`super::encode`]). Statements decide what to answer (`execute`); this module only
 //! writes it down.
 
 use super::*;
@@ -14,94 +15,63 @@ pub(super) fn columns_json(schema: &SchemaRef) -> Value {
     )
 }
 
-/// The rows of `batches` as JSON objects (NULL columns left out).
-pub(super) fn batch_objects(
-    batches: &[RecordBatch],
-) -> Result<Vec<serde_json::Map<String, Value>>> {
-    let mut buf = Vec::new();
-    {
-        let mut w = arrow_json::ArrayWriter::new(&mut buf);
-        for b in batches {
-            w.write(b)?;
+/// One statement's answer: JSON, or the rows of a pull query written
+/// straight from its batches by [`super::encode`].
+pub enum Answer {
+    /// An answer built as JSON.
+    Json(Value),
+    /// A pull query's `{"columns", "rows", "kind": "rows", "statement"}`.
+    Rows {
+        /// `[{"name", "type"}, ...]`.
+        columns: Value,
+        /// The rows, a JSON array of arrays.
+        rows: Vec<u8>,
+        /// The statement answered.
+        statement: String,
+    },
+}
+
+impl Answer {
+    /// The answer to a pull query: its rows as arrays in `schema` order.
+    pub(super) fn rows(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Self> {
+        Ok(Answer::Rows {
+            columns: columns_json(schema),
+            rows: super::encode::json_rows(batches, false)?,
+            statement: String::new(),
+        })
+    }
+
+    /// Names the statement answered.
+    pub(super) fn set_statement(&mut self, text: String) {
+        match self {
+            Answer::Json(v) => v["statement"] = Value::String(text),
+            Answer::Rows { statement, .. } => *statement = text,
         }
-        w.finish()?;
     }
-    if buf.is_empty() {
-        return Ok(vec![]);
+
+    /// Appends the answer as JSON to `out`.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        use super::encode::json;
+        match self {
+            Answer::Json(v) => out.extend_from_slice(&json(v)),
+            Answer::Rows {
+                columns,
+                rows,
+                statement,
+            } => out.extend_from_slice(&super::encode::json_body(&[
+                ("columns", &json(columns)),
+                ("rows", rows),
+                ("kind", b"\"rows\""),
+                ("statement", &json(statement)),
+            ])),
+        }
     }
-    serde_json::from_slice(&buf).map_err(|e| Error::Execution(e.to_string()))
 }
 
-/// Converts batches to `{"columns": [...], "rows": [[...]]}`, timestamps in
-/// the API's format.
-pub fn batches_json(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Value> {
-    let batches = batches
-        .iter()
-        .map(api_timestamps)
-        .collect::<Result<Vec<_>>>()?;
-    let rows: Vec<Value> = batch_objects(&batches)?
-        .into_iter()
-        .map(|mut o| {
-            Value::Array(
-                schema
-                    .fields()
-                    .iter()
-                    .map(|f| o.remove(f.name()).unwrap_or(Value::Null))
-                    .collect(),
-            )
-        })
-        .collect();
-    Ok(json!({"columns": columns_json(schema), "rows": rows}))
-}
-
-/// `batch` with its timestamp columns as text in the API's format
-/// ([`crate::store::API_TS_FORMAT`]).
-pub(super) fn api_timestamps(batch: &RecordBatch) -> Result<RecordBatch> {
-    use datafusion::arrow::array::{ArrayRef, AsArray, StringArray};
-    use datafusion::arrow::datatypes::{
-        DataType, Field, Schema, TimeUnit, TimestampMillisecondType,
-    };
-    let mut fields = Vec::new();
-    let mut cols: Vec<ArrayRef> = Vec::new();
-    for (f, c) in batch.schema().fields().iter().zip(batch.columns()) {
-        let c = match c.data_type() {
-            DataType::Timestamp(_, _) => {
-                let ms = datafusion::arrow::compute::cast(
-                    c,
-                    &DataType::Timestamp(TimeUnit::Millisecond, None),
-                )?;
-                let text: StringArray = ms
-                    .as_primitive::<TimestampMillisecondType>()
-                    .iter()
-                    .map(|v| v.map(crate::store::format_api_ts))
-                    .collect();
-                Arc::new(text) as ArrayRef
-            }
-            _ => c.clone(),
-        };
-        fields.push(Field::new(f.name(), c.data_type().clone(), true));
-        cols.push(c);
+impl From<Value> for Answer {
+    fn from(v: Value) -> Self {
+        Answer::Json(v)
     }
-    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?)
-}
-
-/// The rows of `batch` as JSON objects with every column in schema order,
-/// timestamps in the API's format.
-pub fn row_objects(batch: &RecordBatch) -> Result<Vec<Value>> {
-    let batch = api_timestamps(batch)?;
-    let schema = batch.schema();
-    Ok(batch_objects(&[batch])?
-        .into_iter()
-        .map(|mut o| {
-            Value::Object(
-                schema
-                    .fields()
-                    .iter()
-                    .map(|f| (f.name().clone(), o.remove(f.name()).unwrap_or(Value::Null)))
-                    .collect(),
-            )
-        })
-        .collect())
 }
 
 pub(super) fn table_rows(columns: &[&str], rows: Vec<Vec<Value>>) -> Value {

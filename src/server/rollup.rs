@@ -33,13 +33,9 @@ use datafusion::datasource::MemTable;
 use datafusion::logical_expr::Expr;
 use datafusion::sql::sqlparser::ast::{self, FunctionArg, FunctionArgExpr, TableFactor, Value};
 
-use axum::response::IntoResponse;
-use serde_json::json;
-
-use super::App;
 use super::http::{Format, Res, ResultsParams, csv_response};
 use super::limits::MAX_ROLLUP_WINDOWS;
-use super::rows::{csv_text, json_csv_field};
+use super::{App, encode};
 use crate::error::{Error, Result};
 use crate::model::WindowKind;
 use crate::model::duration::parse_duration;
@@ -248,26 +244,23 @@ pub(super) async fn results(
         partial,
     };
     let rollup = app.rollup(name, &req).await?;
-    let columns: Vec<String> = (rollup.batch.schema().fields().iter())
-        .map(|f| f.name().clone())
-        .collect();
-    let rows = crate::server::row_objects(&rollup.batch)?;
     if format == Format::Csv {
-        let fields = rows.iter().map(|r| {
-            let r = r.as_object().expect("row objects");
-            columns.iter().map(|c| json_csv_field(&r[c])).collect()
-        });
-        let out = csv_text(&columns, fields);
+        let out = encode::csv(&rollup.batch)?;
         return Ok(csv_response(out, None, rollup.has_more));
     }
-    let body = json!({
-        "query": name,
-        "rollup": size,
-        "columns": columns,
-        "rows": rows,
-        "has_more": rollup.has_more,
-    });
-    Ok(axum::Json(body).into_response())
+    let schema = rollup.batch.schema();
+    let columns: Vec<&String> = schema.fields().iter().map(|f| f.name()).collect();
+    let body = encode::json_body(&[
+        ("query", &encode::json(name)),
+        ("rollup", &encode::json(size)),
+        ("columns", &encode::json(&columns)),
+        (
+            "rows",
+            &encode::json_rows(std::slice::from_ref(&rollup.batch), true)?,
+        ),
+        ("has_more", &encode::json(&rollup.has_more)),
+    ]);
+    Ok(encode::json_response(body))
 }
 
 /// `batch` with a last boolean column [`COMPLETE`].

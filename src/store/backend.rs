@@ -18,6 +18,7 @@ use datafusion::arrow::datatypes::{
     DataType, Float64Type, Int64Type, Schema, TimeUnit, TimestampMillisecondType,
 };
 
+use super::results::ResultColumns;
 use super::{ColumnKind, Value, column_kind, quote};
 use crate::error::Result;
 use crate::model::Emission;
@@ -69,6 +70,18 @@ pub trait Tx {
         params: &[Param],
         each: &mut EachRow<'_>,
     ) -> Result<Vec<String>>;
+
+    /// Runs a results query (`SELECT _seq, <columns of out> ...`), appending
+    /// each row to `out`, each value read as its column's kind; `each` sees
+    /// `out` after every row (it may take the rows so far), and an error
+    /// from it stops the query.
+    fn query_results(
+        &mut self,
+        sql: &str,
+        params: &[Param],
+        out: &mut ResultColumns,
+        each: &mut dyn FnMut(&mut ResultColumns) -> Result<()>,
+    ) -> Result<()>;
 
     /// Runs a query and returns its column names and rows.
     fn query(&mut self, sql: &str, params: &[Param]) -> Result<(Vec<String>, Vec<Vec<Value>>)> {

@@ -17,7 +17,7 @@
 pub(crate) mod backend;
 pub mod pg_tls;
 pub mod postgres;
-mod results;
+pub mod results;
 pub mod sqlite;
 
 use std::collections::BTreeMap;
@@ -58,13 +58,6 @@ pub fn format_api_ts(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|d| d.format(API_TS_FORMAT).to_string())
         .unwrap_or_else(|| ms.to_string())
-}
-
-/// A results-table timestamp ([`TS_FORMAT`]) as the API writes it.
-pub fn api_ts(stored: &str) -> String {
-    chrono::NaiveDateTime::parse_from_str(stored, TS_FORMAT)
-        .map(|d| d.format(API_TS_FORMAT).to_string())
-        .unwrap_or_else(|_| stored.to_string())
 }
 
 /// Parses a user-supplied time (epoch ms, RFC 3339 or `YYYY-MM-DD HH:MM:SS[.fff]`) into
@@ -137,12 +130,12 @@ pub(crate) fn column_kind(dt: &DataType) -> ColumnKind {
 }
 
 /// One page of results read from a results table.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ResultPage {
-    /// Column names, in table order.
-    pub columns: Vec<String>,
-    /// Rows; timestamps as text in [`TS_FORMAT`], booleans as 0/1.
-    pub rows: Vec<Vec<Value>>,
+    /// The rows, one column per column of the query's output in its stored
+    /// type ([`results::stored_type`]: `Timestamp(ms)`, `Int64`, `Float64`,
+    /// `Boolean`, `Utf8`, `Binary`).
+    pub batch: RecordBatch,
     /// Cursor to pass as `after` for the next page (the last row's sequence).
     pub cursor: Option<i64>,
     /// Each row's own cursor (its sequence), in row order.
@@ -223,6 +216,30 @@ fn int(v: &Value) -> Option<i64> {
         Value::Integer(i) => Some(*i),
         _ => None,
     }
+}
+
+/// A results-table timestamp as SQLite stores it ([`TS_FORMAT`]) as epoch
+/// ms, read without parsing a format for the usual four-digit years.
+pub(crate) fn parse_stored_ts(text: &str) -> Option<i64> {
+    let b = text.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
+        b.get(r)?.iter().try_fold(0u32, |n, d| {
+            d.is_ascii_digit().then(|| n * 10 + u32::from(d - b'0'))
+        })
+    };
+    let fast = || -> Option<i64> {
+        if b.len() != 23 || b[4] != b'-' || b[7] != b'-' || b[10] != b' ' || b[19] != b'.' {
+            return None;
+        }
+        let date = chrono::NaiveDate::from_ymd_opt(num(0..4)? as i32, num(5..7)?, num(8..10)?)?;
+        let t = date.and_hms_milli_opt(num(11..13)?, num(14..16)?, num(17..19)?, num(20..23)?)?;
+        Some(t.and_utc().timestamp_millis())
+    };
+    fast().or_else(|| {
+        chrono::NaiveDateTime::parse_from_str(text, TS_FORMAT)
+            .ok()
+            .map(|d| d.and_utc().timestamp_millis())
+    })
 }
 
 /// A results-table timestamp given in [`TS_FORMAT`] as epoch ms.

@@ -32,6 +32,7 @@ use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, Config, GenericClient, Row, Statement};
 
 use super::backend::{Backend, Dialect, EachRow, Param, Stmt, Tx};
+use super::results::{Cell, ResultColumns};
 use super::{ColumnKind, TS_FORMAT, Value};
 use crate::error::{Error, Result};
 
@@ -447,6 +448,41 @@ impl<C: GenericClient + Sync> Tx for PgTx<'_, C> {
         }
         Ok(columns)
     }
+
+    fn query_results(
+        &mut self,
+        sql: &str,
+        params: &[Param],
+        out: &mut ResultColumns,
+        each: &mut dyn FnMut(&mut ResultColumns) -> Result<()>,
+    ) -> Result<()> {
+        let st = block_on(self.c.prepare(sql))?;
+        let rows = block_on(self.c.query(&st, &refs(params)))?;
+        let kinds = out.kinds().to_vec();
+        for r in &rows {
+            out.start_row(r.try_get(0)?);
+            for (c, kind) in kinds.iter().enumerate() {
+                out.push(c, cell(r, c + 1, *kind)?);
+            }
+            each(out)?;
+        }
+        Ok(())
+    }
+}
+
+/// Column `i` of a results row, read as its `kind`'s PostgreSQL type.
+fn cell(row: &Row, i: usize, kind: ColumnKind) -> Result<Cell<'_>> {
+    let v = match kind {
+        ColumnKind::Bool => row.try_get::<_, Option<bool>>(i)?.map(Cell::Bool),
+        ColumnKind::Int => row.try_get::<_, Option<i64>>(i)?.map(Cell::Int),
+        ColumnKind::Real => row.try_get::<_, Option<f64>>(i)?.map(Cell::Real),
+        ColumnKind::Timestamp => row
+            .try_get::<_, Option<NaiveDateTime>>(i)?
+            .map(|t| Cell::Ts(t.and_utc().timestamp_millis())),
+        ColumnKind::Text => row.try_get::<_, Option<&str>>(i)?.map(Cell::Text),
+        ColumnKind::Blob => row.try_get::<_, Option<&[u8]>>(i)?.map(Cell::Blob),
+    };
+    Ok(v.unwrap_or(Cell::Null))
 }
 
 /// A stored value as the shared [`Value`] (timestamps as text in

@@ -24,7 +24,8 @@ use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use rusqlite::{Connection, ErrorCode};
 
 use super::backend::{Backend, Dialect, EachRow, Param, Tx};
-use super::{ColumnKind, format_ts};
+use super::results::{Cell, ResultColumns};
+use super::{ColumnKind, format_ts, parse_stored_ts};
 use crate::error::{Error, Result};
 
 const MIGRATIONS: &[&str] = &[
@@ -213,6 +214,46 @@ impl Tx for SqliteTx<'_> {
             each(&columns, row)?;
         }
         Ok(columns)
+    }
+
+    fn query_results(
+        &mut self,
+        sql: &str,
+        params: &[Param],
+        out: &mut ResultColumns,
+        each: &mut dyn FnMut(&mut ResultColumns) -> Result<()>,
+    ) -> Result<()> {
+        let mut st = self.0.prepare(&numbered(sql))?;
+        let mut rows = st.query(rusqlite::params_from_iter(params))?;
+        let kinds = out.kinds().to_vec();
+        while let Some(r) = rows.next()? {
+            out.start_row(r.get(0)?);
+            for (c, kind) in kinds.iter().enumerate() {
+                out.push(c, cell(*kind, r.get_ref(c + 1)?));
+            }
+            each(out)?;
+        }
+        Ok(())
+    }
+}
+
+/// A stored value of a results column of `kind`: timestamps are text in
+/// [`super::TS_FORMAT`], booleans 0/1; anything else is NULL.
+fn cell(kind: ColumnKind, v: ValueRef<'_>) -> Cell<'_> {
+    match (kind, v) {
+        (ColumnKind::Bool, ValueRef::Integer(i)) => Cell::Bool(i != 0),
+        (ColumnKind::Int, ValueRef::Integer(i)) => Cell::Int(i),
+        (ColumnKind::Real, ValueRef::Real(f)) => Cell::Real(f),
+        (ColumnKind::Real, ValueRef::Integer(i)) => Cell::Real(i as f64),
+        (ColumnKind::Timestamp, ValueRef::Text(t)) => std::str::from_utf8(t)
+            .ok()
+            .and_then(parse_stored_ts)
+            .map_or(Cell::Null, Cell::Ts),
+        (ColumnKind::Text, ValueRef::Text(t)) => {
+            std::str::from_utf8(t).map_or(Cell::Null, Cell::Text)
+        }
+        (ColumnKind::Blob, ValueRef::Blob(b)) => Cell::Blob(b),
+        _ => Cell::Null,
     }
 }
 
