@@ -19,9 +19,25 @@ use datafusion::arrow::datatypes::{
 };
 
 use super::results::ResultColumns;
-use super::{ColumnKind, Value, column_kind, quote};
+use super::{ColumnKind, column_kind, quote};
 use crate::error::Result;
 use crate::model::Emission;
+
+/// A value a catalog query answers, whatever the backend (results tables
+/// are read as Arrow instead: [`Tx::query_results`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// SQL NULL.
+    Null,
+    /// An integer (SQLite's booleans are 0/1).
+    Integer(i64),
+    /// A double.
+    Real(f64),
+    /// Text (PostgreSQL's JSON as its text).
+    Text(String),
+    /// Bytes.
+    Blob(Vec<u8>),
+}
 
 /// A statement parameter, bound by each backend in its own types.
 #[derive(Debug, Clone)]

@@ -31,11 +31,9 @@ use datafusion::arrow::datatypes::{
     DataType, Int64Type, Schema, TimeUnit, TimestampMillisecondType,
 };
 
-pub use rusqlite::types::Value;
-
 use crate::error::{Error, Result};
 use crate::model::Emission;
-use backend::{Backend, Dialect, Param, Tx};
+use backend::{Backend, Dialect, Param, Tx, Value};
 use postgres::PgStore;
 use sqlite::SqliteStore;
 

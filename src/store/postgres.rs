@@ -31,9 +31,9 @@ use postgres_openssl::MakeTlsConnector;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, Config, GenericClient, Row, Statement};
 
-use super::backend::{Backend, Dialect, EachRow, Param, Stmt, Tx};
+use super::ColumnKind;
+use super::backend::{Backend, Dialect, EachRow, Param, Stmt, Tx, Value};
 use super::results::{Cell, ResultColumns};
-use super::{ColumnKind, TS_FORMAT, Value};
 use crate::error::{Error, Result};
 
 /// Versioned schema migrations, applied in order under an advisory lock so
@@ -485,8 +485,7 @@ fn cell(row: &Row, i: usize, kind: ColumnKind) -> Result<Cell<'_>> {
     Ok(v.unwrap_or(Cell::Null))
 }
 
-/// A stored value as the shared [`Value`] (timestamps as text in
-/// [`TS_FORMAT`], booleans as 0/1, JSON as text).
+/// A catalog value as the shared [`Value`] (booleans as 0/1, JSON as text).
 fn value(row: &Row, i: usize) -> Result<Value> {
     let t = row.columns()[i].type_();
     let v = if *t == Type::INT8 {
@@ -499,9 +498,6 @@ fn value(row: &Row, i: usize) -> Result<Value> {
     } else if *t == Type::BOOL {
         row.try_get::<_, Option<bool>>(i)?
             .map(|v| Value::Integer(v.into()))
-    } else if *t == Type::TIMESTAMP {
-        row.try_get::<_, Option<NaiveDateTime>>(i)?
-            .map(|v| Value::Text(v.format(TS_FORMAT).to_string()))
     } else if *t == Type::BYTEA {
         row.try_get::<_, Option<Vec<u8>>>(i)?.map(Value::Blob)
     } else if *t == Type::JSONB || *t == Type::JSON {

@@ -20,10 +20,10 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use rusqlite::types::{ToSqlOutput, Value, ValueRef};
+use rusqlite::types::{ToSqlOutput, Value as SqlValue, ValueRef};
 use rusqlite::{Connection, ErrorCode};
 
-use super::backend::{Backend, Dialect, EachRow, Param, Tx};
+use super::backend::{Backend, Dialect, EachRow, Param, Tx, Value};
 use super::results::{Cell, ResultColumns};
 use super::{ColumnKind, format_ts, parse_stored_ts};
 use crate::error::{Error, Result};
@@ -177,11 +177,11 @@ fn numbered(sql: &str) -> String {
 impl rusqlite::ToSql for Param {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
         Ok(match self {
-            Param::Null => ToSqlOutput::Owned(Value::Null),
-            Param::Bool(b) => ToSqlOutput::Owned(Value::Integer(*b as i64)),
-            Param::Int(i) => ToSqlOutput::Owned(Value::Integer(*i)),
-            Param::Real(f) => ToSqlOutput::Owned(Value::Real(*f)),
-            Param::Ts(ms) => ToSqlOutput::Owned(Value::Text(format_ts(*ms))),
+            Param::Null => ToSqlOutput::Owned(SqlValue::Null),
+            Param::Bool(b) => ToSqlOutput::Owned(SqlValue::Integer(*b as i64)),
+            Param::Int(i) => ToSqlOutput::Owned(SqlValue::Integer(*i)),
+            Param::Real(f) => ToSqlOutput::Owned(SqlValue::Real(*f)),
+            Param::Ts(ms) => ToSqlOutput::Owned(SqlValue::Text(format_ts(*ms))),
             Param::Text(s) | Param::Json(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
             Param::Blob(b) => ToSqlOutput::Borrowed(ValueRef::Blob(b)),
         })
@@ -209,8 +209,16 @@ impl Tx for SqliteTx<'_> {
         let mut rows = st.query(rusqlite::params_from_iter(params))?;
         while let Some(r) = rows.next()? {
             let row = (0..columns.len())
-                .map(|i| r.get::<_, Value>(i))
-                .collect::<std::result::Result<_, _>>()?;
+                .map(|i| {
+                    Ok(match r.get_ref(i)? {
+                        ValueRef::Null => Value::Null,
+                        ValueRef::Integer(i) => Value::Integer(i),
+                        ValueRef::Real(f) => Value::Real(f),
+                        ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+                        ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+                    })
+                })
+                .collect::<Result<_>>()?;
             each(&columns, row)?;
         }
         Ok(columns)
