@@ -433,8 +433,7 @@ async fn into_topic_exactly_once_across_a_handover() {
     assert!(published > 0 && published < table.len() as u64, "{q}");
 }
 
-/// A row's window start (in epoch ms: the topic writes timestamps without a
-/// zone) and geo.
+/// A row's window start (in epoch ms) and geo.
 fn window_and_geo(row: &Value) -> (i64, String) {
     let start = row["window_start"].as_str().unwrap();
     let start = runnel::store::time_ms(start).unwrap();

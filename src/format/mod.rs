@@ -6,6 +6,7 @@
 pub mod access_log;
 mod columns;
 pub mod csv;
+pub mod encode;
 pub mod json;
 pub mod lines;
 

@@ -81,7 +81,7 @@ async fn latest(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<R
     let page = tokio::task::spawn_blocking(move || newest_rows(&store, &name, &schema))
         .await
         .map_err(|e| Error::Execution(e.to_string()))??;
-    Ok(super::encode::json_response(page))
+    Ok(super::render::json_response(page))
 }
 
 fn newest_rows(
@@ -89,7 +89,7 @@ fn newest_rows(
     name: &str,
     schema: &datafusion::arrow::datatypes::Schema,
 ) -> crate::error::Result<Vec<u8>> {
-    use super::encode::{json, json_body, json_rows};
+    use crate::format::encode::{json, json_body, json_rows};
     let Some(newest) = store.newest_cursor(name)? else {
         return Ok(json(&json!({"columns": [], "rows": [], "cursor": ""})));
     };

@@ -36,9 +36,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::App;
-use super::encode;
 use super::guard::{HostRule, same_origin};
 use crate::error::Error;
+use crate::format::encode;
 use crate::sql::{Statement, parse_statement};
 use crate::store::{ResultFilter, normalize_ts};
 
@@ -210,7 +210,7 @@ async fn sql(
         r.write_json(&mut out);
     }
     out.extend_from_slice(b"]}");
-    Ok(encode::json_response(out))
+    Ok(super::render::json_response(out))
 }
 
 #[derive(Deserialize)]
@@ -390,7 +390,7 @@ async fn results(
         ("cursor", &encode::json(&cursor)),
         ("has_more", &encode::json(&page.has_more)),
     ]);
-    Ok(encode::json_response(body))
+    Ok(super::render::json_response(body))
 }
 
 /// A CSV answer: `X-Runnel-Cursor` (results pages) and `X-Runnel-Has-More`.

@@ -18,7 +18,6 @@
 
 pub mod dashboard;
 mod ddl;
-mod encode;
 mod execute;
 pub mod guard;
 pub mod history;

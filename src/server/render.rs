@@ -36,7 +36,7 @@ impl Answer {
     pub(super) fn rows(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Self> {
         Ok(Answer::Rows {
             columns: columns_json(schema),
-            rows: super::encode::json_rows(batches, false)?,
+            rows: crate::format::encode::json_rows(batches, false)?,
             statement: String::new(),
         })
     }
@@ -51,14 +51,14 @@ impl Answer {
 
     /// Appends the answer as JSON to `out`.
     pub fn write_json(&self, out: &mut Vec<u8>) {
-        use super::encode::json;
+        use crate::format::encode::json;
         match self {
             Answer::Json(v) => out.extend_from_slice(&json(v)),
             Answer::Rows {
                 columns,
                 rows,
                 statement,
-            } => out.extend_from_slice(&super::encode::json_body(&[
+            } => out.extend_from_slice(&crate::format::encode::json_body(&[
                 ("columns", &json(columns)),
                 ("rows", rows),
                 ("kind", b"\"rows\""),
@@ -172,4 +172,11 @@ impl App {
             "kept_records_by_reason": s.stats.kept_by_reason(),
         })
     }
+}
+
+/// A `200` answer of `body`, already JSON.
+pub(super) fn json_response(body: Vec<u8>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let ct = axum::http::HeaderValue::from_static("application/json");
+    ([(axum::http::header::CONTENT_TYPE, ct)], body).into_response()
 }

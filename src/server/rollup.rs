@@ -33,10 +33,11 @@ use datafusion::datasource::MemTable;
 use datafusion::logical_expr::Expr;
 use datafusion::sql::sqlparser::ast::{self, FunctionArg, FunctionArgExpr, TableFactor, Value};
 
+use super::App;
 use super::http::{Format, Res, ResultsParams, csv_response};
 use super::limits::MAX_ROLLUP_WINDOWS;
-use super::{App, encode};
 use crate::error::{Error, Result};
+use crate::format::encode;
 use crate::model::WindowKind;
 use crate::model::duration::parse_duration;
 use crate::store::time_ms;
@@ -260,7 +261,7 @@ pub(super) async fn results(
         ),
         ("has_more", &encode::json(&rollup.has_more)),
     ]);
-    Ok(encode::json_response(body))
+    Ok(super::render::json_response(body))
 }
 
 /// `batch` with a last boolean column [`COMPLETE`].

@@ -42,19 +42,11 @@ pub fn check_topic(kafka: &KafkaConn, topic: &str) -> Result<()> {
     recover::topic_partitions(&consumer, topic).map(drop)
 }
 
-/// Each row of `batch` as one JSON object.
+/// Each row of `batch` as one JSON object, written as every answer writes
+/// rows (timestamps RFC 3339 with `Z`, binary as base64).
 pub fn json_lines(batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
-    let mut buf = Vec::new();
-    {
-        let mut w = arrow_json::LineDelimitedWriter::new(&mut buf);
-        w.write(batch)?;
-        w.finish()?;
-    }
-    Ok(buf
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(<[u8]>::to_vec)
-        .collect())
+    let rows = crate::format::encode::row_texts(batch)?;
+    Ok(rows.into_iter().map(String::into_bytes).collect())
 }
 
 /// Queues `record`, waiting while the producer's queue is full.

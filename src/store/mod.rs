@@ -47,16 +47,7 @@ pub fn format_ts(ms: i64) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
-/// Format of timestamps in the API's answers (results, pull queries, SSE,
-/// CSV): RFC 3339 in UTC with milliseconds, `2026-12-04T13:40:20.000Z`.
-pub const API_TS_FORMAT: &str = "%Y-%m-%dT%H:%M:%S%.3fZ";
-
-/// Formats epoch ms as the API writes timestamps.
-pub fn format_api_ts(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|d| d.format(API_TS_FORMAT).to_string())
-        .unwrap_or_else(|| ms.to_string())
-}
+pub use crate::format::encode::{API_TS_FORMAT, format_api_ts};
 
 /// Parses a user-supplied time (epoch ms, RFC 3339 or `YYYY-MM-DD HH:MM:SS[.fff]`) into
 /// the results-table format.

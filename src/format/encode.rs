@@ -1,10 +1,10 @@
 //! Writing result rows: an Arrow batch straight to the API's JSON (objects
 //! keyed in select-list order, or arrays), to CSV, and to the one JSON
-//! object per row of server-sent events, without an intermediate value per
-//! row.
+//! object per row of server-sent events and `INTO TOPIC` messages, without
+//! an intermediate value per row.
 //!
 //! Every answer writes values alike: timestamps as RFC 3339 UTC with
-//! milliseconds (`2026-12-04T13:40:20.000Z`, [`crate::store::API_TS_FORMAT`]),
+//! milliseconds (`2026-12-04T13:40:20.000Z`, [`API_TS_FORMAT`]),
 //! binary as base64, NULL as `null` (an empty CSV field), floats as the
 //! shortest text that reads back the same (JSON; CSV writes them as Rust
 //! displays them, `1` for 1.0). Types with no plain JSON form (lists,
@@ -78,7 +78,7 @@ fn col<'a>(field: &'a FieldRef, a: &'a ArrayRef) -> Result<Col<'a>> {
 
 impl<'a> Rows<'a> {
     /// The rows of `batch`.
-    pub(super) fn new(batch: &'a RecordBatch) -> Result<Self> {
+    pub fn new(batch: &'a RecordBatch) -> Result<Self> {
         let schema = batch.schema_ref();
         let mut keys = Vec::new();
         let mut cols = Vec::new();
@@ -97,7 +97,7 @@ impl<'a> Rows<'a> {
     }
 
     /// How many rows there are.
-    pub(super) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.rows
     }
 
@@ -143,7 +143,7 @@ impl<'a> Rows<'a> {
     }
 
     /// Writes row `i` as a JSON object, keys in column order.
-    pub(super) fn json_object(&mut self, i: usize, out: &mut Vec<u8>) {
+    pub fn json_object(&mut self, i: usize, out: &mut Vec<u8>) {
         out.push(b'{');
         for c in 0..self.cols.len() {
             if c > 0 {
@@ -156,7 +156,7 @@ impl<'a> Rows<'a> {
     }
 
     /// Writes row `i` as a JSON array, values in column order.
-    pub(super) fn json_array(&mut self, i: usize, out: &mut Vec<u8>) {
+    pub fn json_array(&mut self, i: usize, out: &mut Vec<u8>) {
         out.push(b'[');
         for c in 0..self.cols.len() {
             if c > 0 {
@@ -168,13 +168,13 @@ impl<'a> Rows<'a> {
     }
 
     /// Writes the CSV header row.
-    pub(super) fn csv_header(&self, out: &mut Vec<u8>) {
+    pub fn csv_header(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(self.names.join(",").as_bytes());
         out.push(b'\n');
     }
 
     /// Writes row `i` as a CSV row.
-    pub(super) fn csv_row(&self, i: usize, out: &mut Vec<u8>) -> Result<()> {
+    pub fn csv_row(&self, i: usize, out: &mut Vec<u8>) -> Result<()> {
         for c in 0..self.cols.len() {
             if c > 0 {
                 out.push(b',');
@@ -209,7 +209,7 @@ fn write_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
     let _ = serde_json::to_writer(out, v);
 }
 
-/// Writes epoch ms as the API writes timestamps ([`crate::store::API_TS_FORMAT`]).
+/// Writes epoch ms as the API writes timestamps ([`API_TS_FORMAT`]).
 fn write_ts(ms: i64, out: &mut Vec<u8>) {
     use chrono::{Datelike, Timelike};
     match chrono::DateTime::from_timestamp_millis(ms) {
@@ -226,7 +226,7 @@ fn write_ts(ms: i64, out: &mut Vec<u8>) {
                 d.timestamp_subsec_millis()
             );
         }
-        _ => out.extend_from_slice(crate::store::format_api_ts(ms).as_bytes()),
+        _ => out.extend_from_slice(format_api_ts(ms).as_bytes()),
     }
 }
 
@@ -251,8 +251,19 @@ fn csv_text(s: &str, out: &mut Vec<u8>) {
     }
 }
 
+/// Format of timestamps in the API's answers (results, pull queries, SSE,
+/// CSV): RFC 3339 in UTC with milliseconds, `2026-12-04T13:40:20.000Z`.
+pub const API_TS_FORMAT: &str = "%Y-%m-%dT%H:%M:%S%.3fZ";
+
+/// Formats epoch ms as the API writes timestamps.
+pub fn format_api_ts(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|d| d.format(API_TS_FORMAT).to_string())
+        .unwrap_or_else(|| ms.to_string())
+}
+
 /// The rows of `batches` as a JSON array of objects (`objects`) or of arrays.
-pub(super) fn json_rows(batches: &[RecordBatch], objects: bool) -> Result<Vec<u8>> {
+pub fn json_rows(batches: &[RecordBatch], objects: bool) -> Result<Vec<u8>> {
     let mut out = vec![b'['];
     for b in batches {
         let mut rows = Rows::new(b)?;
@@ -271,7 +282,7 @@ pub(super) fn json_rows(batches: &[RecordBatch], objects: bool) -> Result<Vec<u8
 }
 
 /// `batch` as a CSV document: a header row of its column names, then its rows.
-pub(super) fn csv(batch: &RecordBatch) -> Result<Vec<u8>> {
+pub fn csv(batch: &RecordBatch) -> Result<Vec<u8>> {
     let rows = Rows::new(batch)?;
     let mut out = Vec::new();
     rows.csv_header(&mut out);
@@ -282,7 +293,7 @@ pub(super) fn csv(batch: &RecordBatch) -> Result<Vec<u8>> {
 }
 
 /// Each row of `batch` as a JSON object, for one event each.
-pub(super) fn row_texts(batch: &RecordBatch) -> Result<Vec<String>> {
+pub fn row_texts(batch: &RecordBatch) -> Result<Vec<String>> {
     let mut rows = Rows::new(batch)?;
     let mut out = Vec::with_capacity(rows.len());
     let mut buf = Vec::new();
@@ -295,7 +306,7 @@ pub(super) fn row_texts(batch: &RecordBatch) -> Result<Vec<String>> {
 }
 
 /// A JSON answer from parts already written: `{"key": value, ...}`.
-pub(super) fn json_body(parts: &[(&str, &[u8])]) -> Vec<u8> {
+pub fn json_body(parts: &[(&str, &[u8])]) -> Vec<u8> {
     let len: usize = parts.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
     let mut out = Vec::with_capacity(len + 2);
     out.push(b'{');
@@ -312,15 +323,8 @@ pub(super) fn json_body(parts: &[(&str, &[u8])]) -> Vec<u8> {
 }
 
 /// A value written as JSON, for [`json_body`].
-pub(super) fn json<T: serde::Serialize + ?Sized>(v: &T) -> Vec<u8> {
+pub fn json<T: serde::Serialize + ?Sized>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).unwrap_or_else(|_| b"null".to_vec())
-}
-
-/// A `200` answer of `body`, already JSON.
-pub(super) fn json_response(body: Vec<u8>) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    let ct = axum::http::HeaderValue::from_static("application/json");
-    ([(axum::http::header::CONTENT_TYPE, ct)], body).into_response()
 }
 
 #[cfg(test)]
