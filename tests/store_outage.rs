@@ -16,6 +16,9 @@ use rdkafka::mocking::MockCluster;
 use runnel::generate::{GenKind, Generator};
 
 const RECORDS: u64 = 40_000;
+
+/// Records produced per second.
+const RATE: u64 = 2_000;
 const SEED: u64 = 31;
 const SQL: &str = "
 CREATE STREAM impressions (ts TIMESTAMP, publisher TEXT, advertiser TEXT, website TEXT,
@@ -46,7 +49,9 @@ fn oracle(base: i64) -> BTreeMap<(i64, String), u64> {
 fn feed(brokers: &str, base: i64, done: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
     let brokers = brokers.to_string();
     std::thread::spawn(move || {
-        common::feed::produce_paced(&brokers, SEED, base, 1, 4000, |i| i < RECORDS);
+        // 20 s of input: the store goes away while records still flow, so
+        // the query's next commit meets it, however slow the machine.
+        common::feed::produce_paced(&brokers, SEED, base, 1, RATE, |i| i < RECORDS);
         done.store(true, Ordering::SeqCst);
     })
 }
@@ -151,7 +156,7 @@ async fn postgres_stopped_for_five_seconds_under_load_then_exact_results() {
     let base = (chrono::Utc::now().timestamp_millis() - 600_000) / 10_000 * 10_000;
     let done = Arc::new(AtomicBool::new(false));
     let producer = feed(&brokers, base, done.clone());
-    wait_consuming(&s, 4_000).await;
+    wait_consuming(&s, RATE).await;
 
     pg.stop_fast();
     let stopped = Instant::now();
@@ -190,7 +195,7 @@ async fn sqlite_busy_pauses_the_query_then_exact_results() {
     let base = (chrono::Utc::now().timestamp_millis() - 600_000) / 10_000 * 10_000;
     let done = Arc::new(AtomicBool::new(false));
     let producer = feed(&brokers, base, done.clone());
-    wait_consuming(&s, 4_000).await;
+    wait_consuming(&s, RATE).await;
 
     // Another process holds the write lock past the store's 5 s busy timeout.
     let db = rusqlite::Connection::open(dir.path().join("runnel.db")).unwrap();

@@ -20,12 +20,12 @@
 //! # }
 //! ```
 
+pub mod coordinator;
 pub mod decode;
 pub mod events;
 pub mod local;
 pub mod telemetry;
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -40,6 +40,7 @@ use crate::source::Progress;
 use crate::source::stats::StreamStats;
 use crate::store::Store;
 use crate::window::{PartitionBatch, SavedCounters, WindowEngine};
+pub use coordinator::Coordinator;
 use decode::Decoded;
 use events::Level;
 
@@ -451,49 +452,6 @@ impl QueryTask {
         }
         Ok(())
     }
-}
-
-/// What one server and a cluster member do differently when running a
-/// query: who reads which partitions, where progress and partial states
-/// are committed, and when a window is final. Everything else is the loop
-/// of [`QueryTask`] (see the module doc).
-pub trait Coordinator: Send {
-    /// Restores what was committed into `engine` and connects to the
-    /// stream; `Ok(false)` when the query was stopped while waiting.
-    fn start(&mut self, task: &QueryTask, engine: &mut WindowEngine) -> Result<bool>;
-
-    /// The next poll's decoded records and the source's progress; `None`
-    /// while this server may not use what it reads.
-    fn poll(
-        &mut self,
-        task: &QueryTask,
-        engine: &mut WindowEngine,
-    ) -> Result<Option<(Vec<Decoded>, Progress)>>;
-
-    /// Whether commits wait for records (one server) or also run on the
-    /// checkpoint interval alone (a cluster member: other servers' progress
-    /// can finish windows).
-    fn commits_only_records(&self) -> bool {
-        true
-    }
-
-    /// Makes the engine's progress durable together with the rows it
-    /// `emitted`; returns the rows written (a cluster member writes the
-    /// windows it finished, not the engine's).
-    fn commit(
-        &mut self,
-        task: &QueryTask,
-        rt: &tokio::runtime::Runtime,
-        engine: &mut WindowEngine,
-        emitted: Vec<Emission>,
-    ) -> Result<Vec<Emission>>;
-
-    /// Publishes rows written to the query's `INTO TOPIC`, if it has one
-    /// (called every turn, with no rows when none were written).
-    fn publish(&mut self, task: &QueryTask, written: &[Emission]) -> Result<()>;
-
-    /// The next offset to read per partition read.
-    fn offsets(&self) -> BTreeMap<i32, i64>;
 }
 
 /// Logs the catch-up rate while a backlog of more than 10 000 records is
