@@ -7,6 +7,7 @@ pub mod error;
 pub mod format;
 pub mod generate;
 pub mod model;
+pub mod pgwire;
 pub mod plan;
 pub mod repl;
 pub mod runtime;

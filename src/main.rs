@@ -35,6 +35,8 @@ enum LogFormat {
     Json,
 }
 
+// Parsed once at startup: the size of `serve`'s flags does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the server.
@@ -117,6 +119,17 @@ enum Command {
             value_delimiter = ','
         )]
         allow_connect: Vec<String>,
+        /// Also speak PostgreSQL's wire protocol on ADDR (e.g.
+        /// 127.0.0.1:5433; port 0 picks a free port): psql, Grafana and
+        /// PostgreSQL drivers connect directly. Off by default.
+        #[arg(long, value_name = "ADDR", env = "RUNNEL_PG_LISTEN")]
+        pg_listen: Option<String>,
+        /// PEM certificate chain for TLS on the PostgreSQL protocol.
+        #[arg(long, value_name = "FILE", env = "RUNNEL_PG_TLS_CERT")]
+        pg_tls_cert: Option<PathBuf>,
+        /// PEM private key for TLS on the PostgreSQL protocol.
+        #[arg(long, value_name = "FILE", env = "RUNNEL_PG_TLS_KEY")]
+        pg_tls_key: Option<PathBuf>,
     },
     /// Run everything on embedded defaults: a Kafka-protocol broker, the
     /// impression generator, the server and the canonical query.
@@ -124,6 +137,9 @@ enum Command {
         /// HTTP listen address.
         #[arg(long, env = "RUNNEL_LISTEN", default_value = "127.0.0.1:8080")]
         listen: String,
+        /// PostgreSQL wire protocol listen address.
+        #[arg(long, env = "RUNNEL_PG_LISTEN", default_value = "127.0.0.1:5433")]
+        pg_listen: String,
         /// Impressions per second.
         #[arg(long, default_value_t = 2000)]
         rate: u64,
@@ -242,10 +258,42 @@ async fn serve(config: Config) -> anyhow_free::Result<()> {
     let listener = tokio::net::TcpListener::bind(&config.listen).await?;
     let addr = listener.local_addr()?.to_string();
     let local = listener.local_addr()?;
+    let pg = bind_pg(&config).await?;
     let app = App::open(config).await?;
     log_startup(&app);
     println!("runnel listening on http://{addr}");
+    start_pg(&app, pg);
     serve_until_signal(listener, app, local).await
+}
+
+/// The PostgreSQL protocol's listener and TLS, when configured.
+async fn bind_pg(
+    config: &Config,
+) -> anyhow_free::Result<Option<(tokio::net::TcpListener, Option<runnel::pgwire::TlsAcceptor>)>> {
+    let Some(addr) = &config.pg_listen else {
+        return Ok(None);
+    };
+    let tls = match &config.pg_tls {
+        Some((cert, key)) => Some(runnel::pgwire::tls_acceptor(cert, key)?),
+        None => None,
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("--pg-listen {addr}: {e}"))?;
+    Ok(Some((listener, tls)))
+}
+
+/// Starts serving the PostgreSQL protocol and says where.
+fn start_pg(
+    app: &Arc<App>,
+    pg: Option<(tokio::net::TcpListener, Option<runnel::pgwire::TlsAcceptor>)>,
+) -> Option<std::net::SocketAddr> {
+    let (listener, tls) = pg?;
+    let addr = listener.local_addr().ok()?;
+    let tls_note = if tls.is_some() { " (TLS)" } else { "" };
+    println!("runnel accepting PostgreSQL connections on {addr}{tls_note}");
+    tokio::spawn(runnel::pgwire::serve(app.clone(), listener, tls));
+    Some(addr)
 }
 
 /// Says what the server started with: its store, its brokers, and the
@@ -305,7 +353,7 @@ const DEMO_FEEDS: &[(GenKind, &str, u64)] = &[
     (GenKind::AccessLog, "access-log", 4),
 ];
 
-async fn demo(listen: String, rate: u64, keep: bool) -> anyhow_free::Result<()> {
+async fn demo(listen: String, pg_listen: String, rate: u64, keep: bool) -> anyhow_free::Result<()> {
     let cluster = rdkafka::mocking::MockCluster::new(1)?;
     for (_, topic, _) in DEMO_FEEDS {
         cluster.create_topic(topic, 4, 1)?;
@@ -324,6 +372,7 @@ async fn demo(listen: String, rate: u64, keep: bool) -> anyhow_free::Result<()> 
         brokers: brokers.clone(),
         data_dir: data_dir.clone(),
         allow_files: vec![files],
+        pg_listen: Some(pg_listen),
         ..Config::default()
     };
     let stop = Arc::new(AtomicBool::new(false));
@@ -347,6 +396,7 @@ async fn demo(listen: String, rate: u64, keep: bool) -> anyhow_free::Result<()> 
     let listener = tokio::net::TcpListener::bind(&config.listen).await?;
     let local = listener.local_addr()?;
     let addr = local.to_string();
+    let pg = bind_pg(&config).await?;
     let app = App::open(config).await?;
     for (file, sql) in DEMO_JOBS {
         let sql = sql.replace("queries/publishers.csv", &publishers.to_string_lossy());
@@ -369,6 +419,13 @@ async fn demo(listen: String, rate: u64, keep: bool) -> anyhow_free::Result<()> 
     let names: Vec<String> = app.queries().iter().map(|q| q.name.clone()).collect();
     println!("  queries: {}", names.join(", "));
     println!("  dashboard: http://{addr}/");
+    if let Some(pg) = start_pg(&app, pg) {
+        println!(
+            "  psql: psql -h {} -p {} -c 'SELECT * FROM adnetwork ORDER BY imps DESC LIMIT 5'",
+            pg.ip(),
+            pg.port()
+        );
+    }
     println!();
     println!("  curl http://{addr}/queries");
     println!("  curl 'http://{addr}/queries/adnetwork/results?limit=20'");
@@ -415,6 +472,9 @@ async fn main() {
             pull_rows,
             max_sse,
             allow_connect,
+            pg_listen,
+            pg_tls_cert,
+            pg_tls_key,
         } => {
             let explicit = std::env::var_os("RUNNEL_CONFIG").is_some()
                 || std::env::args().any(|a| a == "--config" || a.starts_with("--config="));
@@ -423,6 +483,20 @@ async fn main() {
             {
                 Ok(mut c) => {
                     c.token = token.filter(|t| !t.is_empty());
+                    if let Some(l) = pg_listen {
+                        c.pg_listen = Some(l).filter(|l| !l.is_empty());
+                    }
+                    if pg_tls_cert.is_some() || pg_tls_key.is_some() {
+                        let file = c.pg_tls.clone().unzip();
+                        match runnel::config::pg_tls(pg_tls_cert.or(file.0), pg_tls_key.or(file.1))
+                        {
+                            Ok(t) => c.pg_tls = t,
+                            Err(e) => {
+                                eprintln!("error: {e}");
+                                std::process::exit(1);
+                            }
+                        }
+                    }
                     c.protect_reads |= protect_reads;
                     let allow_hosts: Vec<String> =
                         allow_hosts.into_iter().filter(|h| !h.is_empty()).collect();
@@ -433,7 +507,17 @@ async fn main() {
                     c.limits.set(pull_memory, count(pull_rows), count(max_sse));
                     match runnel::config::apply_connect(&mut c, allow_connect, utf8_env()).and_then(
                         |()| {
-                            runnel::config::check_open_door(&c.listen, c.token.as_deref(), no_auth)
+                            runnel::config::check_open_door(
+                                &c.listen,
+                                c.token.as_deref(),
+                                no_auth,
+                            )?;
+                            match &c.pg_listen {
+                                Some(pg) => {
+                                    runnel::config::check_open_door(pg, c.token.as_deref(), no_auth)
+                                }
+                                None => Ok(()),
+                            }
                         },
                     ) {
                         Ok(()) => serve(c).await,
@@ -444,7 +528,12 @@ async fn main() {
             }
         }
         Command::Bench(args) => runnel::bench::run(args).await.map_err(Into::into),
-        Command::Demo { listen, rate, keep } => demo(listen, rate, keep).await,
+        Command::Demo {
+            listen,
+            pg_listen,
+            rate,
+            keep,
+        } => demo(listen, pg_listen, rate, keep).await,
         // The REPL blocks (reqwest's blocking client), so it runs off the async workers.
         Command::Sql { opts } => {
             match tokio::task::spawn_blocking(move || runnel::repl::run(opts)).await {

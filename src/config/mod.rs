@@ -59,6 +59,11 @@ pub struct Config {
     pub allow_connect: Vec<String>,
     /// librdkafka properties of every Kafka client (SASL, TLS, ...).
     pub kafka: KafkaProps,
+    /// PostgreSQL wire protocol listen address; off when `None`.
+    pub pg_listen: Option<String>,
+    /// PEM certificate chain and private key for the PostgreSQL protocol's
+    /// TLS (both or neither).
+    pub pg_tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Default for Config {
@@ -80,6 +85,8 @@ impl Default for Config {
             limits: Default::default(),
             allow_connect: Vec::new(),
             kafka: KafkaProps::default(),
+            pg_listen: None,
+            pg_tls: None,
         }
     }
 }
@@ -122,6 +129,12 @@ pub struct FileConfig {
     pub allow_connect: Option<Vec<String>>,
     /// librdkafka properties, e.g. `"security.protocol" = "SASL_SSL"`.
     pub kafka: Option<BTreeMap<String, toml::Value>>,
+    /// PostgreSQL wire protocol listen address, e.g. `127.0.0.1:5433`.
+    pub pg_listen: Option<String>,
+    /// PEM certificate chain for the PostgreSQL protocol's TLS.
+    pub pg_tls_cert: Option<PathBuf>,
+    /// PEM private key for the PostgreSQL protocol's TLS.
+    pub pg_tls_key: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -188,6 +201,8 @@ impl FileConfig {
             )?,
             allow_connect: self.allow_connect.unwrap_or_default(),
             kafka: kafka_props(self.kafka.unwrap_or_default())?,
+            pg_listen: self.pg_listen.filter(|l| !l.is_empty()),
+            pg_tls: pg_tls(self.pg_tls_cert, self.pg_tls_key)?,
         })
     }
 }
@@ -261,6 +276,19 @@ pub fn check_open_door(listen: &str, token: Option<&str>, no_auth: bool) -> Resu
         "refusing to listen on {listen} without a token: other hosts could reach it and change queries or read results; \
          set --token (RUNNEL_TOKEN), listen on loopback (127.0.0.1), or pass --no-auth (RUNNEL_NO_AUTH=true) to run open on purpose"
     )))
+}
+
+/// The PostgreSQL protocol's certificate and key: both or neither.
+pub fn pg_tls(cert: Option<PathBuf>, key: Option<PathBuf>) -> Result<Option<(PathBuf, PathBuf)>> {
+    let set = |p: Option<PathBuf>| p.filter(|p| !p.as_os_str().is_empty());
+    match (set(cert), set(key)) {
+        (Some(c), Some(k)) => Ok(Some((c, k))),
+        (None, None) => Ok(None),
+        _ => Err(Error::BadRequest(
+            "PostgreSQL TLS needs both pg_tls_cert and pg_tls_key (--pg-tls-cert, --pg-tls-key)"
+                .into(),
+        )),
+    }
 }
 
 /// The duration setting `key`, read by `parse` when set, else `default`.

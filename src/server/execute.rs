@@ -19,6 +19,27 @@ impl App {
         Ok(out)
     }
 
+    /// Runs one parsed statement the way `POST /sql` does (under the same
+    /// catalog lock).
+    pub async fn execute_statement(&self, p: &Parsed) -> Result<Answer> {
+        let _ddl = self.ddl.lock().await;
+        self.execute(p).await
+    }
+
+    /// Whether `p` changes the catalog (creates or drops something; a bare
+    /// SELECT over a stream creates a query) rather than only reading.
+    pub fn changes_catalog(&self, p: &Parsed) -> Result<bool> {
+        Ok(match &p.stmt {
+            Statement::Select(select) => self.reads_stream(&select.sql)?,
+            Statement::Explain(_)
+            | Statement::ShowStreams
+            | Statement::ShowQueries
+            | Statement::ShowTables
+            | Statement::Describe(_) => false,
+            _ => true,
+        })
+    }
+
     pub(super) async fn execute(&self, p: &Parsed) -> Result<Answer> {
         Ok(Answer::Json(match &p.stmt {
             Statement::CreateStream(def) => {

@@ -207,7 +207,7 @@ async fn sql(
         if i > 0 {
             out.push(b',');
         }
-        r.write_json(&mut out);
+        r.write_json(&mut out)?;
     }
     out.extend_from_slice(b"]}");
     Ok(super::render::json_response(out))

@@ -15,17 +15,18 @@ pub(super) fn columns_json(schema: &SchemaRef) -> Value {
     )
 }
 
-/// One statement's answer: JSON, or the rows of a pull query written
-/// straight from its batches by [`super::encode`].
+/// One statement's answer: JSON, or the rows of a pull query as Arrow
+/// batches, written straight from them by [`crate::format::encode`] (over
+/// HTTP) or as typed rows (over the PostgreSQL protocol).
 pub enum Answer {
     /// An answer built as JSON.
     Json(Value),
-    /// A pull query's `{"columns", "rows", "kind": "rows", "statement"}`.
+    /// A pull query's rows, written as `{"columns", "rows", "kind": "rows", "statement"}`.
     Rows {
-        /// `[{"name", "type"}, ...]`.
-        columns: Value,
-        /// The rows, a JSON array of arrays.
-        rows: Vec<u8>,
+        /// Their schema.
+        schema: SchemaRef,
+        /// The rows.
+        batches: Vec<RecordBatch>,
         /// The statement answered.
         statement: String,
     },
@@ -35,8 +36,8 @@ impl Answer {
     /// The answer to a pull query: its rows as arrays in `schema` order.
     pub(super) fn rows(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Self> {
         Ok(Answer::Rows {
-            columns: columns_json(schema),
-            rows: crate::format::encode::json_rows(batches, false)?,
+            schema: schema.clone(),
+            batches: batches.to_vec(),
             statement: String::new(),
         })
     }
@@ -50,21 +51,22 @@ impl Answer {
     }
 
     /// Appends the answer as JSON to `out`.
-    pub fn write_json(&self, out: &mut Vec<u8>) {
-        use crate::format::encode::json;
+    pub fn write_json(&self, out: &mut Vec<u8>) -> Result<()> {
+        use crate::format::encode::{json, json_body, json_rows};
         match self {
             Answer::Json(v) => out.extend_from_slice(&json(v)),
             Answer::Rows {
-                columns,
-                rows,
+                schema,
+                batches,
                 statement,
-            } => out.extend_from_slice(&crate::format::encode::json_body(&[
-                ("columns", &json(columns)),
-                ("rows", rows),
+            } => out.extend_from_slice(&json_body(&[
+                ("columns", &json(&columns_json(schema))),
+                ("rows", &json_rows(batches, false)?),
                 ("kind", b"\"rows\""),
                 ("statement", &json(statement)),
             ])),
         }
+        Ok(())
     }
 }
 
