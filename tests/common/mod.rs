@@ -26,6 +26,8 @@ pub struct TestServer {
     /// `http://127.0.0.1:PORT`.
     pub url: String,
     pub data_dir: PathBuf,
+    /// The PostgreSQL protocol's port, when started with `--pg-listen`.
+    pub pg_port: Option<u16>,
     client: reqwest::Client,
 }
 
@@ -81,17 +83,29 @@ impl TestServer {
             .spawn()
             .expect("start runnel");
         let stdout = child.stdout.take().unwrap();
+        let mut reader = BufReader::new(stdout);
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
+        reader.read_line(&mut line).unwrap();
         let url = line
             .trim()
             .strip_prefix("runnel listening on ")
             .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
             .to_string();
+        let pg_port = args.contains(&"--pg-listen").then(|| {
+            let mut pg = String::new();
+            reader.read_line(&mut pg).unwrap();
+            let addr = pg
+                .trim()
+                .strip_prefix("runnel accepting PostgreSQL connections on ")
+                .unwrap_or_else(|| panic!("unexpected second line: {pg:?}"));
+            let addr = addr.split(' ').next().unwrap();
+            addr.rsplit(':').next().unwrap().parse().unwrap()
+        });
         TestServer {
             child,
             url,
             data_dir: data_dir.to_path_buf(),
+            pg_port,
             client: reqwest::Client::new(),
         }
     }

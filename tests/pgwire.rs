@@ -1,0 +1,381 @@
+//! The PostgreSQL protocol (`--pg-listen`) driven by real clients against
+//! the real binary: Debian's psql (`\d`, pull queries, an error's caret,
+//! `\watch`, CREATE QUERY), psycopg with server-side parameters and
+//! node-postgres, each answer checked against `POST /sql`'s. A missing
+//! client skips its test unless RUNNEL_REQUIRE_POSTGRES is set (`.ci/run`
+//! installs them all).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::TestServer;
+use serde_json::Value;
+
+/// `tool` when installed; otherwise `None` (the test skips), or a failure
+/// under RUNNEL_REQUIRE_POSTGRES.
+fn require(test: &str, tool: &str, found: Option<PathBuf>) -> Option<PathBuf> {
+    if found.is_none() {
+        assert!(
+            std::env::var_os("RUNNEL_REQUIRE_POSTGRES").is_none(),
+            "{tool} is required (RUNNEL_REQUIRE_POSTGRES) but missing; .ci/run installs it"
+        );
+        eprintln!("SKIPPED {test}: {tool} is not installed (.ci/run installs it)");
+    }
+    found
+}
+
+fn psql(test: &str) -> Option<PathBuf> {
+    let mut found = vec![PathBuf::from("/usr/bin/psql")];
+    if let Ok(dirs) = std::fs::read_dir("/usr/lib/postgresql") {
+        found.extend(dirs.flatten().map(|d| d.path().join("bin/psql")));
+    }
+    require(test, "psql", found.into_iter().find(|p| p.exists()))
+}
+
+fn runs(cmd: &str, args: &[&str]) -> bool {
+    Command::new(cmd)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// node-postgres's `node_modules` (RUNNEL_NODE_MODULES, as `.ci/run` sets it).
+fn node_modules() -> PathBuf {
+    std::env::var_os("RUNNEL_NODE_MODULES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/runnel-node/node_modules")
+        })
+}
+
+/// A server speaking the protocol over a query `pages` with 8 result rows
+/// (4 windows × 2 pages), created through psql when `psql` is given.
+async fn server(dir: &Path, args: &[&str]) -> TestServer {
+    let path = dir.join("clicks.json");
+    let base = chrono::Utc::now().timestamp() / 10 * 10 - 3600;
+    let lines: String = (0..40)
+        .map(|i| {
+            format!(
+                "{{\"ts\": {}, \"page\": \"p{}\"}}\n",
+                (base + i) * 1000,
+                i % 2
+            )
+        })
+        .collect();
+    std::fs::write(&path, lines).unwrap();
+    let allow = [("RUNNEL_ALLOW_FILES", dir.to_str().unwrap())];
+    let mut all = vec!["--pg-listen", "127.0.0.1:0"];
+    all.extend_from_slice(args);
+    let s = TestServer::start_args(&dir.join("data"), "127.0.0.1:1", &allow, &all);
+    let token = args
+        .iter()
+        .position(|a| *a == "--token")
+        .map_or("", |i| args[i + 1]);
+    s.post_auth(
+        "/sql",
+        &format!(
+            "CREATE STREAM clicks (ts TIMESTAMP, page TEXT) WITH (source = 'file', path = '{}', \
+             event_time = 'ts', start = 'earliest')",
+            path.display()
+        ),
+        token,
+    )
+    .await;
+    s
+}
+
+const PULL: &str = "SELECT page, n, window_start FROM pages ORDER BY window_start, page";
+
+/// `POST /sql`'s rows for `sql` once there are `n`.
+async fn http_rows(s: &TestServer, sql: &str, n: usize) -> Vec<Value> {
+    let start = Instant::now();
+    loop {
+        let (_, v) = s.post("/sql", sql).await;
+        let rows = v["results"][0]["rows"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if rows.len() >= n {
+            return rows;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Runs psql with `args` against `s`; (success, stdout, stderr).
+fn run_psql(
+    bin: &Path,
+    s: &TestServer,
+    password: Option<&str>,
+    args: &[&str],
+) -> (bool, String, String) {
+    let port = s.pg_port.unwrap().to_string();
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "-X",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-U",
+        "runnel",
+        "-d",
+        "runnel",
+    ])
+    .args(args)
+    .env_remove("PGPASSWORD")
+    .env("PGCONNECT_TIMEOUT", "10");
+    match password {
+        Some(p) => cmd.env("PGPASSWORD", p),
+        None => cmd.arg("-w"),
+    };
+    let out = cmd.output().unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
+/// The HTTP rows as psql's unaligned `page,n,window_start` lines.
+fn as_lines(rows: &[Value]) -> Vec<String> {
+    rows.iter()
+        .map(|r| {
+            // The API writes 2024-01-01T00:00:10.000Z; psql a timestamp.
+            let ts = r[2].as_str().unwrap().replace('T', " ").replace('Z', "");
+            format!("{},{},{}", r[0].as_str().unwrap(), r[1], ts)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn psql_creates_describes_reads_and_shows_carets() {
+    let Some(bin) = psql("psql_creates_describes_reads_and_shows_carets") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path(), &[]).await;
+    let create =
+        "CREATE QUERY pages AS SELECT page, count(*) AS n FROM clicks GROUP BY page WINDOW 10s";
+    let (ok, out, err) = run_psql(&bin, &s, None, &["-c", create]);
+    assert!(ok && out.contains("CREATE QUERY"), "{out}{err}");
+    assert!(err.contains("NOTICE:  query pages created"), "{err}");
+    let rows = http_rows(&s, PULL, 8).await;
+
+    // A pull query's rows are the HTTP answer's.
+    let (ok, out, err) = run_psql(&bin, &s, None, &["-A", "-t", "-F", ",", "-c", PULL]);
+    assert!(ok, "{err}");
+    let got: Vec<String> = out.lines().map(|l| l.replace(".000000", "")).collect();
+    let want: Vec<String> = as_lines(&rows)
+        .iter()
+        .map(|l| l.replace(".000", ""))
+        .collect();
+    assert_eq!(got, want);
+
+    // \d lists the results table; \d pages its columns and types.
+    let (ok, out, err) = run_psql(&bin, &s, None, &["-c", "\\d"]);
+    assert!(ok && out.contains("public | pages | table"), "{out}{err}");
+    let (ok, out, err) = run_psql(&bin, &s, None, &["-c", "\\d pages"]);
+    assert!(ok && out.contains("Table \"public.pages\""), "{out}{err}");
+    for col in [
+        "window_start | timestamp without time zone",
+        "page         | text",
+        "n            | bigint",
+    ] {
+        assert!(out.contains(col), "{col}: {out}");
+    }
+
+    // An error carries its SQLSTATE and position: psql draws the caret.
+    let (ok, _, err) = run_psql(&bin, &s, None, &["-c", "SELECT page, nope FROM pages"]);
+    assert!(!ok, "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("LINE 1: "))
+        .expect(&err);
+    assert_eq!(lines[at], "LINE 1: SELECT page, nope FROM pages");
+    assert_eq!(
+        lines[at + 1],
+        format!("{}^", " ".repeat("LINE 1: SELECT page, ".len()))
+    );
+    let (_, _, err) = run_psql(
+        &bin,
+        &s,
+        None,
+        &["-v", "VERBOSITY=verbose", "-c", "SELECT * FROM nowhere"],
+    );
+    assert!(err.contains("ERROR:  42P01"), "{err}");
+
+    // What drivers ask at connect time.
+    let (ok, out, err) = run_psql(
+        &bin,
+        &s,
+        None,
+        &[
+            "-A",
+            "-t",
+            "-c",
+            "SHOW server_version",
+            "-c",
+            "BEGIN",
+            "-c",
+            "SET application_name = 'x'",
+            "-c",
+            "COMMIT",
+            "-c",
+            "SHOW QUERIES",
+        ],
+    );
+    assert!(ok && out.starts_with("16.6 (Runnel"), "{out}{err}");
+    assert!(out.contains("pages|clicks|running"), "{out}");
+
+    // \watch reads again and again, the same rows each time.
+    let port = s.pg_port.unwrap().to_string();
+    let mut child = Command::new(&bin)
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "runnel",
+            "-d",
+            "runnel",
+            "-w",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    writeln!(
+        child.stdin.as_mut().unwrap(),
+        "SELECT count(*) AS windows FROM pages \\watch 0.2"
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let answers: Vec<&str> = text.lines().filter(|l| l.trim() == "8").collect();
+    assert!(
+        answers.len() >= 3,
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn psycopg_and_node_postgres_bind_parameters() {
+    let test = "psycopg_and_node_postgres_bind_parameters";
+    let python = runs("python3", &["-c", "import psycopg"]).then(|| PathBuf::from("python3"));
+    let Some(python) = require(test, "python3 with psycopg", python) else {
+        return;
+    };
+    let modules = node_modules();
+    let node = (runs("node", &["--version"]) && modules.join("pg").exists())
+        .then(|| PathBuf::from("node"));
+    let Some(node) = require(test, "node with node-postgres (npm install pg)", node) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path(), &[]).await;
+    s.sql("CREATE QUERY pages AS SELECT page, count(*) AS n FROM clicks GROUP BY page WINDOW 10s")
+        .await;
+    http_rows(&s, PULL, 8).await;
+    let want = http_rows(
+        &s,
+        "SELECT page, n, window_start FROM pages WHERE page = 'p1' AND n >= 5 ORDER BY window_start",
+        4,
+    )
+    .await;
+    let port = s.pg_port.unwrap().to_string();
+
+    // psycopg binds %s on the server (extended protocol), text and binary.
+    let script = r#"
+import json, sys, psycopg
+with psycopg.connect(host="127.0.0.1", port=int(sys.argv[1]), user="runnel", dbname="runnel") as c:
+    out = []
+    for binary in (False, True):
+        cur = c.cursor(binary=binary)
+        cur.execute("SELECT page, n, window_start FROM pages WHERE page = %s AND n >= %s ORDER BY window_start", ("p1", 5))
+        out.append([[r[0], r[1], r[2].strftime("%Y-%m-%dT%H:%M:%S.000Z")] for r in cur.fetchall()])
+    try:
+        c.execute("SELECT * FROM nowhere WHERE x = %s", (1,))
+    except psycopg.Error as e:
+        out.append(e.sqlstate)
+    print(json.dumps(out))
+"#;
+    let out = Command::new(&python)
+        .args(["-c", script, &port])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got[0], Value::Array(want.clone()));
+    assert_eq!(got[1], Value::Array(want.clone()));
+    assert_eq!(got[2], "42P01");
+
+    // node-postgres sends $1 untyped, as text.
+    let script = r#"
+const { Client } = require("pg");
+(async () => {
+  const c = new Client({ host: "127.0.0.1", port: +process.argv[1], user: "runnel", database: "runnel" });
+  await c.connect();
+  const r = await c.query("SELECT page, n, window_start FROM pages WHERE page = $1 AND n >= $2 ORDER BY window_start", ["p1", 5]);
+  console.log(JSON.stringify(r.rows.map(x => [x.page, Number(x.n), x.window_start])));
+  await c.end();
+})().catch(e => { console.error(e); process.exit(1); });
+"#;
+    let out = Command::new(&node)
+        .args(["-e", script, &port])
+        .env("NODE_PATH", &modules)
+        .env("TZ", "UTC")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got, Value::Array(want));
+}
+
+#[tokio::test]
+async fn the_token_is_the_password() {
+    let Some(bin) = psql("the_token_is_the_password") else {
+        return;
+    };
+    let create =
+        "CREATE QUERY pages AS SELECT page, count(*) AS n FROM clicks GROUP BY page WINDOW 10s";
+    // Reads protected: SCRAM-SHA-256 with the token, nothing without it.
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path(), &["--token", "s3cret", "--protect-reads"]).await;
+    let (ok, _, err) = run_psql(&bin, &s, Some("wrong"), &["-c", "SELECT 1"]);
+    assert!(!ok && err.contains("authentication failed"), "{err}");
+    let (ok, out, err) = run_psql(&bin, &s, Some("s3cret"), &["-c", create]);
+    assert!(ok && out.contains("CREATE QUERY"), "{out}{err}");
+    drop(s);
+    // Reads open: another password reads, only the token changes things.
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path(), &["--token", "s3cret"]).await;
+    let (ok, out, err) = run_psql(&bin, &s, Some("guess"), &["-A", "-t", "-c", "SHOW STREAMS"]);
+    assert!(ok && out.starts_with("clicks|"), "{out}{err}");
+    let (ok, _, err) = run_psql(&bin, &s, Some("guess"), &["-c", create]);
+    assert!(!ok && err.contains("token"), "{err}");
+    let (ok, out, err) = run_psql(&bin, &s, Some("s3cret"), &["-c", create]);
+    assert!(ok && out.contains("CREATE QUERY"), "{out}{err}");
+}
