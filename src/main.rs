@@ -258,42 +258,12 @@ async fn serve(config: Config) -> anyhow_free::Result<()> {
     let listener = tokio::net::TcpListener::bind(&config.listen).await?;
     let addr = listener.local_addr()?.to_string();
     let local = listener.local_addr()?;
-    let pg = bind_pg(&config).await?;
+    let pg = runnel::pgwire::bind(&config).await?;
     let app = App::open(config).await?;
     log_startup(&app);
     println!("runnel listening on http://{addr}");
-    start_pg(&app, pg);
+    runnel::pgwire::start(&app, pg);
     serve_until_signal(listener, app, local).await
-}
-
-/// The PostgreSQL protocol's listener and TLS, when configured.
-async fn bind_pg(
-    config: &Config,
-) -> anyhow_free::Result<Option<(tokio::net::TcpListener, Option<runnel::pgwire::TlsAcceptor>)>> {
-    let Some(addr) = &config.pg_listen else {
-        return Ok(None);
-    };
-    let tls = match &config.pg_tls {
-        Some((cert, key)) => Some(runnel::pgwire::tls_acceptor(cert, key)?),
-        None => None,
-    };
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("--pg-listen {addr}: {e}"))?;
-    Ok(Some((listener, tls)))
-}
-
-/// Starts serving the PostgreSQL protocol and says where.
-fn start_pg(
-    app: &Arc<App>,
-    pg: Option<(tokio::net::TcpListener, Option<runnel::pgwire::TlsAcceptor>)>,
-) -> Option<std::net::SocketAddr> {
-    let (listener, tls) = pg?;
-    let addr = listener.local_addr().ok()?;
-    let tls_note = if tls.is_some() { " (TLS)" } else { "" };
-    println!("runnel accepting PostgreSQL connections on {addr}{tls_note}");
-    tokio::spawn(runnel::pgwire::serve(app.clone(), listener, tls));
-    Some(addr)
 }
 
 /// Says what the server started with: its store, its brokers, and the
@@ -396,7 +366,7 @@ async fn demo(listen: String, pg_listen: String, rate: u64, keep: bool) -> anyho
     let listener = tokio::net::TcpListener::bind(&config.listen).await?;
     let local = listener.local_addr()?;
     let addr = local.to_string();
-    let pg = bind_pg(&config).await?;
+    let pg = runnel::pgwire::bind(&config).await?;
     let app = App::open(config).await?;
     for (file, sql) in DEMO_JOBS {
         let sql = sql.replace("queries/publishers.csv", &publishers.to_string_lossy());
@@ -419,7 +389,7 @@ async fn demo(listen: String, pg_listen: String, rate: u64, keep: bool) -> anyho
     let names: Vec<String> = app.queries().iter().map(|q| q.name.clone()).collect();
     println!("  queries: {}", names.join(", "));
     println!("  dashboard: http://{addr}/");
-    if let Some(pg) = start_pg(&app, pg) {
+    if let Some(pg) = runnel::pgwire::start(&app, pg) {
         println!(
             "  psql: psql -h {} -p {} -c 'SELECT * FROM adnetwork ORDER BY imps DESC LIMIT 5'",
             pg.ip(),

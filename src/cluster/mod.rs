@@ -249,15 +249,7 @@ impl Coordinator for Member {
             Err(_) if task.stop.load(Ordering::Relaxed) => return Ok(false),
             Err(e) => return Err(e),
         };
-        self.sink = task.into_topic.as_ref().map(|t| {
-            ExactSink::new(
-                &task.kafka,
-                &task.name,
-                t,
-                task.plan.output_schema.clone(),
-                task.counters.sink.clone(),
-            )
-        });
+        self.sink = task.exact_sink();
         self.pg = Some(pg);
         Ok(true)
     }

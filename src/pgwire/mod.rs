@@ -31,6 +31,7 @@ use pgwire::tokio::tokio_rustls::rustls::pki_types::pem::PemObject;
 use pgwire::tokio::tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::server::App;
 
@@ -73,6 +74,38 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor> {
         .map_err(|e| bad(cert, &e))?;
     config.alpn_protocols = vec![b"postgresql".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// A bound PostgreSQL listener, with its TLS when configured.
+pub struct Listener {
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+}
+
+/// Binds `--pg-listen` (and loads its TLS certificate) when configured, so
+/// that a taken port fails the start before anything runs.
+pub async fn bind(config: &Config) -> Result<Option<Listener>> {
+    let Some(addr) = &config.pg_listen else {
+        return Ok(None);
+    };
+    let tls = match &config.pg_tls {
+        Some((cert, key)) => Some(tls_acceptor(cert, key)?),
+        None => None,
+    };
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::BadRequest(format!("--pg-listen {addr}: {e}")))?;
+    Ok(Some(Listener { listener, tls }))
+}
+
+/// Starts serving the PostgreSQL protocol on `listener` and says where.
+pub fn start(app: &Arc<App>, listener: Option<Listener>) -> Option<std::net::SocketAddr> {
+    let Listener { listener, tls } = listener?;
+    let addr = listener.local_addr().ok()?;
+    let tls_note = if tls.is_some() { " (TLS)" } else { "" };
+    println!("runnel accepting PostgreSQL connections on {addr}{tls_note}");
+    tokio::spawn(serve(app.clone(), listener, tls));
+    Some(addr)
 }
 
 /// Serves PostgreSQL connections on `listener` until the task is dropped.

@@ -78,15 +78,7 @@ impl Coordinator for Local {
         });
         engine.register_partitions(src.partitions());
         self.src = Some(src);
-        self.sink = task.into_topic.as_ref().map(|t| {
-            ExactSink::new(
-                &task.kafka,
-                &task.name,
-                t,
-                task.plan.output_schema.clone(),
-                task.counters.sink.clone(),
-            )
-        });
+        self.sink = task.exact_sink();
         Ok(true)
     }
 

@@ -196,6 +196,19 @@ impl QueryTask {
         }
     }
 
+    /// The query's `INTO TOPIC` sink, if it has one.
+    pub fn exact_sink(&self) -> Option<ExactSink> {
+        self.into_topic.as_ref().map(|t| {
+            ExactSink::new(
+                &self.kafka,
+                &self.name,
+                t,
+                self.plan.output_schema.clone(),
+                self.counters.sink.clone(),
+            )
+        })
+    }
+
     /// Publishes the store's new rows to the query's topic; a failure to be
     /// retried shows in the query's status until publishing works again.
     pub fn drive_sink(&self, sink: &mut ExactSink) -> Result<()> {
