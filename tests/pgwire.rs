@@ -379,3 +379,62 @@ async fn the_token_is_the_password() {
     let (ok, out, err) = run_psql(&bin, &s, Some("s3cret"), &["-c", create]);
     assert!(ok && out.contains("CREATE QUERY"), "{out}{err}");
 }
+
+/// A self-signed certificate and its key for `localhost`, made by openssl
+/// in `dir` under `name`.
+fn certificate(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let (crt, key) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    let out = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&crt)
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "{out:?}");
+    (crt, key)
+}
+
+/// With a certificate configured, psql connects over TLS and verifies the
+/// server's certificate; a client trusting another certificate is refused.
+#[tokio::test]
+async fn tls_with_a_configured_certificate() {
+    let Some(bin) = psql("tls_with_a_configured_certificate") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (crt, key) = certificate(dir.path(), "server");
+    let (other, _) = certificate(dir.path(), "other");
+    let (crt_arg, key_arg) = (crt.to_str().unwrap(), key.to_str().unwrap());
+    let s = server(
+        dir.path(),
+        &["--pg-tls-cert", crt_arg, "--pg-tls-key", key_arg],
+    )
+    .await;
+    let port = s.pg_port.unwrap().to_string();
+    let connect = |root: &Path| {
+        let out = Command::new(&bin)
+            .args(["-X", "-w", "-A", "-t", "-c", "SHOW STREAMS"])
+            .arg(format!(
+                "host=127.0.0.1 port={port} user=runnel dbname=runnel sslmode=verify-full sslrootcert={}",
+                root.display()
+            ))
+            .env("PGCONNECT_TIMEOUT", "10")
+            .output()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
+    };
+    let (ok, out, err) = connect(&crt);
+    assert!(ok && out.starts_with("clicks|"), "{out}{err}");
+    let (ok, _, err) = connect(&other);
+    assert!(!ok && err.contains("certificate"), "{err}");
+}
