@@ -27,6 +27,11 @@ const QUERY: &str = "CREATE QUERY adnetwork AS
 /// Records `range` of a deterministic feed: 100 per second of event time
 /// from `t0`, spread over all partitions.
 fn produce(producer: &BaseProducer, t0: i64, range: std::ops::Range<i64>) {
+    produce_to(producer, t0, range, PARTITIONS)
+}
+
+/// [`produce`] over the first `partitions` partitions only.
+fn produce_to(producer: &BaseProducer, t0: i64, range: std::ops::Range<i64>, partitions: i32) {
     let geos = ["FR", "US", "DE", "unknown"];
     for i in range {
         let rec = format!(
@@ -37,7 +42,7 @@ fn produce(producer: &BaseProducer, t0: i64, range: std::ops::Range<i64>) {
             (i % 13) as f64 * 0.25,
             (i * 7919) % 1500
         );
-        let partition = (i % PARTITIONS as i64) as i32;
+        let partition = (i % partitions as i64) as i32;
         while let Err((e, _)) = producer.send(
             BaseRecord::<(), str>::to("imps")
                 .payload(&rec)
@@ -343,6 +348,31 @@ async fn cluster_throughput() {
             n as f64 / cpu
         );
     }
+}
+
+/// A partition that never receives a record does not hold the cluster's
+/// windows back: it is idle once its stored position has reached its log
+/// end, like any caught-up partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_partition_does_not_hold_windows_back() {
+    let Some(pg) = Postgres::start("an_empty_partition_does_not_hold_windows_back") else {
+        return;
+    };
+    let f = Fixture::new(pg.create_db("cluster_empty"), "empty");
+    let a = f.server(0);
+    a.sql(&format!("{STREAM}; {QUERY}")).await;
+    wait_owners(&pg, "cluster_empty", 1).await;
+    let t0 = (chrono::Utc::now().timestamp_millis() / 10_000 - 100) * 10_000;
+    let n = 3_000;
+    // Every partition but the last.
+    produce_to(&f.producer, t0, 0..n, PARTITIONS - 1);
+    let counted = (0..n).filter(|i| (i / 7) % 4 != 3).count() as u64;
+    let rows = wait_rows(&a, "with an empty partition", counted).await;
+    assert_eq!(
+        rows.len(),
+        3 * 7 * 3,
+        "three windows of 7 publishers x 3 geos"
+    );
 }
 
 /// A cluster query's `INTO TOPIC`: the member reading partition 0

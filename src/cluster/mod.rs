@@ -158,8 +158,8 @@ fn owner_token(query: &str) -> String {
 /// How many records one poll takes at most.
 const POLL_MAX: usize = 100_000;
 
-/// How long the brokers may take to tell the topic's log ends before
-/// windows are finalised (without them no partition counts as idle).
+/// How long the brokers may take to tell one partition's log end before
+/// windows are finalised (without all of them no partition counts as idle).
 const LOG_END_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One server running its share of a query as a member of a cluster.
@@ -308,12 +308,21 @@ impl Coordinator for Member {
         let (pg, src) = self.parts();
         let pg = pg.clone();
         if !fenced && !src.partitions().is_empty() {
+            let seen = src.progress();
+            // A partition nothing was read from yet, confirmed caught up, is
+            // at its log end: stored so, its idle mark holds until the log
+            // grows (and a new owner starts there).
+            let caught_up_at = |p: i32| {
+                seen.is_caught_up(p)
+                    .then(|| seen.log_ends.get(&p).copied())
+                    .flatten()
+            };
             let progress: Vec<PartitionFlush> = src
                 .partitions()
                 .iter()
                 .map(|p| PartitionFlush {
                     partition: *p,
-                    next_offset: src.offsets().get(p).copied(),
+                    next_offset: src.next_offset(*p).or_else(|| caught_up_at(*p)),
                     mark: engine.clock().mark(*p),
                 })
                 .collect();
@@ -347,12 +356,17 @@ impl Coordinator for Member {
         let Some(sink) = &mut self.sink else {
             return Ok(());
         };
-        let leads = self
-            .src
-            .as_ref()
-            .is_some_and(|s| s.partitions().contains(&0));
+        let leads = !self.fenced
+            && self
+                .src
+                .as_ref()
+                .is_some_and(|s| s.partitions().contains(&0));
         if !leads {
             sink.release();
+            let mut status = task.status.lock().unwrap_or_else(|p| p.into_inner());
+            if matches!(*status, QueryStatus::SinkWaiting(_)) {
+                task.change_status(&mut status, QueryStatus::Running);
+            }
             return Ok(());
         }
         if committed {
@@ -366,6 +380,18 @@ impl Coordinator for Member {
             .as_ref()
             .map(|s| s.offsets().clone())
             .unwrap_or_default()
+    }
+
+    /// Leaves the group at once, so the others take this member's
+    /// partitions while it waits for the store.
+    fn pause(&mut self) {
+        self.src = None;
+        self.sink = None;
+    }
+
+    /// Cluster mode keeps no checkpoint of the counters: they go on.
+    fn restores_counters(&self) -> bool {
+        false
     }
 }
 

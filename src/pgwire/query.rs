@@ -11,6 +11,7 @@
 
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::{Sink, SinkExt};
@@ -43,9 +44,15 @@ enum Outcome {
     End(String),
 }
 
-/// A described portal's answer, kept for its Execute.
+/// A described statement's answer, kept for the Execute that follows it
+/// (drivers send both in one round trip); an Execute later than
+/// [`DESCRIBED_FRESH`] runs the statement again, so a statement prepared
+/// once and executed later reads the results as they are then.
 #[derive(Default)]
-struct Described(Mutex<Option<(String, Outcome)>>);
+struct Described(Mutex<Option<(String, Outcome, Instant)>>);
+
+/// How long a described statement's answer stands in for its Execute.
+const DESCRIBED_FRESH: Duration = Duration::from_secs(1);
 
 /// The handler of every connection.
 pub struct Backend {
@@ -264,7 +271,7 @@ impl ExtendedQueryHandler for Backend {
             .get_or_insert_with(Described::default);
         let kept = described.0.lock().expect("lock").take();
         let outcome = match kept {
-            Some((s, outcome)) if s == sql => Ok(outcome),
+            Some((s, outcome, at)) if s == sql && at.elapsed() < DESCRIBED_FRESH => Ok(outcome),
             _ => {
                 self.run(access(client), sql.trim_end_matches([';', ' ', '\n']))
                     .await
@@ -308,7 +315,8 @@ impl ExtendedQueryHandler for Backend {
                 let described = client
                     .session_extensions()
                     .get_or_insert_with(Described::default);
-                *described.0.lock().expect("lock") = Some((sql, Outcome::Rows(rows)));
+                *described.0.lock().expect("lock") =
+                    Some((sql, Outcome::Rows(rows), Instant::now()));
             }
         }
         Ok(DescribeStatementResponse::new(types, columns))
@@ -340,7 +348,7 @@ impl ExtendedQueryHandler for Backend {
         let described = client
             .session_extensions()
             .get_or_insert_with(Described::default);
-        *described.0.lock().expect("lock") = Some((sql, outcome));
+        *described.0.lock().expect("lock") = Some((sql, outcome, Instant::now()));
         Ok(DescribePortalResponse::new(columns))
     }
 }

@@ -53,4 +53,16 @@ pub trait Coordinator: Send {
 
     /// The next offset to read per partition read.
     fn offsets(&self) -> BTreeMap<i32, i64>;
+
+    /// Stops reading while the store is unavailable (the loop starts again
+    /// with [`start`](Self::start) once it answers): drops the consumer and
+    /// the producer, so nothing holds partitions or transactions meanwhile.
+    fn pause(&mut self);
+
+    /// Whether [`start`](Self::start) restores the query's counters from a
+    /// checkpoint (then they start again from their values at start when
+    /// there is none, so records read again are not counted twice).
+    fn restores_counters(&self) -> bool {
+        true
+    }
 }

@@ -119,6 +119,11 @@ impl Coordinator for Local {
         }
     }
 
+    fn pause(&mut self) {
+        self.src = None;
+        self.sink = None;
+    }
+
     fn offsets(&self) -> BTreeMap<i32, i64> {
         self.src().offsets().clone()
     }

@@ -306,7 +306,7 @@ impl QueryTask {
         let fresh = self.counters.snapshot();
         loop {
             match self.run_from_store(coord, &fresh) {
-                Err(e) if e.is_unavailable() => {}
+                Err(e) if e.is_unavailable() => coord.pause(),
                 done => return done,
             }
             // What was read since the last commit is read again.
@@ -321,15 +321,10 @@ impl QueryTask {
     fn wait_for_store(&self) -> Result<bool> {
         let mut wait = Duration::from_millis(250);
         loop {
-            // The store answers once it takes a write again: the last
-            // commit's checkpoint, written back as it is.
-            let answer = self
-                .store
-                .load_checkpoint(&self.name)
-                .and_then(|c| match c {
-                    Some((offsets, state)) => self.store.commit(&self.name, &[], &offsets, &state),
-                    None => Ok(()),
-                });
+            // The store answers once it takes a write again (a query that
+            // never committed has no checkpoint to write back, so the probe
+            // is a write of its own).
+            let answer = self.store.probe_write();
             match answer {
                 Ok(_) => {
                     tracing::info!(query = %self.name, "the store answers again: resuming from the last commit");
@@ -367,7 +362,9 @@ impl QueryTask {
     /// start from `fresh` (as they stood when the query started) unless the
     /// last commit saved them.
     fn run_from_store(&self, coord: &mut dyn Coordinator, fresh: &SavedCounters) -> Result<()> {
-        self.counters.put_back(fresh);
+        if coord.restores_counters() {
+            self.counters.put_back(fresh);
+        }
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;

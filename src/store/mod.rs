@@ -424,6 +424,16 @@ impl Store {
         })
     }
 
+    /// Whether the store takes writes: a write transaction that changes
+    /// nothing (it still needs SQLite's write lock and a live PostgreSQL
+    /// connection).
+    pub fn probe_write(&self) -> Result<()> {
+        self.write(|tx| {
+            tx.execute("DELETE FROM runnel_checkpoints WHERE 1 = 0", &[])
+                .map(drop)
+        })
+    }
+
     /// Forgets a query's saved offsets and state.
     pub fn delete_checkpoint(&self, query: &str) -> Result<()> {
         let params = [Param::Text(query.into())];

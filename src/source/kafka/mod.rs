@@ -292,6 +292,21 @@ impl KafkaSource {
         &self.offsets
     }
 
+    /// The next offset to read in each of `partitions`: the offset after the
+    /// last record read, or, for a partition nothing was read from yet, the
+    /// consumer's position (where its start resolved, past any transaction
+    /// markers). `None` until the consumer knows it.
+    pub fn next_offset(&self, partition: i32) -> Option<i64> {
+        let read = self.offsets.get(&partition).copied();
+        let position = self.consumer.position().ok().and_then(|tpl| {
+            match tpl.find_partition(&self.topic, partition)?.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            }
+        });
+        read.max(position)
+    }
+
     /// Records not yet read per partition: the high watermark last reported
     /// by the broker minus the next offset to read (partitions read so far).
     pub fn lag(&self) -> Vec<(i32, i64)> {
