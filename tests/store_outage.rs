@@ -218,3 +218,46 @@ async fn sqlite_busy_pauses_the_query_then_exact_results() {
     check_exact(&s, &oracle(base)).await;
     s.stop();
 }
+
+/// A query that has not committed anything yet pauses too when its first
+/// commit meets a busy store: it has no checkpoint to write back, so the
+/// pause must find out with a write of its own that the store still refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_busy_before_the_first_commit_pauses_too() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("imps", 4, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path(), &brokers);
+    s.sql(SQL).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while query(&s).await["status"] != "running" {
+        assert!(
+            Instant::now() < deadline,
+            "not running: {}",
+            query(&s).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Locked before any record arrives, so before the first commit.
+    let db = rusqlite::Connection::open(dir.path().join("runnel.db")).unwrap();
+    db.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let base = (chrono::Utc::now().timestamp_millis() - 600_000) / 10_000 * 10_000;
+    let done = Arc::new(AtomicBool::new(false));
+    let producer = feed(&brokers, base, done.clone());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let q = query(&s).await;
+        if q["status"] == "waiting_for_store" {
+            assert_eq!(q["commits"]["count"], 0, "{q}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no pause seen: {q}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    db.execute_batch("COMMIT").unwrap();
+    drop(db);
+    producer.join().unwrap();
+    check_exact(&s, &oracle(base)).await;
+    s.stop();
+}
