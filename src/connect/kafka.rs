@@ -26,6 +26,9 @@ use rdkafka::ClientContext;
 use rdkafka::config::{ClientConfig, FromClientConfigAndContext};
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::KafkaError;
+use rdkafka::message::ToBytes;
+use rdkafka::producer::{BaseProducer, BaseRecord, ProducerContext};
+use rdkafka::types::RDKafkaErrorCode;
 
 use super::secret::{self, is_secret};
 use crate::error::{Error, Result};
@@ -269,6 +272,29 @@ pub fn check_topic_name(topic: &str) -> Result<()> {
         Err(Error::BadRequest(format!(
             "INTO TOPIC '{topic}' is not a valid Kafka topic name: use 1 to 249 letters, digits, '.', '_' and '-'"
         )))
+    }
+}
+
+/// Queues `record` on `producer`, waiting while its local queue is full
+/// (letting the brokers drain it); any other error is returned.
+pub fn send_waiting<K, P, C>(
+    producer: &BaseProducer<C>,
+    mut record: BaseRecord<'_, K, P, C::DeliveryOpaque>,
+) -> std::result::Result<(), KafkaError>
+where
+    K: ToBytes + ?Sized,
+    P: ToBytes + ?Sized,
+    C: ProducerContext,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                producer.poll(std::time::Duration::from_millis(5));
+            }
+            Err((e, _)) => return Err(e),
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 
 use super::{GenKind, Generator};
@@ -223,17 +223,7 @@ fn produce_blocking(
         if let Some(n) = opts.partitions {
             record = record.partition((sent % n as u64) as i32);
         }
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    // The local queue is full: let the brokers drain it.
-                    record = back;
-                    producer.poll(Duration::from_millis(5));
-                }
-                Err((error, _)) => return Err(error.into()),
-            }
-        }
+        crate::connect::kafka::send_waiting(&producer, record)?;
         sent += 1;
         if sent.is_multiple_of(64) {
             producer.poll(Duration::ZERO);

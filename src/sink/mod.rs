@@ -21,11 +21,8 @@
 pub mod exact;
 pub mod recover;
 
-use std::time::Duration;
-
 use datafusion::arrow::record_batch::RecordBatch;
 use rdkafka::consumer::BaseConsumer;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord};
 
 use crate::connect::kafka::KafkaConn;
@@ -50,22 +47,14 @@ pub fn json_lines(batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
 }
 
 /// Queues `record`, waiting while the producer's queue is full.
-fn send(producer: &BaseProducer, mut record: BaseRecord<'_, (), [u8]>) -> Result<()> {
-    loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                record = r;
-                producer.poll(Duration::from_millis(10));
-            }
-            Err((e, _)) => return Err(e.into()),
-        }
-    }
+fn send(producer: &BaseProducer, record: BaseRecord<'_, (), [u8]>) -> Result<()> {
+    Ok(crate::connect::kafka::send_waiting(producer, record)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rdkafka::error::RDKafkaErrorCode;
 
     #[test]
     fn transactions_refused_only_for_lasting_reasons() {

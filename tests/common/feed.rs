@@ -3,8 +3,8 @@
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use runnel::connect::kafka::send_waiting;
 use runnel::generate::{GenKind, Generator};
 
 /// Produces impressions (generator `seed`) to topic `imps`, round-robin over
@@ -30,19 +30,10 @@ pub fn produce_paced(
     while more(i) {
         buf.clear();
         g.write_record(base + i as i64 * step_ms, &mut buf);
-        let mut record = BaseRecord::<(), [u8]>::to("imps")
+        let record = BaseRecord::<(), [u8]>::to("imps")
             .payload(&buf)
             .partition((i % 4) as i32);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    producer.poll(Duration::from_millis(5));
-                }
-                Err((e, _)) => panic!("{e}"),
-            }
-        }
+        send_waiting(&producer, record).unwrap();
         i += 1;
         if i.is_multiple_of(100) {
             producer.poll(Duration::ZERO);
