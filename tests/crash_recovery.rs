@@ -69,6 +69,31 @@ async fn wait_complete(s: &TestServer, expected_records: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_dash_nine_five_times_then_same_results() {
+    kill_and_compare(SQL, 5).await;
+}
+
+/// With early rows every second, a kill lands while provisional rows are
+/// being written: the final rows still equal an uninterrupted run's, and no
+/// provisional row outlives its window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_dash_nine_during_early_rows_then_same_final_rows() {
+    let sql = format!("{SQL} EMIT EVERY 1s");
+    let rows = kill_and_compare(&sql, 3).await;
+    let provisional = rows
+        .values()
+        .filter(|r| !r.contains(r#""final":true"#))
+        .count();
+    assert_eq!(
+        provisional, 0,
+        "rows left provisional after every window closed"
+    );
+}
+
+/// Runs `sql` on a calm server and on one killed with SIGKILL `kills` times
+/// while the same steady stream flows; asserts both end with the same rows
+/// and returns them.
+async fn kill_and_compare(sql: &str, kills: usize) -> BTreeMap<String, String> {
+    let early = sql.contains("EMIT EVERY");
     let cluster = MockCluster::new(1).unwrap();
     cluster.create_topic("imps", 4, 1).unwrap();
     let brokers = cluster.bootstrap_servers();
@@ -76,9 +101,9 @@ async fn kill_dash_nine_five_times_then_same_results() {
     let calm_dir = tempfile::tempdir().unwrap();
 
     let calm = TestServer::start(calm_dir.path(), &brokers);
-    calm.sql(SQL).await;
+    calm.sql(sql).await;
     let mut crashing = TestServer::start(crash_dir.path(), &brokers);
-    crashing.sql(SQL).await;
+    crashing.sql(sql).await;
 
     let base = chrono::Utc::now().timestamp_millis() - 600_000;
     let done = Arc::new(AtomicBool::new(false));
@@ -89,8 +114,19 @@ async fn kill_dash_nine_five_times_then_same_results() {
 
     let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
     let mut recoveries = Vec::new();
-    for _ in 0..5 {
+    let mut saw_early = false;
+    for _ in 0..kills {
         tokio::time::sleep(Duration::from_millis(rng.random_range(800..2500))).await;
+        if early {
+            let (_, v) = crashing
+                .get("/queries/adnetwork/results?limit=100000")
+                .await;
+            saw_early |= v["rows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["final"] == false);
+        }
         crashing.kill9();
         let restarted = Instant::now();
         crashing = TestServer::start(crash_dir.path(), &brokers);
@@ -166,6 +202,11 @@ async fn kill_dash_nine_five_times_then_same_results() {
         "recovery after kill -9 (restart to first record consumed), ms: {ms:?}; {} rows identical",
         expected.len()
     );
+    assert!(
+        !early || saw_early,
+        "no provisional row was seen before a kill"
+    );
+    expected
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,10 +7,11 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use common::TestServer;
+use common::sse::Sse;
 use rdkafka::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use serde_json::{Value, json};
+use serde_json::json;
 
 fn producer(brokers: &str) -> BaseProducer {
     ClientConfig::new()
@@ -173,75 +174,6 @@ async fn metrics_count_good_bad_and_late_records() {
     let (text, _) = metrics(&s).await;
     assert!(!text.contains(r#"query="per_k""#), "{text}");
     s.stop();
-}
-
-/// One server-sent event.
-#[derive(Debug, Default)]
-struct Event {
-    id: Option<String>,
-    event: String,
-    data: String,
-}
-
-/// A minimal SSE reader over a streaming response.
-struct Sse {
-    resp: reqwest::Response,
-    buf: String,
-}
-
-impl Sse {
-    async fn connect(url: &str, last_event_id: Option<&str>) -> Sse {
-        let mut req = reqwest::Client::new().get(url);
-        if let Some(id) = last_event_id {
-            req = req.header("Last-Event-ID", id);
-        }
-        let resp = req.send().await.unwrap();
-        assert_eq!(resp.status(), 200);
-        assert_eq!(resp.headers()["content-type"], "text/event-stream");
-        Sse {
-            resp,
-            buf: String::new(),
-        }
-    }
-
-    async fn next(&mut self) -> Event {
-        loop {
-            if let Some(i) = self.buf.find("\n\n") {
-                let block: String = self.buf.drain(..i + 2).collect();
-                let mut ev = Event::default();
-                for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("id:") {
-                        ev.id = Some(v.trim_start().to_string());
-                    } else if let Some(v) = line.strip_prefix("event:") {
-                        ev.event = v.trim_start().to_string();
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        ev.data.push_str(v.trim_start());
-                    }
-                }
-                if ev.event.is_empty() && ev.data.is_empty() {
-                    continue;
-                }
-                return ev;
-            }
-            let chunk = tokio::time::timeout(Duration::from_secs(60), self.resp.chunk())
-                .await
-                .expect("an event within 60 s")
-                .unwrap()
-                .expect("stream still open");
-            self.buf.push_str(std::str::from_utf8(&chunk).unwrap());
-        }
-    }
-
-    /// Reads `row` events until `n` rows arrived.
-    async fn rows(&mut self, n: usize, out: &mut Vec<(i64, Value)>) {
-        let want = out.len() + n;
-        while out.len() < want {
-            let ev = self.next().await;
-            assert_eq!(ev.event, "row", "{ev:?}");
-            let id: i64 = ev.id.expect("row events carry an id").parse().unwrap();
-            out.push((id, serde_json::from_str(&ev.data).unwrap()));
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

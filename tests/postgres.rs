@@ -60,6 +60,7 @@ fn window(start: i64, geos: &[Option<&str>], n0: i64) -> Emission {
         batch: RecordBatch::try_new(schema(), cols).unwrap(),
         cumulative: false,
         state: None,
+        window: Some((start, start + 10_000)),
     }
 }
 
@@ -129,6 +130,7 @@ fn scenario(store: &Store) -> Vec<String> {
                 to: Some(runnel::store::format_ts(t0 + 10_000)),
                 after: Some(all.seqs[0]),
                 limit: 1,
+                final_only: false,
             },
         )
         .unwrap();

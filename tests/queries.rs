@@ -8,9 +8,11 @@
 //! named, was confirmed caught up and delivered nothing for another `ms` of
 //! wall time; partitions go idle after [`IDLE_AFTER_MS`] of it), `stall` (no
 //! partition can be confirmed caught up: a broker stalled) and `emit <wall
-//! ms>` (a cumulative emit tick) lines; `NAME.expected` holds every
-//! emission, in order, the rows of each window sorted by their columns
-//! unless the query has an `ORDER BY`. Each case runs three times — one
+//! ms>` (an emit tick: a cumulative table, or provisional rows of open
+//! windows under `EMIT EVERY`) lines; `NAME.expected` holds every emission,
+//! in order, the rows of each window sorted by their columns unless the
+//! query has an `ORDER BY`, and `-- window [start, end): no rows` for a
+//! window emitted without rows (they replace its earlier rows). Each case runs three times — one
 //! record per batch; each partition's consecutive records in one batch; and
 //! all records between two `quiet`/`stall`/`emit` lines as one poll, one
 //! batch per partition, aggregated together as a query does — plus once
@@ -203,7 +205,7 @@ async fn run_case(sql: &str, input: &[Line], batching: Batching) -> String {
                 i += 1;
             }
             Line::Emit(now) => {
-                out.extend(engine.emit_cumulative(*now).await.unwrap());
+                out.extend(engine.emit_open(*now).await.unwrap());
                 i += 1;
             }
         }
@@ -213,6 +215,11 @@ async fn run_case(sql: &str, input: &[Line], batching: Batching) -> String {
     // show each window's rows on their own, in the order windows closed.
     let mut windows: Vec<(bool, (i64, i64), RecordBatch)> = Vec::new();
     for e in &out {
+        // One window's emission without rows still replaces its earlier rows.
+        if let (0, Some(w)) = (e.batch.num_rows(), e.window) {
+            windows.push((false, w, e.batch.clone()));
+            continue;
+        }
         let starts = e
             .batch
             .column(0)
@@ -270,7 +277,21 @@ async fn run_case(sql: &str, input: &[Line], batching: Batching) -> String {
         }
     }
     let mut text = String::new();
-    for (cumulative, _, b) in &windows {
+    let time = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .unwrap()
+            .format("%Y-%m-%dT%H:%M:%S")
+            .to_string()
+    };
+    for (cumulative, (start, end), b) in &windows {
+        if b.num_rows() == 0 {
+            text.push_str(&format!(
+                "-- window [{}, {}): no rows\n",
+                time(*start),
+                time(*end)
+            ));
+            continue;
+        }
         text.push_str(if *cumulative {
             "-- cumulative table\n"
         } else {

@@ -453,5 +453,6 @@ fn close_window(
             true => Some(concat_batches(&plan.state_schema, &merged)?),
             false => None,
         },
+        window: Some((w.start, w.end)),
     })
 }

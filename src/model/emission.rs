@@ -1,7 +1,12 @@
-//! What a query emits: the rows of windows that closed (or of a cumulative
-//! table), the unit that the store, the sinks and the HTTP layer pass on.
+//! What a query emits: the rows of windows that closed, the provisional
+//! rows of open windows (`EMIT EVERY`) or a cumulative table; the unit that
+//! the store, the sinks and the HTTP layer pass on.
 
 use datafusion::arrow::record_batch::RecordBatch;
+
+/// The column telling a window's final rows from its provisional ones, last
+/// in the output of queries that emit early (`EMIT EVERY` with a window).
+pub const FINAL: &str = "final";
 
 /// Rows produced when windows close (or a cumulative table is emitted).
 #[derive(Debug, Clone)]
@@ -13,4 +18,8 @@ pub struct Emission {
     /// The window's partial states, kept for roll-ups (see
     /// `WindowEngine::keep_window_states` in the engine).
     pub state: Option<RecordBatch>,
+    /// The one window (start, end) whose rows these are all of, when they
+    /// are one window's: they replace its earlier rows even when there are
+    /// none (a `HAVING` that now filters out every provisional row).
+    pub window: Option<(i64, i64)>,
 }

@@ -14,6 +14,10 @@
 //!   (`HAVING`, `ORDER BY ... LIMIT`, projection) — runs once per closing
 //!   window and yields its rows.
 //!
+//! A query with `EMIT EVERY` next to its window also runs the close plan on
+//! open windows that changed ([`ContinuousPlan::close_provisional`]); its
+//! rows then end with a `final` column saying which rows are provisional.
+//!
 //! ```no_run
 //! # async fn f(stream: runnel::model::StreamDef) -> runnel::error::Result<()> {
 //! use runnel::plan::ContinuousPlan;
@@ -31,6 +35,7 @@ mod table;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
+use datafusion::arrow::array::BooleanArray;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{RowConverter, SortField};
@@ -57,6 +62,7 @@ pub use table::RefTable;
 pub const WINDOW_START: &str = "window_start";
 /// Name of the window end column.
 pub const WINDOW_END: &str = "window_end";
+pub use crate::model::emission::FINAL;
 
 /// The arrow type of window bounds.
 pub fn window_type() -> DataType {
@@ -98,6 +104,9 @@ pub struct ContinuousPlan {
     pub state_schema: SchemaRef,
     /// Schema of emitted rows.
     pub output_schema: SchemaRef,
+    /// `EMIT EVERY` of a windowed query: how often, in ms of wall time, the
+    /// open windows that changed emit provisional rows.
+    pub early_ms: Option<i64>,
     /// Number of group columns in the state (including the two window columns).
     pub group_columns: usize,
     batch_plan: Arc<dyn ExecutionPlan>,
@@ -240,6 +249,13 @@ impl ContinuousPlan {
         let window = select
             .window
             .unwrap_or_else(|| WindowSpec::cumulative(select.emit_ms.unwrap_or(1000)));
+        let early_ms = select.window.and(select.emit_ms);
+        if early_ms.is_some() && matches!(window.kind, WindowKind::Session { .. }) {
+            return Err(Error::sql(
+                "EMIT EVERY applies to tumbling and hopping windows: a session's bounds move while it is open, so its early rows could not be replaced",
+                None,
+            ));
+        }
         let mut fields = stream.fields();
         fields.push(Field::new(WINDOW_START, window_type(), false));
         fields.push(Field::new(WINDOW_END, window_type(), false));
@@ -373,13 +389,31 @@ impl ContinuousPlan {
         let mut output_schema = close_plan.schema();
         if matches!(window.kind, WindowKind::Cumulative { .. }) {
             // A cumulative table's rows belong to no window: their
-            // window_start is NULL (see `WindowEngine::emit_cumulative`).
+            // window_start is NULL (see `WindowEngine::emit_open`).
             let mut fields: Vec<Field> = output_schema
                 .fields()
                 .iter()
                 .map(|f| f.as_ref().clone())
                 .collect();
             fields[0] = fields[0].clone().with_nullable(true);
+            output_schema = Arc::new(Schema::new_with_metadata(
+                fields,
+                output_schema.metadata().clone(),
+            ));
+        }
+        if early_ms.is_some() {
+            if output_schema.field_with_name(FINAL).is_ok() {
+                return Err(Error::sql(
+                    "a query with EMIT EVERY adds a column named final: rename the query's own",
+                    None,
+                ));
+            }
+            let mut fields: Vec<Field> = output_schema
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone())
+                .collect();
+            fields.push(Field::new(FINAL, DataType::Boolean, false));
             output_schema = Arc::new(Schema::new_with_metadata(
                 fields,
                 output_schema.metadata().clone(),
@@ -395,6 +429,7 @@ impl ContinuousPlan {
             input_schema,
             state_schema,
             output_schema,
+            early_ms,
             group_columns,
             batch_plan,
             key_plan,
@@ -451,7 +486,27 @@ impl ContinuousPlan {
 
     /// Finishes partial states into output rows.
     pub async fn close(&self, states: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
-        self.run("window-close", &self.close_plan, states).await
+        self.finish(states, true).await
+    }
+
+    /// Finishes an open window's partial states into its provisional rows
+    /// (`final` false).
+    pub async fn close_provisional(&self, states: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+        self.finish(states, false).await
+    }
+
+    async fn finish(&self, states: Vec<RecordBatch>, last: bool) -> Result<Vec<RecordBatch>> {
+        let rows = self.run("window-close", &self.close_plan, states).await?;
+        if self.early_ms.is_none() {
+            return Ok(rows);
+        }
+        rows.into_iter()
+            .map(|b| {
+                let mut cols = b.columns().to_vec();
+                cols.push(Arc::new(BooleanArray::from(vec![last; b.num_rows()])));
+                Ok(RecordBatch::try_new(self.output_schema.clone(), cols)?)
+            })
+            .collect()
     }
 
     /// Indices of the stream columns the per-batch plan reads (the window
@@ -481,8 +536,12 @@ impl ContinuousPlan {
 
     /// The per-batch and window-close plans as text.
     pub fn explain(&self) -> String {
+        let early = self
+            .early_ms
+            .map(|ms| format!(" EMIT EVERY {}", crate::model::duration::fmt_duration(ms)))
+            .unwrap_or_default();
         format!(
-            "Window: {}\n\nPer-batch plan:\n{}\nWindow-merge plan:\n{}\nWindow-close plan:\n{}",
+            "Window: {}{early}\n\nPer-batch plan:\n{}\nWindow-merge plan:\n{}\nWindow-close plan:\n{}",
             self.window.describe(),
             displayable(self.batch_plan.as_ref()).indent(true),
             displayable(self.reduce_plan.as_ref()).indent(true),

@@ -102,3 +102,42 @@ async fn a_stream_read_twice_is_refused() {
     let e = ContinuousPlan::build(stream, select).await.unwrap_err();
     assert!(e.to_string().contains("reads its stream once"), "{e}");
 }
+
+async fn plan_error(select: &str) -> Error {
+    let stmts = parse_sql(&format!(
+        "CREATE STREAM s (ts TIMESTAMP, k TEXT, v BIGINT) WITH (kafka_topic = 's', event_time = 'ts'); {select}"
+    ))
+    .unwrap();
+    let (Statement::CreateStream(stream), Statement::Select(select)) =
+        (&stmts[0].stmt, &stmts[1].stmt)
+    else {
+        panic!("a stream and a select")
+    };
+    ContinuousPlan::build(stream, select).await.unwrap_err()
+}
+
+/// Early rows add a `final` column after the query's own; sessions, whose
+/// bounds move while open, and a query with its own `final` column are
+/// refused with a message saying why.
+#[tokio::test]
+async fn early_rows_add_a_final_column() {
+    let p = plan(
+        "CREATE STREAM s (ts TIMESTAMP, k TEXT, v BIGINT) WITH (kafka_topic = 's', event_time = 'ts');
+         SELECT k, count(*) AS n FROM s GROUP BY k WINDOW 1h EMIT EVERY 10s",
+    )
+    .await;
+    assert_eq!(p.early_ms, Some(10_000));
+    let names: Vec<&String> = p.output_schema.fields().iter().map(|f| f.name()).collect();
+    assert_eq!(names, ["window_start", "window_end", "k", "n", "final"]);
+    assert!(
+        p.explain()
+            .starts_with("Window: TUMBLING 1h EMIT EVERY 10s")
+    );
+    let e =
+        plan_error("SELECT k, count(*) FROM s GROUP BY k WINDOW SESSION 5m EMIT EVERY 10s").await;
+    assert!(matches!(e, Error::Sql { .. }), "{e:?}");
+    assert!(e.to_string().contains("session"), "{e}");
+    let e =
+        plan_error("SELECT k, count(*) AS final FROM s GROUP BY k WINDOW 1m EMIT EVERY 1s").await;
+    assert!(e.to_string().contains("rename"), "{e}");
+}

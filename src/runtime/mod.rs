@@ -388,7 +388,7 @@ impl QueryTask {
         self.set_status(QueryStatus::Running);
         let emit_ms = match self.plan.window.kind {
             WindowKind::Cumulative { emit_ms } => Some(emit_ms),
-            _ => None,
+            _ => self.plan.early_ms,
         };
         let mut next_emit = now_ms() + emit_ms.unwrap_or(0);
         let mut last_tick = Instant::now();
@@ -422,7 +422,7 @@ impl QueryTask {
             if let Some(ms) = emit_ms
                 && now >= next_emit
             {
-                emitted.extend(rt.block_on(engine.emit_cumulative(now))?);
+                emitted.extend(rt.block_on(engine.emit_open(now))?);
                 next_emit = now + ms;
             }
             let due = !emitted.is_empty()

@@ -69,6 +69,13 @@ impl App {
         select: &SelectSql,
         text: &str,
     ) -> Result<(Arc<QueryEntry>, Created)> {
+        if self.config.cluster.is_some() && select.window.is_some() && select.emit_ms.is_some() {
+            return Err(Error::BadRequest(
+                "EMIT EVERY with a WINDOW (early rows) is not supported in cluster mode, \
+                 where windows are finished across servers; drop EMIT EVERY"
+                    .into(),
+            ));
+        }
         let existing = name.as_deref().and_then(|n| self.query(n).ok());
         match (mode, existing) {
             (CreateMode::IfNotExists, Some(q)) => Ok((q, Created::Existing)),

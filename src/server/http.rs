@@ -5,7 +5,7 @@
 //! | `POST /sql` | any statements, `;`-separated; the body, or `{"sql": ...}` as `application/json` |
 //! | `POST /queries` | `{"sql": ..., "name"?: ...}` or a `text/plain` SELECT → `201` |
 //! | `GET /queries`, `GET /queries/{id}`, `DELETE /queries/{id}` | |
-//! | `GET /queries/{id}/results?from=&to=&after=&limit=&format=json\|csv` | results, cursor-paged (`after=now` for only new rows), `has_more` when a page stops at its limit |
+//! | `GET /queries/{id}/results?from=&to=&after=&limit=&format=json\|csv&final=` | results, cursor-paged (`after=now` for only new rows), `has_more` when a page stops at its limit; `final=true` leaves out provisional rows (`EMIT EVERY`) |
 //! | `GET /queries/{id}/results?rollup=1h&from=&to=&limit=&format=&partial=` | roll-up of the complete buckets ([`super::rollup`]); `partial=true` adds the open ones, flagged by a `complete` column |
 //! | `GET /queries/{id}/events` | the query's recent errors and warnings ([`crate::runtime::events`]) |
 //! | `GET /streams`, `GET /streams/{name}` | |
@@ -313,6 +313,8 @@ pub(super) struct ResultsParams {
     pub(super) format: Option<String>,
     pub(super) rollup: Option<String>,
     pub(super) partial: Option<String>,
+    #[serde(rename = "final")]
+    pub(super) final_only: Option<String>,
 }
 
 /// The answer formats of results pages and roll-ups.
@@ -362,6 +364,7 @@ async fn results(
         to: p.to.as_deref().map(normalize_ts).transpose()?,
         after,
         limit,
+        final_only: super::rows::final_only(p.final_only.as_deref())?,
     };
     let store = app.store.clone();
     let (name, schema) = (q.name.clone(), q.plan.output_schema.clone());
@@ -459,6 +462,8 @@ async fn reset_query(
 #[derive(Deserialize)]
 struct StreamParams {
     after: Option<String>,
+    #[serde(rename = "final")]
+    final_only: Option<String>,
 }
 
 /// How often a results stream looks for new rows.
@@ -483,6 +488,7 @@ async fn stream_results(
         .filter(|v| !v.is_empty())
         .or(p.after.as_deref().filter(|v| !v.is_empty()));
     let after = app.resolve_after(&q.name, from).await?;
+    let final_only = super::rows::final_only(p.final_only.as_deref())?;
     // Held by the stream: dropping it when the client leaves frees the slot.
     let slot = app.guards.sse_slot()?;
     let name = q.name.clone();
@@ -495,7 +501,7 @@ async fn stream_results(
     );
     let events = futures::stream::unfold(
         state,
-        |((app, slot), name, mut after, mut pending, mut done)| async move {
+        move |((app, slot), name, mut after, mut pending, mut done)| async move {
             loop {
                 if let Some(ev) = pending.pop_front() {
                     return Some((
@@ -516,6 +522,7 @@ async fn stream_results(
                 let filter = ResultFilter {
                     after,
                     limit: 1000,
+                    final_only,
                     ..Default::default()
                 };
                 let page = tokio::task::spawn_blocking(move || {

@@ -4,10 +4,22 @@
 //! A cursor is a row's sequence in its results table. `after=N` must be a
 //! cursor the query has issued (at most its newest), so a client holding a
 //! cursor from elsewhere hears of it instead of silently missing rows;
-//! `after=now` starts after the newest row.
+//! `after=now` starts after the newest row. `final=true` leaves out the
+//! provisional rows of open windows (queries with `EMIT EVERY`).
 
 use super::App;
 use crate::error::{Error, Result};
+
+/// The `final=` parameter: whether to leave out provisional rows.
+pub(super) fn final_only(param: Option<&str>) -> Result<bool> {
+    match param.map(str::trim) {
+        None | Some("") | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(v) => Err(Error::BadRequest(format!(
+            "final must be true or false, not '{v}'"
+        ))),
+    }
+}
 
 impl App {
     /// The newest cursor of query `name`'s results (None while it has none).

@@ -288,7 +288,20 @@ pub(crate) fn emission_statements(query: &str, emissions: &[Emission]) -> Result
             });
         }
         let b = &e.batch;
-        if b.num_rows() == 0 && !e.cumulative {
+        if e.cumulative {
+            stmts.push(Stmt {
+                sql: format!("DELETE FROM {table}"),
+                params: vec![],
+            });
+        } else {
+            for (s, en) in super::replaced_windows(e)? {
+                stmts.push(Stmt {
+                    sql: format!("DELETE FROM {table} WHERE window_start = $1 AND window_end = $2"),
+                    params: vec![Param::Ts(s), Param::Ts(en)],
+                });
+            }
+        }
+        if b.num_rows() == 0 {
             continue;
         }
         let cols: Vec<Col> = b
@@ -296,19 +309,6 @@ pub(crate) fn emission_statements(query: &str, emissions: &[Emission]) -> Result
             .iter()
             .map(Col::from_array)
             .collect::<Result<_>>()?;
-        if e.cumulative {
-            stmts.push(Stmt {
-                sql: format!("DELETE FROM {table}"),
-                params: vec![],
-            });
-        } else {
-            for (s, en) in super::replaced_windows(b)? {
-                stmts.push(Stmt {
-                    sql: format!("DELETE FROM {table} WHERE window_start = $1 AND window_end = $2"),
-                    params: vec![Param::Ts(s), Param::Ts(en)],
-                });
-            }
-        }
         let names: Vec<String> = b
             .schema()
             .fields()

@@ -142,6 +142,8 @@ pub struct ResultFilter {
     pub to: Option<String>,
     /// Only rows written after this cursor.
     pub after: Option<i64>,
+    /// Only final rows: no provisional rows of open windows.
+    pub final_only: bool,
     /// At most this many rows.
     pub limit: usize,
 }
@@ -166,9 +168,14 @@ fn window_state(e: &Emission) -> Result<Option<WindowState>> {
     Ok(Some((bound(0)?, bound(1)?, bytes)))
 }
 
-/// The windows a closed-window emission's rows replace: each distinct
-/// (window_start, window_end) of its rows, in epoch ms, in first-seen order.
-fn replaced_windows(batch: &RecordBatch) -> Result<Vec<(i64, i64)>> {
+/// The windows a windowed emission replaces: its one window if it names it,
+/// else each distinct (window_start, window_end) of its rows, in epoch ms,
+/// in first-seen order.
+fn replaced_windows(e: &Emission) -> Result<Vec<(i64, i64)>> {
+    if let Some(w) = e.window {
+        return Ok(vec![w]);
+    }
+    let batch = &e.batch;
     let ms = DataType::Timestamp(TimeUnit::Millisecond, None);
     let (starts, ends) = (cast(batch.column(0), &ms)?, cast(batch.column(1), &ms)?);
     let (starts, ends) = (

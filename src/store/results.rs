@@ -19,6 +19,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit}
 use super::backend::Param;
 use super::{ColumnKind, ResultFilter, ResultPage, Store, column_kind, quote, stored_ts};
 use crate::error::Result;
+use crate::model::emission::FINAL;
 
 /// The Arrow type a results column of `kind` is read back as.
 pub(crate) fn stored_type(kind: ColumnKind) -> DataType {
@@ -217,6 +218,10 @@ impl Store {
         if let Some(after) = f.after {
             params.push(Param::Int(after));
             sql.push_str(&format!(" AND _seq > ${}", params.len()));
+        }
+        // Only queries that emit early have provisional rows.
+        if f.final_only && schema.field_with_name(FINAL).is_ok() {
+            sql.push_str(&format!(" AND {}", quote(FINAL)));
         }
         // One row more than asked tells whether the page is the last.
         sql.push_str(&format!(

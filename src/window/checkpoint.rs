@@ -28,6 +28,10 @@ pub(super) struct CheckpointHeader {
     /// The query's counters, so a restart carries them on.
     #[serde(default)]
     counters: Option<SavedCounters>,
+    /// Open windows (end, start) changed since their last provisional rows
+    /// (`EMIT EVERY`), so a restart emits what an uninterrupted run would.
+    #[serde(default)]
+    changed: Vec<(i64, i64)>,
 }
 
 /// [`Counters`] as saved in a checkpoint.
@@ -118,6 +122,7 @@ impl WindowEngine {
             states: Some((states.len(), XxHash64::oneshot(CHECKSUM_SEED, &states))),
             closed_sessions,
             counters: Some(self.counters.save()),
+            changed: self.changed.iter().copied().collect(),
         };
         let header = serde_json::to_vec(&header).map_err(|e| Error::Execution(e.to_string()))?;
         let mut out = (header.len() as u32).to_le_bytes().to_vec();
@@ -168,6 +173,7 @@ impl WindowEngine {
             self.counters.load(c);
         }
         self.windows.clear();
+        self.changed = header.changed.into_iter().collect();
         if let Some(s) = &mut self.sessions {
             let closed = match closed.is_empty() {
                 true => vec![],

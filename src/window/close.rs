@@ -1,7 +1,9 @@
 //! Closing windows: once the watermark passes a window's end plus grace its
 //! partial states go through the close plan and its rows are emitted (with
-//! its state when asked); sessions close the same way, and a cumulative
-//! query emits its whole table when it changed.
+//! its state when asked); sessions close the same way. Before that, on each
+//! emit tick, a cumulative query emits its whole table when it changed, and
+//! an `EMIT EVERY` query the provisional rows of each open window that
+//! changed, which its next rows (provisional or final) replace.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -35,6 +37,8 @@ impl WindowEngine {
                         break;
                     }
                     let buf = self.windows.remove(&(end, start)).expect("present");
+                    self.changed.remove(&(end, start));
+                    let early = self.plan.early_ms.is_some();
                     let state = match self.keep_states {
                         true => Some(concat_batches(&self.plan.state_schema, &buf.batches)?),
                         false => None,
@@ -43,14 +47,16 @@ impl WindowEngine {
                     self.counters.windows_closed.fetch_add(1, Ordering::Relaxed);
                     self.counters.last_window_end.store(end, Ordering::Relaxed);
                     let batch = concat(&self.plan, rows)?;
-                    // A window without rows (after HAVING) still keeps its state.
-                    if batch.is_some() || state.is_some() {
+                    // A window without rows (after HAVING) still keeps its
+                    // state, and still replaces its provisional rows.
+                    if batch.is_some() || state.is_some() || early {
                         out.push(Emission {
                             batch: batch.unwrap_or_else(|| {
                                 RecordBatch::new_empty(self.plan.output_schema.clone())
                             }),
                             cumulative: false,
                             state,
+                            window: Some((start, end)),
                         });
                     }
                 }
@@ -71,12 +77,49 @@ impl WindowEngine {
         self.close_until(i64::MAX).await
     }
 
+    /// Emits what open windows hold so far, on an emit tick at wall time
+    /// `now_ms`: a cumulative query's whole table if it changed, or an `EMIT
+    /// EVERY` query's provisional rows of each open window that changed
+    /// since its last ones (one emission per window, so its next rows
+    /// replace these even when `HAVING` leaves none).
+    pub async fn emit_open(&mut self, now_ms: i64) -> Result<Vec<Emission>> {
+        if self.partials_only {
+            return Ok(vec![]);
+        }
+        match self.plan.window.kind {
+            WindowKind::Cumulative { .. } => self.emit_cumulative(now_ms).await,
+            _ => self.emit_provisional().await,
+        }
+    }
+
+    async fn emit_provisional(&mut self) -> Result<Vec<Emission>> {
+        let mut out = Vec::new();
+        for (end, start) in std::mem::take(&mut self.changed) {
+            let Some(buf) = self.windows.get_mut(&(end, start)) else {
+                continue;
+            };
+            if buf.batches.len() > 1 {
+                compact(&self.plan, buf).await?;
+            }
+            let rows = self.plan.close_provisional(buf.batches.clone()).await?;
+            let batch = concat(&self.plan, rows)?
+                .unwrap_or_else(|| RecordBatch::new_empty(self.plan.output_schema.clone()));
+            self.counters
+                .rows_emitted
+                .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+            out.push(Emission {
+                batch,
+                cumulative: false,
+                state: None,
+                window: Some((start, end)),
+            });
+        }
+        Ok(out)
+    }
+
     /// Emits the whole table of a cumulative query if it changed.
-    pub async fn emit_cumulative(&mut self, now_ms: i64) -> Result<Vec<Emission>> {
-        if self.partials_only
-            || !self.dirty
-            || !matches!(self.plan.window.kind, WindowKind::Cumulative { .. })
-        {
+    async fn emit_cumulative(&mut self, now_ms: i64) -> Result<Vec<Emission>> {
+        if !self.dirty {
             return Ok(vec![]);
         }
         self.dirty = false;
@@ -107,6 +150,7 @@ impl WindowEngine {
             batch,
             cumulative: true,
             state: None,
+            window: None,
         }])
     }
 
@@ -132,6 +176,7 @@ impl WindowEngine {
             batch,
             cumulative: false,
             state: None,
+            window: None,
         }))
     }
 }

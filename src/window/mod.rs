@@ -21,7 +21,7 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -101,6 +101,9 @@ pub struct WindowEngine {
     grace: i64,
     /// Open windows by (end, start), so closing walks them in end order.
     windows: BTreeMap<(i64, i64), WindowBuf>,
+    /// Open windows, by (end, start), that took records since their last
+    /// provisional rows (`EMIT EVERY` queries only).
+    changed: BTreeSet<(i64, i64)>,
     /// Session windows: each key's sessions and their partial states.
     sessions: Option<Sessions>,
     /// Per-partition event-time clocks: the watermark.
@@ -160,6 +163,7 @@ impl WindowEngine {
             event_time,
             grace,
             windows: BTreeMap::new(),
+            changed: BTreeSet::new(),
             sessions,
             clock: Watermarks::new(delay_ms),
             closed_wm: i64::MIN,
@@ -193,6 +197,7 @@ impl WindowEngine {
     /// highest event time read per partition (`i64::MIN` when none yet).
     pub fn reset(&mut self, partition_max: BTreeMap<i32, i64>) {
         self.windows.clear();
+        self.changed.clear();
         if let Some(s) = &mut self.sessions {
             *s = Sessions::new(&self.plan, self.grace);
         }
@@ -372,6 +377,9 @@ impl WindowEngine {
                 self.windows.entry(key).or_default().push(part);
                 touched.push(key);
             }
+        }
+        if self.plan.early_ms.is_some() {
+            self.changed.extend(touched.iter().copied());
         }
         for key in touched {
             if let Some(buf) = self.windows.get_mut(&key)

@@ -10,6 +10,7 @@ use serde_json::Value;
 
 pub mod feed;
 pub mod postgres;
+pub mod sse;
 
 /// A TCP port free on loopback right now.
 pub fn free_port() -> u16 {

@@ -1,0 +1,4 @@
+CREATE STREAM clicks (ts TIMESTAMP, page TEXT, user_id TEXT, ms BIGINT)
+  WITH (kafka_topic = 'clicks', event_time = 'ts');
+
+SELECT page, count(*) AS n FROM clicks GROUP BY page HAVING count(*) < 3 WINDOW 20s SLIDE 10s EMIT EVERY 5s;
