@@ -156,6 +156,19 @@ async fn a_minute_window_fills_in_then_closes_with_one_final_row_per_group() {
         "the stream showed no provisional row before the close: {seen:?}"
     );
     assert!(early.iter().all(|r| r["final"] == false), "{seen:?}");
+    // Pull SQL reads the same rows and can filter on `final`.
+    let v = s
+        .sql(&format!(
+            "SELECT page, n FROM per_page WHERE final AND window_start = '{}' ORDER BY page",
+            start.trim_end_matches('Z').replace('T', " ")
+        ))
+        .await;
+    let rows = &v["results"][0]["rows"];
+    assert_eq!(
+        rows,
+        &serde_json::json!([["a", 3], ["b", 2], ["c", 1]]),
+        "{v}"
+    );
     let (_, q) = s.get("/queries/per_page").await;
     assert_eq!(q["counters"]["late_records"], 0, "{q}");
     s.stop();
