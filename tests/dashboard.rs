@@ -492,3 +492,85 @@ async fn dashboard_commit_chart_has_points() {
     );
     p.close().await;
 }
+
+/// With `EMIT EVERY`, the results panel shows an open window filling in:
+/// one row per group, marked provisional and updated in place, until the
+/// window closes and the row turns final.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_an_open_window_filling_in() {
+    let Some((chromium, driver)) = programs("dashboard_shows_an_open_window_filling_in") else {
+        return;
+    };
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("fill", 1, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path(), &brokers);
+    s.sql(
+        "CREATE STREAM fill (ts TIMESTAMP, geo TEXT)
+         WITH (kafka_topic = 'fill', event_time = 'ts', watermark_delay = '1s', start = 'earliest');
+         CREATE QUERY fill_geo AS SELECT geo, count(*) AS n FROM fill GROUP BY geo WINDOW 1m EMIT EVERY 1s",
+    )
+    .await;
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let now = chrono::Utc::now().timestamp_millis();
+    let t0 = now - 3_600_000 - now.rem_euclid(60_000);
+    let send = |records: &[(i64, &str)]| {
+        for (ts, geo) in records {
+            let v = json!({"ts": t0 + ts, "geo": geo}).to_string();
+            producer
+                .send(BaseRecord::<(), str>::to("fill").payload(&v).partition(0))
+                .unwrap();
+        }
+        producer.flush(Duration::from_secs(30)).unwrap();
+    };
+    let (_driver, c) = browser(&chromium, &driver).await;
+    c.goto(&format!("{}/#fill_geo", s.url)).await.unwrap();
+    wait_until(&c, "the query selected", || async {
+        texts(&c, "#q-title").await == ["fill_geo"]
+    })
+    .await;
+    // Rows of the results panel as (geo, n, provisional).
+    let rows = || async {
+        let mut out = Vec::new();
+        for tr in c.find_all(Locator::Css("#results tbody tr")).await.unwrap() {
+            let class = tr.attr("class").await.unwrap().unwrap_or_default();
+            let cells = tr.find_all(Locator::Css("td")).await.unwrap();
+            if cells.len() < 4 {
+                continue;
+            }
+            let text = |i: usize| {
+                let cell = cells[i].clone();
+                async move { cell.text().await.unwrap() }
+            };
+            out.push((text(2).await, text(3).await, class.contains("provisional")));
+        }
+        out
+    };
+    let de = |n: &str, provisional: bool| vec![("DE".to_string(), n.to_string(), provisional)];
+
+    send(&[(1_000, "DE"), (2_000, "DE")]);
+    wait_until(&c, "a provisional row of the open window", || async {
+        rows().await == de("2", true)
+    })
+    .await;
+    send(&[(3_000, "DE")]);
+    wait_until(&c, "the same row, updated", || async {
+        rows().await == de("3", true)
+    })
+    .await;
+    // A record past the window's end plus the delay closes it.
+    send(&[(62_000, "FR")]);
+    wait_until(&c, "the row turned final", || async {
+        let r = rows().await;
+        r.len() == 2 && r.contains(&("DE".into(), "3".into(), false))
+    })
+    .await;
+    let errors = severe_logs(&c).await;
+    assert!(errors.is_empty(), "console errors: {errors:?}");
+    c.close().await.unwrap();
+    s.stop();
+}

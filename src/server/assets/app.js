@@ -286,7 +286,7 @@
   }
 
   function groupColumns() {
-    return state.columns.filter((c) => c.name !== "window_start" && c.name !== "window_end" && !isNumericType(c.type));
+    return state.columns.filter((c) => c.name !== "window_start" && c.name !== "window_end" && c.name !== "final" && !isNumericType(c.type));
   }
 
   function renderResults() {
@@ -304,7 +304,11 @@
     const now = Date.now();
     for (const r of state.rows) {
       const tr = el("tr", null, cols.map((c) => el("td", { class: typeof r.row[c] === "number" ? "num" : "", text: cell(r.row[c]) })));
-      if (now - r.at < 2000) tr.className = "fresh";
+      // Early rows (EMIT EVERY): an open window's rows are provisional.
+      const classes = [];
+      if (now - r.at < 2000) classes.push("fresh");
+      if (r.row.final === false) classes.push("provisional");
+      tr.className = classes.join(" ");
       body.appendChild(tr);
     }
     $("rows-note").textContent = state.rows.length ? "(latest " + state.rows.length + ", newest first)" : "";
@@ -354,6 +358,13 @@
 
   // `at` is when the row arrived (0 for rows loaded on open: not "fresh").
   function addRow(row, at) {
+    // A window's new rows replace its earlier ones (an open window filling
+    // in, then its final rows): show only the latest row of each group.
+    if ("final" in row) {
+      const key = (r) => r.window_start + "|" + groupColumns().map((c) => cell(r[c.name])).join("|");
+      const k = key(row);
+      state.rows = state.rows.filter((r) => key(r.row) !== k);
+    }
     state.rows.unshift({ row: row, at: at });
     if (state.rows.length > MAX_ROWS) state.rows.length = MAX_ROWS;
     // A cumulative query's rows have no window_start: chart them by the
