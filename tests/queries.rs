@@ -7,18 +7,21 @@
 //! `quiet <ms> [<partition>]` (every partition of the input, or the one
 //! named, was confirmed caught up and delivered nothing for another `ms` of
 //! wall time; partitions go idle after [`IDLE_AFTER_MS`] of it), `stall` (no
-//! partition can be confirmed caught up: a broker stalled) and `emit <wall
+//! partition can be confirmed caught up: a broker stalled), `emit <wall
 //! ms>` (an emit tick: a cumulative table, or provisional rows of open
-//! windows under `EMIT EVERY`) lines; `NAME.expected` holds every emission,
-//! in order, the rows of each window sorted by their columns unless the
-//! query has an `ORDER BY`, and `-- window [start, end): no rows` for a
-//! window emitted without rows (they replace its earlier rows). Each case runs three times — one
-//! record per batch; each partition's consecutive records in one batch; and
-//! all records between two `quiet`/`stall`/`emit` lines as one poll, one
-//! batch per partition, aggregated together as a query does — plus once
-//! more one record at a time with the engine checkpointed and restored
-//! after each, and all runs must match, so results never depend on
-//! batching or restarts.
+//! windows under `EMIT EVERY`) and `poll` (a poll boundary: the records
+//! around it come in different polls, as when late records correct a
+//! window that closed in between) lines; `NAME.expected` holds every
+//! emission, in order, the rows of each window sorted by their columns
+//! unless the query has an `ORDER BY`, and `-- window [start, end): no
+//! rows` for a window emitted without rows (they replace its earlier
+//! rows). Each case runs three times — one record per batch; each
+//! partition's consecutive records in one batch; and all records between
+//! two `quiet`/`stall`/`emit`/`poll` lines as one poll, one batch per
+//! partition, aggregated together as a query does — plus once more one
+//! record at a time with the engine checkpointed and restored after each,
+//! and all runs must match, so results never depend on batching or
+//! restarts.
 //!
 //! Run: `cargo test --test queries`. Update the expected files:
 //! `RUNNEL_UPDATE_GOLDEN=1 cargo test --test queries`.
@@ -46,6 +49,8 @@ enum Line {
     Quiet(i64, Option<i32>),
     Stall,
     Emit(i64),
+    /// A poll boundary: the records around it come in different polls.
+    Poll,
 }
 
 fn parse_input(text: &str) -> Vec<Line> {
@@ -55,6 +60,9 @@ fn parse_input(text: &str) -> Vec<Line> {
         .map(|l| {
             if l == "stall" {
                 return Line::Stall;
+            }
+            if l == "poll" {
+                return Line::Poll;
             }
             let (head, rest) = l
                 .split_once(' ')
@@ -204,6 +212,7 @@ async fn run_case(sql: &str, input: &[Line], batching: Batching) -> String {
                 out.extend(engine.close_ready().await.unwrap());
                 i += 1;
             }
+            Line::Poll => i += 1,
             Line::Emit(now) => {
                 out.extend(engine.emit_open(*now).await.unwrap());
                 i += 1;

@@ -8,6 +8,11 @@ use datafusion::arrow::record_batch::RecordBatch;
 /// in the output of queries that emit early (`EMIT EVERY` with a window).
 pub const FINAL: &str = "final";
 
+/// The column counting a window's corrections, last in the output of
+/// queries that take late records (`ALLOW LATE`): 0 for the rows written
+/// when the window closed, one more each time late records rewrite them.
+pub const REVISION: &str = "revision";
+
 /// Rows produced when windows close (or a cumulative table is emitted).
 #[derive(Debug, Clone)]
 pub struct Emission {

@@ -10,7 +10,7 @@
 //!
 //! ```
 //! use runnel::model::{WindowKind, WindowSpec, duration::parse_duration};
-//! let w = WindowSpec { kind: WindowKind::Tumbling { size_ms: parse_duration("10s").unwrap() }, grace_ms: 0 };
+//! let w = WindowSpec { kind: WindowKind::Tumbling { size_ms: parse_duration("10s").unwrap() }, grace_ms: 0, allow_late_ms: 0 };
 //! assert_eq!(w.describe(), "TUMBLING 10s");
 //! ```
 

@@ -3,7 +3,7 @@
 //!
 //! ```
 //! use runnel::model::query::{WindowKind, WindowSpec};
-//! let w = WindowSpec { kind: WindowKind::Hopping { size_ms: 60_000, slide_ms: 10_000 }, grace_ms: 5_000 };
+//! let w = WindowSpec { kind: WindowKind::Hopping { size_ms: 60_000, slide_ms: 10_000 }, grace_ms: 5_000, allow_late_ms: 0 };
 //! assert_eq!(w.describe(), "HOPPING 1m SLIDE 10s GRACE 5s");
 //! ```
 
@@ -59,6 +59,10 @@ pub struct WindowSpec {
     pub kind: WindowKind,
     /// Extra lateness allowed on top of the stream's watermark delay.
     pub grace_ms: i64,
+    /// `ALLOW LATE`: how long after a window closed a record may still
+    /// correct it (its row is written again with the next `revision`).
+    #[serde(default)]
+    pub allow_late_ms: i64,
 }
 
 impl WindowSpec {
@@ -67,6 +71,7 @@ impl WindowSpec {
         WindowSpec {
             kind: WindowKind::Cumulative { emit_ms },
             grace_ms: 0,
+            allow_late_ms: 0,
         }
     }
 
@@ -84,10 +89,13 @@ impl WindowSpec {
                 format!("CUMULATIVE EMIT EVERY {}", fmt_duration(emit_ms))
             }
         };
+        let mut out = base;
         if self.grace_ms > 0 {
-            format!("{base} GRACE {}", fmt_duration(self.grace_ms))
-        } else {
-            base
+            out.push_str(&format!(" GRACE {}", fmt_duration(self.grace_ms)));
         }
+        if self.allow_late_ms > 0 {
+            out.push_str(&format!(" ALLOW LATE {}", fmt_duration(self.allow_late_ms)));
+        }
+        out
     }
 }

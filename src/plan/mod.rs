@@ -17,6 +17,8 @@
 //! A query with `EMIT EVERY` next to its window also runs the close plan on
 //! open windows that changed ([`ContinuousPlan::close_provisional`]); its
 //! rows then end with a `final` column saying which rows are provisional.
+//! A query with `ALLOW LATE` runs it again on a closed window that late
+//! records corrected; its rows end with a `revision` column.
 //!
 //! ```no_run
 //! # async fn f(stream: runnel::model::StreamDef) -> runnel::error::Result<()> {
@@ -35,7 +37,7 @@ mod table;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
-use datafusion::arrow::array::BooleanArray;
+use datafusion::arrow::array::{BooleanArray, Int64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{RowConverter, SortField};
@@ -62,7 +64,7 @@ pub use table::RefTable;
 pub const WINDOW_START: &str = "window_start";
 /// Name of the window end column.
 pub const WINDOW_END: &str = "window_end";
-pub use crate::model::emission::FINAL;
+pub use crate::model::emission::{FINAL, REVISION};
 
 /// The arrow type of window bounds.
 pub fn window_type() -> DataType {
@@ -401,10 +403,21 @@ impl ContinuousPlan {
                 output_schema.metadata().clone(),
             ));
         }
-        if early_ms.is_some() {
-            if output_schema.field_with_name(FINAL).is_ok() {
+        let added = [
+            (early_ms.is_some(), FINAL, DataType::Boolean, "EMIT EVERY"),
+            (
+                window.allow_late_ms > 0,
+                REVISION,
+                DataType::Int64,
+                "ALLOW LATE",
+            ),
+        ];
+        for (_, name, ty, clause) in added.into_iter().filter(|a| a.0) {
+            if output_schema.field_with_name(name).is_ok() {
                 return Err(Error::sql(
-                    "a query with EMIT EVERY adds a column named final: rename the query's own",
+                    format!(
+                        "a query with {clause} adds a column named {name}: rename the query's own"
+                    ),
                     None,
                 ));
             }
@@ -413,7 +426,7 @@ impl ContinuousPlan {
                 .iter()
                 .map(|f| f.as_ref().clone())
                 .collect();
-            fields.push(Field::new(FINAL, DataType::Boolean, false));
+            fields.push(Field::new(name, ty, false));
             output_schema = Arc::new(Schema::new_with_metadata(
                 fields,
                 output_schema.metadata().clone(),
@@ -486,24 +499,46 @@ impl ContinuousPlan {
 
     /// Finishes partial states into output rows.
     pub async fn close(&self, states: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
-        self.finish(states, true).await
+        self.finish(states, true, 0).await
     }
 
     /// Finishes an open window's partial states into its provisional rows
     /// (`final` false).
     pub async fn close_provisional(&self, states: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
-        self.finish(states, false).await
+        self.finish(states, false, 0).await
     }
 
-    async fn finish(&self, states: Vec<RecordBatch>, last: bool) -> Result<Vec<RecordBatch>> {
+    /// Finishes a closed window's partial states, corrected by late records
+    /// for the `revision`-th time, into its rows.
+    pub async fn close_revision(
+        &self,
+        states: Vec<RecordBatch>,
+        revision: i64,
+    ) -> Result<Vec<RecordBatch>> {
+        self.finish(states, true, revision).await
+    }
+
+    async fn finish(
+        &self,
+        states: Vec<RecordBatch>,
+        last: bool,
+        revision: i64,
+    ) -> Result<Vec<RecordBatch>> {
         let rows = self.run("window-close", &self.close_plan, states).await?;
-        if self.early_ms.is_none() {
+        let revised = self.window.allow_late_ms > 0;
+        if self.early_ms.is_none() && !revised {
             return Ok(rows);
         }
         rows.into_iter()
             .map(|b| {
+                let n = b.num_rows();
                 let mut cols = b.columns().to_vec();
-                cols.push(Arc::new(BooleanArray::from(vec![last; b.num_rows()])));
+                if self.early_ms.is_some() {
+                    cols.push(Arc::new(BooleanArray::from(vec![last; n])));
+                }
+                if revised {
+                    cols.push(Arc::new(Int64Array::from(vec![revision; n])));
+                }
                 Ok(RecordBatch::try_new(self.output_schema.clone(), cols)?)
             })
             .collect()

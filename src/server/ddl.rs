@@ -76,6 +76,13 @@ impl App {
                     .into(),
             ));
         }
+        if self.config.cluster.is_some() && select.window.is_some_and(|w| w.allow_late_ms > 0) {
+            return Err(Error::BadRequest(
+                "ALLOW LATE is not supported in cluster mode, where windows are finished \
+                 across servers; drop ALLOW LATE"
+                    .into(),
+            ));
+        }
         let existing = name.as_deref().and_then(|n| self.query(n).ok());
         match (mode, existing) {
             (CreateMode::IfNotExists, Some(q)) => Ok((q, Created::Existing)),

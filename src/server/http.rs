@@ -470,7 +470,8 @@ struct StreamParams {
 const STREAM_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// `GET /queries/{id}/stream`: server-sent events, one `row` event per result
-/// row in write order, each with the row's cursor as its id. A client resumes
+/// row in write order (`update` for a row late records revised), each with
+/// the row's cursor as its id. A client resumes
 /// with `Last-Event-ID` (or `?after=CURSOR`); a `dropped` event ends the
 /// stream when the query is dropped.
 async fn stream_results(
@@ -527,14 +528,15 @@ async fn stream_results(
                 };
                 let page = tokio::task::spawn_blocking(move || {
                     let page = store.read_results(&table, &schema, &filter)?;
-                    Ok::<_, Error>((encode::row_texts(&page.batch)?, page.seqs))
+                    let kinds = super::rows::event_kinds(&page.batch);
+                    Ok::<_, Error>((encode::row_texts(&page.batch)?, page.seqs, kinds))
                 })
                 .await;
                 match page {
-                    Ok(Ok((rows, seqs))) if !rows.is_empty() => {
-                        for (row, seq) in rows.into_iter().zip(seqs) {
+                    Ok(Ok((rows, seqs, kinds))) if !rows.is_empty() => {
+                        for ((row, seq), kind) in rows.into_iter().zip(seqs).zip(kinds) {
                             pending.push_back(
-                                Event::default().event("row").id(seq.to_string()).data(row),
+                                Event::default().event(kind).id(seq.to_string()).data(row),
                             );
                             after = Some(seq);
                         }

@@ -5,10 +5,29 @@
 //! cursor the query has issued (at most its newest), so a client holding a
 //! cursor from elsewhere hears of it instead of silently missing rows;
 //! `after=now` starts after the newest row. `final=true` leaves out the
-//! provisional rows of open windows (queries with `EMIT EVERY`).
+//! provisional rows of open windows (queries with `EMIT EVERY`). A row late
+//! records revised is an `update` event rather than a `row` one.
+
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::datatypes::Int64Type;
 
 use super::App;
 use crate::error::{Error, Result};
+use crate::model::emission::REVISION;
+
+/// Each row's server-sent event: `update` for a row that late records
+/// revised (`revision` > 0, `ALLOW LATE`), else `row`.
+pub(super) fn event_kinds(batch: &RecordBatch) -> Vec<&'static str> {
+    let revised = batch
+        .column_by_name(REVISION)
+        .and_then(|c| c.as_primitive_opt::<Int64Type>());
+    (0..batch.num_rows())
+        .map(|i| match revised {
+            Some(r) if r.is_valid(i) && r.value(i) > 0 => "update",
+            _ => "row",
+        })
+        .collect()
+}
 
 /// The `final=` parameter: whether to leave out provisional rows.
 pub(super) fn final_only(param: Option<&str>) -> Result<bool> {

@@ -1,4 +1,5 @@
-//! The window clause of a continuous query (`WINDOW 1m SLIDE 10s GRACE 5s`).
+//! The window clause of a continuous query (`WINDOW 1m SLIDE 10s GRACE 5s
+//! ALLOW LATE 1h`).
 //!
 //! ```
 //! use runnel::model::WindowKind;
@@ -62,10 +63,22 @@ pub fn parse_window_clause(text: &str) -> Result<WindowSpec, String> {
         }
         grace_ms = duration(&w, &mut pos)?;
     }
+    let mut allow_late_ms = 0;
+    if is_kw(&w, pos, "allow") && is_kw(&w, pos + 1, "late") {
+        pos += 2;
+        allow_late_ms = duration(&w, &mut pos)?;
+        if matches!(kind, WindowKind::Session { .. }) {
+            return Err("ALLOW LATE applies to tumbling and hopping windows, not sessions".into());
+        }
+    }
     if let Some(extra) = w.get(pos) {
         return Err(format!("unexpected '{extra}' in window clause"));
     }
-    Ok(WindowSpec { kind, grace_ms })
+    Ok(WindowSpec {
+        kind,
+        grace_ms,
+        allow_late_ms,
+    })
 }
 
 /// Most windows one record may fall into: a hopping window's size divided by
@@ -134,6 +147,20 @@ mod tests {
             }
         );
         assert!(parse_window_clause("10s EXTRA").is_err());
+        let w = parse_window_clause("10s GRACE 2s ALLOW LATE 1h").unwrap();
+        assert_eq!((w.grace_ms, w.allow_late_ms), (2_000, 3_600_000));
+        assert_eq!(w.describe(), "TUMBLING 10s GRACE 2s ALLOW LATE 1h");
+        assert_eq!(
+            parse_window_clause("1m SLIDE 10s ALLOW LATE 5m")
+                .unwrap()
+                .allow_late_ms,
+            300_000
+        );
+        assert!(
+            parse_window_clause("SESSION 30s ALLOW LATE 1h")
+                .unwrap_err()
+                .contains("not sessions")
+        );
         assert_eq!(fmt_duration(60_000), "1m");
         assert_eq!(fmt_duration(1500), "1500ms");
     }

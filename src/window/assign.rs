@@ -53,6 +53,8 @@ impl WindowEngine {
         let (mut late, mut bad) = (0u64, 0u64);
         let kind = self.plan.window.kind;
         let grace = self.grace;
+        let allow = self.plan.window.allow_late_ms;
+        let mut corrections = false;
         let keys = keys.unwrap_or_default();
         let mut next_key = 0;
         for (i, &t) in ts.iter().enumerate() {
@@ -86,9 +88,11 @@ impl WindowEngine {
             }
             let mut dropped = false;
             let mut assign = |s: i64, e: i64| {
-                if window_closed(kind, e, grace, frontier) {
+                // Late past what ALLOW LATE lets correct (the grace alone without it).
+                if window_closed(kind, e, grace.saturating_add(allow), frontier) {
                     dropped = true;
                 } else {
+                    corrections |= allow > 0 && window_closed(kind, e, grace, frontier);
                     idx.push(i as u32);
                     starts.push(s);
                     ends.push(e);
@@ -119,6 +123,7 @@ impl WindowEngine {
             .late_records
             .fetch_add(late, Ordering::Relaxed);
         self.counters.bad_records.fetch_add(bad, Ordering::Relaxed);
+        self.corrections |= corrections;
         self.clock.observe(partition, pm);
         if idx.is_empty() {
             return Ok(None);

@@ -1,6 +1,7 @@
 //! Checkpoints of a window engine: its open windows' partial states (Arrow
 //! IPC), each partition's event-time maximum, the lateness frontier, the
-//! closed sessions a record could still touch and the query's counters,
+//! closed sessions a record could still touch, the closed windows late
+//! records may still correct (`ALLOW LATE`) and the query's counters,
 //! behind a length and an XxHash64, so a damaged or truncated checkpoint
 //! fails the query with a message instead of restoring the wrong state.
 
@@ -32,6 +33,12 @@ pub(super) struct CheckpointHeader {
     /// (`EMIT EVERY`), so a restart emits what an uninterrupted run would.
     #[serde(default)]
     changed: Vec<(i64, i64)>,
+    /// Closed windows kept for corrections, (end, start, revision), and the
+    /// length of their states' IPC stream, which follows the open windows'.
+    #[serde(default)]
+    retained: Vec<(i64, i64, i64)>,
+    #[serde(default)]
+    retained_len: Option<usize>,
 }
 
 /// [`Counters`] as saved in a checkpoint.
@@ -108,6 +115,13 @@ impl WindowEngine {
             &self.plan.state_schema,
             batches.chain(sessions),
         )?;
+        let mut retained_len = None;
+        if !self.retained.is_empty() {
+            let at = states.len();
+            let kept = self.retained.values().map(|r| &r.state);
+            write_ipc(&mut states, &self.plan.state_schema, kept)?;
+            retained_len = Some(states.len() - at);
+        }
         // Closed sessions a record could still touch follow the states.
         let mut closed_sessions = None;
         if let Some(s) = &self.sessions {
@@ -123,6 +137,12 @@ impl WindowEngine {
             closed_sessions,
             counters: Some(self.counters.save()),
             changed: self.changed.iter().copied().collect(),
+            retained: self
+                .retained
+                .iter()
+                .map(|(&(end, start), r)| (end, start, r.revision))
+                .collect(),
+            retained_len,
         };
         let header = serde_json::to_vec(&header).map_err(|e| Error::Execution(e.to_string()))?;
         let mut out = (header.len() as u32).to_le_bytes().to_vec();
@@ -158,6 +178,11 @@ impl WindowEngine {
             return Err(bad("truncated"));
         }
         let (states, closed) = states.split_at(states.len() - closed_len);
+        let retained_len = header.retained_len.unwrap_or(0);
+        if retained_len > states.len() {
+            return Err(bad("truncated"));
+        }
+        let (states, retained) = states.split_at(states.len() - retained_len);
         // Arrow's IPC reader trusts lengths inside the bytes; a damaged
         // checkpoint must fail the query with a message, not panic.
         let read = |schema: SchemaRef, bytes: &[u8]| {
@@ -174,6 +199,22 @@ impl WindowEngine {
         }
         self.windows.clear();
         self.changed = header.changed.into_iter().collect();
+        self.retained.clear();
+        if retained_len > 0 {
+            let kept = read(self.plan.state_schema.clone(), retained)?;
+            let mut by_window: BTreeMap<(i64, i64), Vec<RecordBatch>> = BTreeMap::new();
+            for b in kept {
+                for (key, part) in split_by_window(&b)? {
+                    by_window.entry(key).or_default().push(part);
+                }
+            }
+            for (end, start, revision) in header.retained {
+                let parts = by_window.remove(&(end, start)).unwrap_or_default();
+                let state = concat_batches(&self.plan.state_schema, &parts)?;
+                self.retained
+                    .insert((end, start), Retained { state, revision });
+            }
+        }
         if let Some(s) = &mut self.sessions {
             let closed = match closed.is_empty() {
                 true => vec![],

@@ -3,7 +3,10 @@
 //! its state when asked); sessions close the same way. Before that, on each
 //! emit tick, a cumulative query emits its whole table when it changed, and
 //! an `EMIT EVERY` query the provisional rows of each open window that
-//! changed, which its next rows (provisional or final) replace.
+//! changed, which its next rows (provisional or final) replace. With `ALLOW
+//! LATE` a closed window's merged state is kept until the watermark passes
+//! its end plus grace plus the allowance; late records until then correct
+//! it, and it is closed again with the next `revision`.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -12,19 +15,22 @@ use datafusion::arrow::array::{TimestampMillisecondArray, new_null_array};
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::record_batch::RecordBatch;
 
-use super::{WindowEngine, compact, ts_values, window_closed};
+use super::{Retained, WindowEngine, compact, ts_values, window_closed};
 use crate::error::Result;
 use crate::model::{Emission, WindowKind};
 use crate::plan::ContinuousPlan;
 
 impl WindowEngine {
-    /// Closes every window whose end plus grace is at or before `wm`.
+    /// Closes every window whose end plus grace is at or before `wm`, and
+    /// closes again the closed windows late records corrected.
     pub(super) async fn close_until(&mut self, wm: i64) -> Result<Vec<Emission>> {
-        if wm <= self.closed_wm {
+        if wm <= self.closed_wm && !self.corrections {
             return Ok(vec![]);
         }
+        let wm = wm.max(self.closed_wm);
+        let kind = self.plan.window.kind;
         let mut out = Vec::new();
-        match self.plan.window.kind {
+        match kind {
             WindowKind::Cumulative { .. } => return Ok(out),
             WindowKind::Session { .. } => {
                 if let Some(e) = self.close_sessions(wm).await? {
@@ -33,42 +39,79 @@ impl WindowEngine {
             }
             _ => {
                 while let Some((&(end, start), _)) = self.windows.first_key_value() {
-                    if !window_closed(self.plan.window.kind, end, self.grace, wm) {
+                    if !window_closed(kind, end, self.grace, wm) {
                         break;
                     }
-                    let buf = self.windows.remove(&(end, start)).expect("present");
-                    self.changed.remove(&(end, start));
-                    let early = self.plan.early_ms.is_some();
-                    let state = match self.keep_states {
-                        true => Some(concat_batches(&self.plan.state_schema, &buf.batches)?),
-                        false => None,
-                    };
-                    let rows = self.plan.close(buf.batches).await?;
-                    self.counters.windows_closed.fetch_add(1, Ordering::Relaxed);
-                    self.counters.last_window_end.store(end, Ordering::Relaxed);
-                    let batch = concat(&self.plan, rows)?;
-                    // A window without rows (after HAVING) still keeps its
-                    // state, and still replaces its provisional rows.
-                    if batch.is_some() || state.is_some() || early {
-                        out.push(Emission {
-                            batch: batch.unwrap_or_else(|| {
-                                RecordBatch::new_empty(self.plan.output_schema.clone())
-                            }),
-                            cumulative: false,
-                            state,
-                            window: Some((start, end)),
-                        });
+                    if let Some(e) = self.close_window(start, end).await? {
+                        out.push(e);
                     }
                 }
+                // Closed windows past what ALLOW LATE lets correct are done.
+                let allow = self.grace.saturating_add(self.plan.window.allow_late_ms);
+                self.retained
+                    .retain(|&(end, _), _| !window_closed(kind, end, allow, wm));
             }
         }
         self.closed_wm = wm;
+        self.corrections = false;
         for e in &out {
             self.counters
                 .rows_emitted
                 .fetch_add(e.batch.num_rows() as u64, Ordering::Relaxed);
         }
         Ok(out)
+    }
+
+    /// Finishes window `[start, end)`: its rows, or with `ALLOW LATE` the
+    /// next revision of a closed window that late records corrected.
+    async fn close_window(&mut self, start: i64, end: i64) -> Result<Option<Emission>> {
+        let key = (end, start);
+        let buf = self.windows.remove(&key).expect("present");
+        self.changed.remove(&key);
+        let allow = self.plan.window.allow_late_ms > 0;
+        let (batches, revision) = match self.retained.remove(&key) {
+            Some(r) => {
+                let mut b = vec![r.state];
+                b.extend(buf.batches);
+                (b, r.revision + 1)
+            }
+            None => (buf.batches, 0),
+        };
+        let merged = match allow {
+            // Kept to merge the next late records into: one row per group.
+            true => {
+                let reduced = self.plan.reduce(batches.clone()).await?;
+                Some(concat_batches(&self.plan.state_schema, &reduced)?)
+            }
+            false if self.keep_states => Some(concat_batches(&self.plan.state_schema, &batches)?),
+            false => None,
+        };
+        let rows = match revision {
+            0 => self.plan.close(batches).await?,
+            r => self.plan.close_revision(batches, r).await?,
+        };
+        if revision == 0 {
+            self.counters.windows_closed.fetch_add(1, Ordering::Relaxed);
+            self.counters.last_window_end.store(end, Ordering::Relaxed);
+        }
+        if let (true, Some(state)) = (allow, &merged) {
+            let state = state.clone();
+            self.retained.insert(key, Retained { state, revision });
+        }
+        let state = merged.filter(|_| self.keep_states);
+        let batch = concat(&self.plan, rows)?;
+        // A window without rows (after HAVING) still keeps its state, and
+        // still replaces its earlier rows.
+        let replaces = self.plan.early_ms.is_some() || revision > 0;
+        if batch.is_none() && state.is_none() && !replaces {
+            return Ok(None);
+        }
+        Ok(Some(Emission {
+            batch: batch.unwrap_or_else(|| RecordBatch::new_empty(self.plan.output_schema.clone())),
+            cumulative: false,
+            state,
+            window: Some((start, end)),
+        }))
     }
 
     /// Closes every open window, as if the watermark had passed them all:

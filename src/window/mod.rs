@@ -76,6 +76,15 @@ impl PartitionBatch {
     }
 }
 
+/// A closed window kept for corrections by late records.
+#[derive(Debug, Clone)]
+struct Retained {
+    /// Its partial states merged to one row per group.
+    state: RecordBatch,
+    /// The revision of its latest rows (0: written when it closed).
+    revision: i64,
+}
+
 #[derive(Debug, Default)]
 struct WindowBuf {
     batches: Vec<RecordBatch>,
@@ -104,6 +113,12 @@ pub struct WindowEngine {
     /// Open windows, by (end, start), that took records since their last
     /// provisional rows (`EMIT EVERY` queries only).
     changed: BTreeSet<(i64, i64)>,
+    /// Closed windows late records may still correct (`ALLOW LATE`), by
+    /// (end, start): their merged partial state and latest revision.
+    retained: BTreeMap<(i64, i64), Retained>,
+    /// A record joined a closed window since the last close: close again
+    /// even if the watermark has not moved.
+    corrections: bool,
     /// Session windows: each key's sessions and their partial states.
     sessions: Option<Sessions>,
     /// Per-partition event-time clocks: the watermark.
@@ -164,6 +179,8 @@ impl WindowEngine {
             grace,
             windows: BTreeMap::new(),
             changed: BTreeSet::new(),
+            retained: BTreeMap::new(),
+            corrections: false,
             sessions,
             clock: Watermarks::new(delay_ms),
             closed_wm: i64::MIN,
@@ -198,6 +215,7 @@ impl WindowEngine {
     pub fn reset(&mut self, partition_max: BTreeMap<i32, i64>) {
         self.windows.clear();
         self.changed.clear();
+        self.retained.clear();
         if let Some(s) = &mut self.sessions {
             *s = Sessions::new(&self.plan, self.grace);
         }
@@ -257,13 +275,16 @@ impl WindowEngine {
             + self.sessions.as_ref().map_or(0, Sessions::rows)
     }
 
-    /// Bytes of partial state held in memory by the open windows.
+    /// Bytes of partial state held in memory by the open windows (and the
+    /// closed ones kept for corrections).
     pub fn state_bytes(&self) -> usize {
         let sessions = self.sessions.iter().flat_map(Sessions::batches);
+        let retained = self.retained.values().map(|r| &r.state);
         self.windows
             .values()
             .flat_map(|w| &w.batches)
             .chain(sessions)
+            .chain(retained)
             .map(|b| b.get_array_memory_size())
             .sum()
     }
