@@ -20,6 +20,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use runnel::model::Emission;
 use runnel::store::{ResultFilter, Store};
+use runnel::window::delta::{Saved, StateOp, StatePiece};
 
 fn schema() -> Arc<Schema> {
     let ts = DataType::Timestamp(TimeUnit::Millisecond, None);
@@ -33,6 +34,15 @@ fn schema() -> Arc<Schema> {
         Field::new("hot", DataType::Boolean, true),
         Field::new("sketch", DataType::Binary, true),
     ]))
+}
+
+/// A piece of window state of the 10 s window starting at `start`.
+fn piece(start: i64, kept: bool, state: &[u8]) -> StatePiece {
+    StatePiece {
+        window: (start, start + 10_000),
+        kept,
+        state: state.to_vec(),
+    }
 }
 
 /// One window's rows: `geos` with counts `n0, n0 + 1, ...`.
@@ -92,7 +102,16 @@ fn scenario(store: &Store) -> Vec<String> {
                 window(t0 + 10_000, &[Some("US")], 5),
             ],
             &offsets,
-            b"state-1",
+            &Saved {
+                header: b"state-1".to_vec(),
+                ops: vec![
+                    StateOp::Clear,
+                    StateOp::Append(piece(t0, false, b"a1")),
+                    StateOp::Append(piece(t0 + 10_000, false, b"b1")),
+                    StateOp::Append(piece(t0, false, b"a2")),
+                    StateOp::Replace(piece(t0 - 10_000, true, b"kept")),
+                ],
+            },
         )
         .unwrap();
     // A window written again (after a restore) replaces its rows.
@@ -101,9 +120,26 @@ fn scenario(store: &Store) -> Vec<String> {
             "q",
             &[window(t0, &[Some("FR"), Some("DE")], 3)],
             &BTreeMap::from([(0, 20)]),
-            b"",
+            &Saved {
+                header: Vec::new(),
+                ops: vec![
+                    StateOp::Remove((t0, t0 + 10_000), false),
+                    StateOp::Replace(piece(t0 + 10_000, false, b"b-merged")),
+                    StateOp::Replace(piece(t0 - 10_000, true, b"kept2")),
+                ],
+            },
         )
         .unwrap();
+    // Left: the merged piece of the second window and the second kept one.
+    let pieces = store.load_state_pieces("q").unwrap();
+    assert_eq!(
+        pieces,
+        [
+            piece(t0 + 10_000, false, b"b-merged"),
+            piece(t0 - 10_000, true, b"kept2")
+        ]
+    );
+    seen.push(format!("{pieces:?}"));
     store.delete_query("gone", None).unwrap();
     seen.push(format!("{:?}", store.list_streams().unwrap()));
     seen.push(format!("{:?}", store.list_tables().unwrap()));
@@ -139,6 +175,7 @@ fn scenario(store: &Store) -> Vec<String> {
     seen.push(format!("{batch:?}"));
     store.delete_checkpoint("q").unwrap();
     seen.push(format!("{:?}", store.load_checkpoint("q").unwrap()));
+    seen.push(format!("{:?}", store.load_state_pieces("q").unwrap()));
     store.delete_stream("imps").unwrap();
     seen.push(format!("{:?}", store.list_streams().unwrap()));
     seen
@@ -184,7 +221,7 @@ fn postgres_store_answers_like_sqlite() {
     assert_eq!(
         pg.psql("contract", "SELECT max(version) FROM runnel_migrations")
             .trim(),
-        "3"
+        "4"
     );
     // A store URL that is not PostgreSQL is refused with a clear message.
     let err = Store::connect(Some("mysql://x"), dir.path()).err().unwrap();

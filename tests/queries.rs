@@ -20,8 +20,9 @@
 //! two `quiet`/`stall`/`emit`/`poll` lines as one poll, one batch per
 //! partition, aggregated together as a query does — plus once more one
 //! record at a time with the engine checkpointed and restored after each,
-//! and all runs must match, so results never depend on batching or
-//! restarts.
+//! and once more saving incrementally into a store of pieces and restoring
+//! from them after each; all runs must match, so results never depend on
+//! batching or restarts.
 //!
 //! Run: `cargo test --test queries`. Update the expected files:
 //! `RUNNEL_UPDATE_GOLDEN=1 cargo test --test queries`.
@@ -38,6 +39,7 @@ use runnel::format::json::JsonDecoder;
 use runnel::model::Emission;
 use runnel::plan::{ContinuousPlan, RefTable};
 use runnel::sql::{Statement, parse_sql};
+use runnel::window::delta::{StateOp, StatePiece};
 use runnel::window::{PartitionBatch, WindowEngine};
 
 /// Confirmed quiet time after which a partition is idle, as `idle_after`.
@@ -86,6 +88,21 @@ fn parse_input(text: &str) -> Vec<Line> {
         .collect()
 }
 
+/// Applies a save's changes to `pieces` as the store does.
+fn apply(pieces: &mut Vec<StatePiece>, ops: &[StateOp]) {
+    for op in ops {
+        match op {
+            StateOp::Clear => pieces.clear(),
+            StateOp::Append(p) => pieces.push(p.clone()),
+            StateOp::Replace(p) => {
+                pieces.retain(|q| (q.window, q.kept) != (p.window, p.kept));
+                pieces.push(p.clone());
+            }
+            StateOp::Remove(w, kept) => pieces.retain(|q| (q.window, q.kept) != (*w, *kept)),
+        }
+    }
+}
+
 /// How a case's records are handed to the engine.
 #[derive(Clone, Copy, PartialEq)]
 enum Batching {
@@ -96,6 +113,10 @@ enum Batching {
     /// Every record up to the next `quiet`/`stall`/`emit` line in one
     /// `process_polled` call, one batch per partition.
     Polled,
+    /// As `Restarted`, saving incrementally: after each record the engine
+    /// saves what changed into a store of pieces, and a new engine restores
+    /// from the header and the pieces.
+    RestartedFromPieces,
     /// One record per call, the engine checkpointed after each and restored
     /// into a new one (a restart; the counters carry over, as the server's
     /// do).
@@ -128,6 +149,11 @@ async fn run_case(sql: &str, input: &[Line], batching: Batching) -> String {
         .as_ref()
         .map(|e| schema.index_of(e).unwrap());
     let mut engine = WindowEngine::new(plan, et, stream.watermark_delay_ms);
+    // The store's pieces of window state (RestartedFromPieces).
+    let mut pieces: Vec<StatePiece> = Vec::new();
+    if batching == Batching::RestartedFromPieces {
+        engine.save_incrementally();
+    }
     let mut decoder = JsonDecoder::new(schema).unwrap();
     let mut out: Vec<Emission> = Vec::new();
     // The source's partitions: every partition the input names.
@@ -148,7 +174,9 @@ async fn run_case(sql: &str, input: &[Line], batching: Batching) -> String {
                 let first = i;
                 while let Some(line @ Line::Rec(p, ..)) = input.get(i) {
                     let same = match batching {
-                        Batching::Single | Batching::Restarted => i == first,
+                        Batching::Single | Batching::Restarted | Batching::RestartedFromPieces => {
+                            i == first
+                        }
                         Batching::Grouped => matches!(&input[first], Line::Rec(q, ..) if q == p),
                         Batching::Polled => true,
                     };
@@ -183,14 +211,29 @@ async fn run_case(sql: &str, input: &[Line], batching: Batching) -> String {
                     }));
                 }
                 out.extend(engine.process_polled(batches, 0).await.unwrap());
-                if batching == Batching::Restarted {
-                    let saved = engine.checkpoint().unwrap();
+                if matches!(
+                    batching,
+                    Batching::Restarted | Batching::RestartedFromPieces
+                ) {
+                    let header = match batching {
+                        Batching::Restarted => engine.checkpoint().unwrap(),
+                        _ => {
+                            let saved = engine.save().await.unwrap();
+                            apply(&mut pieces, &saved.ops);
+                            saved.header
+                        }
+                    };
                     let counters = engine.counters.clone();
                     engine =
                         WindowEngine::new(engine.plan().clone(), et, stream.watermark_delay_ms);
                     engine.counters = counters;
                     engine.register_partitions(&partitions.iter().copied().collect::<Vec<_>>());
-                    engine.restore(&saved).unwrap();
+                    if batching == Batching::Restarted {
+                        engine.restore(&header).unwrap();
+                    } else {
+                        engine.save_incrementally();
+                        engine.restore_saved(&header, pieces.clone()).unwrap();
+                    }
                 }
             }
             Line::Quiet(ms, only) => {
@@ -352,6 +395,11 @@ async fn golden_queries() {
         assert_eq!(single, polled, "{name}: output depends on polling");
         let restarted = run_case(&sql, &input, Batching::Restarted).await;
         assert_eq!(single, restarted, "{name}: output depends on restarts");
+        let from_pieces = run_case(&sql, &input, Batching::RestartedFromPieces).await;
+        assert_eq!(
+            single, from_pieces,
+            "{name}: output depends on restarts from incremental checkpoints"
+        );
         let expected_path = sql_path.with_extension("expected");
         if update {
             std::fs::write(&expected_path, &single).unwrap();

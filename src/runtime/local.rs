@@ -38,10 +38,12 @@ impl Local {
 
 impl Coordinator for Local {
     fn start(&mut self, task: &QueryTask, engine: &mut WindowEngine) -> Result<bool> {
+        engine.save_incrementally();
         let saved = match task.store.load_checkpoint(&task.name)? {
             Some((offsets, state)) => {
                 if !state.is_empty() {
-                    engine.restore(&state).map_err(|e| {
+                    let pieces = task.store.load_state_pieces(&task.name)?;
+                    engine.restore_saved(&state, pieces).map_err(|e| {
                         Error::Execution(format!(
                             "{e}; the saved state was not resumed. Reset the query with POST /queries/{}/reset?from=earliest or ?from=latest",
                             task.name
@@ -95,20 +97,20 @@ impl Coordinator for Local {
     fn commit(
         &mut self,
         task: &QueryTask,
-        _rt: &tokio::runtime::Runtime,
+        rt: &tokio::runtime::Runtime,
         engine: &mut WindowEngine,
         emitted: Vec<Emission>,
     ) -> Result<Vec<Emission>> {
-        let state = engine.checkpoint()?;
+        let saved = rt.block_on(engine.save())?;
         task.store
-            .commit(&task.name, &emitted, self.src().offsets(), &state)?;
+            .commit(&task.name, &emitted, self.src().offsets(), &saved)?;
         if let Some(sink) = &mut self.sink
             && !emitted.is_empty()
         {
             sink.mark_pending();
         }
         task.metrics
-            .set_state(engine.state_rows(), engine.open_windows(), state.len());
+            .set_state(engine.state_rows(), engine.open_windows(), saved.bytes());
         Ok(emitted)
     }
 

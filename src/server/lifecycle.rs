@@ -134,7 +134,10 @@ impl App {
                 .await
                 .map_err(|e| Error::Execution(e.to_string()))?;
         match ends {
-            Ok(offsets) => self.store.commit(name, &[], &offsets, &[]),
+            Ok(offsets) => {
+                self.store
+                    .commit(name, &[], &offsets, &crate::window::delta::Saved::cleared())
+            }
             Err(e) => {
                 tracing::warn!(query = name, "start offsets not saved: {e}");
                 Ok(())

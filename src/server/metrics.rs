@@ -183,7 +183,7 @@ impl Metrics {
             open_windows: igauge("runnel_query_open_windows", "Windows holding state.", qs),
             state_bytes: igauge(
                 "runnel_query_state_bytes",
-                "Size of the query's last saved state.",
+                "Bytes of state the query's last commit wrote: the pieces that changed, and the header.",
                 qs,
             ),
             watermark: fgauge(

@@ -22,6 +22,7 @@ use super::results::ResultColumns;
 use super::{ColumnKind, column_kind, quote};
 use crate::error::Result;
 use crate::model::Emission;
+use crate::window::delta::{StateOp, StatePiece};
 
 /// A value a catalog query answers, whatever the backend (results tables
 /// are read as Arrow instead: [`Tx::query_results`]).
@@ -343,6 +344,51 @@ pub(crate) fn emission_statements(query: &str, emissions: &[Emission]) -> Result
 }
 
 /// The statement saving `query`'s checkpoint.
+/// The statements applying a save's changes to the stored pieces of window
+/// state ([`crate::window::delta`]).
+pub(crate) fn piece_statements(query: &str, ops: &[StateOp]) -> Vec<Stmt> {
+    let q = || Param::Text(query.to_string());
+    let remove = |(start, end): (i64, i64), kept: bool| Stmt {
+        sql: "DELETE FROM runnel_state_pieces
+              WHERE query = $1 AND window_end = $2 AND window_start = $3 AND kept = $4"
+            .into(),
+        params: vec![
+            q(),
+            Param::Int(end),
+            Param::Int(start),
+            Param::Int(kept.into()),
+        ],
+    };
+    let insert = |p: &StatePiece| Stmt {
+        sql: "INSERT INTO runnel_state_pieces (query, window_start, window_end, kept, state)
+              VALUES ($1, $2, $3, $4, $5)"
+            .into(),
+        params: vec![
+            q(),
+            Param::Int(p.window.0),
+            Param::Int(p.window.1),
+            Param::Int(p.kept.into()),
+            Param::Blob(p.state.clone()),
+        ],
+    };
+    let mut out = Vec::new();
+    for op in ops {
+        match op {
+            StateOp::Clear => out.push(Stmt {
+                sql: "DELETE FROM runnel_state_pieces WHERE query = $1".into(),
+                params: vec![q()],
+            }),
+            StateOp::Append(p) => out.push(insert(p)),
+            StateOp::Replace(p) => {
+                out.push(remove(p.window, p.kept));
+                out.push(insert(p));
+            }
+            StateOp::Remove(w, kept) => out.push(remove(*w, *kept)),
+        }
+    }
+    out
+}
+
 pub(crate) fn checkpoint_statement(
     d: &Dialect,
     query: &str,

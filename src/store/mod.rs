@@ -33,6 +33,7 @@ use datafusion::arrow::datatypes::{
 
 use crate::error::{Error, Result};
 use crate::model::Emission;
+use crate::window::delta::{Saved, StatePiece};
 use backend::{Backend, Dialect, Param, Tx, Value};
 use postgres::PgStore;
 use sqlite::SqliteStore;
@@ -404,24 +405,26 @@ impl Store {
         })
     }
 
-    /// Writes emitted rows, the offsets consumed so far and the open-window
-    /// state, atomically. A closed window's rows replace any earlier rows of
-    /// the same window; a cumulative emission replaces the whole table.
+    /// Writes emitted rows, the offsets consumed so far and what changed in
+    /// the engine's state, atomically. A closed window's rows replace any
+    /// earlier rows of the same window; a cumulative emission replaces the
+    /// whole table.
     pub fn commit(
         &self,
         query: &str,
         emissions: &[Emission],
         offsets: &BTreeMap<i32, i64>,
-        state: &[u8],
+        saved: &Saved,
     ) -> Result<()> {
         let mut stmts = backend::emission_statements(query, emissions)?;
         let offsets =
             serde_json::to_string(offsets).map_err(|e| Error::Execution(e.to_string()))?;
+        stmts.extend(backend::piece_statements(query, &saved.ops));
         stmts.push(backend::checkpoint_statement(
             self.dialect(),
             query,
             offsets,
-            state,
+            &saved.header,
         ));
         self.write(|tx| {
             for s in &stmts {
@@ -445,9 +448,37 @@ impl Store {
     pub fn delete_checkpoint(&self, query: &str) -> Result<()> {
         let params = [Param::Text(query.into())];
         self.write(|tx| {
-            tx.execute("DELETE FROM runnel_checkpoints WHERE query = $1", &params)
+            tx.execute("DELETE FROM runnel_checkpoints WHERE query = $1", &params)?;
+            tx.execute("DELETE FROM runnel_state_pieces WHERE query = $1", &params)
                 .map(drop)
         })
+    }
+
+    /// The stored pieces of a query's window state, in the order written.
+    pub fn load_state_pieces(&self, query: &str) -> Result<Vec<StatePiece>> {
+        let params = [Param::Text(query.into())];
+        let (_, rows) = self.read(|tx| {
+            tx.query(
+                "SELECT window_start, window_end, kept, state FROM runnel_state_pieces
+                 WHERE query = $1 ORDER BY seq",
+                &params,
+            )
+        })?;
+        Ok(rows
+            .into_iter()
+            .map(|mut r| {
+                let state = match r.pop() {
+                    Some(Value::Blob(b)) => b,
+                    _ => Vec::new(),
+                };
+                let n = |i: usize| int(&r[i]).unwrap_or(0);
+                StatePiece {
+                    window: (n(0), n(1)),
+                    kept: n(2) != 0,
+                    state,
+                }
+            })
+            .collect())
     }
 
     /// The last checkpoint of a query: next offsets per partition and the state blob.

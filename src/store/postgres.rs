@@ -96,6 +96,19 @@ CREATE TABLE runnel_window_states (
     r#"
 ALTER TABLE runnel_partition_progress ADD COLUMN idle_watermark BIGINT;
 "#,
+    // Pieces of open windows' partial states, saved incrementally
+    // (crate::window::delta); `kept`: a closed window kept for corrections.
+    r#"
+CREATE TABLE runnel_state_pieces (
+    seq BIGSERIAL PRIMARY KEY,
+    query TEXT NOT NULL,
+    window_start BIGINT NOT NULL,
+    window_end BIGINT NOT NULL,
+    kept BIGINT NOT NULL,
+    state BYTEA NOT NULL
+);
+CREATE INDEX runnel_state_pieces_window ON runnel_state_pieces (query, window_end, window_start);
+"#,
 ];
 
 fn pg_type(kind: ColumnKind) -> &'static str {
@@ -128,6 +141,7 @@ static DIALECT: Dialect = Dialect {
         "runnel_window_partials",
         "runnel_window_states",
         "runnel_query_watermarks",
+        "runnel_state_pieces",
     ],
 };
 

@@ -50,6 +50,19 @@ CREATE TABLE runnel_window_states (
     PRIMARY KEY (query, window_start, window_end)
 );
 "#,
+    // Pieces of open windows' partial states, saved incrementally
+    // (crate::window::delta); `kept`: a closed window kept for corrections.
+    r#"
+CREATE TABLE runnel_state_pieces (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    query TEXT NOT NULL,
+    window_start INTEGER NOT NULL,
+    window_end INTEGER NOT NULL,
+    kept INTEGER NOT NULL,
+    state BLOB NOT NULL
+);
+CREATE INDEX runnel_state_pieces_window ON runnel_state_pieces (query, window_end, window_start);
+"#,
 ];
 
 fn sqlite_type(kind: ColumnKind) -> &'static str {
@@ -73,7 +86,11 @@ static DIALECT: Dialect = Dialect {
     migrations_setup: "",
     version_query: "PRAGMA user_version",
     set_version: |n| format!("PRAGMA user_version = {n}"),
-    query_tables: &["runnel_checkpoints", "runnel_window_states"],
+    query_tables: &[
+        "runnel_checkpoints",
+        "runnel_window_states",
+        "runnel_state_pieces",
+    ],
 };
 
 /// The SQLite store.

@@ -107,8 +107,22 @@ pub(super) const CHECKSUM_SEED: u64 = 0x72756e6e;
 impl WindowEngine {
     /// Serialises the open windows, watermarks and lateness frontier.
     pub fn checkpoint(&self) -> Result<Vec<u8>> {
+        self.checkpoint_with(true)
+    }
+
+    /// The checkpoint without any window's partial states, which are saved
+    /// as pieces apart ([`super::delta`]).
+    pub(super) fn checkpoint_header(&self) -> Result<Vec<u8>> {
+        self.checkpoint_with(false)
+    }
+
+    fn checkpoint_with(&self, with_states: bool) -> Result<Vec<u8>> {
         let mut states = Vec::new();
-        let batches = self.windows.values().flat_map(|w| &w.batches);
+        let batches = self
+            .windows
+            .values()
+            .flat_map(|w| &w.batches)
+            .filter(|_| with_states);
         let sessions = self.sessions.iter().flat_map(Sessions::batches);
         write_ipc(
             &mut states,
@@ -116,7 +130,7 @@ impl WindowEngine {
             batches.chain(sessions),
         )?;
         let mut retained_len = None;
-        if !self.retained.is_empty() {
+        if with_states && !self.retained.is_empty() {
             let at = states.len();
             let kept = self.retained.values().map(|r| &r.state);
             write_ipc(&mut states, &self.plan.state_schema, kept)?;
@@ -200,6 +214,14 @@ impl WindowEngine {
         self.windows.clear();
         self.changed = header.changed.into_iter().collect();
         self.retained.clear();
+        // Saved as pieces: their states follow (`WindowEngine::restore_saved`).
+        if retained_len == 0 {
+            for &(end, start, revision) in &header.retained {
+                let state = RecordBatch::new_empty(self.plan.state_schema.clone());
+                self.retained
+                    .insert((end, start), Retained { state, revision });
+            }
+        }
         if retained_len > 0 {
             let kept = read(self.plan.state_schema.clone(), retained)?;
             let mut by_window: BTreeMap<(i64, i64), Vec<RecordBatch>> = BTreeMap::new();

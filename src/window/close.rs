@@ -48,8 +48,16 @@ impl WindowEngine {
                 }
                 // Closed windows past what ALLOW LATE lets correct are done.
                 let allow = self.grace.saturating_add(self.plan.window.allow_late_ms);
-                self.retained
-                    .retain(|&(end, _), _| !window_closed(kind, end, allow, wm));
+                let expired: Vec<(i64, i64)> = self
+                    .retained
+                    .keys()
+                    .copied()
+                    .filter(|&(end, _)| window_closed(kind, end, allow, wm))
+                    .collect();
+                for (end, start) in expired {
+                    self.retained.remove(&(end, start));
+                    self.note_expired(start, end);
+                }
             }
         }
         self.closed_wm = wm;
@@ -94,7 +102,9 @@ impl WindowEngine {
             self.counters.windows_closed.fetch_add(1, Ordering::Relaxed);
             self.counters.last_window_end.store(end, Ordering::Relaxed);
         }
-        if let (true, Some(state)) = (allow, &merged) {
+        let kept = merged.as_ref().filter(|_| allow);
+        self.note_closed(start, end, kept)?;
+        if let Some(state) = kept {
             let state = state.clone();
             self.retained.insert(key, Retained { state, revision });
         }

@@ -39,6 +39,7 @@ mod assign;
 mod checkpoint;
 pub use checkpoint::SavedCounters;
 mod close;
+pub mod delta;
 mod session;
 pub mod watermark;
 
@@ -90,6 +91,12 @@ struct WindowBuf {
     batches: Vec<RecordBatch>,
     rows: usize,
     compacted_rows: usize,
+    /// Partial states added since the last saved delta (when saving
+    /// incrementally): what the next commit writes for this window.
+    unsaved: Vec<RecordBatch>,
+    /// Pieces of this window's state the store holds, appended one per
+    /// commit until they are replaced by the merged state.
+    stored_pieces: usize,
 }
 
 impl WindowBuf {
@@ -119,6 +126,11 @@ pub struct WindowEngine {
     /// A record joined a closed window since the last close: close again
     /// even if the watermark has not moved.
     corrections: bool,
+    /// Saves state incrementally ([`WindowEngine::save_incrementally`]).
+    incremental: bool,
+    /// Changes to the stored state not yet saved (windows closed, kept or
+    /// forgotten); `None` when the next save must write everything.
+    state_ops: Option<Vec<delta::StateOp>>,
     /// Session windows: each key's sessions and their partial states.
     sessions: Option<Sessions>,
     /// Per-partition event-time clocks: the watermark.
@@ -181,6 +193,8 @@ impl WindowEngine {
             changed: BTreeSet::new(),
             retained: BTreeMap::new(),
             corrections: false,
+            incremental: false,
+            state_ops: None,
             sessions,
             clock: Watermarks::new(delay_ms),
             closed_wm: i64::MIN,
@@ -216,6 +230,7 @@ impl WindowEngine {
         self.windows.clear();
         self.changed.clear();
         self.retained.clear();
+        self.state_ops = None;
         if let Some(s) = &mut self.sessions {
             *s = Sessions::new(&self.plan, self.grace);
         }
@@ -395,7 +410,11 @@ impl WindowEngine {
         let mut touched = Vec::new();
         for s in states {
             for (key, part) in split_by_window(&s)? {
-                self.windows.entry(key).or_default().push(part);
+                let buf = self.windows.entry(key).or_default();
+                if self.incremental {
+                    buf.unsaved.push(part.clone());
+                }
+                buf.push(part);
                 touched.push(key);
             }
         }
@@ -426,7 +445,7 @@ fn take_rows(b: &RecordBatch, idx: Vec<u32>) -> Result<RecordBatch> {
 async fn compact(plan: &ContinuousPlan, buf: &mut WindowBuf) -> Result<()> {
     let reduced = plan.reduce(std::mem::take(&mut buf.batches)).await?;
     let merged = concat_batches(&plan.state_schema, &reduced)?;
-    *buf = WindowBuf::default();
+    buf.rows = 0;
     buf.compacted_rows = merged.num_rows();
     buf.push(merged);
     Ok(())
