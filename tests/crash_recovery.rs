@@ -157,7 +157,12 @@ async fn kill_and_compare(sql: &str, kills: usize) -> BTreeMap<String, String> {
     let (expected, got) = loop {
         let (expected, got) = (all_rows(&calm).await, all_rows(&crashing).await);
         let same_keys = expected.len() == got.len() && expected.keys().all(|k| got.contains_key(k));
-        if same_keys || Instant::now() > deadline {
+        // With early rows, until the last window has closed on both.
+        let provisional = |rows: &BTreeMap<String, String>| {
+            rows.values().any(|r| r.contains(r#""final":false"#))
+        };
+        let settled = !early || !(provisional(&expected) || provisional(&got));
+        if (same_keys && settled) || Instant::now() > deadline {
             break (expected, got);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
