@@ -158,9 +158,8 @@ async fn kill_and_compare(sql: &str, kills: usize) -> BTreeMap<String, String> {
         let (expected, got) = (all_rows(&calm).await, all_rows(&crashing).await);
         let same_keys = expected.len() == got.len() && expected.keys().all(|k| got.contains_key(k));
         // With early rows, until the last window has closed on both.
-        let provisional = |rows: &BTreeMap<String, String>| {
-            rows.values().any(|r| r.contains(r#""final":false"#))
-        };
+        let provisional =
+            |rows: &BTreeMap<String, String>| rows.values().any(|r| r.contains(r#""final":false"#));
         let settled = !early || !(provisional(&expected) || provisional(&got));
         if (same_keys && settled) || Instant::now() > deadline {
             break (expected, got);

@@ -77,6 +77,9 @@ pub fn run_decode(ds: &Dataset, batch: usize) -> Result<RunStats> {
 
 struct Collector {
     stats: RunStats,
+    /// Emit the open windows' early rows after every batch (`EMIT EVERY`),
+    /// timing each emit instead of the closes.
+    early: bool,
 }
 
 impl Collector {
@@ -89,8 +92,15 @@ impl Collector {
         self.stats.bad += bad;
         let Some(batch) = batch else { return Ok(()) };
         let t = Instant::now();
-        let out = engine.process(0, batch, 0).await?;
-        if !out.is_empty() {
+        let mut out = engine.process(0, batch, 0).await?;
+        if self.early {
+            let t = Instant::now();
+            let early = engine.emit_open(0).await?;
+            self.stats
+                .latency_ms
+                .push(t.elapsed().as_secs_f64() * 1000.0);
+            out.extend(early);
+        } else if !out.is_empty() {
             // Time from handing the engine the batch that moved the watermark
             // past a window's end to having that window's rows.
             self.stats
@@ -116,6 +126,18 @@ impl Collector {
 /// Runs `sql` over `ds` on one thread: decode a batch, process it, repeat;
 /// then closes the remaining windows.
 pub async fn run_engine(ds: &Dataset, sql: &str, batch: usize, name: &str) -> Result<RunStats> {
+    run_engine_emitting(ds, sql, batch, name, false).await
+}
+
+/// [`run_engine`], emitting early rows after every batch when `early` (the
+/// query has `EMIT EVERY`); its latencies are then each emit's time.
+pub async fn run_engine_emitting(
+    ds: &Dataset,
+    sql: &str,
+    batch: usize,
+    name: &str,
+    early: bool,
+) -> Result<RunStats> {
     let (mut engine, mut decoder) = engine_for(sql).await?;
     let mut c = Collector {
         stats: RunStats {
@@ -123,6 +145,7 @@ pub async fn run_engine(ds: &Dataset, sql: &str, batch: usize, name: &str) -> Re
             records: ds.len(),
             ..Default::default()
         },
+        early,
     };
     let meter = Meter::start();
     for start in (0..ds.len()).step_by(batch) {
@@ -147,6 +170,7 @@ pub async fn run_pipelined(ds: &Dataset, sql: &str, batch: usize) -> Result<RunS
             records: ds.len(),
             ..Default::default()
         },
+        early: false,
     };
     let meter = Meter::start();
     let result: Result<()> = std::thread::scope(|scope| {

@@ -34,7 +34,8 @@ mod measure;
 
 pub use dataset::Dataset;
 pub use engine::{
-    StateSize, engine_for, parse_query, run_decode, run_engine, run_pipelined, window_state,
+    StateSize, engine_for, parse_query, run_decode, run_engine, run_engine_emitting, run_pipelined,
+    window_state,
 };
 pub use kafka::run_e2e;
 pub use latency::run_latency;
@@ -85,7 +86,7 @@ WINDOW 10s";
 /// Options of `runnel bench`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// Runs to do, comma-separated: engine, sessions, pipelined, decode, batch, scale,
+    /// Runs to do, comma-separated: engine, sessions, early, pipelined, decode, batch, scale,
     /// linear, e2e, latency, or all.
     #[arg(long, default_value = "engine,pipelined,decode")]
     pub runs: String,
@@ -135,9 +136,17 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         cpu_model()
     );
-    let needs_main = ["engine", "sessions", "pipelined", "decode", "batch", "e2e"]
-        .iter()
-        .any(|r| wants(&args, r));
+    let needs_main = [
+        "engine",
+        "sessions",
+        "early",
+        "pipelined",
+        "decode",
+        "batch",
+        "e2e",
+    ]
+    .iter()
+    .any(|r| wants(&args, r));
     if needs_main {
         let t = Instant::now();
         let ds = Dataset::generate(args.records, 100, args.seed);
@@ -168,6 +177,20 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             println!(
                 "sessions / tumbling: {:.2}x records per CPU-second",
                 sessions.per_cpu() / tumbling.per_cpu()
+            );
+        }
+        if wants(&args, "early") {
+            // Early rows after every batch beside the same query without:
+            // the ratio is what re-finishing the changed windows costs.
+            let name = format!("engine (batch {})", args.batch);
+            let finals = run_engine(&ds, QUERY_SQL, args.batch, &name).await?;
+            let name = format!("engine, early rows after each batch (batch {})", args.batch);
+            let sql = format!("{QUERY_SQL} EMIT EVERY 1s");
+            let early = run_engine_emitting(&ds, &sql, args.batch, &name, true).await?;
+            println!("{}\n{}", finals.line(), early.line());
+            println!(
+                "early / final only: {:.2}x records per CPU-second; latency above = each emit's time",
+                early.per_cpu() / finals.per_cpu()
             );
         }
         if wants(&args, "pipelined") {
