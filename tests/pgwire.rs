@@ -1,7 +1,9 @@
 //! The PostgreSQL protocol (`--pg-listen`) driven by real clients against
 //! the real binary: Debian's psql (`\d`, pull queries, an error's caret,
 //! `\watch`, CREATE QUERY), psycopg with server-side parameters and
-//! node-postgres, each answer checked against `POST /sql`'s. A missing
+//! node-postgres, each answer checked against `POST /sql`'s, and the
+//! catalog statements Grafana, Metabase and the JDBC driver send
+//! (tests/pgwire_clients/, copied from their sources). A missing
 //! client skips its test unless RUNNEL_REQUIRE_POSTGRES is set (`.ci/run`
 //! installs them all).
 
@@ -437,4 +439,168 @@ async fn tls_with_a_configured_certificate() {
     assert!(ok && out.starts_with("clicks|"), "{out}{err}");
     let (ok, _, err) = connect(&other);
     assert!(!ok && err.contains("certificate"), "{err}");
+}
+
+/// One statement of a client's fixture (tests/pgwire_clients/*.sql).
+#[derive(Debug)]
+struct ClientStatement {
+    sql: String,
+    extended: bool,
+    bind: Vec<Value>,
+    expect: Vec<String>,
+}
+
+/// The statements of fixture `name` with their directives (see the
+/// comment at the top of tests/pgwire_clients/grafana.sql).
+fn client_statements(name: &str) -> Vec<ClientStatement> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/pgwire_clients")
+        .join(name);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let (mut out, mut extended) = (vec![], false);
+    let (mut sql, mut raw, mut bind, mut expect) = (String::new(), None, vec![], vec![]);
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if let Some(p) = trimmed.strip_prefix("-- protocol: ") {
+            extended = p.trim() == "extended";
+        } else if let Some(b) = trimmed.strip_prefix("-- bind: ") {
+            bind = serde_json::from_str::<Vec<Value>>(b).unwrap();
+        } else if let Some(e) = trimmed.strip_prefix("-- expect: ") {
+            expect = e.split(", ").map(String::from).collect();
+        } else if let Some(r) = trimmed.strip_prefix("-- raw: ") {
+            raw = Some(r.to_string());
+        } else if trimmed.starts_with("--") && sql.is_empty() {
+            continue;
+        } else {
+            sql.push_str(line);
+            sql.push('\n');
+        }
+        if trimmed.ends_with(';') && !trimmed.starts_with("--") {
+            let body = sql.trim().trim_end_matches(';').to_string();
+            out.push(ClientStatement {
+                sql: raw.take().unwrap_or(body),
+                extended,
+                bind: std::mem::take(&mut bind),
+                expect: std::mem::take(&mut expect),
+            });
+            sql.clear();
+        }
+    }
+    assert!(
+        sql.trim().is_empty(),
+        "{name}: unterminated statement {sql}"
+    );
+    out
+}
+
+/// `?` placeholders outside quotes as `$1`, `$2`, ... (what pgjdbc sends).
+fn numbered(sql: &str) -> String {
+    let (mut out, mut n, mut quote) = (String::new(), 0, None);
+    for c in sql.chars() {
+        match (c, quote) {
+            ('\'' | '"', None) => quote = Some(c),
+            (q, Some(open)) if q == open => quote = None,
+            ('?', None) => {
+                n += 1;
+                out.push_str(&format!("${n}"));
+                continue;
+            }
+            _ => {}
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The catalog and schema statements Grafana, Metabase and the JDBC
+/// driver send, copied from their sources (tests/pgwire_clients/), each
+/// sent the way its client sends it: each answers without an error, and
+/// an answer listing tables or columns lists the results table `pages`
+/// and its columns.
+#[tokio::test]
+async fn grafana_metabase_and_jdbc_catalog_queries() {
+    let test = "grafana_metabase_and_jdbc_catalog_queries";
+    let python = runs("python3", &["-c", "import psycopg"]).then(|| PathBuf::from("python3"));
+    let Some(python) = require(test, "python3 with psycopg", python) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path(), &[]).await;
+    s.sql("CREATE QUERY pages AS SELECT page, count(*) AS n FROM clicks GROUP BY page WINDOW 10s")
+        .await;
+    http_rows(&s, PULL, 8).await;
+    let mut statements = vec![];
+    for file in ["grafana.sql", "metabase.sql", "pgjdbc.sql"] {
+        for st in client_statements(file) {
+            statements.push((file, st));
+        }
+    }
+    assert!(statements.len() >= 15, "{statements:?}");
+    let input: Vec<Value> = statements
+        .iter()
+        .map(|(_, st)| {
+            serde_json::json!({
+                "sql": if st.extended { numbered(&st.sql) } else { st.sql.clone() },
+                "extended": st.extended,
+                "bind": st.bind,
+            })
+        })
+        .collect();
+    // The simple protocol is libpq's PQexec, the extended PQexecParams
+    // (Parse, Bind, Describe, Execute) with the values untyped, as text.
+    let script = r#"
+import json, sys, psycopg
+from psycopg import pq
+out = []
+with psycopg.connect(host="127.0.0.1", port=int(sys.argv[1]), user="runnel", dbname="runnel", autocommit=True) as c:
+    for st in json.load(sys.stdin):
+        sql = st["sql"].encode()
+        if st["extended"]:
+            r = c.pgconn.exec_params(sql, [str(v).encode() for v in st["bind"]])
+        else:
+            r = c.pgconn.exec_(sql)
+        if r.status in (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK, pq.ExecStatus.EMPTY_QUERY):
+            cells = [[None if r.get_value(i, j) is None else r.get_value(i, j).decode()
+                      for j in range(r.nfields)] for i in range(r.ntuples)]
+            out.append({"ok": True, "rows": cells})
+        else:
+            out.append({"ok": False, "error": (r.error_message or b"").decode()})
+print(json.dumps(out))
+"#;
+    let mut child = Command::new(&python)
+        .args(["-c", script, &s.pg_port.unwrap().to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    serde_json::to_writer(child.stdin.take().unwrap(), &input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answers: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let mut failures = vec![];
+    for ((file, st), answer) in statements.iter().zip(&answers) {
+        let first_line: String = st.sql.chars().take(60).collect();
+        if answer["ok"] != true {
+            failures.push(format!("{file}: {first_line}: {}", answer["error"]));
+            continue;
+        }
+        let cells: Vec<&str> = answer["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.as_array().unwrap().iter().filter_map(Value::as_str))
+            .collect();
+        for want in &st.expect {
+            if !cells.contains(&want.as_str()) {
+                failures.push(format!("{file}: {first_line}: no {want} in {cells:?}"));
+                break;
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -6,7 +6,8 @@
 //! extended protocol) through the server's statement execution, [`params`]
 //! handles statement text and bound parameters, [`encode`] writes answers
 //! and errors in PostgreSQL's types and SQLSTATEs, and [`catalog`] answers
-//! `pg_catalog` and `information_schema`.
+//! `pg_catalog` and `information_schema` with the functions of
+//! [`functions`], after [`rewrite`] puts a catalog query in DataFusion's SQL.
 //!
 //! ```text
 //! runnel serve --pg-listen 127.0.0.1:5433
@@ -16,8 +17,10 @@
 pub mod auth;
 pub mod catalog;
 pub mod encode;
+pub mod functions;
 pub mod params;
 pub mod query;
+pub mod rewrite;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -42,6 +42,8 @@ enum Outcome {
     Begin,
     /// COMMIT or ROLLBACK (the tag).
     End(String),
+    /// Nothing but comments (pgx's ping is `-- ping`).
+    Empty,
 }
 
 /// A described statement's answer, kept for the Execute that follows it
@@ -80,6 +82,12 @@ impl Backend {
         let first = words.first().map(String::as_str).unwrap_or("");
         let second = words.get(1).map(String::as_str).unwrap_or("");
         let command = |tag: &str| Ok(Outcome::Command(tag.to_string(), vec![]));
+        if sql
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with("--"))
+        {
+            return Ok(Outcome::Empty);
+        }
         match first {
             "begin" | "start" => return Ok(Outcome::Begin),
             "commit" | "end" => return Ok(Outcome::End("COMMIT".into())),
@@ -170,6 +178,7 @@ impl Backend {
             }
             Outcome::Begin => Response::TransactionStart(Tag::new("BEGIN")),
             Outcome::End(tag) => Response::TransactionEnd(Tag::new(&tag)),
+            Outcome::Empty => Response::EmptyQuery,
         })
     }
 
