@@ -46,8 +46,10 @@ const CATALOG_WORDS: &[&str] = &[
 /// it names a catalog word or a `pg_` relation or function.
 pub fn is_catalog_query(sql: &str) -> bool {
     let lower = sql.to_ascii_lowercase();
+    // Words outside string literals: a value like 'pg_x' names nothing.
+    let outside: String = lower.split('\'').step_by(2).collect::<Vec<_>>().join(" ");
     CATALOG_WORDS.iter().any(|w| lower.contains(w))
-        || lower
+        || outside
             .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .any(|w| w.starts_with("pg_") && w.len() > 3)
 }
@@ -557,5 +559,17 @@ fn no_rows(sql: &str) -> Rows {
     Rows {
         columns,
         rows: vec![],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pg_relations_and_functions_make_catalog_queries_values_do_not() {
+        use super::is_catalog_query as cat;
+        assert!(cat("SELECT extversion FROM pg_extension"));
+        assert!(cat("SELECT pg_get_expr(1, 2)"));
+        assert!(!cat("SELECT * FROM pages WHERE page = 'pg_x'"));
+        assert!(!cat("SELECT * FROM pages"));
     }
 }
