@@ -433,6 +433,20 @@ async fn timestamps_and_column_order_are_the_same_everywhere() {
         serde_json::json!([end, last, "a"]),
         "{v}"
     );
+    // Results tables are found inside subqueries (as Metabase wraps a
+    // question) and CTE bodies too; a CTE's own name is not a table.
+    for sql in [
+        r#"SELECT "source"."page" AS "page" FROM (SELECT "public"."per_page"."page" AS "page" FROM "public"."per_page") AS "source" ORDER BY 1 LIMIT 1"#,
+        "WITH w AS (SELECT page FROM per_page) SELECT page FROM w ORDER BY page LIMIT 1",
+        "SELECT page FROM per_page WHERE page IN (SELECT page FROM per_page) ORDER BY page LIMIT 1",
+    ] {
+        let v = c.s.sql(sql).await;
+        assert_eq!(
+            v["results"][0]["rows"],
+            serde_json::json!([["a"]]),
+            "{sql}: {v}"
+        );
+    }
 }
 
 /// CREATE answers warn about what a new user would not expect: a query

@@ -30,6 +30,7 @@ mod rollup;
 mod rows;
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -37,7 +38,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::datasource::MemTable;
 use datafusion::execution::context::SQLOptions;
-use datafusion::sql::sqlparser::ast::{self, SetExpr, TableFactor};
+use datafusion::sql::sqlparser::ast::{self, SetExpr, TableFactor, Visit, Visitor};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 use serde_json::{Value, json};
@@ -149,27 +150,54 @@ pub struct App {
 /// A table name a statement reads, with where it appears.
 type Relation = (String, Option<(u64, u64)>);
 
-/// Names of the tables a SELECT reads at its top level (FROM and JOINs).
+/// Names of the tables a SELECT reads, in FROM and JOINs at any depth
+/// (subqueries, derived tables, CTE bodies), CTE names and table functions
+/// (`rollup(...)`) left out.
 fn relations(sql: &str) -> Result<Vec<Relation>> {
     let stmt = Parser::new(&GenericDialect {})
         .try_with_sql(sql)
         .and_then(|mut p| p.parse_statement())
         .map_err(crate::error::parser_error)?;
-    let mut out = Vec::new();
-    for f in from_factors(&stmt) {
-        // Table functions (`rollup(...)`) are not relations.
+    let mut found = Relations::default();
+    let _ = stmt.visit(&mut found);
+    Ok(found.names)
+}
+
+/// Collects [`relations`].
+#[derive(Default)]
+struct Relations {
+    names: Vec<Relation>,
+    ctes: Vec<String>,
+}
+
+impl Visitor for Relations {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, q: &ast::Query) -> ControlFlow<()> {
+        for c in q.with.iter().flat_map(|w| &w.cte_tables) {
+            let id = &c.alias.name;
+            self.ctes
+                .push(normalize_ident(&id.value, id.quote_style.is_some()));
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_table_factor(&mut self, f: &TableFactor) -> ControlFlow<()> {
         if let TableFactor::Table {
             name, args: None, ..
         } = f
             && let Some(ast::ObjectNamePart::Identifier(id)) = name.0.last()
         {
-            out.push((
-                normalize_ident(&id.value, id.quote_style.is_some()),
-                Some((id.span.start.line, id.span.start.column)).filter(|l| l.0 > 0),
-            ));
+            let n = normalize_ident(&id.value, id.quote_style.is_some());
+            // A table named twice (a self-join, an IN subquery) is one relation.
+            let cte = name.0.len() == 1 && self.ctes.contains(&n);
+            if !cte && !self.names.iter().any(|(m, _)| *m == n) {
+                let at = Some((id.span.start.line, id.span.start.column)).filter(|l| l.0 > 0);
+                self.names.push((n, at));
+            }
         }
+        ControlFlow::Continue(())
     }
-    Ok(out)
 }
 
 /// The tables and table functions a SELECT's FROM clause names, joins
