@@ -11,11 +11,15 @@
 //! ms>` (an emit tick: a cumulative table, or provisional rows of open
 //! windows under `EMIT EVERY`) and `poll` (a poll boundary: the records
 //! around it come in different polls, as when late records correct a
-//! window that closed in between) lines; `NAME.expected` holds every
-//! emission, in order, the rows of each window sorted by their columns
-//! unless the query has an `ORDER BY`, and `-- window [start, end): no
-//! rows` for a window emitted without rows (they replace its earlier
-//! rows). Each case runs three times — one record per batch; each
+//! window that closed in between) lines, and `show late` (anywhere: list
+//! the late records kept); `NAME.expected` holds every emission, in order,
+//! the rows of each window sorted by their columns unless the query has an
+//! `ORDER BY`, and `-- window [start, end): no rows` for a window emitted
+//! without rows (they replace its earlier rows), then with `show late` a
+//! `-- late` table of the late records the engine kept (the late table's
+//! columns but `_watermark` and `_written_at`), by partition and offset: a
+//! record's offset is its place among its partition's records in the
+//! input, from 0. Each case runs three times — one record per batch; each
 //! partition's consecutive records in one batch; and all records between
 //! two `quiet`/`stall`/`emit`/`poll` lines as one poll, one batch per
 //! partition, aggregated together as a query does — plus once more one
@@ -40,7 +44,7 @@ use runnel::model::Emission;
 use runnel::plan::{ContinuousPlan, RefTable};
 use runnel::sql::{Statement, parse_sql};
 use runnel::window::delta::{StateOp, StatePiece};
-use runnel::window::{PartitionBatch, WindowEngine};
+use runnel::window::{Offsets, PartitionBatch, WindowEngine};
 
 /// Confirmed quiet time after which a partition is idle, as `idle_after`.
 const IDLE_AFTER_MS: i64 = 1_000;
@@ -53,6 +57,7 @@ enum Line {
     Emit(i64),
     /// A poll boundary: the records around it come in different polls.
     Poll,
+    ShowLate,
 }
 
 fn parse_input(text: &str) -> Vec<Line> {
@@ -65,6 +70,9 @@ fn parse_input(text: &str) -> Vec<Line> {
             }
             if l == "poll" {
                 return Line::Poll;
+            }
+            if l == "show late" {
+                return Line::ShowLate;
             }
             let (head, rest) = l
                 .split_once(' ')
@@ -154,6 +162,11 @@ async fn run_case(sql: &str, input: &[Line], batching: Batching) -> String {
     if batching == Batching::RestartedFromPieces {
         engine.save_incrementally();
     }
+    engine.keep_late_records();
+    let show_late = input.iter().any(|l| matches!(l, Line::ShowLate));
+    let mut late: Vec<RecordBatch> = Vec::new();
+    // Per partition, the offset of its next record.
+    let mut next_offset: std::collections::BTreeMap<i32, i64> = Default::default();
     let mut decoder = JsonDecoder::new(schema).unwrap();
     let mut out: Vec<Emission> = Vec::new();
     // The source's partitions: every partition the input names.
@@ -204,13 +217,18 @@ async fn run_case(sql: &str, input: &[Line], batching: Batching) -> String {
                         .iter()
                         .any(Option::is_some)
                         .then(|| logged.iter().map(|l| l.unwrap_or(i64::MAX)).collect());
+                    let first = next_offset.entry(p).or_insert(0);
+                    let offsets = Offsets::From(*first);
+                    *first += lines.len() as i64;
                     batches.extend(batch.map(|batch| PartitionBatch {
                         partition: p,
                         batch,
                         log_times,
+                        offsets,
                     }));
                 }
                 out.extend(engine.process_polled(batches, 0).await.unwrap());
+                late.extend(engine.take_late(0).unwrap());
                 if matches!(
                     batching,
                     Batching::Restarted | Batching::RestartedFromPieces
@@ -227,6 +245,7 @@ async fn run_case(sql: &str, input: &[Line], batching: Batching) -> String {
                     engine =
                         WindowEngine::new(engine.plan().clone(), et, stream.watermark_delay_ms);
                     engine.counters = counters;
+                    engine.keep_late_records();
                     engine.register_partitions(&partitions.iter().copied().collect::<Vec<_>>());
                     if batching == Batching::Restarted {
                         engine.restore(&header).unwrap();
@@ -260,6 +279,7 @@ async fn run_case(sql: &str, input: &[Line], batching: Batching) -> String {
                 out.extend(engine.emit_open(*now).await.unwrap());
                 i += 1;
             }
+            Line::ShowLate => i += 1,
         }
     }
     let c = &engine.counters;
@@ -356,6 +376,11 @@ async fn run_case(sql: &str, input: &[Line], batching: Batching) -> String {
         );
         text.push('\n');
     }
+    if show_late {
+        text.push_str("-- late\n");
+        text.push_str(&late_table(&late));
+        text.push('\n');
+    }
     text.push_str(&format!(
         "-- records_in={} late={} bad={} windows_closed={} open_windows={}\n",
         c.records_in.load(std::sync::atomic::Ordering::Relaxed),
@@ -365,6 +390,37 @@ async fn run_case(sql: &str, input: &[Line], batching: Batching) -> String {
         engine.open_windows(),
     ));
     text
+}
+
+/// The late rows kept, by partition and offset, without `_watermark` and
+/// `_written_at` (which hold no more than `_late_ms` and the wall clock).
+fn late_table(late: &[RecordBatch]) -> String {
+    let schema = match late.first() {
+        Some(b) => b.schema(),
+        None => return "(none)".into(),
+    };
+    let all = datafusion::arrow::compute::concat_batches(&schema, late).unwrap();
+    let sort = |name: &str| SortColumn {
+        values: all.column_by_name(name).unwrap().clone(),
+        options: None,
+    };
+    let order = lexsort_to_indices(&[sort("_partition"), sort("_offset")], None).unwrap();
+    let keep: Vec<usize> = (0..schema.fields().len())
+        .filter(|&i| {
+            !matches!(
+                schema.field(i).name().as_str(),
+                "_watermark" | "_written_at"
+            )
+        })
+        .collect();
+    let all = all.project(&keep).unwrap();
+    let cols = all
+        .columns()
+        .iter()
+        .map(|c| take(c, &order, None).unwrap())
+        .collect();
+    let sorted = RecordBatch::try_new(all.schema(), cols).unwrap();
+    pretty_format_batches(&[sorted]).unwrap().to_string()
 }
 
 #[tokio::test]

@@ -23,7 +23,7 @@ use crate::format::Decoder;
 use crate::model::{Counters, OnError, StreamDef};
 use crate::source::Chunk;
 use crate::source::stats::StreamStats;
-use crate::window::PartitionBatch;
+use crate::window::{Offsets, PartitionBatch};
 
 /// A rejected record: (index, reason, detail).
 pub type Rejected = (usize, &'static str, String);
@@ -223,17 +223,29 @@ impl ChunkDecoder {
         let Some(batch) = batch.filter(|b| b.num_rows() > 0) else {
             return Ok(None);
         };
-        let log_times = (chunk.log_times.len() == payloads.len()).then(|| {
-            let lost = rejected.iter().filter(|b| !crate::format::is_kept(b.1));
-            good_indices(payloads.len(), lost.map(|b| b.0))
-                .into_iter()
-                .map(|i| chunk.log_times[i])
-                .collect()
+        // The records kept, by their index in the chunk: all of them, or
+        // listed when some were lost (so offsets and log times stay aligned).
+        let kept = match rejected.iter().any(|b| !crate::format::is_kept(b.1)) {
+            false => None,
+            true => {
+                let lost = rejected.iter().filter(|b| !crate::format::is_kept(b.1));
+                Some(good_indices(payloads.len(), lost.map(|b| b.0)))
+            }
+        };
+        let log_times = (chunk.log_times.len() == payloads.len()).then(|| match &kept {
+            None => chunk.log_times.clone(),
+            Some(kept) => kept.iter().map(|&i| chunk.log_times[i]).collect(),
         });
+        let offsets = match &kept {
+            None if chunk.offsets.is_empty() => Offsets::From(chunk.first_offset),
+            None => Offsets::Each(chunk.offsets.clone()),
+            Some(kept) => Offsets::Each(kept.iter().map(|&i| chunk.offset(i)).collect()),
+        };
         Ok(Some(PartitionBatch {
             partition: chunk.partition,
             batch,
             log_times,
+            offsets,
         }))
     }
 

@@ -295,15 +295,15 @@ impl FileSource {
                 chunk.first_offset = self.pos as i64;
             }
             if !self.skip_partial {
-                let used = take_lines(&self.buf, &mut chunk, max);
+                let used = take_lines(&self.buf, &mut chunk, max, Some(self.pos as i64));
                 self.buf.drain(..used);
                 self.pos += used as u64;
                 // No newline in the first MAX_LINE bytes: emit them as they are.
                 while chunk.len() < max && self.buf.len() >= MAX_LINE {
-                    chunk.push(&self.buf[..MAX_LINE]);
+                    chunk.push_at(&self.buf[..MAX_LINE], self.pos as i64);
                     self.buf.drain(..MAX_LINE);
                     self.pos += MAX_LINE as u64;
-                    let used = take_lines(&self.buf, &mut chunk, max);
+                    let used = take_lines(&self.buf, &mut chunk, max, Some(self.pos as i64));
                     self.buf.drain(..used);
                     self.pos += used as u64;
                 }

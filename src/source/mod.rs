@@ -35,6 +35,11 @@ pub struct Chunk {
     /// Per record, its time in the log (Kafka's message timestamp, ms);
     /// empty for sources without one.
     pub log_times: Vec<i64>,
+    /// Per record, its offset, once one is not the previous plus one (a
+    /// Kafka partition's offsets skip transaction markers and compacted
+    /// records; a file's are byte positions); empty while record `i` is at
+    /// `first_offset + i`.
+    pub offsets: Vec<i64>,
 }
 
 impl Chunk {
@@ -53,10 +58,31 @@ impl Chunk {
         self.ends.push(self.data.len());
     }
 
-    /// Appends one record's payload and its time in the log.
-    pub fn push_logged(&mut self, payload: &[u8], log_time: i64) {
-        self.push(payload);
+    /// Appends one record at `offset` with its time in the log.
+    pub fn push_logged(&mut self, payload: &[u8], offset: i64, log_time: i64) {
+        self.push_at(payload, offset);
         self.log_times.push(log_time);
+    }
+
+    /// Appends one record at `offset` (see [`push`](Self::push)): the
+    /// offsets are listed only from the first that skips.
+    pub fn push_at(&mut self, payload: &[u8], offset: i64) {
+        let i = self.len() as i64;
+        if self.offsets.is_empty() && offset != self.first_offset + i {
+            self.offsets.extend((0..i).map(|k| self.first_offset + k));
+        }
+        if !self.offsets.is_empty() {
+            self.offsets.push(offset);
+        }
+        self.push(payload);
+    }
+
+    /// The offset of record `i`.
+    pub fn offset(&self, i: usize) -> i64 {
+        match self.offsets.get(i) {
+            Some(o) => *o,
+            None => self.first_offset + i as i64,
+        }
     }
 
     /// Number of records.
@@ -89,15 +115,21 @@ pub const MAX_LINE: usize = 16 << 20;
 
 /// Splits complete lines off the front of `buf`, pushing each (without its
 /// `\n` or `\r\n`) to `chunk` until it holds `max` records; returns the bytes
-/// consumed. A trailing partial line stays in `buf` for the caller.
-fn take_lines(buf: &[u8], chunk: &mut Chunk, max: usize) -> usize {
+/// consumed. A trailing partial line stays in `buf` for the caller. With
+/// `at`, the position of `buf`'s first byte, each line's offset is its
+/// position (a file's); without, lines are numbered on (a socket's).
+fn take_lines(buf: &[u8], chunk: &mut Chunk, max: usize, at: Option<i64>) -> usize {
     let mut start = 0;
     while chunk.len() < max {
         let Some(nl) = buf[start..].iter().position(|&b| b == b'\n') else {
             break;
         };
         let line = &buf[start..start + nl];
-        chunk.push(line.strip_suffix(b"\r").unwrap_or(line));
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        match at {
+            Some(at) => chunk.push_at(line, at + start as i64),
+            None => chunk.push(line),
+        }
         start += nl + 1;
     }
     start

@@ -183,7 +183,7 @@ impl SocketSource {
         let deadline = Instant::now() + wait;
         let mut chunk = Chunk::new(0, self.next);
         loop {
-            let used = take_lines(&self.buf, &mut chunk, max);
+            let used = take_lines(&self.buf, &mut chunk, max, None);
             self.buf.drain(..used);
             if chunk.len() >= max {
                 break;

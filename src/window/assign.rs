@@ -1,7 +1,7 @@
 //! Assigning records to windows: each partition's records, one by one
 //! against the partition's running watermark, go to their tumbling or
 //! hopping windows, their sessions, or the cumulative table; late and bad
-//! records are counted and dropped.
+//! records are counted and dropped (late ones kept, if asked: `late.rs`).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -12,7 +12,8 @@ use datafusion::arrow::array::{
 use datafusion::arrow::compute::take;
 use datafusion::arrow::record_batch::RecordBatch;
 
-use super::{WindowEngine, session, ts_values, window_closed};
+use super::late::LateMark;
+use super::{PartitionBatch, WindowEngine, session, ts_values, window_closed};
 use crate::error::Result;
 use crate::model::WindowKind;
 
@@ -25,12 +26,12 @@ impl WindowEngine {
     /// order: a record is judged against the sessions it would join.
     pub(super) fn assign(
         &mut self,
-        partition: i32,
-        batch: RecordBatch,
+        pb: &PartitionBatch,
         log_times: Option<&[i64]>,
         keys: Option<&[session::RecordKey]>,
         arrival_ms: i64,
     ) -> Result<Option<RecordBatch>> {
+        let (partition, batch) = (pb.partition, &pb.batch);
         let n = batch.num_rows();
         self.counters
             .records_in
@@ -57,6 +58,9 @@ impl WindowEngine {
         let mut corrections = false;
         let keys = keys.unwrap_or_default();
         let mut next_key = 0;
+        // Late records kept, if the engine keeps them: allocated at the first.
+        let keep_late = self.late.is_some();
+        let mut marks: Vec<LateMark> = Vec::new();
         for (i, &t) in ts.iter().enumerate() {
             if nulls.as_ref().is_some_and(|nb| nb.is_null(i)) {
                 bad += 1;
@@ -74,8 +78,18 @@ impl WindowEngine {
                     continue;
                 }
                 // Late for one of its keys (a join fanned it out): late.
-                if !mine.iter().all(|(_, k)| sessions.admits(k, t, frontier)) {
+                if let Some(w) = mine
+                    .iter()
+                    .find_map(|(_, k)| sessions.missed(k, t, frontier))
+                {
                     late += 1;
+                    if keep_late {
+                        marks.push(LateMark {
+                            row: i as u32,
+                            watermark: frontier,
+                            missed: vec![w],
+                        });
+                    }
                     continue;
                 }
                 for (_, k) in mine {
@@ -86,11 +100,11 @@ impl WindowEngine {
                 ends.push(t.saturating_add(gap_ms));
                 continue;
             }
-            let mut dropped = false;
+            let mut missed: Vec<(i64, i64)> = Vec::new();
             let mut assign = |s: i64, e: i64| {
                 // Late past what ALLOW LATE lets correct (the grace alone without it).
                 if window_closed(kind, e, grace.saturating_add(allow), frontier) {
-                    dropped = true;
+                    missed.push((s, e));
                 } else {
                     corrections |= allow > 0 && window_closed(kind, e, grace, frontier);
                     idx.push(i as u32);
@@ -117,7 +131,19 @@ impl WindowEngine {
                     ends.push(0);
                 }
             }
-            late += u64::from(dropped);
+            if !missed.is_empty() {
+                late += 1;
+                if keep_late {
+                    marks.push(LateMark {
+                        row: i as u32,
+                        watermark: frontier,
+                        missed,
+                    });
+                }
+            }
+        }
+        if let (Some(kept), false) = (&mut self.late, marks.is_empty()) {
+            kept.push(partition, batch, &ts, &pb.offsets, marks)?;
         }
         self.counters
             .late_records

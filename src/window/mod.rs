@@ -7,7 +7,7 @@
 //! and merges those into the state of each open window. When the watermark
 //! (the rule is in [`watermark`]) passes a window's end plus its grace, the
 //! window's states go through the close plan and its rows are emitted.
-//! Assignment is in `assign.rs`, closing in `close.rs`, sessions in
+//! Assignment is in `assign.rs`, late records kept in `late.rs`, closing in `close.rs`, sessions in
 //! `session.rs` and saved state in `checkpoint.rs`.
 //!
 //! ```no_run
@@ -40,6 +40,8 @@ mod checkpoint;
 pub use checkpoint::SavedCounters;
 mod close;
 pub mod delta;
+mod late;
+pub use late::{LATE_COLUMNS, late_schema};
 mod session;
 pub mod watermark;
 
@@ -64,15 +66,44 @@ pub struct PartitionBatch {
     /// on-time records late; the log keeps it, so a replay decides the
     /// same. `None` for sources without one.
     pub log_times: Option<Vec<i64>>,
+    /// Per record, its offset in the partition: what the late table
+    /// ([`late`]) names a late record by. Read only for late records.
+    pub offsets: Offsets,
+}
+
+/// Where a batch's records are in their partition. The usual case costs
+/// one number per batch: consecutive records, none dropped before the
+/// engine, are `From(first)`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Offsets {
+    /// Not known (records made by hand).
+    #[default]
+    Unknown,
+    /// Record `i` is at this offset plus `i`.
+    From(i64),
+    /// Each record's offset.
+    Each(Vec<i64>),
+}
+
+impl Offsets {
+    /// The offset of record `i`, if known.
+    pub fn get(&self, i: usize) -> Option<i64> {
+        match self {
+            Offsets::Unknown => None,
+            Offsets::From(first) => Some(first + i as i64),
+            Offsets::Each(v) => v.get(i).copied(),
+        }
+    }
 }
 
 impl PartitionBatch {
-    /// Records of `partition` without log times.
+    /// Records of `partition` without log times or offsets.
     pub fn new(partition: i32, batch: RecordBatch) -> Self {
         PartitionBatch {
             partition,
             batch,
             log_times: None,
+            offsets: Offsets::Unknown,
         }
     }
 }
@@ -145,6 +176,8 @@ pub struct WindowEngine {
     partials_only: bool,
     /// Hand each closed window's partial states along with its rows.
     keep_states: bool,
+    /// Late records kept, when asked ([`WindowEngine::keep_late_records`]).
+    late: Option<late::LateRecords>,
     /// Live counters.
     pub counters: Arc<Counters>,
 }
@@ -201,6 +234,7 @@ impl WindowEngine {
             partials_only: false,
             keep_states: false,
             dirty: false,
+            late: None,
             counters: Arc::new(Counters::default()),
         }
     }
@@ -360,7 +394,7 @@ impl WindowEngine {
                 }
                 None => None,
             };
-            let assigned = self.assign(b.partition, b.batch, caps, keys.as_deref(), arrival_ms)?;
+            let assigned = self.assign(&b, caps, keys.as_deref(), arrival_ms)?;
             let Some(expanded) = assigned else {
                 continue;
             };

@@ -124,9 +124,11 @@ impl Sessions {
         Ok(rows.iter().map(|r| r.as_ref().into()).collect())
     }
 
-    /// Whether a record of `key` at `t` may join its key's sessions at
-    /// running watermark `frontier` (the rule is in the module doc).
-    pub(crate) fn admits(&self, key: &[u8], t: i64, frontier: i64) -> bool {
+    /// The session a record of `key` at `t` is too late for at running
+    /// watermark `frontier` (the rule is in the module doc): the closed
+    /// session it touches, or its own `[t, t + gap)` when that alone would
+    /// be closed; `None` when it may join its key's sessions.
+    pub(crate) fn missed(&self, key: &[u8], t: i64, frontier: i64) -> Option<(i64, i64)> {
         let (start, end) = (t, t.saturating_add(self.gap));
         let kind = WindowKind::Session { gap_ms: self.gap };
         let closed = |e: i64| window_closed(kind, e, self.grace, frontier);
@@ -134,12 +136,12 @@ impl Sessions {
         for s in self.keys.get(key).into_iter().flatten() {
             if s.touches(start, end) {
                 if s.closed || closed(s.end) {
-                    return false;
+                    return Some((s.start, s.end));
                 }
                 touched = true;
             }
         }
-        touched || !closed(end)
+        (!touched && closed(end)).then_some((start, end))
     }
 
     /// Merges a record of `key` at `t` into its key's sessions.

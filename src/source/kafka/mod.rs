@@ -526,7 +526,7 @@ impl KafkaSource {
             let c = &mut chunks[i];
             // Without a timestamp the record's own event time is not capped.
             let logged = msg.timestamp().to_millis().unwrap_or(i64::MAX);
-            c.push_logged(msg.payload().unwrap_or_default(), logged);
+            c.push_logged(msg.payload().unwrap_or_default(), msg.offset(), logged);
             self.offsets.insert(p, msg.offset() + 1);
             n += 1;
             // After the first record, take only what is already fetched.
