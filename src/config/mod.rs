@@ -42,6 +42,9 @@ pub struct Config {
     /// How long closed windows' partial states are kept for roll-ups
     /// (zero keeps none).
     pub window_state_retention: Duration,
+    /// How long late records are kept in each query's late table, by
+    /// write time (zero keeps none: they are only counted).
+    pub late_record_retention: Duration,
     /// Bearer token required for mutating calls when set.
     pub token: Option<String>,
     /// Require the token for reads too.
@@ -78,6 +81,7 @@ impl Default for Config {
             idle_after: Duration::from_secs(1),
             max_state_rows: 10_000_000,
             window_state_retention: Duration::from_secs(24 * 3600),
+            late_record_retention: Duration::from_secs(24 * 3600),
             token: None,
             protect_reads: false,
             allow_files: Vec::new(),
@@ -113,6 +117,8 @@ pub struct FileConfig {
     pub max_state_rows: Option<usize>,
     /// How long window states are kept for roll-ups, e.g. `24h` (`0s`: none).
     pub window_state_retention: Option<String>,
+    /// How long late records are kept, e.g. `24h` (`0s`: none).
+    pub late_record_retention: Option<String>,
     /// Require the token for reads too.
     pub protect_reads: Option<bool>,
     /// Directories file tables and file streams may read under.
@@ -181,6 +187,13 @@ impl FileConfig {
                 "window_state_retention",
                 self.window_state_retention,
                 d.window_state_retention,
+                parse_duration_or_zero,
+            )?,
+            // Zero keeps no late records: they are only counted.
+            late_record_retention: duration(
+                "late_record_retention",
+                self.late_record_retention,
+                d.late_record_retention,
                 parse_duration_or_zero,
             )?,
             token: None,
@@ -371,6 +384,22 @@ mod tests {
             .resolve(None, None, None, None, None, vec!["/a".into(), "/b".into()])
             .unwrap();
         assert_eq!(c.allow_files, [PathBuf::from("/a"), PathBuf::from("/b")]);
+    }
+
+    #[test]
+    fn late_record_retention() {
+        let c = resolve("").unwrap();
+        assert_eq!(c.late_record_retention, Duration::from_secs(24 * 3600));
+        let c = resolve("late_record_retention = '90m'").unwrap();
+        assert_eq!(c.late_record_retention, Duration::from_secs(90 * 60));
+        assert!(
+            resolve("late_record_retention = '0s'")
+                .unwrap()
+                .late_record_retention
+                .is_zero()
+        );
+        let e = resolve("late_record_retention = 'forever'").unwrap_err();
+        assert!(e.to_string().starts_with("late_record_retention: "), "{e}");
     }
 
     #[test]

@@ -59,6 +59,12 @@ pub trait Coordinator: Send {
     /// the producer, so nothing holds partitions or transactions meanwhile.
     fn pause(&mut self);
 
+    /// Whether the query's late records are written to its late table
+    /// (one server: with its commits) or only counted (a cluster member).
+    fn keeps_late_records(&self) -> bool {
+        false
+    }
+
     /// Whether [`start`](Self::start) restores the query's counters from a
     /// checkpoint (then they start again from their values at start when
     /// there is none, so records read again are not counted twice).

@@ -1,7 +1,8 @@
 //! The single-server coordinator: this server reads every partition of the
 //! stream, a window is final when this server's watermark passes it, and
 //! rows, offsets and the engine's checkpoint are committed together in one
-//! store transaction. Records are read and decoded one poll ahead on a
+//! store transaction, with the late records the engine dropped since the
+//! last commit (the query's late table). Records are read and decoded one poll ahead on a
 //! second thread ([`Prefetch`]); `INTO TOPIC` rows are published from the
 //! store, exactly once ([`ExactSink`]).
 
@@ -79,6 +80,9 @@ impl Coordinator for Local {
             decoder.decode_poll(&chunks)
         });
         engine.register_partitions(src.partitions());
+        if !task.late_retention.is_zero() {
+            engine.keep_late_records();
+        }
         self.src = Some(src);
         self.sink = task.exact_sink();
         Ok(true)
@@ -102,8 +106,11 @@ impl Coordinator for Local {
         emitted: Vec<Emission>,
     ) -> Result<Vec<Emission>> {
         let saved = rt.block_on(engine.save())?;
-        task.store
-            .commit(&task.name, &emitted, self.src().offsets(), &saved)?;
+        // Late records go with the offsets past them: a replay drops them
+        // again only when this transaction did not commit.
+        let late = engine.take_late(super::now_ms())?;
+        let offsets = self.src().offsets();
+        (task.store).commit_with_late(&task.name, &emitted, &late, offsets, &saved)?;
         if let Some(sink) = &mut self.sink
             && !emitted.is_empty()
         {
@@ -112,6 +119,10 @@ impl Coordinator for Local {
         task.metrics
             .set_state(engine.state_rows(), engine.open_windows(), saved.bytes());
         Ok(emitted)
+    }
+
+    fn keeps_late_records(&self) -> bool {
+        true
     }
 
     fn publish(&mut self, task: &QueryTask, _written: &[Emission]) -> Result<()> {

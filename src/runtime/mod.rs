@@ -85,6 +85,8 @@ pub struct QueryTask {
     pub metrics: Arc<telemetry::QueryMetrics>,
     /// How long closed windows' partial states are kept for roll-ups.
     pub state_retention: Duration,
+    /// How long late records are kept in the late table (zero: not kept).
+    pub late_retention: Duration,
     /// Directories a file stream's file must be under (checked again once
     /// the file exists, as it may have appeared after the stream was made).
     pub allow_files: Vec<std::path::PathBuf>,
@@ -169,6 +171,20 @@ impl QueryTask {
         *last = Some(Instant::now());
         let before = now_ms().saturating_sub(self.state_retention.as_millis() as i64);
         self.store.prune_window_states(&self.name, before)?;
+        Ok(())
+    }
+
+    /// Deletes late records written longer ago than their retention, once a
+    /// minute.
+    pub(crate) fn prune_late(&self, last: &mut Option<Instant>) -> Result<()> {
+        if self.late_retention.is_zero()
+            || last.is_some_and(|t| t.elapsed() < Duration::from_secs(60))
+        {
+            return Ok(());
+        }
+        *last = Some(Instant::now());
+        let before = now_ms().saturating_sub(self.late_retention.as_millis() as i64);
+        self.store.prune_late(&self.name, before)?;
         Ok(())
     }
 
@@ -396,6 +412,7 @@ impl QueryTask {
         let mut uncommitted = false;
         let mut last_lag = Instant::now();
         let mut last_prune: Option<Instant> = None;
+        let mut last_late_prune: Option<Instant> = None;
         let mut backlog = Backlog::new(&self.counters);
         let mut progress = Progress::default();
         let mut errors_seen = std::time::UNIX_EPOCH;
@@ -445,6 +462,9 @@ impl QueryTask {
             if last_lag.elapsed() >= Duration::from_secs(1) {
                 last_lag = Instant::now();
                 self.prune_window_states(&mut last_prune)?;
+                if coord.keeps_late_records() {
+                    self.prune_late(&mut last_late_prune)?;
+                }
                 self.metrics.set_lag(&progress.lag);
                 let (ps, ends) = (&progress.partitions, &progress.log_ends);
                 self.metrics.set_positions(ps, &coord.offsets(), ends);

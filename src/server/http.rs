@@ -6,6 +6,7 @@
 //! | `POST /queries` | `{"sql": ..., "name"?: ...}` or a `text/plain` SELECT → `201` |
 //! | `GET /queries`, `GET /queries/{id}`, `DELETE /queries/{id}` | |
 //! | `GET /queries/{id}/results?from=&to=&after=&limit=&format=json\|csv&final=` | results, cursor-paged (`after=now` for only new rows), `has_more` when a page stops at its limit; `final=true` leaves out provisional rows (`EMIT EVERY`) |
+//! | `GET /queries/{id}/late?after=&limit=&format=json\|csv` | late records kept ([`super::late`]), cursor-paged like results |
 //! | `GET /queries/{id}/results?rollup=1h&from=&to=&limit=&format=&partial=` | roll-up of the complete buckets ([`super::rollup`]); `partial=true` adds the open ones, flagged by a `complete` column |
 //! | `GET /queries/{id}/events` | the query's recent errors and warnings ([`crate::runtime::events`]) |
 //! | `GET /streams`, `GET /streams/{name}` | |
@@ -76,6 +77,7 @@ pub fn router(app: Arc<App>, local: SocketAddr) -> Router {
         .route("/queries", post(create_query).get(list_queries))
         .route("/queries/{id}", get(get_query).delete(delete_query))
         .route("/queries/{id}/results", get(results))
+        .route("/queries/{id}/late", get(super::late::late))
         .route("/streams", get(list_streams))
         .route("/streams/{name}", get(get_stream))
         .route("/streams/{name}/errors", get(stream_errors))

@@ -62,6 +62,12 @@ impl App {
         if save {
             self.store.save_query(name, sql, &plan.output_schema)?;
         }
+        // Queries made before late tables existed get theirs here.
+        if self.config.cluster.is_none() {
+            let late =
+                crate::window::late_schema(&plan, super::late::event_time(&stream.def, &plan));
+            self.store.ensure_late_table(name, &late)?;
+        }
         if save || reset.is_some() {
             self.save_start_offsets(name, &stream.def, reset.unwrap_or(stream.def.start))
                 .await?;
@@ -87,6 +93,7 @@ impl App {
             reset,
             metrics: query_metrics.clone(),
             state_retention: self.config.window_state_retention,
+            late_retention: self.config.late_record_retention,
             allow_files: self.config.allow_files.clone(),
         };
         let entry = Arc::new(QueryEntry {

@@ -22,6 +22,7 @@ mod execute;
 pub mod guard;
 pub mod history;
 pub mod http;
+mod late;
 mod lifecycle;
 pub mod limits;
 pub mod metrics;
@@ -484,6 +485,9 @@ impl App {
         }
         // The tables read stay reserved in the pull pool until the answer is built.
         let mut loaded = self.guards.reservation("results tables");
+        if let Some(f) = self.late_function(&select.sql, &mut loaded)? {
+            ctx.register_udtf("late", f);
+        }
         for q in tables {
             let (store, name, schema) = (&self.store, &q.name, &q.plan.output_schema);
             let batches = self.guards.load_results(store, name, schema, &mut loaded)?;

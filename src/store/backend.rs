@@ -10,8 +10,8 @@
 //! parameters `$1, $2, ...`; SQLite's backend reads them as `?1, ?2, ...`.
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BinaryArray, BooleanArray, Float64Array, Int64Array, StringArray,
-    TimestampMillisecondArray,
+    Array, ArrayRef, AsArray, BinaryArray, BooleanArray, Float64Array, Int64Array, RecordBatch,
+    StringArray, TimestampMillisecondArray,
 };
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{
@@ -305,45 +305,57 @@ pub(crate) fn emission_statements(query: &str, emissions: &[Emission]) -> Result
         if b.num_rows() == 0 {
             continue;
         }
-        let cols: Vec<Col> = b
-            .columns()
-            .iter()
-            .map(Col::from_array)
-            .collect::<Result<_>>()?;
-        let names: Vec<String> = b
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| quote(f.name()))
-            .collect();
-        let per_stmt = (MAX_PARAMS / names.len().max(1)).max(1);
-        let mut start = 0;
-        while start < b.num_rows() {
-            let end = (start + per_stmt).min(b.num_rows());
-            let mut params = Vec::with_capacity((end - start) * cols.len());
-            let mut rows = Vec::with_capacity(end - start);
-            for i in start..end {
-                let marks: Vec<String> = (0..cols.len())
-                    .map(|c| format!("${}", params.len() + c + 1))
-                    .collect();
-                rows.push(format!("({})", marks.join(", ")));
-                params.extend(cols.iter().map(|c| c.param(i)));
-            }
-            stmts.push(Stmt {
-                sql: format!(
-                    "INSERT INTO {table} ({}) VALUES {}",
-                    names.join(", "),
-                    rows.join(", ")
-                ),
-                params,
-            });
-            start = end;
-        }
+        insert_rows(&table, b, &columns(b)?, &mut stmts);
     }
     Ok(stmts)
 }
 
-/// The statement saving `query`'s checkpoint.
+/// `b`'s columns in their results-table types.
+fn columns(b: &RecordBatch) -> Result<Vec<Col>> {
+    b.columns().iter().map(Col::from_array).collect()
+}
+
+/// Appends the statements inserting `b`'s rows into `table` (quoted), its
+/// columns named as `b`'s.
+pub(crate) fn insert_statements(table: &str, b: &RecordBatch, stmts: &mut Vec<Stmt>) -> Result<()> {
+    insert_rows(table, b, &columns(b)?, stmts);
+    Ok(())
+}
+
+/// The INSERTs of `b`'s rows, `cols` its columns converted, at most
+/// [`MAX_PARAMS`] parameters each.
+fn insert_rows(table: &str, b: &RecordBatch, cols: &[Col], stmts: &mut Vec<Stmt>) {
+    let names: Vec<String> = b
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| quote(f.name()))
+        .collect();
+    let per_stmt = (MAX_PARAMS / names.len().max(1)).max(1);
+    let mut start = 0;
+    while start < b.num_rows() {
+        let end = (start + per_stmt).min(b.num_rows());
+        let mut params = Vec::with_capacity((end - start) * cols.len());
+        let mut rows = Vec::with_capacity(end - start);
+        for i in start..end {
+            let marks: Vec<String> = (0..cols.len())
+                .map(|c| format!("${}", params.len() + c + 1))
+                .collect();
+            rows.push(format!("({})", marks.join(", ")));
+            params.extend(cols.iter().map(|c| c.param(i)));
+        }
+        stmts.push(Stmt {
+            sql: format!(
+                "INSERT INTO {table} ({}) VALUES {}",
+                names.join(", "),
+                rows.join(", ")
+            ),
+            params,
+        });
+        start = end;
+    }
+}
+
 /// The statements applying a save's changes to the stored pieces of window
 /// state ([`crate::window::delta`]).
 pub(crate) fn piece_statements(query: &str, ops: &[StateOp]) -> Vec<Stmt> {
@@ -389,6 +401,7 @@ pub(crate) fn piece_statements(query: &str, ops: &[StateOp]) -> Vec<Stmt> {
     out
 }
 
+/// The statement saving `query`'s checkpoint.
 pub(crate) fn checkpoint_statement(
     d: &Dialect,
     query: &str,

@@ -10,11 +10,14 @@
 //! $ sqlite3 runnel-data/runnel.db 'SELECT * FROM adnetwork ORDER BY window_start DESC LIMIT 5'
 //! ```
 //!
+//! Next to it, `<query>:late` keeps the query's late records ([`late`]).
+//!
 //! Both apply versioned migrations when opened. [`Store`] holds what the
 //! backends share (the catalog, the order of a commit, results pages); a
 //! backend only runs statements ([`backend::Backend`]).
 
 pub(crate) mod backend;
+pub mod late;
 pub mod pg_tls;
 pub mod postgres;
 pub mod results;
@@ -390,18 +393,20 @@ impl Store {
         })
     }
 
-    /// Deletes a query, its checkpoint and its results table (or renames
-    /// the table to `keep_as`).
+    /// Deletes a query, its checkpoint, its late table and its results
+    /// table (or renames the results table to `keep_as`).
     pub fn delete_query(&self, name: &str, keep_as: Option<&str>) -> Result<()> {
         let params = [Param::Text(name.into())];
         let drop_results = backend::drop_results_sql(name, keep_as);
+        let drop_late = Self::drop_late_sql(name);
         let tables = self.dialect().query_tables;
         self.write(|tx| {
             tx.execute("DELETE FROM runnel_queries WHERE name = $1", &params)?;
             for t in tables {
                 tx.execute(&format!("DELETE FROM {t} WHERE query = $1"), &params)?;
             }
-            tx.batch(&drop_results)
+            tx.batch(&drop_results)?;
+            tx.batch(&drop_late)
         })
     }
 
@@ -416,22 +421,7 @@ impl Store {
         offsets: &BTreeMap<i32, i64>,
         saved: &Saved,
     ) -> Result<()> {
-        let mut stmts = backend::emission_statements(query, emissions)?;
-        let offsets =
-            serde_json::to_string(offsets).map_err(|e| Error::Execution(e.to_string()))?;
-        stmts.extend(backend::piece_statements(query, &saved.ops));
-        stmts.push(backend::checkpoint_statement(
-            self.dialect(),
-            query,
-            offsets,
-            &saved.header,
-        ));
-        self.write(|tx| {
-            for s in &stmts {
-                tx.execute(&s.sql, &s.params)?;
-            }
-            Ok(())
-        })
+        self.commit_with_late(query, emissions, &[], offsets, saved)
     }
 
     /// Whether the store takes writes: a write transaction that changes
