@@ -89,6 +89,22 @@ async fn kill_dash_nine_during_early_rows_then_same_final_rows() {
     );
 }
 
+/// The same over sessions: each tick rewrites every open session's
+/// provisional rows, and a kill lands between ticks and closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_dash_nine_during_early_session_rows_then_same_final_rows() {
+    let sql = SQL.replace("WINDOW 10s", "WINDOW SESSION 200ms EMIT EVERY 1s");
+    let rows = kill_and_compare(&sql, 3).await;
+    let provisional = rows
+        .values()
+        .filter(|r| !r.contains(r#""final":true"#))
+        .count();
+    assert_eq!(
+        provisional, 0,
+        "rows left provisional after every session closed"
+    );
+}
+
 /// Runs `sql` on a calm server and on one killed with SIGKILL `kills` times
 /// while the same steady stream flows; asserts both end with the same rows
 /// and returns them.

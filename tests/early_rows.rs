@@ -173,3 +173,96 @@ async fn a_minute_window_fills_in_then_closes_with_one_final_row_per_group() {
     assert_eq!(q["counters"]["late_records"], 0, "{q}");
     s.stop();
 }
+
+/// The rows of query `q`, as page → (window_start, window_end, n, final),
+/// asserting one row per page.
+async fn rows_by_page(s: &TestServer, q: &str) -> BTreeMap<String, (String, String, i64, bool)> {
+    let (status, v) = s.get(&format!("/queries/{q}/results?limit=1000")).await;
+    assert_eq!(status, 200, "{v}");
+    let mut out = BTreeMap::new();
+    for r in v["rows"].as_array().unwrap() {
+        let page = r["page"].as_str().unwrap().to_string();
+        let row = (
+            r["window_start"].as_str().unwrap().to_string(),
+            r["window_end"].as_str().unwrap().to_string(),
+            r["n"].as_i64().unwrap(),
+            r["final"] == true,
+        );
+        let prev = out.insert(page.clone(), row);
+        assert!(prev.is_none(), "two rows for page {page}: {v}");
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_sessions_fill_in_then_close_with_one_final_row_each() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("clicks", 2, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path(), &brokers);
+    s.sql(&SQL.replace(
+        "per_page AS\nSELECT page, count(*) AS n FROM clicks GROUP BY page WINDOW 1m",
+        "per_user AS\nSELECT page, count(*) AS n FROM clicks GROUP BY page WINDOW SESSION 10s",
+    ))
+    .await;
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let now = chrono::Utc::now().timestamp_millis();
+    let t0 = now - 3_600_000 - now.rem_euclid(60_000);
+    let at = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(t0 + ms)
+            .unwrap()
+            .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+            .to_string()
+    };
+    let want = |rows: &[(&str, i64, i64, i64, bool)]| -> BTreeMap<_, _> {
+        rows.iter()
+            .map(|(p, s, e, n, f)| (p.to_string(), (at(*s), at(*e), *n, *f)))
+            .collect()
+    };
+    let wait = async |want: BTreeMap<String, (String, String, i64, bool)>| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let got = rows_by_page(&s, "per_user").await;
+            if got == want {
+                return;
+            }
+            assert!(Instant::now() < deadline, "want {want:?}, have {got:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+
+    // Watermark 3 s − 1 s delay on partition 0, 2 s − 1 s on partition 1.
+    send(
+        &p,
+        &[(0, 1_000, "a"), (0, 3_000, "a"), (1, 2_000, "b")].map(|(q, t, k)| (q, t0 + t, k)),
+    );
+    wait(want(&[
+        ("a", 1_000, 13_000, 2, false),
+        ("b", 2_000, 12_000, 1, false),
+    ]))
+    .await;
+
+    // a's session grows: its provisional row of the older span is replaced.
+    send(&p, &[(0, t0 + 8_000, "a")]);
+    wait(want(&[
+        ("a", 1_000, 18_000, 3, false),
+        ("b", 2_000, 12_000, 1, false),
+    ]))
+    .await;
+
+    // Both partitions past 18 s + the delay: a and b close, z is open.
+    send(&p, &[(0, t0 + 40_000, "z"), (1, t0 + 41_000, "z")]);
+    wait(want(&[
+        ("a", 1_000, 18_000, 3, true),
+        ("b", 2_000, 12_000, 1, true),
+        ("z", 40_000, 51_000, 2, false),
+    ]))
+    .await;
+    let (_, q) = s.get("/queries/per_user").await;
+    assert_eq!(q["counters"]["late_records"], 0, "{q}");
+    s.stop();
+}

@@ -71,6 +71,7 @@ fn window(start: i64, geos: &[Option<&str>], n0: i64) -> Emission {
         cumulative: false,
         state: None,
         window: Some((start, start + 10_000)),
+        open_sessions: false,
     }
 }
 

@@ -15,7 +15,9 @@
 //! the late records kept); `NAME.expected` holds every emission, in order,
 //! the rows of each window sorted by their columns unless the query has an
 //! `ORDER BY`, and `-- window [start, end): no rows` for a window emitted
-//! without rows (they replace its earlier rows), then with `show late` a
+//! without rows (they replace its earlier rows), `-- open sessions` for the
+//! provisional rows of every open session (`EMIT EVERY` over sessions; they
+//! replace all earlier provisional rows), then with `show late` a
 //! `-- late` table of the late records the engine kept (the late table's
 //! columns but `_watermark` and `_written_at`), by partition and offset: a
 //! record's offset is its place among its partition's records in the
@@ -286,7 +288,12 @@ async fn run_case(sql: &str, input: &[Line], batching: Batching) -> String {
     // Windows closing together share an emission only by accident of batching:
     // show each window's rows on their own, in the order windows closed.
     let mut windows: Vec<(bool, (i64, i64), RecordBatch)> = Vec::new();
+    // The provisional rows of every open session, in one table: (0, 0).
     for e in &out {
+        if e.open_sessions {
+            windows.push((false, (0, 0), sorted(&e.batch, ordered)));
+            continue;
+        }
         // One window's emission without rows still replaces its earlier rows.
         if let (0, Some(w)) = (e.batch.num_rows(), e.window) {
             windows.push((false, w, e.batch.clone()));
@@ -311,23 +318,7 @@ async fn run_case(sql: &str, input: &[Line], batching: Batching) -> String {
             }
         }
         keys.sort_by_key(|(s, e)| (*e, *s));
-        // Rows of one window in a fixed order (by their columns) unless the
-        // query orders them: aggregation gives groups in hash order.
-        let order: Vec<u32> = match ordered {
-            true => (0..e.batch.num_rows() as u32).collect(),
-            false => {
-                let cols: Vec<SortColumn> = e
-                    .batch
-                    .columns()
-                    .iter()
-                    .map(|c| SortColumn {
-                        values: c.clone(),
-                        options: None,
-                    })
-                    .collect();
-                lexsort_to_indices(&cols, None).unwrap().values().to_vec()
-            }
-        };
+        let order = row_order(&e.batch, ordered);
         for k in keys {
             let idx: Vec<u32> = order
                 .iter()
@@ -356,7 +347,13 @@ async fn run_case(sql: &str, input: &[Line], batching: Batching) -> String {
             .to_string()
     };
     for (cumulative, (start, end), b) in &windows {
-        if b.num_rows() == 0 {
+        if (*start, *end) == (0, 0) && !cumulative {
+            text.push_str("-- open sessions\n");
+            if b.num_rows() == 0 {
+                text.push_str("(none)\n");
+                continue;
+            }
+        } else if b.num_rows() == 0 {
             text.push_str(&format!(
                 "-- window [{}, {}): no rows\n",
                 time(*start),
@@ -364,10 +361,10 @@ async fn run_case(sql: &str, input: &[Line], batching: Batching) -> String {
             ));
             continue;
         }
-        text.push_str(if *cumulative {
-            "-- cumulative table\n"
-        } else {
-            "-- window\n"
+        text.push_str(match (cumulative, (*start, *end) == (0, 0)) {
+            (true, _) => "-- cumulative table\n",
+            (false, true) => "",
+            (false, false) => "-- window\n",
         });
         text.push_str(
             &pretty_format_batches(std::slice::from_ref(b))
@@ -390,6 +387,34 @@ async fn run_case(sql: &str, input: &[Line], batching: Batching) -> String {
         engine.open_windows(),
     ));
     text
+}
+
+/// Rows of one emission in a fixed order (by their columns) unless the
+/// query orders them: aggregation gives groups in hash order.
+fn row_order(b: &RecordBatch, ordered: bool) -> Vec<u32> {
+    if ordered {
+        return (0..b.num_rows() as u32).collect();
+    }
+    let cols: Vec<SortColumn> = b
+        .columns()
+        .iter()
+        .map(|c| SortColumn {
+            values: c.clone(),
+            options: None,
+        })
+        .collect();
+    lexsort_to_indices(&cols, None).unwrap().values().to_vec()
+}
+
+/// `b`'s rows in [`row_order`].
+fn sorted(b: &RecordBatch, ordered: bool) -> RecordBatch {
+    let idx = UInt32Array::from(row_order(b, ordered));
+    let cols = b
+        .columns()
+        .iter()
+        .map(|c| take(c, &idx, None).unwrap())
+        .collect();
+    RecordBatch::try_new(b.schema(), cols).unwrap()
 }
 
 /// The late rows kept, by partition and offset, without `_watermark` and

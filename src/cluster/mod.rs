@@ -454,5 +454,6 @@ fn close_window(
             false => None,
         },
         window: Some((w.start, w.end)),
+        open_sessions: false,
     })
 }

@@ -27,4 +27,9 @@ pub struct Emission {
     /// are one window's: they replace its earlier rows even when there are
     /// none (a `HAVING` that now filters out every provisional row).
     pub window: Option<(i64, i64)>,
+    /// The provisional rows of every open session (`EMIT EVERY` over
+    /// session windows): they replace all earlier provisional rows, since a
+    /// session's bounds move while it is open and its rows have no fixed
+    /// window to replace.
+    pub open_sessions: bool,
 }

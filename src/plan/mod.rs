@@ -252,12 +252,6 @@ impl ContinuousPlan {
             .window
             .unwrap_or_else(|| WindowSpec::cumulative(select.emit_ms.unwrap_or(1000)));
         let early_ms = select.window.and(select.emit_ms);
-        if early_ms.is_some() && matches!(window.kind, WindowKind::Session { .. }) {
-            return Err(Error::sql(
-                "EMIT EVERY applies to tumbling and hopping windows: a session's bounds move while it is open, so its early rows could not be replaced",
-                None,
-            ));
-        }
         let mut fields = stream.fields();
         fields.push(Field::new(WINDOW_START, window_type(), false));
         fields.push(Field::new(WINDOW_END, window_type(), false));

@@ -294,6 +294,12 @@ pub(crate) fn emission_statements(query: &str, emissions: &[Emission]) -> Result
                 sql: format!("DELETE FROM {table}"),
                 params: vec![],
             });
+        } else if e.open_sessions {
+            let provisional = quote(crate::model::emission::FINAL);
+            stmts.push(Stmt {
+                sql: format!("DELETE FROM {table} WHERE NOT {provisional}"),
+                params: vec![],
+            });
         } else {
             for (s, en) in super::replaced_windows(e)? {
                 stmts.push(Stmt {

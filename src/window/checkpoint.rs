@@ -33,6 +33,9 @@ pub(super) struct CheckpointHeader {
     /// (`EMIT EVERY`), so a restart emits what an uninterrupted run would.
     #[serde(default)]
     changed: Vec<(i64, i64)>,
+    /// Sessions changed since their last provisional rows (`EMIT EVERY`).
+    #[serde(default)]
+    sessions_changed: bool,
     /// Closed windows kept for corrections, (end, start, revision), and the
     /// length of their states' IPC stream, which follows the open windows'.
     #[serde(default)]
@@ -151,6 +154,7 @@ impl WindowEngine {
             closed_sessions,
             counters: Some(self.counters.save()),
             changed: self.changed.iter().copied().collect(),
+            sessions_changed: self.sessions.as_ref().is_some_and(|s| s.changed),
             retained: self
                 .retained
                 .iter()
@@ -243,6 +247,7 @@ impl WindowEngine {
                 false => read(s.closed_schema(), closed)?,
             };
             s.restore(&self.plan, states, closed)?;
+            s.changed = header.sessions_changed;
         } else {
             self.add_states_sync(states)?;
         }

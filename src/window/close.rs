@@ -3,7 +3,9 @@
 //! its state when asked); sessions close the same way. Before that, on each
 //! emit tick, a cumulative query emits its whole table when it changed, and
 //! an `EMIT EVERY` query the provisional rows of each open window that
-//! changed, which its next rows (provisional or final) replace. With `ALLOW
+//! changed, which its next rows (provisional or final) replace — over
+//! sessions, whose spans move, those of every open session after any
+//! change, replacing all earlier provisional rows. With `ALLOW
 //! LATE` a closed window's merged state is kept until the watermark passes
 //! its end plus grace plus the allowance; late records until then correct
 //! it, and it is closed again with the next `revision`.
@@ -121,6 +123,7 @@ impl WindowEngine {
             cumulative: false,
             state,
             window: Some((start, end)),
+            open_sessions: false,
         }))
     }
 
@@ -141,8 +144,34 @@ impl WindowEngine {
         }
         match self.plan.window.kind {
             WindowKind::Cumulative { .. } => self.emit_cumulative(now_ms).await,
+            WindowKind::Session { .. } => self.emit_open_sessions().await,
             _ => self.emit_provisional().await,
         }
+    }
+
+    /// The provisional rows of every open session, when a record joined or
+    /// a session closed since the last ones: all of them, since they
+    /// replace all earlier provisional rows ([`Emission::open_sessions`]).
+    async fn emit_open_sessions(&mut self) -> Result<Vec<Emission>> {
+        let Some(sessions) = self.sessions.as_mut().filter(|s| s.changed) else {
+            return Ok(vec![]);
+        };
+        let rows = match sessions.open_states(&self.plan)? {
+            Some(states) => self.plan.close_provisional(vec![states]).await?,
+            None => vec![],
+        };
+        let batch = concat(&self.plan, rows)?
+            .unwrap_or_else(|| RecordBatch::new_empty(self.plan.output_schema.clone()));
+        self.counters
+            .rows_emitted
+            .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+        Ok(vec![Emission {
+            batch,
+            cumulative: false,
+            state: None,
+            window: None,
+            open_sessions: true,
+        }])
     }
 
     async fn emit_provisional(&mut self) -> Result<Vec<Emission>> {
@@ -165,6 +194,7 @@ impl WindowEngine {
                 cumulative: false,
                 state: None,
                 window: Some((start, end)),
+                open_sessions: false,
             });
         }
         Ok(out)
@@ -204,6 +234,7 @@ impl WindowEngine {
             cumulative: true,
             state: None,
             window: None,
+            open_sessions: false,
         }])
     }
 
@@ -230,6 +261,7 @@ impl WindowEngine {
             cumulative: false,
             state: None,
             window: None,
+            open_sessions: false,
         }))
     }
 }

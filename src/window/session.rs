@@ -76,6 +76,9 @@ pub(crate) struct Sessions {
     converter: RowConverter,
     /// The state's group key columns (after the window columns).
     key_fields: Vec<Field>,
+    /// A record joined or a session closed since the last
+    /// [`Sessions::open_states`] (for `EMIT EVERY`).
+    pub(crate) changed: bool,
 }
 
 impl Sessions {
@@ -103,6 +106,7 @@ impl Sessions {
             states: BTreeMap::new(),
             converter,
             key_fields,
+            changed: false,
         }
     }
 
@@ -146,6 +150,7 @@ impl Sessions {
 
     /// Merges a record of `key` at `t` into its key's sessions.
     pub(crate) fn merge(&mut self, key: &[u8], t: i64) {
+        self.changed = true;
         self.merge_span(key, t, t.saturating_add(self.gap));
     }
 
@@ -232,6 +237,7 @@ impl Sessions {
             }
             self.closed.push_back((end, key));
             last_end = Some(end);
+            self.changed = true;
         }
         let out = match last_end {
             Some(e) => self.take_closed(plan, e).await?,
@@ -309,6 +315,33 @@ impl Sessions {
                 }
             }
         }
+    }
+
+    /// The partial states of every open session, each row labelled with
+    /// its session's current span, for provisional rows; `None` when no
+    /// session is open. Clears [`Sessions::changed`].
+    pub(crate) fn open_states(&mut self, plan: &ContinuousPlan) -> Result<Option<RecordBatch>> {
+        self.changed = false;
+        let batches: Vec<RecordBatch> = self.batches().cloned().collect();
+        if batches.is_empty() {
+            return Ok(None);
+        }
+        let all = concat_batches(&plan.state_schema, &batches)?;
+        let keys = self.encode(&all.columns()[2..plan.group_columns])?;
+        let starts = all.column(0).as_primitive::<TimestampMillisecondType>();
+        let (mut idx, mut spans) = (vec![], vec![]);
+        for (i, key) in keys.iter().enumerate() {
+            let t = starts.value(i);
+            if let Some(s) = self
+                .keys
+                .get(key)
+                .and_then(|v| v.iter().find(|s| !s.closed && s.start <= t && t <= s.end))
+            {
+                idx.push(i as u32);
+                spans.push((s.start, s.end));
+            }
+        }
+        Ok(Some(relabel(&all, idx, &spans)?))
     }
 
     /// Number of open sessions.

@@ -361,9 +361,19 @@
     // A window's new rows replace its earlier ones (an open window filling
     // in, then its final rows): show only the latest row of each group.
     if ("final" in row) {
-      const key = (r) => r.window_start + "|" + groupColumns().map((c) => cell(r[c.name])).join("|");
-      const k = key(row);
-      state.rows = state.rows.filter((r) => key(r.row) !== k);
+      const group = (r) => groupColumns().map((c) => cell(r[c.name])).join("|");
+      const g = group(row);
+      const start = parseTs(row.window_start), end = parseTs(row.window_end);
+      const q = state.queries.find((x) => x.name === state.selected);
+      const sessions = !!(q && /^SESSION/i.test(q.window || ""));
+      state.rows = state.rows.filter((r) => {
+        if (group(r.row) !== g) return true;
+        if (r.row.window_start === row.window_start) return false;
+        // A session's span moves while it is open: its provisional rows
+        // starting inside this row's span are the same session, earlier.
+        const s = parseTs(r.row.window_start);
+        return !(sessions && r.row.final === false && s >= start && s < end);
+      });
     }
     state.rows.unshift({ row: row, at: at });
     if (state.rows.length > MAX_ROWS) state.rows.length = MAX_ROWS;
