@@ -174,6 +174,55 @@ fn scenario(store: &Store) -> Vec<String> {
     seen.push(format!("{page:?}"));
     let batch = store.load_results("q", &schema()).unwrap();
     seen.push(format!("{batch:?}"));
+    // Sessions' provisional rows (EMIT EVERY) replace all earlier
+    // provisional rows and no final row.
+    let ts = DataType::Timestamp(TimeUnit::Millisecond, None);
+    let sessions = Arc::new(Schema::new(vec![
+        Field::new("window_start", ts.clone(), false),
+        Field::new("window_end", ts, false),
+        Field::new("k", DataType::Utf8, true),
+        Field::new("final", DataType::Boolean, false),
+    ]));
+    let rows = |rows: &[(i64, i64, &str, bool)], open_sessions: bool| Emission {
+        batch: RecordBatch::try_new(
+            sessions.clone(),
+            vec![
+                Arc::new(TimestampMillisecondArray::from_iter_values(
+                    rows.iter().map(|r| t0 + r.0),
+                )),
+                Arc::new(TimestampMillisecondArray::from_iter_values(
+                    rows.iter().map(|r| t0 + r.1),
+                )),
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.2))),
+                Arc::new(BooleanArray::from_iter(rows.iter().map(|r| Some(r.3)))),
+            ],
+        )
+        .unwrap(),
+        cumulative: false,
+        state: None,
+        window: None,
+        open_sessions,
+    };
+    store
+        .save_query("s", "CREATE QUERY s AS SELECT ...", &sessions)
+        .unwrap();
+    let emissions = [
+        rows(&[(0, 5_000, "a", false), (1_000, 6_000, "b", false)], true),
+        rows(&[(0, 5_000, "a", true)], false),
+        rows(&[(7_000, 12_000, "c", false)], true),
+    ];
+    let saved = Saved {
+        header: Vec::new(),
+        ops: vec![],
+    };
+    store.commit("s", &emissions, &offsets, &saved).unwrap();
+    let filter = ResultFilter {
+        limit: 100,
+        ..Default::default()
+    };
+    let left = store.read_results("s", &sessions, &filter).unwrap();
+    assert_eq!(left.batch.num_rows(), 2, "{left:?}");
+    seen.push(format!("{:?}", left.batch));
     store.delete_checkpoint("q").unwrap();
     seen.push(format!("{:?}", store.load_checkpoint("q").unwrap()));
     seen.push(format!("{:?}", store.load_state_pieces("q").unwrap()));
@@ -218,7 +267,7 @@ fn postgres_store_answers_like_sqlite() {
     // Reopening applies no migration twice and keeps everything.
     drop(postgres);
     let again = Store::connect(Some(&url), dir.path()).unwrap();
-    assert_eq!(again.list_queries().unwrap().len(), 1);
+    assert_eq!(again.list_queries().unwrap().len(), 2);
     assert_eq!(
         pg.psql("contract", "SELECT max(version) FROM runnel_migrations")
             .trim(),
