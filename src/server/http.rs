@@ -326,14 +326,12 @@ pub(super) enum Format {
     Csv,
 }
 
-async fn results(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    params: Query<ResultsParams>,
-) -> Res {
-    let q = app.query(&id)?;
-    let p = params.0;
-    let limit = match p.limit.as_deref() {
+/// A page's `limit=` (default 1000, at most 100 000) and `format=`.
+pub(super) fn page_params(
+    limit: Option<&str>,
+    format: Option<&str>,
+) -> Result<(usize, Format), Error> {
+    let limit = match limit {
         None => 1000,
         Some(l) => l
             .parse::<usize>()
@@ -343,7 +341,7 @@ async fn results(
                 Error::BadRequest(format!("limit must be between 1 and 100000, not '{l}'"))
             })?,
     };
-    let format = match p.format.as_deref().unwrap_or("json") {
+    let format = match format.unwrap_or("json") {
         "json" => Format::Json,
         "csv" => Format::Csv,
         f => {
@@ -352,6 +350,17 @@ async fn results(
             )));
         }
     };
+    Ok((limit, format))
+}
+
+async fn results(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    params: Query<ResultsParams>,
+) -> Res {
+    let q = app.query(&id)?;
+    let p = params.0;
+    let (limit, format) = page_params(p.limit.as_deref(), p.format.as_deref())?;
     if let Some(size) = &p.rollup {
         return super::rollup::results(&app, &q.name, size, &p, limit, format).await;
     }

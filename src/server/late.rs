@@ -22,10 +22,9 @@ use datafusion::common::{ScalarValue, plan_err};
 use datafusion::datasource::MemTable;
 use datafusion::execution::memory_pool::MemoryReservation;
 use datafusion::logical_expr::Expr;
-use datafusion::sql::sqlparser::ast::{self, FunctionArg, FunctionArgExpr, TableFactor, Value};
 use serde::Deserialize;
 
-use super::http::{Res, csv_response};
+use super::http::{Format, Res, csv_response, page_params};
 use super::{App, QueryEntry};
 use crate::error::{Error, Result};
 use crate::format::encode;
@@ -70,25 +69,7 @@ pub(super) async fn late(
 ) -> Res {
     let q = app.query(&id)?;
     let p = params.0;
-    let limit = match p.limit.as_deref() {
-        None => 1000,
-        Some(l) => l
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=100_000).contains(n))
-            .ok_or_else(|| {
-                Error::BadRequest(format!("limit must be between 1 and 100000, not '{l}'"))
-            })?,
-    };
-    let csv = match p.format.as_deref().unwrap_or("json") {
-        "json" => false,
-        "csv" => true,
-        f => {
-            return Err(Error::BadRequest(format!(
-                "format must be json or csv, not '{f}'"
-            )));
-        }
-    };
+    let (limit, format) = page_params(p.limit.as_deref(), p.format.as_deref())?;
     let after = match p.after.as_deref() {
         None | Some("") => None,
         Some(a) => Some(a.parse::<i64>().map_err(|_| {
@@ -103,7 +84,7 @@ pub(super) async fn late(
         .await
         .map_err(|e| Error::Execution(e.to_string()))??;
     let cursor = page.cursor.map(|c| c.to_string()).unwrap_or_default();
-    if csv {
+    if format == Format::Csv {
         let out = encode::csv(&page.batch)?;
         return Ok(csv_response(out, Some(cursor), page.has_more));
     }
@@ -178,36 +159,14 @@ impl App {
 
 /// The query of each `late('query')` in a FROM clause.
 fn late_calls(sql: &str) -> Result<Vec<String>> {
-    let stmts = datafusion::sql::sqlparser::parser::Parser::parse_sql(
-        &datafusion::sql::sqlparser::dialect::GenericDialect {},
-        sql,
-    )
-    .map_err(crate::error::parser_error)?;
     let mut out = Vec::new();
-    for stmt in &stmts {
-        for f in super::from_factors(stmt) {
-            let TableFactor::Table {
-                name,
-                args: Some(args),
-                ..
-            } = f
-            else {
-                continue;
-            };
-            if !name.to_string().eq_ignore_ascii_case("late") {
-                continue;
-            }
-            if let [FunctionArg::Unnamed(FunctionArgExpr::Expr(ast::Expr::Value(v)))] =
-                args.args.as_slice()
-                && let Value::SingleQuotedString(s) = &v.value
-            {
-                out.push(s.clone());
-            } else {
-                return Err(Error::BadRequest(
-                    "late takes one query name in quotes, e.g. late('adnetwork')".into(),
-                ));
-            }
-        }
+    for args in super::table_calls(sql, "late")? {
+        let [Some(query)] = args.as_slice() else {
+            return Err(Error::BadRequest(
+                "late takes one query name in quotes, e.g. late('adnetwork')".into(),
+            ));
+        };
+        out.push(query.clone());
     }
     Ok(out)
 }

@@ -39,7 +39,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::datasource::MemTable;
 use datafusion::execution::context::SQLOptions;
-use datafusion::sql::sqlparser::ast::{self, SetExpr, TableFactor, Visit, Visitor};
+use datafusion::sql::sqlparser::ast::{self, TableFactor, Visit, Visitor};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 use serde_json::{Value, json};
@@ -201,18 +201,50 @@ impl Visitor for Relations {
     }
 }
 
-/// The tables and table functions a SELECT's FROM clause names, joins
-/// included (none for other statements).
-fn from_factors(stmt: &ast::Statement) -> impl Iterator<Item = &TableFactor> {
-    let from = match stmt {
-        ast::Statement::Query(q) => match q.body.as_ref() {
-            SetExpr::Select(s) => s.from.as_slice(),
-            _ => &[],
-        },
-        _ => &[],
+/// The arguments of each call of table function `function` in `sql`'s FROM
+/// clauses, at any depth: each argument a single-quoted string, or `None`.
+fn table_calls(sql: &str, function: &str) -> Result<Vec<Vec<Option<String>>>> {
+    let stmts = Parser::parse_sql(&GenericDialect {}, sql).map_err(crate::error::parser_error)?;
+    let mut calls = TableCalls {
+        function,
+        calls: Vec::new(),
     };
-    from.iter()
-        .flat_map(|t| std::iter::once(&t.relation).chain(t.joins.iter().map(|j| &j.relation)))
+    for stmt in &stmts {
+        let _ = stmt.visit(&mut calls);
+    }
+    Ok(calls.calls)
+}
+
+/// Collects [`table_calls`].
+struct TableCalls<'a> {
+    function: &'a str,
+    calls: Vec<Vec<Option<String>>>,
+}
+
+impl Visitor for TableCalls<'_> {
+    type Break = ();
+
+    fn pre_visit_table_factor(&mut self, f: &TableFactor) -> ControlFlow<()> {
+        if let TableFactor::Table {
+            name,
+            args: Some(args),
+            ..
+        } = f
+            && name.to_string().eq_ignore_ascii_case(self.function)
+        {
+            let text = |a: &ast::FunctionArg| match a {
+                ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(ast::Expr::Value(v))) => {
+                    match &v.value {
+                        ast::Value::SingleQuotedString(s) => Some(s.clone()),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            };
+            self.calls.push(args.args.iter().map(text).collect());
+        }
+        ControlFlow::Continue(())
+    }
 }
 
 impl App {

@@ -31,7 +31,6 @@ use datafusion::catalog::{TableFunctionArgs, TableFunctionImpl, TableProvider};
 use datafusion::common::{ScalarValue, plan_err};
 use datafusion::datasource::MemTable;
 use datafusion::logical_expr::Expr;
-use datafusion::sql::sqlparser::ast::{self, FunctionArg, FunctionArgExpr, TableFactor, Value};
 
 use super::App;
 use super::http::{Format, Res, ResultsParams, csv_response};
@@ -322,46 +321,11 @@ impl TableFunctionImpl for RollupFunction {
 
 /// The `(query, size)` of each `rollup('query', 'size')` in a FROM clause.
 fn rollup_calls(sql: &str) -> Result<Vec<(String, String)>> {
-    let stmts = datafusion::sql::sqlparser::parser::Parser::parse_sql(
-        &datafusion::sql::sqlparser::dialect::GenericDialect {},
-        sql,
-    )
-    .map_err(crate::error::parser_error)?;
-    let mut out = Vec::new();
-    for stmt in &stmts {
-        collect_rollups(stmt, &mut out);
-    }
-    Ok(out)
-}
-
-fn collect_rollups(stmt: &ast::Statement, out: &mut Vec<(String, String)>) {
-    for f in super::from_factors(stmt) {
-        let TableFactor::Table {
-            name,
-            args: Some(args),
-            ..
-        } = f
-        else {
-            continue;
-        };
-        if !name.to_string().eq_ignore_ascii_case("rollup") {
-            continue;
-        }
-        let text: Vec<String> = args
-            .args
-            .iter()
-            .filter_map(|a| match a {
-                FunctionArg::Unnamed(FunctionArgExpr::Expr(ast::Expr::Value(v))) => {
-                    match &v.value {
-                        Value::SingleQuotedString(s) => Some(s.clone()),
-                        _ => None,
-                    }
-                }
-                _ => None,
-            })
-            .collect();
-        if let [query, size] = text.as_slice() {
-            out.push((query.clone(), size.clone()));
-        }
-    }
+    Ok(super::table_calls(sql, "rollup")?
+        .into_iter()
+        .filter_map(|args| match args.as_slice() {
+            [Some(query), Some(size)] => Some((query.clone(), size.clone())),
+            _ => None,
+        })
+        .collect())
 }
