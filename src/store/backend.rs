@@ -177,6 +177,17 @@ pub(crate) fn migrate(b: &dyn Backend) -> Result<()> {
 /// The DDL of a results table: a `_seq` row cursor, one column per field
 /// of `schema`, and an index on the window.
 pub(crate) fn results_ddl(d: &Dialect, name: &str, schema: &Schema) -> String {
+    rows_table_ddl(d, name, schema, ("window", "window_start, window_end"))
+}
+
+/// The DDL of a table of rows shaped `schema` after a `_seq` row cursor,
+/// with an index `<name>_<suffix>` on `columns` (`index`).
+pub(crate) fn rows_table_ddl(
+    d: &Dialect,
+    name: &str,
+    schema: &Schema,
+    index: (&str, &str),
+) -> String {
     let cols: Vec<String> = schema
         .fields()
         .iter()
@@ -187,11 +198,12 @@ pub(crate) fn results_ddl(d: &Dialect, name: &str, schema: &Schema) -> String {
         .collect();
     format!(
         "CREATE TABLE IF NOT EXISTS {t} (_seq {seq}, {cols});
-         CREATE INDEX IF NOT EXISTS {idx} ON {t} (window_start, window_end);",
+         CREATE INDEX IF NOT EXISTS {idx} ON {t} ({on});",
         t = quote(name),
         seq = d.seq,
         cols = cols.join(", "),
-        idx = quote(&format!("{name}_window")),
+        idx = quote(&format!("{name}_{}", index.0)),
+        on = index.1,
     )
 }
 

@@ -20,7 +20,7 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::Schema;
 
 use super::backend::{self, Param};
-use super::{ResultFilter, ResultPage, Store, column_kind, quote};
+use super::{ResultFilter, ResultPage, Store, quote};
 use crate::error::{Error, Result};
 use crate::model::Emission;
 use crate::window::delta::Saved;
@@ -34,23 +34,11 @@ impl Store {
     /// Creates `query`'s late table for `schema` (the late rows' shape) if
     /// it does not exist.
     pub fn ensure_late_table(&self, query: &str, schema: &Schema) -> Result<()> {
-        let d = self.dialect();
-        let table = late_table(query);
-        let cols: Vec<String> = schema
-            .fields()
-            .iter()
-            .map(|f| {
-                let ty = (d.column_type)(column_kind(f.data_type()));
-                format!("{} {ty}", quote(f.name()))
-            })
-            .collect();
-        let ddl = format!(
-            "CREATE TABLE IF NOT EXISTS {t} (_seq {seq}, {cols});
-             CREATE INDEX IF NOT EXISTS {idx} ON {t} (_written_at);",
-            t = quote(&table),
-            seq = d.seq,
-            cols = cols.join(", "),
-            idx = quote(&format!("{table}_written")),
+        let ddl = backend::rows_table_ddl(
+            self.dialect(),
+            &late_table(query),
+            schema,
+            ("written", "_written_at"),
         );
         self.write(|tx| tx.batch(&ddl))
     }
