@@ -41,7 +41,7 @@ use super::guard::{HostRule, same_origin};
 use crate::error::Error;
 use crate::format::encode;
 use crate::sql::{Statement, parse_statement};
-use crate::store::{ResultFilter, normalize_ts};
+use crate::store::{ResultFilter, ResultPage, normalize_ts};
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
@@ -382,6 +382,13 @@ async fn results(
     let page = tokio::task::spawn_blocking(move || store.read_results(&name, &schema, &filter))
         .await
         .map_err(|e| Error::Execution(e.to_string()))??;
+    page_response(&q.name, &page, format)
+}
+
+/// A page of query `query`'s rows (results or late records) in `format`:
+/// JSON with its columns, rows, cursor and `has_more`, or CSV with them in
+/// headers.
+pub(super) fn page_response(query: &str, page: &ResultPage, format: Format) -> Res {
     let cursor = page.cursor.map(|c| c.to_string()).unwrap_or_default();
     if format == Format::Csv {
         let out = encode::csv(&page.batch)?;
@@ -395,7 +402,7 @@ async fn results(
         .map(|f| f.name())
         .collect();
     let body = encode::json_body(&[
-        ("query", &encode::json(&q.name)),
+        ("query", &encode::json(&query)),
         ("columns", &encode::json(&columns)),
         (
             "rows",

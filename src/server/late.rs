@@ -24,10 +24,9 @@ use datafusion::execution::memory_pool::MemoryReservation;
 use datafusion::logical_expr::Expr;
 use serde::Deserialize;
 
-use super::http::{Format, Res, csv_response, page_params};
+use super::http::{Res, page_params, page_response};
 use super::{App, QueryEntry};
 use crate::error::{Error, Result};
-use crate::format::encode;
 use crate::model::StreamDef;
 use crate::plan::ContinuousPlan;
 use crate::store::late::late_table;
@@ -83,24 +82,7 @@ pub(super) async fn late(
     let page = tokio::task::spawn_blocking(move || store.read_late(&name, &schema, after, limit))
         .await
         .map_err(|e| Error::Execution(e.to_string()))??;
-    let cursor = page.cursor.map(|c| c.to_string()).unwrap_or_default();
-    if format == Format::Csv {
-        let out = encode::csv(&page.batch)?;
-        return Ok(csv_response(out, Some(cursor), page.has_more));
-    }
-    let schema = page.batch.schema();
-    let columns: Vec<&String> = schema.fields().iter().map(|f| f.name()).collect();
-    let body = encode::json_body(&[
-        ("query", &encode::json(&q.name)),
-        ("columns", &encode::json(&columns)),
-        (
-            "rows",
-            &encode::json_rows(std::slice::from_ref(&page.batch), true)?,
-        ),
-        ("cursor", &encode::json(&cursor)),
-        ("has_more", &encode::json(&page.has_more)),
-    ]);
-    Ok(super::render::json_response(body))
+    page_response(&q.name, &page, format)
 }
 
 /// The `late(query)` table function of one pull query, its tables loaded
