@@ -1,6 +1,6 @@
 //! Incremental checkpoints: with 100 000 groups open and 1 % of them
 //! changed, a commit writes at most 5 % of what writing the whole state
-//! does, and a restart from the stored pieces finishes the window with the
+//! does (one commit, and on average over many, merges included), and a restart from the stored pieces finishes the window with the
 //! same rows as an engine that never stopped. (Bytes, not time: the count
 //! does not depend on the machine.)
 
@@ -14,7 +14,7 @@ use datafusion::arrow::util::pretty::pretty_format_batches;
 use runnel::plan::ContinuousPlan;
 use runnel::sql::{Statement, parse_sql};
 use runnel::window::WindowEngine;
-use runnel::window::delta::{StateOp, StatePiece};
+use runnel::window::delta::{MAX_PIECES, StateOp, StatePiece};
 
 const GROUPS: usize = 100_000;
 
@@ -118,7 +118,36 @@ async fn a_commit_writes_what_changed() {
         saved.ops.len()
     );
 
-    // A restart from the header and both pieces ends like the engine that
+    // Many more commits of 1 % each: appended pieces are merged into the
+    // window's state once they outweigh it, so on average a commit still
+    // writes at most 5 % of the whole, and the store holds at most
+    // MAX_PIECES pieces of the window.
+    let (mut total, mut merges, rounds) = (0, 0, 150);
+    for round in 1..=rounds {
+        let changed = (round..GROUPS).step_by(100);
+        engine
+            .process(0, records(&schema, changed, 2_000 + round as i64), 0)
+            .await
+            .unwrap();
+        let saved = engine.save().await.unwrap();
+        apply(&mut pieces, &saved.ops);
+        total += saved.bytes();
+        merges += saved
+            .ops
+            .iter()
+            .filter(|op| matches!(op, StateOp::Replace(_)))
+            .count();
+        assert!(pieces.len() <= MAX_PIECES, "{} pieces", pieces.len());
+    }
+    let mean = total / rounds;
+    eprintln!(
+        "{rounds} commits of 1 %: {mean} bytes each on average ({:.2} %), {merges} merged",
+        100.0 * mean as f64 / whole as f64
+    );
+    assert!(merges > 0, "the pieces were never merged");
+    assert!(mean * 20 <= whole, "{mean} of {whole} bytes on average");
+
+    // A restart from the header and the pieces ends like the engine that
     // never stopped, after a few more records.
     let mut restarted = new_engine();
     restarted.restore_saved(&saved.header, pieces).unwrap();

@@ -21,17 +21,23 @@
 //!   that moves the watermark past a window's end until the window's rows are
 //!   returned by `GET /queries/{id}/results`.
 //!
+//! * `commit`: one commit with 100 000 groups open and 1 % changed, writing
+//!   the whole state beside writing the changed pieces: bytes and time.
+//!
 //! Files: `dataset.rs` builds the records, `measure.rs` times runs (CPU,
 //! memory, rates), `engine.rs` holds the in-process runs (decode, engine,
-//! pipelined, state size), `kafka.rs` the end-to-end runs through a broker and
-//! `latency.rs` the run against the real server.
+//! pipelined, state size), `commit.rs` the commit run, `kafka.rs` the
+//! end-to-end runs through a broker and `latency.rs` the run against the
+//! real server.
 
+mod commit;
 mod dataset;
 mod engine;
 mod kafka;
 mod latency;
 mod measure;
 
+pub use commit::{CommitCost, run_commit};
 pub use dataset::Dataset;
 pub use engine::{
     StateSize, engine_for, parse_query, run_decode, run_engine, run_engine_emitting, run_pipelined,
@@ -87,7 +93,7 @@ WINDOW 10s";
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
     /// Runs to do, comma-separated: engine, sessions, early, pipelined, decode, batch, scale,
-    /// linear, e2e, latency, or all.
+    /// commit, linear, e2e, latency, or all.
     #[arg(long, default_value = "engine,pipelined,decode")]
     pub runs: String,
     /// Records of the main dataset.
@@ -241,6 +247,20 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 state.groups,
                 state.memory_per_group,
                 state.checkpoint_per_group
+            );
+        }
+    }
+    if wants(&args, "commit") {
+        // 100 000 open groups, 1 % changed before each of 200 commits.
+        let runs = run_commit(100_000, 200).await?;
+        for r in &runs {
+            println!("{}", r.line());
+        }
+        if let [whole, pieces] = &runs[..] {
+            println!(
+                "commit: changed pieces / whole state: {:.2}% of the bytes (mean), {:.3}x the time (mean)",
+                100.0 * pieces.mean_bytes / whole.mean_bytes.max(1.0),
+                pieces.mean_ms / whole.mean_ms.max(f64::MIN_POSITIVE)
             );
         }
     }

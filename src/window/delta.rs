@@ -6,8 +6,11 @@
 //! the store keeps each window's state as pieces: each commit appends, per
 //! window that took records, the partial states of just those records
 //! (merged to one row per changed group), and partial states merge, so the
-//! pieces of a window together restore it. After [`MAX_PIECES`] pieces a
-//! window's merged state replaces them; a window that closes is removed (or,
+//! pieces of a window together restore it. Once the pieces appended after
+//! a window's first would outweigh it (or number [`MAX_PIECES`]), the
+//! window's merged state replaces them, so a commit writes at most about
+//! twice what changed, amortized, and the store holds at most about twice
+//! the state; a window that closes is removed (or,
 //! with `ALLOW LATE`, kept as a closed window's state). The rest of the
 //! checkpoint (watermarks, counters, ...) is a small header written whole.
 //! Sessions, whose states are relabelled as they grow, save everything.
@@ -25,7 +28,18 @@ use super::*;
 
 /// Pieces a window's stored state may have before its merged state replaces
 /// them: restoring merges at most this many per window.
-pub const MAX_PIECES: usize = 8;
+pub const MAX_PIECES: usize = 64;
+
+impl Stored {
+    /// Notes a piece of `bytes` written after the others.
+    fn note(&mut self, bytes: usize) {
+        match self.pieces {
+            0 => self.merged = bytes,
+            _ => self.appended += bytes,
+        }
+        self.pieces += 1;
+    }
+}
 
 /// A piece of window state: the window (start, end), whether it is a
 /// closed window kept for `ALLOW LATE` corrections, and its partial states
@@ -164,7 +178,7 @@ impl WindowEngine {
 
     /// `ops`, then a piece for each window that took records since the
     /// last save: those records' states, or the window's merged state once
-    /// it has [`MAX_PIECES`] pieces.
+    /// the pieces appended would outweigh it or number [`MAX_PIECES`].
     async fn changed_pieces(&mut self, mut ops: Vec<StateOp>) -> Result<Vec<StateOp>> {
         let plan = self.plan.clone();
         for (&key, buf) in self.windows.iter_mut() {
@@ -172,20 +186,31 @@ impl WindowEngine {
                 continue;
             }
             let unsaved = std::mem::take(&mut buf.unsaved);
-            if buf.stored_pieces >= MAX_PIECES {
-                if buf.batches.len() > 1 {
-                    compact(&plan, buf).await?;
-                }
-                ops.push(StateOp::Replace(piece(&plan, key, false, &buf.batches)?));
-                buf.stored_pieces = 1;
-                continue;
-            }
             let states = match unsaved.len() {
                 1 => unsaved,
                 _ => plan.reduce(unsaved).await?,
             };
-            ops.push(StateOp::Append(piece(&plan, key, false, &states)?));
-            buf.stored_pieces += 1;
+            let delta = piece(&plan, key, false, &states)?;
+            let s = &mut buf.stored;
+            // Rewriting the window once its appended pieces reach its size
+            // bounds both the store (at most twice the state) and the
+            // bytes per commit (at most twice what changed, amortized).
+            if s.pieces > 0 && (s.pieces >= MAX_PIECES || s.appended + delta.state.len() > s.merged)
+            {
+                if buf.batches.len() > 1 {
+                    compact(&plan, buf).await?;
+                }
+                let merged = piece(&plan, key, false, &buf.batches)?;
+                buf.stored = Stored {
+                    pieces: 1,
+                    merged: merged.state.len(),
+                    appended: 0,
+                };
+                ops.push(StateOp::Replace(merged));
+                continue;
+            }
+            s.note(delta.state.len());
+            ops.push(StateOp::Append(delta));
         }
         Ok(ops)
     }
@@ -199,8 +224,10 @@ impl WindowEngine {
                 compact(&plan, buf).await?;
             }
             buf.unsaved.clear();
-            buf.stored_pieces = 1;
-            ops.push(StateOp::Append(piece(&plan, key, false, &buf.batches)?));
+            let p = piece(&plan, key, false, &buf.batches)?;
+            buf.stored = Stored::default();
+            buf.stored.note(p.state.len());
+            ops.push(StateOp::Append(p));
         }
         for (&key, r) in &self.retained {
             let state = std::slice::from_ref(&r.state);
@@ -232,7 +259,7 @@ impl WindowEngine {
             for s in states {
                 buf.push(s);
             }
-            buf.stored_pieces += 1;
+            buf.stored.note(p.state.len());
         }
         // An open piece of a kept window: a correction not yet closed.
         self.corrections = self.windows.keys().any(|k| self.retained.contains_key(k));

@@ -125,9 +125,19 @@ struct WindowBuf {
     /// Partial states added since the last saved delta (when saving
     /// incrementally): what the next commit writes for this window.
     unsaved: Vec<RecordBatch>,
-    /// Pieces of this window's state the store holds, appended one per
-    /// commit until they are replaced by the merged state.
-    stored_pieces: usize,
+    /// The pieces of this window's state the store holds (see
+    /// [`delta`]).
+    stored: Stored,
+}
+
+/// What the store holds of one window's state: its pieces, the bytes of
+/// the first (the merged state last written whole) and of those appended
+/// after it.
+#[derive(Debug, Default, Clone, Copy)]
+struct Stored {
+    pieces: usize,
+    merged: usize,
+    appended: usize,
 }
 
 impl WindowBuf {
