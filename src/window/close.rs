@@ -153,7 +153,8 @@ impl WindowEngine {
     /// a session closed since the last ones: all of them, since they
     /// replace all earlier provisional rows ([`Emission::open_sessions`]).
     async fn emit_open_sessions(&mut self) -> Result<Vec<Emission>> {
-        let Some(sessions) = self.sessions.as_mut().filter(|s| s.changed) else {
+        let early = self.plan.early_ms.is_some();
+        let Some(sessions) = self.sessions.as_mut().filter(|s| early && s.changed) else {
             return Ok(vec![]);
         };
         let rows = match sessions.open_states(&self.plan)? {
