@@ -24,6 +24,10 @@
 //! * `commit`: one commit with 100 000 groups open and 1 % changed, writing
 //!   the whole state beside writing the changed pieces: bytes and time.
 //!
+//! `--write-jsonl FILE` writes the dataset as JSON lines instead of running
+//! anything, so another engine (or a file stream) reads the same records
+//! (`benches/spark/run.sh`).
+//!
 //! Files: `dataset.rs` builds the records, `measure.rs` times runs (CPU,
 //! memory, rates), `engine.rs` holds the in-process runs (decode, engine,
 //! pipelined, state size), `commit.rs` the commit run, `kafka.rs` the
@@ -124,6 +128,30 @@ pub struct BenchArgs {
     /// Serve a mock cluster for the end-to-end run (used by the run itself).
     #[arg(long, hide = true)]
     pub broker_child: Option<i32>,
+    /// Write the main dataset (`--records`, `--seed`) to this file as JSON
+    /// lines, one record per line, and run nothing: the same records for
+    /// another engine or a file stream.
+    #[arg(long, value_name = "FILE")]
+    pub write_jsonl: Option<std::path::PathBuf>,
+}
+
+/// Writes the dataset of `records` and `seed` to `path`, one record per line.
+fn write_jsonl(path: &std::path::Path, records: usize, seed: u64) -> Result<()> {
+    use std::io::Write;
+    let ds = Dataset::generate(records, 100, seed);
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+    for i in 0..ds.len() {
+        out.write_all(ds.payload(i))?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    println!(
+        "wrote {} records ({} bytes of JSON) to {}",
+        ds.len(),
+        ds.bytes() + ds.len(),
+        path.display()
+    );
+    Ok(())
 }
 
 fn wants(args: &BenchArgs, run: &str) -> bool {
@@ -136,6 +164,9 @@ fn wants(args: &BenchArgs, run: &str) -> bool {
 pub async fn run(args: BenchArgs) -> Result<()> {
     if let Some(partitions) = args.broker_child {
         return kafka::broker_child(partitions);
+    }
+    if let Some(path) = &args.write_jsonl {
+        return write_jsonl(path, args.records, args.seed);
     }
     println!(
         "runnel bench: {} cores, {}",
