@@ -9,7 +9,7 @@
     python3 compare.py report TRUTH.json SPARK_COLD.json SPARK_WARM.json RUNNEL.json
         Checks each engine's rows against the truth and against each other
         (same rows, equal counts, averages within 1e-9, distinct counts
-        approximate), prints records per CPU-second for each and the ratio
+        within 25 % or 1), prints records per CPU-second for each and the ratio
         Runnel / Spark, and exits 1 on any mismatch.
 """
 
@@ -89,25 +89,27 @@ def check(name, rows, ref, ref_name, exact_uniques):
         (abs(float(got[k]["avg_bid"]) - float(want[k]["avg_bid"])) for k in common),
         default=0.0,
     )
-    rel = [
-        abs(float(got[k]["uniques"]) - float(want[k]["uniques"])) / float(want[k]["uniques"])
-        for k in common
-    ]
+    diff = {k: abs(float(got[k]["uniques"]) - float(want[k]["uniques"])) for k in common}
+    rel = [diff[k] / float(want[k]["uniques"]) for k in common]
     max_rel = max(rel, default=0.0)
     mean_rel = sum(rel) / len(rel) if rel else 0.0
-    # HyperLogLog++ estimates: within 25 % of the reference per group is
-    # accepted (both engines' sketches have a few % standard error).
-    ok = not (missing or extra or dups or imps_bad or avg_diff > 1e-9 or max_rel > 0.25)
+    max_abs = max(diff.values(), default=0.0)
+    # HyperLogLog++ estimates: within 25 % of the reference, or within 1, per
+    # group is accepted (both engines' sketches have a few % standard error;
+    # Spark's dense registers can merge two of a handful of cookies, 2 -> 1).
+    uniques_bad = [k for k in common if diff[k] > max(1.0, 0.25 * float(want[k]["uniques"]))]
+    ok = not (missing or extra or dups or imps_bad or avg_diff > 1e-9 or uniques_bad)
     what = "distinct cookies vs exact" if exact_uniques else "uniques vs each other"
     desc = (
         f"{name} vs {ref_name}: {len(got)} rows ({len(want)} expected), "
         f"{len(missing)} missing, {len(extra)} extra, {dups} duplicated, "
         f"{len(imps_bad)} with another count, avg_bid max diff {avg_diff:.2e}, "
-        f"{what}: mean {mean_rel:.2%}, max {max_rel:.2%}"
+        f"{what}: mean {mean_rel:.2%}, max {max_rel:.2%} (largest difference {max_abs:g}), "
+        f"{len(uniques_bad)} beyond 25 % and 1"
     )
     if not ok:
         desc = "MISMATCH!!! " + desc
-        for k in (missing + extra + imps_bad)[:5]:
+        for k in (missing + extra + imps_bad + uniques_bad)[:5]:
             desc += f"\n    e.g. {k}: {name} {got.get(k)} / {ref_name} {want.get(k)}"
     return ok, desc
 

@@ -68,6 +68,9 @@ def main():
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log = open(os.path.join(work, "server.log"), "w")
+    # An explicit --config must exist: an empty one, so no runnel.toml of the
+    # working directory or the machine is read.
+    open(os.path.join(work, "empty.toml"), "w").close()
     t0 = time.monotonic()
     server = subprocess.Popen(
         [
@@ -76,7 +79,7 @@ def main():
             "--data-dir", os.path.join(work, "data"),
             "--allow-files", os.path.dirname(path),
             "--brokers", "127.0.0.1:1",
-            "--config", os.path.join(work, "none.toml"),
+            "--config", os.path.join(work, "empty.toml"),
         ],
         cwd=work, stdout=log, stderr=subprocess.STDOUT,
     )
