@@ -21,6 +21,9 @@
 //!   that moves the watermark past a window's end until the window's rows are
 //!   returned by `GET /queries/{id}/results`.
 //!
+//! * `queries`: the real server reading the topic from the mock cluster with
+//!   one query, then with eight different queries over the same stream:
+//!   server CPU until every query has read every record, and the ratio.
 //! * `commit`: one commit with 100 000 groups open and 1 % changed, writing
 //!   the whole state beside writing the changed pieces: bytes and time.
 //!
@@ -40,6 +43,7 @@ mod engine;
 mod kafka;
 mod latency;
 mod measure;
+mod queries;
 
 pub use commit::{CommitCost, run_commit};
 pub use dataset::Dataset;
@@ -50,6 +54,7 @@ pub use engine::{
 pub use kafka::run_e2e;
 pub use latency::run_latency;
 pub use measure::{Meter, RunStats, cpu_of_pid, peak_rss, percentile, process_cpu, reset_peak_rss};
+pub use queries::run_queries;
 
 use std::time::Instant;
 
@@ -97,7 +102,7 @@ WINDOW 10s";
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
     /// Runs to do, comma-separated: engine, sessions, early, pipelined, decode, batch, scale,
-    /// commit, linear, e2e, latency, or all.
+    /// commit, linear, e2e, queries, latency, or all.
     #[arg(long, default_value = "engine,pipelined,decode")]
     pub runs: String,
     /// Records of the main dataset.
@@ -181,6 +186,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         "decode",
         "batch",
         "e2e",
+        "queries",
     ]
     .iter()
     .any(|r| wants(&args, r));
@@ -240,6 +246,18 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             for b in [1_000, 10_000, 100_000, 1_000_000] {
                 let name = format!("engine (batch {b})");
                 println!("{}", run_engine(&ds, QUERY_SQL, b, &name).await?.line());
+            }
+        }
+        if wants(&args, "queries") {
+            let runs = run_queries(&ds, args.partitions).await?;
+            for r in &runs {
+                println!("{}", r.line());
+            }
+            if let [one, eight] = &runs[..] {
+                println!(
+                    "queries: eight / one: {:.2}x the server CPU-seconds",
+                    eight.cpu_s / one.cpu_s.max(f64::MIN_POSITIVE)
+                );
             }
         }
         if wants(&args, "e2e") {

@@ -1,0 +1,124 @@
+//! The queries run: one stream read by one query, then by eight different
+//! queries (grouped by publisher, geo, advertiser, website, ...), on the
+//! real server (`App`) from the mock cluster, from the earliest offset; the
+//! server process's CPU until every query has read every record. Their
+//! ratio is what each more query over a stream costs (each query runs its
+//! own consumer and decoder today).
+//!
+//! ```no_run
+//! # async fn f(ds: &runnel::bench::Dataset) -> runnel::error::Result<()> {
+//! for r in runnel::bench::run_queries(ds, 4).await? {
+//!     println!("{}", r.line());
+//! }
+//! # Ok(()) }
+//! ```
+
+use std::time::{Duration, Instant};
+
+use super::kafka::{BrokerProcess, TOPIC, producer, send};
+use super::measure::{Meter, RunStats, peak_rss};
+use super::{Dataset, STREAM_SQL};
+use crate::error::{Error, Result};
+
+/// Eight windowed queries over the impressions, each grouping differently.
+const GROUPS: [&str; 8] = [
+    "publisher",
+    "geo",
+    "advertiser",
+    "website",
+    "publisher, geo",
+    "advertiser, geo",
+    "website, geo",
+    "publisher, advertiser",
+];
+
+/// One query, then eight, over the same records produced once.
+pub async fn run_queries(ds: &Dataset, partitions: i32) -> Result<Vec<RunStats>> {
+    use rdkafka::producer::Producer;
+    // The mock cluster holds about 4 MiB per partition, as in `e2e`.
+    let partitions = partitions.max((ds.bytes() / (4 << 20) + 1) as i32);
+    let broker = BrokerProcess::start(partitions)?;
+    let p = producer(&broker.bootstrap)?;
+    for i in 0..ds.len() {
+        send(&p, TOPIC, ds.payload(i), (i % partitions as usize) as i32)?;
+        if i % 10_000 == 0 {
+            p.poll(Duration::ZERO);
+        }
+    }
+    p.flush(Duration::from_secs(120))?;
+    drop(p);
+    let mut runs = Vec::new();
+    for n in [1, GROUPS.len()] {
+        runs.push(serve_queries(ds, &broker.bootstrap, n).await?);
+    }
+    Ok(runs)
+}
+
+/// A fresh server reading the topic with the first `n` queries of
+/// [`GROUPS`], until each has read every record.
+async fn serve_queries(ds: &Dataset, bootstrap: &str, n: usize) -> Result<RunStats> {
+    let data_dir =
+        std::env::temp_dir().join(format!("runnel-bench-queries-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let config = crate::config::Config {
+        brokers: bootstrap.to_string(),
+        data_dir: data_dir.clone(),
+        ..crate::config::Config::default()
+    };
+    let meter = Meter::start();
+    let app = crate::server::App::open(config).await?;
+    let mut sql = format!("{};\n", STREAM_SQL.replace("adnetwork-topic", TOPIC));
+    for (i, g) in GROUPS[..n].iter().enumerate() {
+        sql.push_str(&format!(
+            "CREATE QUERY q{i} AS SELECT {g}, count(*) AS imps, avg(bid) AS avg_bid \
+             FROM impressions WHERE geo <> 'unknown' GROUP BY {g} WINDOW 10s;\n"
+        ));
+    }
+    app.execute_sql(&sql).await?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let done = (0..n).all(|i| {
+            app.query(&format!("q{i}")).is_ok_and(|q| {
+                q.counters
+                    .records_in
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    >= ds.len() as u64
+            })
+        });
+        if done {
+            break;
+        }
+        if Instant::now() > deadline {
+            let read: Vec<String> = (0..n)
+                .filter_map(|i| app.query(&format!("q{i}")).ok())
+                .map(|q| {
+                    let r = q
+                        .counters
+                        .records_in
+                        .load(std::sync::atomic::Ordering::Relaxed);
+                    format!("{} read {r} ({:?})", q.name, q.status())
+                })
+                .collect();
+            return Err(Error::Execution(format!(
+                "{n} queries did not read all {} records in 2 minutes: {}",
+                ds.len(),
+                read.join(", ")
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (wall_s, cpu_s) = meter.stop();
+    let app2 = app.clone();
+    tokio::task::spawn_blocking(move || app2.shutdown())
+        .await
+        .map_err(|e| Error::Execution(e.to_string()))?;
+    let _ = std::fs::remove_dir_all(&data_dir);
+    Ok(RunStats {
+        name: format!("server, {n} queries over one stream"),
+        records: ds.len(),
+        wall_s,
+        cpu_s,
+        peak_rss: peak_rss(),
+        ..Default::default()
+    })
+}
