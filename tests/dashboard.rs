@@ -533,22 +533,18 @@ async fn dashboard_shows_an_open_window_filling_in() {
         texts(&c, "#q-title").await == ["fill_geo"]
     })
     .await;
-    // Rows of the results panel as (geo, n, provisional).
+    // Rows of the results panel as (geo, n, provisional), read in one
+    // script: the panel re-renders as rows arrive.
     let rows = || async {
-        let mut out = Vec::new();
-        for tr in c.find_all(Locator::Css("#results tbody tr")).await.unwrap() {
-            let class = tr.attr("class").await.unwrap().unwrap_or_default();
-            let cells = tr.find_all(Locator::Css("td")).await.unwrap();
-            if cells.len() < 4 {
-                continue;
-            }
-            let text = |i: usize| {
-                let cell = cells[i].clone();
-                async move { cell.text().await.unwrap() }
-            };
-            out.push((text(2).await, text(3).await, class.contains("provisional")));
-        }
-        out
+        let script = "return Array.from(document.querySelectorAll('#results tbody tr'))
+            .map(tr => [tr.className, Array.from(tr.querySelectorAll('td')).map(td => td.textContent.trim())])
+            .filter(([, cells]) => cells.length >= 4)
+            .map(([class_, cells]) => [cells[2], cells[3], class_.includes('provisional')]);";
+        let rows: Vec<(String, String, bool)> = match c.execute(script, vec![]).await {
+            Ok(v) => serde_json::from_value(v).unwrap_or_default(),
+            Err(_) => Vec::new(),
+        };
+        rows
     };
     let de = |n: &str, provisional: bool| vec![("DE".to_string(), n.to_string(), provisional)];
 

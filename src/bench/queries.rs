@@ -3,7 +3,7 @@
 //! real server (`App`) from the mock cluster, from the earliest offset; the
 //! server process's CPU until every query has read every record. Their
 //! ratio is what each more query over a stream costs (each query runs its
-//! own consumer and decoder today).
+//! share one reader: see `runtime::shared`).
 //!
 //! ```no_run
 //! # async fn f(ds: &runnel::bench::Dataset) -> runnel::error::Result<()> {

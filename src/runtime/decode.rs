@@ -125,36 +125,64 @@ fn scale_event_time(
     Ok(RecordBatch::try_new(schema.clone(), cols)?)
 }
 
-/// Decodes a query's chunks into record batches, counting and sampling bad
-/// records as the stream says. Owns what it needs, so it can run on the
-/// source's reader thread (see [`crate::source::prefetch::Prefetch`]).
-pub struct ChunkDecoder {
+/// A record dropped, or kept with a note, while decoding.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    /// Its offset in the partition.
+    pub offset: i64,
+    /// Why (see [`crate::format::is_kept`]).
+    pub reason: &'static str,
+    /// What exactly.
+    pub detail: String,
+    /// Its first 200 bytes, for the query's events.
+    sample: String,
+}
+
+/// One chunk decoded for every query that reads it: its good records and
+/// what was dropped or noted. Counting and sampling those is each query's
+/// own ([`QueryNotes`]).
+#[derive(Debug)]
+pub struct DecodedChunk {
+    /// The chunk's partition.
+    pub partition: i32,
+    /// The offset after its last record.
+    pub end: i64,
+    /// Its good records, if any.
+    pub batch: Option<PartitionBatch>,
+    /// Its rejected and noted records, in order.
+    pub rejected: Vec<Rejection>,
+}
+
+/// Decodes a stream's chunks into record batches of the columns asked for
+/// (and the event time), checking event times. Owns what it needs, so it
+/// can run on a reader thread (see [`crate::source::prefetch::Prefetch`]
+/// and [`super::shared`]).
+pub struct StreamDecoder {
     decoder: Decoder,
     /// The stream's schema, when the decoder's differs: an event time in
     /// seconds or microseconds is decoded as a number, then scaled.
     scaled: Option<(SchemaRef, (i64, i64))>,
     /// Index of the event-time column, if the stream has one.
     pub event_time: Option<usize>,
-    stream: StreamDef,
+    columns: Vec<usize>,
+    max_future_ms: i64,
     stats: Arc<StreamStats>,
-    counters: Arc<Counters>,
-    metrics: Arc<QueryMetrics>,
 }
 
-impl ChunkDecoder {
-    /// A decoder for `task`'s stream that materialises only the columns its
-    /// plan reads (and the event time).
-    pub fn new(task: &QueryTask) -> Result<Self> {
-        let schema = Arc::new(Schema::new(task.stream.fields()));
-        let event_time = match &task.stream.event_time {
+impl StreamDecoder {
+    /// A decoder for `stream` that materialises only `columns` (and the
+    /// event time); the others come back all NULL.
+    pub fn new(stream: &StreamDef, stats: Arc<StreamStats>, columns: &[usize]) -> Result<Self> {
+        let schema = Arc::new(Schema::new(stream.fields()));
+        let event_time = match &stream.event_time {
             Some(c) => Some(schema.index_of(c)?),
             None => None,
         };
-        let mut read = task.plan.stream_columns_read();
+        let mut read = columns.to_vec();
         read.extend(event_time);
         read.sort_unstable();
         read.dedup();
-        let (decode_schema, scaled) = match (task.stream.event_time_scale(), event_time) {
+        let (decode_schema, scaled) = match (stream.event_time_scale(), event_time) {
             (Some(scale), Some(c)) => {
                 let mut fields: Vec<Field> =
                     schema.fields().iter().map(|f| f.as_ref().clone()).collect();
@@ -163,21 +191,24 @@ impl ChunkDecoder {
             }
             _ => (schema, None),
         };
-        Ok(ChunkDecoder {
-            decoder: Decoder::with_projection(task.stream.format, decode_schema, &read)?,
+        Ok(StreamDecoder {
+            decoder: Decoder::with_projection(stream.format, decode_schema, &read)?,
             scaled,
             event_time,
-            stream: task.stream.clone(),
-            stats: task.stats.clone(),
-            counters: task.counters.clone(),
-            metrics: task.metrics.clone(),
+            columns: columns.to_vec(),
+            max_future_ms: stream.max_future_ms,
+            stats,
         })
     }
 
-    /// Decodes one chunk: counts and samples its bad records (failing the
-    /// query if the stream says so) and returns the good ones with an event
-    /// time, if any, with their times in the log.
-    fn decode(&mut self, chunk: &Chunk, now: i64) -> Result<Option<PartitionBatch>> {
+    /// The columns asked for (the event time is decoded too).
+    pub fn columns(&self) -> &[usize] {
+        &self.columns
+    }
+
+    /// Decodes one chunk: its good records with an event time, if any,
+    /// with their times in the log, and its rejected records.
+    fn decode(&mut self, chunk: &Chunk, now: i64) -> Result<DecodedChunk> {
         let payloads = chunk.payloads();
         let (batch, decode_bad) = self.decoder.decode(&payloads);
         let batch = match (batch, &self.scaled, self.event_time) {
@@ -196,7 +227,7 @@ impl ChunkDecoder {
             (Some(b), Some(c)) => {
                 let lost_rows = rejected.iter().filter(lost).map(|b| b.0);
                 let good = good_indices(payloads.len(), lost_rows);
-                let (b, dropped) = check_event_time(b, c, now, self.stream.max_future_ms)?;
+                let (b, dropped) = check_event_time(b, c, now, self.max_future_ms)?;
                 rejected.extend(dropped.into_iter().map(|(row, r, d)| (good[row], r, d)));
                 rejected.sort_by_key(|b| b.0);
                 Some(b)
@@ -205,87 +236,151 @@ impl ChunkDecoder {
         };
         self.stats
             .observe(chunk.partition, chunk.first_offset, &payloads, &rejected);
-        self.note_rejected(chunk, &payloads, &rejected);
-        let mut lost = rejected.iter().filter(lost);
-        if let Some((i, reason, detail)) = lost.next() {
-            let n = 1 + lost.count() as u64;
-            self.counters.records_in.fetch_add(n, Ordering::Relaxed);
-            self.counters.bad_records.fetch_add(n, Ordering::Relaxed);
-            if self.stream.on_error == OnError::Fail {
-                return Err(Error::Execution(format!(
-                    "bad record in stream {} at partition {} offset {}: {reason} ({detail}); the stream has on_error = 'fail'",
-                    self.stream.name,
-                    chunk.partition,
-                    chunk.first_offset + *i as i64,
-                )));
-            }
-        }
-        let Some(batch) = batch.filter(|b| b.num_rows() > 0) else {
-            return Ok(None);
-        };
         // The records kept, by their index in the chunk: all of them, or
         // listed when some were lost (so offsets and log times stay aligned).
         let kept = match rejected.iter().any(|b| !crate::format::is_kept(b.1)) {
             false => None,
-            true => {
-                let lost = rejected.iter().filter(|b| !crate::format::is_kept(b.1));
-                Some(good_indices(payloads.len(), lost.map(|b| b.0)))
+            true => Some(good_indices(
+                payloads.len(),
+                rejected.iter().filter(lost).map(|b| b.0),
+            )),
+        };
+        let batch = batch.filter(|b| b.num_rows() > 0).map(|batch| {
+            let log_times = (chunk.log_times.len() == payloads.len()).then(|| match &kept {
+                None => chunk.log_times.clone(),
+                Some(kept) => kept.iter().map(|&i| chunk.log_times[i]).collect(),
+            });
+            let offsets = match &kept {
+                None if chunk.offsets.is_empty() => Offsets::From(chunk.first_offset),
+                None => Offsets::Each(chunk.offsets.clone()),
+                Some(kept) => Offsets::Each(kept.iter().map(|&i| chunk.offset(i)).collect()),
+            };
+            PartitionBatch {
+                partition: chunk.partition,
+                batch,
+                log_times,
+                offsets,
             }
-        };
-        let log_times = (chunk.log_times.len() == payloads.len()).then(|| match &kept {
-            None => chunk.log_times.clone(),
-            Some(kept) => kept.iter().map(|&i| chunk.log_times[i]).collect(),
         });
-        let offsets = match &kept {
-            None if chunk.offsets.is_empty() => Offsets::From(chunk.first_offset),
-            None => Offsets::Each(chunk.offsets.clone()),
-            Some(kept) => Offsets::Each(kept.iter().map(|&i| chunk.offset(i)).collect()),
-        };
-        Ok(Some(PartitionBatch {
+        let rejected = rejected
+            .into_iter()
+            .map(|(i, reason, detail)| Rejection {
+                offset: chunk.offset(i),
+                reason,
+                detail,
+                sample: String::from_utf8_lossy(&payloads[i][..payloads[i].len().min(200)])
+                    .into_owned(),
+            })
+            .collect();
+        Ok(DecodedChunk {
             partition: chunk.partition,
+            end: match chunk.len() {
+                0 => chunk.first_offset,
+                n => chunk.offset(n - 1) + 1,
+            },
             batch,
-            log_times,
-            offsets,
-        }))
+            rejected,
+        })
     }
 
-    /// Notes a chunk's bad records (and notes on kept ones) in the query's
-    /// events: per reason, how many, with the first as a sample.
-    fn note_rejected(&self, chunk: &Chunk, payloads: &[&[u8]], rejected: &[Rejected]) {
-        let mut by_reason: BTreeMap<&'static str, (u64, usize, &str)> = BTreeMap::new();
-        for (i, reason, detail) in rejected {
-            by_reason.entry(reason).or_insert((0, *i, detail)).0 += 1;
+    /// Decodes one poll's chunks.
+    pub fn decode_poll(&mut self, chunks: &[Chunk]) -> Result<Vec<DecodedChunk>> {
+        let now = now_ms();
+        chunks.iter().map(|c| self.decode(c, now)).collect()
+    }
+}
+
+/// What one query keeps of the records it reads that were rejected or
+/// noted: its counters, its events (per reason, how many, the first as a
+/// sample), and failing when the stream has `on_error = 'fail'`.
+pub struct QueryNotes {
+    stream: String,
+    on_error: OnError,
+    counters: Arc<Counters>,
+    metrics: Arc<QueryMetrics>,
+}
+
+impl QueryNotes {
+    /// `task`'s notes.
+    pub fn new(task: &QueryTask) -> Self {
+        QueryNotes {
+            stream: task.stream.name.clone(),
+            on_error: task.stream.on_error,
+            counters: task.counters.clone(),
+            metrics: task.metrics.clone(),
         }
-        for (reason, (n, i, detail)) in by_reason {
+    }
+
+    /// Notes `chunk`'s rejected records at offset `from` or later.
+    pub fn note(&self, chunk: &DecodedChunk, from: i64) -> Result<()> {
+        let rejected = chunk.rejected.iter().filter(|r| r.offset >= from);
+        let mut by_reason: BTreeMap<&'static str, (u64, &Rejection)> = BTreeMap::new();
+        for r in rejected {
+            by_reason.entry(r.reason).or_insert((0, r)).0 += 1;
+        }
+        for (reason, (n, first)) in by_reason {
             let kept = crate::format::is_kept(reason);
             let (level, kind, what) = match kept {
                 true => (Level::Info, "noted_record", "used with a note"),
                 false => (Level::Warning, "bad_record", "skipped"),
             };
             let message = format!(
-                "stream {}: {reason} records {what} ({detail})",
-                self.stream.name
+                "stream {}: {reason} records {what} ({})",
+                self.stream, first.detail
             );
-            let payload =
-                String::from_utf8_lossy(&payloads[i][..payloads[i].len().min(200)]).into_owned();
             let sample = format!(
-                "partition {} offset {}: {payload}",
-                chunk.partition,
-                chunk.first_offset + i as i64
+                "partition {} offset {}: {}",
+                chunk.partition, first.offset, first.sample
             );
             self.metrics
                 .events
                 .note(level, kind, reason, &message, n, Some(sample));
         }
+        let lost = |r: &&Rejection| r.offset >= from && !crate::format::is_kept(r.reason);
+        let mut lost = chunk.rejected.iter().filter(lost);
+        if let Some(first) = lost.next() {
+            let n = 1 + lost.count() as u64;
+            self.counters.records_in.fetch_add(n, Ordering::Relaxed);
+            self.counters.bad_records.fetch_add(n, Ordering::Relaxed);
+            if self.on_error == OnError::Fail {
+                return Err(Error::Execution(format!(
+                    "bad record in stream {} at partition {} offset {}: {} ({}); the stream has on_error = 'fail'",
+                    self.stream, chunk.partition, first.offset, first.reason, first.detail,
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Decodes one query's chunks into record batches of the columns its plan
+/// reads, counting and sampling bad records as the stream says.
+pub struct ChunkDecoder {
+    decoder: StreamDecoder,
+    notes: QueryNotes,
+}
+
+impl ChunkDecoder {
+    /// A decoder for `task`'s stream that materialises only the columns its
+    /// plan reads (and the event time).
+    pub fn new(task: &QueryTask) -> Result<Self> {
+        let columns = task.plan.stream_columns_read();
+        Ok(ChunkDecoder {
+            decoder: StreamDecoder::new(&task.stream, task.stats.clone(), &columns)?,
+            notes: QueryNotes::new(task),
+        })
     }
 
     /// Decodes one poll's chunks: per chunk, its partition and its good
     /// records.
     pub fn decode_poll(&mut self, chunks: &[Chunk]) -> Result<Vec<Decoded>> {
-        let now = now_ms();
-        chunks
-            .iter()
-            .map(|c| Ok((c.partition, self.decode(c, now)?)))
+        let decoded = self.decoder.decode_poll(chunks)?;
+        decoded
+            .into_iter()
+            .map(|c| {
+                self.notes.note(&c, i64::MIN)?;
+                Ok((c.partition, c.batch))
+            })
             .collect()
     }
 }

@@ -2,15 +2,17 @@
 //! stream, a window is final when this server's watermark passes it, and
 //! rows, offsets and the engine's checkpoint are committed together in one
 //! store transaction, with the late records the engine dropped since the
-//! last commit (the query's late table). Records are read and decoded one poll ahead on a
-//! second thread ([`Prefetch`]); `INTO TOPIC` rows are published from the
-//! store, exactly once ([`ExactSink`]).
+//! last commit (the query's late table). A Kafka stream's records are read
+//! and decoded by a reader the server's queries over it share
+//! ([`super::shared`]); a file's or a socket's one poll ahead on a thread
+//! of the query's own ([`Prefetch`]). `INTO TOPIC` rows are published from
+//! the store, exactly once ([`ExactSink`]).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use super::decode::{ChunkDecoder, Decoded};
+use super::shared::{MAX_POLL, POLL_WAIT, Subscription};
 use super::{Coordinator, QueryTask};
 use crate::error::{Error, Result};
 use crate::model::{Emission, QueryStatus, SourceKind};
@@ -21,18 +23,53 @@ use crate::source::prefetch::Prefetch;
 use crate::source::{Progress, Source};
 use crate::window::WindowEngine;
 
-/// How long one poll waits for records.
-const POLL_WAIT: Duration = Duration::from_millis(100);
-
 /// One server running a query on its own.
 #[derive(Default)]
 pub struct Local {
-    src: Option<Prefetch<Vec<Decoded>>>,
+    src: Option<Input>,
     sink: Option<ExactSink>,
 }
 
+/// Where a query's decoded records come from.
+enum Input {
+    /// A reader shared with the server's other queries over the stream.
+    Shared(Subscription),
+    /// A thread of the query's own.
+    Own(Prefetch<Vec<Decoded>>),
+}
+
+impl Input {
+    fn poll(&mut self) -> Result<Vec<Decoded>> {
+        match self {
+            Input::Shared(s) => s.poll(POLL_WAIT),
+            Input::Own(s) => Ok(s.poll(POLL_WAIT)?.unwrap_or_default()),
+        }
+    }
+
+    fn offsets(&self) -> &BTreeMap<i32, i64> {
+        match self {
+            Input::Shared(s) => s.offsets(),
+            Input::Own(s) => s.offsets(),
+        }
+    }
+
+    fn progress(&self) -> Progress {
+        match self {
+            Input::Shared(s) => s.progress(),
+            Input::Own(s) => s.progress(),
+        }
+    }
+
+    fn partitions(&self) -> Vec<i32> {
+        match self {
+            Input::Shared(s) => s.partitions(),
+            Input::Own(s) => s.partitions().to_vec(),
+        }
+    }
+}
+
 impl Local {
-    fn src(&self) -> &Prefetch<Vec<Decoded>> {
+    fn src(&self) -> &Input {
         self.src.as_ref().expect("started")
     }
 }
@@ -55,7 +92,6 @@ impl Coordinator for Local {
             }
             None => BTreeMap::new(),
         };
-        let mut decoder = ChunkDecoder::new(task)?;
         let src = match Source::connect(
             &task.stream,
             &task.kafka,
@@ -76,10 +112,16 @@ impl Coordinator for Local {
             let path = task.stream.options.get("path").map(String::as_str);
             allowed_file(path.unwrap_or(""), &task.allow_files, false)?;
         }
-        let src = Prefetch::spawn(src, 100_000, POLL_WAIT, move |chunks| {
-            decoder.decode_poll(&chunks)
-        });
-        engine.register_partitions(src.partitions());
+        let src = match (&task.readers, &src) {
+            (Some(readers), Source::Kafka(_)) => Input::Shared(readers.subscribe(task, src)?),
+            _ => {
+                let mut decoder = ChunkDecoder::new(task)?;
+                Input::Own(Prefetch::spawn(src, MAX_POLL, POLL_WAIT, move |chunks| {
+                    decoder.decode_poll(&chunks)
+                }))
+            }
+        };
+        engine.register_partitions(&src.partitions());
         if !task.late_retention.is_zero() {
             engine.keep_late_records();
         }
@@ -94,7 +136,7 @@ impl Coordinator for Local {
         _engine: &mut WindowEngine,
     ) -> Result<Option<(Vec<Decoded>, Progress)>> {
         let src = self.src.as_mut().expect("started");
-        let decoded = src.poll(POLL_WAIT)?.unwrap_or_default();
+        let decoded = src.poll()?;
         Ok(Some((decoded, src.progress())))
     }
 

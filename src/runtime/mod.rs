@@ -3,7 +3,8 @@
 //!
 //! Each query runs on a thread of its own ([`QueryTask::spawn`]). Every
 //! turn it polls the stream's records, decoded per partition into one batch
-//! each ([`decode`]); tells the engine's clocks what arrived; folds the
+//! each ([`decode`]) by a reader the server's queries over the stream share
+//! ([`shared`]); tells the engine's clocks what arrived; folds the
 //! records into the window engine, which emits the windows the watermark
 //! has passed; commits, at every window close and at least every
 //! `checkpoint_interval` while records flow; and publishes what was written
@@ -24,6 +25,7 @@ pub mod coordinator;
 pub mod decode;
 pub mod events;
 pub mod local;
+pub mod shared;
 pub mod telemetry;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -87,6 +89,9 @@ pub struct QueryTask {
     pub state_retention: Duration,
     /// How long late records are kept in the late table (zero: not kept).
     pub late_retention: Duration,
+    /// The server's readers, which queries over the same Kafka stream
+    /// share; `None` reads with a consumer of the query's own.
+    pub readers: Option<Arc<shared::Readers>>,
     /// Directories a file stream's file must be under (checked again once
     /// the file exists, as it may have appeared after the stream was made).
     pub allow_files: Vec<std::path::PathBuf>,

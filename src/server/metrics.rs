@@ -13,6 +13,7 @@
 //! | `runnel_stream_records_in_total`, `runnel_stream_bytes_in_total` | `stream` |
 //! | `runnel_stream_bad_records_total`, `runnel_stream_kept_records_noted_total` | `stream`, `reason` |
 //! | `runnel_stream_watermark_seconds` | `stream` |
+//! | `runnel_stream_readers` (consumers reading the stream: one, or more while a query catches up) | `stream` |
 //! | `runnel_stream_consumer_lag_records` | `stream`, `query`, `partition` |
 //! | `runnel_query_records_processed_total`, `runnel_query_late_records_total`, `runnel_query_records_skipped_total`, `runnel_query_windows_closed_total`, `runnel_query_rows_emitted_total` | `query`, `stream` |
 //! | `runnel_query_open_groups`, `runnel_query_open_windows`, `runnel_query_state_bytes`, `runnel_query_watermark_seconds`, `runnel_query_running`, `runnel_query_broker_unreachable`, `runnel_query_waiting_for_store` | `query`, `stream` |
@@ -40,6 +41,7 @@ struct Gauges {
     stream_bad: IntCounterVec,
     stream_kept: IntCounterVec,
     stream_watermark: GaugeVec,
+    stream_readers: IntGaugeVec,
     lag: IntGaugeVec,
     processed: IntCounterVec,
     late: IntCounterVec,
@@ -143,6 +145,11 @@ impl Metrics {
             stream_watermark: fgauge(
                 "runnel_stream_watermark_seconds",
                 "Lowest watermark among the stream's queries, in Unix seconds.",
+                &["stream"],
+            ),
+            stream_readers: igauge(
+                "runnel_stream_readers",
+                "Consumers reading the stream's topic for this server's queries: one, more while a query catches up.",
                 &["stream"],
             ),
             lag: igauge(
@@ -294,6 +301,10 @@ impl Metrics {
             c.reset();
         }
         g.stream_watermark.reset();
+        g.stream_readers.reset();
+        for (stream, n) in app.readers.per_stream() {
+            g.stream_readers.with_label_values(&[&stream]).set(n as i64);
+        }
         g.watermark.reset();
         let streams = app.streams();
         let queries = app.queries();

@@ -143,6 +143,8 @@ pub struct App {
     streams: RwLock<BTreeMap<String, Arc<StreamEntry>>>,
     tables: RwLock<BTreeMap<String, (String, RefTable)>>,
     queries: RwLock<BTreeMap<String, Arc<QueryEntry>>>,
+    /// The readers queries over the same Kafka stream share (one server).
+    pub(crate) readers: Arc<crate::runtime::shared::Readers>,
     /// Held while the catalog changes, so statements and the cluster's
     /// catalog sync never interleave.
     ddl: tokio::sync::Mutex<()>,
@@ -260,6 +262,7 @@ impl App {
             streams: RwLock::new(BTreeMap::new()),
             tables: RwLock::new(BTreeMap::new()),
             queries: RwLock::new(BTreeMap::new()),
+            readers: Arc::default(),
             ddl: tokio::sync::Mutex::new(()),
         });
         if app.config.cluster.is_some() {

@@ -1,7 +1,7 @@
 //! Per-stream input statistics and the bad-record sample.
 //!
-//! Several queries may read one stream, each with its own consumer; a record
-//! is counted once per stream by remembering, per partition, the offset up to
+//! A stream may be read by more than one reader (a query catching up beside
+//! live ones, see `runtime::shared`); a record is counted once per stream by remembering, per partition, the offset up to
 //! which records were already counted.
 //!
 //! ```

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 pub mod feed;
+pub mod oracle;
 pub mod postgres;
 pub mod sse;
 
@@ -182,6 +183,12 @@ impl TestServer {
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
         Self::send(self.client.get(format!("{}{path}", self.url))).await
+    }
+
+    /// The body of `GET path` as text (e.g. `/metrics`).
+    pub async fn get_text(&self, path: &str) -> String {
+        let r = self.client.get(format!("{}{path}", self.url)).send();
+        r.await.unwrap().text().await.unwrap()
     }
 
     pub async fn client_delete(&self, path: &str) -> (u16, Value) {

@@ -1,0 +1,465 @@
+//! One read per stream: the queries one server runs over the same Kafka
+//! stream share its consumer and its decoder.
+//!
+//! A reader polls the stream's topic with one consumer on a thread of its
+//! own, decodes each poll once — the union of the columns its subscribers
+//! read, and the event time — and hands the decoded poll to every
+//! subscriber over a channel holding one poll: the reader runs one poll
+//! ahead, as [`crate::source::prefetch::Prefetch`] does, and the slowest
+//! subscriber paces it, so memory stays bounded. Each query keeps its own
+//! offsets, watermark, lateness, state and checkpoint: its [`Subscription`]
+//! takes of each poll only the records at or past its own next offsets,
+//! and counts and samples its own bad records ([`QueryNotes`]).
+//!
+//! A query joins a reader of its stream that is not past its offsets on
+//! any partition and at most [`NEAR`] records behind them. Otherwise it
+//! starts a reader of its own from its offsets (a query starting from
+//! `earliest` while others are live, or restored from an older
+//! checkpoint), which later queries may join too. A reader that catches up
+//! with another — on every partition at or past the other's position, and
+//! near it — hands its subscribers over and ends, so a catch-up never
+//! holds the live queries back and ends in one read. A reader with no
+//! subscribers left ends too.
+//!
+//! ```no_run
+//! # use std::sync::Arc;
+//! # fn demo(task: &runnel::runtime::QueryTask, src: runnel::source::Source) -> runnel::error::Result<()> {
+//! let readers = Arc::new(runnel::runtime::shared::Readers::default());
+//! let mut sub = readers.subscribe(task, src)?;
+//! for (partition, records) in sub.poll(std::time::Duration::from_millis(100))? {
+//!     println!("{partition}: {:?} records", records.map(|b| b.batch.num_rows()));
+//! }
+//! println!("next offsets {:?}", sub.offsets());
+//! # Ok(()) }
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use super::QueryTask;
+use super::decode::{Decoded, DecodedChunk, QueryNotes, StreamDecoder};
+use crate::error::{Error, Result};
+use crate::model::{StartFrom, StreamDef};
+use crate::source::stats::StreamStats;
+use crate::source::{Progress, Source};
+use crate::window::{Offsets, PartitionBatch};
+
+/// Most records one poll reads.
+pub const MAX_POLL: usize = 100_000;
+
+/// How long one poll waits for records.
+pub const POLL_WAIT: Duration = Duration::from_millis(100);
+
+/// How far (in records, over all partitions) a reader may be behind a
+/// query's offsets and still serve it: about one poll, so joining never
+/// means waiting long for records already read.
+pub const NEAR: i64 = MAX_POLL as i64;
+
+/// One poll of a reader, decoded, as every subscriber receives it; an
+/// error ends the reader and fails its subscribers.
+type Delivery = std::result::Result<Arc<Poll>, String>;
+
+/// One decoded poll.
+#[derive(Debug)]
+struct Poll {
+    chunks: Vec<DecodedChunk>,
+    /// The reader's next offset per partition after this poll.
+    ends: BTreeMap<i32, i64>,
+    progress: Progress,
+}
+
+/// The readers of one server, over all its streams.
+#[derive(Default)]
+pub struct Readers {
+    readers: Mutex<Vec<Arc<Reader>>>,
+}
+
+/// One consumer and decoder serving the queries subscribed to it.
+struct Reader {
+    stream: StreamDef,
+    /// Where the consumer starts a partition it has no offset for.
+    start: StartFrom,
+    stats: Arc<StreamStats>,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// The next offset per partition of the next poll handed out.
+    position: BTreeMap<i32, i64>,
+    partitions: Vec<i32>,
+    subs: Vec<Sub>,
+    /// Ended: nothing may join it any more.
+    closed: bool,
+}
+
+struct Sub {
+    /// Unique in the process: subscribers move between readers.
+    id: u64,
+    /// The stream columns the query reads.
+    columns: Vec<usize>,
+    tx: SyncSender<Delivery>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whether a reader at `position`, starting new partitions at `start`,
+/// can serve a query whose next offsets are `offsets` without a gap, and
+/// is near enough (see [`NEAR`]).
+fn can_serve(
+    position: &BTreeMap<i32, i64>,
+    start: StartFrom,
+    offsets: &BTreeMap<i32, i64>,
+) -> bool {
+    let no_gap = position
+        .iter()
+        .all(|(p, at)| offsets.get(p).is_some_and(|o| o >= at))
+        && (start == StartFrom::Earliest || offsets.keys().all(|p| position.contains_key(p)));
+    let behind: i64 = position
+        .iter()
+        .map(|(p, at)| offsets.get(p).map_or(0, |o| o - at))
+        .sum();
+    no_gap && behind <= NEAR
+}
+
+impl Readers {
+    /// Subscribes `task` to a reader of its stream that can serve it from
+    /// `src`'s offsets, or starts a reader of its own with `src`.
+    pub fn subscribe(self: &Arc<Self>, task: &QueryTask, src: Source) -> Result<Subscription> {
+        let offsets = src.offsets().clone();
+        let (tx, rx) = sync_channel(1);
+        let columns = task.plan.stream_columns_read();
+        let subscription = |partitions: Vec<i32>| Subscription {
+            rx,
+            progress: Progress {
+                partitions,
+                ..Progress::default()
+            },
+            offsets: offsets.clone(),
+            notes: QueryNotes::new(task),
+            stream: task.stream.name.clone(),
+        };
+        let mut readers = lock(&self.readers);
+        for reader in readers.iter().filter(|r| r.stream == task.stream) {
+            let mut inner = lock(&reader.inner);
+            if !inner.closed && can_serve(&inner.position, reader.start, &offsets) {
+                inner.add(columns, tx);
+                tracing::info!(query = %task.name, stream = %task.stream.name, "joined the stream's reader");
+                return Ok(subscription(inner.partitions.clone()));
+            }
+        }
+        let mut inner = Inner {
+            position: offsets.clone(),
+            partitions: src.partitions(),
+            ..Inner::default()
+        };
+        inner.add(columns, tx);
+        let partitions = inner.partitions.clone();
+        let reader = Arc::new(Reader {
+            stream: task.stream.clone(),
+            start: task.reset.unwrap_or(task.stream.start),
+            stats: task.stats.clone(),
+            inner: Mutex::new(inner),
+        });
+        readers.push(reader.clone());
+        drop(readers);
+        let all = self.clone();
+        std::thread::Builder::new()
+            .name(format!("read-{}", task.stream.name))
+            .spawn(move || reader.run(&all, src))?;
+        tracing::info!(query = %task.name, stream = %task.stream.name, "started a reader of the stream");
+        Ok(subscription(partitions))
+    }
+
+    /// How many readers each stream has.
+    pub fn per_stream(&self) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        for r in lock(&self.readers).iter() {
+            *out.entry(r.stream.name.clone()).or_default() += 1;
+        }
+        out
+    }
+}
+
+impl Inner {
+    fn add(&mut self, columns: Vec<usize>, tx: SyncSender<Delivery>) {
+        static IDS: AtomicU64 = AtomicU64::new(0);
+        self.subs.push(Sub {
+            id: IDS.fetch_add(1, Ordering::Relaxed),
+            columns,
+            tx,
+        });
+    }
+}
+
+impl Reader {
+    /// Polls, decodes and hands out until no subscriber is left, the
+    /// reader has handed its subscribers to another, or the source fails.
+    fn run(self: Arc<Self>, readers: &Readers, mut src: Source) {
+        let mut decoder: Option<StreamDecoder> = None;
+        loop {
+            let chunks = match src.poll(MAX_POLL, POLL_WAIT) {
+                Ok(chunks) => chunks,
+                Err(e) => return self.fail(readers, e.to_string()),
+            };
+            let (subs, columns) = {
+                let mut inner = lock(&self.inner);
+                inner.position = src.offsets().clone();
+                inner.partitions = src.partitions();
+                let subs: Vec<(u64, SyncSender<Delivery>)> =
+                    inner.subs.iter().map(|s| (s.id, s.tx.clone())).collect();
+                let mut columns: Vec<usize> =
+                    inner.subs.iter().flat_map(|s| s.columns.clone()).collect();
+                columns.sort_unstable();
+                columns.dedup();
+                (subs, columns)
+            };
+            if subs.is_empty() && self.close_if_idle(readers) {
+                return;
+            }
+            let decoded = match self.decode(&mut decoder, &columns, &chunks) {
+                Ok(d) => d,
+                Err(e) => return self.fail(readers, e.to_string()),
+            };
+            let poll = Arc::new(Poll {
+                chunks: decoded,
+                ends: src.offsets().clone(),
+                progress: src.progress(),
+            });
+            let gone: Vec<u64> = subs
+                .into_iter()
+                .filter(|(_, tx)| tx.send(Ok(poll.clone())).is_err())
+                .map(|(id, _)| id)
+                .collect();
+            if !gone.is_empty() {
+                lock(&self.inner).subs.retain(|s| !gone.contains(&s.id));
+            }
+            if self.close_if_idle(readers) || self.hand_over(readers) {
+                return;
+            }
+        }
+    }
+
+    /// Decodes `chunks` with a decoder of `columns` (made again when the
+    /// subscribers' columns changed).
+    fn decode(
+        &self,
+        decoder: &mut Option<StreamDecoder>,
+        columns: &[usize],
+        chunks: &[crate::source::Chunk],
+    ) -> Result<Vec<DecodedChunk>> {
+        if decoder.as_ref().is_none_or(|d| d.columns() != columns) {
+            *decoder = Some(StreamDecoder::new(
+                &self.stream,
+                self.stats.clone(),
+                columns,
+            )?);
+        }
+        decoder.as_mut().expect("made").decode_poll(chunks)
+    }
+
+    /// Ends the reader when nothing is subscribed: removed from `readers`
+    /// first, so no query joins it meanwhile.
+    fn close_if_idle(self: &Arc<Self>, readers: &Readers) -> bool {
+        let mut all = lock(&readers.readers);
+        let mut inner = lock(&self.inner);
+        if !inner.subs.is_empty() {
+            return false;
+        }
+        inner.closed = true;
+        all.retain(|r| !Arc::ptr_eq(r, self));
+        true
+    }
+
+    /// Hands every subscriber to another reader of the stream that can
+    /// serve this reader's position, and ends: the end of a catch-up.
+    fn hand_over(self: &Arc<Self>, readers: &Readers) -> bool {
+        let mut all = lock(&readers.readers);
+        let mut inner = lock(&self.inner);
+        let other = all.iter().find(|r| {
+            !Arc::ptr_eq(r, self) && r.stream == self.stream && {
+                let o = lock(&r.inner);
+                !o.closed && can_serve(&o.position, r.start, &inner.position)
+            }
+        });
+        let Some(other) = other else {
+            return false;
+        };
+        tracing::info!(stream = %self.stream.name, subscribers = inner.subs.len(), "a reader caught up with another and handed its queries over");
+        lock(&other.inner).subs.append(&mut inner.subs);
+        inner.closed = true;
+        all.retain(|r| !Arc::ptr_eq(r, self));
+        true
+    }
+
+    /// Ends the reader with an error every subscriber receives.
+    fn fail(self: &Arc<Self>, readers: &Readers, error: String) {
+        let mut all = lock(&readers.readers);
+        let mut inner = lock(&self.inner);
+        inner.closed = true;
+        all.retain(|r| !Arc::ptr_eq(r, self));
+        drop(all);
+        for sub in inner.subs.drain(..) {
+            let _ = sub.tx.send(Err(error.clone()));
+        }
+    }
+}
+
+/// A query's share of a reader: the records at or past its own offsets.
+pub struct Subscription {
+    rx: Receiver<Delivery>,
+    offsets: BTreeMap<i32, i64>,
+    progress: Progress,
+    notes: QueryNotes,
+    stream: String,
+}
+
+impl Subscription {
+    /// The next poll's records past the query's offsets, per chunk (empty
+    /// after `wait` without one).
+    pub fn poll(&mut self, wait: Duration) -> Result<Vec<Decoded>> {
+        let poll = match self.rx.recv_timeout(wait) {
+            Ok(Ok(poll)) => poll,
+            Ok(Err(e)) => return Err(Error::Execution(e)),
+            Err(RecvTimeoutError::Timeout) => return Ok(Vec::new()),
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(Error::Execution(format!(
+                    "the reader of stream {} stopped",
+                    self.stream
+                )));
+            }
+        };
+        let mut taken = Vec::with_capacity(poll.chunks.len());
+        for chunk in &poll.chunks {
+            let from = self.offsets.get(&chunk.partition).copied();
+            let from = from.unwrap_or(i64::MIN);
+            if chunk.end <= from {
+                continue;
+            }
+            self.notes.note(chunk, from)?;
+            let batch = chunk.batch.as_ref().and_then(|b| from_offset(b, from));
+            taken.push((chunk.partition, batch));
+        }
+        for (p, end) in &poll.ends {
+            let next = self.offsets.entry(*p).or_insert(*end);
+            *next = (*next).max(*end);
+        }
+        self.progress = poll.progress.clone();
+        Ok(taken)
+    }
+
+    /// The next offset to take per partition: what a checkpoint saves.
+    pub fn offsets(&self) -> &BTreeMap<i32, i64> {
+        &self.offsets
+    }
+
+    /// The reader's progress as of the last poll taken.
+    pub fn progress(&self) -> Progress {
+        self.progress.clone()
+    }
+
+    /// The partitions read.
+    pub fn partitions(&self) -> Vec<i32> {
+        self.progress.partitions.clone()
+    }
+}
+
+/// The records of `b` at offset `from` or later.
+fn from_offset(b: &PartitionBatch, from: i64) -> Option<PartitionBatch> {
+    let n = b.batch.num_rows();
+    let skip = match &b.offsets {
+        Offsets::From(first) => from.saturating_sub(*first).clamp(0, n as i64) as usize,
+        Offsets::Each(each) => each.partition_point(|o| *o < from),
+        Offsets::Unknown => 0,
+    };
+    if skip == 0 {
+        return Some(b.clone());
+    }
+    if skip == n {
+        return None;
+    }
+    Some(PartitionBatch {
+        partition: b.partition,
+        batch: b.batch.slice(skip, n - skip),
+        log_times: b.log_times.as_ref().map(|t| t[skip..].to_vec()),
+        offsets: match &b.offsets {
+            Offsets::From(first) => Offsets::From(first + skip as i64),
+            Offsets::Each(each) => Offsets::Each(each[skip..].to_vec()),
+            Offsets::Unknown => Offsets::Unknown,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Array, Int64Array};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::arrow::record_batch::RecordBatch;
+
+    fn batch(offsets: Offsets, n: i64) -> PartitionBatch {
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
+        let values = Arc::new(Int64Array::from_iter_values(0..n));
+        PartitionBatch {
+            partition: 3,
+            batch: RecordBatch::try_new(schema, vec![values]).unwrap(),
+            log_times: Some((100..100 + n).collect()),
+            offsets,
+        }
+    }
+
+    fn values(b: &PartitionBatch) -> Vec<i64> {
+        let col = b.batch.column(0).as_any().downcast_ref::<Int64Array>();
+        col.unwrap().values().to_vec()
+    }
+
+    #[test]
+    fn a_subscriber_takes_only_the_records_at_or_past_its_offset() {
+        let b = batch(Offsets::From(10), 5); // offsets 10..15
+        assert_eq!(values(&from_offset(&b, 0).unwrap()), vec![0, 1, 2, 3, 4]);
+        let part = from_offset(&b, 12).unwrap();
+        assert_eq!(values(&part), vec![2, 3, 4]);
+        assert_eq!(part.log_times, Some(vec![102, 103, 104]));
+        assert!(matches!(part.offsets, Offsets::From(12)));
+        assert!(from_offset(&b, 15).is_none());
+
+        // Offsets that skip (transaction markers): by offset, not by index.
+        let b = batch(Offsets::Each(vec![4, 6, 9, 11]), 4);
+        let part = from_offset(&b, 7).unwrap();
+        assert_eq!(values(&part), vec![2, 3]);
+        assert!(matches!(&part.offsets, Offsets::Each(o) if *o == vec![9, 11]));
+    }
+
+    #[test]
+    fn a_reader_serves_queries_not_behind_it_and_near_it() {
+        let at = |v: &[(i32, i64)]| v.iter().copied().collect::<BTreeMap<i32, i64>>();
+        let position = at(&[(0, 100), (1, 50)]);
+        use StartFrom::{Earliest, Latest};
+        // At or past the reader on every partition: no gap.
+        assert!(can_serve(&position, Earliest, &at(&[(0, 100), (1, 60)])));
+        // Behind it on one partition: those records were handed out already.
+        assert!(!can_serve(&position, Earliest, &at(&[(0, 99), (1, 60)])));
+        // Nothing read of partition 1 yet (starting from earliest).
+        assert!(!can_serve(&position, Earliest, &at(&[(0, 100)])));
+        // Far ahead: joining would mean waiting for the reader to catch up.
+        assert!(!can_serve(
+            &position,
+            Earliest,
+            &at(&[(0, 100 + NEAR + 1), (1, 50)])
+        ));
+        // A partition the reader has not read: from its start, which only
+        // `earliest` guarantees is not past the query's offset.
+        let query = at(&[(0, 100), (1, 50), (2, 7)]);
+        assert!(can_serve(&position, Earliest, &query));
+        assert!(!can_serve(&position, Latest, &query));
+        // A reader that has read nothing serves a query starting from
+        // earliest, and hands over to one at the same position.
+        assert!(can_serve(&BTreeMap::new(), Earliest, &BTreeMap::new()));
+        assert!(can_serve(&position, Earliest, &position));
+    }
+}

@@ -1,0 +1,134 @@
+//! One read per stream: queries over the same stream on one server share
+//! one consumer and decoder, and each still gives exactly the rows an exact
+//! oracle computes — while another query catches up from the start of the
+//! topic, after one is dropped, and across `kill -9`.
+//!
+//! Input pauses and bursts, with event times ten minutes in the past (see
+//! `tests/pauses.rs` for why that is the hard case).
+//!
+//! Run: `cargo test --test shared_reads`.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::TestServer;
+use common::oracle::{
+    Feed, by_geo, mock_topic, ten_minutes_ago, wait_and_check, wait_and_check_query,
+};
+use rand::{Rng, SeedableRng};
+
+const STREAM: &str = "
+CREATE STREAM impressions (ts TIMESTAMP, publisher TEXT, advertiser TEXT, website TEXT,
+                           geo TEXT, bid DOUBLE, cookie TEXT)
+  WITH (kafka_topic = 'imps', event_time = 'ts', watermark_delay = '5s', start = 'earliest')";
+
+const ADNETWORK: &str = "
+CREATE QUERY adnetwork AS
+SELECT publisher, geo, count(*) AS imps, sum(bid) AS total_bid,
+       count(DISTINCT cookie) AS cookies, approx_distinct(cookie) AS uniques
+FROM impressions WHERE geo <> 'unknown' GROUP BY publisher, geo WINDOW 10s";
+
+/// Reads columns `adnetwork` does not (`website`), so the shared decoder
+/// must widen when it joins.
+const BY_GEO: &str = "
+CREATE QUERY by_geo AS
+SELECT geo, count(*) AS imps, sum(bid) AS total_bid,
+       count(DISTINCT cookie) AS cookies, approx_distinct(cookie) AS uniques
+FROM impressions WHERE geo <> 'unknown' AND website <> '' GROUP BY geo WINDOW 10s";
+
+const BY_ADVERTISER: &str = "
+CREATE QUERY by_advertiser AS
+SELECT advertiser, count(*) AS imps FROM impressions GROUP BY advertiser WINDOW 10s";
+
+/// The number of readers of stream `impressions`, from `GET /metrics`.
+async fn readers(s: &TestServer) -> u64 {
+    let text = s.get_text("/metrics").await;
+    text.lines()
+        .find_map(|l| l.strip_prefix("runnel_stream_readers{stream=\"impressions\"} "))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+/// Waits until the stream has `n` readers.
+async fn wait_for_readers(s: &TestServer, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = readers(s).await;
+        if now == n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{now} readers, not {n}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A query added from the start of the topic while another is live catches
+/// up on a reader of its own, then joins the live one: one reader again,
+/// and both queries' rows equal the oracle; dropping a third query that
+/// shared the reader disturbs neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_catches_up_beside_a_live_one_then_they_share_one_read() {
+    let (_cluster, brokers) = mock_topic(4);
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path(), &brokers);
+    s.sql(&format!("{STREAM}; {ADNETWORK}")).await;
+    let mut feed = Feed::new(&brokers, 4, ten_minutes_ago(), 1);
+    feed.burst(40_000, 20_000.0);
+    wait_for_readers(&s, 1).await;
+    // 40 000 records behind the live reader: a reader of its own.
+    s.sql(BY_GEO).await;
+    feed.burst(20_000, 10_000.0);
+    std::thread::sleep(Duration::from_secs(2));
+    // Caught up and handed over: one reader for both.
+    wait_for_readers(&s, 1).await;
+    s.sql(BY_ADVERTISER).await;
+    feed.burst(20_000, 10_000.0);
+    let (st, v) = s.post("/sql", "DROP QUERY by_advertiser").await;
+    assert_eq!(st, 200, "{v}");
+    std::thread::sleep(Duration::from_millis(1_500));
+    feed.burst(20_000, 10_000.0);
+    wait_and_check(&s, &feed.oracle).await;
+    wait_and_check_query(&s, "by_geo", &["geo"], &by_geo(&feed.oracle)).await;
+    assert_eq!(readers(&s).await, 1);
+    for q in ["adnetwork", "by_geo"] {
+        let (_, v) = s.get(&format!("/queries/{q}")).await;
+        assert_eq!(v["counters"]["late_records"], 0, "{v}");
+        assert_eq!(v["counters"]["records_in"], 100_000, "{v}");
+    }
+}
+
+/// Three queries sharing a reader through ten `kill -9`s at random moments
+/// between bursts and pauses: each restart restores each query from its own
+/// checkpoint (at offsets of its own), and every query's rows equal the
+/// oracle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_sharing_a_read_through_kill_nines_equal_the_oracle() {
+    let (_cluster, brokers) = mock_topic(4);
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = TestServer::start(dir.path(), &brokers);
+    s.sql(&format!("{STREAM}; {ADNETWORK}; {BY_GEO}; {BY_ADVERTISER}"))
+        .await;
+    let producer = {
+        let brokers = brokers.clone();
+        std::thread::spawn(move || {
+            let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+            let mut feed = Feed::new(&brokers, 4, ten_minutes_ago(), 2);
+            // 5 s of event time per burst: the data ends on a window boundary.
+            for _ in 0..16 {
+                feed.burst(2_500, 8_000.0);
+                std::thread::sleep(Duration::from_millis(rng.random_range(100..2_500)));
+            }
+            feed.oracle
+        })
+    };
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(70);
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(300..2_000))).await;
+        s.kill9();
+        s = TestServer::start(dir.path(), &brokers);
+    }
+    let oracle = producer.join().unwrap();
+    wait_and_check(&s, &oracle).await;
+    wait_and_check_query(&s, "by_geo", &["geo"], &by_geo(&oracle)).await;
+    wait_for_readers(&s, 1).await;
+}
