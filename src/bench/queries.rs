@@ -2,7 +2,7 @@
 //! queries (grouped by publisher, geo, advertiser, website, ...), on the
 //! real server (`App`) from the mock cluster, from the earliest offset; the
 //! server process's CPU until every query has read every record. Their
-//! ratio is what each more query over a stream costs (each query runs its
+//! ratio is what each more query over a stream costs (queries over a stream
 //! share one reader: see `runtime::shared`).
 //!
 //! ```no_run
