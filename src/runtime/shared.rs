@@ -68,6 +68,10 @@ struct Poll {
     chunks: Vec<DecodedChunk>,
     /// The reader's next offset per partition after this poll.
     ends: BTreeMap<i32, i64>,
+    /// Partitions the consumer moved back to an earlier offset in this
+    /// poll (a log that lost the saved offsets, see `on_offset_loss`):
+    /// every subscriber moves with it.
+    rewound: Vec<i32>,
     progress: Progress,
 }
 
@@ -207,8 +211,12 @@ impl Reader {
                 Ok(chunks) => chunks,
                 Err(e) => return self.fail(readers, e.to_string()),
             };
-            let (subs, columns) = {
+            let (subs, columns, rewound) = {
                 let mut inner = lock(&self.inner);
+                let rewound: Vec<i32> = (src.offsets().iter())
+                    .filter(|(p, at)| inner.position.get(p).is_some_and(|was| *at < was))
+                    .map(|(p, _)| *p)
+                    .collect();
                 inner.position = src.offsets().clone();
                 inner.partitions = src.partitions();
                 let subs: Vec<(u64, SyncSender<Delivery>)> =
@@ -217,7 +225,7 @@ impl Reader {
                     inner.subs.iter().flat_map(|s| s.columns.clone()).collect();
                 columns.sort_unstable();
                 columns.dedup();
-                (subs, columns)
+                (subs, columns, rewound)
             };
             if subs.is_empty() && self.close_if_idle(readers) {
                 return;
@@ -229,6 +237,7 @@ impl Reader {
             let poll = Arc::new(Poll {
                 chunks: decoded,
                 ends: src.offsets().clone(),
+                rewound,
                 progress: src.progress(),
             });
             let gone: Vec<u64> = subs
@@ -347,7 +356,10 @@ impl Subscription {
         }
         for (p, end) in &poll.ends {
             let next = self.offsets.entry(*p).or_insert(*end);
-            *next = (*next).max(*end);
+            *next = match poll.rewound.contains(p) {
+                true => *end,
+                false => (*next).max(*end),
+            };
         }
         self.progress = poll.progress.clone();
         Ok(taken)
