@@ -1,9 +1,10 @@
 //! The queries run: one stream read by one query, then by eight different
-//! queries (grouped by publisher, geo, advertiser, website, ...), on the
-//! real server (`App`) from the mock cluster, from the earliest offset; the
-//! server process's CPU until every query has read every record. Their
-//! ratio is what each more query over a stream costs (queries over a stream
-//! share one reader: see `runtime::shared`).
+//! queries (grouped by publisher, geo, advertiser, website, ...) sharing
+//! one read of the stream (see `runtime::shared`), then the eight again
+//! with a consumer each, on the real server (`App`) from the mock cluster,
+//! from the earliest offset; the server process's CPU until every query
+//! has read every record. The ratios to the one query are what each more
+//! query over a stream costs.
 //!
 //! ```no_run
 //! # async fn f(ds: &runnel::bench::Dataset) -> runnel::error::Result<()> {
@@ -48,21 +49,23 @@ pub async fn run_queries(ds: &Dataset, partitions: i32) -> Result<Vec<RunStats>>
     p.flush(Duration::from_secs(120))?;
     drop(p);
     let mut runs = Vec::new();
-    for n in [1, GROUPS.len()] {
-        runs.push(serve_queries(ds, &broker.bootstrap, n).await?);
+    for (n, shared) in [(1, true), (GROUPS.len(), true), (GROUPS.len(), false)] {
+        runs.push(serve_queries(ds, &broker.bootstrap, n, shared).await?);
     }
     Ok(runs)
 }
 
 /// A fresh server reading the topic with the first `n` queries of
-/// [`GROUPS`], until each has read every record.
-async fn serve_queries(ds: &Dataset, bootstrap: &str, n: usize) -> Result<RunStats> {
+/// [`GROUPS`], sharing one read of the stream or each with its own, until
+/// each has read every record.
+async fn serve_queries(ds: &Dataset, bootstrap: &str, n: usize, shared: bool) -> Result<RunStats> {
     let data_dir =
         std::env::temp_dir().join(format!("runnel-bench-queries-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data_dir);
     let config = crate::config::Config {
         brokers: bootstrap.to_string(),
         data_dir: data_dir.clone(),
+        shared_reads: shared,
         ..crate::config::Config::default()
     };
     let meter = Meter::start();
@@ -114,7 +117,10 @@ async fn serve_queries(ds: &Dataset, bootstrap: &str, n: usize) -> Result<RunSta
         .map_err(|e| Error::Execution(e.to_string()))?;
     let _ = std::fs::remove_dir_all(&data_dir);
     Ok(RunStats {
-        name: format!("server, {n} queries over one stream"),
+        name: format!(
+            "server, {n} queries over one stream{}",
+            if shared { "" } else { ", a consumer each" }
+        ),
         records: ds.len(),
         wall_s,
         cpu_s,

@@ -67,6 +67,10 @@ pub struct Config {
     /// PEM certificate chain and private key for the PostgreSQL protocol's
     /// TLS (both or neither).
     pub pg_tls: Option<(PathBuf, PathBuf)>,
+    /// Whether the queries over a Kafka stream share one reader (see
+    /// `runtime::shared`); off, each reads with a consumer of its own
+    /// (what `runnel bench --runs queries` compares with).
+    pub shared_reads: bool,
 }
 
 impl Default for Config {
@@ -91,6 +95,7 @@ impl Default for Config {
             kafka: KafkaProps::default(),
             pg_listen: None,
             pg_tls: None,
+            shared_reads: true,
         }
     }
 }
@@ -141,6 +146,8 @@ pub struct FileConfig {
     pub pg_tls_cert: Option<PathBuf>,
     /// PEM private key for the PostgreSQL protocol's TLS.
     pub pg_tls_key: Option<PathBuf>,
+    /// `false`: each query reads its stream with a consumer of its own.
+    pub shared_reads: Option<bool>,
 }
 
 impl FileConfig {
@@ -198,6 +205,7 @@ impl FileConfig {
             )?,
             token: None,
             protect_reads: self.protect_reads.unwrap_or(false),
+            shared_reads: self.shared_reads.unwrap_or(d.shared_reads),
             allow_files: if allow_files.is_empty() {
                 self.allow_files.unwrap_or_default()
             } else {
@@ -384,6 +392,12 @@ mod tests {
             .resolve(None, None, None, None, None, vec!["/a".into(), "/b".into()])
             .unwrap();
         assert_eq!(c.allow_files, [PathBuf::from("/a"), PathBuf::from("/b")]);
+    }
+
+    #[test]
+    fn shared_reads_on_unless_turned_off() {
+        assert!(resolve("").unwrap().shared_reads);
+        assert!(!resolve("shared_reads = false").unwrap().shared_reads);
     }
 
     #[test]

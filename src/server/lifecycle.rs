@@ -95,10 +95,8 @@ impl App {
             state_retention: self.config.window_state_retention,
             late_retention: self.config.late_record_retention,
             allow_files: self.config.allow_files.clone(),
-            readers: match self.config.cluster {
-                Some(_) => None,
-                None => Some(self.readers.clone()),
-            },
+            readers: (self.config.cluster.is_none() && self.config.shared_reads)
+                .then(|| self.readers.clone()),
         };
         let entry = Arc::new(QueryEntry {
             name: name.to_string(),
