@@ -175,7 +175,15 @@ impl Readers {
         let all = self.clone();
         std::thread::Builder::new()
             .name(format!("read-{}", task.stream.name))
-            .spawn(move || reader.run(&all, src))?;
+            .spawn(move || {
+                // A bug must fail the subscribed queries, not leave them
+                // waiting on a reader that is gone.
+                let run = std::panic::AssertUnwindSafe(|| reader.clone().run(&all, src));
+                if let Err(p) = std::panic::catch_unwind(run) {
+                    let message = crate::error::panic_message(p.as_ref());
+                    reader.fail(&all, format!("internal error: {message}"));
+                }
+            })?;
         tracing::info!(query = %task.name, stream = %task.stream.name, "started a reader of the stream");
         Ok(subscription(partitions))
     }
