@@ -37,6 +37,14 @@ SELECT geo, count(*) AS imps, sum(bid) AS total_bid,
        count(DISTINCT cookie) AS cookies, approx_distinct(cookie) AS uniques
 FROM impressions WHERE geo <> 'unknown' AND website <> '' GROUP BY geo WINDOW 10s";
 
+/// Reads only columns `adnetwork` reads: it can take the polls the reader
+/// kept before it joined.
+const GEO_ALL: &str = "
+CREATE QUERY geo_all AS
+SELECT geo, count(*) AS imps, sum(bid) AS total_bid,
+       count(DISTINCT cookie) AS cookies, approx_distinct(cookie) AS uniques
+FROM impressions WHERE geo <> 'unknown' GROUP BY geo WINDOW 10s";
+
 const BY_ADVERTISER: &str = "
 CREATE QUERY by_advertiser AS
 SELECT advertiser, count(*) AS imps FROM impressions GROUP BY advertiser WINDOW 10s";
@@ -62,10 +70,12 @@ async fn wait_for_readers(s: &TestServer, n: u64) {
     }
 }
 
-/// A query added from the start of the topic while another is live catches
-/// up on a reader of its own, then joins the live one: one reader again,
-/// and both queries' rows equal the oracle; dropping a third query that
-/// shared the reader disturbs neither.
+/// Queries added from the start of the topic while another is live: one
+/// that reads only columns the reader decodes takes the polls it kept and
+/// joins at once; one that reads another column catches up on a reader of
+/// its own, then joins the live one. One reader again, and every query's
+/// rows equal the oracle; dropping a fourth query that shared the reader
+/// disturbs none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_query_catches_up_beside_a_live_one_then_they_share_one_read() {
     let (_cluster, brokers) = mock_topic(4);
@@ -75,7 +85,10 @@ async fn a_query_catches_up_beside_a_live_one_then_they_share_one_read() {
     let mut feed = Feed::new(&brokers, 4, ten_minutes_ago(), 1);
     feed.burst(40_000, 20_000.0);
     wait_for_readers(&s, 1).await;
-    // 40 000 records behind the live reader: a reader of its own.
+    // 40 000 records behind the live reader, within the polls it keeps.
+    s.sql(GEO_ALL).await;
+    // Also 40 000 behind, but the kept polls lack `website`: a reader of
+    // its own.
     s.sql(BY_GEO).await;
     feed.burst(20_000, 10_000.0);
     std::thread::sleep(Duration::from_secs(2));
@@ -89,8 +102,9 @@ async fn a_query_catches_up_beside_a_live_one_then_they_share_one_read() {
     feed.burst(20_000, 10_000.0);
     wait_and_check(&s, &feed.oracle).await;
     wait_and_check_query(&s, "by_geo", &["geo"], &by_geo(&feed.oracle)).await;
+    wait_and_check_query(&s, "geo_all", &["geo"], &by_geo(&feed.oracle)).await;
     assert_eq!(readers(&s).await, 1);
-    for q in ["adnetwork", "by_geo"] {
+    for q in ["adnetwork", "by_geo", "geo_all"] {
         let (_, v) = s.get(&format!("/queries/{q}")).await;
         assert_eq!(v["counters"]["late_records"], 0, "{v}");
         assert_eq!(v["counters"]["records_in"], 100_000, "{v}");

@@ -12,7 +12,10 @@
 //! and counts and samples its own bad records ([`QueryNotes`]).
 //!
 //! A query joins a reader of its stream that is not past its offsets on
-//! any partition and at most [`NEAR`] records behind them. Otherwise it
+//! any partition and at most [`NEAR`] records behind them. A reader keeps
+//! its latest polls ([`RECENT`] records), so a query a little behind it
+//! (queries created one after another over a backlog) joins too and takes
+//! those first, if they decoded the columns it reads. Otherwise it
 //! starts a reader of its own from its offsets (a query starting from
 //! `earliest` while others are live, or restored from an older
 //! checkpoint), which later queries may join too. A reader that catches up
@@ -33,7 +36,7 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -58,6 +61,12 @@ pub const POLL_WAIT: Duration = Duration::from_millis(100);
 /// means waiting long for records already read.
 pub const NEAR: i64 = MAX_POLL as i64;
 
+/// Records of its latest polls a reader keeps, decoded, for queries that
+/// subscribe a little behind it (several queries created one after another
+/// over a backlog): they take those polls first instead of a reader of
+/// their own.
+pub const RECENT: usize = 2 * MAX_POLL;
+
 /// One poll of a reader, decoded, as every subscriber receives it; an
 /// error ends the reader and fails its subscribers.
 type Delivery = std::result::Result<Arc<Poll>, String>;
@@ -66,6 +75,10 @@ type Delivery = std::result::Result<Arc<Poll>, String>;
 #[derive(Debug)]
 struct Poll {
     chunks: Vec<DecodedChunk>,
+    /// Records read (good and bad).
+    records: usize,
+    /// The stream columns decoded (besides the event time).
+    columns: Vec<usize>,
     /// The reader's next offset per partition after this poll.
     ends: BTreeMap<i32, i64>,
     /// Partitions the consumer moved back to an earlier offset in this
@@ -94,6 +107,10 @@ struct Reader {
 struct Inner {
     /// The next offset per partition of the next poll handed out.
     position: BTreeMap<i32, i64>,
+    /// The latest polls handed out (at most [`RECENT`] records, and always
+    /// the last one), and where the oldest of them starts.
+    recent: VecDeque<Arc<Poll>>,
+    recent_from: BTreeMap<i32, i64>,
     partitions: Vec<i32>,
     subs: Vec<Sub>,
     /// Ended: nothing may join it any more.
@@ -112,23 +129,30 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Whether a reader at `position`, starting new partitions at `start`,
-/// can serve a query whose next offsets are `offsets` without a gap, and
-/// is near enough (see [`NEAR`]).
+/// Whether a reader that can hand out its records from `from` on (its
+/// kept polls, then new ones), now at `position`, starting new partitions
+/// at `start`, can serve a query whose next offsets are `offsets` without
+/// a gap, and is near enough (see [`NEAR`]).
 fn can_serve(
+    from: &BTreeMap<i32, i64>,
     position: &BTreeMap<i32, i64>,
     start: StartFrom,
     offsets: &BTreeMap<i32, i64>,
 ) -> bool {
-    let no_gap = position
+    let earliest = start == StartFrom::Earliest;
+    // A partition first read in a kept poll was read from its start.
+    let no_gap = position.iter().all(|(p, at)| {
+        let o = offsets.get(p);
+        match from.get(p) {
+            Some(f) => o.is_some_and(|o| o >= f),
+            None => earliest || o.is_some_and(|o| o >= at),
+        }
+    }) && (earliest || offsets.keys().all(|p| position.contains_key(p)));
+    let ahead: i64 = position
         .iter()
-        .all(|(p, at)| offsets.get(p).is_some_and(|o| o >= at))
-        && (start == StartFrom::Earliest || offsets.keys().all(|p| position.contains_key(p)));
-    let behind: i64 = position
-        .iter()
-        .map(|(p, at)| offsets.get(p).map_or(0, |o| o - at))
+        .map(|(p, at)| offsets.get(p).map_or(0, |o| (o - at).max(0)))
         .sum();
-    no_gap && behind <= NEAR
+    no_gap && ahead <= NEAR
 }
 
 impl Readers {
@@ -136,9 +160,8 @@ impl Readers {
     /// `src`'s offsets, or starts a reader of its own with `src`.
     pub fn subscribe(self: &Arc<Self>, task: &QueryTask, src: Source) -> Result<Subscription> {
         let offsets = src.offsets().clone();
-        let (tx, rx) = sync_channel(1);
         let columns = task.plan.stream_columns_read();
-        let subscription = |partitions: Vec<i32>| Subscription {
+        let subscription = |rx, partitions: Vec<i32>| Subscription {
             rx,
             progress: Progress {
                 partitions,
@@ -151,14 +174,31 @@ impl Readers {
         let mut readers = lock(&self.readers);
         for reader in readers.iter().filter(|r| r.stream == task.stream) {
             let mut inner = lock(&reader.inner);
-            if !inner.closed && can_serve(&inner.position, reader.start, &offsets) {
+            // Of the kept polls, the latest that decoded the query's columns.
+            let usable = (inner.recent.iter().rev())
+                .take_while(|p| columns.iter().all(|c| p.columns.contains(c)))
+                .count();
+            let skip = inner.recent.len() - usable;
+            let from = match skip {
+                0 => &inner.recent_from,
+                n => &inner.recent[n - 1].ends,
+            };
+            if !inner.closed && can_serve(from, &inner.position, reader.start, &offsets) {
+                // The kept polls first: room for them and the next one.
+                let (tx, rx) = sync_channel(usable + 1);
+                for poll in inner.recent.iter().skip(skip) {
+                    tx.try_send(Ok(poll.clone()))
+                        .expect("room for the kept polls");
+                }
                 inner.add(columns, tx);
                 tracing::info!(query = %task.name, stream = %task.stream.name, "joined the stream's reader");
-                return Ok(subscription(inner.partitions.clone()));
+                return Ok(subscription(rx, inner.partitions.clone()));
             }
         }
+        let (tx, rx) = sync_channel(1);
         let mut inner = Inner {
             position: offsets.clone(),
+            recent_from: offsets.clone(),
             partitions: src.partitions(),
             ..Inner::default()
         };
@@ -185,7 +225,7 @@ impl Readers {
                 }
             })?;
         tracing::info!(query = %task.name, stream = %task.stream.name, "started a reader of the stream");
-        Ok(subscription(partitions))
+        Ok(subscription(rx, partitions))
     }
 
     /// How many readers each stream has.
@@ -199,6 +239,26 @@ impl Readers {
 }
 
 impl Inner {
+    /// Keeps `poll` for queries that join a little behind (see [`RECENT`]);
+    /// a consumer that moved back starts the kept polls over.
+    fn keep(&mut self, poll: &Arc<Poll>) {
+        if !poll.rewound.is_empty() {
+            self.recent.clear();
+            self.recent_from = self.position.clone();
+            return;
+        }
+        if poll.records == 0 {
+            return;
+        }
+        self.recent.push_back(poll.clone());
+        let mut kept: usize = self.recent.iter().map(|p| p.records).sum();
+        while kept > RECENT && self.recent.len() > 1 {
+            let oldest = self.recent.pop_front().expect("more than one");
+            kept -= oldest.records;
+            self.recent_from = oldest.ends.clone();
+        }
+    }
+
     fn add(&mut self, columns: Vec<usize>, tx: SyncSender<Delivery>) {
         static IDS: AtomicU64 = AtomicU64::new(0);
         self.subs.push(Sub {
@@ -219,7 +279,10 @@ impl Reader {
                 Ok(chunks) => chunks,
                 Err(e) => return self.fail(readers, e.to_string()),
             };
-            let (subs, columns, rewound) = {
+            // Joining waits while a poll is decoded: a query joins either
+            // before it (and receives it) or after it is kept.
+            let records = chunks.iter().map(|c| c.len()).sum();
+            let (poll, subs) = {
                 let mut inner = lock(&self.inner);
                 let rewound: Vec<i32> = (src.offsets().iter())
                     .filter(|(p, at)| inner.position.get(p).is_some_and(|was| *at < was))
@@ -227,27 +290,30 @@ impl Reader {
                     .collect();
                 inner.position = src.offsets().clone();
                 inner.partitions = src.partitions();
-                let subs: Vec<(u64, SyncSender<Delivery>)> =
-                    inner.subs.iter().map(|s| (s.id, s.tx.clone())).collect();
                 let mut columns: Vec<usize> =
                     inner.subs.iter().flat_map(|s| s.columns.clone()).collect();
                 columns.sort_unstable();
                 columns.dedup();
-                (subs, columns, rewound)
+                let decoded = match self.decode(&mut decoder, &columns, &chunks) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        drop(inner);
+                        return self.fail(readers, e.to_string());
+                    }
+                };
+                let poll = Arc::new(Poll {
+                    chunks: decoded,
+                    records,
+                    columns,
+                    ends: src.offsets().clone(),
+                    rewound,
+                    progress: src.progress(),
+                });
+                inner.keep(&poll);
+                let subs: Vec<(u64, SyncSender<Delivery>)> =
+                    inner.subs.iter().map(|s| (s.id, s.tx.clone())).collect();
+                (poll, subs)
             };
-            if subs.is_empty() && self.close_if_idle(readers) {
-                return;
-            }
-            let decoded = match self.decode(&mut decoder, &columns, &chunks) {
-                Ok(d) => d,
-                Err(e) => return self.fail(readers, e.to_string()),
-            };
-            let poll = Arc::new(Poll {
-                chunks: decoded,
-                ends: src.offsets().clone(),
-                rewound,
-                progress: src.progress(),
-            });
             let gone: Vec<u64> = subs
                 .into_iter()
                 .filter(|(_, tx)| tx.send(Ok(poll.clone())).is_err())
@@ -301,7 +367,8 @@ impl Reader {
         let other = all.iter().find(|r| {
             !Arc::ptr_eq(r, self) && r.stream == self.stream && {
                 let o = lock(&r.inner);
-                !o.closed && can_serve(&o.position, r.start, &inner.position)
+                // Queries handed over take no kept polls: from its position.
+                !o.closed && can_serve(&o.position, &o.position, r.start, &inner.position)
             }
         });
         let Some(other) = other else {
@@ -456,30 +523,85 @@ mod tests {
     }
 
     #[test]
-    fn a_reader_serves_queries_not_behind_it_and_near_it() {
+    fn a_reader_serves_queries_not_behind_what_it_can_hand_out_and_near_it() {
         let at = |v: &[(i32, i64)]| v.iter().copied().collect::<BTreeMap<i32, i64>>();
         let position = at(&[(0, 100), (1, 50)]);
         use StartFrom::{Earliest, Latest};
+        let serve =
+            |start, offsets: &[(i32, i64)]| can_serve(&position, &position, start, &at(offsets));
         // At or past the reader on every partition: no gap.
-        assert!(can_serve(&position, Earliest, &at(&[(0, 100), (1, 60)])));
+        assert!(serve(Earliest, &[(0, 100), (1, 60)]));
         // Behind it on one partition: those records were handed out already.
-        assert!(!can_serve(&position, Earliest, &at(&[(0, 99), (1, 60)])));
+        assert!(!serve(Earliest, &[(0, 99), (1, 60)]));
         // Nothing read of partition 1 yet (starting from earliest).
-        assert!(!can_serve(&position, Earliest, &at(&[(0, 100)])));
+        assert!(!serve(Earliest, &[(0, 100)]));
         // Far ahead: joining would mean waiting for the reader to catch up.
-        assert!(!can_serve(
-            &position,
-            Earliest,
-            &at(&[(0, 100 + NEAR + 1), (1, 50)])
-        ));
+        assert!(!serve(Earliest, &[(0, 100 + NEAR + 1), (1, 50)]));
         // A partition the reader has not read: from its start, which only
         // `earliest` guarantees is not past the query's offset.
-        let query = at(&[(0, 100), (1, 50), (2, 7)]);
-        assert!(can_serve(&position, Earliest, &query));
-        assert!(!can_serve(&position, Latest, &query));
+        assert!(serve(Earliest, &[(0, 100), (1, 50), (2, 7)]));
+        assert!(!serve(Latest, &[(0, 100), (1, 50), (2, 7)]));
         // A reader that has read nothing serves a query starting from
-        // earliest, and hands over to one at the same position.
-        assert!(can_serve(&BTreeMap::new(), Earliest, &BTreeMap::new()));
-        assert!(can_serve(&position, Earliest, &position));
+        // earliest.
+        assert!(can_serve(
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+            Earliest,
+            &BTreeMap::new()
+        ));
+
+        // With polls kept from offsets 40 and 20 on: a query behind the
+        // position but not behind those takes them first.
+        let from = at(&[(0, 40), (1, 20)]);
+        assert!(can_serve(
+            &from,
+            &position,
+            Latest,
+            &at(&[(0, 40), (1, 30)])
+        ));
+        assert!(!can_serve(
+            &from,
+            &position,
+            Latest,
+            &at(&[(0, 39), (1, 30)])
+        ));
+        // Partition 1 first read in a kept poll: from its start.
+        let from = at(&[(0, 40)]);
+        assert!(can_serve(&from, &position, Earliest, &at(&[(0, 40)])));
+        assert!(!can_serve(&from, &position, Latest, &at(&[(0, 40)])));
+    }
+
+    fn poll(records: usize, ends: &[(i32, i64)], rewound: bool) -> Arc<Poll> {
+        Arc::new(Poll {
+            chunks: Vec::new(),
+            records,
+            columns: vec![0],
+            ends: ends.iter().copied().collect(),
+            rewound: if rewound { vec![0] } else { Vec::new() },
+            progress: Progress::default(),
+        })
+    }
+
+    #[test]
+    fn a_reader_keeps_its_latest_polls_up_to_a_bound() {
+        let mut inner = Inner::default();
+        inner.keep(&poll(RECENT / 2, &[(0, 10)], false));
+        inner.keep(&poll(0, &[(0, 10)], false)); // nothing to keep
+        inner.keep(&poll(RECENT / 2, &[(0, 20)], false));
+        assert_eq!(inner.recent.len(), 2);
+        assert!(inner.recent_from.is_empty());
+        // One more: the oldest goes, and the kept polls start where it ended.
+        inner.keep(&poll(RECENT / 2, &[(0, 30)], false));
+        assert_eq!(inner.recent.len(), 2);
+        assert_eq!(inner.recent_from, BTreeMap::from([(0, 10)]));
+        // A poll larger than the bound is kept alone.
+        inner.keep(&poll(RECENT * 2, &[(0, 40)], false));
+        assert_eq!(inner.recent.len(), 1);
+        assert_eq!(inner.recent_from, BTreeMap::from([(0, 30)]));
+        // A consumer that moved back starts over from its position.
+        inner.position = BTreeMap::from([(0, 5)]);
+        inner.keep(&poll(10, &[(0, 5)], true));
+        assert!(inner.recent.is_empty());
+        assert_eq!(inner.recent_from, BTreeMap::from([(0, 5)]));
     }
 }
