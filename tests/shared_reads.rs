@@ -37,8 +37,7 @@ SELECT geo, count(*) AS imps, sum(bid) AS total_bid,
        count(DISTINCT cookie) AS cookies, approx_distinct(cookie) AS uniques
 FROM impressions WHERE geo <> 'unknown' AND website <> '' GROUP BY geo WINDOW 10s";
 
-/// Reads only columns `adnetwork` reads: it can take the polls the reader
-/// kept before it joined.
+/// Reads only columns `adnetwork` reads.
 const GEO_ALL: &str = "
 CREATE QUERY geo_all AS
 SELECT geo, count(*) AS imps, sum(bid) AS total_bid,
@@ -70,32 +69,35 @@ async fn wait_for_readers(s: &TestServer, n: u64) {
     }
 }
 
-/// Queries added from the start of the topic while another is live: one
-/// that reads only columns the reader decodes takes the polls it kept and
-/// joins at once; one that reads another column catches up on a reader of
-/// its own, then joins the live one. One reader again, and every query's
-/// rows equal the oracle; dropping a fourth query that shared the reader
-/// disturbs none.
+/// Queries added from the start of the topic while another is live: two
+/// 20 000 records behind take the polls the reader kept (one decoding them
+/// again for a column the reader did not decode) and join at once; one
+/// 60 000 records behind, past what the reader keeps, catches up on a
+/// reader of its own, then joins the live one. One reader again, and every
+/// query's rows equal the oracle; dropping the last one disturbs none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_query_catches_up_beside_a_live_one_then_they_share_one_read() {
+async fn queries_join_a_live_read_from_the_start_then_share_it() {
     let (_cluster, brokers) = mock_topic(4);
     let dir = tempfile::tempdir().unwrap();
-    let s = TestServer::start(dir.path(), &brokers);
+    // The reader keeps its latest 30 000 records for late joiners.
+    let config = dir.path().join("runnel.toml");
+    std::fs::write(&config, "shared_read_keep = 30000\n").unwrap();
+    let config = config.to_str().unwrap();
+    let data = dir.path().join("data");
+    let s = TestServer::start_with(&data, &brokers, &[("RUNNEL_CONFIG", config)]);
     s.sql(&format!("{STREAM}; {ADNETWORK}")).await;
     let mut feed = Feed::new(&brokers, 4, ten_minutes_ago(), 1);
+    feed.burst(20_000, 20_000.0);
+    wait_for_readers(&s, 1).await;
+    // 20 000 records behind the live reader, within the polls it keeps
+    // (which lack `website`: `by_geo` decodes them again).
+    s.sql(&format!("{GEO_ALL}; {BY_GEO}")).await;
     feed.burst(40_000, 20_000.0);
-    wait_for_readers(&s, 1).await;
-    // 40 000 records behind the live reader, within the polls it keeps.
-    s.sql(GEO_ALL).await;
-    // Also 40 000 behind, but the kept polls lack `website`: a reader of
-    // its own.
-    s.sql(BY_GEO).await;
-    feed.burst(20_000, 10_000.0);
-    std::thread::sleep(Duration::from_secs(2));
-    // Caught up and handed over: one reader for both.
-    wait_for_readers(&s, 1).await;
+    // 60 000 behind, past what the reader keeps: a reader of its own, which
+    // hands over once it has caught up.
     s.sql(BY_ADVERTISER).await;
     feed.burst(20_000, 10_000.0);
+    wait_for_readers(&s, 1).await;
     let (st, v) = s.post("/sql", "DROP QUERY by_advertiser").await;
     assert_eq!(st, 200, "{v}");
     std::thread::sleep(Duration::from_millis(1_500));

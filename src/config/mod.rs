@@ -71,6 +71,9 @@ pub struct Config {
     /// `runtime::shared`); off, each reads with a consumer of its own
     /// (what `runnel bench --runs queries` compares with).
     pub shared_reads: bool,
+    /// Records of its latest polls a shared reader keeps for queries that
+    /// join a little behind it (zero keeps none).
+    pub shared_read_keep: usize,
 }
 
 impl Default for Config {
@@ -96,6 +99,7 @@ impl Default for Config {
             pg_listen: None,
             pg_tls: None,
             shared_reads: true,
+            shared_read_keep: crate::runtime::shared::KEEP,
         }
     }
 }
@@ -148,6 +152,8 @@ pub struct FileConfig {
     pub pg_tls_key: Option<PathBuf>,
     /// `false`: each query reads its stream with a consumer of its own.
     pub shared_reads: Option<bool>,
+    /// Records a shared reader keeps for queries that join behind it.
+    pub shared_read_keep: Option<usize>,
 }
 
 impl FileConfig {
@@ -206,6 +212,7 @@ impl FileConfig {
             token: None,
             protect_reads: self.protect_reads.unwrap_or(false),
             shared_reads: self.shared_reads.unwrap_or(d.shared_reads),
+            shared_read_keep: self.shared_read_keep.unwrap_or(d.shared_read_keep),
             allow_files: if allow_files.is_empty() {
                 self.allow_files.unwrap_or_default()
             } else {
@@ -398,6 +405,8 @@ mod tests {
     fn shared_reads_on_unless_turned_off() {
         assert!(resolve("").unwrap().shared_reads);
         assert!(!resolve("shared_reads = false").unwrap().shared_reads);
+        let c = resolve("shared_read_keep = 5000").unwrap();
+        assert_eq!(c.shared_read_keep, 5000);
     }
 
     #[test]

@@ -33,7 +33,7 @@ pub struct Local {
 /// Where a query's decoded records come from.
 enum Input {
     /// A reader shared with the server's other queries over the stream.
-    Shared(Subscription),
+    Shared(Box<Subscription>),
     /// A thread of the query's own.
     Own(Prefetch<Vec<Decoded>>),
 }
@@ -113,7 +113,9 @@ impl Coordinator for Local {
             allowed_file(path.unwrap_or(""), &task.allow_files, false)?;
         }
         let src = match (&task.readers, &src) {
-            (Some(readers), Source::Kafka(_)) => Input::Shared(readers.subscribe(task, src)?),
+            (Some(readers), Source::Kafka(_)) => {
+                Input::Shared(Box::new(readers.subscribe(task, src)?))
+            }
             _ => {
                 let mut decoder = ChunkDecoder::new(task)?;
                 Input::Own(Prefetch::spawn(src, MAX_POLL, POLL_WAIT, move |chunks| {

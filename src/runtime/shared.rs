@@ -13,9 +13,10 @@
 //!
 //! A query joins a reader of its stream that is not past its offsets on
 //! any partition and at most [`NEAR`] records behind them. A reader keeps
-//! its latest polls ([`RECENT`] records), so a query a little behind it
+//! its latest polls ([`KEEP`] records), so a query a little behind it
 //! (queries created one after another over a backlog) joins too and takes
-//! those first, if they decoded the columns it reads. Otherwise it
+//! those first, decoding them again itself if they lack a column it reads.
+//! Otherwise it
 //! starts a reader of its own from its offsets (a query starting from
 //! `earliest` while others are live, or restored from an older
 //! checkpoint), which later queries may join too. A reader that catches up
@@ -47,7 +48,7 @@ use super::decode::{Decoded, DecodedChunk, QueryNotes, StreamDecoder};
 use crate::error::{Error, Result};
 use crate::model::{StartFrom, StreamDef};
 use crate::source::stats::StreamStats;
-use crate::source::{Progress, Source};
+use crate::source::{Chunk, Progress, Source};
 use crate::window::{Offsets, PartitionBatch};
 
 /// Most records one poll reads.
@@ -61,11 +62,11 @@ pub const POLL_WAIT: Duration = Duration::from_millis(100);
 /// means waiting long for records already read.
 pub const NEAR: i64 = MAX_POLL as i64;
 
-/// Records of its latest polls a reader keeps, decoded, for queries that
-/// subscribe a little behind it (several queries created one after another
-/// over a backlog): they take those polls first instead of a reader of
-/// their own.
-pub const RECENT: usize = 2 * MAX_POLL;
+/// Records of its latest polls a reader keeps by default (runnel.toml
+/// `shared_read_keep`), decoded and as read, for queries that subscribe a
+/// little behind it (several queries created one after another over a
+/// backlog): they take those polls first instead of a reader of their own.
+pub const KEEP: usize = 2 * MAX_POLL;
 
 /// One poll of a reader, decoded, as every subscriber receives it; an
 /// error ends the reader and fails its subscribers.
@@ -75,6 +76,9 @@ type Delivery = std::result::Result<Arc<Poll>, String>;
 #[derive(Debug)]
 struct Poll {
     chunks: Vec<DecodedChunk>,
+    /// The records as read, for a query that joins later and reads a
+    /// column the reader did not decode (see [`KEEP`]).
+    raw: Vec<Chunk>,
     /// Records read (good and bad).
     records: usize,
     /// The stream columns decoded (besides the event time).
@@ -92,6 +96,8 @@ struct Poll {
 #[derive(Default)]
 pub struct Readers {
     readers: Mutex<Vec<Arc<Reader>>>,
+    /// Records of its latest polls each reader keeps (see [`KEEP`]).
+    keep: usize,
 }
 
 /// One consumer and decoder serving the queries subscribed to it.
@@ -100,6 +106,8 @@ struct Reader {
     /// Where the consumer starts a partition it has no offset for.
     start: StartFrom,
     stats: Arc<StreamStats>,
+    /// Records of its latest polls it keeps (see [`KEEP`]).
+    keep: usize,
     inner: Mutex<Inner>,
 }
 
@@ -107,7 +115,7 @@ struct Reader {
 struct Inner {
     /// The next offset per partition of the next poll handed out.
     position: BTreeMap<i32, i64>,
-    /// The latest polls handed out (at most [`RECENT`] records, and always
+    /// The latest polls handed out (at most [`KEEP`] records, and always
     /// the last one), and where the oldest of them starts.
     recent: VecDeque<Arc<Poll>>,
     recent_from: BTreeMap<i32, i64>,
@@ -156,6 +164,14 @@ fn can_serve(
 }
 
 impl Readers {
+    /// Readers that keep `keep` records of their latest polls.
+    pub fn new(keep: usize) -> Self {
+        Readers {
+            keep,
+            ..Readers::default()
+        }
+    }
+
     /// Subscribes `task` to a reader of its stream that can serve it from
     /// `src`'s offsets, or starts a reader of its own with `src`.
     pub fn subscribe(self: &Arc<Self>, task: &QueryTask, src: Source) -> Result<Subscription> {
@@ -169,28 +185,23 @@ impl Readers {
             },
             offsets: offsets.clone(),
             notes: QueryNotes::new(task),
-            stream: task.stream.name.clone(),
+            columns: columns.clone(),
+            decoder: None,
+            stream: task.stream.clone(),
+            stats: task.stats.clone(),
         };
         let mut readers = lock(&self.readers);
         for reader in readers.iter().filter(|r| r.stream == task.stream) {
             let mut inner = lock(&reader.inner);
-            // Of the kept polls, the latest that decoded the query's columns.
-            let usable = (inner.recent.iter().rev())
-                .take_while(|p| columns.iter().all(|c| p.columns.contains(c)))
-                .count();
-            let skip = inner.recent.len() - usable;
-            let from = match skip {
-                0 => &inner.recent_from,
-                n => &inner.recent[n - 1].ends,
-            };
-            if !inner.closed && can_serve(from, &inner.position, reader.start, &offsets) {
+            let (from, at) = (&inner.recent_from, &inner.position);
+            if !inner.closed && can_serve(from, at, reader.start, &offsets) {
                 // The kept polls first: room for them and the next one.
-                let (tx, rx) = sync_channel(usable + 1);
-                for poll in inner.recent.iter().skip(skip) {
+                let (tx, rx) = sync_channel(inner.recent.len() + 1);
+                for poll in &inner.recent {
                     tx.try_send(Ok(poll.clone()))
                         .expect("room for the kept polls");
                 }
-                inner.add(columns, tx);
+                inner.add(columns.clone(), tx);
                 tracing::info!(query = %task.name, stream = %task.stream.name, "joined the stream's reader");
                 return Ok(subscription(rx, inner.partitions.clone()));
             }
@@ -202,12 +213,13 @@ impl Readers {
             partitions: src.partitions(),
             ..Inner::default()
         };
-        inner.add(columns, tx);
+        inner.add(columns.clone(), tx);
         let partitions = inner.partitions.clone();
         let reader = Arc::new(Reader {
             stream: task.stream.clone(),
             start: task.reset.unwrap_or(task.stream.start),
             stats: task.stats.clone(),
+            keep: self.keep,
             inner: Mutex::new(inner),
         });
         readers.push(reader.clone());
@@ -239,10 +251,11 @@ impl Readers {
 }
 
 impl Inner {
-    /// Keeps `poll` for queries that join a little behind (see [`RECENT`]);
-    /// a consumer that moved back starts the kept polls over.
-    fn keep(&mut self, poll: &Arc<Poll>) {
-        if !poll.rewound.is_empty() {
+    /// Keeps `poll` for queries that join a little behind, the latest polls
+    /// up to `keep` records (see [`KEEP`]); a consumer that moved back
+    /// starts the kept polls over.
+    fn keep(&mut self, poll: &Arc<Poll>, keep: usize) {
+        if !poll.rewound.is_empty() || keep == 0 {
             self.recent.clear();
             self.recent_from = self.position.clone();
             return;
@@ -252,7 +265,7 @@ impl Inner {
         }
         self.recent.push_back(poll.clone());
         let mut kept: usize = self.recent.iter().map(|p| p.records).sum();
-        while kept > RECENT && self.recent.len() > 1 {
+        while kept > keep && self.recent.len() > 1 {
             let oldest = self.recent.pop_front().expect("more than one");
             kept -= oldest.records;
             self.recent_from = oldest.ends.clone();
@@ -303,13 +316,14 @@ impl Reader {
                 };
                 let poll = Arc::new(Poll {
                     chunks: decoded,
+                    raw: chunks,
                     records,
                     columns,
                     ends: src.offsets().clone(),
                     rewound,
                     progress: src.progress(),
                 });
-                inner.keep(&poll);
+                inner.keep(&poll, self.keep);
                 let subs: Vec<(u64, SyncSender<Delivery>)> =
                     inner.subs.iter().map(|s| (s.id, s.tx.clone())).collect();
                 (poll, subs)
@@ -334,7 +348,7 @@ impl Reader {
         &self,
         decoder: &mut Option<StreamDecoder>,
         columns: &[usize],
-        chunks: &[crate::source::Chunk],
+        chunks: &[Chunk],
     ) -> Result<Vec<DecodedChunk>> {
         if decoder.as_ref().is_none_or(|d| d.columns() != columns) {
             *decoder = Some(StreamDecoder::new(
@@ -400,7 +414,12 @@ pub struct Subscription {
     offsets: BTreeMap<i32, i64>,
     progress: Progress,
     notes: QueryNotes,
-    stream: String,
+    /// The stream columns the query reads.
+    columns: Vec<usize>,
+    /// Its own decoder, for kept polls that lack one of its columns.
+    decoder: Option<StreamDecoder>,
+    stream: StreamDef,
+    stats: Arc<StreamStats>,
 }
 
 impl Subscription {
@@ -414,12 +433,28 @@ impl Subscription {
             Err(RecvTimeoutError::Disconnected) => {
                 return Err(Error::Execution(format!(
                     "the reader of stream {} stopped",
-                    self.stream
+                    self.stream.name
                 )));
             }
         };
-        let mut taken = Vec::with_capacity(poll.chunks.len());
-        for chunk in &poll.chunks {
+        let decoded_here;
+        let chunks = match self.columns.iter().all(|c| poll.columns.contains(c)) {
+            true => &poll.chunks,
+            false => {
+                let decoder = match &mut self.decoder {
+                    Some(d) => d,
+                    None => self.decoder.insert(StreamDecoder::new(
+                        &self.stream,
+                        self.stats.clone(),
+                        &self.columns,
+                    )?),
+                };
+                decoded_here = decoder.decode_poll(&poll.raw)?;
+                &decoded_here
+            }
+        };
+        let mut taken = Vec::with_capacity(chunks.len());
+        for chunk in chunks {
             let from = self.offsets.get(&chunk.partition).copied();
             let from = from.unwrap_or(i64::MIN);
             if chunk.end <= from {
@@ -574,6 +609,7 @@ mod tests {
     fn poll(records: usize, ends: &[(i32, i64)], rewound: bool) -> Arc<Poll> {
         Arc::new(Poll {
             chunks: Vec::new(),
+            raw: Vec::new(),
             records,
             columns: vec![0],
             ends: ends.iter().copied().collect(),
@@ -585,22 +621,22 @@ mod tests {
     #[test]
     fn a_reader_keeps_its_latest_polls_up_to_a_bound() {
         let mut inner = Inner::default();
-        inner.keep(&poll(RECENT / 2, &[(0, 10)], false));
-        inner.keep(&poll(0, &[(0, 10)], false)); // nothing to keep
-        inner.keep(&poll(RECENT / 2, &[(0, 20)], false));
+        inner.keep(&poll(KEEP / 2, &[(0, 10)], false), KEEP);
+        inner.keep(&poll(0, &[(0, 10)], false), KEEP); // nothing to keep
+        inner.keep(&poll(KEEP / 2, &[(0, 20)], false), KEEP);
         assert_eq!(inner.recent.len(), 2);
         assert!(inner.recent_from.is_empty());
         // One more: the oldest goes, and the kept polls start where it ended.
-        inner.keep(&poll(RECENT / 2, &[(0, 30)], false));
+        inner.keep(&poll(KEEP / 2, &[(0, 30)], false), KEEP);
         assert_eq!(inner.recent.len(), 2);
         assert_eq!(inner.recent_from, BTreeMap::from([(0, 10)]));
         // A poll larger than the bound is kept alone.
-        inner.keep(&poll(RECENT * 2, &[(0, 40)], false));
+        inner.keep(&poll(KEEP * 2, &[(0, 40)], false), KEEP);
         assert_eq!(inner.recent.len(), 1);
         assert_eq!(inner.recent_from, BTreeMap::from([(0, 30)]));
         // A consumer that moved back starts over from its position.
         inner.position = BTreeMap::from([(0, 5)]);
-        inner.keep(&poll(10, &[(0, 5)], true));
+        inner.keep(&poll(10, &[(0, 5)], true), KEEP);
         assert!(inner.recent.is_empty());
         assert_eq!(inner.recent_from, BTreeMap::from([(0, 5)]));
     }

@@ -254,6 +254,7 @@ impl App {
     pub async fn open(config: Config) -> Result<Arc<Self>> {
         let store = Store::connect(config.store.as_deref(), &config.data_dir)?;
         let guards = limits::Guards::new(config.limits)?;
+        let readers = crate::runtime::shared::Readers::new(config.shared_read_keep);
         let app = Arc::new(App {
             config,
             store: store.clone(),
@@ -262,7 +263,7 @@ impl App {
             streams: RwLock::new(BTreeMap::new()),
             tables: RwLock::new(BTreeMap::new()),
             queries: RwLock::new(BTreeMap::new()),
-            readers: Arc::default(),
+            readers: Arc::new(readers),
             ddl: tokio::sync::Mutex::new(()),
         });
         if app.config.cluster.is_some() {
