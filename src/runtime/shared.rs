@@ -15,7 +15,8 @@
 //! any partition and at most [`NEAR`] records behind them. A reader keeps
 //! its latest polls ([`KEEP`] records), so a query a little behind it
 //! (queries created one after another over a backlog) joins too and takes
-//! those first, decoding them again itself if they lack a column it reads.
+//! those first; kept polls lacking a column it reads are decoded again
+//! from the records as read, once, with that column added.
 //! Otherwise it
 //! starts a reader of its own from its offsets (a query starting from
 //! `earliest` while others are live, or restored from an older
@@ -78,7 +79,7 @@ struct Poll {
     chunks: Vec<DecodedChunk>,
     /// The records as read, for a query that joins later and reads a
     /// column the reader did not decode (see [`KEEP`]).
-    raw: Vec<Chunk>,
+    raw: Arc<Vec<Chunk>>,
     /// Records read (good and bad).
     records: usize,
     /// The stream columns decoded (besides the event time).
@@ -185,16 +186,14 @@ impl Readers {
             },
             offsets: offsets.clone(),
             notes: QueryNotes::new(task),
-            columns: columns.clone(),
-            decoder: None,
-            stream: task.stream.clone(),
-            stats: task.stats.clone(),
+            stream: task.stream.name.clone(),
         };
         let mut readers = lock(&self.readers);
         for reader in readers.iter().filter(|r| r.stream == task.stream) {
             let mut inner = lock(&reader.inner);
             let (from, at) = (&inner.recent_from, &inner.position);
             if !inner.closed && can_serve(from, at, reader.start, &offsets) {
+                reader.widen(&mut inner.recent, &columns)?;
                 // The kept polls first: room for them and the next one.
                 let (tx, rx) = sync_channel(inner.recent.len() + 1);
                 for poll in &inner.recent {
@@ -316,7 +315,7 @@ impl Reader {
                 };
                 let poll = Arc::new(Poll {
                     chunks: decoded,
-                    raw: chunks,
+                    raw: Arc::new(chunks),
                     records,
                     columns,
                     ends: src.offsets().clone(),
@@ -358,6 +357,39 @@ impl Reader {
             )?);
         }
         decoder.as_mut().expect("made").decode_poll(chunks)
+    }
+
+    /// Decodes again, as read, the kept polls that lack one of `columns`,
+    /// with those columns added: once per new column, for the query joining
+    /// now and any later one.
+    fn widen(&self, recent: &mut VecDeque<Arc<Poll>>, columns: &[usize]) -> Result<()> {
+        let mut decoder: Option<StreamDecoder> = None;
+        for kept in recent.iter_mut() {
+            if columns.iter().all(|c| kept.columns.contains(c)) {
+                continue;
+            }
+            let mut wider: Vec<usize> = kept.columns.iter().chain(columns).copied().collect();
+            wider.sort_unstable();
+            wider.dedup();
+            if decoder.as_ref().is_none_or(|d| d.columns() != wider) {
+                decoder = Some(StreamDecoder::new(
+                    &self.stream,
+                    self.stats.clone(),
+                    &wider,
+                )?);
+            }
+            let chunks = decoder.as_mut().expect("made").decode_poll(&kept.raw)?;
+            *kept = Arc::new(Poll {
+                chunks,
+                raw: kept.raw.clone(),
+                records: kept.records,
+                columns: wider,
+                ends: kept.ends.clone(),
+                rewound: kept.rewound.clone(),
+                progress: kept.progress.clone(),
+            });
+        }
+        Ok(())
     }
 
     /// Ends the reader when nothing is subscribed: removed from `readers`
@@ -409,17 +441,16 @@ impl Reader {
 }
 
 /// A query's share of a reader: the records at or past its own offsets.
+/// Every poll it receives decoded the columns it reads: the polls kept
+/// before it joined were widened for it ([`Reader::widen`]), the later
+/// ones decode the columns of every subscriber.
 pub struct Subscription {
     rx: Receiver<Delivery>,
     offsets: BTreeMap<i32, i64>,
     progress: Progress,
     notes: QueryNotes,
-    /// The stream columns the query reads.
-    columns: Vec<usize>,
-    /// Its own decoder, for kept polls that lack one of its columns.
-    decoder: Option<StreamDecoder>,
-    stream: StreamDef,
-    stats: Arc<StreamStats>,
+    /// The stream's name, for errors.
+    stream: String,
 }
 
 impl Subscription {
@@ -433,28 +464,12 @@ impl Subscription {
             Err(RecvTimeoutError::Disconnected) => {
                 return Err(Error::Execution(format!(
                     "the reader of stream {} stopped",
-                    self.stream.name
+                    self.stream
                 )));
             }
         };
-        let decoded_here;
-        let chunks = match self.columns.iter().all(|c| poll.columns.contains(c)) {
-            true => &poll.chunks,
-            false => {
-                let decoder = match &mut self.decoder {
-                    Some(d) => d,
-                    None => self.decoder.insert(StreamDecoder::new(
-                        &self.stream,
-                        self.stats.clone(),
-                        &self.columns,
-                    )?),
-                };
-                decoded_here = decoder.decode_poll(&poll.raw)?;
-                &decoded_here
-            }
-        };
-        let mut taken = Vec::with_capacity(chunks.len());
-        for chunk in chunks {
+        let mut taken = Vec::with_capacity(poll.chunks.len());
+        for chunk in &poll.chunks {
             let from = self.offsets.get(&chunk.partition).copied();
             let from = from.unwrap_or(i64::MIN);
             if chunk.end <= from {
@@ -609,7 +624,7 @@ mod tests {
     fn poll(records: usize, ends: &[(i32, i64)], rewound: bool) -> Arc<Poll> {
         Arc::new(Poll {
             chunks: Vec::new(),
-            raw: Vec::new(),
+            raw: Arc::default(),
             records,
             columns: vec![0],
             ends: ends.iter().copied().collect(),
