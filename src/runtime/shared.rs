@@ -4,8 +4,8 @@
 //! A reader polls the stream's topic with one consumer on a thread of its
 //! own, decodes each poll once — the union of the columns its subscribers
 //! read, and the event time — and hands the decoded poll to every
-//! subscriber over a channel holding one poll: the reader runs one poll
-//! ahead, as [`crate::source::prefetch::Prefetch`] does, and the slowest
+//! subscriber over a channel holding one poll (more for a query that took
+//! kept polls when it joined): the reader runs one poll ahead, as [`crate::source::prefetch::Prefetch`] does, and the slowest
 //! subscriber paces it, so memory stays bounded. Each query keeps its own
 //! offsets, watermark, lateness, state and checkpoint: its [`Subscription`]
 //! takes of each poll only the records at or past its own next offsets,
@@ -16,8 +16,7 @@
 //! its latest polls ([`KEEP`] records), so a query a little behind it
 //! (queries created one after another over a backlog) joins too and takes
 //! those first; kept polls lacking a column it reads are decoded again
-//! from the records as read, once, with that column added.
-//! Otherwise it
+//! from the records as read, once, with that column added. Otherwise it
 //! starts a reader of its own from its offsets (a query starting from
 //! `earliest` while others are live, or restored from an older
 //! checkpoint), which later queries may join too. A reader that catches up
@@ -29,7 +28,8 @@
 //! ```no_run
 //! # use std::sync::Arc;
 //! # fn demo(task: &runnel::runtime::QueryTask, src: runnel::source::Source) -> runnel::error::Result<()> {
-//! let readers = Arc::new(runnel::runtime::shared::Readers::default());
+//! use runnel::runtime::shared::{KEEP, Readers};
+//! let readers = Arc::new(Readers::new(KEEP));
 //! let mut sub = readers.subscribe(task, src)?;
 //! for (partition, records) in sub.poll(std::time::Duration::from_millis(100))? {
 //!     println!("{partition}: {:?} records", records.map(|b| b.batch.num_rows()));
