@@ -15,8 +15,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::TestServer;
-use common::oracle::{Feed, mock_topic, ten_minutes_ago, wait_and_check};
-use rand::{Rng, SeedableRng};
+use common::oracle::{
+    Feed, bursts_through_kill_nines, mock_topic, ten_minutes_ago, wait_and_check,
+};
 
 /// Exact aggregates only (besides the sketch), so every row is checkable.
 const SQL: &str = "
@@ -58,30 +59,11 @@ async fn old_event_times_with_pauses_and_a_restart_in_one() {
 async fn twenty_kill_nines_between_bursts_and_pauses() {
     let (_cluster, brokers) = mock_topic(4);
     let dir = tempfile::tempdir().unwrap();
-    let mut s = TestServer::start(dir.path(), &brokers);
+    let s = TestServer::start(dir.path(), &brokers);
     s.sql(SQL).await;
-    let producer = {
-        let brokers = brokers.clone();
-        std::thread::spawn(move || {
-            let mut rng = rand::rngs::SmallRng::seed_from_u64(12);
-            let mut feed = Feed::new(&brokers, 4, ten_minutes_ago(), 2);
-            // 24 bursts of 2 500 records: 5 s of event time each, so the
-            // data ends on a window boundary.
-            for _ in 0..24 {
-                feed.burst(2_500, 8_000.0);
-                let pause = rng.random_range(100..3_000);
-                std::thread::sleep(Duration::from_millis(pause));
-            }
-            feed.oracle
-        })
-    };
-    let mut rng = rand::rngs::SmallRng::seed_from_u64(21);
-    for _ in 0..20 {
-        tokio::time::sleep(Duration::from_millis(rng.random_range(300..2_000))).await;
-        s.kill9();
-        s = TestServer::start(dir.path(), &brokers);
-    }
-    let oracle = producer.join().unwrap();
+    // 24 bursts with pauses of 0.1–3 s, 20 kills.
+    let (s, oracle) =
+        bursts_through_kill_nines(s, dir.path(), &brokers, (24, 3_000, 20), (12, 21)).await;
     wait_and_check(&s, &oracle).await;
 }
 

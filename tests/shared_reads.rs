@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use common::TestServer;
 use common::oracle::{
-    Feed, by_geo, mock_topic, ten_minutes_ago, wait_and_check, wait_and_check_query,
+    Feed, bursts_through_kill_nines, by_geo, mock_topic, ten_minutes_ago, wait_and_check,
+    wait_and_check_query,
 };
-use rand::{Rng, SeedableRng};
 
 const STREAM: &str = "
 CREATE STREAM impressions (ts TIMESTAMP, publisher TEXT, advertiser TEXT, website TEXT,
@@ -121,29 +121,12 @@ async fn queries_join_a_live_read_from_the_start_then_share_it() {
 async fn queries_sharing_a_read_through_kill_nines_equal_the_oracle() {
     let (_cluster, brokers) = mock_topic(4);
     let dir = tempfile::tempdir().unwrap();
-    let mut s = TestServer::start(dir.path(), &brokers);
+    let s = TestServer::start(dir.path(), &brokers);
     s.sql(&format!("{STREAM}; {ADNETWORK}; {BY_GEO}; {BY_ADVERTISER}"))
         .await;
-    let producer = {
-        let brokers = brokers.clone();
-        std::thread::spawn(move || {
-            let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
-            let mut feed = Feed::new(&brokers, 4, ten_minutes_ago(), 2);
-            // 5 s of event time per burst: the data ends on a window boundary.
-            for _ in 0..16 {
-                feed.burst(2_500, 8_000.0);
-                std::thread::sleep(Duration::from_millis(rng.random_range(100..2_500)));
-            }
-            feed.oracle
-        })
-    };
-    let mut rng = rand::rngs::SmallRng::seed_from_u64(70);
-    for _ in 0..10 {
-        tokio::time::sleep(Duration::from_millis(rng.random_range(300..2_000))).await;
-        s.kill9();
-        s = TestServer::start(dir.path(), &brokers);
-    }
-    let oracle = producer.join().unwrap();
+    // 16 bursts with pauses of 0.1–2.5 s, 10 kills.
+    let (s, oracle) =
+        bursts_through_kill_nines(s, dir.path(), &brokers, (16, 2_500, 10), (7, 70)).await;
     wait_and_check(&s, &oracle).await;
     wait_and_check_query(&s, "by_geo", &["geo"], &by_geo(&oracle)).await;
     wait_for_readers(&s, 1).await;

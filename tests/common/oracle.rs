@@ -3,7 +3,10 @@
 //! them must report; [`wait_and_check`] compares a server's rows with it.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
 
 use rdkafka::ClientConfig;
 use rdkafka::mocking::MockCluster;
@@ -239,4 +242,40 @@ pub fn mock_topic(
 /// The wall clock ten minutes ago, in epoch ms.
 pub fn ten_minutes_ago() -> i64 {
     chrono::Utc::now().timestamp_millis() - 600_000
+}
+
+/// Produces `bursts` bursts of 2 500 records over 4 partitions (event times
+/// 2 ms apart from ten minutes ago: 5 s of event time per burst, so the
+/// data ends on a window boundary), with random pauses of 100 ms up to
+/// `max_pause_ms` between them, while the server `s` is killed with
+/// SIGKILL and started again on `data_dir` `kills` times at random moments
+/// 0.3–2 s apart. `seeds` seed the pauses and the kills. Returns the last
+/// server and the oracle of everything produced.
+pub async fn bursts_through_kill_nines(
+    mut s: TestServer,
+    data_dir: &Path,
+    brokers: &str,
+    (bursts, max_pause_ms, kills): (usize, u64, usize),
+    seeds: (u64, u64),
+) -> (TestServer, BTreeMap<Key, Agg>) {
+    let producer = {
+        let brokers = brokers.to_string();
+        std::thread::spawn(move || {
+            let mut rng = rand::rngs::SmallRng::seed_from_u64(seeds.0);
+            let mut feed = Feed::new(&brokers, 4, ten_minutes_ago(), 2);
+            for _ in 0..bursts {
+                feed.burst(2_500, 8_000.0);
+                let pause = rng.random_range(100..max_pause_ms);
+                std::thread::sleep(Duration::from_millis(pause));
+            }
+            feed.oracle
+        })
+    };
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seeds.1);
+    for _ in 0..kills {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(300..2_000))).await;
+        s.kill9();
+        s = TestServer::start(data_dir, brokers);
+    }
+    (s, producer.join().unwrap())
 }
