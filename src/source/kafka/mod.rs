@@ -33,6 +33,7 @@
 
 pub mod admin;
 pub mod context;
+mod fetch;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,6 +49,7 @@ use crate::connect::kafka::KafkaConn;
 use crate::error::{Error, Result};
 use crate::model::{OnOffsetLoss, StartFrom};
 pub use context::{BROKER_FRESH_US, STATS_INTERVAL_MS, SourceContext};
+use fetch::{FetchQueue, Fetched};
 
 /// Where a consumer group member starts the partitions it is assigned:
 /// called with them at each assignment, it returns the saved next offset of
@@ -116,6 +118,9 @@ pub fn end_offsets(kafka: &KafkaConn, topic: &str) -> Result<BTreeMap<i32, i64>>
 /// A consumer reading every partition of one topic, or in a consumer group
 /// the partitions the group assigns it.
 pub struct KafkaSource {
+    /// Reading every partition: where their records are read in batches
+    /// (see [`fetch`]). Closed before `consumer` (see `Drop`).
+    fetch: Option<FetchQueue>,
     consumer: BaseConsumer<SourceContext>,
     topic: String,
     /// Reading every partition (not a group member): new partitions of the
@@ -167,9 +172,11 @@ impl KafkaSource {
         waiting: Waiting,
     ) -> Result<Self> {
         let (consumer, partitions) = open(kafka, topic, client_id, start, None, &[], waiting)?;
+        let mut fetch = FetchQueue::new(&consumer, topic)?;
         let mut offsets = saved.clone();
         let mut tpl = TopicPartitionList::new();
         for p in &partitions {
+            fetch.forward(&consumer, *p);
             let mut at = start_offset(saved.get(p), start);
             // `latest` is the log end now, kept as an offset of its own so a
             // checkpoint saves it even before the partition gives a record.
@@ -188,6 +195,7 @@ impl KafkaSource {
         }
         consumer.assign(&tpl)?;
         Ok(KafkaSource {
+            fetch: Some(fetch),
             consumer,
             topic: topic.to_string(),
             all_partitions: true,
@@ -234,6 +242,7 @@ impl KafkaSource {
         )?;
         consumer.subscribe(&[topic])?;
         Ok(KafkaSource {
+            fetch: None,
             consumer,
             topic: topic.to_string(),
             all_partitions: false,
@@ -413,6 +422,9 @@ impl KafkaSource {
             tpl.add_partition_offset(&self.topic, p, Offset::Offset(to))?;
             self.consumer.incremental_unassign(&tpl)?;
             self.consumer.incremental_assign(&tpl)?;
+            if let Some(fetch) = &mut self.fetch {
+                fetch.moved(p, to);
+            }
         }
         Ok(())
     }
@@ -462,6 +474,9 @@ impl KafkaSource {
         }
         let mut tpl = TopicPartitionList::new();
         for p in &new {
+            if let Some(fetch) = &mut self.fetch {
+                fetch.forward(&self.consumer, *p);
+            }
             tpl.add_partition_offset(&self.topic, *p, Offset::Beginning)?;
         }
         self.consumer.incremental_assign(&tpl)?;
@@ -477,7 +492,59 @@ impl KafkaSource {
         if self.all_partitions && self.discovered.elapsed() >= DISCOVER_EVERY {
             self.discover_partitions()?;
         }
-        let mut chunks: Vec<Chunk> = Vec::new();
+        let mut chunks = Vec::new();
+        if self.fetch.is_none() {
+            self.poll_consumer(&mut chunks, max, wait)?;
+            return Ok(chunks);
+        }
+        // Statistics and errors first (records come on the consumer's
+        // queue only if forwarding failed: read them all the same).
+        let n = self.poll_consumer(&mut chunks, max, Duration::ZERO)?;
+        let wait = if n > 0 { Duration::ZERO } else { wait };
+        let Some(fetch) = &mut self.fetch else {
+            unreachable!("checked above")
+        };
+        let mut lost = false;
+        fetch.read(&self.consumer, max - n, wait, |f| match f {
+            Fetched::Record {
+                partition,
+                offset,
+                payload,
+                log_time,
+            } => push(
+                &mut chunks,
+                &mut self.offsets,
+                partition,
+                offset,
+                payload,
+                log_time,
+            ),
+            Fetched::Error(
+                RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange,
+                _,
+            ) => lost = true,
+            Fetched::Error(code, text) => {
+                let e = format!("{code}: {text}");
+                if self.consumer.context().should_log(&e) {
+                    tracing::warn!("kafka: {e}");
+                }
+            }
+        });
+        if lost {
+            self.on_offset_loss()?;
+        }
+        Ok(chunks)
+    }
+
+    /// Reads records off the consumer's own queue into `chunks`, one call
+    /// per record, serving its other events (statistics, rebalances,
+    /// errors) on the way; returns how many records it read.
+    fn poll_consumer(
+        &mut self,
+        chunks: &mut Vec<Chunk>,
+        max: usize,
+        wait: Duration,
+    ) -> Result<usize> {
         let mut n = 0;
         let deadline = Instant::now() + wait;
         let mut timeout = wait;
@@ -513,21 +580,16 @@ impl KafkaSource {
                 chunks.clear();
                 n = 0;
             }
-            // One chunk per partition per poll: fewer, larger batches. Order
-            // within a partition is kept, which is all the engine relies on.
-            let p = msg.partition();
-            let i = match chunks.iter().position(|c| c.partition == p) {
-                Some(i) => i,
-                None => {
-                    chunks.push(Chunk::new(p, msg.offset()));
-                    chunks.len() - 1
-                }
-            };
-            let c = &mut chunks[i];
-            // Without a timestamp the record's own event time is not capped.
-            let logged = msg.timestamp().to_millis().unwrap_or(i64::MAX);
-            c.push_logged(msg.payload().unwrap_or_default(), msg.offset(), logged);
-            self.offsets.insert(p, msg.offset() + 1);
+            let log_time = msg.timestamp().to_millis();
+            let payload = msg.payload().unwrap_or_default();
+            push(
+                chunks,
+                &mut self.offsets,
+                msg.partition(),
+                msg.offset(),
+                payload,
+                log_time,
+            );
             n += 1;
             // After the first record, take only what is already fetched.
             timeout = Duration::ZERO;
@@ -536,8 +598,44 @@ impl KafkaSource {
                 break;
             }
         }
-        Ok(chunks)
+        Ok(n)
     }
+}
+
+impl Drop for KafkaSource {
+    fn drop(&mut self) {
+        if let Some(fetch) = self.fetch.take() {
+            fetch.close(&self.consumer);
+        }
+    }
+}
+
+/// Appends one record to its partition's chunk (one chunk per partition per
+/// poll: fewer, larger batches; order within a partition, all the engine
+/// relies on, is kept) and moves the partition's next offset past it.
+fn push(
+    chunks: &mut Vec<Chunk>,
+    offsets: &mut BTreeMap<i32, i64>,
+    partition: i32,
+    offset: i64,
+    payload: &[u8],
+    log_time: Option<i64>,
+) {
+    // A fetch brings a run of one partition's records: try the last first.
+    let i = match chunks.last() {
+        Some(c) if c.partition == partition => Some(chunks.len() - 1),
+        _ => chunks.iter().position(|c| c.partition == partition),
+    };
+    let i = match i {
+        Some(i) => i,
+        None => {
+            chunks.push(Chunk::new(partition, offset));
+            chunks.len() - 1
+        }
+    };
+    // Without a timestamp the record's own event time is not capped.
+    chunks[i].push_logged(payload, offset, log_time.unwrap_or(i64::MAX));
+    offsets.insert(partition, offset + 1);
 }
 
 /// The partitions of `topic` in a metadata answer (none if it is missing).
