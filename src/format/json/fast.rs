@@ -157,12 +157,18 @@ fn token(b: &[u8], i: usize) -> R<(Token, usize)> {
     }
 }
 
-fn text(b: &[u8], s: usize, e: usize) -> &str {
-    // The whole payload was checked to be UTF-8 and token bounds are ASCII.
-    std::str::from_utf8(&b[s..e]).unwrap_or_default()
+/// The token `b[s..e]` as text.
+///
+/// # Safety
+/// `b` must be valid UTF-8 (each record is checked whole before its tokens
+/// are read) and `s`, `e` token bounds, which sit next to ASCII bytes.
+unsafe fn text(b: &[u8], s: usize, e: usize) -> &str {
+    // SAFETY: a slice of valid UTF-8 cut at character boundaries.
+    unsafe { std::str::from_utf8_unchecked(&b[s..e]) }
 }
 
 impl Column {
+    /// Appends token `t` of record `b`, which must be valid UTF-8.
     fn append(&mut self, b: &[u8], t: &Token) -> R<()> {
         // A null fits every type, read or skipped.
         if let Token::Null = t {
@@ -178,19 +184,19 @@ impl Column {
                 _ => Err(GiveUp),
             },
             (Builder::Utf8(v), Token::Str(s, e, false)) => {
-                v.append_value(text(b, *s, *e));
+                v.append_value(unsafe { text(b, *s, *e) });
                 Ok(())
             }
             (Builder::Float64(v), Token::Num(s, e, _)) => {
-                v.append_value(text(b, *s, *e).parse().map_err(|_| GiveUp)?);
+                v.append_value(unsafe { text(b, *s, *e) }.parse().map_err(|_| GiveUp)?);
                 Ok(())
             }
             (Builder::Int64(v), Token::Num(s, e, true)) => {
-                v.append_value(text(b, *s, *e).parse().map_err(|_| GiveUp)?);
+                v.append_value(unsafe { text(b, *s, *e) }.parse().map_err(|_| GiveUp)?);
                 Ok(())
             }
             (Builder::TimestampMs(v), Token::Num(s, e, true)) => {
-                v.append_value(text(b, *s, *e).parse().map_err(|_| GiveUp)?);
+                v.append_value(unsafe { text(b, *s, *e) }.parse().map_err(|_| GiveUp)?);
                 Ok(())
             }
             (Builder::Boolean(v), Token::Bool(x)) => {
@@ -271,6 +277,7 @@ impl FastDecoder {
         i = ws(b, i + 1);
         let mut seen: u64 = 0;
         let mut unknown = None;
+        let mut next = 0;
         if b.get(i) == Some(&b'}') {
             i += 1;
         } else {
@@ -290,7 +297,14 @@ impl FastDecoder {
                 i = ws(b, i + 1);
                 let (t, e) = token(b, i)?;
                 i = e;
-                if let Some(c) = self.columns.iter().position(|c| &*c.name == key) {
+                // Records mostly list their fields in one order: try the
+                // column after the last one first.
+                let c = match self.columns.get(next) {
+                    Some(col) if &*col.name == key => Some(next),
+                    _ => self.columns.iter().position(|c| &*c.name == key),
+                };
+                if let Some(c) = c {
+                    next = c + 1;
                     if seen & (1 << c) != 0 {
                         return Err(GiveUp);
                     }

@@ -92,6 +92,15 @@ fn fast_path_agrees_with_arrow_json() {
     }
     both(&cases);
     both(&cases[..2]);
+    // Fields in changing orders within one call (the fast path tries the
+    // field after the last one first), with text that is not ASCII.
+    both(&[
+        br#"{"ts": 1, "geo": "US", "bid": 0.5}"#,
+        br#"{"bid": 2.5, "ts": 2, "geo": "DE"}"#,
+        "{\"geo\": \"été\", \"bid\": 1, \"ts\": 3}".as_bytes(),
+        r#"{"ts": 4, "extra": 1, "bid": 3, "geo": "日本"}"#.as_bytes(),
+        br#"{"geo": "FR", "ts": 5}"#,
+    ]);
     // Projected: the read columns are the same, the rest may be NULL.
     let payloads = &[cases[0], cases[9]];
     let (p, _) = JsonDecoder::with_projection(schema(), &[0, 2])
