@@ -1,4 +1,4 @@
-//! The Kafka source: one consumer per query, assigned every partition of the
+//! The Kafka source: one consumer per reader, assigned every partition of the
 //! topic at the offsets the query's last checkpoint saved
 //! ([`KafkaSource::connect`]), or in cluster mode a member of a consumer
 //! group that reads the partitions Kafka's group protocol gives it
@@ -6,6 +6,11 @@
 //!
 //! Offsets live in Runnel's store, committed with the results they produced,
 //! so the consumer never commits to Kafka.
+//!
+//! A source that assigns itself its partitions reads their records
+//! thousands at a time from a queue they are all forwarded to (`fetch.rs`);
+//! a consumer group member takes them one at a time with rdkafka's `poll`,
+//! which also runs its rebalances.
 //!
 //! Whether a partition is caught up comes from librdkafka's statistics
 //! (every [`STATS_INTERVAL_MS`]): a partition is confirmed caught up when
