@@ -168,8 +168,11 @@ unsafe fn text(b: &[u8], s: usize, e: usize) -> &str {
 }
 
 impl Column {
-    /// Appends token `t` of record `b`, which must be valid UTF-8.
-    fn append(&mut self, b: &[u8], t: &Token) -> R<()> {
+    /// Appends token `t` of record `b`.
+    ///
+    /// # Safety
+    /// `b` must be valid UTF-8 and `t` one of its tokens (see [`text`]).
+    unsafe fn append(&mut self, b: &[u8], t: &Token) -> R<()> {
         // A null fits every type, read or skipped.
         if let Token::Null = t {
             self.append_null();
@@ -309,7 +312,8 @@ impl FastDecoder {
                         return Err(GiveUp);
                     }
                     seen |= 1 << c;
-                    self.columns[c].append(b, &t)?;
+                    // SAFETY: `b` was checked to be UTF-8 above; `t` is its token.
+                    unsafe { self.columns[c].append(b, &t)? };
                 } else if unknown.is_none() {
                     unknown = Some(String::from_utf8_lossy(key).into_owned());
                 }
