@@ -375,6 +375,19 @@ mod tests {
             }
         };
         copied("first copy", &|| size(&db) >= 4 << 20);
+        // The database grows while the copy is still under way: wait until
+        // the log reads as wholly copied (a checkpoint that finds nothing
+        // left to copy, or waits for the one running, says so).
+        let probe = rusqlite::Connection::open(&db).unwrap();
+        copied("copy finished", &|| {
+            let (busy, logged, done): (i64, i64, i64) = probe
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .unwrap();
+            busy == 0 && logged == done
+        });
+        drop(probe);
         // Once copied, the log starts over: 4 MiB more reuse it.
         write(&store);
         assert!(size(&wal) < 6 << 20, "log {} bytes", size(&wal));
