@@ -342,7 +342,7 @@ impl Reader {
     }
 
     /// Decodes `chunks` with a decoder of `columns` (made again when the
-    /// subscribers' columns changed).
+    /// columns changed: the subscribers', or a kept poll widened).
     fn decode(
         &self,
         decoder: &mut Option<StreamDecoder>,
@@ -371,14 +371,7 @@ impl Reader {
             let mut wider: Vec<usize> = kept.columns.iter().chain(columns).copied().collect();
             wider.sort_unstable();
             wider.dedup();
-            if decoder.as_ref().is_none_or(|d| d.columns() != wider) {
-                decoder = Some(StreamDecoder::new(
-                    &self.stream,
-                    self.stats.clone(),
-                    &wider,
-                )?);
-            }
-            let chunks = decoder.as_mut().expect("made").decode_poll(&kept.raw)?;
+            let chunks = self.decode(&mut decoder, &wider, &kept.raw)?;
             *kept = Arc::new(Poll {
                 chunks,
                 raw: kept.raw.clone(),

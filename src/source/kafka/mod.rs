@@ -524,10 +524,7 @@ impl KafkaSource {
                 payload,
                 log_time,
             ),
-            Fetched::Error(
-                RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange,
-                _,
-            ) => lost = true,
+            Fetched::Error(code, _) if offsets_lost(Some(code)) => lost = true,
             Fetched::Error(code, text) => {
                 let e = format!("{code}: {text}");
                 if self.consumer.context().should_log(&e) {
@@ -560,13 +557,7 @@ impl KafkaSource {
             let msg = match msg {
                 Ok(m) => m,
                 Err(e) => {
-                    let code = e.rdkafka_error_code();
-                    if matches!(
-                        code,
-                        Some(
-                            RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange
-                        )
-                    ) {
+                    if offsets_lost(e.rdkafka_error_code()) {
                         self.on_offset_loss()?;
                     } else if self.consumer.context().should_log(&e.to_string()) {
                         tracing::warn!("kafka: {e}");
@@ -613,6 +604,15 @@ impl Drop for KafkaSource {
             fetch.close(&self.consumer);
         }
     }
+}
+
+/// Whether a consumer error says a partition's next offset is outside its
+/// log (see [`KafkaSource::on_offset_loss`]).
+fn offsets_lost(code: Option<RDKafkaErrorCode>) -> bool {
+    matches!(
+        code,
+        Some(RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange)
+    )
 }
 
 /// Appends one record to its partition's chunk (one chunk per partition per
