@@ -24,12 +24,20 @@ use serde_json::json;
 /// Produces `n` records into the first `partitions` partitions of `topic`
 /// in turn, 100 ms of event time apart, starting at a 10 s boundary five
 /// minutes ago; every 97th is broken.
+/// Produces `n` records, a tenth of a second apart in event time from a
+/// window boundary five minutes ago.
 fn produce(brokers: &str, topic: &str, n: i64, partitions: i32) {
+    produce_from(brokers, topic, n, partitions, 300_000);
+}
+
+/// Produces `n` records, a tenth of a second apart in event time from the
+/// window boundary `ago_ms` before now.
+fn produce_from(brokers: &str, topic: &str, n: i64, partitions: i32, ago_ms: i64) {
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()
         .unwrap();
-    let base = chrono::Utc::now().timestamp_millis() - 300_000;
+    let base = chrono::Utc::now().timestamp_millis() - ago_ms;
     let base = base - base.rem_euclid(10_000);
     for i in 0..n {
         let geo = ["US", "DE", "FR", "JP"][(i % 4) as usize];
@@ -331,6 +339,7 @@ async fn dashboard_opened_late_shows_closed_windows() {
 struct Panels {
     c: Client,
     s: TestServer,
+    brokers: String,
     _driver: Driver,
     _dir: tempfile::TempDir,
     _cluster: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
@@ -361,6 +370,7 @@ impl Panels {
         Some(Panels {
             c,
             s,
+            brokers,
             _driver: driver,
             _dir: dir,
             _cluster: cluster,
@@ -466,12 +476,19 @@ async fn dashboard_events_panel_shows_bad_records() {
 }
 
 /// The commit-time chart plots the query's store commits.
+///
+/// A point is the mean commit time between two samples ten seconds apart,
+/// so commits that all happened before the server's first samples (the
+/// first burst is read within a second) may plot none: a second burst,
+/// produced once the page is open, commits while the sampler runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_commit_chart_has_points() {
     let Some(p) = Panels::open("dashboard_commit_chart_has_points").await else {
         return;
     };
     let c = &p.c;
+    // A minute ago: after the first burst's windows, so nothing is late.
+    produce_from(&p.brokers, "clicks", 600, 2, 60_000);
     wait_until(c, "points on the commit-time chart", || async {
         c.find_all(Locator::Css("#commit-chart polyline, #commit-chart circle"))
             .await
