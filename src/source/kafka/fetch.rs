@@ -242,7 +242,41 @@ mod tests {
 
     use crate::connect::kafka::KafkaConn;
     use crate::model::StartFrom;
-    use crate::source::kafka::{KafkaSource, Waiting};
+    use crate::source::kafka::{DISCOVER_EVERY, KafkaSource, Waiting, open};
+
+    /// Produces records `range` of topic `t`: record `i` goes to partition
+    /// `i % 3` with payload `record {i}` and timestamp `1_000_000 + i`.
+    fn produce(brokers: &str, range: std::ops::Range<usize>) {
+        let producer: BaseProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .create()
+            .unwrap();
+        for i in range {
+            let payload = format!("record {i}");
+            let record = BaseRecord::<(), _>::to("t")
+                .payload(&payload)
+                .partition((i % 3) as i32)
+                .timestamp(1_000_000 + i as i64);
+            producer.send(record).unwrap();
+        }
+        producer.flush(Duration::from_secs(10)).unwrap();
+    }
+
+    /// Polls `src` until `want` records were read in all (or 20 s passed);
+    /// per partition, each record's offset and payload in the order read.
+    fn read(src: &mut KafkaSource, want: usize) -> BTreeMap<i32, Vec<(i64, String)>> {
+        let mut seen: BTreeMap<i32, Vec<(i64, String)>> = BTreeMap::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while seen.values().map(Vec::len).sum::<usize>() < want && Instant::now() < deadline {
+            for c in src.poll(700, Duration::from_millis(100)).unwrap() {
+                let got = seen.entry(c.partition).or_default();
+                for (i, payload) in c.payloads().into_iter().enumerate() {
+                    got.push((c.offset(i), String::from_utf8(payload.to_vec()).unwrap()));
+                }
+            }
+        }
+        seen
+    }
 
     /// Records of three partitions, produced interleaved, come back in
     /// batches with every partition's order, offsets and timestamps as
@@ -253,20 +287,8 @@ mod tests {
         let cluster = MockCluster::new(1).unwrap();
         cluster.create_topic("t", 3, 1).unwrap();
         let brokers = cluster.bootstrap_servers();
-        let producer: BaseProducer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .create()
-            .unwrap();
         let n = 3_000;
-        for i in 0..n {
-            let payload = format!("record {i}");
-            let record = BaseRecord::<(), _>::to("t")
-                .payload(&payload)
-                .partition((i % 3) as i32)
-                .timestamp(1_000_000 + i as i64);
-            producer.send(record).unwrap();
-        }
-        producer.flush(Duration::from_secs(10)).unwrap();
+        produce(&brokers, 0..n);
 
         let stop = AtomicBool::new(false);
         let mut src = KafkaSource::connect(
@@ -315,5 +337,73 @@ mod tests {
             );
         }
         assert_eq!(src.caught_up().len(), 3, "{:?}", src.progress().log_ends);
+        assert_eq!(src.unforwarded, 0, "records read one at a time");
+    }
+
+    /// A partition added to the topic while a source reads it is found at
+    /// the source's next look and read from its beginning, through the
+    /// batch queue like the others: its records produced before and after
+    /// it was found, each once and in order, while the partitions read all
+    /// along go on where they were.
+    ///
+    /// librdkafka's mock cluster cannot add partitions to a topic, so the
+    /// source starts as if the three-partition topic had two.
+    #[test]
+    fn a_partition_added_later_is_read_from_its_beginning() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("t", 3, 1).unwrap();
+        let brokers = cluster.bootstrap_servers();
+        produce(&brokers, 0..900);
+
+        let stop = AtomicBool::new(false);
+        let kafka = KafkaConn::new(&brokers);
+        let start = StartFrom::Earliest;
+        let (consumer, all) = open(
+            &kafka,
+            "t",
+            "discover-test",
+            start,
+            None,
+            &[],
+            Waiting::until(&stop),
+        )
+        .unwrap();
+        assert_eq!(all, [0, 1, 2]);
+        let mut src =
+            KafkaSource::assign(consumer, "t", vec![0, 1], start, &BTreeMap::new()).unwrap();
+        // No look for new partitions until the test asks for one.
+        src.discovered = Instant::now() + Duration::from_secs(3600);
+        let first = read(&mut src, 600);
+        assert_eq!(first.keys().copied().collect::<Vec<_>>(), [0, 1]);
+
+        produce(&brokers, 900..1_800);
+        src.discovered = Instant::now().checked_sub(DISCOVER_EVERY).unwrap();
+        let second = read(&mut src, 1_200);
+        assert_eq!(src.partitions(), [0, 1, 2]);
+        assert_eq!(src.topic_partitions(), 3);
+        assert_eq!(src.unforwarded, 0, "records read one at a time");
+        for p in 0..3 {
+            let got: Vec<_> = first
+                .get(&p)
+                .into_iter()
+                .chain(second.get(&p))
+                .flatten()
+                .cloned()
+                .collect();
+            let want: Vec<_> = (0..1_800)
+                .filter(|i| i % 3 == p as usize)
+                .enumerate()
+                .map(|(k, i)| (k as i64, format!("record {i}")))
+                .collect();
+            assert_eq!(got, want, "partition {p}");
+        }
+        // Nothing more: every record came once.
+        for _ in 0..10 {
+            assert!(
+                src.poll(700, Duration::from_millis(100))
+                    .unwrap()
+                    .is_empty()
+            );
+        }
     }
 }

@@ -136,6 +136,10 @@ pub struct KafkaSource {
     on_offset_loss: OnOffsetLoss,
     /// Records skipped over because their offsets were lost.
     skipped: u64,
+    /// Records that reached the consumer's own queue although `fetch`
+    /// reads in batches: a partition not forwarded (the tests check none
+    /// do).
+    unforwarded: u64,
     partitions: Vec<i32>,
     offsets: BTreeMap<i32, i64>,
     /// Partitions of the topic.
@@ -177,6 +181,19 @@ impl KafkaSource {
         waiting: Waiting,
     ) -> Result<Self> {
         let (consumer, partitions) = open(kafka, topic, client_id, start, None, &[], waiting)?;
+        Self::assign(consumer, topic, partitions, start, saved)
+    }
+
+    /// Reads `partitions` of `topic` with `consumer`, resuming from `saved`
+    /// offsets where known; partitions added later are found by
+    /// [`poll`](Self::poll).
+    fn assign(
+        consumer: BaseConsumer<SourceContext>,
+        topic: &str,
+        partitions: Vec<i32>,
+        start: StartFrom,
+        saved: &BTreeMap<i32, i64>,
+    ) -> Result<Self> {
         let mut fetch = FetchQueue::new(&consumer, topic)?;
         let mut offsets = saved.clone();
         let mut tpl = TopicPartitionList::new();
@@ -208,6 +225,7 @@ impl KafkaSource {
             start,
             on_offset_loss: OnOffsetLoss::Fail,
             skipped: 0,
+            unforwarded: 0,
             offsets,
             topic_partitions: partitions.len(),
             partitions,
@@ -255,6 +273,7 @@ impl KafkaSource {
             start,
             on_offset_loss: OnOffsetLoss::Fail,
             skipped: 0,
+            unforwarded: 0,
             offsets: BTreeMap::new(),
             topic_partitions: partitions.len(),
             partitions: Vec::new(),
@@ -505,6 +524,7 @@ impl KafkaSource {
         // Statistics and errors first (records come on the consumer's
         // queue only if forwarding failed: read them all the same).
         let n = self.poll_consumer(&mut chunks, max, Duration::ZERO)?;
+        self.unforwarded += n as u64;
         let wait = if n > 0 { Duration::ZERO } else { wait };
         let Some(fetch) = &mut self.fetch else {
             unreachable!("checked above")
