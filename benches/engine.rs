@@ -60,6 +60,20 @@ fn expanded(plan: &ContinuousPlan, batch: &RecordBatch) -> RecordBatch {
     RecordBatch::try_new(plan.input_schema.clone(), cols).unwrap()
 }
 
+/// `batch` with window columns putting every record in the 10 s window
+/// starting at `start`.
+fn expanded_into(plan: &ContinuousPlan, batch: &RecordBatch, start: i64) -> RecordBatch {
+    let n = batch.num_rows();
+    let mut cols: Vec<ArrayRef> = batch.columns().to_vec();
+    cols.push(Arc::new(TimestampMillisecondArray::from(vec![start; n])));
+    cols.push(Arc::new(TimestampMillisecondArray::from(vec![
+        start
+            + 10_000;
+        n
+    ])));
+    RecordBatch::try_new(plan.input_schema.clone(), cols).unwrap()
+}
+
 fn benches(c: &mut Criterion) {
     let (ds, plan, schema, rt) = setup();
     let payloads = ds.payloads(0..ds.len());
@@ -97,6 +111,34 @@ fn benches(c: &mut Criterion) {
     g.bench_function("close_10_partials", |b| {
         b.iter_batched(
             || states.clone(),
+            |s| rt.block_on(plan.close(s)).unwrap(),
+            BatchSize::SmallInput,
+        )
+    });
+
+    // One full window as the latency run closes it: a million records
+    // (1,900 groups of ~500 distinct cookies each) merged into one batch
+    // of partial states, then finished into its rows.
+    let big = Dataset::generate(1_000_000, 100, 7);
+    let mut decoder = JsonDecoder::new(schema.clone()).unwrap();
+    let partials: Vec<RecordBatch> = (0..big.len())
+        .step_by(N)
+        .flat_map(|i| {
+            let batch = decoder
+                .decode(&big.payloads(i..(i + N).min(big.len())))
+                .0
+                .unwrap();
+            let one_window = expanded_into(&plan, &batch, 0);
+            rt.block_on(plan.partial(one_window)).unwrap()
+        })
+        .collect();
+    let merged = rt.block_on(plan.reduce(partials)).unwrap();
+    g.throughput(Throughput::Elements(
+        merged.iter().map(|s| s.num_rows() as u64).sum(),
+    ));
+    g.bench_function("close_merged_1m_records", |b| {
+        b.iter_batched(
+            || merged.clone(),
             |s| rt.block_on(plan.close(s)).unwrap(),
             BatchSize::SmallInput,
         )

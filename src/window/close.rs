@@ -76,7 +76,8 @@ impl WindowEngine {
     /// next revision of a closed window that late records corrected.
     async fn close_window(&mut self, start: i64, end: i64) -> Result<Option<Emission>> {
         let key = (end, start);
-        let buf = self.windows.remove(&key).expect("present");
+        let mut buf = self.windows.remove(&key).expect("present");
+        let ready = buf.ready.take();
         self.changed.remove(&key);
         let allow = self.plan.window.allow_late_ms > 0;
         let (batches, revision) = match self.retained.remove(&key) {
@@ -96,9 +97,10 @@ impl WindowEngine {
             false if self.keep_states => Some(concat_batches(&self.plan.state_schema, &batches)?),
             false => None,
         };
-        let rows = match revision {
-            0 => self.plan.close(batches).await?,
-            r => self.plan.close_revision(batches, r).await?,
+        let rows = match (revision, ready) {
+            (0, Some(rows)) => rows,
+            (0, None) => self.plan.close(batches).await?,
+            (r, _) => self.plan.close_revision(batches, r).await?,
         };
         if revision == 0 {
             self.counters.windows_closed.fetch_add(1, Ordering::Relaxed);
@@ -125,6 +127,33 @@ impl WindowEngine {
             window: Some((start, end)),
             open_sessions: false,
         }))
+    }
+
+    /// Finishes ahead the rows of every window the input has moved past
+    /// (a later window's start is at or after its end) that took no state
+    /// since the last look: the watermark closes it only once the stream's
+    /// delay has passed, and its close then only hands out these rows. A
+    /// record that still joins it drops them (`WindowBuf::push`), so they
+    /// are always what closing its states as they are gives. Windows kept
+    /// for late records are closed as usual.
+    pub(super) async fn finish_ahead(&mut self) -> Result<()> {
+        let ahead = matches!(
+            self.plan.window.kind,
+            WindowKind::Tumbling { .. } | WindowKind::Hopping { .. }
+        );
+        if !ahead || self.partials_only || self.plan.window.allow_late_ms > 0 {
+            return Ok(());
+        }
+        let Some(newest) = self.windows.keys().map(|&(_, start)| start).max() else {
+            return Ok(());
+        };
+        for (&(end, _), buf) in self.windows.iter_mut() {
+            let touched = std::mem::take(&mut buf.touched);
+            if end <= newest && !touched && buf.ready.is_none() {
+                buf.ready = Some(self.plan.close(buf.batches.clone()).await?);
+            }
+        }
+        Ok(())
     }
 
     /// Closes every open window, as if the watermark had passed them all:

@@ -128,6 +128,11 @@ struct WindowBuf {
     /// The pieces of this window's state the store holds (see
     /// [`delta`]).
     stored: Stored,
+    /// Its rows, finished ahead of its close from `batches` as they are
+    /// (see [`WindowEngine::finish_ahead`]); dropped when `batches` change.
+    ready: Option<Vec<RecordBatch>>,
+    /// Took a state since the last look for windows to finish ahead.
+    touched: bool,
 }
 
 /// What the store holds of one window's state: its pieces, the bytes of
@@ -144,6 +149,8 @@ impl WindowBuf {
     fn push(&mut self, b: RecordBatch) {
         self.rows += b.num_rows();
         self.batches.push(b);
+        self.ready = None;
+        self.touched = true;
     }
 
     fn needs_compaction(&self) -> bool {
@@ -416,7 +423,9 @@ impl WindowEngine {
             }
         }
         self.aggregate(pending).await?;
-        self.close_ready().await
+        let closed = self.close_ready().await?;
+        self.finish_ahead().await?;
+        Ok(closed)
     }
 
     /// Closes every window the current watermark has passed (after the
