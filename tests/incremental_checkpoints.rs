@@ -70,8 +70,8 @@ async fn sorted_rows(engine: &mut WindowEngine) -> String {
     lines.join("\n")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_commit_writes_what_changed() {
+/// The query's plan and its stream's schema.
+async fn plan() -> (Arc<ContinuousPlan>, Arc<Schema>) {
     let stmts = parse_sql(SQL).unwrap();
     let (Statement::CreateStream(stream), Statement::Select(select)) =
         (&stmts[0].stmt, &stmts[1].stmt)
@@ -79,13 +79,20 @@ async fn a_commit_writes_what_changed() {
         panic!("a stream and a select")
     };
     let plan = Arc::new(ContinuousPlan::build(stream, select).await.unwrap());
-    let schema = Arc::new(Schema::new(stream.fields()));
-    let new_engine = || {
-        let mut e = WindowEngine::new(plan.clone(), Some(0), 0);
-        e.register_partitions(&[0]);
-        e.save_incrementally();
-        e
-    };
+    (plan, Arc::new(Schema::new(stream.fields())))
+}
+
+fn new_engine(plan: &Arc<ContinuousPlan>) -> WindowEngine {
+    let mut e = WindowEngine::new(plan.clone(), Some(0), 0);
+    e.register_partitions(&[0]);
+    e.save_incrementally();
+    e
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_writes_what_changed() {
+    let (plan, schema) = plan().await;
+    let new_engine = || new_engine(&plan);
     let mut engine = new_engine();
     let mut pieces = Vec::new();
 
@@ -153,6 +160,39 @@ async fn a_commit_writes_what_changed() {
     restarted.restore_saved(&saved.header, pieces).unwrap();
     for e in [&mut engine, &mut restarted] {
         e.process(0, records(&schema, (0..GROUPS).step_by(7), 3_000), 0)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        sorted_rows(&mut engine).await,
+        sorted_rows(&mut restarted).await
+    );
+}
+
+/// Between two commits, a window's new partial states are merged as they
+/// pile up (so the commit after a close has little left to merge); the
+/// piece the commit writes still restores exactly what was processed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn states_merged_between_commits_restore_the_same_rows() {
+    let (plan, schema) = plan().await;
+    let mut engine = new_engine(&plan);
+    let mut pieces = Vec::new();
+    apply(&mut pieces, &engine.save().await.unwrap().ops);
+    // 40 polls of 2 000 groups each, well past what is merged on the way
+    // (32 batches, or 16 384 rows beyond twice the last merge).
+    for poll in 0..40 {
+        let groups = (poll * 50)..(poll * 50 + 2_000);
+        engine
+            .process(0, records(&schema, groups, 1_000 + poll as i64), 0)
+            .await
+            .unwrap();
+    }
+    let saved = engine.save().await.unwrap();
+    apply(&mut pieces, &saved.ops);
+    let mut restarted = new_engine(&plan);
+    restarted.restore_saved(&saved.header, pieces).unwrap();
+    for e in [&mut engine, &mut restarted] {
+        e.process(0, records(&schema, (0..4_000).step_by(3), 3_000), 0)
             .await
             .unwrap();
     }

@@ -185,7 +185,7 @@ impl WindowEngine {
             if buf.unsaved.is_empty() {
                 continue;
             }
-            let unsaved = std::mem::take(&mut buf.unsaved);
+            let unsaved = buf.take_unsaved();
             let states = match unsaved.len() {
                 1 => unsaved,
                 _ => plan.reduce(unsaved).await?,
@@ -223,7 +223,7 @@ impl WindowEngine {
             if buf.batches.len() > 1 {
                 compact(&plan, buf).await?;
             }
-            buf.unsaved.clear();
+            buf.take_unsaved();
             let p = piece(&plan, key, false, &buf.batches)?;
             buf.stored = Stored::default();
             buf.stored.note(p.state.len());

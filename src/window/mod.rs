@@ -125,6 +125,9 @@ struct WindowBuf {
     /// Partial states added since the last saved delta (when saving
     /// incrementally): what the next commit writes for this window.
     unsaved: Vec<RecordBatch>,
+    /// Rows in `unsaved`, and in it when it was last merged.
+    unsaved_rows: usize,
+    unsaved_merged: usize,
     /// The pieces of this window's state the store holds (see
     /// [`delta`]).
     stored: Stored,
@@ -154,8 +157,42 @@ impl WindowBuf {
     }
 
     fn needs_compaction(&self) -> bool {
-        self.batches.len() > 32 || self.rows > 2 * self.compacted_rows + 16_384
+        outgrown(self.batches.len(), self.rows, self.compacted_rows)
     }
+
+    fn push_unsaved(&mut self, b: RecordBatch) {
+        self.unsaved_rows += b.num_rows();
+        self.unsaved.push(b);
+    }
+
+    fn take_unsaved(&mut self) -> Vec<RecordBatch> {
+        self.unsaved_rows = 0;
+        self.unsaved_merged = 0;
+        std::mem::take(&mut self.unsaved)
+    }
+
+    /// Merges the unsaved states once they outgrow their last merge, so the
+    /// commit that follows a window's close merges a few polls' states, not
+    /// a second's worth, while each state is still merged only a few times.
+    async fn merge_unsaved(&mut self, plan: &ContinuousPlan) -> Result<()> {
+        if self.unsaved.len() < 2
+            || !outgrown(self.unsaved.len(), self.unsaved_rows, self.unsaved_merged)
+        {
+            return Ok(());
+        }
+        let reduced = plan.reduce(self.take_unsaved()).await?;
+        let merged = concat_batches(&plan.state_schema, &reduced)?;
+        self.unsaved_merged = merged.num_rows();
+        self.push_unsaved(merged);
+        Ok(())
+    }
+}
+
+/// Whether partial states appended since their last merge (`rows` in
+/// `batches`, `merged_rows` after that merge) are due to be merged again:
+/// growing past twice the merge bounds the work to a few merges per state.
+fn outgrown(batches: usize, rows: usize, merged_rows: usize) -> bool {
+    batches > 32 || rows > 2 * merged_rows + 16_384
 }
 
 /// The windowed state machine of one continuous query.
@@ -465,7 +502,7 @@ impl WindowEngine {
             for (key, part) in split_by_window(&s)? {
                 let buf = self.windows.entry(key).or_default();
                 if self.incremental {
-                    buf.unsaved.push(part.clone());
+                    buf.push_unsaved(part.clone());
                 }
                 buf.push(part);
                 touched.push(key);
@@ -475,11 +512,13 @@ impl WindowEngine {
             self.changed.extend(touched.iter().copied());
         }
         for key in touched {
-            if let Some(buf) = self.windows.get_mut(&key)
-                && buf.needs_compaction()
-            {
+            let Some(buf) = self.windows.get_mut(&key) else {
+                continue;
+            };
+            if buf.needs_compaction() {
                 compact(&self.plan, buf).await?;
             }
+            buf.merge_unsaved(&self.plan).await?;
         }
         Ok(())
     }
