@@ -180,8 +180,7 @@ impl WindowBuf {
         {
             return Ok(());
         }
-        let reduced = plan.reduce(self.take_unsaved()).await?;
-        let merged = concat_batches(&plan.state_schema, &reduced)?;
+        let merged = merge(plan, self.take_unsaved()).await?;
         self.unsaved_merged = merged.num_rows();
         self.push_unsaved(merged);
         Ok(())
@@ -534,9 +533,14 @@ fn take_rows(b: &RecordBatch, idx: Vec<u32>) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(b.schema(), cols)?)
 }
 
+/// `batches` of partial states merged into one batch, one row per group.
+async fn merge(plan: &ContinuousPlan, batches: Vec<RecordBatch>) -> Result<RecordBatch> {
+    let reduced = plan.reduce(batches).await?;
+    Ok(concat_batches(&plan.state_schema, &reduced)?)
+}
+
 async fn compact(plan: &ContinuousPlan, buf: &mut WindowBuf) -> Result<()> {
-    let reduced = plan.reduce(std::mem::take(&mut buf.batches)).await?;
-    let merged = concat_batches(&plan.state_schema, &reduced)?;
+    let merged = merge(plan, std::mem::take(&mut buf.batches)).await?;
     buf.rows = 0;
     buf.compacted_rows = merged.num_rows();
     buf.push(merged);
