@@ -211,23 +211,48 @@ fn write_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
 
 /// Writes epoch ms as the API writes timestamps ([`API_TS_FORMAT`]).
 fn write_ts(ms: i64, out: &mut Vec<u8>) {
-    use chrono::{Datelike, Timelike};
-    match chrono::DateTime::from_timestamp_millis(ms) {
-        Some(d) if (0..=9999).contains(&d.year()) => {
-            let _ = write!(
-                out,
-                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-                d.year(),
-                d.month(),
-                d.day(),
-                d.hour(),
-                d.minute(),
-                d.second(),
-                d.timestamp_subsec_millis()
-            );
-        }
-        _ => out.extend_from_slice(format_api_ts(ms).as_bytes()),
+    if !push_ts(ms, b'T', b"Z", out) {
+        out.extend_from_slice(format_api_ts(ms).as_bytes());
     }
+}
+
+/// Appends epoch ms as `YYYY-MM-DD<sep>HH:MM:SS.mmm<zone>` and returns
+/// true, or appends nothing and returns false outside years 0–9999.
+/// Digits are written directly: this runs once per timestamp of every row
+/// written, where a parsed format string costs several times more.
+pub(crate) fn push_ts(ms: i64, sep: u8, zone: &[u8], out: &mut Vec<u8>) -> bool {
+    use chrono::{Datelike, Timelike};
+    let Some(d) = chrono::DateTime::from_timestamp_millis(ms) else {
+        return false;
+    };
+    let year = d.year();
+    if !(0..=9999).contains(&year) {
+        return false;
+    }
+    let digits = |out: &mut Vec<u8>, v: u32, n: usize| {
+        let mut buf = [b'0'; 4];
+        let mut v = v;
+        for b in buf[..n].iter_mut().rev() {
+            *b = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+        out.extend_from_slice(&buf[..n]);
+    };
+    digits(out, year as u32, 4);
+    out.push(b'-');
+    digits(out, d.month(), 2);
+    out.push(b'-');
+    digits(out, d.day(), 2);
+    out.push(sep);
+    digits(out, d.hour(), 2);
+    out.push(b':');
+    digits(out, d.minute(), 2);
+    out.push(b':');
+    digits(out, d.second(), 2);
+    out.push(b'.');
+    digits(out, d.timestamp_subsec_millis(), 3);
+    out.extend_from_slice(zone);
+    true
 }
 
 fn base64_to(bytes: &[u8], out: &mut Vec<u8>) {
@@ -403,6 +428,52 @@ mod tests {
             "window_start,t_ns,z,n,f,g,h,b,bin\n\
              2026-12-04T13:40:20.000Z,1970-01-01T00:00:01.500Z,\"a,\"\"b\"\"\",3,1,0.1,0.1,true,AP8B\n\
              ,1970-01-01T00:00:00.000Z,,,100000000000000000000,NaN,,,\n"
+        );
+    }
+
+    /// The digits written directly read as chrono's formats do, before
+    /// 1970, around leap days and at the ends of the range they cover.
+    #[test]
+    fn timestamps_written_directly_match_the_formats() {
+        use super::{API_TS_FORMAT, push_ts};
+        use crate::store::TS_FORMAT;
+        let mut samples = vec![
+            0,
+            -1,
+            999,
+            -86_400_000,
+            951_782_400_000, // 2000-02-29
+            1_764_855_620_123,
+            253_402_300_799_999, // 9999-12-31 23:59:59.999
+            -62_167_219_200_000, // 0000-01-01
+        ];
+        let mut x: i64 = 1;
+        for _ in 0..2_000 {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            samples
+                .push(x.rem_euclid(253_402_300_800_000 + 62_167_219_200_000) - 62_167_219_200_000);
+        }
+        for ms in samples {
+            let d = chrono::DateTime::from_timestamp_millis(ms).unwrap();
+            let mut out = Vec::new();
+            assert!(push_ts(ms, b' ', b"", &mut out));
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                d.format(TS_FORMAT).to_string()
+            );
+            assert_eq!(crate::store::format_ts(ms), d.format(TS_FORMAT).to_string());
+            let mut out = Vec::new();
+            assert!(push_ts(ms, b'T', b"Z", &mut out));
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                d.format(API_TS_FORMAT).to_string()
+            );
+        }
+        let mut out = Vec::new();
+        assert!(!push_ts(253_402_300_800_000, b' ', b"", &mut out) && out.is_empty());
+        assert_eq!(
+            crate::store::format_ts(253_402_300_800_000),
+            "+10000-01-01 00:00:00.000"
         );
     }
 }

@@ -63,10 +63,59 @@ pub enum Param {
 
 /// A statement and its parameters.
 pub struct Stmt {
-    /// The SQL, parameters numbered `$1, $2, ...`.
+    /// The SQL, parameters numbered `$1, $2, ...`; for a row insert, the
+    /// statement up to `VALUES`.
     pub sql: String,
-    /// The parameters.
+    /// The parameters; for a row insert, the rows' values one row after
+    /// the other.
     pub params: Vec<Param>,
+    /// A row insert's values per row. Each backend inserts the rows as it
+    /// does best ([`Tx::run`]): SQLite one prepared one-row statement per
+    /// row, PostgreSQL multi-row `VALUES` (one round trip per statement).
+    pub row_width: Option<usize>,
+}
+
+impl Stmt {
+    /// A statement run once with `params`.
+    pub fn new(sql: impl Into<String>, params: Vec<Param>) -> Self {
+        Stmt {
+            sql: sql.into(),
+            params,
+            row_width: None,
+        }
+    }
+
+    /// The statement as SQL texts with their parameters: a row insert as
+    /// multi-row `VALUES` of at most [`MAX_PARAMS`] parameters each.
+    pub fn expanded(&self) -> Vec<(std::borrow::Cow<'_, str>, &[Param])> {
+        let Some(width) = self.row_width.filter(|w| *w > 0) else {
+            return vec![(self.sql.as_str().into(), &self.params)];
+        };
+        let per_stmt = (MAX_PARAMS / width).max(1) * width;
+        self.params
+            .chunks(per_stmt)
+            .map(|chunk| (self.values_sql(chunk.len() / width).into(), chunk))
+            .collect()
+    }
+
+    /// A row insert's SQL for `rows` rows.
+    pub fn values_sql(&self, rows: usize) -> String {
+        let width = self.row_width.unwrap_or(0);
+        let mut sql = String::with_capacity(self.sql.len() + rows * width * 6);
+        sql.push_str(&self.sql);
+        for r in 0..rows {
+            sql.push_str(if r == 0 { " (" } else { ", (" });
+            for c in 0..width {
+                if c > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push('$');
+                sql.push_str(&(r * width + c + 1).to_string());
+            }
+            sql.push(')');
+        }
+        sql
+    }
 }
 
 /// Takes one row of a query, with the query's column names.
@@ -99,6 +148,14 @@ pub trait Tx {
         out: &mut ResultColumns,
         each: &mut dyn FnMut(&mut ResultColumns) -> Result<()>,
     ) -> Result<()>;
+
+    /// Runs a statement of a commit, a row insert as multi-row `VALUES`.
+    fn run(&mut self, s: &Stmt) -> Result<()> {
+        for (sql, params) in s.expanded() {
+            self.execute(&sql, params)?;
+        }
+        Ok(())
+    }
 
     /// Runs a query and returns its column names and rows.
     fn query(&mut self, sql: &str, params: &[Param]) -> Result<(Vec<String>, Vec<Vec<Value>>)> {
@@ -287,37 +344,33 @@ pub(crate) fn emission_statements(query: &str, emissions: &[Emission]) -> Result
     let mut stmts = Vec::new();
     for e in emissions {
         if let Some((start, end, state)) = super::window_state(e)? {
-            stmts.push(Stmt {
-                sql: "INSERT INTO runnel_window_states (query, window_start, window_end, state)
+            stmts.push(Stmt::new(
+                "INSERT INTO runnel_window_states (query, window_start, window_end, state)
                       VALUES ($1, $2, $3, $4)
-                      ON CONFLICT (query, window_start, window_end) DO UPDATE SET state = excluded.state"
-                    .into(),
-                params: vec![
+                      ON CONFLICT (query, window_start, window_end) DO UPDATE SET state = excluded.state",
+                vec![
                     Param::Text(query.to_string()),
                     Param::Int(start),
                     Param::Int(end),
                     Param::Blob(state),
                 ],
-            });
+            ));
         }
         let b = &e.batch;
         if e.cumulative {
-            stmts.push(Stmt {
-                sql: format!("DELETE FROM {table}"),
-                params: vec![],
-            });
+            stmts.push(Stmt::new(format!("DELETE FROM {table}"), vec![]));
         } else if e.open_sessions {
             let provisional = quote(crate::model::emission::FINAL);
-            stmts.push(Stmt {
-                sql: format!("DELETE FROM {table} WHERE NOT {provisional}"),
-                params: vec![],
-            });
+            stmts.push(Stmt::new(
+                format!("DELETE FROM {table} WHERE NOT {provisional}"),
+                vec![],
+            ));
         } else {
             for (s, en) in super::replaced_windows(e)? {
-                stmts.push(Stmt {
-                    sql: format!("DELETE FROM {table} WHERE window_start = $1 AND window_end = $2"),
-                    params: vec![Param::Ts(s), Param::Ts(en)],
-                });
+                stmts.push(Stmt::new(
+                    format!("DELETE FROM {table} WHERE window_start = $1 AND window_end = $2"),
+                    vec![Param::Ts(s), Param::Ts(en)],
+                ));
             }
         }
         if b.num_rows() == 0 {
@@ -340,8 +393,7 @@ pub(crate) fn insert_statements(table: &str, b: &RecordBatch, stmts: &mut Vec<St
     Ok(())
 }
 
-/// The INSERTs of `b`'s rows, `cols` its columns converted, at most
-/// [`MAX_PARAMS`] parameters each.
+/// The insert of `b`'s rows, `cols` its columns converted.
 fn insert_rows(table: &str, b: &RecordBatch, cols: &[Col], stmts: &mut Vec<Stmt>) {
     let names: Vec<String> = b
         .schema()
@@ -349,65 +401,53 @@ fn insert_rows(table: &str, b: &RecordBatch, cols: &[Col], stmts: &mut Vec<Stmt>
         .iter()
         .map(|f| quote(f.name()))
         .collect();
-    let per_stmt = (MAX_PARAMS / names.len().max(1)).max(1);
-    let mut start = 0;
-    while start < b.num_rows() {
-        let end = (start + per_stmt).min(b.num_rows());
-        let mut params = Vec::with_capacity((end - start) * cols.len());
-        let mut rows = Vec::with_capacity(end - start);
-        for i in start..end {
-            let marks: Vec<String> = (0..cols.len())
-                .map(|c| format!("${}", params.len() + c + 1))
-                .collect();
-            rows.push(format!("({})", marks.join(", ")));
-            params.extend(cols.iter().map(|c| c.param(i)));
-        }
-        stmts.push(Stmt {
-            sql: format!(
-                "INSERT INTO {table} ({}) VALUES {}",
-                names.join(", "),
-                rows.join(", ")
-            ),
-            params,
-        });
-        start = end;
+    let mut params = Vec::with_capacity(b.num_rows() * cols.len());
+    for i in 0..b.num_rows() {
+        params.extend(cols.iter().map(|c| c.param(i)));
     }
+    stmts.push(Stmt {
+        sql: format!("INSERT INTO {table} ({}) VALUES", names.join(", ")),
+        params,
+        row_width: Some(cols.len()),
+    });
 }
 
 /// The statements applying a save's changes to the stored pieces of window
 /// state ([`crate::window::delta`]).
 pub(crate) fn piece_statements(query: &str, ops: &[StateOp]) -> Vec<Stmt> {
     let q = || Param::Text(query.to_string());
-    let remove = |(start, end): (i64, i64), kept: bool| Stmt {
-        sql: "DELETE FROM runnel_state_pieces
-              WHERE query = $1 AND window_end = $2 AND window_start = $3 AND kept = $4"
-            .into(),
-        params: vec![
-            q(),
-            Param::Int(end),
-            Param::Int(start),
-            Param::Int(kept.into()),
-        ],
+    let remove = |(start, end): (i64, i64), kept: bool| {
+        Stmt::new(
+            "DELETE FROM runnel_state_pieces
+              WHERE query = $1 AND window_end = $2 AND window_start = $3 AND kept = $4",
+            vec![
+                q(),
+                Param::Int(end),
+                Param::Int(start),
+                Param::Int(kept.into()),
+            ],
+        )
     };
-    let insert = |p: &StatePiece| Stmt {
-        sql: "INSERT INTO runnel_state_pieces (query, window_start, window_end, kept, state)
-              VALUES ($1, $2, $3, $4, $5)"
-            .into(),
-        params: vec![
-            q(),
-            Param::Int(p.window.0),
-            Param::Int(p.window.1),
-            Param::Int(p.kept.into()),
-            Param::Blob(p.state.clone()),
-        ],
+    let insert = |p: &StatePiece| {
+        Stmt::new(
+            "INSERT INTO runnel_state_pieces (query, window_start, window_end, kept, state)
+              VALUES ($1, $2, $3, $4, $5)",
+            vec![
+                q(),
+                Param::Int(p.window.0),
+                Param::Int(p.window.1),
+                Param::Int(p.kept.into()),
+                Param::Blob(p.state.clone()),
+            ],
+        )
     };
     let mut out = Vec::new();
     for op in ops {
         match op {
-            StateOp::Clear => out.push(Stmt {
-                sql: "DELETE FROM runnel_state_pieces WHERE query = $1".into(),
-                params: vec![q()],
-            }),
+            StateOp::Clear => out.push(Stmt::new(
+                "DELETE FROM runnel_state_pieces WHERE query = $1",
+                vec![q()],
+            )),
             StateOp::Append(p) => out.push(insert(p)),
             StateOp::Replace(p) => {
                 out.push(remove(p.window, p.kept));
@@ -426,18 +466,55 @@ pub(crate) fn checkpoint_statement(
     offsets: String,
     state: &[u8],
 ) -> Stmt {
-    Stmt {
-        sql: format!(
+    Stmt::new(
+        format!(
             "INSERT INTO runnel_checkpoints (query, offsets, state, updated_at)
              VALUES ($1, $2, $3, {now})
              ON CONFLICT (query) DO UPDATE SET offsets = excluded.offsets,
              state = excluded.state, updated_at = excluded.updated_at",
             now = d.now
         ),
-        params: vec![
+        vec![
             Param::Text(query.to_string()),
             Param::Json(offsets),
             Param::Blob(state.to_vec()),
         ],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MAX_PARAMS, Param, Stmt};
+
+    /// A row insert expands into multi-row statements of at most
+    /// [`MAX_PARAMS`] parameters, numbered from `$1` in each, every row once.
+    #[test]
+    fn a_row_insert_expands_into_bounded_multi_row_statements() {
+        let rows = 25_000;
+        let s = Stmt {
+            sql: "INSERT INTO t (a, b, c) VALUES".into(),
+            params: (0..rows * 3).map(|i| Param::Int(i as i64)).collect(),
+            row_width: Some(3),
+        };
+        assert_eq!(
+            s.values_sql(2),
+            "INSERT INTO t (a, b, c) VALUES ($1, $2, $3), ($4, $5, $6)"
+        );
+        let parts = s.expanded();
+        assert_eq!(parts.len(), 3);
+        let mut seen = 0;
+        for (sql, params) in &parts {
+            assert!(params.len() <= MAX_PARAMS && params.len() % 3 == 0);
+            let n = params.len();
+            assert!(sql.ends_with(&format!("${n})")), "{}", &sql[sql.len() - 20..]);
+            assert!(!sql.contains(&format!("${}", n + 1)));
+            assert!(matches!(params[0], Param::Int(v) if v == seen as i64));
+            seen += n;
+        }
+        assert_eq!(seen, rows * 3);
+        let plain = Stmt::new("DELETE FROM t WHERE a = $1", vec![Param::Int(1)]);
+        let parts = plain.expanded();
+        assert_eq!(parts.len(), 1);
+        assert_eq!(parts[0].0, "DELETE FROM t WHERE a = $1");
     }
 }

@@ -69,7 +69,7 @@ impl Store {
         ));
         self.write(|tx| {
             for s in &stmts {
-                tx.execute(&s.sql, &s.params)?;
+                tx.run(s)?;
             }
             Ok(())
         })

@@ -46,6 +46,10 @@ pub const TS_FORMAT: &str = "%Y-%m-%d %H:%M:%S%.3f";
 
 /// Formats epoch ms as a results-table timestamp.
 pub fn format_ts(ms: i64) -> String {
+    let mut out = Vec::with_capacity(23);
+    if crate::format::encode::push_ts(ms, b' ', b"", &mut out) {
+        return String::from_utf8(out).expect("ASCII digits and separators");
+    }
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|d| d.format(TS_FORMAT).to_string())
         .unwrap_or_else(|| ms.to_string())

@@ -402,11 +402,13 @@ pub(crate) async fn execute_all(
 ) -> std::result::Result<(), tokio_postgres::Error> {
     let mut prepared = HashMap::new();
     for s in stmts {
-        if !prepared.contains_key(s.sql.as_str()) {
-            prepared.insert(s.sql.as_str(), tx.prepare(&s.sql).await?);
+        for (sql, params) in s.expanded() {
+            if !prepared.contains_key(sql.as_ref()) {
+                let st = tx.prepare(&sql).await?;
+                prepared.insert(sql.to_string(), st);
+            }
+            tx.execute(&prepared[sql.as_ref()], &refs(params)).await?;
         }
-        tx.execute(&prepared[s.sql.as_str()], &refs(&s.params))
-            .await?;
     }
     Ok(())
 }

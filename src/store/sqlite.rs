@@ -33,7 +33,7 @@ use std::time::Duration;
 use rusqlite::types::{ToSqlOutput, Value as SqlValue, ValueRef};
 use rusqlite::{Connection, ErrorCode};
 
-use super::backend::{Backend, Dialect, EachRow, Param, Tx, Value};
+use super::backend::{Backend, Dialect, EachRow, Param, Stmt, Tx, Value};
 use super::results::{Cell, ResultColumns};
 use super::{ColumnKind, format_ts, parse_stored_ts};
 use crate::error::{Error, Result};
@@ -250,6 +250,21 @@ impl Tx for SqliteTx<'_> {
 
     fn batch(&mut self, sql: &str) -> Result<()> {
         Ok(self.0.execute_batch(sql)?)
+    }
+
+    /// A row insert as one prepared one-row statement run per row: SQLite
+    /// has no round trips to save, and parsing a statement of thousands of
+    /// rows cost more than the rows' inserts.
+    fn run(&mut self, s: &Stmt) -> Result<()> {
+        let Some(width) = s.row_width.filter(|w| *w > 0) else {
+            self.execute(&s.sql, &s.params)?;
+            return Ok(());
+        };
+        let mut st = self.0.prepare_cached(&numbered(&s.values_sql(1)))?;
+        for row in s.params.chunks(width) {
+            st.execute(rusqlite::params_from_iter(row))?;
+        }
+        Ok(())
     }
 
     fn query_each(
