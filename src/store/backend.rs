@@ -506,7 +506,11 @@ mod tests {
         for (sql, params) in &parts {
             assert!(params.len() <= MAX_PARAMS && params.len() % 3 == 0);
             let n = params.len();
-            assert!(sql.ends_with(&format!("${n})")), "{}", &sql[sql.len() - 20..]);
+            assert!(
+                sql.ends_with(&format!("${n})")),
+                "{}",
+                &sql[sql.len() - 20..]
+            );
             assert!(!sql.contains(&format!("${}", n + 1)));
             assert!(matches!(params[0], Param::Int(v) if v == seen as i64));
             seen += n;
