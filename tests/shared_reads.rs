@@ -113,6 +113,48 @@ async fn queries_join_a_live_read_from_the_start_then_share_it() {
     }
 }
 
+/// The number of readers stream `impressions` has started, from `GET
+/// /metrics`.
+async fn readers_started(s: &TestServer) -> u64 {
+    let text = s.get_text("/metrics").await;
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("runnel_stream_readers_started_total{stream=\"impressions\"} ")
+        })
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+/// Four queries one script creates over a backlog of 60 000 records, from
+/// the start of the topic, with readers keeping only their last 1 000
+/// records: they wait for the script and for one another, connected, then
+/// subscribe together, so all four take
+/// the first poll of one reader; started one by one, each later query
+/// would find the reader past its offsets and catch up on a reader of its
+/// own. One reader in all, and every query's rows equal the oracle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_one_script_creates_over_a_backlog_share_one_read_from_the_start() {
+    let (_cluster, brokers) = mock_topic(4);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("runnel.toml");
+    std::fs::write(&config, "shared_read_keep = 1000\n").unwrap();
+    let config = config.to_str().unwrap();
+    let data = dir.path().join("data");
+    let s = TestServer::start_with(&data, &brokers, &[("RUNNEL_CONFIG", config)]);
+    let mut feed = Feed::new(&brokers, 4, ten_minutes_ago(), 1);
+    feed.burst(60_000, 30_000.0);
+    s.sql(&format!(
+        "{STREAM}; {ADNETWORK}; {GEO_ALL}; {BY_GEO}; {BY_ADVERTISER}"
+    ))
+    .await;
+    std::thread::sleep(Duration::from_millis(1_500));
+    feed.burst(20_000, 10_000.0);
+    wait_and_check(&s, &feed.oracle).await;
+    wait_and_check_query(&s, "by_geo", &["geo"], &by_geo(&feed.oracle)).await;
+    wait_and_check_query(&s, "geo_all", &["geo"], &by_geo(&feed.oracle)).await;
+    assert_eq!(readers_started(&s).await, 1);
+    assert_eq!(readers(&s).await, 1);
+}
+
 /// Three queries sharing a reader through ten `kill -9`s at random moments
 /// between bursts and pauses: each restart restores each query from its own
 /// checkpoint (at offsets of its own), and every query's rows equal the

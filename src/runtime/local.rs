@@ -112,6 +112,9 @@ impl Coordinator for Local {
             let path = task.stream.options.get("path").map(String::as_str);
             allowed_file(path.unwrap_or(""), &task.allow_files, false)?;
         }
+        if let Some(ticket) = &task.start_gate {
+            ticket.wait(&task.stop);
+        }
         let src = match (&task.readers, &src) {
             (Some(readers), Source::Kafka(_)) => {
                 Input::Shared(Box::new(readers.subscribe(task, src)?))

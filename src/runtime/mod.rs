@@ -24,6 +24,7 @@
 pub mod coordinator;
 pub mod decode;
 pub mod events;
+pub mod gate;
 pub mod local;
 pub mod shared;
 pub mod telemetry;
@@ -95,6 +96,10 @@ pub struct QueryTask {
     /// Directories a file stream's file must be under (checked again once
     /// the file exists, as it may have appeared after the stream was made).
     pub allow_files: Vec<std::path::PathBuf>,
+    /// Where the query, connected to its source, waits for the other
+    /// queries of the script that created it before it subscribes to its
+    /// stream's reader ([`gate`]).
+    pub start_gate: Option<gate::Ticket>,
 }
 
 /// The status of query `name` once `run` has returned: stopped, or failed

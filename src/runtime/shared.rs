@@ -99,6 +99,9 @@ pub struct Readers {
     readers: Mutex<Vec<Arc<Reader>>>,
     /// Records of its latest polls each reader keeps (see [`KEEP`]).
     keep: usize,
+    /// Readers started per stream since the server started: one per
+    /// stream when its queries share one read, one more per catch-up.
+    started: Mutex<BTreeMap<String, u64>>,
 }
 
 /// One consumer and decoder serving the queries subscribed to it.
@@ -236,14 +239,21 @@ impl Readers {
                 }
             })?;
         tracing::info!(query = %task.name, stream = %task.stream.name, "started a reader of the stream");
+        *lock(&self.started)
+            .entry(task.stream.name.clone())
+            .or_default() += 1;
         Ok(subscription(rx, partitions))
     }
 
-    /// How many readers each stream has.
-    pub fn per_stream(&self) -> BTreeMap<String, usize> {
-        let mut out = BTreeMap::new();
+    /// How many readers each stream has, and how many it has started in
+    /// all.
+    pub fn per_stream(&self) -> BTreeMap<String, (usize, u64)> {
+        let mut out: BTreeMap<String, (usize, u64)> = lock(&self.started)
+            .iter()
+            .map(|(s, n)| (s.clone(), (0, *n)))
+            .collect();
         for r in lock(&self.readers).iter() {
-            *out.entry(r.stream.name.clone()).or_default() += 1;
+            out.entry(r.stream.name.clone()).or_default().0 += 1;
         }
         out
     }

@@ -7,6 +7,7 @@ impl App {
     /// Runs every statement in `body` in order; stops at the first error.
     pub async fn execute_sql(&self, body: &str) -> Result<Vec<Answer>> {
         let _ddl = self.ddl.lock().await;
+        let _together = self.start_together();
         let mut out = Vec::new();
         for p in parse_sql(body)? {
             let mut r = self.execute(&p).await?;

@@ -97,6 +97,15 @@ impl App {
             allow_files: self.config.allow_files.clone(),
             readers: (self.config.cluster.is_none() && self.config.shared_reads)
                 .then(|| self.readers.clone()),
+            start_gate: match self.config.cluster {
+                Some(_) => None,
+                None => self
+                    .start_gate
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                    .map(|g| g.ticket()),
+            },
         };
         let entry = Arc::new(QueryEntry {
             name: name.to_string(),

@@ -148,6 +148,26 @@ pub struct App {
     /// Held while the catalog changes, so statements and the cluster's
     /// catalog sync never interleave.
     ddl: tokio::sync::Mutex<()>,
+    /// While a script runs (under `ddl`), the gate the queries it creates
+    /// start together at ([`crate::runtime::gate`]).
+    start_gate: std::sync::Mutex<Option<crate::runtime::gate::StartGate>>,
+}
+
+/// Queries created while it lives start together when it is dropped.
+struct StartTogether<'a> {
+    app: &'a App,
+    gate: crate::runtime::gate::StartGate,
+}
+
+impl Drop for StartTogether<'_> {
+    fn drop(&mut self) {
+        *self
+            .app
+            .start_gate
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
+        self.gate.open();
+    }
 }
 
 /// A table name a statement reads, with where it appears.
@@ -265,6 +285,7 @@ impl App {
             queries: RwLock::new(BTreeMap::new()),
             readers: Arc::new(readers),
             ddl: tokio::sync::Mutex::new(()),
+            start_gate: std::sync::Mutex::new(None),
         });
         if app.config.cluster.is_some() {
             app.store.postgres()?;
@@ -291,6 +312,14 @@ impl App {
         Ok(app)
     }
 
+    /// Sets a start gate for the queries created until the guard returned
+    /// is dropped, which opens it: they start together.
+    fn start_together(&self) -> StartTogether<'_> {
+        let gate = crate::runtime::gate::StartGate::default();
+        *self.start_gate.lock().unwrap_or_else(|p| p.into_inner()) = Some(gate.clone());
+        StartTogether { app: self, gate }
+    }
+
     /// Loads the stored streams and tables and starts the stored queries that
     /// are not loaded yet, as (name, SQL) pairs. `strict` (at startup) fails
     /// on a stored stream or query of the wrong kind; a catalog sync skips it.
@@ -301,6 +330,7 @@ impl App {
         queries: &[(String, String)],
         strict: bool,
     ) -> Result<()> {
+        let _together = self.start_together();
         let wrong = |what: &str, name: &str, kind: &str| match strict {
             true => Err(Error::Execution(format!(
                 "stored {what} {name} is not a {kind}"
