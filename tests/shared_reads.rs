@@ -48,12 +48,18 @@ const BY_ADVERTISER: &str = "
 CREATE QUERY by_advertiser AS
 SELECT advertiser, count(*) AS imps FROM impressions GROUP BY advertiser WINDOW 10s";
 
-/// The number of readers of stream `impressions`, from `GET /metrics`.
-async fn readers(s: &TestServer) -> u64 {
+/// Metric `name` of stream `impressions`, from `GET /metrics`.
+async fn stream_metric(s: &TestServer, name: &str) -> u64 {
+    let prefix = format!("{name}{{stream=\"impressions\"}} ");
     let text = s.get_text("/metrics").await;
     text.lines()
-        .find_map(|l| l.strip_prefix("runnel_stream_readers{stream=\"impressions\"} "))
+        .find_map(|l| l.strip_prefix(&prefix))
         .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+/// The number of readers of stream `impressions`.
+async fn readers(s: &TestServer) -> u64 {
+    stream_metric(s, "runnel_stream_readers").await
 }
 
 /// Waits until the stream has `n` readers.
@@ -113,17 +119,6 @@ async fn queries_join_a_live_read_from_the_start_then_share_it() {
     }
 }
 
-/// The number of readers stream `impressions` has started, from `GET
-/// /metrics`.
-async fn readers_started(s: &TestServer) -> u64 {
-    let text = s.get_text("/metrics").await;
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix("runnel_stream_readers_started_total{stream=\"impressions\"} ")
-        })
-        .map_or(0, |n| n.trim().parse().unwrap())
-}
-
 /// Four queries one script creates over a backlog of 60 000 records, from
 /// the start of the topic, with readers keeping only their last 1 000
 /// records: they wait for the script and for one another, connected, then
@@ -151,7 +146,10 @@ async fn queries_one_script_creates_over_a_backlog_share_one_read_from_the_start
     wait_and_check(&s, &feed.oracle).await;
     wait_and_check_query(&s, "by_geo", &["geo"], &by_geo(&feed.oracle)).await;
     wait_and_check_query(&s, "geo_all", &["geo"], &by_geo(&feed.oracle)).await;
-    assert_eq!(readers_started(&s).await, 1);
+    assert_eq!(
+        stream_metric(&s, "runnel_stream_readers_started_total").await,
+        1
+    );
     assert_eq!(readers(&s).await, 1);
 }
 

@@ -563,3 +563,49 @@ impl Store {
         .map(|n| n as usize)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The digits written directly read as chrono's formats do, before
+    /// 1970, around leap days and at the ends of the range they cover.
+    #[test]
+    fn timestamps_written_directly_match_the_formats() {
+        use super::{TS_FORMAT, format_ts};
+        use crate::format::encode::{API_TS_FORMAT, push_ts};
+        let mut samples = vec![
+            0,
+            -1,
+            999,
+            -86_400_000,
+            951_782_400_000, // 2000-02-29
+            1_764_855_620_123,
+            253_402_300_799_999, // 9999-12-31 23:59:59.999
+            -62_167_219_200_000, // 0000-01-01
+        ];
+        let mut x: i64 = 1;
+        for _ in 0..2_000 {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            samples
+                .push(x.rem_euclid(253_402_300_800_000 + 62_167_219_200_000) - 62_167_219_200_000);
+        }
+        for ms in samples {
+            let d = chrono::DateTime::from_timestamp_millis(ms).unwrap();
+            let mut out = Vec::new();
+            assert!(push_ts(ms, b' ', b"", &mut out));
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                d.format(TS_FORMAT).to_string()
+            );
+            assert_eq!(format_ts(ms), d.format(TS_FORMAT).to_string());
+            let mut out = Vec::new();
+            assert!(push_ts(ms, b'T', b"Z", &mut out));
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                d.format(API_TS_FORMAT).to_string()
+            );
+        }
+        let mut out = Vec::new();
+        assert!(!push_ts(253_402_300_800_000, b' ', b"", &mut out) && out.is_empty());
+        assert_eq!(format_ts(253_402_300_800_000), "+10000-01-01 00:00:00.000");
+    }
+}
