@@ -70,8 +70,8 @@ pub struct Stmt {
     /// the other.
     pub params: Vec<Param>,
     /// A row insert's values per row. Each backend inserts the rows as it
-    /// does best ([`Tx::run`]): SQLite one prepared one-row statement per
-    /// row, PostgreSQL multi-row `VALUES` (one round trip per statement).
+    /// does best ([`Tx::run`]): SQLite prepared statements of a few rows,
+    /// PostgreSQL multi-row `VALUES` (one round trip per statement).
     pub row_width: Option<usize>,
 }
 
@@ -209,7 +209,7 @@ pub struct Dialect {
 
 /// At most this many bind parameters per statement (SQLite allows 32 766,
 /// PostgreSQL 65 535).
-const MAX_PARAMS: usize = 30_000;
+pub(crate) const MAX_PARAMS: usize = 30_000;
 
 /// Applies the migrations not applied yet, in one transaction.
 pub(crate) fn migrate(b: &dyn Backend) -> Result<()> {

@@ -33,7 +33,7 @@ use std::time::Duration;
 use rusqlite::types::{ToSqlOutput, Value as SqlValue, ValueRef};
 use rusqlite::{Connection, ErrorCode};
 
-use super::backend::{Backend, Dialect, EachRow, Param, Stmt, Tx, Value};
+use super::backend::{Backend, Dialect, EachRow, MAX_PARAMS, Param, Stmt, Tx, Value};
 use super::results::{Cell, ResultColumns};
 use super::{ColumnKind, format_ts, parse_stored_ts};
 use crate::error::{Error, Result};
@@ -228,6 +228,9 @@ fn numbered(sql: &str) -> String {
     out
 }
 
+/// Rows per prepared statement of a row insert.
+const ROWS_PER_INSERT: usize = 64;
+
 impl rusqlite::ToSql for Param {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
         Ok(match self {
@@ -252,17 +255,31 @@ impl Tx for SqliteTx<'_> {
         Ok(self.0.execute_batch(sql)?)
     }
 
-    /// A row insert as one prepared one-row statement run per row: SQLite
-    /// has no round trips to save, and parsing a statement of thousands of
-    /// rows cost more than the rows' inserts.
+    /// A row insert as prepared statements of [`ROWS_PER_INSERT`] rows,
+    /// the rest one row at a time: parsing a statement of thousands of
+    /// rows cost more than their inserts, and each statement run updates
+    /// the `AUTOINCREMENT` sequence of `_seq` once.
     fn run(&mut self, s: &Stmt) -> Result<()> {
         let Some(width) = s.row_width.filter(|w| *w > 0) else {
             self.execute(&s.sql, &s.params)?;
             return Ok(());
         };
-        let mut st = self.0.prepare_cached(&numbered(&s.values_sql(1)))?;
-        for row in s.params.chunks(width) {
-            st.execute(rusqlite::params_from_iter(row))?;
+        let per_insert = (MAX_PARAMS / width).clamp(1, ROWS_PER_INSERT);
+        let mut full = s.params.chunks_exact(per_insert * width);
+        if full.len() > 0 {
+            let mut st = self
+                .0
+                .prepare_cached(&numbered(&s.values_sql(per_insert)))?;
+            for rows in &mut full {
+                st.execute(rusqlite::params_from_iter(rows))?;
+            }
+        }
+        let rest = full.remainder();
+        if !rest.is_empty() {
+            let mut st = self.0.prepare_cached(&numbered(&s.values_sql(1)))?;
+            for row in rest.chunks(width) {
+                st.execute(rusqlite::params_from_iter(row))?;
+            }
         }
         Ok(())
     }
@@ -338,7 +355,52 @@ fn cell(kind: ColumnKind, v: ValueRef<'_>) -> Cell<'_> {
 mod tests {
     use std::time::{Duration, Instant};
 
-    use super::{Backend, Param, SqliteStore, numbered};
+    use super::{Backend, Param, SqliteStore, Stmt, numbered};
+
+    /// A row insert of 150 rows of two values (two statements of 64 rows,
+    /// then 22 one by one) writes every row once, in order, each value in
+    /// its place.
+    #[test]
+    fn a_row_insert_writes_every_row_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let rows = 150;
+        let insert = Stmt {
+            sql: "INSERT INTO t (a, b) VALUES".into(),
+            params: (0..rows)
+                .flat_map(|i| [Param::Int(i), Param::Text(format!("row {i}"))])
+                .collect(),
+            row_width: Some(2),
+        };
+        store
+            .transaction(&mut |tx| {
+                tx.batch(
+                    "CREATE TABLE t (_seq INTEGER PRIMARY KEY AUTOINCREMENT, a INTEGER, b TEXT)",
+                )?;
+                tx.run(&insert)
+            })
+            .unwrap();
+        let mut seen = Vec::new();
+        store
+            .session(&mut |tx| {
+                let (_, rs) = tx.query("SELECT _seq, a, b FROM t ORDER BY _seq", &[])?;
+                seen = rs;
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(seen.len(), rows as usize);
+        for (i, r) in seen.iter().enumerate() {
+            let i = i as i64;
+            assert_eq!(
+                r,
+                &vec![
+                    super::Value::Integer(i + 1),
+                    super::Value::Integer(i),
+                    super::Value::Text(format!("row {i}")),
+                ]
+            );
+        }
+    }
 
     #[test]
     fn parameters_are_numbered_for_sqlite_outside_quotes() {
