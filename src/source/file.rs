@@ -38,7 +38,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{Chunk, MAX_LINE, take_lines};
+use super::{Chunk, ChunkRoom, MAX_LINE, take_lines};
 use crate::error::{Error, Result};
 use crate::model::StartFrom;
 
@@ -141,6 +141,8 @@ pub struct FileSource {
     /// half written when a `latest` source started).
     skip_partial: bool,
     offsets: BTreeMap<i32, i64>,
+    /// The size of the last chunk, the next one's starting room.
+    room: ChunkRoom,
 }
 
 impl FileSource {
@@ -211,6 +213,7 @@ impl FileSource {
             buf: Vec::new(),
             skip_partial,
             offsets,
+            room: ChunkRoom::default(),
         })
     }
 
@@ -272,7 +275,7 @@ impl FileSource {
             return self.read_more();
         }
         if self.skip_partial {
-            if let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
+            if let Some(nl) = memchr::memchr(b'\n', &self.buf) {
                 self.buf.drain(..=nl);
                 self.pos += nl as u64 + 1;
                 self.skip_partial = false;
@@ -289,7 +292,7 @@ impl FileSource {
     /// Reads up to `max` complete lines, waiting at most `wait` for the first one.
     pub fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Chunk>> {
         let deadline = Instant::now() + wait;
-        let mut chunk = Chunk::new(0, self.pos as i64);
+        let mut chunk = Chunk::with_room(0, self.pos as i64, self.room);
         loop {
             if chunk.is_empty() {
                 chunk.first_offset = self.pos as i64;
@@ -324,6 +327,7 @@ impl FileSource {
             return Ok(Vec::new());
         }
         self.offsets.insert(0, self.pos as i64);
+        self.room = chunk.room();
         Ok(vec![chunk])
     }
 }

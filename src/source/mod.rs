@@ -42,6 +42,15 @@ pub struct Chunk {
     pub offsets: Vec<i64>,
 }
 
+/// How many records, bytes, listed offsets and log times a chunk holds.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkRoom {
+    records: usize,
+    bytes: usize,
+    offsets: usize,
+    log_times: usize,
+}
+
 impl Chunk {
     /// An empty chunk of `partition` whose first record will be at `first_offset`.
     pub fn new(partition: i32, first_offset: i64) -> Self {
@@ -49,6 +58,30 @@ impl Chunk {
             partition,
             first_offset,
             ..Default::default()
+        }
+    }
+
+    /// An empty chunk like [`new`](Self::new) with room for an eighth more
+    /// records and bytes than `room`: sized like the source's last chunk
+    /// (whose records' lengths differ a little from these), it fills
+    /// without regrowing (and copying) its buffers.
+    pub fn with_room(partition: i32, first_offset: i64, room: ChunkRoom) -> Self {
+        let more = |n: usize| n + n / 8;
+        let mut c = Chunk::new(partition, first_offset);
+        c.data.reserve(more(room.bytes));
+        c.ends.reserve(more(room.records));
+        c.offsets.reserve(more(room.offsets));
+        c.log_times.reserve(more(room.log_times));
+        c
+    }
+
+    /// The room this chunk's records take (see [`with_room`](Self::with_room)).
+    pub fn room(&self) -> ChunkRoom {
+        ChunkRoom {
+            records: self.ends.len(),
+            bytes: self.data.len(),
+            offsets: self.offsets.len(),
+            log_times: self.log_times.len(),
         }
     }
 
@@ -121,7 +154,7 @@ pub const MAX_LINE: usize = 16 << 20;
 fn take_lines(buf: &[u8], chunk: &mut Chunk, max: usize, at: Option<i64>) -> usize {
     let mut start = 0;
     while chunk.len() < max {
-        let Some(nl) = buf[start..].iter().position(|&b| b == b'\n') else {
+        let Some(nl) = memchr::memchr(b'\n', &buf[start..]) else {
             break;
         };
         let line = &buf[start..start + nl];

@@ -68,6 +68,13 @@ fn ws(b: &[u8], mut i: usize) -> usize {
     i
 }
 
+/// Whether two (short) keys are equal, compared in line: a `memcmp` call
+/// per field costs more than the comparison.
+#[inline]
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
+}
+
 /// End of the string starting at the quote `b[i]`, and whether it has escapes.
 fn string_end(b: &[u8], i: usize) -> R<(usize, bool)> {
     let mut j = i + 1;
@@ -270,7 +277,7 @@ impl FastDecoder {
     /// Appends one record; `Ok(Some(key))` names the first field that is
     /// not a column (the record is still used).
     fn record(&mut self, b: &[u8]) -> R<Option<String>> {
-        if std::str::from_utf8(b).is_err() {
+        if simdutf8::basic::from_utf8(b).is_err() {
             return Err(GiveUp);
         }
         let mut i = ws(b, 0);
@@ -303,8 +310,8 @@ impl FastDecoder {
                 // Records mostly list their fields in one order: try the
                 // column after the last one first.
                 let c = match self.columns.get(next) {
-                    Some(col) if &*col.name == key => Some(next),
-                    _ => self.columns.iter().position(|c| &*c.name == key),
+                    Some(col) if same(&col.name, key) => Some(next),
+                    _ => self.columns.iter().position(|c| same(&c.name, key)),
                 };
                 if let Some(c) = c {
                     next = c + 1;

@@ -50,6 +50,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 pub use super::Chunk;
+use super::ChunkRoom;
 use crate::connect::kafka::KafkaConn;
 use crate::error::{Error, Result};
 use crate::model::{OnOffsetLoss, StartFrom};
@@ -142,6 +143,8 @@ pub struct KafkaSource {
     unforwarded: u64,
     partitions: Vec<i32>,
     offsets: BTreeMap<i32, i64>,
+    /// The size of each partition's last chunk, its next one's starting room.
+    room: BTreeMap<i32, ChunkRoom>,
     /// Partitions of the topic.
     topic_partitions: usize,
     /// The assignment generation `partitions` and `offsets` belong to.
@@ -227,6 +230,7 @@ impl KafkaSource {
             skipped: 0,
             unforwarded: 0,
             offsets,
+            room: BTreeMap::new(),
             topic_partitions: partitions.len(),
             partitions,
             generation: 0,
@@ -275,6 +279,7 @@ impl KafkaSource {
             skipped: 0,
             unforwarded: 0,
             offsets: BTreeMap::new(),
+            room: BTreeMap::new(),
             topic_partitions: partitions.len(),
             partitions: Vec::new(),
             generation: 0,
@@ -519,7 +524,7 @@ impl KafkaSource {
         let mut chunks = Vec::new();
         if self.fetch.is_none() {
             self.poll_consumer(&mut chunks, max, wait)?;
-            return Ok(chunks);
+            return Ok(self.sized(chunks));
         }
         // Statistics and errors first (records come on the consumer's
         // queue only if forwarding failed: read them all the same).
@@ -539,6 +544,7 @@ impl KafkaSource {
             } => push(
                 &mut chunks,
                 &mut self.offsets,
+                &self.room,
                 partition,
                 offset,
                 payload,
@@ -555,7 +561,15 @@ impl KafkaSource {
         if lost {
             self.on_offset_loss()?;
         }
-        Ok(chunks)
+        Ok(self.sized(chunks))
+    }
+
+    /// `chunks`, their sizes noted as the next poll's starting room.
+    fn sized(&mut self, chunks: Vec<Chunk>) -> Vec<Chunk> {
+        for c in &chunks {
+            self.room.insert(c.partition, c.room());
+        }
+        chunks
     }
 
     /// Reads records off the consumer's own queue into `chunks`, one call
@@ -601,6 +615,7 @@ impl KafkaSource {
             push(
                 chunks,
                 &mut self.offsets,
+                &self.room,
                 msg.partition(),
                 msg.offset(),
                 payload,
@@ -641,6 +656,7 @@ fn offsets_lost(code: Option<RDKafkaErrorCode>) -> bool {
 fn push(
     chunks: &mut Vec<Chunk>,
     offsets: &mut BTreeMap<i32, i64>,
+    room: &BTreeMap<i32, ChunkRoom>,
     partition: i32,
     offset: i64,
     payload: &[u8],
@@ -654,7 +670,8 @@ fn push(
     let i = match i {
         Some(i) => i,
         None => {
-            chunks.push(Chunk::new(partition, offset));
+            let room = room.get(&partition).copied().unwrap_or_default();
+            chunks.push(Chunk::with_room(partition, offset, room));
             chunks.len() - 1
         }
     };
