@@ -57,9 +57,9 @@ fn kind(t: &DataType) -> Option<Kind> {
 }
 
 /// Why a value cannot take the fast path.
-struct GiveUp;
+pub(super) struct GiveUp;
 
-type R<T> = Result<T, GiveUp>;
+pub(super) type R<T> = Result<T, GiveUp>;
 
 fn ws(b: &[u8], mut i: usize) -> usize {
     while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
@@ -76,21 +76,42 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// End of the string starting at the quote `b[i]`, and whether it has escapes.
-fn string_end(b: &[u8], i: usize) -> R<(usize, bool)> {
+pub(super) fn string_end(b: &[u8], i: usize) -> R<(usize, bool)> {
     let mut j = i + 1;
     let mut escaped = false;
-    while j < b.len() {
-        match b[j] {
-            b'"' => return Ok((j + 1, escaped)),
-            b'\\' => {
+    loop {
+        // Plain text eight bytes at a time, up to the next byte that matters.
+        while let Some(w) = b.get(j..j + 8) {
+            let flags = stops(u64::from_le_bytes(w.try_into().expect("eight bytes")));
+            if flags != 0 {
+                j += (flags.trailing_zeros() / 8) as usize;
+                break;
+            }
+            j += 8;
+        }
+        match b.get(j) {
+            Some(b'"') => return Ok((j + 1, escaped)),
+            Some(b'\\') => {
                 escaped = true;
                 j += 2;
             }
-            c if c < 0x20 => return Err(GiveUp),
-            _ => j += 1,
+            Some(c) if *c < 0x20 => return Err(GiveUp),
+            Some(_) => j += 1,
+            None => return Err(GiveUp),
         }
     }
-    Err(GiveUp)
+}
+
+/// The high bit of each byte of `w` (eight bytes, the first lowest) that
+/// ends plain string text: `"`, `\` or a control byte below 0x20. The
+/// lowest flag is exact; flags above it may be spurious (a borrow), which
+/// does not matter as scanning stops at the lowest.
+fn stops(w: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // High bit set in each byte of `x` below `n` (n <= 0x80).
+    let below = |x: u64, n: u8| x.wrapping_sub(ONES * n as u64) & !x & HIGH;
+    below(w ^ (ONES * b'"' as u64), 1) | below(w ^ (ONES * b'\\' as u64), 1) | below(w, 0x20)
 }
 
 /// End of the JSON number starting at `b[i]`, checked against the grammar,

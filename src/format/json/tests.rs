@@ -112,3 +112,45 @@ fn fast_path_agrees_with_arrow_json() {
     assert_eq!(p.column(2), s.column(2));
     assert_eq!(p.column(1).null_count(), 2);
 }
+
+/// The fast path's string scan, byte by byte: where the string starting at
+/// the quote `b[0]` ends (past its closing quote) and whether it has
+/// escapes; `None` at a control byte or without a closing quote.
+fn string_end_bytewise(b: &[u8]) -> Option<(usize, bool)> {
+    let (mut j, mut escaped) = (1, false);
+    while j < b.len() {
+        match b[j] {
+            b'"' => return Some((j + 1, escaped)),
+            b'\\' => {
+                escaped = true;
+                j += 2;
+            }
+            c if c < 0x20 => return None,
+            _ => j += 1,
+        }
+    }
+    None
+}
+
+#[test]
+fn strings_scanned_eight_bytes_at_a_time_end_where_byte_by_byte_says() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+    // Mostly plain text, with the bytes that end or break a string, a byte
+    // one off each of them, and UTF-8 continuation bytes.
+    let alphabet: &[u8] = b"aZ09 _.-\x22\\\x1f\x00\x20\x21\x23\x5b\x5d\x7f\x80\xc3\xa9\xff";
+    for n in 0..20_000 {
+        let len = rng.random_range(0..40);
+        let mut b = vec![b'"'];
+        for _ in 0..len {
+            let c = if rng.random_bool(0.7) {
+                b'a' + (n % 26) as u8
+            } else {
+                alphabet[rng.random_range(0..alphabet.len())]
+            };
+            b.push(c);
+        }
+        let fast = super::fast::string_end(&b, 0).ok();
+        assert_eq!(fast, string_end_bytewise(&b), "{b:?}");
+    }
+}
