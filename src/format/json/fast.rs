@@ -185,6 +185,28 @@ fn token(b: &[u8], i: usize) -> R<(Token, usize)> {
     }
 }
 
+/// The value of an integer token (`number_end` checked its grammar: an
+/// optional `-`, then digits); out of `i64`'s range gives up.
+fn integer(t: &[u8]) -> R<i64> {
+    let (negative, digits) = match t.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, t),
+    };
+    // Accumulated negatively, so `i64::MIN` fits.
+    let mut n: i64 = 0;
+    for d in digits {
+        n = n
+            .checked_mul(10)
+            .and_then(|n| n.checked_sub((d - b'0') as i64))
+            .ok_or(GiveUp)?;
+    }
+    if negative {
+        Ok(n)
+    } else {
+        n.checked_neg().ok_or(GiveUp)
+    }
+}
+
 /// The token `b[s..e]` as text.
 ///
 /// # Safety
@@ -223,11 +245,11 @@ impl Column {
                 Ok(())
             }
             (Builder::Int64(v), Token::Num(s, e, true)) => {
-                v.append_value(unsafe { text(b, *s, *e) }.parse().map_err(|_| GiveUp)?);
+                v.append_value(integer(&b[*s..*e])?);
                 Ok(())
             }
             (Builder::TimestampMs(v), Token::Num(s, e, true)) => {
-                v.append_value(unsafe { text(b, *s, *e) }.parse().map_err(|_| GiveUp)?);
+                v.append_value(integer(&b[*s..*e])?);
                 Ok(())
             }
             (Builder::Boolean(v), Token::Bool(x)) => {
