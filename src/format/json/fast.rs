@@ -35,6 +35,9 @@ enum Builder {
 
 struct Column {
     name: Box<[u8]>,
+    /// The name written in JSON is the name itself, quoted: no `"`, `\`
+    /// or control bytes to escape.
+    plain: bool,
     kind: Kind,
     builder: Builder,
 }
@@ -302,8 +305,10 @@ impl FastDecoder {
                     Kind::Boolean => Builder::Boolean(BooleanBuilder::new()),
                 }
             };
+            let name = f.name().as_bytes();
             columns.push(Column {
-                name: f.name().as_bytes().into(),
+                name: name.into(),
+                plain: !name.iter().any(|b| matches!(b, b'"' | b'\\' | 0..0x20)),
                 kind,
                 builder,
             });
@@ -338,10 +343,23 @@ impl FastDecoder {
                 if b.get(i) != Some(&b'"') {
                     return Err(GiveUp);
                 }
-                let (ke, esc) = string_end(b, i)?;
-                if esc {
-                    return Err(GiveUp);
-                }
+                // Records mostly list their fields in one order: the key
+                // is likely the column after the last one, quoted.
+                let expected = self.columns.get(next).filter(|col| {
+                    let end = i + 1 + col.name.len();
+                    col.plain && b.get(end) == Some(&b'"') && same(&b[i + 1..end], &col.name)
+                });
+                let (c, ke) = match expected {
+                    Some(col) => (Some(next), i + 2 + col.name.len()),
+                    None => {
+                        let (ke, esc) = string_end(b, i)?;
+                        if esc {
+                            return Err(GiveUp);
+                        }
+                        let key = &b[i + 1..ke - 1];
+                        (self.columns.iter().position(|c| same(&c.name, key)), ke)
+                    }
+                };
                 let key = &b[i + 1..ke - 1];
                 i = ws(b, ke);
                 if b.get(i) != Some(&b':') {
@@ -350,12 +368,6 @@ impl FastDecoder {
                 i = ws(b, i + 1);
                 let (t, e) = token(b, i)?;
                 i = e;
-                // Records mostly list their fields in one order: try the
-                // column after the last one first.
-                let c = match self.columns.get(next) {
-                    Some(col) if same(&col.name, key) => Some(next),
-                    _ => self.columns.iter().position(|c| same(&c.name, key)),
-                };
                 if let Some(c) = c {
                     next = c + 1;
                     if seen & (1 << c) != 0 {

@@ -79,6 +79,8 @@ fn fast_path_agrees_with_arrow_json() {
         br#"{"ts": 9223372036854775808}"#,
         br#"{"ts": -9223372036854775809}"#,
         br#"{"ts": -0}"#,
+        br#"{"tsx": 1, "geo": "a", "ts": 2, "bi": 3, "bid": 4}"#,
+        br#"{"ts\"": 1, "geo\u0041": "b", "ge": "c"}"#,
         br#"{}"#,
         b"{\"geo\": \"\xc3\xa9t\xc3\xa9\"}",
         br#"{"geo": 12, "bid": true}"#,
