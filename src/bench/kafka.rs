@@ -241,12 +241,12 @@ async fn consume_e2e(
         Ok((batches, records, bad))
     };
     enum Reader<F> {
-        Direct(crate::source::kafka::KafkaSource, F),
+        Direct(Box<crate::source::kafka::KafkaSource>, F),
         Ahead(Prefetch<Decoded>),
     }
     let mut src = match prefetch {
         true => Reader::Ahead(Prefetch::spawn(Source::Kafka(src), 100_000, wait, decode)),
-        false => Reader::Direct(src, &mut decode),
+        false => Reader::Direct(Box::new(src), &mut decode),
     };
     let mut stats = RunStats {
         name,
