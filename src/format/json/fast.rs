@@ -274,13 +274,37 @@ impl Column {
         }
     }
 
+    /// The column's values so far. The builder starts again with room for
+    /// an eighth more than these: the next batch is likely about as large,
+    /// and a builder that grows copies what it holds.
     fn finish(&mut self, t: &DataType, rows: usize) -> ArrayRef {
+        let more = |n: usize| n + n / 8;
         match &mut self.builder {
-            Builder::Utf8(v) => Arc::new(v.finish()),
-            Builder::Float64(v) => Arc::new(v.finish()),
-            Builder::Int64(v) => Arc::new(v.finish()),
-            Builder::TimestampMs(v) => Arc::new(v.finish()),
-            Builder::Boolean(v) => Arc::new(v.finish()),
+            Builder::Utf8(v) => {
+                let a = v.finish();
+                *v = StringBuilder::with_capacity(more(rows), more(a.values().len()));
+                Arc::new(a)
+            }
+            Builder::Float64(v) => {
+                let a = v.finish();
+                *v = Float64Builder::with_capacity(more(rows));
+                Arc::new(a)
+            }
+            Builder::Int64(v) => {
+                let a = v.finish();
+                *v = Int64Builder::with_capacity(more(rows));
+                Arc::new(a)
+            }
+            Builder::TimestampMs(v) => {
+                let a = v.finish();
+                *v = TimestampMillisecondBuilder::with_capacity(more(rows));
+                Arc::new(a)
+            }
+            Builder::Boolean(v) => {
+                let a = v.finish();
+                *v = BooleanBuilder::with_capacity(more(rows));
+                Arc::new(a)
+            }
             Builder::Skip => new_null_array(t, rows),
         }
     }
