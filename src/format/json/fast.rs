@@ -9,10 +9,10 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder,
+    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, PrimitiveBuilder, StringBuilder,
     TimestampMillisecondBuilder, new_null_array,
 };
-use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use datafusion::arrow::datatypes::{ArrowPrimitiveType, DataType, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 
 #[derive(Clone, Copy, PartialEq)]
@@ -278,36 +278,36 @@ impl Column {
     /// an eighth more than these: the next batch is likely about as large,
     /// and a builder that grows copies what it holds.
     fn finish(&mut self, t: &DataType, rows: usize) -> ArrayRef {
-        let more = |n: usize| n + n / 8;
+        let room = more(rows);
         match &mut self.builder {
             Builder::Utf8(v) => {
                 let a = v.finish();
-                *v = StringBuilder::with_capacity(more(rows), more(a.values().len()));
+                *v = StringBuilder::with_capacity(room, more(a.values().len()));
                 Arc::new(a)
             }
-            Builder::Float64(v) => {
-                let a = v.finish();
-                *v = Float64Builder::with_capacity(more(rows));
-                Arc::new(a)
-            }
-            Builder::Int64(v) => {
-                let a = v.finish();
-                *v = Int64Builder::with_capacity(more(rows));
-                Arc::new(a)
-            }
-            Builder::TimestampMs(v) => {
-                let a = v.finish();
-                *v = TimestampMillisecondBuilder::with_capacity(more(rows));
-                Arc::new(a)
-            }
+            Builder::Float64(v) => restart(v, room),
+            Builder::Int64(v) => restart(v, room),
+            Builder::TimestampMs(v) => restart(v, room),
             Builder::Boolean(v) => {
                 let a = v.finish();
-                *v = BooleanBuilder::with_capacity(more(rows));
+                *v = BooleanBuilder::with_capacity(room);
                 Arc::new(a)
             }
             Builder::Skip => new_null_array(t, rows),
         }
     }
+}
+
+/// An eighth more than `n`: room for a batch about as large as the last.
+fn more(n: usize) -> usize {
+    n + n / 8
+}
+
+/// `v`'s values so far; `v` starts again with room for `room` values.
+fn restart<T: ArrowPrimitiveType>(v: &mut PrimitiveBuilder<T>, room: usize) -> ArrayRef {
+    let a = v.finish();
+    *v = PrimitiveBuilder::with_capacity(room);
+    Arc::new(a)
 }
 
 impl FastDecoder {

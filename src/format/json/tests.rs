@@ -97,6 +97,13 @@ fn fast_path_agrees_with_arrow_json() {
     for c in &cases {
         both(&[c]);
     }
+    // One decoder over call after call (its builders start each call with
+    // the last one's room) decodes as fresh ones do.
+    let mut reused = JsonDecoder::new(schema()).unwrap();
+    for payloads in [&cases[..], &cases[..2], &cases[..1], &cases[..]] {
+        let again = reused.decode(payloads);
+        assert_eq!(again, JsonDecoder::new(schema()).unwrap().decode(payloads));
+    }
     both(&cases);
     both(&cases[..2]);
     // Fields in changing orders within one call (the fast path tries the
