@@ -38,7 +38,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{Chunk, ChunkRoom, MAX_LINE, take_lines};
+use super::{Chunk, ChunkSizes, MAX_LINE, take_lines};
 use crate::error::{Error, Result};
 use crate::model::StartFrom;
 
@@ -141,8 +141,8 @@ pub struct FileSource {
     /// half written when a `latest` source started).
     skip_partial: bool,
     offsets: BTreeMap<i32, i64>,
-    /// The size of the last chunk, the next one's starting room.
-    room: ChunkRoom,
+    /// The last chunk's size, the next one's starting room.
+    sizes: ChunkSizes,
 }
 
 impl FileSource {
@@ -213,7 +213,7 @@ impl FileSource {
             buf: Vec::new(),
             skip_partial,
             offsets,
-            room: ChunkRoom::default(),
+            sizes: ChunkSizes::default(),
         })
     }
 
@@ -292,7 +292,7 @@ impl FileSource {
     /// Reads up to `max` complete lines, waiting at most `wait` for the first one.
     pub fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Chunk>> {
         let deadline = Instant::now() + wait;
-        let mut chunk = Chunk::with_room(0, self.pos as i64, self.room);
+        let mut chunk = self.sizes.chunk(0, self.pos as i64);
         loop {
             if chunk.is_empty() {
                 chunk.first_offset = self.pos as i64;
@@ -327,8 +327,9 @@ impl FileSource {
             return Ok(Vec::new());
         }
         self.offsets.insert(0, self.pos as i64);
-        self.room = chunk.room();
-        Ok(vec![chunk])
+        let chunks = vec![chunk];
+        self.sizes.note(&chunks);
+        Ok(chunks)
     }
 }
 

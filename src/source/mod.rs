@@ -42,15 +42,6 @@ pub struct Chunk {
     pub offsets: Vec<i64>,
 }
 
-/// How many records, bytes, listed offsets and log times a chunk holds.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct ChunkRoom {
-    records: usize,
-    bytes: usize,
-    offsets: usize,
-    log_times: usize,
-}
-
 impl Chunk {
     /// An empty chunk of `partition` whose first record will be at `first_offset`.
     pub fn new(partition: i32, first_offset: i64) -> Self {
@@ -58,30 +49,6 @@ impl Chunk {
             partition,
             first_offset,
             ..Default::default()
-        }
-    }
-
-    /// An empty chunk like [`new`](Self::new) with room for an eighth more
-    /// records and bytes than `room`: sized like the source's last chunk
-    /// (whose records' lengths differ a little from these), it fills
-    /// without regrowing (and copying) its buffers.
-    pub fn with_room(partition: i32, first_offset: i64, room: ChunkRoom) -> Self {
-        let more = |n: usize| n + n / 8;
-        let mut c = Chunk::new(partition, first_offset);
-        c.data.reserve(more(room.bytes));
-        c.ends.reserve(more(room.records));
-        c.offsets.reserve(more(room.offsets));
-        c.log_times.reserve(more(room.log_times));
-        c
-    }
-
-    /// The room this chunk's records take (see [`with_room`](Self::with_room)).
-    pub fn room(&self) -> ChunkRoom {
-        ChunkRoom {
-            records: self.ends.len(),
-            bytes: self.data.len(),
-            offsets: self.offsets.len(),
-            log_times: self.log_times.len(),
         }
     }
 
@@ -145,6 +112,50 @@ impl Chunk {
 /// Most bytes a socket or file source buffers for one line: a longer line
 /// is emitted in pieces (which then usually fail to decode as bad records).
 pub const MAX_LINE: usize = 16 << 20;
+
+/// The size of each partition's last chunk. A source starts a partition's
+/// next chunk with room for an eighth more records and bytes (record
+/// lengths vary a little from poll to poll), so it fills without regrowing
+/// and copying its buffers.
+#[derive(Debug, Default)]
+pub(crate) struct ChunkSizes(BTreeMap<i32, Room>);
+
+/// How many records, bytes, listed offsets and log times a chunk held.
+#[derive(Debug, Default, Clone, Copy)]
+struct Room {
+    records: usize,
+    bytes: usize,
+    offsets: usize,
+    log_times: usize,
+}
+
+impl ChunkSizes {
+    /// An empty chunk of `partition` whose first record will be at
+    /// `first_offset`, with room for about as much as its last one.
+    pub(crate) fn chunk(&self, partition: i32, first_offset: i64) -> Chunk {
+        let room = self.0.get(&partition).copied().unwrap_or_default();
+        let more = |n: usize| n + n / 8;
+        let mut c = Chunk::new(partition, first_offset);
+        c.data.reserve(more(room.bytes));
+        c.ends.reserve(more(room.records));
+        c.offsets.reserve(more(room.offsets));
+        c.log_times.reserve(more(room.log_times));
+        c
+    }
+
+    /// Notes the sizes of the chunks a poll returns.
+    pub(crate) fn note(&mut self, chunks: &[Chunk]) {
+        for c in chunks {
+            let room = Room {
+                records: c.ends.len(),
+                bytes: c.data.len(),
+                offsets: c.offsets.len(),
+                log_times: c.log_times.len(),
+            };
+            self.0.insert(c.partition, room);
+        }
+    }
+}
 
 /// Splits complete lines off the front of `buf`, pushing each (without its
 /// `\n` or `\r\n`) to `chunk` until it holds `max` records; returns the bytes

@@ -28,7 +28,7 @@ use std::io::{ErrorKind, Read};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
-use super::{Chunk, MAX_LINE, take_lines};
+use super::{Chunk, ChunkSizes, MAX_LINE, take_lines};
 use crate::error::Result;
 
 /// First reconnection delay.
@@ -48,6 +48,8 @@ pub struct SocketSource {
     /// Lines read so far.
     next: i64,
     offsets: BTreeMap<i32, i64>,
+    /// The last chunk's size, the next one's starting room.
+    sizes: ChunkSizes,
     backoff: Duration,
     next_attempt: Instant,
     /// Whether the last attempt failed and was logged.
@@ -65,6 +67,7 @@ impl SocketSource {
             buf: Vec::new(),
             next: 0,
             offsets: BTreeMap::new(),
+            sizes: ChunkSizes::default(),
             backoff: BACKOFF_MIN,
             next_attempt: Instant::now(),
             failing: false,
@@ -181,7 +184,7 @@ impl SocketSource {
     /// Reads up to `max` lines, waiting at most `wait` for the first one.
     pub fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Chunk>> {
         let deadline = Instant::now() + wait;
-        let mut chunk = Chunk::new(0, self.next);
+        let mut chunk = self.sizes.chunk(0, self.next);
         loop {
             let used = take_lines(&self.buf, &mut chunk, max, None);
             self.buf.drain(..used);
@@ -216,7 +219,9 @@ impl SocketSource {
         }
         self.next += chunk.len() as i64;
         self.offsets.insert(0, self.next);
-        Ok(vec![chunk])
+        let chunks = vec![chunk];
+        self.sizes.note(&chunks);
+        Ok(chunks)
     }
 }
 

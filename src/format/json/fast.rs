@@ -373,18 +373,18 @@ impl FastDecoder {
                     let end = i + 1 + col.name.len();
                     col.plain && b.get(end) == Some(&b'"') && same(&b[i + 1..end], &col.name)
                 });
-                let (c, ke) = match expected {
-                    Some(col) => (Some(next), i + 2 + col.name.len()),
-                    None => {
-                        let (ke, esc) = string_end(b, i)?;
-                        if esc {
-                            return Err(GiveUp);
-                        }
-                        let key = &b[i + 1..ke - 1];
-                        (self.columns.iter().position(|c| same(&c.name, key)), ke)
-                    }
+                let ke = match expected {
+                    Some(col) => i + 2 + col.name.len(),
+                    None => match string_end(b, i)? {
+                        (_, true) => return Err(GiveUp),
+                        (ke, false) => ke,
+                    },
                 };
                 let key = &b[i + 1..ke - 1];
+                let c = match expected {
+                    Some(_) => Some(next),
+                    None => self.columns.iter().position(|c| same(&c.name, key)),
+                };
                 i = ws(b, ke);
                 if b.get(i) != Some(&b':') {
                     return Err(GiveUp);

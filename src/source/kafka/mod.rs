@@ -50,7 +50,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 pub use super::Chunk;
-use super::ChunkRoom;
+use super::ChunkSizes;
 use crate::connect::kafka::KafkaConn;
 use crate::error::{Error, Result};
 use crate::model::{OnOffsetLoss, StartFrom};
@@ -143,8 +143,8 @@ pub struct KafkaSource {
     unforwarded: u64,
     partitions: Vec<i32>,
     offsets: BTreeMap<i32, i64>,
-    /// The size of each partition's last chunk, its next one's starting room.
-    room: BTreeMap<i32, ChunkRoom>,
+    /// Each partition's last chunk's size, its next one's starting room.
+    sizes: ChunkSizes,
     /// Partitions of the topic.
     topic_partitions: usize,
     /// The assignment generation `partitions` and `offsets` belong to.
@@ -230,7 +230,7 @@ impl KafkaSource {
             skipped: 0,
             unforwarded: 0,
             offsets,
-            room: BTreeMap::new(),
+            sizes: ChunkSizes::default(),
             topic_partitions: partitions.len(),
             partitions,
             generation: 0,
@@ -279,7 +279,7 @@ impl KafkaSource {
             skipped: 0,
             unforwarded: 0,
             offsets: BTreeMap::new(),
-            room: BTreeMap::new(),
+            sizes: ChunkSizes::default(),
             topic_partitions: partitions.len(),
             partitions: Vec::new(),
             generation: 0,
@@ -524,7 +524,8 @@ impl KafkaSource {
         let mut chunks = Vec::new();
         if self.fetch.is_none() {
             self.poll_consumer(&mut chunks, max, wait)?;
-            return Ok(self.sized(chunks));
+            self.sizes.note(&chunks);
+            return Ok(chunks);
         }
         // Statistics and errors first (records come on the consumer's
         // queue only if forwarding failed: read them all the same).
@@ -544,7 +545,7 @@ impl KafkaSource {
             } => push(
                 &mut chunks,
                 &mut self.offsets,
-                &self.room,
+                &self.sizes,
                 partition,
                 offset,
                 payload,
@@ -561,15 +562,8 @@ impl KafkaSource {
         if lost {
             self.on_offset_loss()?;
         }
-        Ok(self.sized(chunks))
-    }
-
-    /// `chunks`, their sizes noted as the next poll's starting room.
-    fn sized(&mut self, chunks: Vec<Chunk>) -> Vec<Chunk> {
-        for c in &chunks {
-            self.room.insert(c.partition, c.room());
-        }
-        chunks
+        self.sizes.note(&chunks);
+        Ok(chunks)
     }
 
     /// Reads records off the consumer's own queue into `chunks`, one call
@@ -615,7 +609,7 @@ impl KafkaSource {
             push(
                 chunks,
                 &mut self.offsets,
-                &self.room,
+                &self.sizes,
                 msg.partition(),
                 msg.offset(),
                 payload,
@@ -656,7 +650,7 @@ fn offsets_lost(code: Option<RDKafkaErrorCode>) -> bool {
 fn push(
     chunks: &mut Vec<Chunk>,
     offsets: &mut BTreeMap<i32, i64>,
-    room: &BTreeMap<i32, ChunkRoom>,
+    sizes: &ChunkSizes,
     partition: i32,
     offset: i64,
     payload: &[u8],
@@ -670,8 +664,7 @@ fn push(
     let i = match i {
         Some(i) => i,
         None => {
-            let room = room.get(&partition).copied().unwrap_or_default();
-            chunks.push(Chunk::with_room(partition, offset, room));
+            chunks.push(sizes.chunk(partition, offset));
             chunks.len() - 1
         }
     };
