@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use super::measure::{Meter, RunStats, cpu_of_pid, peak_rss};
 use super::{Dataset, QUERY_SQL, engine_for};
 use crate::error::{Error, Result};
+use crate::runtime::shared::MAX_POLL;
 use crate::source::Source;
 use crate::window::PartitionBatch;
 
@@ -245,7 +246,7 @@ async fn consume_e2e(
         Ahead(Prefetch<Decoded>),
     }
     let mut src = match prefetch {
-        true => Reader::Ahead(Prefetch::spawn(Source::Kafka(src), 100_000, wait, decode)),
+        true => Reader::Ahead(Prefetch::spawn(Source::Kafka(src), MAX_POLL, wait, decode)),
         false => Reader::Direct(Box::new(src), &mut decode),
     };
     let mut stats = RunStats {
@@ -256,7 +257,7 @@ async fn consume_e2e(
     let mut idle = Instant::now();
     while seen < ds.len() && idle.elapsed() < Duration::from_secs(10) {
         let (batches, records, bad) = match &mut src {
-            Reader::Direct(direct, decode) => decode(direct.poll(100_000, wait)?)?,
+            Reader::Direct(direct, decode) => decode(direct.poll(MAX_POLL, wait)?)?,
             Reader::Ahead(ahead) => ahead.poll(wait)?.unwrap_or_default(),
         };
         if records > 0 {

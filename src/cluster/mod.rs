@@ -61,6 +61,7 @@ use crate::error::{Error, Result};
 use crate::model::{Emission, QueryStatus, SelectSql, SourceKind, WindowKind};
 use crate::plan::ContinuousPlan;
 use crate::runtime::decode::{ChunkDecoder, Decoded};
+use crate::runtime::shared::MAX_POLL;
 use crate::runtime::{Coordinator, QueryTask, now_ms};
 use crate::sink::exact::ExactSink;
 use crate::source::kafka::{KafkaSource, OnAssign, Waiting};
@@ -154,9 +155,6 @@ fn owner_token(query: &str) -> String {
         rand::random::<u32>()
     )
 }
-
-/// How many records one poll takes at most.
-const POLL_MAX: usize = 100_000;
 
 /// How long the brokers may take to tell one partition's log end before
 /// windows are finalised (without all of them no partition counts as idle).
@@ -260,7 +258,7 @@ impl Coordinator for Member {
         engine: &mut WindowEngine,
     ) -> Result<Option<(Vec<Decoded>, crate::source::Progress)>> {
         let src = self.src.as_mut().expect("started");
-        let chunks = src.poll(POLL_MAX, Duration::from_millis(100))?;
+        let chunks = src.poll(MAX_POLL, Duration::from_millis(100))?;
         if let Some(ps) = src.take_assignment() {
             // What the engine holds was read under the old assignment and is
             // read again from the flushed offsets.
