@@ -53,9 +53,9 @@ use crate::source::{Chunk, Progress, Source};
 use crate::window::{Offsets, PartitionBatch};
 
 /// Most records one poll reads. Polls of 50 000 records cost 5–10 % less
-/// CPU than polls of 100 000 (and 250 000 cost 10 % more): a poll's
-/// decoded columns and partial states still fit the processor's caches
-/// while it is aggregated (BENCHMARKS.md, "Polls of 50 000 records").
+/// CPU than polls of 100 000, 250 000 cost 10 % more and 25 000 no less
+/// (BENCHMARKS.md, "Polls of 50 000 records"); likely because a smaller
+/// poll's decoded columns stay in cache while it is aggregated.
 pub const MAX_POLL: usize = 50_000;
 
 /// How long one poll waits for records.
