@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::measure::{Meter, RunStats, cpu_of_pid, peak_rss};
 use super::{Dataset, QUERY_SQL, engine_for};
 use crate::error::{Error, Result};
-use crate::runtime::shared::MAX_POLL;
+use crate::runtime::shared::{MAX_POLL, POLL_WAIT};
 use crate::source::Source;
 use crate::window::PartitionBatch;
 
@@ -227,7 +227,7 @@ async fn consume_e2e(
     )?;
     // As a query does: the watermark waits for every partition.
     engine.register_partitions(src.partitions());
-    let wait = Duration::from_millis(100);
+    let wait = POLL_WAIT;
     // One poll decoded: per partition its records, and the counts of records
     // and of bad ones.
     type Decoded = (Vec<PartitionBatch>, usize, usize);

@@ -61,7 +61,7 @@ use crate::error::{Error, Result};
 use crate::model::{Emission, QueryStatus, SelectSql, SourceKind, WindowKind};
 use crate::plan::ContinuousPlan;
 use crate::runtime::decode::{ChunkDecoder, Decoded};
-use crate::runtime::shared::MAX_POLL;
+use crate::runtime::shared::{MAX_POLL, POLL_WAIT};
 use crate::runtime::{Coordinator, QueryTask, now_ms};
 use crate::sink::exact::ExactSink;
 use crate::source::kafka::{KafkaSource, OnAssign, Waiting};
@@ -258,7 +258,7 @@ impl Coordinator for Member {
         engine: &mut WindowEngine,
     ) -> Result<Option<(Vec<Decoded>, crate::source::Progress)>> {
         let src = self.src.as_mut().expect("started");
-        let chunks = src.poll(MAX_POLL, Duration::from_millis(100))?;
+        let chunks = src.poll(MAX_POLL, POLL_WAIT)?;
         if let Some(ps) = src.take_assignment() {
             // What the engine holds was read under the old assignment and is
             // read again from the flushed offsets.
