@@ -140,6 +140,11 @@ struct Fixture {
 
 impl Fixture {
     fn new(url: String, cluster: &'static str) -> Fixture {
+        Fixture::with_config(url, cluster, "")
+    }
+
+    /// [`Fixture::new`] with `extra` lines in the servers' config.
+    fn with_config(url: String, cluster: &'static str, extra: &str) -> Fixture {
         let kafka = MockCluster::new(1).unwrap();
         kafka.create_topic("imps", PARTITIONS, 1).unwrap();
         let brokers = kafka.bootstrap_servers();
@@ -151,7 +156,7 @@ impl Fixture {
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("runnel.toml");
-        std::fs::write(&config, "checkpoint_interval = '1s'\n").unwrap();
+        std::fs::write(&config, format!("checkpoint_interval = '1s'\n{extra}")).unwrap();
         Fixture {
             kafka,
             brokers,
@@ -350,6 +355,72 @@ async fn cluster_throughput() {
     }
 }
 
+/// Eight different queries over the stream, each counting its records in
+/// a column `n` (the first is the ad-network query without its filter).
+const EIGHT: [&str; 8] = [
+    "SELECT publisher, geo, avg(bid) AS avg_bid, count(*) AS n, approx_distinct(cookie) AS uniques FROM imps GROUP BY publisher, geo WINDOW 10s",
+    "SELECT geo, count(*) AS n FROM imps GROUP BY geo WINDOW 10s",
+    "SELECT publisher, count(*) AS n, sum(bid) AS spend FROM imps GROUP BY publisher WINDOW 10s",
+    "SELECT geo, count(*) AS n, approx_distinct(cookie) AS uniques FROM imps GROUP BY geo WINDOW 10s",
+    "SELECT publisher, count(*) AS n, max(bid) AS top FROM imps GROUP BY publisher WINDOW 10s",
+    "SELECT cookie, count(*) AS n FROM imps GROUP BY cookie WINDOW 60s",
+    "SELECT geo, publisher, count(*) AS n, min(bid) AS low FROM imps GROUP BY geo, publisher WINDOW 5s",
+    "SELECT geo, count(*) AS n, avg(bid) AS avg_bid FROM imps GROUP BY geo WINDOW 30s",
+];
+
+/// Server CPU for one query and for eight over one stream, on one and two
+/// servers (run with `cargo test --release --test cluster -- --ignored
+/// --nocapture cluster_queries_cpu`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check: see BENCHMARKS.md"]
+async fn cluster_queries_cpu() {
+    let Some(pg) = Postgres::start("cluster_queries_cpu") else {
+        return;
+    };
+    let n: i64 = std::env::var("RUNNEL_CLUSTER_BENCH_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(400_000);
+    for servers in [1usize, 2] {
+        for queries in [1usize, 8] {
+            let db = format!("queries{servers}x{queries}");
+            let f = Fixture::new(pg.create_db(&db), "queries");
+            let all: Vec<TestServer> = (0..servers).map(|i| f.server(i)).collect();
+            all[0].sql(STREAM).await;
+            for (i, q) in EIGHT.iter().take(queries).enumerate() {
+                all[0].sql(&format!("CREATE QUERY q{i} AS {q}")).await;
+            }
+            // Each query's partitions claimed, by every server.
+            let want = format!("{}|{}", servers * queries, PARTITIONS as usize * queries);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while owners(&pg, &db) != want {
+                assert!(Instant::now() < deadline, "partitions not claimed");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            let cpu0: f64 = all.iter().map(|s| cpu_seconds(s.pid())).sum();
+            let t0 = (chrono::Utc::now().timestamp_millis() / 60_000 - 100) * 60_000;
+            produce(&f.producer, t0, 0..n);
+            for i in 0..queries {
+                let deadline = Instant::now() + Duration::from_secs(600);
+                loop {
+                    let (_, v) = all[0]
+                        .post("/sql", &format!("SELECT sum(n) AS total FROM q{i}"))
+                        .await;
+                    if v["results"][0]["rows"][0][0].as_i64() == Some(n) {
+                        break;
+                    }
+                    assert!(Instant::now() < deadline, "q{i}: {v}");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+            let cpu = all.iter().map(|s| cpu_seconds(s.pid())).sum::<f64>() - cpu0;
+            eprintln!(
+                "cluster queries: {servers} server(s), {queries} quer(ies), {n} records: servers used {cpu:.2} CPU-s"
+            );
+        }
+    }
+}
+
 /// A partition that never receives a record does not hold the cluster's
 /// windows back: it is idle once its stored position has reached its log
 /// end, like any caught-up partition.
@@ -495,4 +566,124 @@ fn topic_rows(brokers: &str) -> impl Fn() -> Vec<Value> {
         }
         rows.clone()
     }
+}
+
+/// `(window_start, geo) → n` rows of query `by_geo`.
+async fn by_geo_rows(s: &TestServer) -> BTreeMap<(String, String), u64> {
+    let (_, v) = s.get("/queries/by_geo/results?limit=100000").await;
+    let mut out = BTreeMap::new();
+    for r in v["rows"].as_array().into_iter().flatten() {
+        let key = (
+            r["window_start"].as_str().unwrap().to_string(),
+            r["geo"].as_str().unwrap().to_string(),
+        );
+        assert!(out.insert(key, r["n"].as_u64().unwrap()).is_none());
+    }
+    out
+}
+
+/// Partitions whose two queries' claims are held by different servers (the
+/// owner token names the process: `query@pid:...`).
+fn split_claims(pg: &Postgres, db: &str) -> String {
+    pg.psql(
+        db,
+        "SELECT count(*) || '|' || (SELECT count(*) FROM runnel_partition_progress) FROM (
+           SELECT partition FROM runnel_partition_progress GROUP BY partition
+           HAVING count(DISTINCT split_part(split_part(owner, '@', 2), ':', 1)) > 1) x",
+    )
+    .trim()
+    .to_string()
+}
+
+/// Two queries over one stream on two servers: each server reads its share
+/// of the partitions once for both (one consumer group per stream), the
+/// second query, created from `earliest` once the first has read half the
+/// records, catches up with a reader of its own that hands it over, and
+/// both queries' rows are exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_over_a_stream_share_each_servers_read() {
+    let Some(pg) = Postgres::start("queries_over_a_stream_share_each_servers_read") else {
+        return;
+    };
+    let db = "cluster_shared";
+    // Readers keep no polls: a query behind them needs a reader of its own.
+    let f = Fixture::with_config(pg.create_db(db), "shared", "shared_read_keep = 0\n");
+    let (a, b) = (f.server(0), f.server(1));
+    a.sql(&format!("{STREAM}; {QUERY}")).await;
+    wait_owners(&pg, db, 2).await;
+    let t0 = (chrono::Utc::now().timestamp_millis() / 10_000 - 100) * 10_000;
+    let n = 6_000;
+    produce(&f.producer, t0, 0..n / 2);
+    // Both servers have read some of the first half.
+    for s in [&a, &b] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while s.get("/queries/adnetwork").await.1["counters"]["records_in"] == 0 {
+            assert!(Instant::now() < deadline, "a server reads nothing");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    a.sql("CREATE QUERY by_geo AS SELECT geo, count(*) AS n FROM imps GROUP BY geo WINDOW 10s")
+        .await;
+    produce(&f.producer, t0, n / 2..n);
+
+    let counted = (0..n).filter(|i| (i / 7) % 4 != 3).count() as u64;
+    wait_rows(&a, "adnetwork", counted).await;
+    // The rule: 100 records per second from t0, one 10 s window per 1 000.
+    let geos = ["FR", "US", "DE", "unknown"];
+    let mut expected: BTreeMap<(i64, String), u64> = BTreeMap::new();
+    for i in 0..n {
+        let key = ((i * 10) / 10_000, geos[(i / 7) as usize % 4].to_string());
+        *expected.entry(key).or_default() += 1;
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let got = loop {
+        let rows = by_geo_rows(&b).await;
+        if rows.values().sum::<u64>() == n as u64 {
+            break rows;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "by_geo: {} of {n} records; {}",
+            rows.values().sum::<u64>(),
+            b.get("/queries/by_geo").await.1
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let mut windows: Vec<&String> = got.keys().map(|k| &k.0).collect();
+    windows.dedup();
+    let got: BTreeMap<(i64, String), u64> = got
+        .iter()
+        .map(|((w, g), n)| {
+            let i = windows.iter().position(|x| *x == w).unwrap() as i64;
+            ((i, g.clone()), *n)
+        })
+        .collect();
+    assert_eq!(got, expected);
+
+    // Both queries' claims of each partition are one server's, and every
+    // server reads the stream once, the catch-up having handed over.
+    assert_eq!(split_claims(&pg, db), format!("0|{}", 2 * PARTITIONS));
+    for s in [&a, &b] {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while stream_metric(s, "runnel_stream_readers").await != Some(1) {
+            assert!(
+                Instant::now() < deadline,
+                "readers of the stream: {:?}",
+                stream_metric(s, "runnel_stream_readers").await
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // The live reader, and by_geo's catch-up reader.
+        let started = stream_metric(s, "runnel_stream_readers_started_total").await;
+        assert!(started >= Some(2), "readers started: {started:?}");
+    }
+}
+
+/// Metric `name` of stream `imps` from `GET /metrics`, if reported.
+async fn stream_metric(s: &TestServer, name: &str) -> Option<u64> {
+    let prefix = format!("{name}{{stream=\"imps\"}} ");
+    let text = s.get_text("/metrics").await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map(|n| n.trim().parse().unwrap())
 }

@@ -229,6 +229,24 @@ async fn kill_and_compare(sql: &str, kills: usize) -> BTreeMap<String, String> {
     expected
 }
 
+/// Waits until the query has closed the window ending at `end_ms`.
+async fn wait_closed(s: &TestServer, end_ms: i64) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, q) = s.get("/queries/adnetwork").await;
+        let closed = q["last_window_end"].as_str().map(|t| {
+            chrono::DateTime::parse_from_rfc3339(t)
+                .unwrap()
+                .timestamp_millis()
+        });
+        if closed.is_some_and(|t| t >= end_ms) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "window not closed: {q}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_replays_from_earliest_without_duplicates() {
     let cluster = MockCluster::new(1).unwrap();
@@ -258,14 +276,18 @@ async fn reset_replays_from_earliest_without_duplicates() {
         producer.poll(Duration::ZERO);
     }
     producer.flush(Duration::from_secs(10)).unwrap();
-    wait_complete(&s, 8_000).await;
+    // The window of the last record: it closes once every partition is
+    // idle, which a loaded machine may take seconds past the others to see.
+    let last_end = ((base + 7_999 * 5) / 10_000 + 1) * 10_000;
+    wait_closed(&s, last_end).await;
     let before = all_rows(&s).await;
 
     let (st, v) = s.post("/queries/adnetwork/reset?from=sideways", "").await;
     assert_eq!(st, 400, "{v}");
     let (st, v) = s.post("/queries/adnetwork/reset?from=earliest", "").await;
     assert_eq!(st, 200, "{v}");
-    wait_complete(&s, 8_000).await;
+    // The reset query starts with fresh counters: no window closed yet.
+    wait_closed(&s, last_end).await;
     let after = all_rows(&s).await;
     assert_eq!(
         before.keys().collect::<Vec<_>>(),

@@ -2,8 +2,10 @@
 //! `--cluster NAME` and the same PostgreSQL store form one service.
 //!
 //! Runnel adds no cluster protocol of its own. Kafka's consumer-group
-//! protocol decides which server reads which partitions (one group per query,
-//! `runnel.NAME.QUERY`), and PostgreSQL holds everything shared:
+//! protocol decides which server reads which partitions (one group per
+//! stream, `runnel.NAME.stream.STREAM`, so every query over a stream on a
+//! server reads the same share with one shared read: [`group`]), and
+//! PostgreSQL holds everything shared:
 //!
 //! * each partition's owner, next offset and highest event time
 //!   (`runnel_partition_progress`);
@@ -46,9 +48,9 @@
 
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use datafusion::arrow::compute::concat_batches;
 use datafusion::sql::sqlparser::ast::{
@@ -60,14 +62,18 @@ use datafusion::sql::sqlparser::parser::Parser;
 use crate::error::{Error, Result};
 use crate::model::{Emission, QueryStatus, SelectSql, SourceKind, WindowKind};
 use crate::plan::ContinuousPlan;
-use crate::runtime::decode::{ChunkDecoder, Decoded};
-use crate::runtime::shared::{MAX_POLL, POLL_WAIT};
+use crate::runtime::decode::Decoded;
+use crate::runtime::local::Input;
+use crate::runtime::shared::POLL_WAIT;
 use crate::runtime::{Coordinator, QueryTask, now_ms};
 use crate::sink::exact::ExactSink;
-use crate::source::kafka::{KafkaSource, OnAssign, Waiting};
+use crate::source::Source;
+use crate::source::kafka::{KafkaSource, Waiting};
 use crate::window::{WindowEngine, states_from_ipc, states_to_ipc};
-use pg::{FinalWindow, PartitionFlush, Progress, Shared};
+use group::{Group, Groups};
+use pg::{FinalWindow, PartitionFlush, Shared};
 
+pub mod group;
 mod pg;
 
 /// Aggregates whose partial states cannot be merged across servers (or grow
@@ -160,43 +166,107 @@ fn owner_token(query: &str) -> String {
 /// windows are finalised (without all of them no partition counts as idle).
 const LOG_END_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long a member whose flush was refused waits before it claims its
+/// share again: another server's claim may have come from a share the group
+/// had already taken from it (it then gives the partitions up at its next
+/// flush); if not, the group reassigns meanwhile.
+const RECLAIM_AFTER: Duration = Duration::from_secs(2);
+
 /// One server running its share of a query as a member of a cluster.
 pub struct Member {
     cluster: String,
+    groups: Arc<Groups>,
     owner: String,
     pg: Option<Shared>,
-    src: Option<KafkaSource>,
-    decoder: Option<ChunkDecoder>,
+    /// This server's membership of the stream's group: its share of the
+    /// partitions.
+    group: Option<Arc<Group>>,
+    /// The number of the share adopted (`None`: none yet).
+    generation: Option<u64>,
+    /// The partitions of that share, claimed for this query.
+    partitions: Vec<i32>,
+    /// Reads them (none while fenced or given no partition).
+    input: Option<Input>,
     sink: Option<ExactSink>,
     /// A commit ran since the last publishing turn.
     committed: bool,
-    /// Where each newly assigned partition stands, for the engine's reset.
-    claimed: Arc<Mutex<BTreeMap<i32, Progress>>>,
-    /// After a refused flush, nothing is read until the group reassigns.
-    fenced: bool,
+    /// When a flush was refused: nothing is read until the group gives a
+    /// new share or [`RECLAIM_AFTER`] has passed.
+    fenced: Option<Instant>,
 }
 
 impl Member {
-    /// A member of cluster `cluster`.
-    pub fn new(cluster: &str) -> Self {
+    /// A member of cluster `cluster`, joining the server's `groups`.
+    pub fn new(cluster: &str, groups: Arc<Groups>) -> Self {
         Member {
             cluster: cluster.to_string(),
+            groups,
             owner: String::new(),
             pg: None,
-            src: None,
-            decoder: None,
+            group: None,
+            generation: None,
+            partitions: Vec::new(),
+            input: None,
             sink: None,
             committed: false,
-            claimed: Arc::default(),
-            fenced: false,
+            fenced: None,
         }
     }
 
-    fn parts(&mut self) -> (&Shared, &mut KafkaSource) {
-        (
-            self.pg.as_ref().expect("started"),
-            self.src.as_mut().expect("started"),
-        )
+    /// Adopts a new share of the partitions: claims them for this query,
+    /// restarts the engine from where they were flushed and reads them
+    /// from there. What the engine held was read under the old share and
+    /// is read again from the flushed offsets by whoever has it now.
+    fn adopt(
+        &mut self,
+        task: &QueryTask,
+        engine: &mut WindowEngine,
+        generation: u64,
+        partitions: Vec<i32>,
+    ) -> Result<()> {
+        self.input = None;
+        self.generation = Some(generation);
+        let pg = self.pg.as_ref().expect("started");
+        let claimed = pg.claim_partitions(&task.name, &self.owner, &partitions)?;
+        engine.reset(
+            partitions
+                .iter()
+                .map(|p| {
+                    let max = claimed.get(p).and_then(|x| x.max_event_time);
+                    (*p, max.unwrap_or(i64::MIN))
+                })
+                .collect(),
+        );
+        self.fenced = None;
+        tracing::info!(query = %task.name, ?partitions, "assigned");
+        self.partitions = partitions;
+        if self.partitions.is_empty() {
+            return Ok(());
+        }
+        let saved = claimed
+            .iter()
+            .filter_map(|(p, x)| x.next_offset.map(|o| (*p, o)))
+            .collect();
+        let mut src = match KafkaSource::connect_partitions(
+            &task.kafka,
+            &task.stream.topic,
+            &format!("runnel-{}", task.name),
+            task.reset.unwrap_or(task.stream.start),
+            &self.partitions,
+            &saved,
+            Waiting {
+                stop: &task.stop,
+                unreachable: &|since| task.note_reachability(since, QueryStatus::WaitingForTopic),
+                missing: &|what| task.note_missing_topic(what),
+            },
+        ) {
+            Ok(s) => s,
+            Err(_) if task.stop.load(Ordering::Relaxed) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        src.set_on_offset_loss(task.stream.on_offset_loss);
+        self.input = Some(Input::open(task, Source::Kafka(src))?);
+        Ok(())
     }
 }
 
@@ -208,47 +278,16 @@ impl Coordinator for Member {
                 task.stream.name
             )));
         }
-        let pg = Shared::new(task.store.postgres()?.clone());
+        self.pg = Some(Shared::new(task.store.postgres()?.clone()));
         engine.keep_partials_only();
-        self.fenced = false;
-        self.decoder = Some(ChunkDecoder::new(task)?);
+        self.fenced = None;
+        self.generation = None;
         self.owner = owner_token(&task.name);
-        let on_assign: OnAssign = {
-            let (pg, query, owner, claimed) = (
-                pg.clone(),
-                task.name.clone(),
-                self.owner.clone(),
-                self.claimed.clone(),
-            );
-            Box::new(move |ps: &[i32]| {
-                let progress = pg.claim_partitions(&query, &owner, ps)?;
-                let offsets = progress
-                    .iter()
-                    .filter_map(|(p, x)| x.next_offset.map(|o| (*p, o)))
-                    .collect();
-                *claimed.lock().unwrap_or_else(|p| p.into_inner()) = progress;
-                Ok(offsets)
-            })
-        };
-        self.src = match KafkaSource::join_group(
-            &task.kafka,
-            &task.stream.topic,
-            &format!("runnel.{}.{}", self.cluster, task.name),
-            &format!("runnel-{}", task.name),
-            task.reset.unwrap_or(task.stream.start),
-            on_assign,
-            Waiting {
-                stop: &task.stop,
-                unreachable: &|since| task.note_reachability(since, QueryStatus::WaitingForTopic),
-                missing: &|what| task.note_missing_topic(what),
-            },
-        ) {
-            Ok(s) => Some(s),
-            Err(_) if task.stop.load(Ordering::Relaxed) => return Ok(false),
-            Err(e) => return Err(e),
+        self.group = match self.groups.join(&self.cluster, task)? {
+            Some(g) => Some(g),
+            None => return Ok(false),
         };
         self.sink = task.exact_sink();
-        self.pg = Some(pg);
         Ok(true)
     }
 
@@ -257,36 +296,23 @@ impl Coordinator for Member {
         task: &QueryTask,
         engine: &mut WindowEngine,
     ) -> Result<Option<(Vec<Decoded>, crate::source::Progress)>> {
-        let src = self.src.as_mut().expect("started");
-        let chunks = src.poll(MAX_POLL, POLL_WAIT)?;
-        if let Some(ps) = src.take_assignment() {
-            // What the engine holds was read under the old assignment and is
-            // read again from the flushed offsets.
-            let claimed = self
-                .claimed
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            engine.reset(
-                ps.iter()
-                    .map(|p| {
-                        let max = claimed.get(p).and_then(|x| x.max_event_time);
-                        (*p, max.unwrap_or(i64::MIN))
-                    })
-                    .collect(),
-            );
-            self.fenced = false;
-            tracing::info!(query = %task.name, partitions = ?ps, "assigned");
+        if self.fenced.is_some_and(|at| at.elapsed() >= RECLAIM_AFTER) {
+            self.generation = None;
         }
-        if self.fenced {
-            return Ok(None);
+        let group = self.group.as_ref().expect("started");
+        if let Some((generation, partitions)) = group.assignment_after(self.generation) {
+            self.adopt(task, engine, generation, partitions)?;
         }
-        let decoded = self
-            .decoder
-            .as_mut()
-            .expect("started")
-            .decode_poll(&chunks)?;
-        Ok(Some((decoded, src.progress())))
+        let input = match &mut self.input {
+            Some(input) => input,
+            _ => {
+                // Given no partition, or fenced: wait for the group.
+                std::thread::sleep(POLL_WAIT);
+                return Ok(None);
+            }
+        };
+        let decoded = input.poll()?;
+        Ok(Some((decoded, input.progress())))
     }
 
     fn commits_only_records(&self) -> bool {
@@ -302,11 +328,10 @@ impl Coordinator for Member {
         engine: &mut WindowEngine,
         _emitted: Vec<Emission>,
     ) -> Result<Vec<Emission>> {
-        let fenced = self.fenced;
-        let (pg, src) = self.parts();
-        let pg = pg.clone();
-        if !fenced && !src.partitions().is_empty() {
-            let seen = src.progress();
+        let pg = self.pg.clone().expect("started");
+        if let Some(input) = &self.input {
+            let seen = input.progress();
+            let offsets = input.offsets();
             // A partition nothing was read from yet, confirmed caught up, is
             // at its log end: stored so, its idle mark holds until the log
             // grows (and a new owner starts there).
@@ -315,12 +340,10 @@ impl Coordinator for Member {
                     .then(|| seen.log_ends.get(&p).copied())
                     .flatten()
             };
-            let progress: Vec<PartitionFlush> = src
-                .partitions()
-                .iter()
+            let progress: Vec<PartitionFlush> = (self.partitions.iter())
                 .map(|p| PartitionFlush {
                     partition: *p,
-                    next_offset: src.next_offset(*p).or_else(|| caught_up_at(*p)),
+                    next_offset: offsets.get(p).copied().or_else(|| caught_up_at(*p)),
                     mark: engine.clock().mark(*p),
                 })
                 .collect();
@@ -335,12 +358,13 @@ impl Coordinator for Member {
             if !pg.flush_partials(&task.name, &self.owner, &progress, partials)? {
                 tracing::warn!(query = %task.name, "another server owns some of these partitions now; waiting for the group to reassign");
                 engine.reset(BTreeMap::new());
-                self.fenced = true;
+                self.fenced = Some(Instant::now());
+                self.input = None;
             }
         }
-        let src = self.src.as_ref().expect("started");
-        let log_ends = src.topic_log_ends(LOG_END_TIMEOUT).unwrap_or_default();
-        let (closed_wm, written) = finalize(rt, &pg, task, src.topic_partitions(), &log_ends)?;
+        let group = self.group.as_ref().expect("started");
+        let log_ends = group.topic_log_ends(LOG_END_TIMEOUT).unwrap_or_default();
+        let (closed_wm, written) = finalize(rt, &pg, task, group.topic_partitions(), &log_ends)?;
         // Records of windows already final are late here too.
         engine.close_before(closed_wm);
         self.committed = true;
@@ -354,11 +378,7 @@ impl Coordinator for Member {
         let Some(sink) = &mut self.sink else {
             return Ok(());
         };
-        let leads = !self.fenced
-            && self
-                .src
-                .as_ref()
-                .is_some_and(|s| s.partitions().contains(&0));
+        let leads = self.input.is_some() && self.partitions.contains(&0);
         if !leads {
             sink.release();
             let mut status = task.status.lock().unwrap_or_else(|p| p.into_inner());
@@ -374,16 +394,18 @@ impl Coordinator for Member {
     }
 
     fn offsets(&self) -> BTreeMap<i32, i64> {
-        self.src
-            .as_ref()
+        (self.input.as_ref())
             .map(|s| s.offsets().clone())
             .unwrap_or_default()
     }
 
-    /// Leaves the group at once, so the others take this member's
-    /// partitions while it waits for the store.
+    /// Lets go of the group (left at once when no other query over the
+    /// stream holds it, as when the store is down for every query), so
+    /// the others take this server's partitions while it waits.
     fn pause(&mut self) {
-        self.src = None;
+        self.input = None;
+        self.group = None;
+        self.generation = None;
         self.sink = None;
     }
 

@@ -31,7 +31,7 @@ pub struct Local {
 }
 
 /// Where a query's decoded records come from.
-enum Input {
+pub enum Input {
     /// A reader shared with the server's other queries over the stream.
     Shared(Box<Subscription>),
     /// A thread of the query's own.
@@ -39,28 +39,49 @@ enum Input {
 }
 
 impl Input {
-    fn poll(&mut self) -> Result<Vec<Decoded>> {
+    /// Reads `src` for `task`: through a reader the server's queries over
+    /// the stream share when there is one for Kafka streams, otherwise on
+    /// a thread of the query's own.
+    pub fn open(task: &QueryTask, src: Source) -> Result<Input> {
+        Ok(match (&task.readers, &src) {
+            (Some(readers), Source::Kafka(_)) => {
+                Input::Shared(Box::new(readers.subscribe(task, src)?))
+            }
+            _ => {
+                let mut decoder = ChunkDecoder::new(task)?;
+                Input::Own(Prefetch::spawn(src, MAX_POLL, POLL_WAIT, move |chunks| {
+                    decoder.decode_poll(&chunks)
+                }))
+            }
+        })
+    }
+
+    /// The next poll's decoded records (none after [`POLL_WAIT`]).
+    pub fn poll(&mut self) -> Result<Vec<Decoded>> {
         match self {
             Input::Shared(s) => s.poll(POLL_WAIT),
             Input::Own(s) => Ok(s.poll(POLL_WAIT)?.unwrap_or_default()),
         }
     }
 
-    fn offsets(&self) -> &BTreeMap<i32, i64> {
+    /// The next offset to take per partition: what a commit saves.
+    pub fn offsets(&self) -> &BTreeMap<i32, i64> {
         match self {
             Input::Shared(s) => s.offsets(),
             Input::Own(s) => s.offsets(),
         }
     }
 
-    fn progress(&self) -> Progress {
+    /// The source's progress as of the last poll.
+    pub fn progress(&self) -> Progress {
         match self {
             Input::Shared(s) => s.progress(),
             Input::Own(s) => s.progress(),
         }
     }
 
-    fn partitions(&self) -> Vec<i32> {
+    /// The partitions read.
+    pub fn partitions(&self) -> Vec<i32> {
         match self {
             Input::Shared(s) => s.partitions(),
             Input::Own(s) => s.partitions().to_vec(),
@@ -115,17 +136,7 @@ impl Coordinator for Local {
         if let Some(ticket) = &task.start_gate {
             ticket.wait(&task.stop);
         }
-        let src = match (&task.readers, &src) {
-            (Some(readers), Source::Kafka(_)) => {
-                Input::Shared(Box::new(readers.subscribe(task, src)?))
-            }
-            _ => {
-                let mut decoder = ChunkDecoder::new(task)?;
-                Input::Own(Prefetch::spawn(src, MAX_POLL, POLL_WAIT, move |chunks| {
-                    decoder.decode_poll(&chunks)
-                }))
-            }
-        };
+        let src = Input::open(task, src)?;
         engine.register_partitions(&src.partitions());
         if !task.late_retention.is_zero() {
             engine.keep_late_records();

@@ -23,7 +23,9 @@
 //! with another — on every partition at or past the other's position, and
 //! near it — hands its subscribers over and ends, so a catch-up never
 //! holds the live queries back and ends in one read. A reader with no
-//! subscribers left ends too.
+//! subscribers left ends too. In cluster mode a reader reads the share of
+//! the partitions the stream's consumer group gave the server (see
+//! `cluster::group`), and serves the queries reading that same share.
 //!
 //! ```no_run
 //! # use std::sync::Arc;
@@ -110,6 +112,10 @@ pub struct Readers {
 /// One consumer and decoder serving the queries subscribed to it.
 struct Reader {
     stream: StreamDef,
+    /// The partitions it reads when they are a cluster member's share of
+    /// the topic's ([`Source::share`]): it serves only queries reading the
+    /// same share. `None`: every partition.
+    share: Option<Vec<i32>>,
     /// Where the consumer starts a partition it has no offset for.
     start: StartFrom,
     stats: Arc<StreamStats>,
@@ -183,6 +189,7 @@ impl Readers {
     /// `src`'s offsets, or starts a reader of its own with `src`.
     pub fn subscribe(self: &Arc<Self>, task: &QueryTask, src: Source) -> Result<Subscription> {
         let offsets = src.offsets().clone();
+        let share = src.share();
         let columns = task.plan.stream_columns_read();
         let subscription = |rx, partitions: Vec<i32>| Subscription {
             rx,
@@ -195,7 +202,7 @@ impl Readers {
             stream: task.stream.name.clone(),
         };
         let mut readers = lock(&self.readers);
-        for reader in readers.iter().filter(|r| r.stream == task.stream) {
+        for reader in (readers.iter()).filter(|r| r.stream == task.stream && r.share == share) {
             let mut inner = lock(&reader.inner);
             let (from, at) = (&inner.recent_from, &inner.position);
             if !inner.closed && can_serve(from, at, reader.start, &offsets) {
@@ -222,6 +229,7 @@ impl Readers {
         let partitions = inner.partitions.clone();
         let reader = Arc::new(Reader {
             stream: task.stream.clone(),
+            share,
             start: task.reset.unwrap_or(task.stream.start),
             stats: task.stats.clone(),
             keep: self.keep,
@@ -417,7 +425,7 @@ impl Reader {
         let mut all = lock(&readers.readers);
         let mut inner = lock(&self.inner);
         let other = all.iter().find(|r| {
-            !Arc::ptr_eq(r, self) && r.stream == self.stream && {
+            !Arc::ptr_eq(r, self) && r.stream == self.stream && r.share == self.share && {
                 let o = lock(&r.inner);
                 // Queries handed over take no kept polls: from its position.
                 !o.closed && can_serve(&o.position, &o.position, r.start, &inner.position)

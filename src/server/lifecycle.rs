@@ -95,8 +95,7 @@ impl App {
             state_retention: self.config.window_state_retention,
             late_retention: self.config.late_record_retention,
             allow_files: self.config.allow_files.clone(),
-            readers: (self.config.cluster.is_none() && self.config.shared_reads)
-                .then(|| self.readers.clone()),
+            readers: self.config.shared_reads.then(|| self.readers.clone()),
             start_gate: match self.config.cluster {
                 Some(_) => None,
                 None => self
@@ -117,7 +116,7 @@ impl App {
             metrics: query_metrics,
             stop,
             handle: Mutex::new(Some(task.spawn(match &self.config.cluster {
-                Some(c) => Box::new(crate::cluster::Member::new(c)),
+                Some(c) => Box::new(crate::cluster::Member::new(c, self.groups.clone())),
                 None => Box::new(crate::runtime::local::Local::default()),
             }))),
         });

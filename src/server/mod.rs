@@ -143,8 +143,10 @@ pub struct App {
     streams: RwLock<BTreeMap<String, Arc<StreamEntry>>>,
     tables: RwLock<BTreeMap<String, (String, RefTable)>>,
     queries: RwLock<BTreeMap<String, Arc<QueryEntry>>>,
-    /// The readers queries over the same Kafka stream share (one server).
+    /// The readers queries over the same Kafka stream share.
     pub(crate) readers: Arc<crate::runtime::shared::Readers>,
+    /// Cluster mode: this server's memberships of its streams' groups.
+    pub(crate) groups: Arc<crate::cluster::group::Groups>,
     /// Held while the catalog changes, so statements and the cluster's
     /// catalog sync never interleave.
     ddl: tokio::sync::Mutex<()>,
@@ -284,6 +286,7 @@ impl App {
             tables: RwLock::new(BTreeMap::new()),
             queries: RwLock::new(BTreeMap::new()),
             readers: Arc::new(readers),
+            groups: Arc::default(),
             ddl: tokio::sync::Mutex::new(()),
             start_gate: std::sync::Mutex::new(None),
         });

@@ -240,7 +240,15 @@ impl Source {
         }
     }
 
-    /// Next offset to read per partition: the value saved with a checkpoint.
+    /// The fixed share of a topic's partitions a cluster member reads
+    /// (see [`KafkaSource::share`]); `None` for every other source.
+    pub fn share(&self) -> Option<Vec<i32>> {
+        match self {
+            Source::Kafka(s) => s.share().map(<[i32]>::to_vec),
+            _ => None,
+        }
+    }
+
     /// The partitions records come from.
     pub fn partitions(&self) -> Vec<i32> {
         match self {

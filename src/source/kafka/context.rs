@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use rdkafka::TopicPartitionList;
@@ -91,6 +91,9 @@ pub struct SourceContext {
     pub(super) start: StartFrom,
     pub(super) on_assign: Option<OnAssign>,
     pub(super) generation: AtomicU64,
+    /// Pauses what the group assigns: a member that only learns its share
+    /// ([`super::KafkaSource::membership`]).
+    pub(super) pause_assigned: AtomicBool,
     /// The latest assignment and its saved offsets.
     pub(super) assigned: Mutex<(Vec<i32>, BTreeMap<i32, i64>)>,
     /// Per partition, the log end last reported by a live leader.
@@ -118,6 +121,7 @@ impl SourceContext {
             start,
             on_assign,
             generation: AtomicU64::new(0),
+            pause_assigned: AtomicBool::new(false),
             assigned: Mutex::new((Vec::new(), BTreeMap::new())),
             live_ends: Mutex::new(BTreeMap::new()),
             down_since: Mutex::new(None),
@@ -261,6 +265,12 @@ impl ConsumerContext for SourceContext {
                         );
                     }
                     match consumer.assign(tpl) {
+                        Ok(()) if self.pause_assigned.load(Ordering::SeqCst) => {
+                            if let Err(e) = consumer.pause(tpl) {
+                                tracing::warn!("kafka: pausing {ps:?}: {e}");
+                            }
+                            assigned = (ps, saved);
+                        }
                         Ok(()) => assigned = (ps, saved),
                         Err(e) => tracing::error!("kafka: assigning {ps:?}: {e}"),
                     }

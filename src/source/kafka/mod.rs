@@ -187,6 +187,63 @@ impl KafkaSource {
         Self::assign(consumer, topic, partitions, start, saved)
     }
 
+    /// Connects, waits until the topic exists, and reads only `partitions`
+    /// of it (a cluster member's share, see [`KafkaSource::membership`]),
+    /// resuming from `saved` offsets where known. Partitions added to the
+    /// topic later are not picked up: the group hands them out.
+    pub fn connect_partitions(
+        kafka: &KafkaConn,
+        topic: &str,
+        client_id: &str,
+        start: StartFrom,
+        partitions: &[i32],
+        saved: &BTreeMap<i32, i64>,
+        waiting: Waiting,
+    ) -> Result<Self> {
+        let (consumer, all) = open(kafka, topic, client_id, start, None, &[], waiting)?;
+        let mut src = Self::assign(consumer, topic, partitions.to_vec(), start, saved)?;
+        src.all_partitions = false;
+        src.topic_partitions = all.len();
+        Ok(src)
+    }
+
+    /// The partitions read when they are a fixed share of the topic's
+    /// ([`connect_partitions`](Self::connect_partitions)); `None` when
+    /// every partition is read, or the group decides.
+    pub fn share(&self) -> Option<&[i32]> {
+        (!self.all_partitions && self.fetch.is_some()).then_some(&self.partitions[..])
+    }
+
+    /// Joins consumer group `group` on `topic` only to learn which
+    /// partitions the group gives this member: assigned partitions are
+    /// paused, so nothing is fetched. [`poll`](Self::poll) it (it returns
+    /// no records) and read the share with
+    /// [`take_assignment`](Self::take_assignment).
+    pub fn membership(
+        kafka: &KafkaConn,
+        topic: &str,
+        group: &str,
+        client_id: &str,
+        waiting: Waiting,
+    ) -> Result<Self> {
+        let start = StartFrom::Latest;
+        let src = Self::join_group(
+            kafka,
+            topic,
+            group,
+            client_id,
+            start,
+            Box::new(|_| Ok(BTreeMap::new())),
+            waiting,
+        )?;
+        // Rebalances run inside polls only, so none has run yet.
+        src.consumer
+            .context()
+            .pause_assigned
+            .store(true, Ordering::SeqCst);
+        Ok(src)
+    }
+
     /// Reads `partitions` of `topic` with `consumer`, resuming from `saved`
     /// offsets where known; partitions added later are found by
     /// [`poll`](Self::poll).
