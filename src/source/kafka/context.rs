@@ -1,13 +1,13 @@
 //! The consumer's context: what librdkafka tells a Kafka source outside the
-//! records. In a consumer group it assigns partitions at the offsets the
-//! query saved; from the statistics it keeps each partition's log end as a
+//! records. In a consumer group it takes the partitions assigned, paused
+//! (the member only learns its share); from the statistics it keeps each partition's log end as a
 //! live leader last reported it, and whether any broker is reachable; it
 //! logs client errors once per kind and state change, not per retry, and
 //! keeps the latest of them for the query's events.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use rdkafka::TopicPartitionList;
@@ -17,9 +17,6 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use serde::Deserialize;
-
-use super::{OnAssign, start_offset};
-use crate::model::StartFrom;
 
 /// How often librdkafka reports statistics (the partitions' log ends and the
 /// brokers' liveness).
@@ -82,20 +79,16 @@ pub(super) struct LiveEnd {
     pub(super) at: Instant,
 }
 
-/// The consumer's context: in a consumer group it assigns partitions at the
-/// offsets [`OnAssign`] gives, and counts assignments so the reader can tell
-/// records of an old assignment from those of the new one. It keeps what
-/// the statistics say of each partition's log end.
+/// The consumer's context: in a consumer group it takes the partitions
+/// assigned, paused, and numbers the assignments (see
+/// [`super::KafkaSource::membership`]). It keeps what the statistics say of
+/// each partition's log end.
 pub struct SourceContext {
     pub(super) topic: String,
-    pub(super) start: StartFrom,
-    pub(super) on_assign: Option<OnAssign>,
+    /// Rebalances so far.
     pub(super) generation: AtomicU64,
-    /// Pauses what the group assigns: a member that only learns its share
-    /// ([`super::KafkaSource::membership`]).
-    pub(super) pause_assigned: AtomicBool,
-    /// The latest assignment and its saved offsets.
-    pub(super) assigned: Mutex<(Vec<i32>, BTreeMap<i32, i64>)>,
+    /// The latest assignment.
+    pub(super) assigned: Mutex<Vec<i32>>,
     /// Per partition, the log end last reported by a live leader.
     pub(super) live_ends: Mutex<BTreeMap<i32, LiveEnd>>,
     /// Since when no broker has been reachable.
@@ -115,14 +108,11 @@ const LOG_EVERY: Duration = Duration::from_secs(30);
 
 impl SourceContext {
     /// The context of a consumer of `topic`.
-    pub(super) fn new(topic: &str, start: StartFrom, on_assign: Option<OnAssign>) -> Self {
+    pub(super) fn new(topic: &str) -> Self {
         SourceContext {
             topic: topic.to_string(),
-            start,
-            on_assign,
             generation: AtomicU64::new(0),
-            pause_assigned: AtomicBool::new(false),
-            assigned: Mutex::new((Vec::new(), BTreeMap::new())),
+            assigned: Mutex::new(Vec::new()),
             live_ends: Mutex::new(BTreeMap::new()),
             down_since: Mutex::new(None),
             logged: Mutex::new(HashMap::new()),
@@ -242,44 +232,25 @@ impl ClientContext for SourceContext {
 }
 
 impl ConsumerContext for SourceContext {
+    /// Takes the partitions assigned, paused: a group member only learns
+    /// its share; readers of its own read it.
     fn rebalance(
         &self,
         consumer: &BaseConsumer<Self>,
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
-        let mut assigned = (Vec::new(), BTreeMap::new());
+        let mut assigned = Vec::new();
         if err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS {
             let ps: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-            let saved = match &self.on_assign {
-                Some(f) => f(&ps),
-                None => Ok(BTreeMap::new()),
-            };
-            match saved {
-                Ok(saved) => {
-                    for p in &ps {
-                        let _ = tpl.set_partition_offset(
-                            &self.topic,
-                            *p,
-                            start_offset(saved.get(p), self.start),
-                        );
-                    }
-                    match consumer.assign(tpl) {
-                        Ok(()) if self.pause_assigned.load(Ordering::SeqCst) => {
-                            if let Err(e) = consumer.pause(tpl) {
-                                tracing::warn!("kafka: pausing {ps:?}: {e}");
-                            }
-                            assigned = (ps, saved);
-                        }
-                        Ok(()) => assigned = (ps, saved),
-                        Err(e) => tracing::error!("kafka: assigning {ps:?}: {e}"),
-                    }
-                }
-                Err(e) => {
-                    // Nothing is read from partitions whose place is unknown.
-                    tracing::error!("kafka: loading the offsets of {ps:?}: {e}");
-                    let _ = consumer.unassign();
-                }
+            // At their ends, so no position needs looking up.
+            let assign = tpl.set_all_offsets(rdkafka::Offset::End);
+            match assign
+                .and_then(|()| consumer.assign(tpl))
+                .and_then(|()| consumer.pause(tpl))
+            {
+                Ok(()) => assigned = ps,
+                Err(e) => tracing::error!("kafka: assigning {ps:?}: {e}"),
             }
         } else {
             let _ = consumer.unassign();
@@ -311,7 +282,7 @@ mod tests {
 
     #[test]
     fn a_live_leader_reports_the_log_end() {
-        let ctx = SourceContext::new("t", StartFrom::Earliest, None);
+        let ctx = SourceContext::new("t");
         ctx.stats_raw(&stats("UP", 5_000, 120, 120));
         let end = ctx.live_ends.lock().unwrap()[&0];
         assert_eq!((end.high, end.next_fetch, end.queued), (120, 120, 0));
@@ -320,7 +291,7 @@ mod tests {
 
     #[test]
     fn a_stalled_or_down_broker_confirms_nothing() {
-        let ctx = SourceContext::new("t", StartFrom::Earliest, None);
+        let ctx = SourceContext::new("t");
         ctx.stats_raw(&stats("UP", 5_000, 120, 120));
         let first = ctx.live_ends.lock().unwrap()[&0].at;
         // Nothing received for a second: the last confirmation stays as it was.

@@ -358,16 +358,8 @@ mod tests {
         let stop = AtomicBool::new(false);
         let kafka = KafkaConn::new(&brokers);
         let start = StartFrom::Earliest;
-        let (consumer, all) = open(
-            &kafka,
-            "t",
-            "discover-test",
-            start,
-            None,
-            &[],
-            Waiting::until(&stop),
-        )
-        .unwrap();
+        let (consumer, all) =
+            open(&kafka, "t", "discover-test", &[], Waiting::until(&stop)).unwrap();
         assert_eq!(all, [0, 1, 2]);
         let mut src =
             KafkaSource::assign(consumer, "t", vec![0, 1], start, &BTreeMap::new()).unwrap();

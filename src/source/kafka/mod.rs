@@ -1,16 +1,16 @@
 //! The Kafka source: one consumer per reader, assigned every partition of the
 //! topic at the offsets the query's last checkpoint saved
-//! ([`KafkaSource::connect`]), or in cluster mode a member of a consumer
-//! group that reads the partitions Kafka's group protocol gives it
-//! ([`KafkaSource::join_group`]).
+//! ([`KafkaSource::connect`]), or in cluster mode the share of them Kafka's
+//! group protocol gives the server ([`KafkaSource::connect_partitions`]),
+//! learnt by a group member that reads nothing itself
+//! ([`KafkaSource::membership`]).
 //!
 //! Offsets live in Runnel's store, committed with the results they produced,
 //! so the consumer never commits to Kafka.
 //!
-//! A source that assigns itself its partitions reads their records
-//! thousands at a time from a queue they are all forwarded to (`fetch.rs`);
-//! a consumer group member takes them one at a time with rdkafka's `poll`,
-//! which also runs its rebalances.
+//! A source reads its partitions' records thousands at a time from a queue
+//! they are all forwarded to (`fetch.rs`); rdkafka's own `poll` serves the
+//! statistics, errors and a group member's rebalances.
 //!
 //! Whether a partition is caught up comes from librdkafka's statistics
 //! (every [`STATS_INTERVAL_MS`]): a partition is confirmed caught up when
@@ -56,11 +56,6 @@ use crate::error::{Error, Result};
 use crate::model::{OnOffsetLoss, StartFrom};
 pub use context::{BROKER_FRESH_US, STATS_INTERVAL_MS, SourceContext};
 use fetch::{FetchQueue, Fetched};
-
-/// Where a consumer group member starts the partitions it is assigned:
-/// called with them at each assignment, it returns the saved next offset of
-/// those that have one.
-pub type OnAssign = Box<dyn Fn(&[i32]) -> Result<BTreeMap<i32, i64>> + Send + Sync>;
 
 fn start_offset(saved: Option<&i64>, start: StartFrom) -> Offset {
     match (saved, start) {
@@ -147,29 +142,8 @@ pub struct KafkaSource {
     sizes: ChunkSizes,
     /// Partitions of the topic.
     topic_partitions: usize,
-    /// The assignment generation `partitions` and `offsets` belong to.
+    /// In a consumer group: the rebalance `partitions` came from.
     generation: u64,
-    /// The generation last reported by [`take_assignment`](Self::take_assignment).
-    reported: u64,
-}
-
-/// Adopts the context's latest assignment and its saved offsets if it
-/// changed since `generation`; true when it did.
-fn follow_assignment(
-    ctx: &SourceContext,
-    generation: &mut u64,
-    partitions: &mut Vec<i32>,
-    offsets: &mut BTreeMap<i32, i64>,
-) -> bool {
-    let g = ctx.generation.load(Ordering::SeqCst);
-    if g == *generation {
-        return false;
-    }
-    *generation = g;
-    let assigned = ctx.assigned.lock().unwrap_or_else(|p| p.into_inner());
-    partitions.clone_from(&assigned.0);
-    offsets.clone_from(&assigned.1);
-    true
 }
 
 impl KafkaSource {
@@ -183,7 +157,7 @@ impl KafkaSource {
         saved: &BTreeMap<i32, i64>,
         waiting: Waiting,
     ) -> Result<Self> {
-        let (consumer, partitions) = open(kafka, topic, client_id, start, None, &[], waiting)?;
+        let (consumer, partitions) = open(kafka, topic, client_id, &[], waiting)?;
         Self::assign(consumer, topic, partitions, start, saved)
     }
 
@@ -200,7 +174,7 @@ impl KafkaSource {
         saved: &BTreeMap<i32, i64>,
         waiting: Waiting,
     ) -> Result<Self> {
-        let (consumer, all) = open(kafka, topic, client_id, start, None, &[], waiting)?;
+        let (consumer, all) = open(kafka, topic, client_id, &[], waiting)?;
         let mut src = Self::assign(consumer, topic, partitions.to_vec(), start, saved)?;
         src.all_partitions = false;
         src.topic_partitions = all.len();
@@ -212,36 +186,6 @@ impl KafkaSource {
     /// every partition is read, or the group decides.
     pub fn share(&self) -> Option<&[i32]> {
         (!self.all_partitions && self.fetch.is_some()).then_some(&self.partitions[..])
-    }
-
-    /// Joins consumer group `group` on `topic` only to learn which
-    /// partitions the group gives this member: assigned partitions are
-    /// paused, so nothing is fetched. [`poll`](Self::poll) it (it returns
-    /// no records) and read the share with
-    /// [`take_assignment`](Self::take_assignment).
-    pub fn membership(
-        kafka: &KafkaConn,
-        topic: &str,
-        group: &str,
-        client_id: &str,
-        waiting: Waiting,
-    ) -> Result<Self> {
-        let start = StartFrom::Latest;
-        let src = Self::join_group(
-            kafka,
-            topic,
-            group,
-            client_id,
-            start,
-            Box::new(|_| Ok(BTreeMap::new())),
-            waiting,
-        )?;
-        // Rebalances run inside polls only, so none has run yet.
-        src.consumer
-            .context()
-            .pause_assigned
-            .store(true, Ordering::SeqCst);
-        Ok(src)
     }
 
     /// Reads `partitions` of `topic` with `consumer`, resuming from `saved`
@@ -291,21 +235,20 @@ impl KafkaSource {
             topic_partitions: partitions.len(),
             partitions,
             generation: 0,
-            reported: 0,
         })
     }
 
-    /// Joins consumer group `group` on `topic`: Kafka's group protocol
-    /// assigns this member its share of the partitions, and `on_assign`
-    /// says where each assigned partition resumes. Nothing is committed to
+    /// Joins consumer group `group` on `topic` only to learn which
+    /// partitions the group gives this member: they are assigned paused
+    /// (see [`context`]), so nothing is fetched. [`poll`](Self::poll) it (it
+    /// returns no records) and read the share with
+    /// [`take_assignment`](Self::take_assignment). Nothing is committed to
     /// Kafka; offsets live with the state they produced.
-    pub fn join_group(
+    pub fn membership(
         kafka: &KafkaConn,
         topic: &str,
         group: &str,
         client_id: &str,
-        start: StartFrom,
-        on_assign: OnAssign,
         waiting: Waiting,
     ) -> Result<Self> {
         let group_settings = [
@@ -315,15 +258,7 @@ impl KafkaSource {
             ("heartbeat.interval.ms", "500"),
             ("partition.assignment.strategy", "range"),
         ];
-        let (consumer, partitions) = open(
-            kafka,
-            topic,
-            client_id,
-            start,
-            Some(on_assign),
-            &group_settings,
-            waiting,
-        )?;
+        let (consumer, partitions) = open(kafka, topic, client_id, &group_settings, waiting)?;
         consumer.subscribe(&[topic])?;
         Ok(KafkaSource {
             fetch: None,
@@ -331,7 +266,8 @@ impl KafkaSource {
             topic: topic.to_string(),
             all_partitions: false,
             discovered: Instant::now(),
-            start,
+            // Nothing is read.
+            start: StartFrom::Latest,
             on_offset_loss: OnOffsetLoss::Fail,
             skipped: 0,
             unforwarded: 0,
@@ -340,7 +276,6 @@ impl KafkaSource {
             topic_partitions: partitions.len(),
             partitions: Vec::new(),
             generation: 0,
-            reported: 0,
         })
     }
 
@@ -364,17 +299,20 @@ impl KafkaSource {
     }
 
     /// In a consumer group: the newly assigned partitions, once after each
-    /// rebalance. Records read before it are not returned.
+    /// rebalance.
     pub fn take_assignment(&mut self) -> Option<Vec<i32>> {
-        follow_assignment(
-            self.consumer.context(),
-            &mut self.generation,
-            &mut self.partitions,
-            &mut self.offsets,
-        );
-        let new = self.generation != self.reported;
-        self.reported = self.generation;
-        new.then(|| self.partitions.clone())
+        let ctx = self.consumer.context();
+        let g = ctx.generation.load(Ordering::SeqCst);
+        if g == self.generation {
+            return None;
+        }
+        self.generation = g;
+        self.partitions = ctx
+            .assigned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        Some(self.partitions.clone())
     }
 
     /// The assigned partitions.
@@ -650,17 +588,6 @@ impl KafkaSource {
                     break;
                 }
             };
-            // A rebalance ran inside this poll: what was read before belongs
-            // to the old assignment and is read again from the saved offsets.
-            if follow_assignment(
-                self.consumer.context(),
-                &mut self.generation,
-                &mut self.partitions,
-                &mut self.offsets,
-            ) {
-                chunks.clear();
-                n = 0;
-            }
             let log_time = msg.timestamp().to_millis();
             let payload = msg.payload().unwrap_or_default();
             push(
@@ -744,8 +671,6 @@ fn open(
     kafka: &KafkaConn,
     topic: &str,
     client_id: &str,
-    start: StartFrom,
-    on_assign: Option<OnAssign>,
     extra: &[(&str, &str)],
     waiting: Waiting,
 ) -> Result<(BaseConsumer<SourceContext>, Vec<i32>)> {
@@ -775,7 +700,7 @@ fn open(
     ];
     settings.extend_from_slice(extra);
     let consumer: BaseConsumer<SourceContext> =
-        kafka.create(&settings, SourceContext::new(topic, start, on_assign))?;
+        kafka.create(&settings, SourceContext::new(topic))?;
     let brokers = &kafka.brokers;
     let partitions = loop {
         if waiting.stop.load(Ordering::Relaxed) {
