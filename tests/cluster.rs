@@ -1,6 +1,7 @@
 //! Cluster mode: three servers, one PostgreSQL store, one 12-partition topic.
 //! Their results equal a single server's, also after one of them is killed
-//! mid-stream and the others take over its partitions.
+//! mid-stream and the others take over its partitions; the queries over a
+//! stream share each server's read of its partitions.
 
 mod common;
 
@@ -400,20 +401,44 @@ async fn cluster_queries_cpu() {
             let cpu0: f64 = all.iter().map(|s| cpu_seconds(s.pid())).sum();
             let t0 = (chrono::Utc::now().timestamp_millis() / 60_000 - 100) * 60_000;
             produce(&f.producer, t0, 0..n);
-            for i in 0..queries {
+            // Done when every query has finished the window of the last
+            // record (asked of its counters: reading the results meanwhile
+            // would cost the servers more than some queries do).
+            let last = t0 + (n - 1) * 10;
+            for (i, q) in EIGHT.iter().take(queries).enumerate() {
+                let size: i64 = q
+                    .rsplit_once("WINDOW ")
+                    .unwrap()
+                    .1
+                    .trim_end_matches('s')
+                    .parse()
+                    .unwrap();
+                let end = (last / (size * 1000) + 1) * size * 1000;
                 let deadline = Instant::now() + Duration::from_secs(600);
                 loop {
-                    let (_, v) = all[0]
-                        .post("/sql", &format!("SELECT sum(n) AS total FROM q{i}"))
-                        .await;
-                    if v["results"][0]["rows"][0][0].as_i64() == Some(n) {
+                    let mut closed = i64::MIN;
+                    for s in &all {
+                        let (_, v) = s.get(&format!("/queries/q{i}")).await;
+                        if let Some(t) = v["last_window_end"].as_str() {
+                            let t = chrono::DateTime::parse_from_rfc3339(t).unwrap();
+                            closed = closed.max(t.timestamp_millis());
+                        }
+                    }
+                    if closed >= end {
                         break;
                     }
-                    assert!(Instant::now() < deadline, "q{i}: {v}");
+                    assert!(Instant::now() < deadline, "q{i} did not finish");
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
             }
             let cpu = all.iter().map(|s| cpu_seconds(s.pid())).sum::<f64>() - cpu0;
+            // Every record counted once by every query.
+            for i in 0..queries {
+                let (_, v) = all[0]
+                    .post("/sql", &format!("SELECT sum(n) AS total FROM q{i}"))
+                    .await;
+                assert_eq!(v["results"][0]["rows"][0][0].as_i64(), Some(n), "q{i}: {v}");
+            }
             eprintln!(
                 "cluster queries: {servers} server(s), {queries} quer(ies), {n} records: servers used {cpu:.2} CPU-s"
             );
@@ -686,4 +711,59 @@ async fn stream_metric(s: &TestServer, name: &str) -> Option<u64> {
     text.lines()
         .find_map(|l| l.strip_prefix(&prefix))
         .map(|n| n.trim().parse().unwrap())
+}
+
+/// A claim the group did not make (a server that adopted a share the group
+/// had already moved on from): the member's next flush is refused, it
+/// writes nothing of what it read meanwhile, claims its share back a while
+/// later and reads it again from its last flush; every record counts once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_claim_fences_then_the_owner_claims_back() {
+    let Some(pg) = Postgres::start("a_stale_claim_fences_then_the_owner_claims_back") else {
+        return;
+    };
+    let db = "cluster_fenced";
+    let f = Fixture::new(pg.create_db(db), "fenced");
+    let a = f.server(0);
+    a.sql(&format!("{STREAM}; {QUERY}")).await;
+    wait_owners(&pg, db, 1).await;
+    let t0 = (chrono::Utc::now().timestamp_millis() / 10_000 - 100) * 10_000;
+    let n = 6_000;
+    produce(&f.producer, t0, 0..n / 2);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while a.get("/queries/adnetwork").await.1["counters"]["records_in"] == 0 {
+        assert!(Instant::now() < deadline, "the server reads nothing");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    pg.psql(
+        db,
+        "UPDATE runnel_partition_progress SET owner = 'stale' WHERE partition < 4",
+    );
+    produce(&f.producer, t0, n / 2..n);
+    let counted = (0..n).filter(|i| (i / 7) % 4 != 3).count() as u64;
+    let rows = wait_rows(&a, "after a stale claim", counted).await;
+    // Each (window, publisher, geo) holds what the feed put in it: 100
+    // records a second from t0, so record i is in window i / 1000.
+    let geos = ["FR", "US", "DE", "unknown"];
+    let mut expected: BTreeMap<(i64, String, String), u64> = BTreeMap::new();
+    for i in (0..n).filter(|i| (i / 7) % 4 != 3) {
+        let key = (
+            i / 1_000,
+            format!("p{}", i % 7),
+            geos[(i / 7) as usize % 4].into(),
+        );
+        *expected.entry(key).or_default() += 1;
+    }
+    let mut windows: Vec<&String> = rows.keys().map(|k| &k.0).collect();
+    windows.dedup();
+    let got: BTreeMap<(i64, String, String), u64> = rows
+        .iter()
+        .map(|((w, p, g), v)| {
+            let i = windows.iter().position(|x| *x == w).unwrap() as i64;
+            ((i, p.clone(), g.clone()), v.0)
+        })
+        .collect();
+    assert_eq!(got, expected);
+    // Claimed back by the server: no rebalance ran, only its reclaim.
+    assert_eq!(owners(&pg, db), format!("1|{PARTITIONS}"), "claimed back");
 }

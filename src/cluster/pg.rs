@@ -97,41 +97,47 @@ impl Shared {
                 let tx = c.transaction().await?;
                 tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&query])
                     .await?;
-                let update = tx
-                    .prepare(
-                        "UPDATE runnel_partition_progress
-                     SET next_offset = $4, max_event_time = $5, idle = $6, idle_watermark = $7,
-                         updated_at = now()
-                     WHERE query = $1 AND partition = $2 AND owner = $3",
+                // One statement per table, whatever the partitions and
+                // windows: round trips, not rows, are what a flush costs.
+                let col = |f: fn(&PartitionFlush) -> Option<i64>| -> Vec<Option<i64>> {
+                    progress.iter().map(f).collect()
+                };
+                let partitions: Vec<i32> = progress.iter().map(|f| f.partition).collect();
+                let idle: Vec<bool> = progress.iter().map(|f| f.mark.idle.is_some()).collect();
+                let updated = tx
+                    .execute(
+                        "UPDATE runnel_partition_progress p
+                         SET next_offset = u.next_offset, max_event_time = u.max_event_time,
+                             idle = u.idle, idle_watermark = u.idle_watermark, updated_at = now()
+                         FROM unnest($3::int[], $4::bigint[], $5::bigint[], $6::bool[], $7::bigint[])
+                              AS u(partition, next_offset, max_event_time, idle, idle_watermark)
+                         WHERE p.query = $1 AND p.owner = $2 AND p.partition = u.partition",
+                        &[
+                            &query,
+                            &owner,
+                            &partitions,
+                            &col(|f| f.next_offset),
+                            &col(|f| f.mark.max_event),
+                            &idle,
+                            &col(|f| f.mark.idle.flatten()),
+                        ],
                     )
                     .await?;
-                for f in &progress {
-                    let n = tx
-                        .execute(
-                            &update,
-                            &[
-                                &query,
-                                &f.partition,
-                                &owner,
-                                &f.next_offset,
-                                &f.mark.max_event,
-                                &f.mark.idle.is_some(),
-                                &f.mark.idle.flatten(),
-                            ],
-                        )
-                        .await?;
-                    if n == 0 {
-                        return Ok(false);
-                    }
+                // A partition another server claimed since: nothing is
+                // written (the transaction is dropped).
+                if updated != progress.len() as u64 {
+                    return Ok(false);
                 }
-                let insert = tx
-                .prepare(
-                    "INSERT INTO runnel_window_partials (query, window_start, window_end, state)
-                     VALUES ($1, $2, $3, $4)",
-                )
-                .await?;
-                for (start, end, state) in &partials {
-                    tx.execute(&insert, &[&query, start, end, state]).await?;
+                if !partials.is_empty() {
+                    let starts: Vec<i64> = partials.iter().map(|p| p.0).collect();
+                    let ends: Vec<i64> = partials.iter().map(|p| p.1).collect();
+                    let states: Vec<&[u8]> = partials.iter().map(|p| &p.2[..]).collect();
+                    tx.execute(
+                        "INSERT INTO runnel_window_partials (query, window_start, window_end, state)
+                         SELECT $1, * FROM unnest($2::bigint[], $3::bigint[], $4::bytea[])",
+                        &[&query, &starts, &ends, &states],
+                    )
+                    .await?;
                 }
                 tx.commit().await?;
                 Ok(true)

@@ -62,7 +62,9 @@ impl TestServer {
             Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
             None => Stdio::inherit(),
         };
-        let mut child = Command::new(env!("CARGO_BIN_EXE_runnel"))
+        // Measurements (ignored tests) may start another build's binary.
+        let bin = std::env::var("RUNNEL_TEST_BIN");
+        let mut child = Command::new(bin.as_deref().unwrap_or(env!("CARGO_BIN_EXE_runnel")))
             .args([
                 "serve",
                 "--listen",
