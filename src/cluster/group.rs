@@ -24,14 +24,13 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use crate::error::Result;
-use crate::model::{QueryStatus, StreamDef};
+use crate::model::StreamDef;
 use crate::runtime::QueryTask;
-use crate::source::kafka::{KafkaSource, Waiting};
+use crate::source::kafka::KafkaSource;
 
 /// How often the group's consumer is polled: rebalances are served in
 /// polls (heartbeats are sent by the client's own thread).
@@ -68,20 +67,15 @@ impl Groups {
         // Joined outside the lock: waiting for a topic must not hold up
         // queries over other streams.
         let name = &task.stream.name;
-        let consumer = match KafkaSource::membership(
-            &task.kafka,
-            &task.stream.topic,
-            &format!("runnel.{cluster}.stream.{name}"),
-            &format!("runnel-stream-{name}"),
-            Waiting {
-                stop: &task.stop,
-                unreachable: &|since| task.note_reachability(since, QueryStatus::WaitingForTopic),
-                missing: &|what| task.note_missing_topic(what),
-            },
-        ) {
-            Ok(c) => c,
-            Err(_) if task.stop.load(Ordering::Relaxed) => return Ok(None),
-            Err(e) => return Err(e),
+        let (group, client) = (
+            format!("runnel.{cluster}.stream.{name}"),
+            format!("runnel-stream-{name}"),
+        );
+        let Some(consumer) = task.connect(|waiting| {
+            KafkaSource::membership(&task.kafka, &task.stream.topic, &group, &client, waiting)
+        })?
+        else {
+            return Ok(None);
         };
         let mut groups = lock(&self.groups);
         groups.retain(|g| g.strong_count() > 0);

@@ -68,7 +68,7 @@ use crate::runtime::shared::POLL_WAIT;
 use crate::runtime::{Coordinator, QueryTask, now_ms};
 use crate::sink::exact::ExactSink;
 use crate::source::Source;
-use crate::source::kafka::{KafkaSource, Waiting};
+use crate::source::kafka::KafkaSource;
 use crate::window::{WindowEngine, states_from_ipc, states_to_ipc};
 use group::{Group, Groups};
 use pg::{FinalWindow, PartitionFlush, Shared};
@@ -247,22 +247,22 @@ impl Member {
             .iter()
             .filter_map(|(p, x)| x.next_offset.map(|o| (*p, o)))
             .collect();
-        let mut src = match KafkaSource::connect_partitions(
-            &task.kafka,
-            &task.stream.topic,
-            &format!("runnel-{}", task.name),
-            task.reset.unwrap_or(task.stream.start),
-            &self.partitions,
-            &saved,
-            Waiting {
-                stop: &task.stop,
-                unreachable: &|since| task.note_reachability(since, QueryStatus::WaitingForTopic),
-                missing: &|what| task.note_missing_topic(what),
-            },
-        ) {
-            Ok(s) => s,
-            Err(_) if task.stop.load(Ordering::Relaxed) => return Ok(()),
-            Err(e) => return Err(e),
+        let (topic, client) = (&task.stream.topic, format!("runnel-{}", task.name));
+        let start = task.reset.unwrap_or(task.stream.start);
+        let Some(mut src) = task.connect(|waiting| {
+            let share = &self.partitions;
+            KafkaSource::connect_partitions(
+                &task.kafka,
+                topic,
+                &client,
+                start,
+                share,
+                &saved,
+                waiting,
+            )
+        })?
+        else {
+            return Ok(());
         };
         src.set_on_offset_loss(task.stream.on_offset_loss);
         self.input = Some(Input::open(task, Source::Kafka(src))?);

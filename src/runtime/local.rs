@@ -9,16 +9,14 @@
 //! the store, exactly once ([`ExactSink`]).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 
 use super::decode::{ChunkDecoder, Decoded};
 use super::shared::{MAX_POLL, POLL_WAIT, Subscription};
 use super::{Coordinator, QueryTask};
 use crate::error::{Error, Result};
-use crate::model::{Emission, QueryStatus, SourceKind};
+use crate::model::{Emission, SourceKind};
 use crate::sink::exact::ExactSink;
 use crate::source::file::allowed_file;
-use crate::source::kafka::Waiting;
 use crate::source::prefetch::Prefetch;
 use crate::source::{Progress, Source};
 use crate::window::WindowEngine;
@@ -113,21 +111,13 @@ impl Coordinator for Local {
             }
             None => BTreeMap::new(),
         };
-        let src = match Source::connect(
-            &task.stream,
-            &task.kafka,
-            &format!("runnel-{}", task.name),
-            task.reset.unwrap_or(task.stream.start),
-            &saved,
-            Waiting {
-                stop: &task.stop,
-                unreachable: &|since| task.note_reachability(since, QueryStatus::WaitingForTopic),
-                missing: &|what| task.note_missing_topic(what),
-            },
-        ) {
-            Ok(s) => s,
-            Err(_) if task.stop.load(Ordering::Relaxed) => return Ok(false),
-            Err(e) => return Err(e),
+        let client = format!("runnel-{}", task.name);
+        let start = task.reset.unwrap_or(task.stream.start);
+        let Some(src) = task.connect(|waiting| {
+            Source::connect(&task.stream, &task.kafka, &client, start, &saved, waiting)
+        })?
+        else {
+            return Ok(false);
         };
         if task.stream.source == SourceKind::File {
             let path = task.stream.options.get("path").map(String::as_str);

@@ -294,6 +294,27 @@ impl QueryTask {
         *status = new;
     }
 
+    /// Runs `connect` waiting as a query does (until it is stopped, noting
+    /// a missing topic and unreachable brokers in its status); `None` when
+    /// the query was stopped meanwhile.
+    pub fn connect<T>(
+        &self,
+        connect: impl FnOnce(crate::source::kafka::Waiting) -> Result<T>,
+    ) -> Result<Option<T>> {
+        let unreachable = |since| self.note_reachability(since, QueryStatus::WaitingForTopic);
+        let missing = |what: &str| self.note_missing_topic(what);
+        let waiting = crate::source::kafka::Waiting {
+            stop: &self.stop,
+            unreachable: &unreachable,
+            missing: &missing,
+        };
+        match connect(waiting) {
+            Ok(v) => Ok(Some(v)),
+            Err(_) if self.stop.load(Ordering::Relaxed) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Notes that the stream's topic is missing (see [`crate::source::kafka::Waiting`]).
     pub fn note_missing_topic(&self, what: &str) {
         let level = Level::Warning;
