@@ -61,7 +61,7 @@ impl Groups {
     /// now if no query holds it; `None` when the query was stopped while
     /// the topic was awaited.
     pub fn join(&self, cluster: &str, task: &QueryTask) -> Result<Option<Arc<Group>>> {
-        if let Some(g) = self.find(cluster, &task.stream) {
+        if let Some(g) = find(&lock(&self.groups), cluster, &task.stream) {
             return Ok(Some(g));
         }
         // Joined outside the lock: waiting for a topic must not hold up
@@ -80,11 +80,7 @@ impl Groups {
         let mut groups = lock(&self.groups);
         groups.retain(|g| g.strong_count() > 0);
         // Another query over the stream may have joined meanwhile.
-        if let Some(g) = groups
-            .iter()
-            .filter_map(Weak::upgrade)
-            .find(|g| g.cluster == cluster && g.stream == task.stream)
-        {
+        if let Some(g) = find(&groups, cluster, &task.stream) {
             return Ok(Some(g));
         }
         let group = Arc::new(Group {
@@ -107,14 +103,13 @@ impl Groups {
         tracing::info!(stream = %name, "joined the stream's consumer group");
         Ok(Some(group))
     }
+}
 
-    fn find(&self, cluster: &str, stream: &StreamDef) -> Option<Arc<Group>> {
-        let groups = lock(&self.groups);
-        groups
-            .iter()
-            .filter_map(Weak::upgrade)
-            .find(|g| g.cluster == cluster && g.stream == *stream)
-    }
+/// The group of `stream` in `cluster` among `groups`, if a query holds it.
+fn find(groups: &[Weak<Group>], cluster: &str, stream: &StreamDef) -> Option<Arc<Group>> {
+    (groups.iter())
+        .filter_map(Weak::upgrade)
+        .find(|g| g.cluster == cluster && g.stream == *stream)
 }
 
 impl Group {

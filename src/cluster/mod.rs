@@ -249,17 +249,10 @@ impl Member {
             .collect();
         let (topic, client) = (&task.stream.topic, format!("runnel-{}", task.name));
         let start = task.reset.unwrap_or(task.stream.start);
+        let share = &self.partitions;
         let Some(mut src) = task.connect(|waiting| {
-            let share = &self.partitions;
-            KafkaSource::connect_partitions(
-                &task.kafka,
-                topic,
-                &client,
-                start,
-                share,
-                &saved,
-                waiting,
-            )
+            let kafka = &task.kafka;
+            KafkaSource::connect_partitions(kafka, topic, &client, start, share, &saved, waiting)
         })?
         else {
             return Ok(());
@@ -283,10 +276,10 @@ impl Coordinator for Member {
         self.fenced = None;
         self.generation = None;
         self.owner = owner_token(&task.name);
-        self.group = match self.groups.join(&self.cluster, task)? {
-            Some(g) => Some(g),
-            None => return Ok(false),
+        let Some(group) = self.groups.join(&self.cluster, task)? else {
+            return Ok(false);
         };
+        self.group = Some(group);
         self.sink = task.exact_sink();
         Ok(true)
     }
