@@ -322,6 +322,15 @@ fn cpu_seconds(pid: u32) -> f64 {
     (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
 }
 
+/// Records a cluster measurement produces: `RUNNEL_CLUSTER_BENCH_RECORDS`,
+/// 400 000 by default.
+fn bench_records() -> i64 {
+    std::env::var("RUNNEL_CLUSTER_BENCH_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(400_000)
+}
+
 /// Throughput of 1, 2 and 3 servers on this machine (run with
 /// `cargo test --release --test cluster -- --ignored --nocapture`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -330,10 +339,7 @@ async fn cluster_throughput() {
     let Some(pg) = Postgres::start("cluster_throughput") else {
         return;
     };
-    let n: i64 = std::env::var("RUNNEL_CLUSTER_BENCH_RECORDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(400_000);
+    let n = bench_records();
     for servers in 1..=3usize {
         let f = Fixture::new(pg.create_db(&format!("bench{servers}")), "bench");
         let producer = &f.producer;
@@ -370,18 +376,15 @@ const EIGHT: [&str; 8] = [
 ];
 
 /// Server CPU for one query and for eight over one stream, on one and two
-/// servers (run with `cargo test --release --test cluster -- --ignored
-/// --nocapture cluster_queries_cpu`).
+/// servers (run with `RUNNEL_TEST_BIN=<a release build of runnel> cargo test
+/// --test cluster -- --ignored --nocapture cluster_queries_cpu`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement, not a check: see BENCHMARKS.md"]
 async fn cluster_queries_cpu() {
     let Some(pg) = Postgres::start("cluster_queries_cpu") else {
         return;
     };
-    let n: i64 = std::env::var("RUNNEL_CLUSTER_BENCH_RECORDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(400_000);
+    let n = bench_records();
     for servers in [1usize, 2] {
         for queries in [1usize, 8] {
             let db = format!("queries{servers}x{queries}");
@@ -416,15 +419,11 @@ async fn cluster_queries_cpu() {
                 let end = (last / (size * 1000) + 1) * size * 1000;
                 let deadline = Instant::now() + Duration::from_secs(600);
                 loop {
-                    let mut closed = i64::MIN;
+                    let mut closed = None;
                     for s in &all {
-                        let (_, v) = s.get(&format!("/queries/q{i}")).await;
-                        if let Some(t) = v["last_window_end"].as_str() {
-                            let t = chrono::DateTime::parse_from_rfc3339(t).unwrap();
-                            closed = closed.max(t.timestamp_millis());
-                        }
+                        closed = closed.max(s.last_window_end(&format!("q{i}")).await);
                     }
-                    if closed >= end {
+                    if closed >= Some(end) {
                         break;
                     }
                     assert!(Instant::now() < deadline, "q{i} did not finish");

@@ -233,16 +233,11 @@ async fn kill_and_compare(sql: &str, kills: usize) -> BTreeMap<String, String> {
 async fn wait_closed(s: &TestServer, end_ms: i64) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let (_, q) = s.get("/queries/adnetwork").await;
-        let closed = q["last_window_end"].as_str().map(|t| {
-            chrono::DateTime::parse_from_rfc3339(t)
-                .unwrap()
-                .timestamp_millis()
-        });
+        let closed = s.last_window_end("adnetwork").await;
         if closed.is_some_and(|t| t >= end_ms) {
             return;
         }
-        assert!(Instant::now() < deadline, "window not closed: {q}");
+        assert!(Instant::now() < deadline, "window not closed: {closed:?}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }

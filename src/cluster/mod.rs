@@ -247,8 +247,7 @@ impl Member {
             .iter()
             .filter_map(|(p, x)| x.next_offset.map(|o| (*p, o)))
             .collect();
-        let (topic, client) = (&task.stream.topic, format!("runnel-{}", task.name));
-        let start = task.reset.unwrap_or(task.stream.start);
+        let (topic, client, start) = (&task.stream.topic, task.client_id(), task.start_from());
         let share = &self.partitions;
         let Some(mut src) = task.connect(|waiting| {
             let kafka = &task.kafka;
@@ -296,13 +295,10 @@ impl Coordinator for Member {
         if let Some((generation, partitions)) = group.assignment_after(self.generation) {
             self.adopt(task, engine, generation, partitions)?;
         }
-        let input = match &mut self.input {
-            Some(input) => input,
-            _ => {
-                // Given no partition, or fenced: wait for the group.
-                std::thread::sleep(POLL_WAIT);
-                return Ok(None);
-            }
+        let Some(input) = &mut self.input else {
+            // Given no partition, or fenced: wait for the group.
+            std::thread::sleep(POLL_WAIT);
+            return Ok(None);
         };
         let decoded = input.poll()?;
         Ok(Some((decoded, input.progress())))

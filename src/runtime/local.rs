@@ -111,8 +111,7 @@ impl Coordinator for Local {
             }
             None => BTreeMap::new(),
         };
-        let client = format!("runnel-{}", task.name);
-        let start = task.reset.unwrap_or(task.stream.start);
+        let (client, start) = (task.client_id(), task.start_from());
         let Some(src) = task.connect(|waiting| {
             Source::connect(&task.stream, &task.kafka, &client, start, &saved, waiting)
         })?

@@ -294,6 +294,17 @@ impl QueryTask {
         *status = new;
     }
 
+    /// Where a partition with no saved offset starts: the reset's choice,
+    /// else the stream's.
+    pub fn start_from(&self) -> crate::model::StartFrom {
+        self.reset.unwrap_or(self.stream.start)
+    }
+
+    /// The Kafka client id of the query's consumers.
+    pub fn client_id(&self) -> String {
+        format!("runnel-{}", self.name)
+    }
+
     /// Runs `connect` waiting as a query does (until it is stopped, noting
     /// a missing topic and unreachable brokers in its status); `None` when
     /// the query was stopped meanwhile.

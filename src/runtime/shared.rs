@@ -230,7 +230,7 @@ impl Readers {
         let reader = Arc::new(Reader {
             stream: task.stream.clone(),
             share,
-            start: task.reset.unwrap_or(task.stream.start),
+            start: task.start_from(),
             stats: task.stats.clone(),
             keep: self.keep,
             inner: Mutex::new(inner),

@@ -193,6 +193,18 @@ impl TestServer {
         r.await.unwrap().text().await.unwrap()
     }
 
+    /// The end of the last window query `name` has closed, in ms (`None`
+    /// before the first).
+    pub async fn last_window_end(&self, name: &str) -> Option<i64> {
+        let (_, q) = self.get(&format!("/queries/{name}")).await;
+        let t = q["last_window_end"].as_str()?;
+        Some(
+            chrono::DateTime::parse_from_rfc3339(t)
+                .unwrap()
+                .timestamp_millis(),
+        )
+    }
+
     pub async fn client_delete(&self, path: &str) -> (u16, Value) {
         Self::send(self.client.delete(format!("{}{path}", self.url))).await
     }
