@@ -201,3 +201,68 @@ async fn states_merged_between_commits_restore_the_same_rows() {
         sorted_rows(&mut restarted).await
     );
 }
+
+/// A restored engine's next commit appends only what it took after the
+/// restore (what it restored is already stored), and merging all of a
+/// window's states at once (as the state limit does) makes the next commit
+/// write the state whole: after either, a restart from the stored pieces
+/// ends like the engine that never stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restored_and_compacted_engines_store_each_state_once() {
+    let (plan, schema) = plan().await;
+    let mut engine = new_engine(&plan);
+    let mut pieces = Vec::new();
+    const N: usize = 20_000;
+    engine
+        .process(0, records(&schema, 0..N, 1_000), 0)
+        .await
+        .unwrap();
+    let saved = engine.save().await.unwrap();
+    apply(&mut pieces, &saved.ops);
+    let whole = saved.bytes();
+
+    let mut restored = new_engine(&plan);
+    restored
+        .restore_saved(&saved.header, pieces.clone())
+        .unwrap();
+    for e in [&mut engine, &mut restored] {
+        e.process(0, records(&schema, (0..N).step_by(100), 2_000), 0)
+            .await
+            .unwrap();
+    }
+    let saved = restored.save().await.unwrap();
+    assert!(
+        matches!(saved.ops[..], [StateOp::Append(_)]),
+        "{:?}",
+        saved.ops.len()
+    );
+    assert!(
+        saved.bytes() * 20 <= whole,
+        "{} of {whole} bytes",
+        saved.bytes()
+    );
+    apply(&mut pieces, &saved.ops);
+
+    let mut compacted = new_engine(&plan);
+    compacted
+        .restore_saved(&saved.header, pieces.clone())
+        .unwrap();
+    for e in [&mut engine, &mut compacted] {
+        e.process(0, records(&schema, (0..N).step_by(3), 3_000), 0)
+            .await
+            .unwrap();
+    }
+    compacted.compact_all().await.unwrap();
+    let saved = compacted.save().await.unwrap();
+    assert!(matches!(saved.ops[0], StateOp::Clear), "{:?}", saved.ops[0]);
+    apply(&mut pieces, &saved.ops);
+
+    let mut last = new_engine(&plan);
+    last.restore_saved(&saved.header, pieces).unwrap();
+    for e in [&mut engine, &mut last] {
+        e.process(0, records(&schema, (0..N).step_by(11), 4_000), 0)
+            .await
+            .unwrap();
+    }
+    assert_eq!(sorted_rows(&mut engine).await, sorted_rows(&mut last).await);
+}

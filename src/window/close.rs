@@ -17,7 +17,7 @@ use datafusion::arrow::array::{TimestampMillisecondArray, new_null_array};
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::record_batch::RecordBatch;
 
-use super::{Retained, WindowEngine, compact, ts_values, window_closed};
+use super::{Retained, WindowEngine, ts_values, window_closed};
 use crate::error::Result;
 use crate::model::{Emission, WindowKind};
 use crate::plan::ContinuousPlan;
@@ -210,8 +210,8 @@ impl WindowEngine {
             let Some(buf) = self.windows.get_mut(&(end, start)) else {
                 continue;
             };
-            if buf.batches.len() > 1 {
-                compact(&self.plan, buf).await?;
+            if buf.fresh().len() > 1 {
+                buf.merge_fresh(&self.plan).await?;
             }
             let rows = self.plan.close_provisional(buf.batches.clone()).await?;
             let batch = concat(&self.plan, rows)?
@@ -239,8 +239,8 @@ impl WindowEngine {
         let Some(buf) = self.windows.get_mut(&(0, 0)) else {
             return Ok(vec![]);
         };
-        if buf.batches.len() > 1 {
-            compact(&self.plan, buf).await?;
+        if buf.fresh().len() > 1 {
+            buf.merge_fresh(&self.plan).await?;
         }
         let rows = self.plan.close(buf.batches.clone()).await?;
         let Some(batch) = concat(&self.plan, rows)? else {

@@ -182,15 +182,14 @@ impl WindowEngine {
     async fn changed_pieces(&mut self, mut ops: Vec<StateOp>) -> Result<Vec<StateOp>> {
         let plan = self.plan.clone();
         for (&key, buf) in self.windows.iter_mut() {
-            if buf.unsaved.is_empty() {
+            if buf.fresh().is_empty() {
                 continue;
             }
-            let unsaved = buf.take_unsaved();
-            let states = match unsaved.len() {
-                1 => unsaved,
-                _ => plan.reduce(unsaved).await?,
-            };
-            let delta = piece(&plan, key, false, &states)?;
+            if buf.fresh().len() > 1 {
+                buf.merge_fresh(&plan).await?;
+            }
+            let delta = piece(&plan, key, false, buf.fresh())?;
+            buf.mark_saved();
             let s = &mut buf.stored;
             // Rewriting the window once its appended pieces reach its size
             // bounds both the store (at most twice the state) and the
@@ -200,6 +199,7 @@ impl WindowEngine {
                 if buf.batches.len() > 1 {
                     compact(&plan, buf).await?;
                 }
+                buf.mark_saved();
                 let merged = piece(&plan, key, false, &buf.batches)?;
                 buf.stored = Stored {
                     pieces: 1,
@@ -223,7 +223,7 @@ impl WindowEngine {
             if buf.batches.len() > 1 {
                 compact(&plan, buf).await?;
             }
-            buf.take_unsaved();
+            buf.mark_saved();
             let p = piece(&plan, key, false, &buf.batches)?;
             buf.stored = Stored::default();
             buf.stored.note(p.state.len());
@@ -260,6 +260,7 @@ impl WindowEngine {
                 buf.push(s);
             }
             buf.stored.note(p.state.len());
+            buf.mark_saved();
         }
         // An open piece of a kept window: a correction not yet closed.
         self.corrections = self.windows.keys().any(|k| self.retained.contains_key(k));

@@ -119,15 +119,18 @@ struct Retained {
 
 #[derive(Debug, Default)]
 struct WindowBuf {
+    /// The window's partial states: first those the store holds (when
+    /// saving incrementally), from `saved` on those added since. One merge
+    /// of the recent states serves both the window and the next commit's
+    /// delta, so no state is merged twice for their sake.
     batches: Vec<RecordBatch>,
     rows: usize,
-    compacted_rows: usize,
-    /// Partial states added since the last saved delta (when saving
-    /// incrementally): what the next commit writes for this window.
-    unsaved: Vec<RecordBatch>,
-    /// Rows in `unsaved`, and in it when it was last merged.
-    unsaved_rows: usize,
-    unsaved_merged: usize,
+    /// How many of `batches` the store holds; 0 unless saving
+    /// incrementally, so then every state counts as recent.
+    saved: usize,
+    /// Rows from `saved` on, and in them when they were last merged.
+    fresh_rows: usize,
+    fresh_merged: usize,
     /// The pieces of this window's state the store holds (see
     /// [`delta`]).
     stored: Stored,
@@ -151,38 +154,38 @@ struct Stored {
 impl WindowBuf {
     fn push(&mut self, b: RecordBatch) {
         self.rows += b.num_rows();
+        self.fresh_rows += b.num_rows();
         self.batches.push(b);
         self.ready = None;
         self.touched = true;
     }
 
+    /// The states added since the last save (all of them when not saving
+    /// incrementally).
+    fn fresh(&self) -> &[RecordBatch] {
+        &self.batches[self.saved..]
+    }
+
+    /// Whether the recent states have outgrown their last merge.
     fn needs_compaction(&self) -> bool {
-        outgrown(self.batches.len(), self.rows, self.compacted_rows)
+        self.fresh().len() > 1 && outgrown(self.fresh().len(), self.fresh_rows, self.fresh_merged)
     }
 
-    fn push_unsaved(&mut self, b: RecordBatch) {
-        self.unsaved_rows += b.num_rows();
-        self.unsaved.push(b);
+    /// Counts every state as held by the store.
+    fn mark_saved(&mut self) {
+        self.saved = self.batches.len();
+        self.fresh_rows = 0;
+        self.fresh_merged = 0;
     }
 
-    fn take_unsaved(&mut self) -> Vec<RecordBatch> {
-        self.unsaved_rows = 0;
-        self.unsaved_merged = 0;
-        std::mem::take(&mut self.unsaved)
-    }
-
-    /// Merges the unsaved states once they outgrow their last merge, so the
-    /// commit that follows a window's close merges a few polls' states, not
-    /// a second's worth, while each state is still merged only a few times.
-    async fn merge_unsaved(&mut self, plan: &ContinuousPlan) -> Result<()> {
-        if self.unsaved.len() < 2
-            || !outgrown(self.unsaved.len(), self.unsaved_rows, self.unsaved_merged)
-        {
-            return Ok(());
-        }
-        let merged = merge(plan, self.take_unsaved()).await?;
-        self.unsaved_merged = merged.num_rows();
-        self.push_unsaved(merged);
+    /// Merges the recent states into one batch, one row per group.
+    async fn merge_fresh(&mut self, plan: &ContinuousPlan) -> Result<()> {
+        let fresh = self.batches.split_off(self.saved);
+        let merged = merge(plan, fresh).await?;
+        self.rows = self.rows - self.fresh_rows + merged.num_rows();
+        self.fresh_rows = merged.num_rows();
+        self.fresh_merged = merged.num_rows();
+        self.batches.push(merged);
         Ok(())
     }
 }
@@ -396,6 +399,10 @@ impl WindowEngine {
         for buf in self.windows.values_mut() {
             if buf.batches.len() > 1 {
                 compact(&self.plan, buf).await?;
+                // What the store holds is merged in too: save it whole.
+                if self.incremental {
+                    self.state_ops = None;
+                }
             }
         }
         if let Some(s) = &mut self.sessions {
@@ -499,11 +506,7 @@ impl WindowEngine {
         let mut touched = Vec::new();
         for s in states {
             for (key, part) in split_by_window(&s)? {
-                let buf = self.windows.entry(key).or_default();
-                if self.incremental {
-                    buf.push_unsaved(part.clone());
-                }
-                buf.push(part);
+                self.windows.entry(key).or_default().push(part);
                 touched.push(key);
             }
         }
@@ -515,9 +518,8 @@ impl WindowEngine {
                 continue;
             };
             if buf.needs_compaction() {
-                compact(&self.plan, buf).await?;
+                buf.merge_fresh(&self.plan).await?;
             }
-            buf.merge_unsaved(&self.plan).await?;
         }
         Ok(())
     }
@@ -539,12 +541,12 @@ async fn merge(plan: &ContinuousPlan, batches: Vec<RecordBatch>) -> Result<Recor
     Ok(concat_batches(&plan.state_schema, &reduced)?)
 }
 
+/// Merges all of a window's states into one batch, counted as recent: a
+/// caller saving incrementally then saves the window whole.
 async fn compact(plan: &ContinuousPlan, buf: &mut WindowBuf) -> Result<()> {
-    let merged = merge(plan, std::mem::take(&mut buf.batches)).await?;
-    buf.rows = 0;
-    buf.compacted_rows = merged.num_rows();
-    buf.push(merged);
-    Ok(())
+    buf.saved = 0;
+    buf.fresh_rows = buf.rows;
+    buf.merge_fresh(plan).await
 }
 
 /// Splits partial states by their (end, start) window.
