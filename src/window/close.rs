@@ -130,12 +130,15 @@ impl WindowEngine {
     }
 
     /// Finishes ahead the rows of every window the input has moved past
-    /// (a later window's start is at or after its end) that took no state
-    /// since the last look: the watermark closes it only once the stream's
-    /// delay has passed, and its close then only hands out these rows. A
-    /// record that still joins it drops them (`WindowBuf::push`), so they
-    /// are always what closing its states as they are gives. Windows kept
-    /// for late records are closed as usual.
+    /// (a later window's start is at or after its end, and every partition
+    /// has read past its end) that took no state since the last look: the
+    /// watermark closes it only once the stream's delay has passed, and its
+    /// close then only hands out these rows. A record that still joins it
+    /// drops them (`WindowBuf::push`), so they are always what closing its
+    /// states as they are gives. Waiting for the slowest partition keeps a
+    /// backlog read unevenly across partitions from finishing a window
+    /// again at each record a lagging partition still adds to it. Windows
+    /// kept for late records are closed as usual.
     pub(super) async fn finish_ahead(&mut self) -> Result<()> {
         let ahead = matches!(
             self.plan.window.kind,
@@ -147,9 +150,14 @@ impl WindowEngine {
         let Some(newest) = self.windows.keys().map(|&(_, start)| start).max() else {
             return Ok(());
         };
+        // The slowest partition's event-time frontier.
+        let read_past = match self.watermark() {
+            Some(w) => newest.min(w.saturating_add(self.clock.delay())),
+            None => i64::MIN,
+        };
         for (&(end, _), buf) in self.windows.iter_mut() {
             let touched = std::mem::take(&mut buf.touched);
-            if end <= newest && !touched && buf.ready.is_none() {
+            if end <= read_past && !touched && buf.ready.is_none() {
                 buf.ready = Some(self.plan.close(buf.batches.clone()).await?);
             }
         }
