@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 
 use futures::executor::block_on;
+use futures::try_join;
+use tokio_postgres::types::{ToSql, Type};
 
 use crate::error::{Error, Result};
 use crate::model::Emission;
@@ -18,6 +20,16 @@ use crate::window::watermark::{self, PartitionMark};
 /// A partition's idle mark is trusted for this long after its owner
 /// flushed it (owners flush every checkpoint interval, 1 s by default).
 const IDLE_MARK_FRESH_SECS: f64 = 5.0;
+
+/// Takes the per-query lock every step of a query runs under.
+const LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext($1))";
+
+/// A statement's parameter with its type. Statements run with typed
+/// parameters take one round trip, not a prepare and then an execute, and
+/// the statements of a step that do not depend on one another are sent
+/// together (pipelined): round trips are what a cluster query's commit
+/// costs, every second.
+type Param<'a> = (&'a (dyn ToSql + Sync), Type);
 
 /// The cluster's tables in the PostgreSQL store.
 #[derive(Clone)]
@@ -45,14 +57,13 @@ impl Shared {
         self.pg.with_client(|c| {
             block_on(async move {
                 let tx = c.transaction().await?;
-                tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&query])
-                    .await?;
+                let q: [Param; 1] = [(&query, Type::TEXT)];
                 // A query dropped meanwhile leaves nothing behind to claim.
-                let exists = tx
-                    .query_opt("SELECT 1 FROM runnel_queries WHERE name = $1", &[&query])
-                    .await?
-                    .is_some();
-                if !exists {
+                let (_, exists) = try_join!(
+                    tx.execute_typed(LOCK, &q),
+                    tx.query_typed_opt("SELECT 1 FROM runnel_queries WHERE name = $1", &q),
+                )?;
+                if exists.is_none() {
                     return Err(Error::NotFound(format!("query '{query}' was dropped")));
                 }
                 let mut out = BTreeMap::new();
@@ -95,49 +106,58 @@ impl Shared {
         self.pg.with_client(|c| {
             block_on(async move {
                 let tx = c.transaction().await?;
-                tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&query])
-                    .await?;
                 // One statement per table, whatever the partitions and
-                // windows: round trips, not rows, are what a flush costs.
+                // windows, all sent at once.
                 let col = |f: fn(&PartitionFlush) -> Option<i64>| -> Vec<Option<i64>> {
                     progress.iter().map(f).collect()
                 };
                 let partitions: Vec<i32> = progress.iter().map(|f| f.partition).collect();
                 let idle: Vec<bool> = progress.iter().map(|f| f.mark.idle.is_some()).collect();
-                let updated = tx
-                    .execute(
+                let (next, max_event, idle_wm) = (
+                    col(|f| f.next_offset),
+                    col(|f| f.mark.max_event),
+                    col(|f| f.mark.idle.flatten()),
+                );
+                let update: [Param; 7] = [
+                    (&query, Type::TEXT),
+                    (&owner, Type::TEXT),
+                    (&partitions, Type::INT4_ARRAY),
+                    (&next, Type::INT8_ARRAY),
+                    (&max_event, Type::INT8_ARRAY),
+                    (&idle, Type::BOOL_ARRAY),
+                    (&idle_wm, Type::INT8_ARRAY),
+                ];
+                let starts: Vec<i64> = partials.iter().map(|p| p.0).collect();
+                let ends: Vec<i64> = partials.iter().map(|p| p.1).collect();
+                let states: Vec<&[u8]> = partials.iter().map(|p| &p.2[..]).collect();
+                let insert: [Param; 4] = [
+                    (&query, Type::TEXT),
+                    (&starts, Type::INT8_ARRAY),
+                    (&ends, Type::INT8_ARRAY),
+                    (&states, Type::BYTEA_ARRAY),
+                ];
+                let lock: [Param; 1] = [(&query, Type::TEXT)];
+                let (_, updated, _) = try_join!(
+                    tx.execute_typed(LOCK, &lock),
+                    tx.execute_typed(
                         "UPDATE runnel_partition_progress p
                          SET next_offset = u.next_offset, max_event_time = u.max_event_time,
                              idle = u.idle, idle_watermark = u.idle_watermark, updated_at = now()
                          FROM unnest($3::int[], $4::bigint[], $5::bigint[], $6::bool[], $7::bigint[])
                               AS u(partition, next_offset, max_event_time, idle, idle_watermark)
                          WHERE p.query = $1 AND p.owner = $2 AND p.partition = u.partition",
-                        &[
-                            &query,
-                            &owner,
-                            &partitions,
-                            &col(|f| f.next_offset),
-                            &col(|f| f.mark.max_event),
-                            &idle,
-                            &col(|f| f.mark.idle.flatten()),
-                        ],
-                    )
-                    .await?;
+                        &update,
+                    ),
+                    tx.execute_typed(
+                        "INSERT INTO runnel_window_partials (query, window_start, window_end, state)
+                         SELECT $1, * FROM unnest($2::bigint[], $3::bigint[], $4::bytea[])",
+                        &insert,
+                    ),
+                )?;
                 // A partition another server claimed since: nothing is
                 // written (the transaction is dropped).
                 if updated != progress.len() as u64 {
                     return Ok(false);
-                }
-                if !partials.is_empty() {
-                    let starts: Vec<i64> = partials.iter().map(|p| p.0).collect();
-                    let ends: Vec<i64> = partials.iter().map(|p| p.1).collect();
-                    let states: Vec<&[u8]> = partials.iter().map(|p| &p.2[..]).collect();
-                    tx.execute(
-                        "INSERT INTO runnel_window_partials (query, window_start, window_end, state)
-                         SELECT $1, * FROM unnest($2::bigint[], $3::bigint[], $4::bytea[])",
-                        &[&query, &starts, &ends, &states],
-                    )
-                    .await?;
                 }
                 tx.commit().await?;
                 Ok(true)
@@ -166,34 +186,26 @@ impl Shared {
         self.pg.with_client(|c| {
             block_on(async move {
                 let tx = c.transaction().await?;
-                tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&query])
-                    .await?;
-                let closed_wm: i64 = tx
-                    .query_opt(
+                let q: [Param; 1] = [(&query, Type::TEXT)];
+                let fresh: [Param; 2] = [q[0].clone(), (&IDLE_MARK_FRESH_SECS, Type::FLOAT8)];
+                let (_, closed_wm, rows) = try_join!(
+                    tx.execute_typed(LOCK, &q),
+                    tx.query_typed_opt(
                         "SELECT closed_wm FROM runnel_query_watermarks WHERE query = $1",
-                        &[&query],
-                    )
-                    .await?
-                    .map_or(i64::MIN, |r| r.get(0));
-                // Stored as the last final window's end plus grace.
-                let late = tx
-                    .execute(
-                        "DELETE FROM runnel_window_partials WHERE query = $1 AND window_end <= $2",
-                        &[&query, &closed_wm.saturating_sub(grace)],
-                    )
-                    .await?;
-                let rows = tx
-                .query(
-                    // An idle mark counts only while its owner keeps
-                    // flushing: a dead server's partitions hold the
-                    // watermark at their event-time frontier until their
-                    // new owner has read what was written meanwhile.
-                    "SELECT max_event_time, idle AND updated_at > now() - make_interval(secs => $2),
-                            idle_watermark, partition, next_offset
-                     FROM runnel_partition_progress WHERE query = $1",
-                    &[&query, &IDLE_MARK_FRESH_SECS],
-                )
-                .await?;
+                        &q,
+                    ),
+                    tx.query_typed(
+                        // An idle mark counts only while its owner keeps
+                        // flushing: a dead server's partitions hold the
+                        // watermark at their event-time frontier until their
+                        // new owner has read what was written meanwhile.
+                        "SELECT max_event_time, idle AND updated_at > now() - make_interval(secs => $2),
+                                idle_watermark, partition, next_offset
+                         FROM runnel_partition_progress WHERE query = $1",
+                        &fresh,
+                    ),
+                )?;
+                let closed_wm: i64 = closed_wm.map_or(i64::MIN, |r| r.get(0));
                 let marks = rows.iter().map(|r| {
                     let (max_event, idle, idle_wm): (Option<i64>, bool, Option<i64>) =
                         (r.get(0), r.get(1), r.get(2));
@@ -215,13 +227,24 @@ impl Shared {
                     true => i64::MIN,
                     false => watermark::combine(marks, delay).unwrap_or(i64::MIN),
                 };
-                let parts = tx
-                    .query(
+                // Stored as the last final window's end plus grace.
+                let (late_end, final_end) = (
+                    closed_wm.saturating_sub(grace),
+                    closed_through(window.kind, grace, wm),
+                );
+                let late_params: [Param; 2] = [q[0].clone(), (&late_end, Type::INT8)];
+                let final_params: [Param; 2] = [q[0].clone(), (&final_end, Type::INT8)];
+                let (late, parts) = try_join!(
+                    tx.execute_typed(
+                        "DELETE FROM runnel_window_partials WHERE query = $1 AND window_end <= $2",
+                        &late_params,
+                    ),
+                    tx.query_typed(
                         "SELECT id, window_start, window_end, state FROM runnel_window_partials
-                     WHERE query = $1 AND window_end <= $2 ORDER BY window_end, window_start, id",
-                        &[&query, &closed_through(window.kind, grace, wm)],
-                    )
-                    .await?;
+                         WHERE query = $1 AND window_end <= $2 ORDER BY window_end, window_start, id",
+                        &final_params,
+                    ),
+                )?;
                 tx.commit().await?;
                 let mut windows: Vec<FinalWindow> = Vec::new();
                 for r in parts {
@@ -265,25 +288,26 @@ impl Shared {
         self.pg.with_client(|c| {
             block_on(async move {
                 let tx = c.transaction().await?;
-                tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&query])
-                    .await?;
-                let n = tx
-                    .execute(
+                let (q, ids_param): ([Param; 1], [Param; 1]) =
+                    ([(&query, Type::TEXT)], [(&ids, Type::INT8_ARRAY)]);
+                let (_, n) = try_join!(
+                    tx.execute_typed(LOCK, &q),
+                    tx.execute_typed(
                         "DELETE FROM runnel_window_partials WHERE id = ANY($1)",
-                        &[&ids],
-                    )
-                    .await?;
+                        &ids_param,
+                    ),
+                )?;
                 if n as usize != ids.len() {
                     return Ok(false);
                 }
                 execute_all(&tx, &stmts).await?;
                 // Windows are finished in end order, so every window ending by
                 // then is final: later partial states for them are late.
-                tx.execute(
+                tx.execute_typed(
                     "INSERT INTO runnel_query_watermarks (query, closed_wm) VALUES ($1, $2)
-                 ON CONFLICT (query) DO UPDATE
-                 SET closed_wm = greatest(runnel_query_watermarks.closed_wm, excluded.closed_wm)",
-                    &[&query, &closed],
+                     ON CONFLICT (query) DO UPDATE
+                     SET closed_wm = greatest(runnel_query_watermarks.closed_wm, excluded.closed_wm)",
+                    &[q[0].clone(), (&closed, Type::INT8)],
                 )
                 .await?;
                 tx.commit().await?;
