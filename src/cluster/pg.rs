@@ -136,9 +136,9 @@ impl Shared {
                     (&ends, Type::INT8_ARRAY),
                     (&states, Type::BYTEA_ARRAY),
                 ];
-                let lock: [Param; 1] = [(&query, Type::TEXT)];
+                let q: [Param; 1] = [(&query, Type::TEXT)];
                 let (_, updated, _) = try_join!(
-                    tx.execute_typed(LOCK, &lock),
+                    tx.execute_typed(LOCK, &q),
                     tx.execute_typed(
                         "UPDATE runnel_partition_progress p
                          SET next_offset = u.next_offset, max_event_time = u.max_event_time,
