@@ -278,6 +278,37 @@ mod tests {
         seen
     }
 
+    /// The log end of every partition, asked in one request: record `i`
+    /// goes to partition `i % 3`, so after `n` records partition `p` ends
+    /// at the count of those, and grows with what is produced after.
+    #[test]
+    fn log_ends_are_each_partitions_count_of_records() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("t", 3, 1).unwrap();
+        let brokers = cluster.bootstrap_servers();
+        let stop = AtomicBool::new(false);
+        let src = KafkaSource::connect(
+            &KafkaConn::new(&brokers),
+            "t",
+            "log-ends-test",
+            StartFrom::Earliest,
+            &BTreeMap::new(),
+            Waiting::until(&stop),
+        )
+        .unwrap();
+        let ends = |n: usize| -> BTreeMap<i32, i64> {
+            (0..3)
+                .map(|p| (p, n.saturating_sub(p as usize).div_ceil(3) as i64))
+                .collect()
+        };
+        let ask = || src.topic_log_ends(Duration::from_secs(10));
+        assert_eq!(ask(), Some(ends(0)));
+        produce(&brokers, 0..1_000);
+        assert_eq!(ask(), Some(ends(1_000)));
+        produce(&brokers, 1_000..1_005);
+        assert_eq!(ask(), Some(ends(1_005)));
+    }
+
     /// Records of three partitions, produced interleaved, come back in
     /// batches with every partition's order, offsets and timestamps as
     /// sent, while the consumer's own queue still serves the statistics

@@ -287,13 +287,17 @@ impl KafkaSource {
     /// The log end of every partition of the topic, asked of the brokers
     /// now; `None` when one does not answer within `timeout`.
     pub fn topic_log_ends(&self, timeout: Duration) -> Option<BTreeMap<i32, i64>> {
-        (0..self.topic_partitions as i32)
-            .map(|p| {
-                let (_, high) = self
-                    .consumer
-                    .fetch_watermarks(&self.topic, p, timeout)
-                    .ok()?;
-                Some((p, high))
+        // One request per leader for all the partitions (the offsets at
+        // the "latest" time), not a round trip per partition.
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..self.topic_partitions as i32 {
+            tpl.add_partition_offset(&self.topic, p, Offset::End).ok()?;
+        }
+        let ends = self.consumer.offsets_for_times(tpl, timeout).ok()?;
+        (ends.elements().iter())
+            .map(|e| match (e.error(), e.offset()) {
+                (Ok(()), Offset::Offset(end)) => Some((e.partition(), end)),
+                _ => None,
             })
             .collect()
     }
