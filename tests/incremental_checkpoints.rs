@@ -82,6 +82,13 @@ async fn plan() -> (Arc<ContinuousPlan>, Arc<Schema>) {
     (plan, Arc::new(Schema::new(stream.fields())))
 }
 
+/// A new engine restored from a checkpoint's header and stored pieces.
+fn restore(plan: &Arc<ContinuousPlan>, header: &[u8], pieces: Vec<StatePiece>) -> WindowEngine {
+    let mut e = new_engine(plan);
+    e.restore_saved(header, pieces).unwrap();
+    e
+}
+
 fn new_engine(plan: &Arc<ContinuousPlan>) -> WindowEngine {
     let mut e = WindowEngine::new(plan.clone(), Some(0), 0);
     e.register_partitions(&[0]);
@@ -221,10 +228,7 @@ async fn restored_and_compacted_engines_store_each_state_once() {
     apply(&mut pieces, &saved.ops);
     let whole = saved.bytes();
 
-    let mut restored = new_engine(&plan);
-    restored
-        .restore_saved(&saved.header, pieces.clone())
-        .unwrap();
+    let mut restored = restore(&plan, &saved.header, pieces.clone());
     for e in [&mut engine, &mut restored] {
         e.process(0, records(&schema, (0..N).step_by(100), 2_000), 0)
             .await
@@ -243,10 +247,7 @@ async fn restored_and_compacted_engines_store_each_state_once() {
     );
     apply(&mut pieces, &saved.ops);
 
-    let mut compacted = new_engine(&plan);
-    compacted
-        .restore_saved(&saved.header, pieces.clone())
-        .unwrap();
+    let mut compacted = restore(&plan, &saved.header, pieces.clone());
     for e in [&mut engine, &mut compacted] {
         e.process(0, records(&schema, (0..N).step_by(3), 3_000), 0)
             .await
@@ -257,8 +258,7 @@ async fn restored_and_compacted_engines_store_each_state_once() {
     assert!(matches!(saved.ops[0], StateOp::Clear), "{:?}", saved.ops[0]);
     apply(&mut pieces, &saved.ops);
 
-    let mut last = new_engine(&plan);
-    last.restore_saved(&saved.header, pieces).unwrap();
+    let mut last = restore(&plan, &saved.header, pieces);
     for e in [&mut engine, &mut last] {
         e.process(0, records(&schema, (0..N).step_by(11), 4_000), 0)
             .await

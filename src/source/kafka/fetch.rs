@@ -262,6 +262,20 @@ mod tests {
         producer.flush(Duration::from_secs(10)).unwrap();
     }
 
+    /// A source reading all of topic `t` from its earliest records.
+    fn connect(brokers: &str, client_id: &str) -> KafkaSource {
+        let stop = AtomicBool::new(false);
+        KafkaSource::connect(
+            &KafkaConn::new(brokers),
+            "t",
+            client_id,
+            StartFrom::Earliest,
+            &BTreeMap::new(),
+            Waiting::until(&stop),
+        )
+        .unwrap()
+    }
+
     /// Polls `src` until `want` records were read in all (or 20 s passed);
     /// per partition, each record's offset and payload in the order read.
     fn read(src: &mut KafkaSource, want: usize) -> BTreeMap<i32, Vec<(i64, String)>> {
@@ -286,16 +300,7 @@ mod tests {
         let cluster = MockCluster::new(1).unwrap();
         cluster.create_topic("t", 3, 1).unwrap();
         let brokers = cluster.bootstrap_servers();
-        let stop = AtomicBool::new(false);
-        let src = KafkaSource::connect(
-            &KafkaConn::new(&brokers),
-            "t",
-            "log-ends-test",
-            StartFrom::Earliest,
-            &BTreeMap::new(),
-            Waiting::until(&stop),
-        )
-        .unwrap();
+        let src = connect(&brokers, "log-ends-test");
         let ends = |n: usize| -> BTreeMap<i32, i64> {
             (0..3)
                 .map(|p| (p, n.saturating_sub(p as usize).div_ceil(3) as i64))
@@ -321,16 +326,7 @@ mod tests {
         let n = 3_000;
         produce(&brokers, 0..n);
 
-        let stop = AtomicBool::new(false);
-        let mut src = KafkaSource::connect(
-            &KafkaConn::new(&brokers),
-            "t",
-            "fetch-test",
-            StartFrom::Earliest,
-            &BTreeMap::new(),
-            Waiting::until(&stop),
-        )
-        .unwrap();
+        let mut src = connect(&brokers, "fetch-test");
         let mut seen: BTreeMap<i32, Vec<(i64, String, i64)>> = BTreeMap::new();
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut polls = 0;
