@@ -347,10 +347,10 @@ async fn damaged_checkpoints_are_refused_with_a_message() {
     let payloads: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
     let mut out = Vec::new();
     feed(&mut engine, &mut decoder, 0, &payloads, &mut out).await;
-    let bytes = engine.checkpoint().unwrap();
+    let bytes = engine.checkpoint().await.unwrap();
     let (mut fresh, _) = engine_for(sql).await;
     fresh.restore(&bytes).unwrap();
-    assert_eq!(fresh.checkpoint().unwrap(), bytes);
+    assert_eq!(fresh.checkpoint().await.unwrap(), bytes);
     for cut in 0..bytes.len() {
         let (mut e, _) = engine_for(sql).await;
         let err = e.restore(&bytes[..cut]).unwrap_err().to_string();

@@ -1,8 +1,9 @@
 //! Incremental checkpoints: with 100 000 groups open and 1 % of them
 //! changed, a commit writes at most 5 % of what writing the whole state
 //! does (one commit, and on average over many, merges included), and a restart from the stored pieces finishes the window with the
-//! same rows as an engine that never stopped. (Bytes, not time: the count
-//! does not depend on the machine.)
+//! same rows as an engine that never stopped. Polls between two commits
+//! leave one state per group and window. (Bytes and rows, not time: the
+//! counts do not depend on the machine.)
 
 use std::sync::Arc;
 
@@ -265,4 +266,41 @@ async fn restored_and_compacted_engines_store_each_state_once() {
             .unwrap();
     }
     assert_eq!(sorted_rows(&mut engine).await, sorted_rows(&mut last).await);
+}
+
+/// The batch plan keeps running across polls until a commit settles it:
+/// 20 polls of the same 2 000 groups leave one state per group for the
+/// commit to write, not one per group and poll; until then every record
+/// counts towards the state limit; and the rows equal those of an engine
+/// settled after every poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polls_between_commits_leave_one_state_per_group() {
+    const G: usize = 2_000;
+    let (plan, schema) = plan().await;
+    let mut engine = new_engine(&plan);
+    let mut each_poll = new_engine(&plan);
+    let mut pieces = Vec::new();
+    apply(&mut pieces, &engine.save().await.unwrap().ops);
+    for poll in 0..20 {
+        for e in [&mut engine, &mut each_poll] {
+            e.process(0, records(&schema, 0..G, 1_000 + poll), 0)
+                .await
+                .unwrap();
+        }
+        each_poll.settle().await.unwrap();
+    }
+    assert_eq!(engine.state_rows(), 20 * G);
+    assert_eq!(engine.open_windows(), 1);
+    let saved = engine.save().await.unwrap();
+    assert_eq!(engine.state_rows(), G);
+    let [StateOp::Append(piece)] = &saved.ops[..] else {
+        panic!("{} ops", saved.ops.len())
+    };
+    let states = runnel::window::states_from_ipc(&plan.state_schema, &piece.state).unwrap();
+    assert_eq!(states.iter().map(RecordBatch::num_rows).sum::<usize>(), G);
+    apply(&mut pieces, &saved.ops);
+    let mut restarted = restore(&plan, &saved.header, pieces);
+    let expected = sorted_rows(&mut each_poll).await;
+    assert_eq!(sorted_rows(&mut engine).await, expected);
+    assert_eq!(sorted_rows(&mut restarted).await, expected);
 }

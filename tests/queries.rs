@@ -236,7 +236,7 @@ async fn run_case(sql: &str, input: &[Line], batching: Batching) -> String {
                     Batching::Restarted | Batching::RestartedFromPieces
                 ) {
                     let header = match batching {
-                        Batching::Restarted => engine.checkpoint().unwrap(),
+                        Batching::Restarted => engine.checkpoint().await.unwrap(),
                         _ => {
                             let saved = engine.save().await.unwrap();
                             apply(&mut pieces, &saved.ops);

@@ -103,7 +103,7 @@ async fn measure(groups: usize, rounds: usize, incremental: bool) -> Result<Comm
         match incremental {
             true => engine.save().await,
             false => Ok(Saved {
-                header: engine.checkpoint()?,
+                header: engine.checkpoint().await?,
                 ops: vec![],
             }),
         }

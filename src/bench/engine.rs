@@ -233,7 +233,7 @@ pub async fn window_state(ds: &Dataset, sql: &str, batch: usize) -> Result<State
     }
     engine.compact_all().await?;
     let memory = engine.state_bytes() as f64;
-    let checkpoint = engine.checkpoint()?.len() as f64;
+    let checkpoint = engine.checkpoint().await?.len() as f64;
     let out = engine.close_all().await?;
     let total: usize = out.iter().map(|e| e.batch.num_rows()).sum();
     let groups = out.iter().map(|e| e.batch.num_rows()).max().unwrap_or(0);

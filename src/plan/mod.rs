@@ -7,7 +7,8 @@
 //! aggregate:
 //!
 //! * the **batch plan** — filter, projection and a `Partial` aggregate — runs
-//!   on every decoded batch and yields partial states;
+//!   on decoded batches and yields partial states, kept running across polls
+//!   ([`PartialRun`]);
 //! * the **reduce plan** — a `PartialReduce` aggregate — compacts the partial
 //!   states a window has collected;
 //! * the **close plan** — the `Final` aggregate and everything above it
@@ -31,6 +32,7 @@
 //! # Ok(()) }
 //! ```
 
+mod live;
 pub mod slot;
 mod table;
 
@@ -57,6 +59,7 @@ use crate::error::parser_error;
 use crate::error::{Error, Result, panic_message};
 use crate::model::{SelectSql, StreamDef};
 use crate::model::{WindowKind, WindowSpec};
+pub use live::PartialRun;
 use slot::{SlotExec, SlotTable, bind};
 pub use table::RefTable;
 

@@ -6,7 +6,9 @@
 //! is re-planned per batch. Executions of one plan may overlap (a window
 //! closing on the query's thread while a roll-up runs from an HTTP handler);
 //! as no slot is shared between two of them, neither can read the other's
-//! batches.
+//! batches. A slot is filled once ([`bind`]) or fed batch by batch through a
+//! channel while its execution runs ([`bind_live`]): the batch plan of a
+//! query runs that way across polls (see [`super::PartialRun`]).
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -23,23 +25,37 @@ use datafusion::logical_expr::Expr;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::memory::MemoryStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning,
     PlanProperties, ReplaceChildrenOptions,
 };
+use futures::StreamExt;
+use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender, unbounded};
 
 /// The batches one execution of a plan reads; its first [`SlotExec`] to
 /// execute takes them.
 #[derive(Debug, Default, Clone)]
-pub struct Slot(Arc<Mutex<Vec<RecordBatch>>>);
+pub struct Slot(Arc<Mutex<Feed>>);
+
+/// What a slot holds: batches given at once, or a channel that hands them
+/// over as they come and ends when its sender is dropped.
+#[derive(Debug, Default)]
+enum Feed {
+    Batches(Vec<RecordBatch>),
+    Live(UnboundedReceiver<RecordBatch>),
+    /// Taken by the execution.
+    #[default]
+    Taken,
+}
 
 impl Slot {
     /// A slot holding `batches`.
     pub fn new(batches: Vec<RecordBatch>) -> Self {
-        Slot(Arc::new(Mutex::new(batches)))
+        Slot(Arc::new(Mutex::new(Feed::Batches(batches))))
     }
 
-    fn take(&self) -> Vec<RecordBatch> {
+    fn take(&self) -> Feed {
         std::mem::take(&mut *self.0.lock().expect("slot lock"))
     }
 }
@@ -54,7 +70,20 @@ pub fn bind(
     plan: &Arc<dyn ExecutionPlan>,
     batches: Vec<RecordBatch>,
 ) -> Result<Arc<dyn ExecutionPlan>> {
-    let slot = Slot::new(batches);
+    bind_slot(plan, Slot::new(batches))
+}
+
+/// `plan` ready for one execution whose leaves read the batches sent on
+/// the returned channel, until it is dropped.
+pub fn bind_live(
+    plan: &Arc<dyn ExecutionPlan>,
+) -> Result<(Arc<dyn ExecutionPlan>, UnboundedSender<RecordBatch>)> {
+    let (tx, rx) = unbounded();
+    let slot = Slot(Arc::new(Mutex::new(Feed::Live(rx))));
+    Ok((bind_slot(plan, slot)?, tx))
+}
+
+fn bind_slot(plan: &Arc<dyn ExecutionPlan>, slot: Slot) -> Result<Arc<dyn ExecutionPlan>> {
     Arc::clone(plan)
         .transform_up(|node| {
             let node = match node.downcast_ref::<SlotExec>() {
@@ -185,11 +214,21 @@ impl ExecutionPlan for SlotExec {
         // The stream advertises the projected schema, as the leaf does:
         // operators above may build batches from it (a hash join
         // concatenates its build side with it).
-        Ok(Box::pin(MemoryStream::try_new(
-            self.slot.take(),
-            self.schema(),
-            self.projection.clone(),
-        )?))
+        let schema = self.schema();
+        Ok(match self.slot.take() {
+            Feed::Batches(b) => {
+                Box::pin(MemoryStream::try_new(b, schema, self.projection.clone())?)
+            }
+            Feed::Live(rx) => {
+                let projection = self.projection.clone();
+                let batches = rx.map(move |b| match &projection {
+                    Some(p) => Ok(b.project(p)?),
+                    None => Ok(b),
+                });
+                Box::pin(RecordBatchStreamAdapter::new(schema, batches))
+            }
+            Feed::Taken => Box::pin(MemoryStream::try_new(vec![], schema, None)?),
+        })
     }
 }
 
@@ -237,7 +276,6 @@ mod tests {
     use super::*;
     use datafusion::arrow::array::{ArrayRef, Int64Array, StringArray};
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
-    use futures::StreamExt;
 
     /// A projected leaf's stream advertises the schema of the batches it
     /// yields: a hash join building its side from the stream concatenates

@@ -108,8 +108,10 @@ impl Counters {
 pub(super) const CHECKSUM_SEED: u64 = 0x72756e6e;
 
 impl WindowEngine {
-    /// Serialises the open windows, watermarks and lateness frontier.
-    pub fn checkpoint(&self) -> Result<Vec<u8>> {
+    /// Serialises the open windows (settled first), watermarks and
+    /// lateness frontier.
+    pub async fn checkpoint(&mut self) -> Result<Vec<u8>> {
+        self.settle().await?;
         self.checkpoint_with(true)
     }
 

@@ -17,7 +17,7 @@ use datafusion::arrow::array::{TimestampMillisecondArray, new_null_array};
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::record_batch::RecordBatch;
 
-use super::{Retained, WindowEngine, ts_values, window_closed};
+use super::{Retained, WindowEngine, closed_through, ts_values, window_closed};
 use crate::error::Result;
 use crate::model::{Emission, WindowKind};
 use crate::plan::ContinuousPlan;
@@ -32,6 +32,10 @@ impl WindowEngine {
         let wm = wm.max(self.closed_wm);
         let kind = self.plan.window.kind;
         let mut out = Vec::new();
+        let due = self.corrections || self.live_reaches(closed_through(kind, self.grace, wm));
+        if due && !matches!(kind, WindowKind::Cumulative { .. }) {
+            self.settle().await?;
+        }
         match kind {
             WindowKind::Cumulative { .. } => return Ok(out),
             WindowKind::Session { .. } => {
@@ -147,7 +151,7 @@ impl WindowEngine {
         if !ahead || self.partials_only || self.plan.window.allow_late_ms > 0 {
             return Ok(());
         }
-        let Some(newest) = self.windows.keys().map(|&(_, start)| start).max() else {
+        let Some(newest) = self.newest_start() else {
             return Ok(());
         };
         // The slowest partition's event-time frontier.
@@ -155,6 +159,9 @@ impl WindowEngine {
             Some(w) => newest.min(w.saturating_add(self.clock.delay())),
             None => i64::MIN,
         };
+        if self.live_reaches(read_past) {
+            self.settle().await?;
+        }
         for (&(end, _), buf) in self.windows.iter_mut() {
             let touched = std::mem::take(&mut buf.touched);
             if end <= read_past && !touched && buf.ready.is_none() {
@@ -179,6 +186,7 @@ impl WindowEngine {
         if self.partials_only {
             return Ok(vec![]);
         }
+        self.settle().await?;
         match self.plan.window.kind {
             WindowKind::Cumulative { .. } => self.emit_cumulative(now_ms).await,
             WindowKind::Session { .. } => self.emit_open_sessions().await,

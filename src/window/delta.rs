@@ -159,9 +159,10 @@ impl WindowEngine {
     /// incrementally, the pieces that changed since the last save; else the
     /// whole state in the header.
     pub async fn save(&mut self) -> Result<Saved> {
+        self.settle().await?;
         if !self.incremental {
             return Ok(Saved {
-                header: self.checkpoint()?,
+                header: self.checkpoint().await?,
                 ops: vec![StateOp::Clear],
             });
         }

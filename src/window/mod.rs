@@ -3,8 +3,11 @@
 //! For each decoded batch the engine assigns every record to its windows,
 //! drops it from windows that are already closed (judged against the running
 //! watermark of its partition, record by record, so batching never changes
-//! the outcome), runs the query's batch plan to get partial aggregate states
-//! and merges those into the state of each open window. When the watermark
+//! the outcome), feeds the query's batch plan, which keeps running across
+//! polls ([`PartialRun`]), and settles its partial aggregate states into the
+//! state of each open window when something needs them: a window to close
+//! or finish ahead, a commit, an emit tick, or [`LIVE_ROWS`] records taken
+//! ([`WindowEngine::settle`]). When the watermark
 //! (the rule is in [`watermark`]) passes a window's end plus its grace, the
 //! window's states go through the close plan and its rows are emitted.
 //! Assignment is in `assign.rs`, late records kept in `late.rs`, closing in `close.rs`, sessions in
@@ -33,7 +36,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use crate::error::{Error, Result};
 use crate::model::WindowKind;
 use crate::model::{Counters, Emission};
-use crate::plan::ContinuousPlan;
+use crate::plan::{ContinuousPlan, PartialRun};
 
 mod assign;
 mod checkpoint;
@@ -52,6 +55,19 @@ use watermark::Watermarks;
 /// Records of several small batches aggregated together, at most about this
 /// many rows at a time.
 const COALESCE_ROWS: usize = 65_536;
+
+/// Records the running batch plan takes before its states are settled into
+/// the windows anyway; until then each counts as a state row.
+pub const LIVE_ROWS: usize = 1 << 20;
+
+/// The batch plan running across polls and the windows, by (end, start),
+/// of the records it took.
+#[derive(Debug)]
+struct Live {
+    run: PartialRun,
+    rows: usize,
+    windows: BTreeSet<(i64, i64)>,
+}
 
 /// One partition's records of a poll, in partition order.
 #[derive(Debug, Clone)]
@@ -220,6 +236,9 @@ pub struct WindowEngine {
     state_ops: Option<Vec<delta::StateOp>>,
     /// Session windows: each key's sessions and their partial states.
     sessions: Option<Sessions>,
+    /// The batch plan's execution taking records not yet settled into
+    /// `windows` (never for sessions, which merge per key as records come).
+    live: Option<Live>,
     /// Per-partition event-time clocks: the watermark.
     clock: Watermarks,
     /// The watermark windows have been closed up to ([`window_closed`]).
@@ -285,6 +304,7 @@ impl WindowEngine {
             incremental: false,
             state_ops: None,
             sessions,
+            live: None,
             clock: Watermarks::new(delay_ms),
             closed_wm: i64::MIN,
             partials_only: false,
@@ -317,6 +337,7 @@ impl WindowEngine {
     /// Forgets every open window and restarts from `partition_max`, the
     /// highest event time read per partition (`i64::MIN` when none yet).
     pub fn reset(&mut self, partition_max: BTreeMap<i32, i64>) {
+        self.live = None;
         self.windows.clear();
         self.changed.clear();
         self.retained.clear();
@@ -347,6 +368,7 @@ impl WindowEngine {
     /// Takes every open window's partial state, merged to one row per group,
     /// as (start, end, state); the engine is left with no open window.
     pub async fn drain_states(&mut self) -> Result<Vec<(i64, i64, RecordBatch)>> {
+        self.settle().await?;
         let mut out = Vec::new();
         for ((end, start), mut buf) in std::mem::take(&mut self.windows) {
             if buf.batches.len() > 1 {
@@ -374,14 +396,16 @@ impl WindowEngine {
         }
     }
 
-    /// Partial-state rows held across all open windows (about groups × windows).
+    /// Partial-state rows held across all open windows (about groups ×
+    /// windows), each record the running batch plan took counted as one.
     pub fn state_rows(&self) -> usize {
         self.windows.values().map(|w| w.rows).sum::<usize>()
             + self.sessions.as_ref().map_or(0, Sessions::rows)
+            + self.live.as_ref().map_or(0, |l| l.rows)
     }
 
     /// Bytes of partial state held in memory by the open windows (and the
-    /// closed ones kept for corrections).
+    /// closed ones kept for corrections), once settled.
     pub fn state_bytes(&self) -> usize {
         let sessions = self.sessions.iter().flat_map(Sessions::batches);
         let retained = self.retained.values().map(|r| &r.state);
@@ -396,6 +420,7 @@ impl WindowEngine {
 
     /// Merges each open window's partial states into one row per group.
     pub async fn compact_all(&mut self) -> Result<()> {
+        self.settle().await?;
         for buf in self.windows.values_mut() {
             if buf.batches.len() > 1 {
                 compact(&self.plan, buf).await?;
@@ -413,7 +438,9 @@ impl WindowEngine {
 
     /// Number of windows holding state.
     pub fn open_windows(&self) -> usize {
-        self.windows.len() + self.sessions.as_ref().map_or(0, Sessions::open)
+        let live = self.live.iter().flat_map(|l| &l.windows);
+        let unsettled = live.filter(|k| !self.windows.contains_key(k)).count();
+        self.windows.len() + unsettled + self.sessions.as_ref().map_or(0, Sessions::open)
     }
 
     /// Processes one batch of records from `partition`, in partition order.
@@ -431,9 +458,10 @@ impl WindowEngine {
     /// Processes one poll's batches, each of one partition and in that
     /// partition's order, then closes what the watermark has passed.
     ///
-    /// Small batches (many partitions, few records each) are aggregated
-    /// together: per-batch planning and sketch serialisation cost about the
-    /// same for 500 records as for 50 000. Results equal those of calling
+    /// Every batch's records are assigned to windows before any is
+    /// aggregated; sessions aggregate small batches (many partitions, few
+    /// records each) together, as an execution of the batch plan costs
+    /// about the same for 500 records as for 50 000. Results equal those of calling
     /// [`process`](Self::process) per batch: the watermark is the minimum
     /// over partitions, so no window that closes at the end of the poll
     /// could have taken a later batch's records anyway.
@@ -466,6 +494,9 @@ impl WindowEngine {
             }
         }
         self.aggregate(pending).await?;
+        if self.live.as_ref().is_some_and(|l| l.rows >= LIVE_ROWS) {
+            self.settle().await?;
+        }
         let closed = self.close_ready().await?;
         self.finish_ahead().await?;
         Ok(closed)
@@ -484,15 +515,58 @@ impl WindowEngine {
         self.close_until(w).await
     }
 
-    /// Folds window-assigned batches into the partial states, as one batch.
+    /// Feeds window-assigned batches to the batch plan: to the running one,
+    /// or for sessions to an execution of their own, as one batch.
     async fn aggregate(&mut self, expanded: Vec<RecordBatch>) -> Result<()> {
-        let batch = match expanded.len() {
-            0 => return Ok(()),
-            1 => expanded.into_iter().next().expect("one batch"),
-            _ => concat_batches(&self.plan.input_schema, &expanded)?,
-        };
-        let states = self.plan.partial(batch).await?;
-        self.add_states(states).await
+        if self.sessions.is_some() {
+            let batch = match expanded.len() {
+                0 => return Ok(()),
+                1 => expanded.into_iter().next().expect("one batch"),
+                _ => concat_batches(&self.plan.input_schema, &expanded)?,
+            };
+            let states = self.plan.partial(batch).await?;
+            return self.add_states(states).await;
+        }
+        for batch in expanded {
+            let live = match &mut self.live {
+                Some(live) => live,
+                None => self.live.insert(Live {
+                    run: self.plan.open_partial()?,
+                    rows: 0,
+                    windows: BTreeSet::new(),
+                }),
+            };
+            live.rows += batch.num_rows();
+            note_windows(&batch, &mut live.windows);
+            let early = live.run.push(batch)?;
+            self.add_states(early).await?;
+        }
+        Ok(())
+    }
+
+    /// Settles the partial states of every record the running batch plan
+    /// took into the open windows.
+    pub async fn settle(&mut self) -> Result<()> {
+        if let Some(live) = self.live.take() {
+            let states = live.run.finish().await?;
+            self.add_states(states).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether the running batch plan holds records of a window ending at
+    /// or before `end`: it must settle before such a window is finished.
+    fn live_reaches(&self, end: i64) -> bool {
+        let first = self.live.as_ref().and_then(|l| l.windows.first());
+        first.is_some_and(|&(e, _)| e <= end)
+    }
+
+    /// The latest window start among records the batch plan took, settled
+    /// or not.
+    fn newest_start(&self) -> Option<i64> {
+        let settled = self.windows.keys().map(|&(_, start)| start).max();
+        let live = self.live.iter().flat_map(|l| &l.windows);
+        settled.max(live.map(|&(_, start)| start).max())
     }
 
     async fn add_states(&mut self, states: Vec<RecordBatch>) -> Result<()> {
@@ -547,6 +621,24 @@ async fn compact(plan: &ContinuousPlan, buf: &mut WindowBuf) -> Result<()> {
     buf.saved = 0;
     buf.fresh_rows = buf.rows;
     buf.merge_fresh(plan).await
+}
+
+/// Adds the (end, start) windows of window-assigned records (their last
+/// two columns) to `windows`; records come in runs of one window.
+fn note_windows(b: &RecordBatch, windows: &mut BTreeSet<(i64, i64)>) {
+    let n = b.num_columns();
+    let col = |i: usize| {
+        b.column(i)
+            .as_primitive::<TimestampMillisecondType>()
+            .values()
+    };
+    let mut last = None;
+    for key in col(n - 1).iter().copied().zip(col(n - 2).iter().copied()) {
+        if last != Some(key) {
+            windows.insert(key);
+            last = Some(key);
+        }
+    }
 }
 
 /// Splits partial states by their (end, start) window.
