@@ -52,8 +52,9 @@ pub use checkpoint::{states_from_ipc, states_to_ipc};
 use session::Sessions;
 use watermark::Watermarks;
 
-/// Records of several small batches aggregated together, at most about this
-/// many rows at a time.
+/// Records of several small batches a session query aggregates together,
+/// at most about this many rows at a time (other queries feed each batch
+/// to their running batch plan).
 const COALESCE_ROWS: usize = 65_536;
 
 /// Records the running batch plan takes before its states are settled into
