@@ -43,6 +43,19 @@ fn records(schema: &Arc<Schema>, publishers: impl Iterator<Item = usize>, ts: i6
     RecordBatch::try_new(schema.clone(), cols).unwrap()
 }
 
+/// Hands `engine` one record per publisher of `publishers`, at `ts`.
+async fn feed(
+    engine: &mut WindowEngine,
+    schema: &Arc<Schema>,
+    publishers: impl Iterator<Item = usize>,
+    ts: i64,
+) {
+    engine
+        .process(0, records(schema, publishers, ts), 0)
+        .await
+        .unwrap();
+}
+
 fn apply(pieces: &mut Vec<StatePiece>, ops: &[StateOp]) {
     for op in ops {
         match op {
@@ -105,20 +118,14 @@ async fn a_commit_writes_what_changed() {
     let mut pieces = Vec::new();
 
     // Every group opens: the first save writes the whole state.
-    engine
-        .process(0, records(&schema, 0..GROUPS, 1_000), 0)
-        .await
-        .unwrap();
+    feed(&mut engine, &schema, 0..GROUPS, 1_000).await;
     let saved = engine.save().await.unwrap();
     apply(&mut pieces, &saved.ops);
     let whole = saved.bytes();
 
     // 1 % of the groups take a record: the next save writes only them.
     let changed = (0..GROUPS).step_by(100);
-    engine
-        .process(0, records(&schema, changed, 2_000), 0)
-        .await
-        .unwrap();
+    feed(&mut engine, &schema, changed, 2_000).await;
     let saved = engine.save().await.unwrap();
     apply(&mut pieces, &saved.ops);
     let delta = saved.bytes();
@@ -140,10 +147,7 @@ async fn a_commit_writes_what_changed() {
     let (mut total, mut merges, rounds) = (0, 0, 150);
     for round in 1..=rounds {
         let changed = (round..GROUPS).step_by(100);
-        engine
-            .process(0, records(&schema, changed, 2_000 + round as i64), 0)
-            .await
-            .unwrap();
+        feed(&mut engine, &schema, changed, 2_000 + round as i64).await;
         let saved = engine.save().await.unwrap();
         apply(&mut pieces, &saved.ops);
         total += saved.bytes();
@@ -167,9 +171,7 @@ async fn a_commit_writes_what_changed() {
     let mut restarted = new_engine();
     restarted.restore_saved(&saved.header, pieces).unwrap();
     for e in [&mut engine, &mut restarted] {
-        e.process(0, records(&schema, (0..GROUPS).step_by(7), 3_000), 0)
-            .await
-            .unwrap();
+        feed(e, &schema, (0..GROUPS).step_by(7), 3_000).await;
     }
     assert_eq!(
         sorted_rows(&mut engine).await,
@@ -190,19 +192,14 @@ async fn states_merged_between_commits_restore_the_same_rows() {
     // (32 batches, or 16 384 rows beyond twice the last merge).
     for poll in 0..40 {
         let groups = (poll * 50)..(poll * 50 + 2_000);
-        engine
-            .process(0, records(&schema, groups, 1_000 + poll as i64), 0)
-            .await
-            .unwrap();
+        feed(&mut engine, &schema, groups, 1_000 + poll as i64).await;
     }
     let saved = engine.save().await.unwrap();
     apply(&mut pieces, &saved.ops);
     let mut restarted = new_engine(&plan);
     restarted.restore_saved(&saved.header, pieces).unwrap();
     for e in [&mut engine, &mut restarted] {
-        e.process(0, records(&schema, (0..4_000).step_by(3), 3_000), 0)
-            .await
-            .unwrap();
+        feed(e, &schema, (0..4_000).step_by(3), 3_000).await;
     }
     assert_eq!(
         sorted_rows(&mut engine).await,
@@ -221,19 +218,14 @@ async fn restored_and_compacted_engines_store_each_state_once() {
     let mut engine = new_engine(&plan);
     let mut pieces = Vec::new();
     const N: usize = 20_000;
-    engine
-        .process(0, records(&schema, 0..N, 1_000), 0)
-        .await
-        .unwrap();
+    feed(&mut engine, &schema, 0..N, 1_000).await;
     let saved = engine.save().await.unwrap();
     apply(&mut pieces, &saved.ops);
     let whole = saved.bytes();
 
     let mut restored = restore(&plan, &saved.header, pieces.clone());
     for e in [&mut engine, &mut restored] {
-        e.process(0, records(&schema, (0..N).step_by(100), 2_000), 0)
-            .await
-            .unwrap();
+        feed(e, &schema, (0..N).step_by(100), 2_000).await;
     }
     let saved = restored.save().await.unwrap();
     assert!(
@@ -250,9 +242,7 @@ async fn restored_and_compacted_engines_store_each_state_once() {
 
     let mut compacted = restore(&plan, &saved.header, pieces.clone());
     for e in [&mut engine, &mut compacted] {
-        e.process(0, records(&schema, (0..N).step_by(3), 3_000), 0)
-            .await
-            .unwrap();
+        feed(e, &schema, (0..N).step_by(3), 3_000).await;
     }
     compacted.compact_all().await.unwrap();
     let saved = compacted.save().await.unwrap();
@@ -261,9 +251,7 @@ async fn restored_and_compacted_engines_store_each_state_once() {
 
     let mut last = restore(&plan, &saved.header, pieces);
     for e in [&mut engine, &mut last] {
-        e.process(0, records(&schema, (0..N).step_by(11), 4_000), 0)
-            .await
-            .unwrap();
+        feed(e, &schema, (0..N).step_by(11), 4_000).await;
     }
     assert_eq!(sorted_rows(&mut engine).await, sorted_rows(&mut last).await);
 }
@@ -283,9 +271,7 @@ async fn polls_between_commits_leave_one_state_per_group() {
     apply(&mut pieces, &engine.save().await.unwrap().ops);
     for poll in 0..20 {
         for e in [&mut engine, &mut each_poll] {
-            e.process(0, records(&schema, 0..G, 1_000 + poll), 0)
-                .await
-                .unwrap();
+            feed(e, &schema, 0..G, 1_000 + poll).await;
         }
         each_poll.settle().await.unwrap();
     }

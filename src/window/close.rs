@@ -226,9 +226,7 @@ impl WindowEngine {
             let Some(buf) = self.windows.get_mut(&(end, start)) else {
                 continue;
             };
-            if buf.fresh().len() > 1 {
-                buf.merge_fresh(&self.plan).await?;
-            }
+            buf.merge_fresh(&self.plan).await?;
             let rows = self.plan.close_provisional(buf.batches.clone()).await?;
             let batch = concat(&self.plan, rows)?
                 .unwrap_or_else(|| RecordBatch::new_empty(self.plan.output_schema.clone()));
@@ -255,9 +253,7 @@ impl WindowEngine {
         let Some(buf) = self.windows.get_mut(&(0, 0)) else {
             return Ok(vec![]);
         };
-        if buf.fresh().len() > 1 {
-            buf.merge_fresh(&self.plan).await?;
-        }
+        buf.merge_fresh(&self.plan).await?;
         let rows = self.plan.close(buf.batches.clone()).await?;
         let Some(batch) = concat(&self.plan, rows)? else {
             return Ok(vec![]);

@@ -186,9 +186,7 @@ impl WindowEngine {
             if buf.fresh().is_empty() {
                 continue;
             }
-            if buf.fresh().len() > 1 {
-                buf.merge_fresh(&plan).await?;
-            }
+            buf.merge_fresh(&plan).await?;
             let delta = piece(&plan, key, false, buf.fresh())?;
             buf.mark_saved();
             let s = &mut buf.stored;

@@ -185,7 +185,7 @@ impl WindowBuf {
 
     /// Whether the recent states have outgrown their last merge.
     fn needs_compaction(&self) -> bool {
-        self.fresh().len() > 1 && outgrown(self.fresh().len(), self.fresh_rows, self.fresh_merged)
+        outgrown(self.fresh().len(), self.fresh_rows, self.fresh_merged)
     }
 
     /// Counts every state as held by the store.
@@ -195,8 +195,12 @@ impl WindowBuf {
         self.fresh_merged = 0;
     }
 
-    /// Merges the recent states into one batch, one row per group.
+    /// Merges the recent states into one batch, one row per group, when
+    /// there are several.
     async fn merge_fresh(&mut self, plan: &ContinuousPlan) -> Result<()> {
+        if self.fresh().len() < 2 {
+            return Ok(());
+        }
         let fresh = self.batches.split_off(self.saved);
         let merged = merge(plan, fresh).await?;
         self.rows = self.rows - self.fresh_rows + merged.num_rows();
