@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use datafusion::arrow::array::{ArrayRef, AsArray, UInt32Array};
-use datafusion::arrow::compute::{cast, concat_batches, take};
+use datafusion::arrow::compute::{cast, concat_batches, max, min, take};
 use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef, TimestampMillisecondType};
 use datafusion::arrow::record_batch::RecordBatch;
 
@@ -629,16 +629,28 @@ async fn compact(plan: &ContinuousPlan, buf: &mut WindowBuf) -> Result<()> {
 }
 
 /// Adds the (end, start) windows of window-assigned records (their last
-/// two columns) to `windows`; records come in runs of one window.
+/// two columns) to `windows`. A window's end names it (its start follows
+/// from the window spec), so a batch whose ends are all one — most are: a
+/// partition's records of one poll rarely span a window's edge — is one
+/// window.
 fn note_windows(b: &RecordBatch, windows: &mut BTreeSet<(i64, i64)>) {
     let n = b.num_columns();
-    let col = |i: usize| {
-        b.column(i)
-            .as_primitive::<TimestampMillisecondType>()
-            .values()
+    let col = |i: usize| b.column(i).as_primitive::<TimestampMillisecondType>();
+    let (ends, starts) = (col(n - 1), col(n - 2));
+    let (Some(lo), Some(hi)) = (min(ends), max(ends)) else {
+        return;
     };
+    if lo == hi {
+        windows.insert((lo, starts.value(0)));
+        return;
+    }
     let mut last = None;
-    for key in col(n - 1).iter().copied().zip(col(n - 2).iter().copied()) {
+    for key in ends
+        .values()
+        .iter()
+        .copied()
+        .zip(starts.values().iter().copied())
+    {
         if last != Some(key) {
             windows.insert(key);
             last = Some(key);
