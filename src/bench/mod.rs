@@ -114,6 +114,10 @@ pub struct BenchArgs {
     /// Seed of the dataset.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Rounds of the queries run (one query, eight sharing a read, eight
+    /// apart, each round): more give the ratios' spread and median.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
     /// Partitions of the end-to-end topic.
     #[arg(long, default_value_t = 4)]
     pub partitions: i32,
@@ -249,16 +253,30 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             }
         }
         if wants(&args, "queries") {
-            let runs = run_queries(&ds, args.partitions).await?;
-            for r in &runs {
-                println!("{}", r.line());
-            }
-            if let [one, eight, apart] = &runs[..] {
-                let ratio = |r: &RunStats| r.cpu_s / one.cpu_s.max(f64::MIN_POSITIVE);
+            let runs = run_queries(&ds, args.partitions, args.rounds).await?;
+            let (mut shared, mut apart) = (Vec::new(), Vec::new());
+            for round in runs.chunks_exact(queries::QUERY_RUNS) {
+                for r in round {
+                    println!("{}", r.line());
+                }
+                let ratio = |r: &RunStats| r.cpu_s / round[0].cpu_s.max(f64::MIN_POSITIVE);
+                shared.push(ratio(&round[1]));
+                apart.push(ratio(&round[2]));
                 println!(
                     "queries: eight / one: {:.2}x the server CPU-seconds sharing one read, {:.2}x with a consumer each",
-                    ratio(eight),
-                    ratio(apart)
+                    ratio(&round[1]),
+                    ratio(&round[2])
+                );
+            }
+            if shared.len() > 1 {
+                let (lo, hi) = shared
+                    .iter()
+                    .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+                println!(
+                    "queries over {} rounds: eight / one sharing one read {lo:.2}x-{hi:.2}x, median {:.2}x; with a consumer each median {:.2}x",
+                    shared.len(),
+                    percentile(&shared, 0.5).unwrap_or(0.0),
+                    percentile(&apart, 0.5).unwrap_or(0.0),
                 );
             }
         }

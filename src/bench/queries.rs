@@ -4,11 +4,13 @@
 //! with a consumer each, on the real server (`App`) from the mock cluster,
 //! from the earliest offset; the server process's CPU until every query
 //! has read every record. The ratios to the one query are what each more
-//! query over a stream costs.
+//! query over a stream costs. One run of each varies by ±10 % on a shared
+//! machine, so several rounds (each the three servers, over the records
+//! produced once) give the ratios' spread and median.
 //!
 //! ```no_run
 //! # async fn f(ds: &runnel::bench::Dataset) -> runnel::error::Result<()> {
-//! for r in runnel::bench::run_queries(ds, 4).await? {
+//! for r in runnel::bench::run_queries(ds, 4, 1).await? {
 //!     println!("{}", r.line());
 //! }
 //! # Ok(()) }
@@ -33,8 +35,13 @@ const GROUPS: [&str; 8] = [
     "publisher, advertiser",
 ];
 
-/// One query, then eight, over the same records produced once.
-pub async fn run_queries(ds: &Dataset, partitions: i32) -> Result<Vec<RunStats>> {
+/// Runs in each round of [`run_queries`]: one query, eight sharing one
+/// read, eight with a consumer each.
+pub const QUERY_RUNS: usize = 3;
+
+/// `rounds` times one query, then eight sharing a read, then eight apart,
+/// over the same records produced once: [`QUERY_RUNS`] runs a round.
+pub async fn run_queries(ds: &Dataset, partitions: i32, rounds: usize) -> Result<Vec<RunStats>> {
     use rdkafka::producer::Producer;
     // The mock cluster holds about 4 MiB per partition, as in `e2e`.
     let partitions = partitions.max((ds.bytes() / (4 << 20) + 1) as i32);
@@ -49,8 +56,10 @@ pub async fn run_queries(ds: &Dataset, partitions: i32) -> Result<Vec<RunStats>>
     p.flush(Duration::from_secs(120))?;
     drop(p);
     let mut runs = Vec::new();
-    for (n, shared) in [(1, true), (GROUPS.len(), true), (GROUPS.len(), false)] {
-        runs.push(serve_queries(ds, &broker.bootstrap, n, shared).await?);
+    for _ in 0..rounds.max(1) {
+        for (n, shared) in [(1, true), (GROUPS.len(), true), (GROUPS.len(), false)] {
+            runs.push(serve_queries(ds, &broker.bootstrap, n, shared).await?);
+        }
     }
     Ok(runs)
 }
