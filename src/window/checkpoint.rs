@@ -121,7 +121,7 @@ impl WindowEngine {
         self.checkpoint_with(false)
     }
 
-    fn checkpoint_with(&self, with_states: bool) -> Result<Vec<u8>> {
+    pub(super) fn checkpoint_with(&self, with_states: bool) -> Result<Vec<u8>> {
         let mut states = Vec::new();
         let batches = self
             .windows

@@ -32,10 +32,6 @@ impl WindowEngine {
         let wm = wm.max(self.closed_wm);
         let kind = self.plan.window.kind;
         let mut out = Vec::new();
-        let due = self.corrections || self.live_reaches(closed_through(kind, self.grace, wm));
-        if due && !matches!(kind, WindowKind::Cumulative { .. }) {
-            self.settle().await?;
-        }
         match kind {
             WindowKind::Cumulative { .. } => return Ok(out),
             WindowKind::Session { .. } => {
@@ -44,6 +40,12 @@ impl WindowEngine {
                 }
             }
             _ => {
+                // The running batch plan may hold records of a window to
+                // close or to correct.
+                let due = self.live_reaches(closed_through(kind, self.grace, wm));
+                if due || self.corrections {
+                    self.settle().await?;
+                }
                 while let Some((&(end, start), _)) = self.windows.first_key_value() {
                     if !window_closed(kind, end, self.grace, wm) {
                         break;

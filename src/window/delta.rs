@@ -162,7 +162,7 @@ impl WindowEngine {
         self.settle().await?;
         if !self.incremental {
             return Ok(Saved {
-                header: self.checkpoint().await?,
+                header: self.checkpoint_with(true)?,
                 ops: vec![StateOp::Clear],
             });
         }
