@@ -112,6 +112,11 @@ async fn queries_join_a_live_read_from_the_start_then_share_it() {
     wait_and_check_query(&s, "by_geo", &["geo"], &by_geo(&feed.oracle)).await;
     wait_and_check_query(&s, "geo_all", &["geo"], &by_geo(&feed.oracle)).await;
     assert_eq!(readers(&s).await, 1);
+    // The live read and the catch-up: a consumer each, none for the joiners.
+    for started in ["readers", "consumers"] {
+        let metric = format!("runnel_stream_{started}_started_total");
+        assert_eq!(stream_metric(&s, &metric).await, 2, "{metric}");
+    }
     for q in ["adnetwork", "by_geo", "geo_all"] {
         let (_, v) = s.get(&format!("/queries/{q}")).await;
         assert_eq!(v["counters"]["late_records"], 0, "{v}");
@@ -121,11 +126,12 @@ async fn queries_join_a_live_read_from_the_start_then_share_it() {
 
 /// Four queries one script creates over a backlog of 60 000 records, from
 /// the start of the topic, with readers keeping only their last 1 000
-/// records: they wait for the script and for one another, connected, then
-/// subscribe together, so all four take
-/// the first poll of one reader; started one by one, each later query
-/// would find the reader past its offsets and catch up on a reader of its
-/// own. One reader in all, and every query's rows equal the oracle.
+/// records: they wait for the script and for one another, then subscribe
+/// together, so all four take the first poll of one reader, which one of
+/// them connected; started one by one, each later query would find the
+/// reader past its offsets and catch up on a reader of its own. One reader
+/// and one Kafka consumer in all (a query joining a reader connects none),
+/// and every query's rows equal the oracle.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queries_one_script_creates_over_a_backlog_share_one_read_from_the_start() {
     let (_cluster, brokers) = mock_topic(4);
@@ -148,6 +154,10 @@ async fn queries_one_script_creates_over_a_backlog_share_one_read_from_the_start
     wait_and_check_query(&s, "geo_all", &["geo"], &by_geo(&feed.oracle)).await;
     assert_eq!(
         stream_metric(&s, "runnel_stream_readers_started_total").await,
+        1
+    );
+    assert_eq!(
+        stream_metric(&s, "runnel_stream_consumers_started_total").await,
         1
     );
     assert_eq!(readers(&s).await, 1);

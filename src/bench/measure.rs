@@ -14,15 +14,56 @@ pub fn cpu_of_pid(pid: u32) -> Duration {
 }
 
 fn cpu_of(path: &str) -> Duration {
-    let Ok(stat) = std::fs::read_to_string(path) else {
-        return Duration::ZERO;
-    };
-    // Fields after the command name (which may contain spaces) start at field 3.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    std::fs::read_to_string(path)
+        .map(|stat| parse_stat(&stat).1)
+        .unwrap_or(Duration::ZERO)
+}
+
+/// The command name and user plus system CPU time of a `stat` file of
+/// `/proc` (a process's or a thread's).
+fn parse_stat(stat: &str) -> (String, Duration) {
+    // The name is in parentheses and may itself hold spaces or parentheses.
+    let (head, rest) = stat.rsplit_once(')').unwrap_or(("", ""));
+    let name = head.split_once('(').map_or("", |(_, n)| n).to_string();
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     // utime and stime are fields 14 and 15, in USER_HZ (100 on Linux).
-    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+    (name, Duration::from_millis((ticks(11) + ticks(12)) * 10))
+}
+
+/// Every live thread of this process: id, name and CPU time so far.
+pub fn thread_cpu() -> Vec<(u64, String, Duration)> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| {
+            let tid = t.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
+            let (name, cpu) = parse_stat(&stat);
+            Some((tid, name, cpu))
+        })
+        .collect()
+}
+
+/// CPU seconds each live thread spent since `before` (a [`thread_cpu`]
+/// taken earlier; all of it for threads started since), summed per part
+/// after `class` maps each thread's name to its part (e.g. all librdkafka
+/// threads to one), largest first. Threads that ended meanwhile are not in it.
+pub fn threads_cpu_since(
+    before: &[(u64, String, Duration)],
+    class: impl Fn(&str) -> String,
+) -> Vec<(String, f64)> {
+    let old: std::collections::HashMap<u64, Duration> = before.iter().map(|t| (t.0, t.2)).collect();
+    let mut parts: std::collections::BTreeMap<String, f64> = Default::default();
+    for (tid, name, cpu) in thread_cpu() {
+        let spent = cpu.saturating_sub(old.get(&tid).copied().unwrap_or_default());
+        *parts.entry(class(&name)).or_default() += spent.as_secs_f64();
+    }
+    let mut parts: Vec<(String, f64)> = parts.into_iter().filter(|p| p.1 > 0.0).collect();
+    parts.sort_by(|a, b| b.1.total_cmp(&a.1));
+    parts
 }
 
 /// Peak resident set size of this process in bytes (`VmHWM`).
@@ -90,6 +131,8 @@ pub struct RunStats {
     pub state_bytes: usize,
     /// CPU seconds of other processes (the broker), when measured.
     pub other_cpu_s: Option<f64>,
+    /// CPU seconds of the run's own threads by part (see [`threads_cpu_since`]).
+    pub threads: Vec<(String, f64)>,
 }
 
 impl RunStats {
@@ -114,10 +157,18 @@ impl RunStats {
             (Some(a), Some(b)) => format!("  latency p50 {a:.1} ms p99 {b:.1} ms"),
             _ => String::new(),
         };
-        let other = self
+        let mut other = self
             .other_cpu_s
             .map(|c| format!("  broker cpu {c:.2} s"))
             .unwrap_or_default();
+        if !self.threads.is_empty() {
+            let parts: Vec<String> = self
+                .threads
+                .iter()
+                .map(|(name, s)| format!("{name} {s:.2}"))
+                .collect();
+            other.push_str(&format!("\n    cpu s by thread: {}", parts.join(", ")));
+        }
         format!(
             "{:<28} {:>10} rec  {:>7.3} s wall {:>7.3} s cpu  {:>11.0} rec/s {:>11.0} rec/cpu-s  rows {} windows {} bad {}  peak rss {:.0} MiB  state {:.1} MiB{lat}{other}",
             self.name,
@@ -144,4 +195,50 @@ pub fn percentile(v: &[f64], q: f64) -> Option<f64> {
     s.sort_by(|a, b| a.total_cmp(b));
     let rank = ((q * s.len() as f64).ceil() as usize).clamp(1, s.len());
     Some(s[rank - 1])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_names_may_hold_spaces_and_parentheses() {
+        // utime 250 and stime 50 ticks: 3 s.
+        let stat = "42 (query (a) b) S 1 42 1 0 -1 4194304 122 0 0 0 250 50 0 0 20 0 1 0";
+        assert_eq!(
+            parse_stat(stat),
+            ("query (a) b".to_string(), Duration::from_secs(3))
+        );
+    }
+
+    #[test]
+    fn each_live_thread_is_counted_until_it_ends() {
+        let before = thread_cpu();
+        assert!(!before.is_empty(), "this thread at least");
+        let (started, stop) = std::sync::mpsc::channel();
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::Builder::new()
+            .name("measured-part".into())
+            .spawn(move || {
+                // Busy until its own CPU time shows (10 ms ticks).
+                let own = || cpu_of("/proc/thread-self/stat");
+                let mut x = 0u64;
+                while own().is_zero() {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+                started.send(()).unwrap();
+                let _ = held.recv();
+            })
+            .unwrap();
+        stop.recv().unwrap();
+        let parts = threads_cpu_since(&before, |n| n.to_string());
+        assert!(parts.iter().any(|(n, _)| n == "measured-part"), "{parts:?}");
+        drop(release);
+        t.join().unwrap();
+        let after = threads_cpu_since(&before, |n| n.to_string());
+        assert!(
+            after.iter().all(|(n, _)| n != "measured-part"),
+            "ended: {after:?}"
+        );
+    }
 }

@@ -19,7 +19,7 @@
 use std::time::{Duration, Instant};
 
 use super::kafka::{BrokerProcess, TOPIC, producer, send};
-use super::measure::{Meter, RunStats, peak_rss};
+use super::measure::{Meter, RunStats, peak_rss, thread_cpu, threads_cpu_since};
 use super::{Dataset, STREAM_SQL};
 use crate::error::{Error, Result};
 
@@ -77,6 +77,7 @@ async fn serve_queries(ds: &Dataset, bootstrap: &str, n: usize, shared: bool) ->
         shared_reads: shared,
         ..crate::config::Config::default()
     };
+    let threads_before = thread_cpu();
     let meter = Meter::start();
     let app = crate::server::App::open(config).await?;
     let mut sql = format!("{};\n", STREAM_SQL.replace("adnetwork-topic", TOPIC));
@@ -120,6 +121,9 @@ async fn serve_queries(ds: &Dataset, bootstrap: &str, n: usize, shared: bool) ->
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (wall_s, cpu_s) = meter.stop();
+    let mut threads = threads_cpu_since(&threads_before, part_of);
+    let rest = cpu_s - threads.iter().map(|t| t.1).sum::<f64>();
+    threads.push(("other".into(), rest.max(0.0)));
     let app2 = app.clone();
     tokio::task::spawn_blocking(move || app2.shutdown())
         .await
@@ -134,6 +138,22 @@ async fn serve_queries(ds: &Dataset, bootstrap: &str, n: usize, shared: bool) ->
         wall_s,
         cpu_s,
         peak_rss: peak_rss(),
+        threads,
         ..Default::default()
     })
+}
+
+/// The part of the server a thread named `name` does: each query's own
+/// thread by its name, the others by what they do. "other" in a run's
+/// parts is the CPU of threads that ended before it did.
+fn part_of(name: &str) -> String {
+    let part = match name {
+        n if n.starts_with("query-") => n,
+        n if n.starts_with("read-") => "reader",
+        n if n.starts_with("rdk:") => "librdkafka",
+        "runnel-prefetch" => "prefetch",
+        n if n.starts_with("runnel-sqlite") => "store checkpoints",
+        n => n,
+    };
+    part.to_string()
 }

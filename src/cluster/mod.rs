@@ -249,15 +249,17 @@ impl Member {
             .collect();
         let (topic, client, start) = (&task.stream.topic, task.client_id(), task.start_from());
         let share = &self.partitions;
-        let Some(mut src) = task.connect(|waiting| {
-            let kafka = &task.kafka;
-            KafkaSource::connect_partitions(kafka, topic, &client, start, share, &saved, waiting)
-        })?
-        else {
-            return Ok(());
+        let connect = || {
+            task.connect(|waiting| {
+                let kafka = &task.kafka;
+                let mut src = KafkaSource::connect_partitions(
+                    kafka, topic, &client, start, share, &saved, waiting,
+                )?;
+                src.set_on_offset_loss(task.stream.on_offset_loss);
+                Ok(Source::Kafka(src))
+            })
         };
-        src.set_on_offset_loss(task.stream.on_offset_loss);
-        self.input = Some(Input::open(task, Source::Kafka(src))?);
+        self.input = Input::kafka(task, &saved, Some(share.clone()), connect)?;
         Ok(())
     }
 }

@@ -1,10 +1,12 @@
 //! Queries that start together: the queries one SQL script creates (or a
 //! server restores from its store) each take a [`Ticket`] of one
-//! [`StartGate`]; each, once connected to its source, waits at the gate
-//! until the script is done and every other ticket holder has arrived (or
-//! ended), then all subscribe to their streams' readers at once. Queries
-//! over the same stream then join one reader at the same offsets and share
-//! one read from their first record (see [`super::shared`]). Started one
+//! [`StartGate`]; each waits at the gate until the script is done and
+//! every other ticket holder has arrived (or ended), then all subscribe to
+//! their streams' readers at once (a query over a file or a socket arrives
+//! once connected to its source, one over Kafka before: joining a reader
+//! needs no consumer). Queries over the same stream then join one reader
+//! at the same offsets and share one read from their first record: one of
+//! them connects and starts it (see [`super::shared`]). Started one
 //! by one, a backlog read while the next query is planned, saved and
 //! connected leaves each later query behind the reader, to catch up on a
 //! reader of its own.

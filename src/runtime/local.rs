@@ -37,21 +37,36 @@ pub enum Input {
 }
 
 impl Input {
-    /// Reads `src` for `task`: through a reader the server's queries over
-    /// the stream share when there is one for Kafka streams, otherwise on
-    /// a thread of the query's own.
+    /// Reads `src` for `task` on a thread of the query's own (a Kafka
+    /// stream the server's queries share is read through [`Input::kafka`]).
     pub fn open(task: &QueryTask, src: Source) -> Result<Input> {
-        Ok(match (&task.readers, &src) {
-            (Some(readers), Source::Kafka(_)) => {
-                Input::Shared(Box::new(readers.subscribe(task, src)?))
-            }
-            _ => {
-                let mut decoder = ChunkDecoder::new(task)?;
-                Input::Own(Prefetch::spawn(src, MAX_POLL, POLL_WAIT, move |chunks| {
-                    decoder.decode_poll(&chunks)
-                }))
-            }
-        })
+        let mut decoder = ChunkDecoder::new(task)?;
+        Ok(Input::Own(Prefetch::spawn(
+            src,
+            MAX_POLL,
+            POLL_WAIT,
+            move |chunks| decoder.decode_poll(&chunks),
+        )))
+    }
+
+    /// Reads `task`'s Kafka stream from `saved` offsets (a cluster
+    /// member's `share` of its partitions, or all): through a reader the
+    /// server's queries share when they do — joining one needs no consumer
+    /// of the query's own, see [`Readers::open`](super::shared::Readers::open)
+    /// — else from the source `connect` makes. `None` when the query
+    /// stopped first.
+    pub fn kafka(
+        task: &QueryTask,
+        saved: &BTreeMap<i32, i64>,
+        share: Option<Vec<i32>>,
+        connect: impl FnOnce() -> Result<Option<Source>>,
+    ) -> Result<Option<Input>> {
+        match &task.readers {
+            Some(readers) => Ok(readers
+                .open(task, saved, share, connect)?
+                .map(|sub| Input::Shared(Box::new(sub)))),
+            None => connect()?.map(|src| Input::open(task, src)).transpose(),
+        }
     }
 
     /// The next poll's decoded records (none after [`POLL_WAIT`]).
@@ -112,20 +127,33 @@ impl Coordinator for Local {
             None => BTreeMap::new(),
         };
         let (client, start) = (task.client_id(), task.start_from());
-        let Some(src) = task.connect(|waiting| {
-            Source::connect(&task.stream, &task.kafka, &client, start, &saved, waiting)
-        })?
-        else {
-            return Ok(false);
+        let connect = || {
+            task.connect(|waiting| {
+                Source::connect(&task.stream, &task.kafka, &client, start, &saved, waiting)
+            })
         };
-        if task.stream.source == SourceKind::File {
-            let path = task.stream.options.get("path").map(String::as_str);
-            allowed_file(path.unwrap_or(""), &task.allow_files, false)?;
-        }
-        if let Some(ticket) = &task.start_gate {
-            ticket.wait(&task.stop);
-        }
-        let src = Input::open(task, src)?;
+        let src = if task.stream.source == SourceKind::Kafka {
+            // Before connecting: a query joining a reader needs no consumer.
+            if let Some(ticket) = &task.start_gate {
+                ticket.wait(&task.stop);
+            }
+            match Input::kafka(task, &saved, None, connect)? {
+                Some(src) => src,
+                None => return Ok(false),
+            }
+        } else {
+            let Some(src) = connect()? else {
+                return Ok(false);
+            };
+            if task.stream.source == SourceKind::File {
+                let path = task.stream.options.get("path").map(String::as_str);
+                allowed_file(path.unwrap_or(""), &task.allow_files, false)?;
+            }
+            if let Some(ticket) = &task.start_gate {
+                ticket.wait(&task.stop);
+            }
+            Input::open(task, src)?
+        };
         engine.register_partitions(&src.partitions());
         if !task.late_retention.is_zero() {
             engine.keep_late_records();

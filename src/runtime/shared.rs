@@ -19,7 +19,10 @@
 //! from the records as read, once, with that column added. Otherwise it
 //! starts a reader of its own from its offsets (a query starting from
 //! `earliest` while others are live, or restored from an older
-//! checkpoint), which later queries may join too. A reader that catches up
+//! checkpoint), which later queries may join too. Only a query that starts
+//! a reader connects a consumer ([`Readers::open`]): a consumer made only
+//! to be dropped on joining fetched ahead, and cost each joining query
+//! about a tenth of a CPU-second (BENCHMARKS.md). A reader that catches up
 //! with another — on every partition at or past the other's position, and
 //! near it — hands its subscribers over and ends, so a catch-up never
 //! holds the live queries back and ends in one read. A reader with no
@@ -32,7 +35,11 @@
 //! # fn demo(task: &runnel::runtime::QueryTask, src: runnel::source::Source) -> runnel::error::Result<()> {
 //! use runnel::runtime::shared::{KEEP, Readers};
 //! let readers = Arc::new(Readers::new(KEEP));
-//! let mut sub = readers.subscribe(task, src)?;
+//! let saved = std::collections::BTreeMap::new(); // from the earliest offsets
+//! // Joins a reader of the stream, or connects (here: `src`) to start one.
+//! let Some(mut sub) = readers.open(task, &saved, None, || Ok(Some(src)))? else {
+//!     return Ok(()); // stopped first
+//! };
 //! for (partition, records) in sub.poll(std::time::Duration::from_millis(100))? {
 //!     println!("{partition}: {:?} records", records.map(|b| b.batch.num_rows()));
 //! }
@@ -43,7 +50,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::QueryTask;
@@ -107,6 +114,31 @@ pub struct Readers {
     /// Readers started per stream since the server started: one per
     /// stream when its queries share one read, one more per catch-up.
     started: Mutex<BTreeMap<String, u64>>,
+    /// Consumers queries connected per stream since the server started:
+    /// one per reader started (a query that joins one connects none).
+    connected: Mutex<BTreeMap<String, u64>>,
+    /// Streams one of whose queries is connecting to start a reader (see
+    /// [`Readers::open`]), and the news that one is done.
+    starting: (Mutex<std::collections::BTreeSet<String>>, Condvar),
+}
+
+/// How often a query waiting for another query of its stream to connect
+/// looks whether it was stopped meanwhile.
+const TURN_WAIT: Duration = Duration::from_millis(100);
+
+/// A query's turn to connect to its stream and start a reader: the only
+/// one of the stream's until dropped.
+struct Turn<'a> {
+    readers: &'a Readers,
+    stream: String,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let (starting, started) = &self.readers.starting;
+        lock(starting).remove(&self.stream);
+        started.notify_all();
+    }
 }
 
 /// One consumer and decoder serving the queries subscribed to it.
@@ -185,27 +217,76 @@ impl Readers {
         }
     }
 
-    /// Subscribes `task` to a reader of its stream that can serve it from
-    /// `src`'s offsets, or starts a reader of its own with `src`.
-    pub fn subscribe(self: &Arc<Self>, task: &QueryTask, src: Source) -> Result<Subscription> {
-        let offsets = src.offsets().clone();
-        let share = src.share();
-        let columns = task.plan.stream_columns_read();
-        let subscription = |rx, partitions: Vec<i32>| Subscription {
-            rx,
-            progress: Progress {
-                partitions,
-                ..Progress::default()
-            },
-            offsets: offsets.clone(),
-            notes: QueryNotes::new(task),
-            stream: task.stream.name.clone(),
+    /// Subscribes `task`, resuming at `saved` offsets and reading `share`
+    /// (see [`Source::share`]), to a reader of its Kafka stream: joins one
+    /// that can serve it, with no consumer of its own, or else connects
+    /// (`connect`, `None` when the query stopped first) and starts one.
+    /// One query of a stream connects at a time, so queries starting
+    /// together (see [`super::gate`]) connect once: the others join the
+    /// reader it starts. A query starting from `latest` without saved
+    /// offsets needs its consumer for the log ends, so it connects first.
+    pub fn open(
+        self: &Arc<Self>,
+        task: &QueryTask,
+        saved: &BTreeMap<i32, i64>,
+        share: Option<Vec<i32>>,
+        connect: impl FnOnce() -> Result<Option<Source>>,
+    ) -> Result<Option<Subscription>> {
+        // From the earliest offset, the saved offsets are the query's next
+        // ones (see `KafkaSource::assign`); from the latest, they lack the
+        // log ends of partitions never read.
+        let known = task.start_from() == StartFrom::Earliest;
+        let (starting, started) = &self.starting;
+        let mut streams = lock(starting);
+        let _turn = loop {
+            // Under the lock of the streams being started, so a reader
+            // started meanwhile is either found here or started after.
+            if known {
+                let readers = lock(&self.readers);
+                if let Some(sub) = self.join(&readers, task, saved, &share)? {
+                    return Ok(Some(sub));
+                }
+            }
+            if streams.insert(task.stream.name.clone()) {
+                break Turn {
+                    readers: self,
+                    stream: task.stream.name.clone(),
+                };
+            }
+            if task.stop.load(Ordering::Relaxed) {
+                return Ok(None);
+            }
+            // Another query of the stream is connecting: its reader, once
+            // started, may serve this one too.
+            streams = started
+                .wait_timeout(streams, TURN_WAIT)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         };
-        let mut readers = lock(&self.readers);
-        for reader in (readers.iter()).filter(|r| r.stream == task.stream && r.share == share) {
+        drop(streams);
+        let Some(src) = connect()? else {
+            return Ok(None);
+        };
+        *lock(&self.connected)
+            .entry(task.stream.name.clone())
+            .or_default() += 1;
+        self.subscribe(task, src).map(Some)
+    }
+
+    /// Joins `task`, resuming at `offsets`, to a reader of its stream
+    /// reading `share` that can serve it, if there is one.
+    fn join(
+        &self,
+        readers: &[Arc<Reader>],
+        task: &QueryTask,
+        offsets: &BTreeMap<i32, i64>,
+        share: &Option<Vec<i32>>,
+    ) -> Result<Option<Subscription>> {
+        let columns = task.plan.stream_columns_read();
+        for reader in (readers.iter()).filter(|r| r.stream == task.stream && &r.share == share) {
             let mut inner = lock(&reader.inner);
             let (from, at) = (&inner.recent_from, &inner.position);
-            if !inner.closed && can_serve(from, at, reader.start, &offsets) {
+            if !inner.closed && can_serve(from, at, reader.start, offsets) {
                 reader.widen(&mut inner.recent, &columns)?;
                 // The kept polls first: room for them and the next one.
                 let (tx, rx) = sync_channel(inner.recent.len() + 1);
@@ -213,10 +294,24 @@ impl Readers {
                     tx.try_send(Ok(poll.clone()))
                         .expect("room for the kept polls");
                 }
-                inner.add(columns.clone(), tx);
+                inner.add(columns, tx);
                 tracing::info!(query = %task.name, stream = %task.stream.name, "joined the stream's reader");
-                return Ok(subscription(rx, inner.partitions.clone()));
+                let partitions = inner.partitions.clone();
+                return Ok(Some(Subscription::new(task, rx, partitions, offsets)));
             }
+        }
+        Ok(None)
+    }
+
+    /// Subscribes `task` to a reader of its stream that can serve it from
+    /// `src`'s offsets, or starts a reader of its own with `src`.
+    fn subscribe(self: &Arc<Self>, task: &QueryTask, src: Source) -> Result<Subscription> {
+        let offsets = src.offsets().clone();
+        let share = src.share();
+        let columns = task.plan.stream_columns_read();
+        let mut readers = lock(&self.readers);
+        if let Some(sub) = self.join(&readers, task, &offsets, &share)? {
+            return Ok(sub);
         }
         let (tx, rx) = sync_channel(1);
         let mut inner = Inner {
@@ -253,21 +348,35 @@ impl Readers {
         *lock(&self.started)
             .entry(task.stream.name.clone())
             .or_default() += 1;
-        Ok(subscription(rx, partitions))
+        Ok(Subscription::new(task, rx, partitions, &offsets))
     }
 
-    /// How many readers each stream has, and how many it has started in
-    /// all.
-    pub fn per_stream(&self) -> BTreeMap<String, (usize, u64)> {
-        let mut out: BTreeMap<String, (usize, u64)> = lock(&self.started)
-            .iter()
-            .map(|(s, n)| (s.clone(), (0, *n)))
-            .collect();
+    /// Per stream: its readers now, the readers started and the consumers
+    /// connected since the server started.
+    pub fn per_stream(&self) -> BTreeMap<String, StreamReads> {
+        let mut out: BTreeMap<String, StreamReads> = BTreeMap::new();
+        for (s, n) in lock(&self.started).iter() {
+            out.entry(s.clone()).or_default().started = *n;
+        }
+        for (s, n) in lock(&self.connected).iter() {
+            out.entry(s.clone()).or_default().consumers = *n;
+        }
         for r in lock(&self.readers).iter() {
-            out.entry(r.stream.name.clone()).or_default().0 += 1;
+            out.entry(r.stream.name.clone()).or_default().readers += 1;
         }
         out
     }
+}
+
+/// How a stream is read (see [`Readers::per_stream`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StreamReads {
+    /// Readers now: one, more while a query catches up.
+    pub readers: usize,
+    /// Readers started since the server started.
+    pub started: u64,
+    /// Consumers connected since the server started.
+    pub consumers: u64,
 }
 
 impl Inner {
@@ -468,6 +577,24 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    fn new(
+        task: &QueryTask,
+        rx: Receiver<Delivery>,
+        partitions: Vec<i32>,
+        offsets: &BTreeMap<i32, i64>,
+    ) -> Self {
+        Subscription {
+            rx,
+            progress: Progress {
+                partitions,
+                ..Progress::default()
+            },
+            offsets: offsets.clone(),
+            notes: QueryNotes::new(task),
+            stream: task.stream.name.clone(),
+        }
+    }
+
     /// The next poll's records past the query's offsets, per chunk (empty
     /// after `wait` without one).
     pub fn poll(&mut self, wait: Duration) -> Result<Vec<Decoded>> {

@@ -13,7 +13,7 @@
 //! | `runnel_stream_records_in_total`, `runnel_stream_bytes_in_total` | `stream` |
 //! | `runnel_stream_bad_records_total`, `runnel_stream_kept_records_noted_total` | `stream`, `reason` |
 //! | `runnel_stream_watermark_seconds` | `stream` |
-//! | `runnel_stream_readers` (consumers reading the stream: one, or more while a query catches up), `runnel_stream_readers_started_total` | `stream` |
+//! | `runnel_stream_readers` (consumers reading the stream: one, or more while a query catches up), `runnel_stream_readers_started_total`, `runnel_stream_consumers_started_total` (one per reader started: a query joining a reader connects none) | `stream` |
 //! | `runnel_stream_consumer_lag_records` | `stream`, `query`, `partition` |
 //! | `runnel_query_records_processed_total`, `runnel_query_late_records_total`, `runnel_query_records_skipped_total`, `runnel_query_windows_closed_total`, `runnel_query_rows_emitted_total` | `query`, `stream` |
 //! | `runnel_query_open_groups`, `runnel_query_open_windows`, `runnel_query_state_bytes`, `runnel_query_watermark_seconds`, `runnel_query_running`, `runnel_query_broker_unreachable`, `runnel_query_waiting_for_store` | `query`, `stream` |
@@ -38,6 +38,7 @@ use crate::runtime::telemetry::{BATCH_BUCKETS, LATENCY_BUCKETS, QueryMetrics};
 struct Gauges {
     stream_records: IntCounterVec,
     readers_started: IntCounterVec,
+    consumers_started: IntCounterVec,
     stream_bytes: IntCounterVec,
     stream_bad: IntCounterVec,
     stream_kept: IntCounterVec,
@@ -155,7 +156,12 @@ impl Metrics {
             ),
             readers_started: counter(
                 "runnel_stream_readers_started_total",
-                "Consumers started to read the stream's topic for this server's queries: one per shared read, one more per catch-up.",
+                "Readers started to read the stream's topic for this server's queries: one per shared read, one more per catch-up.",
+                &["stream"],
+            ),
+            consumers_started: counter(
+                "runnel_stream_consumers_started_total",
+                "Kafka consumers this server's queries connected to read the stream's topic: one per reader started (a query joining a reader connects none).",
                 &["stream"],
             ),
             lag: igauge(
@@ -288,6 +294,7 @@ impl Metrics {
             &g.stream_bad,
             &g.stream_kept,
             &g.readers_started,
+            &g.consumers_started,
             &g.processed,
             &g.late,
             &g.skipped,
@@ -309,9 +316,10 @@ impl Metrics {
         }
         g.stream_watermark.reset();
         g.stream_readers.reset();
-        for (stream, (n, started)) in app.readers.per_stream() {
-            g.stream_readers.with_label_values(&[&stream]).set(n as i64);
-            set_counter(&g.readers_started, &[&stream], started);
+        for (stream, reads) in app.readers.per_stream() {
+            (g.stream_readers.with_label_values(&[&stream])).set(reads.readers as i64);
+            set_counter(&g.readers_started, &[&stream], reads.started);
+            set_counter(&g.consumers_started, &[&stream], reads.consumers);
         }
         g.watermark.reset();
         let streams = app.streams();
