@@ -21,8 +21,8 @@
 //! `earliest` while others are live, or restored from an older
 //! checkpoint), which later queries may join too. Only a query that starts
 //! a reader connects a consumer ([`Readers::open`]): a consumer made only
-//! to be dropped on joining fetched ahead, and cost each joining query
-//! about a tenth of a CPU-second (BENCHMARKS.md). A reader that catches up
+//! to be dropped on joining had fetched ahead already, and cost each
+//! joining query about 0.06 CPU-s (BENCHMARKS.md). A reader that catches up
 //! with another — on every partition at or past the other's position, and
 //! near it — hands its subscribers over and ends, so a catch-up never
 //! holds the live queries back and ends in one read. A reader with no
