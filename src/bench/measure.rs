@@ -1,5 +1,7 @@
-//! Measuring a run: CPU time of this process or another, peak resident
-//! memory, and what a run did ([`RunStats`], one line of the report).
+//! Measuring a run: CPU time of this process or another, and of each of
+//! this process's threads (what each part of a server spent: its reader,
+//! librdkafka, each query), peak resident memory, and what a run did
+//! ([`RunStats`], one line of the report).
 
 use std::time::{Duration, Instant};
 
