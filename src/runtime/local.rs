@@ -132,11 +132,14 @@ impl Coordinator for Local {
                 Source::connect(&task.stream, &task.kafka, &client, start, &saved, waiting)
             })
         };
-        let src = if task.stream.source == SourceKind::Kafka {
-            // Before connecting: a query joining a reader needs no consumer.
+        let meet_the_others = || {
             if let Some(ticket) = &task.start_gate {
                 ticket.wait(&task.stop);
             }
+        };
+        let src = if task.stream.source == SourceKind::Kafka {
+            // Before connecting: a query joining a reader needs no consumer.
+            meet_the_others();
             match Input::kafka(task, &saved, None, connect)? {
                 Some(src) => src,
                 None => return Ok(false),
@@ -149,9 +152,7 @@ impl Coordinator for Local {
                 let path = task.stream.options.get("path").map(String::as_str);
                 allowed_file(path.unwrap_or(""), &task.allow_files, false)?;
             }
-            if let Some(ticket) = &task.start_gate {
-                ticket.wait(&task.stop);
-            }
+            meet_the_others();
             Input::open(task, src)?
         };
         engine.register_partitions(&src.partitions());

@@ -243,7 +243,7 @@ impl Readers {
             // started meanwhile is either found here or started after.
             if known {
                 let readers = lock(&self.readers);
-                if let Some(sub) = self.join(&readers, task, saved, &share)? {
+                if let Some(sub) = Self::join(&readers, task, saved, &share)? {
                     return Ok(Some(sub));
                 }
             }
@@ -276,7 +276,6 @@ impl Readers {
     /// Joins `task`, resuming at `offsets`, to a reader of its stream
     /// reading `share` that can serve it, if there is one.
     fn join(
-        &self,
         readers: &[Arc<Reader>],
         task: &QueryTask,
         offsets: &BTreeMap<i32, i64>,
@@ -310,7 +309,7 @@ impl Readers {
         let share = src.share();
         let columns = task.plan.stream_columns_read();
         let mut readers = lock(&self.readers);
-        if let Some(sub) = self.join(&readers, task, &offsets, &share)? {
+        if let Some(sub) = Self::join(&readers, task, &offsets, &share)? {
             return Ok(sub);
         }
         let (tx, rx) = sync_channel(1);

@@ -317,7 +317,8 @@ impl Metrics {
         g.stream_watermark.reset();
         g.stream_readers.reset();
         for (stream, reads) in app.readers.per_stream() {
-            (g.stream_readers.with_label_values(&[&stream])).set(reads.readers as i64);
+            let readers = g.stream_readers.with_label_values(&[&stream]);
+            readers.set(reads.readers as i64);
             set_counter(&g.readers_started, &[&stream], reads.started);
             set_counter(&g.consumers_started, &[&stream], reads.consumers);
         }
