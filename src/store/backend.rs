@@ -9,6 +9,8 @@
 //! databases are data, a [`Dialect`]. Shared statements number their
 //! parameters `$1, $2, ...`; SQLite's backend reads them as `?1, ?2, ...`.
 
+use std::borrow::Cow;
+
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BinaryArray, BooleanArray, Float64Array, Int64Array, RecordBatch,
     StringArray, TimestampMillisecondArray,
@@ -66,13 +68,64 @@ pub struct Stmt {
     /// The SQL, parameters numbered `$1, $2, ...`; for a row insert, the
     /// statement up to `VALUES`.
     pub sql: String,
-    /// The parameters; for a row insert, the rows' values one row after
-    /// the other.
+    /// The parameters (none for a row insert).
     pub params: Vec<Param>,
-    /// A row insert's values per row. Each backend inserts the rows as it
-    /// does best ([`Tx::run`]): SQLite prepared statements of a few rows,
-    /// PostgreSQL multi-row `VALUES` (one round trip per statement).
-    pub row_width: Option<usize>,
+    /// A row insert's rows. Each backend inserts them as it does best
+    /// ([`Tx::run`]): SQLite prepared statements of a few rows bound value
+    /// by value from the columns, PostgreSQL multi-row `VALUES` (one round
+    /// trip per statement).
+    pub rows: Option<Rows>,
+}
+
+/// One statement of [`Stmt::expanded`]: its SQL and its parameters.
+pub type Part<'a> = (Cow<'a, str>, Cow<'a, [Param]>);
+
+/// A row insert's rows: a batch's columns in their results-table types.
+/// They become parameters only where a backend needs them, a statement's
+/// worth at a time, so a window of a million rows never lies in memory
+/// as a million rows of parameters too.
+pub struct Rows {
+    cols: Vec<Col>,
+    len: usize,
+}
+
+impl Rows {
+    /// The rows of `b`, its columns converted.
+    pub(crate) fn new(b: &RecordBatch) -> Result<Self> {
+        let cols = b
+            .columns()
+            .iter()
+            .map(Col::from_array)
+            .collect::<Result<_>>()?;
+        Ok(Rows {
+            cols,
+            len: b.num_rows(),
+        })
+    }
+
+    /// Values per row.
+    pub(crate) fn width(&self) -> usize {
+        self.cols.len()
+    }
+
+    /// Number of rows.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The columns.
+    pub(crate) fn cols(&self) -> &[Col] {
+        &self.cols
+    }
+
+    /// The values of rows `range`, one row after the other.
+    pub(crate) fn params(&self, range: std::ops::Range<usize>) -> Vec<Param> {
+        let mut out = Vec::with_capacity(range.len() * self.cols.len());
+        for i in range {
+            out.extend(self.cols.iter().map(|c| c.param(i)));
+        }
+        out
+    }
 }
 
 impl Stmt {
@@ -81,26 +134,43 @@ impl Stmt {
         Stmt {
             sql: sql.into(),
             params,
-            row_width: None,
+            rows: None,
+        }
+    }
+
+    /// The insert of `rows` by `sql`, the statement up to `VALUES`.
+    pub fn insert(sql: impl Into<String>, rows: Rows) -> Self {
+        Stmt {
+            sql: sql.into(),
+            params: Vec::new(),
+            rows: Some(rows),
         }
     }
 
     /// The statement as SQL texts with their parameters: a row insert as
-    /// multi-row `VALUES` of at most [`MAX_PARAMS`] parameters each.
-    pub fn expanded(&self) -> Vec<(std::borrow::Cow<'_, str>, &[Param])> {
-        let Some(width) = self.row_width.filter(|w| *w > 0) else {
-            return vec![(self.sql.as_str().into(), &self.params)];
+    /// multi-row `VALUES` of at most [`MAX_PARAMS`] parameters each, made
+    /// one statement at a time.
+    pub fn expanded(&self) -> Box<dyn Iterator<Item = Part<'_>> + '_> {
+        let Some(rows) = self.rows.as_ref().filter(|r| r.width() > 0) else {
+            let plain = (
+                Cow::from(self.sql.as_str()),
+                Cow::from(self.params.as_slice()),
+            );
+            return Box::new(std::iter::once(plain));
         };
-        let per_stmt = (MAX_PARAMS / width).max(1) * width;
-        self.params
-            .chunks(per_stmt)
-            .map(|chunk| (self.values_sql(chunk.len() / width).into(), chunk))
-            .collect()
+        let per_stmt = (MAX_PARAMS / rows.width()).max(1);
+        Box::new((0..rows.len()).step_by(per_stmt).map(move |from| {
+            let to = (from + per_stmt).min(rows.len());
+            (
+                self.values_sql(to - from).into(),
+                rows.params(from..to).into(),
+            )
+        }))
     }
 
     /// A row insert's SQL for `rows` rows.
     pub fn values_sql(&self, rows: usize) -> String {
-        let width = self.row_width.unwrap_or(0);
+        let width = self.rows.as_ref().map_or(0, Rows::width);
         let mut sql = String::with_capacity(self.sql.len() + rows * width * 6);
         sql.push_str(&self.sql);
         for r in 0..rows {
@@ -152,7 +222,7 @@ pub trait Tx {
     /// Runs a statement of a commit, a row insert as multi-row `VALUES`.
     fn run(&mut self, s: &Stmt) -> Result<()> {
         for (sql, params) in s.expanded() {
-            self.execute(&sql, params)?;
+            self.execute(&sql, &params)?;
         }
         Ok(())
     }
@@ -279,7 +349,7 @@ pub(crate) fn drop_results_sql(name: &str, keep_as: Option<&str>) -> String {
 }
 
 /// A column converted to the type of its results-table column.
-enum Col {
+pub(crate) enum Col {
     Bool(BooleanArray),
     Int(Int64Array),
     Real(Float64Array),
@@ -312,16 +382,20 @@ impl Col {
         })
     }
 
-    fn param(&self, i: usize) -> Param {
-        let valid = match self {
+    /// Whether value `i` is not null.
+    pub(crate) fn is_valid(&self, i: usize) -> bool {
+        match self {
             Col::Bool(a) => a.is_valid(i),
             Col::Int(a) => a.is_valid(i),
             Col::Real(a) => a.is_valid(i),
             Col::Ts(a) => a.is_valid(i),
             Col::Text(a) => a.is_valid(i),
             Col::Blob(a) => a.is_valid(i),
-        };
-        if !valid {
+        }
+    }
+
+    fn param(&self, i: usize) -> Param {
+        if !self.is_valid(i) {
             return Param::Null;
         }
         match self {
@@ -376,40 +450,25 @@ pub(crate) fn emission_statements(query: &str, emissions: &[Emission]) -> Result
         if b.num_rows() == 0 {
             continue;
         }
-        insert_rows(&table, b, &columns(b)?, &mut stmts);
+        insert_statements(&table, b, &mut stmts)?;
     }
     Ok(stmts)
 }
 
-/// `b`'s columns in their results-table types.
-fn columns(b: &RecordBatch) -> Result<Vec<Col>> {
-    b.columns().iter().map(Col::from_array).collect()
-}
-
-/// Appends the statements inserting `b`'s rows into `table` (quoted), its
+/// Appends the statement inserting `b`'s rows into `table` (quoted), its
 /// columns named as `b`'s.
 pub(crate) fn insert_statements(table: &str, b: &RecordBatch, stmts: &mut Vec<Stmt>) -> Result<()> {
-    insert_rows(table, b, &columns(b)?, stmts);
-    Ok(())
-}
-
-/// The insert of `b`'s rows, `cols` its columns converted.
-fn insert_rows(table: &str, b: &RecordBatch, cols: &[Col], stmts: &mut Vec<Stmt>) {
     let names: Vec<String> = b
         .schema()
         .fields()
         .iter()
         .map(|f| quote(f.name()))
         .collect();
-    let mut params = Vec::with_capacity(b.num_rows() * cols.len());
-    for i in 0..b.num_rows() {
-        params.extend(cols.iter().map(|c| c.param(i)));
-    }
-    stmts.push(Stmt {
-        sql: format!("INSERT INTO {table} ({}) VALUES", names.join(", ")),
-        params,
-        row_width: Some(cols.len()),
-    });
+    stmts.push(Stmt::insert(
+        format!("INSERT INTO {table} ({}) VALUES", names.join(", ")),
+        Rows::new(b)?,
+    ));
+    Ok(())
 }
 
 /// The statements applying a save's changes to the stored pieces of window
@@ -484,23 +543,27 @@ pub(crate) fn checkpoint_statement(
 
 #[cfg(test)]
 mod tests {
-    use super::{MAX_PARAMS, Param, Stmt};
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{Int64Array, RecordBatch};
+
+    use super::{MAX_PARAMS, Param, Rows, Stmt};
 
     /// A row insert expands into multi-row statements of at most
     /// [`MAX_PARAMS`] parameters, numbered from `$1` in each, every row once.
     #[test]
     fn a_row_insert_expands_into_bounded_multi_row_statements() {
         let rows = 25_000;
-        let s = Stmt {
-            sql: "INSERT INTO t (a, b, c) VALUES".into(),
-            params: (0..rows * 3).map(|i| Param::Int(i as i64)).collect(),
-            row_width: Some(3),
-        };
+        let col =
+            |k: i64| Arc::new(Int64Array::from_iter_values((0..rows).map(|i| 3 * i + k))) as _;
+        let batch =
+            RecordBatch::try_from_iter([("a", col(0)), ("b", col(1)), ("c", col(2))]).unwrap();
+        let s = Stmt::insert("INSERT INTO t (a, b, c) VALUES", Rows::new(&batch).unwrap());
         assert_eq!(
             s.values_sql(2),
             "INSERT INTO t (a, b, c) VALUES ($1, $2, $3), ($4, $5, $6)"
         );
-        let parts = s.expanded();
+        let parts: Vec<_> = s.expanded().collect();
         assert_eq!(parts.len(), 3);
         let mut seen = 0;
         for (sql, params) in &parts {
@@ -512,12 +575,15 @@ mod tests {
                 &sql[sql.len() - 20..]
             );
             assert!(!sql.contains(&format!("${}", n + 1)));
-            assert!(matches!(params[0], Param::Int(v) if v == seen as i64));
+            // Each value in its place: row r's column k holds 3r + k.
+            for (j, p) in params.iter().enumerate() {
+                assert!(matches!(p, Param::Int(v) if *v == (seen + j) as i64), "{j}");
+            }
             seen += n;
         }
-        assert_eq!(seen, rows * 3);
+        assert_eq!(seen, rows as usize * 3);
         let plain = Stmt::new("DELETE FROM t WHERE a = $1", vec![Param::Int(1)]);
-        let parts = plain.expanded();
+        let parts: Vec<_> = plain.expanded().collect();
         assert_eq!(parts.len(), 1);
         assert_eq!(parts[0].0, "DELETE FROM t WHERE a = $1");
     }

@@ -407,7 +407,7 @@ pub(crate) async fn execute_all(
                 let st = tx.prepare(&sql).await?;
                 prepared.insert(sql.to_string(), st);
             }
-            tx.execute(&prepared[sql.as_ref()], &refs(params)).await?;
+            tx.execute(&prepared[sql.as_ref()], &refs(&params)).await?;
         }
     }
     Ok(())

@@ -25,6 +25,7 @@
 //! }
 //! ```
 
+use std::ops::Range;
 use std::path::Path;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -33,7 +34,9 @@ use std::time::Duration;
 use rusqlite::types::{ToSqlOutput, Value as SqlValue, ValueRef};
 use rusqlite::{Connection, ErrorCode};
 
-use super::backend::{Backend, Dialect, EachRow, MAX_PARAMS, Param, Stmt, Tx, Value};
+use datafusion::arrow::array::{StringArray, StringBuilder, TimestampMillisecondArray};
+
+use super::backend::{Backend, Col, Dialect, EachRow, MAX_PARAMS, Param, Rows, Stmt, Tx, Value};
 use super::results::{Cell, ResultColumns};
 use super::{ColumnKind, format_ts, parse_stored_ts};
 use crate::error::{Error, Result};
@@ -245,6 +248,85 @@ impl rusqlite::ToSql for Param {
     }
 }
 
+/// One value of a row insert as bound: text and bytes borrowed from their
+/// column, so a row costs no allocation of its own.
+enum Bound<'a> {
+    Null,
+    Int(i64),
+    Real(f64),
+    Text(&'a str),
+    Blob(&'a [u8]),
+}
+
+impl rusqlite::ToSql for Bound<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(match *self {
+            Bound::Null => ToSqlOutput::Owned(SqlValue::Null),
+            Bound::Int(i) => ToSqlOutput::Owned(SqlValue::Integer(i)),
+            Bound::Real(f) => ToSqlOutput::Owned(SqlValue::Real(f)),
+            Bound::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+            Bound::Blob(b) => ToSqlOutput::Borrowed(ValueRef::Blob(b)),
+        })
+    }
+}
+
+/// A row insert's rows as SQLite takes them: timestamps as text, each
+/// formatted once per run of equal values (a window's rows share their
+/// bounds).
+struct BoundRows<'a> {
+    rows: &'a Rows,
+    ts_text: Vec<Option<StringArray>>,
+}
+
+impl<'a> BoundRows<'a> {
+    fn new(rows: &'a Rows) -> Self {
+        let ts_text = rows
+            .cols()
+            .iter()
+            .map(|c| match c {
+                Col::Ts(a) => Some(ts_text(a)),
+                _ => None,
+            })
+            .collect();
+        BoundRows { rows, ts_text }
+    }
+
+    /// The values of rows `range`, one row after the other.
+    fn values(&self, range: Range<usize>) -> impl Iterator<Item = Bound<'_>> {
+        range.flat_map(move |i| {
+            let cols = self.rows.cols().iter().zip(&self.ts_text);
+            cols.map(move |(c, ts)| match (c, ts) {
+                _ if !c.is_valid(i) => Bound::Null,
+                (_, Some(text)) => Bound::Text(text.value(i)),
+                (Col::Bool(a), _) => Bound::Int(a.value(i).into()),
+                (Col::Int(a), _) => Bound::Int(a.value(i)),
+                (Col::Real(a), _) => Bound::Real(a.value(i)),
+                (Col::Ts(a), None) => unreachable!("timestamps {} are formatted", a.len()),
+                (Col::Text(a), _) => Bound::Text(a.value(i)),
+                (Col::Blob(a), _) => Bound::Blob(a.value(i)),
+            })
+        })
+    }
+}
+
+/// `a`'s values as SQLite's text timestamps.
+fn ts_text(a: &TimestampMillisecondArray) -> StringArray {
+    let mut out = StringBuilder::with_capacity(a.len(), a.len() * 23);
+    let mut last: Option<(i64, String)> = None;
+    for v in a.iter() {
+        match v {
+            None => out.append_null(),
+            Some(ms) => {
+                if last.as_ref().is_none_or(|(l, _)| *l != ms) {
+                    last = Some((ms, format_ts(ms)));
+                }
+                out.append_value(last.as_ref().map_or("", |(_, t)| t.as_str()));
+            }
+        }
+    }
+    out.finish()
+}
+
 impl Tx for SqliteTx<'_> {
     fn execute(&mut self, sql: &str, params: &[Param]) -> Result<u64> {
         let mut st = self.0.prepare_cached(&numbered(sql))?;
@@ -258,27 +340,30 @@ impl Tx for SqliteTx<'_> {
     /// A row insert as prepared statements of [`ROWS_PER_INSERT`] rows,
     /// the rest one row at a time: parsing a statement of thousands of
     /// rows cost more than their inserts, and each statement run updates
-    /// the `AUTOINCREMENT` sequence of `_seq` once.
+    /// the `AUTOINCREMENT` sequence of `_seq` once. Values are bound from
+    /// the columns ([`Bound`]).
     fn run(&mut self, s: &Stmt) -> Result<()> {
-        let Some(width) = s.row_width.filter(|w| *w > 0) else {
+        let Some(rows) = s.rows.as_ref().filter(|r| r.width() > 0) else {
             self.execute(&s.sql, &s.params)?;
             return Ok(());
         };
-        let per_insert = (MAX_PARAMS / width).clamp(1, ROWS_PER_INSERT);
-        let mut full = s.params.chunks_exact(per_insert * width);
-        if full.len() > 0 {
+        let bound = BoundRows::new(rows);
+        let per_insert = (MAX_PARAMS / rows.width()).clamp(1, ROWS_PER_INSERT);
+        let full = rows.len() / per_insert * per_insert;
+        if full > 0 {
             let mut st = self
                 .0
                 .prepare_cached(&numbered(&s.values_sql(per_insert)))?;
-            for rows in &mut full {
-                st.execute(rusqlite::params_from_iter(rows))?;
+            for from in (0..full).step_by(per_insert) {
+                st.execute(rusqlite::params_from_iter(
+                    bound.values(from..from + per_insert),
+                ))?;
             }
         }
-        let rest = full.remainder();
-        if !rest.is_empty() {
+        if full < rows.len() {
             let mut st = self.0.prepare_cached(&numbered(&s.values_sql(1)))?;
-            for row in rest.chunks(width) {
-                st.execute(rusqlite::params_from_iter(row))?;
+            for r in full..rows.len() {
+                st.execute(rusqlite::params_from_iter(bound.values(r..r + 1)))?;
             }
         }
         Ok(())
@@ -353,29 +438,56 @@ fn cell(kind: ColumnKind, v: ValueRef<'_>) -> Cell<'_> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use super::{Backend, Param, SqliteStore, Stmt, numbered};
+    use datafusion::arrow::array::{StringArray, TimestampMillisecondArray};
 
-    /// A row insert of 150 rows of two values (two statements of 64 rows,
-    /// then 22 one by one) writes every row once, in order, each value in
-    /// its place.
+    use super::{Backend, Param, Rows, SqliteStore, Stmt, format_ts, numbered};
+
+    /// A row insert of 150 rows (two statements of 64 rows, then 22 one
+    /// by one) writes every row once, in order, each value in its place:
+    /// nulls as NULL, booleans as 0/1, timestamps as text (formatted anew
+    /// wherever the value changes).
     #[test]
     fn a_row_insert_writes_every_row_in_order() {
+        use datafusion::arrow::array::{BooleanArray, Float64Array, Int64Array, RecordBatch};
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).unwrap();
-        let rows = 150;
-        let insert = Stmt {
-            sql: "INSERT INTO t (a, b) VALUES".into(),
-            params: (0..rows)
-                .flat_map(|i| [Param::Int(i), Param::Text(format!("row {i}"))])
-                .collect(),
-            row_width: Some(2),
-        };
+        let rows = 150i64;
+        let text = |i: i64| (i % 7 != 3).then(|| format!("row {i}"));
+        let ts = |i: i64| (i != 5).then_some(1_700_000_000_000 + (i / 40) * 10_000);
+        let batch = RecordBatch::try_from_iter([
+            ("a", Arc::new(Int64Array::from_iter_values(0..rows)) as _),
+            (
+                "b",
+                Arc::new(StringArray::from_iter((0..rows).map(text))) as _,
+            ),
+            (
+                "c",
+                Arc::new(TimestampMillisecondArray::from_iter((0..rows).map(ts))) as _,
+            ),
+            (
+                "d",
+                Arc::new(Float64Array::from_iter_values(
+                    (0..rows).map(|i| i as f64 / 4.0),
+                )) as _,
+            ),
+            (
+                "e",
+                Arc::new(BooleanArray::from_iter((0..rows).map(|i| Some(i % 2 == 0)))) as _,
+            ),
+        ])
+        .unwrap();
+        let insert = Stmt::insert(
+            "INSERT INTO t (a, b, c, d, e) VALUES",
+            Rows::new(&batch).unwrap(),
+        );
         store
             .transaction(&mut |tx| {
                 tx.batch(
-                    "CREATE TABLE t (_seq INTEGER PRIMARY KEY AUTOINCREMENT, a INTEGER, b TEXT)",
+                    "CREATE TABLE t (_seq INTEGER PRIMARY KEY AUTOINCREMENT, a INTEGER, b TEXT,
+                     c TEXT, d REAL, e INTEGER)",
                 )?;
                 tx.run(&insert)
             })
@@ -383,7 +495,7 @@ mod tests {
         let mut seen = Vec::new();
         store
             .session(&mut |tx| {
-                let (_, rs) = tx.query("SELECT _seq, a, b FROM t ORDER BY _seq", &[])?;
+                let (_, rs) = tx.query("SELECT _seq, a, b, c, d, e FROM t ORDER BY _seq", &[])?;
                 seen = rs;
                 Ok(())
             })
@@ -391,13 +503,18 @@ mod tests {
         assert_eq!(seen.len(), rows as usize);
         for (i, r) in seen.iter().enumerate() {
             let i = i as i64;
+            let or_null = |v: Option<String>| v.map_or(super::Value::Null, super::Value::Text);
             assert_eq!(
                 r,
                 &vec![
                     super::Value::Integer(i + 1),
                     super::Value::Integer(i),
-                    super::Value::Text(format!("row {i}")),
-                ]
+                    or_null(text(i)),
+                    or_null(ts(i).map(format_ts)),
+                    super::Value::Real(i as f64 / 4.0),
+                    super::Value::Integer((i % 2 == 0).into()),
+                ],
+                "row {i}"
             );
         }
     }
