@@ -242,14 +242,21 @@ impl App {
         }
         let kafka = self.config.kafka_conn(def);
         let topic = def.topic.clone();
+        let key = (kafka.brokers.clone(), topic.clone());
+        let found = self.topics_found.lock().expect("lock").get(&key).copied();
+        if found.is_some_and(|at| at.elapsed() < TOPIC_FOUND_FOR) {
+            return None;
+        }
         let (k, t) = (kafka.clone(), topic.clone());
-        let wait = std::time::Duration::from_secs(1);
+        let wait = Duration::from_secs(1);
         let exists = tokio::task::spawn_blocking(move || {
             crate::source::kafka::admin::topic_exists(&k, &t, wait)
         })
         .await
         .ok()??;
         if exists {
+            let mut found = self.topics_found.lock().expect("lock");
+            found.insert(key, Instant::now());
             return None;
         }
         let w = format!(

@@ -30,10 +30,11 @@ mod render;
 mod rollup;
 mod rows;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
@@ -153,7 +154,16 @@ pub struct App {
     /// While a script runs (under `ddl`), the gate the queries it creates
     /// start together at ([`crate::runtime::gate`]).
     start_gate: std::sync::Mutex<Option<crate::runtime::gate::StartGate>>,
+    /// When each (brokers, topic) was last found on its brokers: a script
+    /// creating eight queries over one stream asks them once, not nine
+    /// times, each with a Kafka client of its own (see
+    /// [`TOPIC_FOUND_FOR`]).
+    topics_found: Mutex<HashMap<(String, String), Instant>>,
 }
+
+/// How long a topic found on its brokers is taken to be there without
+/// asking again, for the missing-topic warning only.
+const TOPIC_FOUND_FOR: Duration = Duration::from_secs(60);
 
 /// Queries created while it lives start together when it is dropped.
 struct StartTogether<'a> {
@@ -289,6 +299,7 @@ impl App {
             groups: Arc::default(),
             ddl: tokio::sync::Mutex::new(()),
             start_gate: std::sync::Mutex::new(None),
+            topics_found: Default::default(),
         });
         if app.config.cluster.is_some() {
             app.store.postgres()?;
