@@ -76,8 +76,7 @@ pub fn threads_cpu_since(
         let spent = cpu.saturating_sub(old.get(&tid).copied().unwrap_or_default());
         *parts.entry(class(&name)).or_default() += spent.as_secs_f64();
     }
-    // Parts under 5 ms print as 0.00: left out.
-    let mut parts: Vec<(String, f64)> = parts.into_iter().filter(|p| p.1 >= 0.005).collect();
+    let mut parts: Vec<(String, f64)> = parts.into_iter().filter(|p| p.1 > 0.0).collect();
     parts.sort_by(|a, b| b.1.total_cmp(&a.1));
     parts
 }
@@ -181,6 +180,8 @@ impl RunStats {
             let parts: Vec<String> = self
                 .threads
                 .iter()
+                // Parts under 5 ms would print as 0.00.
+                .filter(|(_, s)| *s >= 0.005)
                 .map(|(name, s)| format!("{name} {s:.2}"))
                 .collect();
             other.push_str(&format!("\n    cpu s by thread: {}", parts.join(", ")));

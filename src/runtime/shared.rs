@@ -111,12 +111,11 @@ pub struct Readers {
     readers: Mutex<Vec<Arc<Reader>>>,
     /// Records of its latest polls each reader keeps (see [`KEEP`]).
     keep: usize,
-    /// Readers started per stream since the server started: one per
-    /// stream when its queries share one read, one more per catch-up.
-    started: Mutex<BTreeMap<String, u64>>,
-    /// Consumers queries connected per stream since the server started:
-    /// one per reader started (a query that joins one connects none).
-    connected: Mutex<BTreeMap<String, u64>>,
+    /// Per stream, the readers started (one per stream when its queries
+    /// share one read, one more per catch-up) and the consumers queries
+    /// connected (one per reader started: a query that joins one connects
+    /// none) since the server started; `readers` is not kept here.
+    counts: Mutex<BTreeMap<String, StreamReads>>,
     /// Streams one of whose queries is connecting to start a reader (see
     /// [`Readers::open`]), and the news that one is done.
     starting: (Mutex<std::collections::BTreeSet<String>>, Condvar),
@@ -267,9 +266,10 @@ impl Readers {
         let Some(src) = connect()? else {
             return Ok(None);
         };
-        *lock(&self.connected)
+        lock(&self.counts)
             .entry(task.stream.name.clone())
-            .or_default() += 1;
+            .or_default()
+            .consumers += 1;
         self.subscribe(task, src).map(Some)
     }
 
@@ -344,22 +344,17 @@ impl Readers {
                 }
             })?;
         tracing::info!(query = %task.name, stream = %task.stream.name, "started a reader of the stream");
-        *lock(&self.started)
+        lock(&self.counts)
             .entry(task.stream.name.clone())
-            .or_default() += 1;
+            .or_default()
+            .started += 1;
         Ok(Subscription::new(task, rx, partitions, &offsets))
     }
 
     /// Per stream: its readers now, the readers started and the consumers
     /// connected since the server started.
     pub fn per_stream(&self) -> BTreeMap<String, StreamReads> {
-        let mut out: BTreeMap<String, StreamReads> = BTreeMap::new();
-        for (s, n) in lock(&self.started).iter() {
-            out.entry(s.clone()).or_default().started = *n;
-        }
-        for (s, n) in lock(&self.connected).iter() {
-            out.entry(s.clone()).or_default().consumers = *n;
-        }
+        let mut out = lock(&self.counts).clone();
         for r in lock(&self.readers).iter() {
             out.entry(r.stream.name.clone()).or_default().readers += 1;
         }
