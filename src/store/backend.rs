@@ -305,8 +305,8 @@ pub(crate) fn migrate(b: &dyn Backend) -> Result<()> {
 /// of `schema`, and an index on the window's start. Its start names a
 /// window for every read and every replacement of its rows (a session's end
 /// is checked on the few rows sharing its start); indexing the end as well
-/// made each window's commit ~40 % slower in SQLite (`benches/store.rs`:
-/// 15.7–17.6 ms vs 11.2–12.6 ms for 19 000 rows), for no lookup that
+/// made a window's commit ~1.5× as slow in SQLite (`benches/store.rs`:
+/// 15.7–21.4 ms vs 11.2–12.6 ms for 19 000 rows), for no lookup that
 /// needs it. Tables made before keep their two-column index.
 pub(crate) fn results_ddl(d: &Dialect, name: &str, schema: &Schema) -> String {
     rows_table_ddl(d, name, schema, ("window", "window_start"))
