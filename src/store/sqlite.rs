@@ -34,7 +34,7 @@ use std::time::Duration;
 use rusqlite::types::{ToSqlOutput, Value as SqlValue, ValueRef};
 use rusqlite::{Connection, ErrorCode};
 
-use datafusion::arrow::array::{StringArray, StringBuilder, TimestampMillisecondArray};
+use datafusion::arrow::array::{Array, StringArray, StringBuilder, TimestampMillisecondArray};
 
 use super::backend::{Backend, Col, Dialect, EachRow, MAX_PARAMS, Param, Rows, Stmt, Tx, Value};
 use super::results::{Cell, ResultColumns};
@@ -270,40 +270,40 @@ impl rusqlite::ToSql for Bound<'_> {
     }
 }
 
-/// A row insert's rows as SQLite takes them: timestamps as text, each
+/// A row insert's columns as SQLite takes them: timestamps as text, each
 /// formatted once per run of equal values (a window's rows share their
-/// bounds).
-struct BoundRows<'a> {
-    rows: &'a Rows,
-    ts_text: Vec<Option<StringArray>>,
+/// bounds), the others as they are.
+enum BoundCol<'a> {
+    Ts(StringArray),
+    As(&'a Col),
 }
+
+/// A row insert's rows, bound column by column ([`BoundCol`]).
+struct BoundRows<'a>(Vec<BoundCol<'a>>);
 
 impl<'a> BoundRows<'a> {
     fn new(rows: &'a Rows) -> Self {
-        let ts_text = rows
-            .cols()
-            .iter()
-            .map(|c| match c {
-                Col::Ts(a) => Some(ts_text(a)),
-                _ => None,
-            })
-            .collect();
-        BoundRows { rows, ts_text }
+        let cols = rows.cols().iter().map(|c| match c {
+            Col::Ts(a) => BoundCol::Ts(ts_text(a)),
+            c => BoundCol::As(c),
+        });
+        BoundRows(cols.collect())
     }
 
     /// The values of rows `range`, one row after the other.
     fn values(&self, range: Range<usize>) -> impl Iterator<Item = Bound<'_>> {
         range.flat_map(move |i| {
-            let cols = self.rows.cols().iter().zip(&self.ts_text);
-            cols.map(move |(c, ts)| match (c, ts) {
-                _ if !c.is_valid(i) => Bound::Null,
-                (_, Some(text)) => Bound::Text(text.value(i)),
-                (Col::Bool(a), _) => Bound::Int(a.value(i).into()),
-                (Col::Int(a), _) => Bound::Int(a.value(i)),
-                (Col::Real(a), _) => Bound::Real(a.value(i)),
-                (Col::Ts(a), None) => unreachable!("timestamps {} are formatted", a.len()),
-                (Col::Text(a), _) => Bound::Text(a.value(i)),
-                (Col::Blob(a), _) => Bound::Blob(a.value(i)),
+            self.0.iter().map(move |c| match c {
+                BoundCol::Ts(t) if t.is_valid(i) => Bound::Text(t.value(i)),
+                BoundCol::As(c) if c.is_valid(i) => match c {
+                    Col::Bool(a) => Bound::Int(a.value(i).into()),
+                    Col::Int(a) => Bound::Int(a.value(i)),
+                    Col::Real(a) => Bound::Real(a.value(i)),
+                    Col::Text(a) => Bound::Text(a.value(i)),
+                    Col::Blob(a) => Bound::Blob(a.value(i)),
+                    Col::Ts(_) => unreachable!("timestamps are bound as text"),
+                },
+                _ => Bound::Null,
             })
         })
     }
@@ -312,17 +312,16 @@ impl<'a> BoundRows<'a> {
 /// `a`'s values as SQLite's text timestamps.
 fn ts_text(a: &TimestampMillisecondArray) -> StringArray {
     let mut out = StringBuilder::with_capacity(a.len(), a.len() * 23);
-    let mut last: Option<(i64, String)> = None;
+    let (mut last, mut text) = (None, String::new());
     for v in a.iter() {
-        match v {
-            None => out.append_null(),
-            Some(ms) => {
-                if last.as_ref().is_none_or(|(l, _)| *l != ms) {
-                    last = Some((ms, format_ts(ms)));
-                }
-                out.append_value(last.as_ref().map_or("", |(_, t)| t.as_str()));
-            }
+        let Some(ms) = v else {
+            out.append_null();
+            continue;
+        };
+        if last != Some(ms) {
+            (last, text) = (Some(ms), format_ts(ms));
         }
+        out.append_value(&text);
     }
     out.finish()
 }

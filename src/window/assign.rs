@@ -58,8 +58,7 @@ impl WindowEngine {
             let bounds = (pm, delay, self.closed_wm, grace);
             if let Some(w) = on_time(kind, &ts, log_times, bounds) {
                 self.clock.observe(partition, w.max_event);
-                let (starts, ends) = (w.starts, w.ends);
-                return self.with_windows(batch, None, starts, ends).map(Some);
+                return self.with_windows(batch, None, w.starts, w.ends).map(Some);
             }
         }
         let mut idx: Vec<u32> = Vec::with_capacity(n);
