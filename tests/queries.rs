@@ -227,6 +227,7 @@ async fn run_case(sql: &str, input: &[Line], batching: Batching) -> String {
                         batch,
                         log_times,
                         offsets,
+                        windows: Default::default(),
                     }));
                 }
                 out.extend(engine.process_polled(batches, 0).await.unwrap());

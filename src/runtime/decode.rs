@@ -260,6 +260,7 @@ impl StreamDecoder {
                 batch,
                 log_times,
                 offsets,
+                windows: Default::default(),
             }
         });
         let rejected = rejected

@@ -664,6 +664,7 @@ fn from_offset(b: &PartitionBatch, from: i64) -> Option<PartitionBatch> {
             Offsets::Each(each) => Offsets::Each(each[skip..].to_vec()),
             Offsets::Unknown => Offsets::Unknown,
         },
+        windows: Default::default(),
     })
 }
 
@@ -682,6 +683,7 @@ mod tests {
             batch: RecordBatch::try_new(schema, vec![values]).unwrap(),
             log_times: Some((100..100 + n).collect()),
             offsets,
+            windows: Default::default(),
         }
     }
 

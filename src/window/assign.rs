@@ -3,12 +3,22 @@
 //! hopping windows, their sessions, or the cumulative table; late and bad
 //! records are counted and dropped (late ones kept, if asked: `late.rs`).
 //!
-//! Most batches of tumbling and cumulative queries have no late record:
-//! [`on_time`] finds their windows in one lean pass (no record index, the
-//! previous record's window reused) and hands the others to the full one.
+//! Most batches of tumbling and cumulative queries have no late record.
+//! For those, a batch's windows and what judging them takes ([`Spans`])
+//! are worked out once, in one pass, and shared by every query of the
+//! stream with the same window ([`WindowMemo`]: the queries sharing a read
+//! get clones of one batch); each query then judges the whole batch in
+//! constant time against its own watermark, and hands a batch with a late
+//! record to the record-by-record pass.
+//!
+//! ```text
+//! reader ── PartitionBatch ──┬── q1: Spans (made) ── on time? ── batch + windows
+//!           (one WindowMemo) ├── q2: Spans (shared) ── on time? ── ...
+//!                            └── q3: hopping ── record by record
+//! ```
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::{
     Array, ArrayRef, TimestampMillisecondArray, UInt32Array, new_null_array,
@@ -20,6 +30,13 @@ use super::late::LateMark;
 use super::{PartitionBatch, WindowEngine, closed_through, session, ts_values, window_closed};
 use crate::error::Result;
 use crate::model::WindowKind;
+
+/// Records assigned to windows: the batch plan's input, and the batch's
+/// windows when its [`Spans`] named them.
+pub(super) struct Assigned {
+    pub(super) batch: RecordBatch,
+    pub(super) spans: Option<Arc<Spans>>,
+}
 
 impl WindowEngine {
     /// Assigns one partition's records to windows, advancing the partition's
@@ -34,7 +51,7 @@ impl WindowEngine {
         log_times: Option<&[i64]>,
         keys: Option<&[session::RecordKey]>,
         arrival_ms: i64,
-    ) -> Result<Option<RecordBatch>> {
+    ) -> Result<Option<Assigned>> {
         let (partition, batch) = (pb.partition, &pb.batch);
         let n = batch.num_rows();
         self.counters
@@ -43,24 +60,36 @@ impl WindowEngine {
         if n == 0 {
             return Ok(None);
         }
-        let (ts, nulls) = match self.event_time {
-            Some(c) => {
-                let col = batch.column(c);
-                (ts_values(col)?, col.logical_nulls())
-            }
-            None => (vec![arrival_ms; n], None),
-        };
+        let time_col = self.event_time.map(|c| batch.column(c));
+        let nulls = time_col.and_then(|col| col.logical_nulls());
         let mut pm = self.clock.max_event(partition);
         let delay = self.clock.delay();
         let kind = self.plan.window.kind;
         let grace = self.grace;
-        if nulls.as_ref().is_none_or(|nb| nb.null_count() == 0) {
-            let bounds = (pm, delay, self.closed_wm, grace);
-            if let Some(w) = on_time(kind, &ts, log_times, bounds) {
-                self.clock.observe(partition, w.max_event);
-                return self.with_windows(batch, None, w.starts, w.ends).map(Some);
+        let lean = matches!(
+            kind,
+            WindowKind::Tumbling { .. } | WindowKind::Cumulative { .. }
+        );
+        if lean && nulls.as_ref().is_none_or(|nb| nb.null_count() == 0) {
+            let spans = match (self.event_time, time_col) {
+                (Some(c), Some(col)) => pb.windows.get_or_make((c, kind), || {
+                    Ok(Spans::new(kind, &ts_values(col)?, log_times))
+                })?,
+                // Arrival time is each query's own: nothing to share.
+                _ => Arc::new(Spans::new(kind, &vec![arrival_ms; n], log_times)),
+            };
+            if spans.on_time(kind, (pm, delay, self.closed_wm, grace)) {
+                self.clock.observe(partition, pm.max(spans.max_event));
+                let (starts, ends) = (spans.starts.clone(), spans.ends.clone());
+                let batch = self.with_windows(batch, None, starts, ends)?;
+                let spans = Some(spans);
+                return Ok(Some(Assigned { batch, spans }));
             }
         }
+        let ts = match time_col {
+            Some(col) => ts_values(col)?,
+            None => vec![arrival_ms; n],
+        };
         let mut idx: Vec<u32> = Vec::with_capacity(n);
         let mut starts: Vec<i64> = Vec::with_capacity(n);
         let mut ends: Vec<i64> = Vec::with_capacity(n);
@@ -168,7 +197,10 @@ impl WindowEngine {
         // Every record in one window each, in order: the columns as they are.
         let identity = idx.len() == n && idx.iter().enumerate().all(|(k, &v)| v as usize == k);
         let idx = (!identity).then_some(idx);
-        self.with_windows(batch, idx, starts, ends).map(Some)
+        let starts = Arc::new(TimestampMillisecondArray::from(starts));
+        let ends = Arc::new(TimestampMillisecondArray::from(ends));
+        let batch = self.with_windows(batch, idx, starts, ends)?;
+        Ok(Some(Assigned { batch, spans: None }))
     }
 
     /// `batch`'s records at `idx` (all of them, in order, when `None`) with
@@ -177,8 +209,8 @@ impl WindowEngine {
         &self,
         batch: &RecordBatch,
         idx: Option<Vec<u32>>,
-        starts: Vec<i64>,
-        ends: Vec<i64>,
+        starts: ArrayRef,
+        ends: ArrayRef,
     ) -> Result<RecordBatch> {
         let indices = idx.map(UInt32Array::from);
         let mut cols: Vec<ArrayRef> = Vec::with_capacity(batch.num_columns() + 2);
@@ -189,81 +221,126 @@ impl WindowEngine {
                 Some(idx) => new_null_array(c.data_type(), idx.len()),
             });
         }
-        cols.push(Arc::new(TimestampMillisecondArray::from(starts)));
-        cols.push(Arc::new(TimestampMillisecondArray::from(ends)));
+        cols.push(starts);
+        cols.push(ends);
         Ok(RecordBatch::try_new(self.plan.input_schema.clone(), cols)?)
     }
 }
 
-/// The windows of a partition batch none of whose records is late.
-#[derive(Debug, PartialEq)]
-struct OnTime {
-    /// The partition's largest event time after the batch (each record's
-    /// capped at its log time), as the record-by-record pass leaves it.
+/// The windows of one partition batch's records under one tumbling or
+/// cumulative window spec, and what judging them against a query's
+/// watermark takes (see [`Spans::on_time`]).
+#[derive(Debug)]
+pub(super) struct Spans {
+    /// The largest event time in the batch, each record's capped at its
+    /// time in the log.
     max_event: i64,
-    starts: Vec<i64>,
-    ends: Vec<i64>,
+    /// The earliest window end in the batch.
+    first_end: i64,
+    /// The least, over each record but the first, of its window's end less
+    /// the largest capped event time before it (`None` for one record).
+    min_lead: Option<i128>,
+    starts: ArrayRef,
+    ends: ArrayRef,
+    /// The batch's windows by (end, start), once per run of records in one.
+    pub(super) windows: Vec<(i64, i64)>,
 }
 
-/// The windows of a tumbling or cumulative query's records `ts` (no nulls)
-/// when none of them is late or corrects a closed window, else `None`.
-/// `bounds` are the partition's largest event time before the batch, the
-/// watermark delay, the watermark windows were closed through, and the
-/// grace. The pass follows the record-by-record rule without its
-/// bookkeeping: the running watermark closes windows through
-/// [`closed_through`], so a record is late exactly when it falls before
-/// the earliest window still open, which moves only as that bound crosses
-/// a window's end; a record that would correct a closed window under
-/// `ALLOW LATE` (closed by the grace alone) is left to the full pass too.
-fn on_time(
-    kind: WindowKind,
-    ts: &[i64],
-    log_times: Option<&[i64]>,
-    (max_before, delay, closed_wm, grace): (i64, i64, i64, i64),
-) -> Option<OnTime> {
-    let n = ts.len();
-    let capped = |i: usize| log_times.map_or(ts[i], |l| ts[i].min(l[i]));
-    let mut max_event = max_before;
-    let (starts, ends) = match kind {
-        WindowKind::Cumulative { .. } => {
-            max_event = (0..n).map(capped).fold(max_event, i64::max);
-            (vec![0; n], vec![0; n])
-        }
-        WindowKind::Tumbling { size_ms: size } => {
-            let mut starts = Vec::with_capacity(n);
-            // The earliest open window's start, and the bound that closes it.
-            let (mut open_from, mut open_until) = (i64::MIN, i64::MIN);
-            // The window of the previous record: the next is usually in it.
-            let mut start = i64::MIN;
-            for (i, &t) in ts.iter().enumerate() {
-                let frontier = max_event.saturating_sub(delay).max(closed_wm);
-                let closed = closed_through(kind, grace, frontier);
-                if closed >= open_until {
-                    open_from = closed
-                        .div_euclid(size)
-                        .checked_mul(size)
-                        .unwrap_or(i64::MIN);
-                    open_until = open_from.saturating_add(size);
-                }
-                if t < open_from {
-                    return None;
-                }
-                if t < start || t >= start + size {
-                    start = t.div_euclid(size) * size;
-                }
-                starts.push(start);
-                max_event = max_event.max(capped(i));
+impl Spans {
+    /// The spans of records at event times `ts` (no nulls), each capped at
+    /// its `log_times` entry, under a tumbling or cumulative `kind`: one pass,
+    /// the previous record's window reused.
+    fn new(kind: WindowKind, ts: &[i64], log_times: Option<&[i64]>) -> Spans {
+        let n = ts.len();
+        let capped = |i: usize| log_times.map_or(ts[i], |l| ts[i].min(l[i]));
+        let zeros = || -> ArrayRef { Arc::new(TimestampMillisecondArray::from(vec![0; n])) };
+        let WindowKind::Tumbling { size_ms: size } = kind else {
+            // Cumulative: one table, never late.
+            return Spans {
+                max_event: (0..n).map(capped).max().unwrap_or(i64::MIN),
+                first_end: i64::MAX,
+                min_lead: None,
+                starts: zeros(),
+                ends: zeros(),
+                windows: vec![(0, 0)],
+            };
+        };
+        let mut starts = Vec::with_capacity(n);
+        let mut windows = Vec::new();
+        let (mut max_event, mut min_lead) = (i64::MIN, None::<i128>);
+        // The window of the previous record: the next is usually in it.
+        let mut start = i64::MIN;
+        for (i, &t) in ts.iter().enumerate() {
+            if t < start || t >= start + size {
+                start = t.div_euclid(size) * size;
+                windows.push((start + size, start));
             }
-            let ends = starts.iter().map(|s| s + size).collect();
-            (starts, ends)
+            starts.push(start);
+            if i > 0 {
+                let lead = i128::from(start + size) - i128::from(max_event);
+                min_lead = Some(min_lead.map_or(lead, |m| m.min(lead)));
+            }
+            max_event = max_event.max(capped(i));
         }
-        WindowKind::Hopping { .. } | WindowKind::Session { .. } => return None,
-    };
-    Some(OnTime {
-        max_event,
-        starts,
-        ends,
-    })
+        let ends: Vec<i64> = starts.iter().map(|s| s + size).collect();
+        Spans {
+            max_event,
+            first_end: windows.iter().map(|w| w.0).min().unwrap_or(i64::MAX),
+            min_lead,
+            starts: Arc::new(TimestampMillisecondArray::from(starts)),
+            ends: Arc::new(TimestampMillisecondArray::from(ends)),
+            windows,
+        }
+    }
+
+    /// Whether none of the records is late nor would correct a closed window
+    /// under `ALLOW LATE` (closed by the grace alone), for a query whose
+    /// `bounds` are the partition's largest event time before the batch, the
+    /// watermark delay, the watermark windows were closed through, and the
+    /// grace: exactly when the record-by-record pass finds none.
+    ///
+    /// That pass finds record `i` late when its window ended at or before
+    /// [`closed_through`] the running watermark before it — the larger of
+    /// the closed watermark and the largest event time before it less the
+    /// delay. The bound only rises with that largest time, so it is the
+    /// larger of the bound at the batch's start (which no window end may
+    /// reach: `first_end`) and the bound at the largest time of the records
+    /// before `i` in the batch, which for these windows is that time less
+    /// the delay and the grace (which no window may end within: `min_lead`).
+    fn on_time(&self, kind: WindowKind, bounds: (i64, i64, i64, i64)) -> bool {
+        let (max_before, delay, closed_wm, grace) = bounds;
+        if let WindowKind::Cumulative { .. } = kind {
+            return true;
+        }
+        let at_start = max_before.saturating_sub(delay).max(closed_wm);
+        let within = -(i128::from(delay) + i128::from(grace));
+        self.first_end > closed_through(kind, grace, at_start)
+            && self.min_lead.is_none_or(|lead| lead > within)
+    }
+}
+
+/// A partition batch's [`Spans`] per event-time column and window spec,
+/// made by the first query that asks and shared by the batch's clones: the
+/// queries sharing one read of a stream each get a clone of its batches.
+#[derive(Debug, Clone, Default)]
+pub struct WindowMemo(Arc<Mutex<Made>>);
+
+/// Spans made so far, by event-time column and window spec.
+type Made = Vec<(Key, Arc<Spans>)>;
+type Key = (usize, WindowKind);
+
+impl WindowMemo {
+    /// The spans under `key`, made by `make` if no query made them yet
+    /// (while the others wait, rather than make them too).
+    fn get_or_make(&self, key: Key, make: impl FnOnce() -> Result<Spans>) -> Result<Arc<Spans>> {
+        let mut made = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, s)) = made.iter().find(|(k, _)| *k == key) {
+            return Ok(s.clone());
+        }
+        let spans = Arc::new(make()?);
+        made.push((key, spans.clone()));
+        Ok(spans)
+    }
 }
 
 #[cfg(test)]
@@ -323,18 +400,23 @@ mod tests {
                 next(2) * 300,
             );
             let (late, pm) = late_one_by_one(size, &ts, &caps_used, bounds);
-            let got = on_time(kind, &ts, with_caps.then_some(&caps[..]), bounds);
+            let spans = Spans::new(kind, &ts, with_caps.then_some(&caps[..]));
             let case = format!("{ts:?} capped {caps_used:?} bounds {bounds:?}");
-            let Some(w) = got else {
+            // The windows are the records' whatever the verdict.
+            let starts: Vec<i64> = ts.iter().map(|t| t.div_euclid(size) * size).collect();
+            let ends: Vec<i64> = starts.iter().map(|s| s + size).collect();
+            assert_eq!(values(&spans.starts), starts, "{case}");
+            assert_eq!(values(&spans.ends), ends, "{case}");
+            let mut runs: Vec<(i64, i64)> = ends.iter().copied().zip(starts).collect();
+            runs.dedup();
+            assert_eq!(spans.windows, runs, "{case}");
+            if !spans.on_time(kind, bounds) {
                 assert!(late > 0, "{case}: declined with no record late");
                 declined += 1;
                 continue;
-            };
+            }
             assert_eq!(late, 0, "{case}: passed with a record late");
-            assert_eq!(w.max_event, pm, "{case}");
-            let starts: Vec<i64> = ts.iter().map(|t| t.div_euclid(size) * size).collect();
-            assert_eq!(w.starts, starts, "{case}");
-            assert!(w.ends.iter().zip(&starts).all(|(e, s)| *e == s + size));
+            assert_eq!(spans.max_event.max(bounds.0), pm, "{case}");
             passed += 1;
         }
         // Both outcomes were met many times, or the cases prove nothing.
@@ -344,24 +426,46 @@ mod tests {
         );
     }
 
+    fn values(a: &ArrayRef) -> Vec<i64> {
+        let a = a.as_any().downcast_ref::<TimestampMillisecondArray>();
+        a.expect("timestamps").values().to_vec()
+    }
+
     #[test]
-    fn hopping_and_session_windows_are_judged_record_by_record() {
-        let b = (0, 0, i64::MIN, 0);
-        let hop = WindowKind::Hopping {
-            size_ms: 10,
-            slide_ms: 5,
+    fn cumulative_records_are_never_late() {
+        let kind = WindowKind::Cumulative { emit_ms: 1_000 };
+        let spans = Spans::new(kind, &[7, 3, 9], Some(&[7, 3, 5]));
+        assert_eq!(spans.max_event, 7);
+        assert_eq!(values(&spans.starts), [0, 0, 0]);
+        assert_eq!(values(&spans.ends), [0, 0, 0]);
+        assert_eq!(spans.windows, [(0, 0)]);
+        assert!(spans.on_time(kind, (i64::MAX, 0, i64::MAX, 0)));
+    }
+
+    #[test]
+    fn spans_are_made_once_per_window_spec_and_shared_by_clones() {
+        let memo = WindowMemo::default();
+        let shared = memo.clone();
+        let ten = WindowKind::Tumbling { size_ms: 10 };
+        let five = WindowKind::Tumbling { size_ms: 5 };
+        let made = std::cell::Cell::new(0);
+        let make = |kind| {
+            made.set(made.get() + 1);
+            Ok(Spans::new(kind, &[1, 12], None))
         };
-        assert_eq!(on_time(hop, &[1, 2], None, b), None);
-        assert_eq!(
-            on_time(WindowKind::Session { gap_ms: 10 }, &[1], None, b),
-            None
-        );
-        let cumulative =
-            on_time(WindowKind::Cumulative { emit_ms: 1_000 }, &[7, 3], None, b).unwrap();
-        assert_eq!(cumulative.max_event, 7);
-        assert_eq!(
-            (cumulative.starts, cumulative.ends),
-            (vec![0, 0], vec![0, 0])
-        );
+        let a = memo.get_or_make((0, ten), || make(ten)).unwrap();
+        let b = shared.get_or_make((0, ten), || make(ten)).unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(made.get(), 1);
+        // Another window spec, or another event-time column, is made anew.
+        let c = shared.get_or_make((0, five), || make(five)).unwrap();
+        assert_eq!(c.windows, [(5, 0), (15, 10)]);
+        shared.get_or_make((1, ten), || make(ten)).unwrap();
+        assert_eq!(made.get(), 3);
+        // A memo of its own (a new batch) shares nothing.
+        WindowMemo::default()
+            .get_or_make((0, ten), || make(ten))
+            .unwrap();
+        assert_eq!(made.get(), 4);
     }
 }

@@ -39,6 +39,8 @@ use crate::model::{Counters, Emission};
 use crate::plan::{ContinuousPlan, PartialRun};
 
 mod assign;
+use assign::Assigned;
+pub use assign::WindowMemo;
 mod checkpoint;
 pub use checkpoint::SavedCounters;
 mod close;
@@ -86,6 +88,9 @@ pub struct PartitionBatch {
     /// Per record, its offset in the partition: what the late table
     /// ([`late`]) names a late record by. Read only for late records.
     pub offsets: Offsets,
+    /// The records' windows, worked out once for all the queries that read
+    /// this batch (or its clones): a new batch starts with an empty memo.
+    pub windows: WindowMemo,
 }
 
 /// Where a batch's records are in their partition. The usual case costs
@@ -121,6 +126,7 @@ impl PartitionBatch {
             batch,
             log_times: None,
             offsets: Offsets::Unknown,
+            windows: WindowMemo::default(),
         }
     }
 }
@@ -475,7 +481,7 @@ impl WindowEngine {
         batches: Vec<PartitionBatch>,
         arrival_ms: i64,
     ) -> Result<Vec<Emission>> {
-        let mut pending: Vec<RecordBatch> = Vec::new();
+        let mut pending: Vec<Assigned> = Vec::new();
         let mut rows = 0;
         for b in batches {
             let caps = b.log_times.as_deref();
@@ -491,7 +497,7 @@ impl WindowEngine {
             let Some(expanded) = assigned else {
                 continue;
             };
-            rows += expanded.num_rows();
+            rows += expanded.batch.num_rows();
             pending.push(expanded);
             if rows >= COALESCE_ROWS {
                 self.aggregate(std::mem::take(&mut pending)).await?;
@@ -522,17 +528,18 @@ impl WindowEngine {
 
     /// Feeds window-assigned batches to the batch plan: to the running one,
     /// or for sessions to an execution of their own, as one batch.
-    async fn aggregate(&mut self, expanded: Vec<RecordBatch>) -> Result<()> {
+    async fn aggregate(&mut self, expanded: Vec<Assigned>) -> Result<()> {
         if self.sessions.is_some() {
-            let batch = match expanded.len() {
+            let mut batches: Vec<RecordBatch> = expanded.into_iter().map(|a| a.batch).collect();
+            let batch = match batches.len() {
                 0 => return Ok(()),
-                1 => expanded.into_iter().next().expect("one batch"),
-                _ => concat_batches(&self.plan.input_schema, &expanded)?,
+                1 => batches.pop().expect("one batch"),
+                _ => concat_batches(&self.plan.input_schema, &batches)?,
             };
             let states = self.plan.partial(batch).await?;
             return self.add_states(states).await;
         }
-        for batch in expanded {
+        for Assigned { batch, spans } in expanded {
             let live = match &mut self.live {
                 Some(live) => live,
                 None => self.live.insert(Live {
@@ -542,7 +549,10 @@ impl WindowEngine {
                 }),
             };
             live.rows += batch.num_rows();
-            note_windows(&batch, &mut live.windows);
+            match spans {
+                Some(spans) => live.windows.extend(&spans.windows),
+                None => note_windows(&batch, &mut live.windows),
+            }
             let early = live.run.push(batch)?;
             self.add_states(early).await?;
         }
