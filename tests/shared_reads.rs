@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use common::TestServer;
 use common::oracle::{
-    Feed, bursts_through_kill_nines, by_geo, mock_topic, ten_minutes_ago, wait_and_check,
-    wait_and_check_query,
+    Feed, bursts_through_kill_nines, by_geo, by_window, mock_topic, ten_minutes_ago,
+    wait_and_check, wait_and_check_query,
 };
 
 const STREAM: &str = "
@@ -49,6 +49,13 @@ CREATE QUERY by_advertiser AS
 SELECT advertiser, count(*) AS imps FROM impressions GROUP BY advertiser WINDOW 10s";
 
 /// Metric `name` of stream `impressions`, from `GET /metrics`.
+/// Another window over the same batches: 20 s, closed 3 s after its end.
+const BY_GEO_20S: &str = "
+CREATE QUERY by_geo_20s AS
+SELECT geo, count(*) AS imps, sum(bid) AS total_bid,
+       count(DISTINCT cookie) AS cookies, approx_distinct(cookie) AS uniques
+FROM impressions WHERE geo <> 'unknown' GROUP BY geo WINDOW 20s GRACE 3s";
+
 async fn stream_metric(s: &TestServer, name: &str) -> u64 {
     let prefix = format!("{name}{{stream=\"impressions\"}} ");
     let text = s.get_text("/metrics").await;
@@ -180,4 +187,44 @@ async fn queries_sharing_a_read_through_kill_nines_equal_the_oracle() {
     wait_and_check(&s, &oracle).await;
     wait_and_check_query(&s, "by_geo", &["geo"], &by_geo(&oracle)).await;
     wait_for_readers(&s, 1).await;
+}
+
+/// Queries with different windows (10 s; 20 s with a grace of 3 s) over
+/// one read: each finds its own windows in the batches they share (two
+/// sharing the 10 s ones) and judges them against its own watermark.
+/// Bursts with pauses, and between them a record far behind every
+/// watermark in a different partition each time: every query counts
+/// each such record late, and every query's rows equal the oracle (by
+/// 20 s windows for the one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_with_different_windows_over_one_read_judge_their_own_records() {
+    let (_cluster, brokers) = mock_topic(4);
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path(), &brokers);
+    s.sql(&format!("{STREAM}; {ADNETWORK}; {GEO_ALL}; {BY_GEO_20S}"))
+        .await;
+    // One event-time millisecond per record: a burst of 20 000 is 20 s.
+    let base = ten_minutes_ago().div_euclid(20_000) * 20_000;
+    let mut feed = Feed::new(&brokers, 4, base, 1);
+    let mut late = 0;
+    for round in 0..5 {
+        feed.burst(20_000, 20_000.0);
+        std::thread::sleep(Duration::from_millis(1_200));
+        // From the second burst on, each partition's watermark is past
+        // `base + 35 s`, so the first 20 s window closed, grace and all.
+        if round > 0 {
+            feed.stray(base + 1_000, round % 4);
+            late += 1;
+        }
+    }
+    wait_and_check(&s, &feed.oracle).await;
+    wait_and_check_query(&s, "geo_all", &["geo"], &by_geo(&feed.oracle)).await;
+    let by_20s = by_window(&by_geo(&feed.oracle), base, 20_000);
+    wait_and_check_query(&s, "by_geo_20s", &["geo"], &by_20s).await;
+    for q in ["adnetwork", "geo_all", "by_geo_20s"] {
+        let (_, v) = s.get(&format!("/queries/{q}")).await;
+        assert_eq!(v["counters"]["late_records"], late, "{v}");
+        assert_eq!(v["counters"]["records_in"], 100_000 + late, "{v}");
+    }
+    assert_eq!(readers(&s).await, 1);
 }

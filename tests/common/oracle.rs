@@ -172,6 +172,33 @@ pub fn by_geo(oracle: &BTreeMap<Key, Agg>) -> BTreeMap<Key, Agg> {
     out
 }
 
+/// An oracle of 10 s windows starting at or after `base` (a window start)
+/// by windows of `size_ms` instead (a multiple of 10 s).
+pub fn by_window(oracle: &BTreeMap<Key, Agg>, base: i64, size_ms: i64) -> BTreeMap<Key, Agg> {
+    let last = oracle
+        .keys()
+        .map(|k| k[0].clone())
+        .max()
+        .unwrap_or_default();
+    let mut start_of = BTreeMap::new();
+    let mut ws = base;
+    while runnel::store::format_api_ts(ws) <= last {
+        start_of.insert(runnel::store::format_api_ts(ws), ws);
+        ws += 10_000;
+    }
+    let mut out: BTreeMap<Key, Agg> = BTreeMap::new();
+    for (k, a) in oracle {
+        let start = start_of[&k[0]].div_euclid(size_ms) * size_ms;
+        let mut key = k.clone();
+        key[0] = runnel::store::format_api_ts(start);
+        let g = out.entry(key).or_default();
+        g.n += a.n;
+        g.sum += a.sum;
+        g.cookies.extend(a.cookies.iter().cloned());
+    }
+    out
+}
+
 /// Waits until `query` (columns `imps`, `total_bid`, `cookies`,
 /// `uniques`, grouped by `group`) has as many rows as the oracle has
 /// groups (the last window closes once the stream has been quiet long
