@@ -30,6 +30,15 @@ pub struct Agg {
     pub cookies: BTreeSet<String>,
 }
 
+impl Agg {
+    /// Adds `other`'s records.
+    fn add(&mut self, other: &Agg) {
+        self.n += other.n;
+        self.sum += other.sum;
+        self.cookies.extend(other.cookies.iter().cloned());
+    }
+}
+
 /// Produces impressions and keeps the exact oracle of what it produced:
 /// record `i` has event time `base + i * step_ms` (the wall clock when
 /// `step_ms` is 0) and goes to partition `i % partitions`.
@@ -164,10 +173,9 @@ pub async fn wait_and_check(s: &TestServer, oracle: &BTreeMap<Key, Agg>) {
 pub fn by_geo(oracle: &BTreeMap<Key, Agg>) -> BTreeMap<Key, Agg> {
     let mut out: BTreeMap<Key, Agg> = BTreeMap::new();
     for (k, a) in oracle {
-        let g = out.entry(vec![k[0].clone(), k[2].clone()]).or_default();
-        g.n += a.n;
-        g.sum += a.sum;
-        g.cookies.extend(a.cookies.iter().cloned());
+        out.entry(vec![k[0].clone(), k[2].clone()])
+            .or_default()
+            .add(a);
     }
     out
 }
@@ -191,10 +199,7 @@ pub fn by_window(oracle: &BTreeMap<Key, Agg>, base: i64, size_ms: i64) -> BTreeM
         let start = start_of[&k[0]].div_euclid(size_ms) * size_ms;
         let mut key = k.clone();
         key[0] = runnel::store::format_api_ts(start);
-        let g = out.entry(key).or_default();
-        g.n += a.n;
-        g.sum += a.sum;
-        g.cookies.extend(a.cookies.iter().cloned());
+        out.entry(key).or_default().add(a);
     }
     out
 }
