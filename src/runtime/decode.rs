@@ -247,7 +247,7 @@ impl StreamDecoder {
         };
         let batch = batch.filter(|b| b.num_rows() > 0).map(|batch| {
             let log_times = (chunk.log_times.len() == payloads.len()).then(|| match &kept {
-                None => chunk.log_times.clone(),
+                None => chunk.log_times.as_slice().into(),
                 Some(kept) => kept.iter().map(|&i| chunk.log_times[i]).collect(),
             });
             let offsets = match &kept {

@@ -658,7 +658,7 @@ fn from_offset(b: &PartitionBatch, from: i64) -> Option<PartitionBatch> {
     Some(PartitionBatch {
         partition: b.partition,
         batch: b.batch.slice(skip, n - skip),
-        log_times: b.log_times.as_ref().map(|t| t[skip..].to_vec()),
+        log_times: b.log_times.as_ref().map(|t| t[skip..].into()),
         offsets: match &b.offsets {
             Offsets::From(first) => Offsets::From(first + skip as i64),
             Offsets::Each(each) => Offsets::Each(each[skip..].to_vec()),
@@ -698,7 +698,7 @@ mod tests {
         assert_eq!(values(&from_offset(&b, 0).unwrap()), vec![0, 1, 2, 3, 4]);
         let part = from_offset(&b, 12).unwrap();
         assert_eq!(values(&part), vec![2, 3, 4]);
-        assert_eq!(part.log_times, Some(vec![102, 103, 104]));
+        assert_eq!(part.log_times.as_deref(), Some(&[102, 103, 104][..]));
         assert!(matches!(part.offsets, Offsets::From(12)));
         assert!(from_offset(&b, 15).is_none());
 

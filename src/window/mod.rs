@@ -83,8 +83,8 @@ pub struct PartitionBatch {
     /// record moves its partition's event-time frontier at most to it, so
     /// one record stamped far ahead cannot make the partition's following
     /// on-time records late; the log keeps it, so a replay decides the
-    /// same. `None` for sources without one.
-    pub log_times: Option<Vec<i64>>,
+    /// same. `None` for sources without one. Shared by the batch's clones.
+    pub log_times: Option<Arc<[i64]>>,
     /// Per record, its offset in the partition: what the late table
     /// ([`late`]) names a late record by. Read only for late records.
     pub offsets: Offsets,
