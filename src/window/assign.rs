@@ -319,7 +319,7 @@ impl Spans {
     }
 }
 
-/// A partition batch's [`Spans`] per event-time column and window spec,
+/// A partition batch's windows (`Spans`) per event-time column and window spec,
 /// made by the first query that asks and shared by the batch's clones: the
 /// queries sharing one read of a stream each get a clone of its batches.
 #[derive(Debug, Clone, Default)]
