@@ -146,7 +146,7 @@ pub struct RunStats {
     pub state_bytes: usize,
     /// CPU seconds of other processes (the broker), when measured.
     pub other_cpu_s: Option<f64>,
-    /// CPU seconds of the run's own threads by part (see [`threads_cpu_since`]).
+    /// CPU seconds of the run's own threads by part (see `threads_cpu_since`).
     pub threads: Vec<(String, f64)>,
 }
 

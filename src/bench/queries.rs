@@ -40,7 +40,7 @@ const GROUPS: [&str; 8] = [
 pub const QUERY_RUNS: usize = 3;
 
 /// `rounds` times one query, then eight sharing a read, then eight apart,
-/// over the same records produced once: [`QUERY_RUNS`] runs a round.
+/// over the same records produced once: `QUERY_RUNS` runs a round.
 pub async fn run_queries(ds: &Dataset, partitions: i32, rounds: usize) -> Result<Vec<RunStats>> {
     use rdkafka::producer::Producer;
     // The mock cluster holds about 4 MiB per partition, as in `e2e`.

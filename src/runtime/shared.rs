@@ -559,7 +559,7 @@ impl Reader {
 
 /// A query's share of a reader: the records at or past its own offsets.
 /// Every poll it receives decoded the columns it reads: the polls kept
-/// before it joined were widened for it ([`Reader::widen`]), the later
+/// before it joined were widened for it (`Reader::widen`), the later
 /// ones decode the columns of every subscriber.
 pub struct Subscription {
     rx: Receiver<Delivery>,

@@ -6,8 +6,8 @@
 //! | `POST /queries` | `{"sql": ..., "name"?: ...}` or a `text/plain` SELECT → `201` |
 //! | `GET /queries`, `GET /queries/{id}`, `DELETE /queries/{id}` | |
 //! | `GET /queries/{id}/results?from=&to=&after=&limit=&format=json\|csv&final=` | results, cursor-paged (`after=now` for only new rows), `has_more` when a page stops at its limit; `final=true` leaves out provisional rows (`EMIT EVERY`) |
-//! | `GET /queries/{id}/late?after=&limit=&format=json\|csv` | late records kept ([`super::late`]), cursor-paged like results |
-//! | `GET /queries/{id}/results?rollup=1h&from=&to=&limit=&format=&partial=` | roll-up of the complete buckets ([`super::rollup`]); `partial=true` adds the open ones, flagged by a `complete` column |
+//! | `GET /queries/{id}/late?after=&limit=&format=json\|csv` | late records kept (`late.rs`), cursor-paged like results |
+//! | `GET /queries/{id}/results?rollup=1h&from=&to=&limit=&format=&partial=` | roll-up of the complete buckets (`rollup.rs`); `partial=true` adds the open ones, flagged by a `complete` column |
 //! | `GET /queries/{id}/events` | the query's recent errors and warnings ([`crate::runtime::events`]) |
 //! | `GET /streams`, `GET /streams/{name}` | |
 //! | `GET /healthz` | `{"status": "ok"}`, or `"degraded"` with the queries that cannot read their broker or have failed (still 200: the server itself is alive) |

@@ -6,7 +6,7 @@
 //! at scrape time; batch durations, window-close latency, consumer lag and
 //! state size are recorded by each query's thread through its
 //! [`QueryMetrics`], which also holds the query's partitions' positions and
-//! its recent events ([`super::events`]).
+//! its recent events (`events.rs`).
 //!
 //! | metric | labels |
 //! |---|---|

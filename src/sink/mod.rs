@@ -10,7 +10,7 @@
 //! the same as `results?after=` and the SSE event id) and `runnel-after`
 //! (the cursor its batch followed). A broker without transactions gets
 //! at-least-once delivery: consumers drop repeats by `runnel-cursor`.
-//! [`SinkStatus`] is what `GET /queries/{id}` shows of it.
+//! `SinkStatus` is what `GET /queries/{id}` shows of it.
 //!
 //! In cluster mode the one member reading partition 0 of the stream
 //! publishes, from the shared store, the rows every member wrote; a member

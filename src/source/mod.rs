@@ -2,7 +2,7 @@
 //!
 //! Where Runnel's input records come from. [`kafka`] reads a topic's
 //! partitions for a query, [`socket`] reads newline-delimited records from a
-//! TCP server, and [`file`] reads a file's lines and follows it as it grows.
+//! TCP server, and [`file`](mod@file) reads a file's lines and follows it as it grows.
 //! [`Source`] picks one of them from a stream's `source` option, and
 //! [`prefetch`] reads it on a thread of its own, one poll ahead of the query.
 //! (The producers of test records, `runnel gen`, are in `generate`.)

@@ -120,7 +120,7 @@ impl<T: Send + 'static> Prefetch<T> {
     }
 
     /// Records not yet read per partition, as of the reader's last refresh
-    /// (at most [`PROGRESS_EVERY`] old; records read ahead count as read).
+    /// (at most `PROGRESS_EVERY` old; records read ahead count as read).
     pub fn lag(&self) -> Vec<(i32, i64)> {
         self.progress().lag
     }

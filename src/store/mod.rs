@@ -14,7 +14,7 @@
 //!
 //! Both apply versioned migrations when opened. [`Store`] holds what the
 //! backends share (the catalog, the order of a commit, results pages); a
-//! backend only runs statements ([`backend::Backend`]).
+//! backend only runs statements (`backend::Backend`).
 
 pub(crate) mod backend;
 pub mod late;
@@ -130,7 +130,7 @@ pub(crate) fn column_kind(dt: &DataType) -> ColumnKind {
 #[derive(Debug)]
 pub struct ResultPage {
     /// The rows, one column per column of the query's output in its stored
-    /// type ([`results::stored_type`]: `Timestamp(ms)`, `Int64`, `Float64`,
+    /// type (`results::stored_type`: `Timestamp(ms)`, `Int64`, `Float64`,
     /// `Boolean`, `Utf8`, `Binary`).
     pub batch: RecordBatch,
     /// Cursor to pass as `after` for the next page (the last row's sequence).
@@ -200,7 +200,7 @@ fn replaced_windows(e: &Emission) -> Result<Vec<(i64, i64)>> {
 /// A saved checkpoint: the next offset per partition and the engine state.
 pub type Checkpoint = (BTreeMap<i32, i64>, Vec<u8>);
 
-/// The store of a server: SQLite or PostgreSQL, behind one [`Backend`].
+/// The store of a server: SQLite or PostgreSQL, behind one `Backend`.
 #[derive(Clone)]
 pub struct Store {
     backend: Arc<dyn Backend>,

@@ -1,6 +1,6 @@
 //! The PostgreSQL store (`--store postgres://user:pass@host/db`): a
-//! [`Backend`] over one reconnecting connection, and PostgreSQL's
-//! [`Dialect`].
+//! `Backend` over one reconnecting connection, and PostgreSQL's
+//! `Dialect`.
 //!
 //! It holds what the SQLite store holds, in the same shape: `runnel_`
 //! catalog tables, checkpoints, and one typed results table per query

@@ -1,9 +1,9 @@
 //! Reading results tables as Arrow: pages after a cursor (the results API,
 //! SSE, `INTO TOPIC`) and whole tables (pull queries).
 //!
-//! A backend hands each stored value straight to a [`ResultColumns`], which
+//! A backend hands each stored value straight to a `ResultColumns`, which
 //! builds one Arrow column per results column in its stored type
-//! ([`stored_type`]): `Timestamp(ms)`, `Int64`, `Float64`, `Boolean`, `Utf8`
+//! (`stored_type`): `Timestamp(ms)`, `Int64`, `Float64`, `Boolean`, `Utf8`
 //! or `Binary`. Pages are batches of those types; pull queries and
 //! `INTO TOPIC` cast them to the query's exact output types.
 

@@ -1,5 +1,5 @@
-//! The embedded SQLite store: a [`Backend`] over one connection to
-//! `runnel.db` under the data dir, and SQLite's [`Dialect`].
+//! The embedded SQLite store: a `Backend` over one connection to
+//! `runnel.db` under the data dir, and SQLite's `Dialect`.
 //!
 //! Window results, the consumed Kafka offsets and the open-window state are
 //! written in one transaction ([`super::Store::commit`]), so after a restart
