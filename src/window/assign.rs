@@ -48,11 +48,12 @@ impl WindowEngine {
     pub(super) fn assign(
         &mut self,
         pb: &PartitionBatch,
-        log_times: Option<&[i64]>,
         keys: Option<&[session::RecordKey]>,
         arrival_ms: i64,
     ) -> Result<Option<Assigned>> {
         let (partition, batch) = (pb.partition, &pb.batch);
+        // The batch's own log times: what its shared spans were made with.
+        let log_times = pb.log_times.as_deref();
         let n = batch.num_rows();
         self.counters
             .records_in
@@ -253,15 +254,15 @@ impl Spans {
     fn new(kind: WindowKind, ts: &[i64], log_times: Option<&[i64]>) -> Spans {
         let n = ts.len();
         let capped = |i: usize| log_times.map_or(ts[i], |l| ts[i].min(l[i]));
-        let zeros = || -> ArrayRef { Arc::new(TimestampMillisecondArray::from(vec![0; n])) };
         let WindowKind::Tumbling { size_ms: size } = kind else {
             // Cumulative: one table, never late.
+            let zeros: ArrayRef = Arc::new(TimestampMillisecondArray::from(vec![0; n]));
             return Spans {
                 max_event: (0..n).map(capped).max().unwrap_or(i64::MIN),
                 first_end: i64::MAX,
                 min_lead: None,
-                starts: zeros(),
-                ends: zeros(),
+                starts: zeros.clone(),
+                ends: zeros,
                 windows: vec![(0, 0)],
             };
         };

@@ -428,7 +428,6 @@ impl WindowEngine {
         let mut pending: Vec<Assigned> = Vec::new();
         let mut rows = 0;
         for b in batches {
-            let caps = b.log_times.as_deref();
             let keys = match &self.sessions {
                 Some(s) => {
                     let indexed = session::with_record_index(&self.plan.input_schema, &b.batch)?;
@@ -437,7 +436,7 @@ impl WindowEngine {
                 }
                 None => None,
             };
-            let assigned = self.assign(&b, caps, keys.as_deref(), arrival_ms)?;
+            let assigned = self.assign(&b, keys.as_deref(), arrival_ms)?;
             let Some(expanded) = assigned else {
                 continue;
             };
