@@ -12,7 +12,7 @@ use tokio_postgres::types::{ToSql, Type};
 use crate::error::{Error, Result};
 use crate::model::Emission;
 use crate::model::WindowSpec;
-use crate::store::backend::emission_statements;
+use crate::store::backend::final_window_statements;
 use crate::store::postgres::{PgStore, execute_all};
 use crate::window::closed_through;
 use crate::window::watermark::{self, PartitionMark};
@@ -272,19 +272,27 @@ impl Shared {
         })
     }
 
-    /// Writes a final window's emissions (rows and merged state) and deletes
-    /// its partial states, atomically; `false` (nothing written) when another
-    /// server finalised it first.
-    pub fn finish_window(
+    /// Writes final windows' emissions (rows and merged states, one per
+    /// window, in the windows' order) and deletes their partial states, in
+    /// one transaction; `false` (nothing written) when another server
+    /// finished one of them first (it finishes the others too, or the next
+    /// search finds them).
+    pub fn finish_windows(
         &self,
         query: &str,
-        window: &FinalWindow,
+        windows: &[FinalWindow],
         grace: i64,
-        rows: &[Emission],
+        emissions: &[Emission],
     ) -> Result<bool> {
-        let stmts = emission_statements(query, rows)?;
-        let closed = window.end.saturating_add(grace);
-        let (query, ids) = (query.to_string(), window.ids.clone());
+        let Some(last) = windows.last() else {
+            return Ok(true);
+        };
+        let stmts = final_window_statements(query, emissions)?;
+        // Windows are finished in end order, so every window ending by the
+        // last one's end is final: later partial states for them are late.
+        let closed = last.end.saturating_add(grace);
+        let query = query.to_string();
+        let ids: Vec<i64> = windows.iter().flat_map(|w| w.ids.iter().copied()).collect();
         self.pg.with_client(|c| {
             block_on(async move {
                 let tx = c.transaction().await?;
@@ -300,16 +308,16 @@ impl Shared {
                 if n as usize != ids.len() {
                     return Ok(false);
                 }
-                execute_all(&tx, &stmts).await?;
-                // Windows are finished in end order, so every window ending by
-                // then is final: later partial states for them are late.
-                tx.execute_typed(
-                    "INSERT INTO runnel_query_watermarks (query, closed_wm) VALUES ($1, $2)
-                     ON CONFLICT (query) DO UPDATE
-                     SET closed_wm = greatest(runnel_query_watermarks.closed_wm, excluded.closed_wm)",
-                    &[q[0].clone(), (&closed, Type::INT8)],
-                )
-                .await?;
+                let watermark = [q[0].clone(), (&closed, Type::INT8)];
+                try_join!(
+                    execute_all(&tx, &stmts),
+                    tx.execute_typed(
+                        "INSERT INTO runnel_query_watermarks (query, closed_wm) VALUES ($1, $2)
+                         ON CONFLICT (query) DO UPDATE
+                         SET closed_wm = greatest(runnel_query_watermarks.closed_wm, excluded.closed_wm)",
+                        &watermark,
+                    ),
+                )?;
                 tx.commit().await?;
                 Ok(true)
             })

@@ -15,7 +15,7 @@ use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BinaryArray, BooleanArray, Float64Array, Int64Array, RecordBatch,
     StringArray, TimestampMillisecondArray,
 };
-use datafusion::arrow::compute::cast;
+use datafusion::arrow::compute::{cast, concat_batches};
 use datafusion::arrow::datatypes::{
     DataType, Float64Type, Int64Type, Schema, TimeUnit, TimestampMillisecondType,
 };
@@ -422,42 +422,68 @@ pub(crate) fn emission_statements(query: &str, emissions: &[Emission]) -> Result
     let table = quote(query);
     let mut stmts = Vec::new();
     for e in emissions {
-        if let Some((start, end, state)) = super::window_state(e)? {
-            stmts.push(Stmt::new(
-                "INSERT INTO runnel_window_states (query, window_start, window_end, state)
-                      VALUES ($1, $2, $3, $4)
-                      ON CONFLICT (query, window_start, window_end) DO UPDATE SET state = excluded.state",
-                vec![
-                    Param::Text(query.to_string()),
-                    Param::Int(start),
-                    Param::Int(end),
-                    Param::Blob(state),
-                ],
-            ));
+        replace_statements(query, &table, e, &mut stmts)?;
+        if e.batch.num_rows() > 0 {
+            insert_statements(&table, &e.batch, &mut stmts)?;
         }
-        let b = &e.batch;
-        if e.cumulative {
-            stmts.push(Stmt::new(format!("DELETE FROM {table}"), vec![]));
-        } else if e.open_sessions {
-            let provisional = quote(crate::model::emission::FINAL);
-            stmts.push(Stmt::new(
-                format!("DELETE FROM {table} WHERE NOT {provisional}"),
-                vec![],
-            ));
-        } else {
-            for (s, en) in super::replaced_windows(e)? {
-                stmts.push(Stmt::new(
-                    format!("DELETE FROM {table} WHERE window_start = $1 AND window_end = $2"),
-                    vec![Param::Ts(s), Param::Ts(en)],
-                ));
-            }
-        }
-        if b.num_rows() == 0 {
-            continue;
-        }
-        insert_statements(&table, b, &mut stmts)?;
     }
     Ok(stmts)
+}
+
+/// [`emission_statements`] for the final rows of distinct windows, each
+/// emission naming its own: the windows' states and the deletes of rows
+/// they replace, then every window's rows in one insert (a statement per
+/// [`MAX_PARAMS`] values instead of one per window).
+pub(crate) fn final_window_statements(query: &str, emissions: &[Emission]) -> Result<Vec<Stmt>> {
+    let table = quote(query);
+    let mut stmts = Vec::new();
+    for e in emissions {
+        debug_assert!(e.window.is_some(), "a final window's emission names it");
+        replace_statements(query, &table, e, &mut stmts)?;
+    }
+    let batches: Vec<&RecordBatch> = emissions.iter().map(|e| &e.batch).collect();
+    if let Some(first) = batches.first() {
+        let all = concat_batches(&first.schema(), batches.clone())?;
+        if all.num_rows() > 0 {
+            insert_statements(&table, &all, &mut stmts)?;
+        }
+    }
+    Ok(stmts)
+}
+
+/// Appends what writing `e` into `table` (quoted) starts with: its window
+/// state (for roll-ups), then the delete of the rows it replaces.
+fn replace_statements(query: &str, table: &str, e: &Emission, stmts: &mut Vec<Stmt>) -> Result<()> {
+    if let Some((start, end, state)) = super::window_state(e)? {
+        stmts.push(Stmt::new(
+            "INSERT INTO runnel_window_states (query, window_start, window_end, state)
+                  VALUES ($1, $2, $3, $4)
+                  ON CONFLICT (query, window_start, window_end) DO UPDATE SET state = excluded.state",
+            vec![
+                Param::Text(query.to_string()),
+                Param::Int(start),
+                Param::Int(end),
+                Param::Blob(state),
+            ],
+        ));
+    }
+    if e.cumulative {
+        stmts.push(Stmt::new(format!("DELETE FROM {table}"), vec![]));
+    } else if e.open_sessions {
+        let provisional = quote(crate::model::emission::FINAL);
+        stmts.push(Stmt::new(
+            format!("DELETE FROM {table} WHERE NOT {provisional}"),
+            vec![],
+        ));
+    } else {
+        for (s, en) in super::replaced_windows(e)? {
+            stmts.push(Stmt::new(
+                format!("DELETE FROM {table} WHERE window_start = $1 AND window_end = $2"),
+                vec![Param::Ts(s), Param::Ts(en)],
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Appends the statement inserting `b`'s rows into `table` (quoted), its
@@ -591,5 +617,87 @@ mod tests {
         let parts: Vec<_> = plain.expanded().collect();
         assert_eq!(parts.len(), 1);
         assert_eq!(parts[0].0, "DELETE FROM t WHERE a = $1");
+    }
+
+    /// Final rows of several windows: each window's delete of the rows it
+    /// replaces, by its own bounds, then one insert holding every window's
+    /// rows in the windows' order (a window without rows deletes only).
+    #[test]
+    fn final_windows_replace_each_window_then_insert_all_rows_once() {
+        use datafusion::arrow::array::{StringArray, TimestampMillisecondArray};
+        use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+
+        use super::final_window_statements;
+        use crate::model::Emission;
+
+        let ts = DataType::Timestamp(TimeUnit::Millisecond, None);
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("window_start", ts.clone(), false),
+            Field::new("window_end", ts, false),
+            Field::new("geo", DataType::Utf8, false),
+            Field::new("n", DataType::Int64, false),
+        ]));
+        let window = |start: i64, geos: &[&str]| {
+            let k = geos.len();
+            let batch = RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(TimestampMillisecondArray::from(vec![start; k])),
+                    Arc::new(TimestampMillisecondArray::from(vec![start + 10; k])),
+                    Arc::new(StringArray::from(geos.to_vec())),
+                    Arc::new(Int64Array::from_iter_values(
+                        (0..k as i64).map(|i| start + i),
+                    )),
+                ],
+            )
+            .unwrap();
+            Emission {
+                batch,
+                cumulative: false,
+                state: None,
+                window: Some((start, start + 10)),
+                open_sessions: false,
+            }
+        };
+        let emissions = [
+            window(0, &["FR", "US"]),
+            window(10, &[]),
+            window(20, &["DE", "FR", "US"]),
+        ];
+        let stmts = final_window_statements("q", &emissions).unwrap();
+        let parts: Vec<_> = stmts.iter().flat_map(Stmt::expanded).collect();
+        assert_eq!(parts.len(), 4, "three deletes, one insert");
+        for (part, start) in parts.iter().zip([0, 10, 20]) {
+            assert_eq!(
+                part.0,
+                "DELETE FROM \"q\" WHERE window_start = $1 AND window_end = $2"
+            );
+            assert!(
+                matches!(part.1[..], [Param::Ts(s), Param::Ts(e)] if s == start && e == start + 10)
+            );
+        }
+        let (sql, params) = &parts[3];
+        assert!(sql.starts_with(
+            "INSERT INTO \"q\" (\"window_start\", \"window_end\", \"geo\", \"n\") VALUES"
+        ));
+        let rows: Vec<(i64, String, i64)> = params
+            .chunks(4)
+            .map(|r| match r {
+                [Param::Ts(s), Param::Ts(_), Param::Text(g), Param::Int(n)] => (*s, g.clone(), *n),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let want = [
+            (0, "FR", 0),
+            (0, "US", 1),
+            (20, "DE", 20),
+            (20, "FR", 21),
+            (20, "US", 22),
+        ];
+        let want: Vec<_> = want
+            .iter()
+            .map(|(s, g, n)| (*s, g.to_string(), *n))
+            .collect();
+        assert_eq!(rows, want);
     }
 }

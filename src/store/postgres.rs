@@ -395,20 +395,47 @@ fn refs(params: &[Param]) -> Vec<&(dyn ToSql + Sync)> {
     params.iter().map(|p| p as &(dyn ToSql + Sync)).collect()
 }
 
-/// Runs `stmts` in `tx`, preparing each distinct statement once.
+/// Parameters of the statements sent together by [`execute_all`]: enough
+/// for many small statements in one round trip, while a large row insert
+/// is still made one statement's parameters at a time.
+const PIPELINED_PARAMS: usize = 4 * super::backend::MAX_PARAMS;
+
+/// Runs `stmts` in `tx` in order, preparing each distinct statement once.
+/// The prepares are sent together, then the statements in groups of up to
+/// [`PIPELINED_PARAMS`] parameters (tokio-postgres pipelines requests
+/// polled together, and PostgreSQL runs them in the order sent): a round
+/// trip per group instead of two per statement.
 pub(crate) async fn execute_all(
     tx: &tokio_postgres::Transaction<'_>,
     stmts: &[Stmt],
 ) -> std::result::Result<(), tokio_postgres::Error> {
-    let mut prepared = HashMap::new();
+    use futures::future::try_join_all;
+    let mut distinct: Vec<String> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for s in stmts {
-        for (sql, params) in s.expanded() {
-            if !prepared.contains_key(sql.as_ref()) {
-                let st = tx.prepare(&sql).await?;
-                prepared.insert(sql.to_string(), st);
+        for (sql, _) in s.expanded() {
+            if seen.insert(sql.to_string()) {
+                distinct.push(sql.into_owned());
             }
-            tx.execute(&prepared[sql.as_ref()], &refs(&params)).await?;
         }
+    }
+    let statements = try_join_all(distinct.iter().map(|sql| tx.prepare(sql))).await?;
+    let prepared: HashMap<&str, &Statement> = distinct
+        .iter()
+        .map(String::as_str)
+        .zip(&statements)
+        .collect();
+    let mut parts = stmts.iter().flat_map(Stmt::expanded).peekable();
+    while parts.peek().is_some() {
+        let mut group = Vec::new();
+        let mut params = 0;
+        while let Some(part) = parts.next_if(|_| params < PIPELINED_PARAMS) {
+            params += part.1.len().max(1);
+            group.push(part);
+        }
+        let args: Vec<_> = group.iter().map(|(_, ps)| refs(ps)).collect();
+        let sent = group.iter().zip(&args);
+        try_join_all(sent.map(|((sql, _), a)| tx.execute(prepared[sql.as_ref()], a))).await?;
     }
     Ok(())
 }
