@@ -494,6 +494,30 @@ impl ContinuousPlan {
         self.run("window-merge", &self.reduce_plan, states).await
     }
 
+    /// Whether the close plan finishes each group on its own (the final
+    /// aggregate, `HAVING`, projections, sorts without a limit), so that
+    /// the states of several windows closed in one run give each window
+    /// the rows it would get alone. `ORDER BY ... LIMIT`, or anything
+    /// else over the groups, needs a run per window.
+    pub fn closes_windows_apart(&self) -> bool {
+        fn per_group(plan: &Arc<dyn ExecutionPlan>) -> bool {
+            let kind = matches!(
+                plan.name(),
+                "AggregateExec"
+                    | "ProjectionExec"
+                    | "FilterExec"
+                    | "CoalesceBatchesExec"
+                    | "CoalescePartitionsExec"
+                    | "RepartitionExec"
+                    | "SortExec"
+                    | "SortPreservingMergeExec"
+                    | "SlotExec"
+            );
+            kind && plan.fetch().is_none() && plan.children().into_iter().all(per_group)
+        }
+        per_group(&self.close_plan)
+    }
+
     /// Finishes partial states into output rows.
     pub async fn close(&self, states: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
         self.finish(states, true, 0).await

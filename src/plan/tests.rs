@@ -137,3 +137,86 @@ async fn early_rows_add_a_final_column() {
         plan_error("SELECT k, count(*) AS final FROM s GROUP BY k WINDOW 1m EMIT EVERY 1s").await;
     assert!(e.to_string().contains("rename"), "{e}");
 }
+
+/// Closing several windows' states in one run gives each window the rows
+/// a run of its own gives, whenever the close plan says it may (`HAVING`,
+/// `ORDER BY` without a limit); with `ORDER BY ... LIMIT` it may not (one
+/// limit over all windows would cut some windows' rows).
+#[tokio::test]
+async fn windows_closed_together_get_the_rows_of_their_own_close() {
+    let stream = "CREATE STREAM s (ts TIMESTAMP, k TEXT, v BIGINT) WITH (kafka_topic = 's', event_time = 'ts');";
+    let cases = [
+        (
+            "SELECT k, count(*) AS n, sum(v) AS total FROM s GROUP BY k WINDOW 10s",
+            true,
+        ),
+        (
+            "SELECT k, sum(v) AS total FROM s GROUP BY k HAVING sum(v) > 3 WINDOW 10s",
+            true,
+        ),
+        (
+            "SELECT k, count(*) AS n FROM s GROUP BY k WINDOW 10s ORDER BY n DESC, k",
+            true,
+        ),
+        (
+            "SELECT k, count(*) AS n FROM s GROUP BY k WINDOW 10s ORDER BY n DESC, k LIMIT 2",
+            false,
+        ),
+    ];
+    for (select, apart) in cases {
+        let p = plan(&format!("{stream} {select}")).await;
+        assert_eq!(p.closes_windows_apart(), apart, "{select}");
+        // Window w (of three) holds key k{j} 1 + (w + j) % 4 times, each
+        // record's value its key's number plus the window's.
+        let mut recs: Vec<(i64, String, i64)> = Vec::new();
+        for w in 0..3i64 {
+            for j in 0..4i64 {
+                for r in 0..1 + (w + j) % 4 {
+                    recs.push((w * 10_000 + r, format!("k{j}"), j + w));
+                }
+            }
+        }
+        let col = |f: &dyn Fn(&(i64, String, i64)) -> i64| -> ArrayRef {
+            Arc::new(Int64Array::from_iter_values(recs.iter().map(f)))
+        };
+        let columns: [ArrayRef; 5] = [
+            col(&|r| r.0),
+            Arc::new(StringArray::from_iter_values(
+                recs.iter().map(|r| r.1.clone()),
+            )),
+            col(&|r| r.2),
+            col(&|r| r.0 / 10_000 * 10_000),
+            col(&|r| r.0 / 10_000 * 10_000 + 10_000),
+        ];
+        let columns = (columns.iter().zip(p.input_schema.fields()))
+            .map(|(c, f)| cast(c, f.data_type()).unwrap())
+            .collect();
+        let batch = RecordBatch::try_new(p.input_schema.clone(), columns).unwrap();
+        let states = p.partial(batch).await.unwrap();
+        let together = p
+            .close(p.reduce(states.clone()).await.unwrap())
+            .await
+            .unwrap();
+        let together = concat_batches(&p.output_schema, &together).unwrap();
+        let mut together: std::collections::HashMap<_, _> =
+            crate::window::split_by_window(&together)
+                .unwrap()
+                .into_iter()
+                .collect();
+        let states = concat_batches(&p.state_schema, &states).unwrap();
+        let mut alone_rows = 0;
+        for (key, state) in crate::window::split_by_window(&states).unwrap() {
+            let alone = p.close(vec![state]).await.unwrap();
+            let alone = concat_batches(&p.output_schema, &alone).unwrap();
+            alone_rows += alone.num_rows();
+            let empty = RecordBatch::new_empty(p.output_schema.clone());
+            let got = together.remove(&key).unwrap_or(empty);
+            if apart {
+                assert_eq!(got, alone, "{select}: window {key:?}");
+            }
+        }
+        assert!(together.is_empty(), "{select}: rows of no window");
+        // Every case has rows to compare; the limit cuts rows alone.
+        assert!(alone_rows >= 6, "{select}: {alone_rows} rows");
+    }
+}

@@ -113,6 +113,11 @@ impl Rows {
         self.len
     }
 
+    /// Rows per statement of an insert: at most [`MAX_PARAMS`] values.
+    fn per_stmt(&self) -> usize {
+        (MAX_PARAMS / self.width().max(1)).max(1)
+    }
+
     /// The columns.
     pub(crate) fn cols(&self) -> &[Col] {
         &self.cols
@@ -158,7 +163,7 @@ impl Stmt {
             );
             return Box::new(std::iter::once(plain));
         };
-        let per_stmt = (MAX_PARAMS / rows.width()).max(1);
+        let per_stmt = rows.per_stmt();
         Box::new((0..rows.len()).step_by(per_stmt).map(move |from| {
             let to = (from + per_stmt).min(rows.len());
             (
@@ -166,6 +171,19 @@ impl Stmt {
                 rows.params(from..to).into(),
             )
         }))
+    }
+
+    /// The distinct SQL texts of [`expanded`](Self::expanded), without
+    /// making any parameter: a row insert's full statements share one.
+    pub fn texts(&self) -> Vec<Cow<'_, str>> {
+        let Some(rows) = self.rows.as_ref().filter(|r| r.width() > 0) else {
+            return vec![self.sql.as_str().into()];
+        };
+        let (n, per_stmt) = (rows.len(), rows.per_stmt());
+        let sizes = [(n >= per_stmt).then_some(per_stmt), Some(n % per_stmt)];
+        (sizes.into_iter().flatten().filter(|k| *k > 0))
+            .map(|k| self.values_sql(k).into())
+            .collect()
     }
 
     /// A row insert's SQL for `rows` rows.
@@ -596,6 +614,10 @@ mod tests {
         );
         let parts: Vec<_> = s.expanded().collect();
         assert_eq!(parts.len(), 3);
+        // The texts to prepare: the full statements' one, then the rest's.
+        let texts = s.texts();
+        assert_eq!(texts, [parts[0].0.clone(), parts[2].0.clone()]);
+        assert_eq!(parts[1].0, parts[0].0);
         let mut seen = 0;
         for (sql, params) in &parts {
             assert!(params.len() <= MAX_PARAMS && params.len() % 3 == 0);

@@ -412,11 +412,9 @@ pub(crate) async fn execute_all(
     use futures::future::try_join_all;
     let mut distinct: Vec<String> = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    for s in stmts {
-        for (sql, _) in s.expanded() {
-            if seen.insert(sql.to_string()) {
-                distinct.push(sql.into_owned());
-            }
+    for sql in stmts.iter().flat_map(Stmt::texts) {
+        if seen.insert(sql.to_string()) {
+            distinct.push(sql.into_owned());
         }
     }
     let statements = try_join_all(distinct.iter().map(|sql| tx.prepare(sql))).await?;

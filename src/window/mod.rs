@@ -611,8 +611,9 @@ fn note_windows(b: &RecordBatch, windows: &mut BTreeSet<(i64, i64)>) {
     }
 }
 
-/// Splits partial states by their (end, start) window.
-fn split_by_window(b: &RecordBatch) -> Result<Vec<((i64, i64), RecordBatch)>> {
+/// Splits partial states (or rows: window columns first) by their (end,
+/// start) window.
+pub(crate) fn split_by_window(b: &RecordBatch) -> Result<Vec<((i64, i64), RecordBatch)>> {
     let starts = b
         .column(0)
         .as_primitive::<TimestampMillisecondType>()
