@@ -198,14 +198,10 @@ async fn windows_closed_together_get_the_rows_of_their_own_close() {
             .await
             .unwrap();
         let together = concat_batches(&p.output_schema, &together).unwrap();
-        let mut together: std::collections::HashMap<_, _> =
-            crate::window::split_by_window(&together)
-                .unwrap()
-                .into_iter()
-                .collect();
+        let mut together = by_window(&together);
         let states = concat_batches(&p.state_schema, &states).unwrap();
         let mut alone_rows = 0;
-        for (key, state) in crate::window::split_by_window(&states).unwrap() {
+        for (key, state) in by_window(&states) {
             let alone = p.close(vec![state]).await.unwrap();
             let alone = concat_batches(&p.output_schema, &alone).unwrap();
             alone_rows += alone.num_rows();
@@ -219,4 +215,18 @@ async fn windows_closed_together_get_the_rows_of_their_own_close() {
         // Every case has rows to compare; the limit cuts rows alone.
         assert!(alone_rows >= 6, "{select}: {alone_rows} rows");
     }
+}
+
+/// The rows (or states) of `b` by their window's start (its first column).
+fn by_window(b: &RecordBatch) -> std::collections::HashMap<i64, RecordBatch> {
+    use datafusion::arrow::compute::filter_record_batch;
+    let starts = cast(b.column(0), &DataType::Int64).unwrap();
+    let starts = starts.as_any().downcast_ref::<Int64Array>().unwrap();
+    let keys: std::collections::BTreeSet<i64> = starts.values().iter().copied().collect();
+    keys.into_iter()
+        .map(|k| {
+            let mask = BooleanArray::from_iter(starts.values().iter().map(|s| Some(*s == k)));
+            (k, filter_record_batch(b, &mask).unwrap())
+        })
+        .collect()
 }
