@@ -78,10 +78,14 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
 }
 
-/// End of the string starting at the quote `b[i]`, and whether it has escapes.
+/// End of the string starting at the quote `b[i]`, and whether it has
+/// escapes. Text that is not valid UTF-8 gives up: bytes past ASCII can
+/// only be in strings (the grammar refuses them elsewhere), so checking
+/// the strings that hold some checks the whole record.
 pub(super) fn string_end(b: &[u8], i: usize) -> R<(usize, bool)> {
     let mut j = i + 1;
     let mut escaped = false;
+    let mut ascii = true;
     loop {
         // Plain text eight bytes at a time, up to the next byte that matters.
         while let Some(w) = b.get(j..j + 8) {
@@ -93,28 +97,38 @@ pub(super) fn string_end(b: &[u8], i: usize) -> R<(usize, bool)> {
             j += 8;
         }
         match b.get(j) {
-            Some(b'"') => return Ok((j + 1, escaped)),
+            Some(b'"') if ascii => return Ok((j + 1, escaped)),
+            Some(b'"') => {
+                simdutf8::basic::from_utf8(&b[i + 1..j]).map_err(|_| GiveUp)?;
+                return Ok((j + 1, escaped));
+            }
             Some(b'\\') => {
                 escaped = true;
+                ascii &= b.get(j + 1).is_none_or(|c| *c < 0x80);
                 j += 2;
             }
             Some(c) if *c < 0x20 => return Err(GiveUp),
-            Some(_) => j += 1,
+            Some(c) => {
+                ascii &= *c < 0x80;
+                j += 1;
+            }
             None => return Err(GiveUp),
         }
     }
 }
 
 /// The high bit of each byte of `w` (eight bytes, the first lowest) that
-/// ends plain string text: `"`, `\` or a control byte below 0x20. The
-/// lowest flag is exact; flags above it may be spurious (a borrow), which
-/// does not matter as scanning stops at the lowest.
+/// ends plain ASCII string text: `"`, `\`, a control byte below 0x20 or
+/// a byte past ASCII. The lowest flag is exact; flags above it may be
+/// spurious (a borrow), which does not matter as scanning stops at the
+/// lowest.
 fn stops(w: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     // High bit set in each byte of `x` below `n` (n <= 0x80).
     let below = |x: u64, n: u8| x.wrapping_sub(ONES * n as u64) & !x & HIGH;
-    below(w ^ (ONES * b'"' as u64), 1) | below(w ^ (ONES * b'\\' as u64), 1) | below(w, 0x20)
+    let quote = below(w ^ (ONES * b'"' as u64), 1);
+    quote | below(w ^ (ONES * b'\\' as u64), 1) | below(w, 0x20) | (w & HIGH)
 }
 
 /// End of the JSON number starting at `b[i]`, checked against the grammar,
@@ -213,10 +227,11 @@ fn integer(t: &[u8]) -> R<i64> {
 /// The token `b[s..e]` as text.
 ///
 /// # Safety
-/// `b` must be valid UTF-8 (each record is checked whole before its tokens
-/// are read) and `s`, `e` token bounds, which sit next to ASCII bytes.
+/// `b[s..e]` must be a token [`token`] read: a number or a literal (ASCII
+/// by the grammar), or a string's text, which [`string_end`] checked is
+/// UTF-8.
 unsafe fn text(b: &[u8], s: usize, e: usize) -> &str {
-    // SAFETY: a slice of valid UTF-8 cut at character boundaries.
+    // SAFETY: ASCII, or text checked to be UTF-8.
     unsafe { std::str::from_utf8_unchecked(&b[s..e]) }
 }
 
@@ -224,7 +239,7 @@ impl Column {
     /// Appends token `t` of record `b`.
     ///
     /// # Safety
-    /// `b` must be valid UTF-8 and `t` one of its tokens (see [`text`]).
+    /// `t` must be one of `b`'s tokens (see [`text`]).
     unsafe fn append(&mut self, b: &[u8], t: &Token) -> R<()> {
         // A null fits every type, read or skipped.
         if let Token::Null = t {
@@ -349,9 +364,6 @@ impl FastDecoder {
     /// Appends one record; `Ok(Some(key))` names the first field that is
     /// not a column (the record is still used).
     fn record(&mut self, b: &[u8]) -> R<Option<String>> {
-        if simdutf8::basic::from_utf8(b).is_err() {
-            return Err(GiveUp);
-        }
         let mut i = ws(b, 0);
         if b.get(i) != Some(&b'{') {
             return Err(GiveUp);
@@ -398,7 +410,7 @@ impl FastDecoder {
                         return Err(GiveUp);
                     }
                     seen |= 1 << c;
-                    // SAFETY: `b` was checked to be UTF-8 above; `t` is its token.
+                    // SAFETY: `t` is a token of `b`, read just above.
                     unsafe { self.columns[c].append(b, &t)? };
                 } else if unknown.is_none() {
                     unknown = Some(String::from_utf8_lossy(key).into_owned());

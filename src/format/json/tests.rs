@@ -83,6 +83,14 @@ fn fast_path_agrees_with_arrow_json() {
         br#"{"ts\"": 1, "geo\u0041": "b", "ge": "c"}"#,
         br#"{}"#,
         b"{\"geo\": \"\xc3\xa9t\xc3\xa9\"}",
+        // Not UTF-8: in a read string, a skipped one, an escape, a key,
+        // and outside any string.
+        b"{\"geo\": \"\xff\"}",
+        b"{\"ts\": 1, \"other\": \"a\xc3\"}",
+        b"{\"ts\": 1, \"other\": \"\\\xff\"}",
+        b"{\"ts\": 1, \"x\xc3\x28\": 2}",
+        b"{\"ts\": 1}\xff",
+        b"{\"ts\": 1 \xc3\xa9}",
         br#"{"geo": 12, "bid": true}"#,
         br#"{"geo": "a"} x"#,
         br#"[1]"#,
@@ -129,12 +137,13 @@ fn fast_path_agrees_with_arrow_json() {
 
 /// The fast path's string scan, byte by byte: where the string starting at
 /// the quote `b[0]` ends (past its closing quote) and whether it has
-/// escapes; `None` at a control byte or without a closing quote.
+/// escapes; `None` at a control byte, without a closing quote, or when its
+/// text is not UTF-8.
 fn string_end_bytewise(b: &[u8]) -> Option<(usize, bool)> {
     let (mut j, mut escaped) = (1, false);
     while j < b.len() {
         match b[j] {
-            b'"' => return Some((j + 1, escaped)),
+            b'"' => return std::str::from_utf8(&b[1..j]).ok().map(|_| (j + 1, escaped)),
             b'\\' => {
                 escaped = true;
                 j += 2;
