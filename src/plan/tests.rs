@@ -162,6 +162,7 @@ async fn windows_closed_together_get_the_rows_of_their_own_close() {
             "SELECT k, count(*) AS n FROM s GROUP BY k WINDOW 10s ORDER BY n DESC, k LIMIT 2",
             false,
         ),
+        ("SELECT k FROM s GROUP BY k WINDOW 10s LIMIT 2", false),
     ];
     for (select, apart) in cases {
         let p = plan(&format!("{stream} {select}")).await;

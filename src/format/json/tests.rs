@@ -83,8 +83,8 @@ fn fast_path_agrees_with_arrow_json() {
         br#"{"ts\"": 1, "geo\u0041": "b", "ge": "c"}"#,
         br#"{}"#,
         b"{\"geo\": \"\xc3\xa9t\xc3\xa9\"}",
-        // Not UTF-8: in a read string, a skipped one, an escape, a key,
-        // and outside any string.
+        // Not UTF-8: in a read string, an unknown field's string, an
+        // escape, a key, and outside any string.
         b"{\"geo\": \"\xff\"}",
         b"{\"ts\": 1, \"other\": \"a\xc3\"}",
         b"{\"ts\": 1, \"other\": \"\\\xff\"}",
