@@ -38,8 +38,29 @@ struct Column {
     /// The name written in JSON is the name itself, quoted: no `"`, `\`
     /// or control bytes to escape.
     plain: bool,
+    /// A plain name of up to 15 bytes and its closing quote as two
+    /// little-endian words, with the masks of their bytes: the key is then
+    /// compared in two loads.
+    quoted: Option<([u64; 2], [u64; 2])>,
     kind: Kind,
     builder: Builder,
+}
+
+/// [`Column::quoted`] for `name`, when it is plain and short enough.
+fn quoted(name: &[u8], plain: bool) -> Option<([u64; 2], [u64; 2])> {
+    if !plain || name.len() >= 16 {
+        return None;
+    }
+    let (mut bytes, mut mask) = ([0u8; 16], [0u8; 16]);
+    bytes[..name.len()].copy_from_slice(name);
+    bytes[name.len()] = b'"';
+    mask[..=name.len()].fill(0xff);
+    let word =
+        |a: &[u8; 16], k: usize| u64::from_le_bytes(a[8 * k..8 * k + 8].try_into().expect("8"));
+    Some((
+        [word(&bytes, 0), word(&bytes, 1)],
+        [word(&mask, 0), word(&mask, 1)],
+    ))
 }
 
 /// Decoder of flat objects whose columns are all of the supported types.
@@ -236,6 +257,17 @@ unsafe fn text(b: &[u8], s: usize, e: usize) -> &str {
 }
 
 impl Column {
+    /// Whether `b[at..]` is the column's name followed by its closing quote.
+    #[inline]
+    fn is_key_at(&self, b: &[u8], at: usize) -> bool {
+        if let (Some((words, masks)), Some(w)) = (self.quoted, b.get(at..at + 16)) {
+            let word = |k: usize| u64::from_le_bytes(w[8 * k..8 * k + 8].try_into().expect("8"));
+            return word(0) & masks[0] == words[0] && word(1) & masks[1] == words[1];
+        }
+        let end = at + self.name.len();
+        self.plain && b.get(end) == Some(&b'"') && same(&b[at..end], &self.name)
+    }
+
     /// Appends token `t` of record `b`.
     ///
     /// # Safety
@@ -345,9 +377,11 @@ impl FastDecoder {
                 }
             };
             let name = f.name().as_bytes();
+            let plain = !name.iter().any(|b| matches!(b, b'"' | b'\\' | 0..0x20));
             columns.push(Column {
                 name: name.into(),
-                plain: !name.iter().any(|b| matches!(b, b'"' | b'\\' | 0..0x20)),
+                plain,
+                quoted: quoted(name, plain),
                 kind,
                 builder,
             });
@@ -381,10 +415,7 @@ impl FastDecoder {
                 }
                 // Records mostly list their fields in one order: the key
                 // is likely the column after the last one, quoted.
-                let expected = self.columns.get(next).filter(|col| {
-                    let end = i + 1 + col.name.len();
-                    col.plain && b.get(end) == Some(&b'"') && same(&b[i + 1..end], &col.name)
-                });
+                let expected = (self.columns.get(next)).filter(|col| col.is_key_at(b, i + 1));
                 let ke = match expected {
                     Some(col) => i + 2 + col.name.len(),
                     None => match string_end(b, i)? {

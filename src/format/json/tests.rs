@@ -177,3 +177,65 @@ fn strings_scanned_eight_bytes_at_a_time_end_where_byte_by_byte_says() {
         assert_eq!(fast, string_end_bytewise(&b), "{b:?}");
     }
 }
+
+/// Keys recognised by the column names' words (names up to 15 bytes) and
+/// byte by byte (longer ones, or near a record's end) decode as arrow-json
+/// does: every name, the name with one byte changed, cut short or run on.
+#[test]
+fn keys_compared_by_words_match_the_column_names() {
+    let names = [
+        "a",
+        "geo",
+        "cookie7",
+        "website8",
+        "publisher_name1",
+        "a_sixteen_bytes_",
+        "x_twenty_bytes_long_",
+    ];
+    let schema = Arc::new(Schema::new(
+        names
+            .iter()
+            .map(|n| Field::new(*n, DataType::Int64, true))
+            .collect::<Vec<_>>(),
+    ));
+    let record = |keys: &[String]| -> Vec<u8> {
+        let fields: Vec<String> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("\"{k}\":{i}"))
+            .collect();
+        format!("{{{}}}", fields.join(",")).into_bytes()
+    };
+    let mut records: Vec<Vec<u8>> = Vec::new();
+    let all: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    records.push(record(&all));
+    for (i, n) in names.iter().enumerate() {
+        let mut variants = vec![format!("{n}x"), n[..n.len() - 1].to_string()];
+        for at in 0..n.len() {
+            let mut v = n.as_bytes().to_vec();
+            v[at] = if v[at] == b'z' { b'y' } else { b'z' };
+            variants.push(String::from_utf8(v).unwrap());
+        }
+        for v in variants {
+            let mut keys = all.clone();
+            keys[i] = v;
+            records.push(record(&keys));
+        }
+        // The column alone, last, with fewer than 16 bytes after its quote.
+        records.push(format!("{{\"{n}\":1}}").into_bytes());
+    }
+    let payloads: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+    // Each record on its own (one that needs the general path sends its
+    // whole call there), then all together.
+    let each = payloads.chunks(1);
+    for chunk in each.chain([&payloads[..]]) {
+        let (fb, fbad) = JsonDecoder::new(schema.clone()).unwrap().decode(chunk);
+        let (sb, sbad) = slow(schema.clone()).decode(chunk);
+        assert_eq!(fb, sb);
+        assert_eq!(fbad, sbad);
+    }
+    // The unknown keys were noticed: one per changed record.
+    let (_, bad) = JsonDecoder::new(schema).unwrap().decode(&payloads);
+    let changed: usize = names.iter().map(|n| n.len() + 2).sum();
+    assert_eq!(bad.len(), changed);
+}
