@@ -55,12 +55,16 @@ fn quoted(name: &[u8], plain: bool) -> Option<([u64; 2], [u64; 2])> {
     bytes[..name.len()].copy_from_slice(name);
     bytes[name.len()] = b'"';
     mask[..=name.len()].fill(0xff);
-    let word =
-        |a: &[u8; 16], k: usize| u64::from_le_bytes(a[8 * k..8 * k + 8].try_into().expect("8"));
     Some((
         [word(&bytes, 0), word(&bytes, 1)],
         [word(&mask, 0), word(&mask, 1)],
     ))
+}
+
+/// The `k`-th little-endian word of `a` (which holds at least `8k + 8` bytes).
+#[inline]
+fn word(a: &[u8], k: usize) -> u64 {
+    u64::from_le_bytes(a[8 * k..8 * k + 8].try_into().expect("eight bytes"))
 }
 
 /// Decoder of flat objects whose columns are all of the supported types.
@@ -261,8 +265,7 @@ impl Column {
     #[inline]
     fn is_key_at(&self, b: &[u8], at: usize) -> bool {
         if let (Some((words, masks)), Some(w)) = (self.quoted, b.get(at..at + 16)) {
-            let word = |k: usize| u64::from_le_bytes(w[8 * k..8 * k + 8].try_into().expect("8"));
-            return word(0) & masks[0] == words[0] && word(1) & masks[1] == words[1];
+            return word(w, 0) & masks[0] == words[0] && word(w, 1) & masks[1] == words[1];
         }
         let end = at + self.name.len();
         self.plain && b.get(end) == Some(&b'"') && same(&b[at..end], &self.name)
