@@ -444,20 +444,37 @@ fn finalize(
     Ok((found.closed_wm, out))
 }
 
-/// [`close_window`] for each of `windows`, in one run of the reduce and
-/// close plans when the close plan finishes each group on its own: a run
-/// per window was most of what finishing small windows cost.
+/// Merges final windows' partial states and runs the close plan: per
+/// window its emission, its rows (possibly none) with its merged state when
+/// `keep_state` (roll-ups keep window states), as a single server's window
+/// close gives it. When the close plan finishes each group on its own, all
+/// the windows go through one run of the reduce and close plans (a run per
+/// window was most of what finishing small windows cost); otherwise each
+/// window through a run of its own.
 fn close_windows(
     rt: &tokio::runtime::Runtime,
     plan: &ContinuousPlan,
     windows: &[FinalWindow],
     keep_state: bool,
 ) -> Result<Vec<Emission>> {
-    if windows.len() < 2 || !plan.closes_windows_apart() {
-        return (windows.iter())
-            .map(|w| close_window(rt, plan, w, keep_state))
-            .collect();
+    if plan.closes_windows_apart() {
+        return close_together(rt, plan, windows, keep_state);
     }
+    let mut out = Vec::with_capacity(windows.len());
+    for w in windows.chunks(1) {
+        out.extend(close_together(rt, plan, w, keep_state)?);
+    }
+    Ok(out)
+}
+
+/// [`close_windows`] in one run of the plans, rows and states split back
+/// by window.
+fn close_together(
+    rt: &tokio::runtime::Runtime,
+    plan: &ContinuousPlan,
+    windows: &[FinalWindow],
+    keep_state: bool,
+) -> Result<Vec<Emission>> {
     let mut states = Vec::new();
     for s in windows.iter().flat_map(|w| &w.states) {
         states.extend(states_from_ipc(&plan.state_schema, s)?);
@@ -488,32 +505,4 @@ fn close_windows(
 /// A batch's rows (or states) by their (end, start) window.
 fn by_window(b: RecordBatch) -> Result<HashMap<(i64, i64), RecordBatch>> {
     Ok(split_by_window(&b)?.into_iter().collect())
-}
-
-/// Merges a window's partial states and runs the close plan: the window's
-/// emission, its rows (possibly none) with its merged state when
-/// `keep_state` (roll-ups keep window states), as a single server's window
-/// close gives it.
-fn close_window(
-    rt: &tokio::runtime::Runtime,
-    plan: &ContinuousPlan,
-    w: &FinalWindow,
-    keep_state: bool,
-) -> Result<Emission> {
-    let mut states = Vec::new();
-    for s in &w.states {
-        states.extend(states_from_ipc(&plan.state_schema, s)?);
-    }
-    let merged = rt.block_on(plan.reduce(states))?;
-    let rows = rt.block_on(plan.close(merged.clone()))?;
-    Ok(Emission {
-        batch: concat_batches(&plan.output_schema, &rows)?,
-        cumulative: false,
-        state: match keep_state {
-            true => Some(concat_batches(&plan.state_schema, &merged)?),
-            false => None,
-        },
-        window: Some((w.start, w.end)),
-        open_sessions: false,
-    })
 }

@@ -459,9 +459,8 @@ pub(crate) fn final_window_statements(query: &str, emissions: &[Emission]) -> Re
         debug_assert!(e.window.is_some(), "a final window's emission names it");
         replace_statements(query, &table, e, &mut stmts)?;
     }
-    let batches: Vec<&RecordBatch> = emissions.iter().map(|e| &e.batch).collect();
-    if let Some(first) = batches.first() {
-        let all = concat_batches(&first.schema(), batches.clone())?;
+    if let Some(first) = emissions.first() {
+        let all = concat_batches(&first.batch.schema(), emissions.iter().map(|e| &e.batch))?;
         if all.num_rows() > 0 {
             insert_statements(&table, &all, &mut stmts)?;
         }
