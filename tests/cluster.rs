@@ -431,15 +431,22 @@ async fn cluster_queries_cpu() {
                 }
             }
             let cpu = all.iter().map(|s| cpu_seconds(s.pid())).sum::<f64>() - cpu0;
-            // Every record counted once by every query.
+            // Every record counted once by every query; the rows they
+            // wrote (what the servers' commits scale with).
+            let mut rows = Vec::new();
             for i in 0..queries {
                 let (_, v) = all[0]
-                    .post("/sql", &format!("SELECT sum(n) AS total FROM q{i}"))
+                    .post(
+                        "/sql",
+                        &format!("SELECT sum(n) AS total, count(*) AS rows FROM q{i}"),
+                    )
                     .await;
                 assert_eq!(v["results"][0]["rows"][0][0].as_i64(), Some(n), "q{i}: {v}");
+                rows.push(v["results"][0]["rows"][0][1].as_i64().expect("a count"));
             }
             eprintln!(
-                "cluster queries: {servers} server(s), {queries} quer(ies), {n} records: servers used {cpu:.2} CPU-s"
+                "cluster queries: {servers} server(s), {queries} quer(ies), {n} records, {} rows ({rows:?}): servers used {cpu:.2} CPU-s",
+                rows.iter().sum::<i64>()
             );
         }
     }
