@@ -249,6 +249,49 @@ fn integer(t: &[u8]) -> R<i64> {
     }
 }
 
+/// Powers of ten that `f64` holds exactly.
+const EXACT_POWERS_OF_TEN: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
+/// The value of a number token (`number_end` checked its grammar).
+///
+/// A plain decimal whose digits, read as one integer, fit `f64`'s 53-bit
+/// mantissa and whose fraction has at most 22 digits is that integer
+/// divided by an exact power of ten: both operands exact, the one
+/// division correctly rounded, so the result is the nearest `f64` — what
+/// `str::parse` gives — without its general algorithm. Anything else (an
+/// exponent, more digits) goes to `str::parse`.
+pub(super) fn float(t: &[u8]) -> R<f64> {
+    let (negative, digits) = match t.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, t),
+    };
+    let mut mantissa: u64 = 0;
+    let mut fraction = None;
+    for (i, &d) in digits.iter().enumerate() {
+        match d {
+            b'0'..=b'9' if mantissa < 1 << 53 => mantissa = mantissa * 10 + (d - b'0') as u64,
+            b'.' => fraction = Some(digits.len() - i - 1),
+            _ => return slow_float(t),
+        }
+    }
+    let scale = fraction.unwrap_or(0);
+    if mantissa > 1 << 53 || scale >= EXACT_POWERS_OF_TEN.len() {
+        return slow_float(t);
+    }
+    let v = mantissa as f64 / EXACT_POWERS_OF_TEN[scale];
+    Ok(if negative { -v } else { v })
+}
+
+fn slow_float(t: &[u8]) -> R<f64> {
+    // SAFETY: a number token is ASCII.
+    unsafe { std::str::from_utf8_unchecked(t) }
+        .parse()
+        .map_err(|_| GiveUp)
+}
+
 /// The token `b[s..e]` as text.
 ///
 /// # Safety
@@ -294,7 +337,7 @@ impl Column {
                 Ok(())
             }
             (Builder::Float64(v), Token::Num(s, e, _)) => {
-                v.append_value(unsafe { text(b, *s, *e) }.parse().map_err(|_| GiveUp)?);
+                v.append_value(float(&b[*s..*e])?);
                 Ok(())
             }
             (Builder::Int64(v), Token::Num(s, e, true)) => {

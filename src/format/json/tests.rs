@@ -178,6 +178,74 @@ fn strings_scanned_eight_bytes_at_a_time_end_where_byte_by_byte_says() {
     }
 }
 
+/// Decimals read by the fast path are the `f64`s `str::parse` gives, bit
+/// for bit: plain decimals of every length (within and past the exact
+/// range), negative zero, exponents, and the mantissa's and the fraction's
+/// limits on both sides.
+#[test]
+fn floats_read_as_str_parse_reads_them() {
+    use rand::{Rng, SeedableRng};
+    let same = |t: &str| {
+        let fast = super::fast::float(t.as_bytes()).ok().map(f64::to_bits);
+        assert_eq!(fast, t.parse::<f64>().ok().map(f64::to_bits), "{t}");
+    };
+    for t in [
+        "0",
+        "-0",
+        "-0.0",
+        "0.5",
+        "0.1",
+        "0.000001",
+        "1.7976931348623157",
+        "123456.789",
+        "9007199254740992",
+        "9007199254740993",
+        "900719925474099.3",
+        "900719925474099.37",
+        "0.1234567890123456789012",
+        "0.12345678901234567890123",
+        "1e3",
+        "-2.5E-3",
+        "1.0e+22",
+        "18446744073709551616",
+        "99999999999999999999.5",
+        "0.0000000000000000000001",
+        "0.00000000000000000000001",
+        "-0.00000000000000000000003",
+    ] {
+        same(t);
+    }
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(11);
+    let digits = |rng: &mut rand::rngs::SmallRng, n: usize, lead: bool| -> String {
+        (0..n)
+            .map(|i| match (i, lead) {
+                (0, true) => char::from(b'1' + rng.random_range(0..9u8)),
+                _ => char::from(b'0' + rng.random_range(0..10u8)),
+            })
+            .collect()
+    };
+    for _ in 0..200_000 {
+        let mut t = String::new();
+        if rng.random_bool(0.3) {
+            t.push('-');
+        }
+        match rng.random_range(0..21) {
+            0 => t.push('0'),
+            n => t.push_str(&digits(&mut rng, n, true)),
+        }
+        if rng.random_bool(0.8) {
+            t.push('.');
+            let n = rng.random_range(1..26);
+            t.push_str(&digits(&mut rng, n, false));
+        }
+        if rng.random_bool(0.05) {
+            t.push('e');
+            t.push_str(&rng.random_range(-30..30).to_string());
+        }
+        same(&t);
+    }
+}
+
 /// Keys recognised by the column names' words (names up to 15 bytes) and
 /// byte by byte (longer ones, or near a record's end) decode as arrow-json
 /// does: every name, the name with one byte changed, cut short or run on.
