@@ -356,6 +356,46 @@ pub(super) struct SparseCodes {
     sorted: usize,
 }
 
+impl SparseCodes {
+    /// Sorts the codes that came since the last sort and merges them into
+    /// the sorted head, once each: sorting only the new codes (a merged
+    /// state's come sorted) and merging in one pass costs less than sorting
+    /// them all again.
+    fn sort(&mut self) {
+        let head = self.sorted;
+        if head == self.codes.len() {
+            return;
+        }
+        self.codes[head..].sort_unstable();
+        if head == 0 {
+            self.codes.dedup();
+        } else {
+            let (old, new) = self.codes.split_at(head);
+            let mut merged = Vec::with_capacity(self.codes.len());
+            let (mut i, mut j) = (0, 0);
+            while i < old.len() && j < new.len() {
+                let next = old[i].min(new[j]);
+                i += usize::from(old[i] == next);
+                j += usize::from(new[j] == next);
+                push_distinct(&mut merged, next);
+            }
+            for &code in old[i..].iter().chain(&new[j..]) {
+                push_distinct(&mut merged, code);
+            }
+            self.codes = merged;
+        }
+        self.sorted = self.codes.len();
+    }
+}
+
+/// Appends `code` to the sorted `codes` unless it is their last.
+#[inline]
+fn push_distinct(codes: &mut Vec<u32>, code: u32) {
+    if codes.last() != Some(&code) {
+        codes.push(code);
+    }
+}
+
 /// Codes a sparse group takes before it first sorts them.
 pub(super) const MIN_UNSORTED_CODES: usize = 32;
 
@@ -398,11 +438,7 @@ impl GroupSketch {
     /// dense if they no longer fit the sparse list.
     fn normalize(&mut self) {
         let Self::Sparse(sparse) = self else { return };
-        if sparse.sorted < sparse.codes.len() {
-            sparse.codes.sort_unstable();
-            sparse.codes.dedup();
-            sparse.sorted = sparse.codes.len();
-        }
+        sparse.sort();
         // Each code takes 1 to 5 bytes of the sparse list.
         if sparse.codes.len() * 5 > SPARSE_LIMIT && sparse_list_len(&sparse.codes) > SPARSE_LIMIT {
             *self = Self::Dense(dense_from_codes(&sparse.codes));
@@ -514,4 +550,35 @@ pub(super) static EMPTY_DENSE: LazyLock<Sketch> = LazyLock::new(|| {
 
 pub(super) fn empty_sketch() -> Sketch {
     Sketch::new(PRECISION, PreHashed).expect("PRECISION is within HyperLogLog++'s 4..=18")
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::{Rng, SeedableRng};
+
+    use super::SparseCodes;
+
+    /// A sorted head and new codes (repeats among them and of the head
+    /// included) end up as all of them sorted once each.
+    #[test]
+    fn sorting_merges_new_codes_into_the_sorted_head() {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(5);
+        for _ in 0..5_000 {
+            let range = rng.random_range(1..200u32);
+            let mut codes: Vec<u32> = (0..rng.random_range(0..60))
+                .map(|_| rng.random_range(0..range))
+                .collect();
+            codes.sort_unstable();
+            codes.dedup();
+            let sorted = codes.len();
+            codes.extend((0..rng.random_range(0..80)).map(|_| rng.random_range(0..range)));
+            let mut want = codes.clone();
+            want.sort_unstable();
+            want.dedup();
+            let mut sparse = SparseCodes { codes, sorted };
+            sparse.sort();
+            assert_eq!(sparse.codes, want);
+            assert_eq!(sparse.sorted, want.len());
+        }
+    }
 }
