@@ -227,13 +227,18 @@ fn token(b: &[u8], i: usize) -> R<(Token, usize)> {
     }
 }
 
+/// A number token's sign (whether it is negative) and its digits.
+fn split_sign(t: &[u8]) -> (bool, &[u8]) {
+    match t.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, t),
+    }
+}
+
 /// The value of an integer token (`number_end` checked its grammar: an
 /// optional `-`, then digits); out of `i64`'s range gives up.
 fn integer(t: &[u8]) -> R<i64> {
-    let (negative, digits) = match t.split_first() {
-        Some((b'-', rest)) => (true, rest),
-        _ => (false, t),
-    };
+    let (negative, digits) = split_sign(t);
     // Accumulated negatively, so `i64::MIN` fits.
     let mut n: i64 = 0;
     for d in digits {
@@ -264,10 +269,7 @@ const EXACT_POWERS_OF_TEN: [f64; 23] = [
 /// `str::parse` gives — without its general algorithm. Anything else (an
 /// exponent, more digits) goes to `str::parse`.
 pub(super) fn float(t: &[u8]) -> R<f64> {
-    let (negative, digits) = match t.split_first() {
-        Some((b'-', rest)) => (true, rest),
-        _ => (false, t),
-    };
+    let (negative, digits) = split_sign(t);
     let mut mantissa: u64 = 0;
     let mut fraction = None;
     for (i, &d) in digits.iter().enumerate() {
@@ -286,10 +288,8 @@ pub(super) fn float(t: &[u8]) -> R<f64> {
 }
 
 fn slow_float(t: &[u8]) -> R<f64> {
-    // SAFETY: a number token is ASCII.
-    unsafe { std::str::from_utf8_unchecked(t) }
-        .parse()
-        .map_err(|_| GiveUp)
+    // SAFETY: a number token.
+    unsafe { text(t, 0, t.len()) }.parse().map_err(|_| GiveUp)
 }
 
 /// The token `b[s..e]` as text.
