@@ -12,8 +12,8 @@ use tokio_postgres::types::{ToSql, Type};
 use crate::error::{Error, Result};
 use crate::model::Emission;
 use crate::model::WindowSpec;
-use crate::store::backend::final_window_statements;
 use crate::store::postgres::{PgStore, execute_all};
+use crate::store::statements::final_window_statements;
 use crate::window::closed_through;
 use crate::window::watermark::{self, PartitionMark};
 

@@ -20,6 +20,7 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::Schema;
 
 use super::backend::{self, Param};
+use super::statements;
 use super::{ResultFilter, ResultPage, Store, quote};
 use crate::error::{Error, Result};
 use crate::model::Emission;
@@ -53,15 +54,15 @@ impl Store {
         offsets: &BTreeMap<i32, i64>,
         saved: &Saved,
     ) -> Result<()> {
-        let mut stmts = backend::emission_statements(query, emissions)?;
+        let mut stmts = statements::emission_statements(query, emissions)?;
         let table = quote(&late_table(query));
         for b in late {
-            backend::insert_statements(&table, b, &mut stmts)?;
+            statements::insert_statements(&table, b, &mut stmts)?;
         }
         let offsets =
             serde_json::to_string(offsets).map_err(|e| Error::Execution(e.to_string()))?;
-        stmts.extend(backend::piece_statements(query, &saved.ops));
-        stmts.push(backend::checkpoint_statement(
+        stmts.extend(statements::piece_statements(query, &saved.ops));
+        stmts.push(statements::checkpoint_statement(
             self.dialect(),
             query,
             offsets,

@@ -22,6 +22,7 @@ pub mod pg_tls;
 pub mod postgres;
 pub mod results;
 pub mod sqlite;
+pub(crate) mod statements;
 
 use std::collections::BTreeMap;
 use std::path::Path;
