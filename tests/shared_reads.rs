@@ -189,6 +189,65 @@ async fn queries_sharing_a_read_through_kill_nines_equal_the_oracle() {
     wait_for_readers(&s, 1).await;
 }
 
+/// A query created from the start of the topic while another is live and
+/// 80 000 records in, past what the reader keeps, so it catches up on a
+/// reader of its own — and the broker stalls (every request answered 2 s
+/// late, for 4 s) while both readers read and the producer goes on, then
+/// the server is killed with SIGKILL just after the stall, mid catch-up.
+/// After the restart both queries' rows equal the oracle, no record is
+/// late, each query took every record once, and one reader is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catch_up_through_a_broker_stall_and_a_kill_nine_hands_over_exactly() {
+    let (cluster, brokers) = mock_topic(4);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("runnel.toml");
+    std::fs::write(&config, "shared_read_keep = 1000\n").unwrap();
+    let config = config.to_str().unwrap();
+    let data = dir.path().join("data");
+    let env = [("RUNNEL_CONFIG", config)];
+    let s = TestServer::start_with(&data, &brokers, &env);
+    s.sql(&format!("{STREAM}; {ADNETWORK}")).await;
+    let mut feed = Feed::new(&brokers, 4, ten_minutes_ago(), 1);
+    feed.burst(20_000, 20_000.0);
+    feed.burst(60_000, 1e9);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, q) = s.get("/queries/adnetwork").await;
+        if q["counters"]["records_in"] == 80_000 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the live query lags: {q}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster
+        .broker_round_trip_time(1, Duration::from_secs(2))
+        .unwrap();
+    let stalled = Instant::now();
+    s.sql(BY_GEO).await;
+    feed.burst(10_000, 10_000.0);
+    if let Some(rest) = Duration::from_secs(4).checked_sub(stalled.elapsed()) {
+        std::thread::sleep(rest);
+    }
+    cluster.broker_round_trip_time(1, Duration::ZERO).unwrap();
+    // 80 000 behind with 1 000 kept: the catch-up read is a reader of its own.
+    assert_eq!(
+        stream_metric(&s, "runnel_stream_readers_started_total").await,
+        2
+    );
+    s.kill9();
+    let s = TestServer::start_with(&data, &brokers, &env);
+    std::thread::sleep(Duration::from_millis(1_500));
+    feed.burst(10_000, 10_000.0);
+    wait_and_check(&s, &feed.oracle).await;
+    wait_and_check_query(&s, "by_geo", &["geo"], &by_geo(&feed.oracle)).await;
+    wait_for_readers(&s, 1).await;
+    for q in ["adnetwork", "by_geo"] {
+        let (_, v) = s.get(&format!("/queries/{q}")).await;
+        assert_eq!(v["counters"]["late_records"], 0, "{v}");
+        assert_eq!(v["counters"]["records_in"], 100_000, "{v}");
+    }
+}
+
 /// Queries with different windows (10 s; 20 s with a grace of 3 s) over
 /// one read: each finds its own windows in the batches they share (two
 /// sharing the 10 s ones) and judges them against its own watermark.
