@@ -524,6 +524,10 @@ fn partitions_of(md: &rdkafka::metadata::Metadata, topic: &str) -> Vec<i32> {
         .collect()
 }
 
+/// The longest a source waits for one answer about its topic: what a stop
+/// can wait for while the brokers are slow.
+const ASK_AT_MOST: Duration = Duration::from_secs(8);
+
 /// Creates a consumer and waits until `topic` exists; returns its partitions.
 fn open(
     kafka: &KafkaConn,
@@ -560,12 +564,20 @@ fn open(
     let consumer: BaseConsumer<SourceContext> =
         kafka.create(&settings, SourceContext::new(topic))?;
     let brokers = &kafka.brokers;
+    // A broker that answers slowly (stalled, overloaded, far away) still
+    // answers: each unanswered ask waits twice as long as the last, up to
+    // `ASK_AT_MOST`, so a query started during a stall starts once one
+    // answer can arrive instead of asking again and again for ever.
+    let mut ask = Duration::from_secs(2);
     let partitions = loop {
         if waiting.stop.load(Ordering::Relaxed) {
             return Err(Error::Execution("stopped before the topic appeared".into()));
         }
         let ctx = consumer.context();
-        let answer = consumer.fetch_metadata(Some(topic), Duration::from_secs(2));
+        let answer = consumer.fetch_metadata(Some(topic), ask);
+        if answer.is_err() {
+            ask = (ask * 2).min(ASK_AT_MOST);
+        }
         ctx.set_reachable(answer.is_ok());
         (waiting.unreachable)(*ctx.down_since.lock().unwrap_or_else(|p| p.into_inner()));
         match answer {
