@@ -246,6 +246,47 @@ async fn a_catch_up_through_a_broker_stall_and_a_kill_nine_hands_over_exactly() 
     }
 }
 
+/// One of three queries sharing a read is reset to the start of the topic
+/// while records flow: it replays everything on a catch-up reader of its
+/// own and hands over, while the other two go on reading once. Every
+/// query's rows equal the oracle; the two took each record once, the reset
+/// one took each once since its reset (its counters start again), and no
+/// record was late for any.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resetting_one_query_leaves_the_others_reading_once() {
+    let (_cluster, brokers) = mock_topic(4);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("runnel.toml");
+    std::fs::write(&config, "shared_read_keep = 1000\n").unwrap();
+    let config = config.to_str().unwrap();
+    let data = dir.path().join("data");
+    let s = TestServer::start_with(&data, &brokers, &[("RUNNEL_CONFIG", config)]);
+    s.sql(&format!("{STREAM}; {ADNETWORK}; {GEO_ALL}; {BY_GEO}"))
+        .await;
+    let mut feed = Feed::new(&brokers, 4, ten_minutes_ago(), 1);
+    feed.burst(30_000, 20_000.0);
+    std::thread::sleep(Duration::from_millis(1_200));
+    feed.burst(30_000, 20_000.0);
+    let (st, v) = s.post("/queries/geo_all/reset?from=earliest", "").await;
+    assert_eq!(st, 200, "{v}");
+    feed.burst(20_000, 10_000.0);
+    std::thread::sleep(Duration::from_millis(1_200));
+    feed.burst(20_000, 10_000.0);
+    wait_and_check(&s, &feed.oracle).await;
+    wait_and_check_query(&s, "by_geo", &["geo"], &by_geo(&feed.oracle)).await;
+    wait_and_check_query(&s, "geo_all", &["geo"], &by_geo(&feed.oracle)).await;
+    wait_for_readers(&s, 1).await;
+    assert_eq!(
+        stream_metric(&s, "runnel_stream_readers_started_total").await,
+        2
+    );
+    for q in ["adnetwork", "by_geo", "geo_all"] {
+        let (_, v) = s.get(&format!("/queries/{q}")).await;
+        assert_eq!(v["counters"]["late_records"], 0, "{v}");
+        assert_eq!(v["counters"]["records_in"], 100_000, "{v}");
+    }
+}
+
 /// Queries with different windows (10 s; 20 s with a grace of 3 s) over
 /// one read: each finds its own windows in the batches they share (two
 /// sharing the 10 s ones) and judges them against its own watermark.
