@@ -287,6 +287,49 @@ async fn resetting_one_query_leaves_the_others_reading_once() {
     }
 }
 
+/// The query that started a reader is dropped, and another query sharing
+/// it fails on a record it cannot compute (a website cast to an integer),
+/// while records flow: the reader goes on for the rest, whose rows equal
+/// the oracle and which took each record once; the failed query says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_dropped_or_failing_leaves_the_others_reading() {
+    let (_cluster, brokers) = mock_topic(4);
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path(), &brokers);
+    // `website` is never a number: the cast fails on the first record.
+    let failing = "
+CREATE QUERY by_site_number AS
+SELECT geo, sum(CAST(website AS INT)) AS n FROM impressions GROUP BY geo WINDOW 10s";
+    s.sql(&format!("{STREAM}; {ADNETWORK}")).await;
+    let mut feed = Feed::new(&brokers, 4, ten_minutes_ago(), 1);
+    feed.burst(20_000, 20_000.0);
+    wait_for_readers(&s, 1).await;
+    s.sql(&format!("{GEO_ALL}; {BY_GEO}")).await;
+    feed.burst(20_000, 20_000.0);
+    s.sql(failing).await;
+    let (st, v) = s.post("/sql", "DROP QUERY adnetwork").await;
+    assert_eq!(st, 200, "{v}");
+    feed.burst(20_000, 20_000.0);
+    std::thread::sleep(Duration::from_millis(1_200));
+    feed.burst(40_000, 20_000.0);
+    wait_and_check_query(&s, "by_geo", &["geo"], &by_geo(&feed.oracle)).await;
+    wait_and_check_query(&s, "geo_all", &["geo"], &by_geo(&feed.oracle)).await;
+    let (_, v) = s.get("/queries/by_site_number").await;
+    assert_eq!(v["status"], "failed", "{v}");
+    let why = v.to_string();
+    assert!(
+        why.contains("website") || why.contains("Cannot cast"),
+        "{v}"
+    );
+    for q in ["by_geo", "geo_all"] {
+        let (_, v) = s.get(&format!("/queries/{q}")).await;
+        assert_eq!(v["status"], "running", "{v}");
+        assert_eq!(v["counters"]["late_records"], 0, "{v}");
+        assert_eq!(v["counters"]["records_in"], 100_000, "{v}");
+    }
+    assert_eq!(readers(&s).await, 1);
+}
+
 /// Queries with different windows (10 s; 20 s with a grace of 3 s) over
 /// one read: each finds its own windows in the batches they share (two
 /// sharing the 10 s ones) and judges them against its own watermark.
