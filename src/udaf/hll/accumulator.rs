@@ -369,9 +369,13 @@ impl SparseCodes {
         self.codes[head..].sort_unstable();
         if head == 0 {
             self.codes.dedup();
+            let room = sort_at(self.codes.len()) - self.codes.len();
+            self.codes.reserve_exact(room);
         } else {
             let (old, new) = self.codes.split_at(head);
-            let mut merged = Vec::with_capacity(self.codes.len());
+            // Room for the codes until the next sort: none of the pushes
+            // before it grows the vector.
+            let mut merged = Vec::with_capacity(sort_at(self.codes.len()));
             let (mut i, mut j) = (0, 0);
             while i < old.len() && j < new.len() {
                 let next = old[i].min(new[j]);
@@ -399,6 +403,14 @@ fn push_distinct(codes: &mut Vec<u32>, code: u32) {
 /// Codes a sparse group takes before it first sorts them.
 pub(super) const MIN_UNSORTED_CODES: usize = 32;
 
+/// How many codes a sparse group holds when it sorts next, given `sorted`
+/// sorted ones: sorting once the unsorted tail is as long as the sorted
+/// head keeps the cost at O(log n) per code.
+#[inline]
+fn sort_at(sorted: usize) -> usize {
+    2 * sorted + MIN_UNSORTED_CODES
+}
+
 /// Heap bytes of a dense group: the sketch and its registers (its sparse
 /// list and pending set are empty and unallocated).
 pub(super) const DENSE_HEAP_BYTES: usize =
@@ -423,9 +435,7 @@ impl GroupSketch {
         match self {
             Self::Sparse(sparse) => {
                 sparse.codes.push(sparse_code(hash));
-                // Sorting once the unsorted tail is as long as the sorted
-                // head keeps the cost at O(log n) per code.
-                if sparse.codes.len() < 2 * sparse.sorted + MIN_UNSORTED_CODES {
+                if sparse.codes.len() < sort_at(sparse.sorted) {
                     return;
                 }
             }
@@ -506,7 +516,7 @@ impl GroupSketch {
         match self {
             Self::Sparse(sparse) => {
                 sparse.codes.extend_from_slice(codes);
-                if sparse.codes.len() >= 2 * sparse.sorted + MIN_UNSORTED_CODES {
+                if sparse.codes.len() >= sort_at(sparse.sorted) {
                     self.normalize();
                 }
             }
