@@ -82,6 +82,30 @@ async fn wait_for_readers(s: &TestServer, n: u64) {
     }
 }
 
+/// A server on `dir`'s `data` folder whose readers keep their latest
+/// `keep` records for late joiners; started again by [`restart`].
+fn start_keeping(dir: &std::path::Path, brokers: &str, keep: usize) -> TestServer {
+    let config = dir.join("runnel.toml");
+    std::fs::write(&config, format!("shared_read_keep = {keep}\n")).unwrap();
+    restart(dir, brokers)
+}
+
+/// Starts the server of [`start_keeping`] again, on the same data.
+fn restart(dir: &std::path::Path, brokers: &str) -> TestServer {
+    let config = dir.join("runnel.toml");
+    let env = [("RUNNEL_CONFIG", config.to_str().unwrap())];
+    TestServer::start_with(&dir.join("data"), brokers, &env)
+}
+
+/// Asserts that each of `queries` took `records` records, none late.
+async fn assert_read_once(s: &TestServer, queries: &[&str], records: u64) {
+    for q in queries {
+        let (_, v) = s.get(&format!("/queries/{q}")).await;
+        assert_eq!(v["counters"]["late_records"], 0, "{v}");
+        assert_eq!(v["counters"]["records_in"], records, "{v}");
+    }
+}
+
 /// Queries added from the start of the topic while another is live: two
 /// 20 000 records behind take the polls the reader kept (one decoding them
 /// again for a column the reader did not decode) and join at once; one
@@ -93,11 +117,7 @@ async fn queries_join_a_live_read_from_the_start_then_share_it() {
     let (_cluster, brokers) = mock_topic(4);
     let dir = tempfile::tempdir().unwrap();
     // The reader keeps its latest 30 000 records for late joiners.
-    let config = dir.path().join("runnel.toml");
-    std::fs::write(&config, "shared_read_keep = 30000\n").unwrap();
-    let config = config.to_str().unwrap();
-    let data = dir.path().join("data");
-    let s = TestServer::start_with(&data, &brokers, &[("RUNNEL_CONFIG", config)]);
+    let s = start_keeping(dir.path(), &brokers, 30000);
     s.sql(&format!("{STREAM}; {ADNETWORK}")).await;
     let mut feed = Feed::new(&brokers, 4, ten_minutes_ago(), 1);
     feed.burst(20_000, 20_000.0);
@@ -124,11 +144,7 @@ async fn queries_join_a_live_read_from_the_start_then_share_it() {
         let metric = format!("runnel_stream_{started}_started_total");
         assert_eq!(stream_metric(&s, &metric).await, 2, "{metric}");
     }
-    for q in ["adnetwork", "by_geo", "geo_all"] {
-        let (_, v) = s.get(&format!("/queries/{q}")).await;
-        assert_eq!(v["counters"]["late_records"], 0, "{v}");
-        assert_eq!(v["counters"]["records_in"], 100_000, "{v}");
-    }
+    assert_read_once(&s, &["adnetwork", "by_geo", "geo_all"], 100_000).await;
 }
 
 /// Four queries one script creates over a backlog of 60 000 records, from
@@ -143,11 +159,7 @@ async fn queries_join_a_live_read_from_the_start_then_share_it() {
 async fn queries_one_script_creates_over_a_backlog_share_one_read_from_the_start() {
     let (_cluster, brokers) = mock_topic(4);
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("runnel.toml");
-    std::fs::write(&config, "shared_read_keep = 1000\n").unwrap();
-    let config = config.to_str().unwrap();
-    let data = dir.path().join("data");
-    let s = TestServer::start_with(&data, &brokers, &[("RUNNEL_CONFIG", config)]);
+    let s = start_keeping(dir.path(), &brokers, 1000);
     let mut feed = Feed::new(&brokers, 4, ten_minutes_ago(), 1);
     feed.burst(60_000, 30_000.0);
     s.sql(&format!(
@@ -200,12 +212,7 @@ async fn queries_sharing_a_read_through_kill_nines_equal_the_oracle() {
 async fn a_catch_up_through_a_broker_stall_and_a_kill_nine_hands_over_exactly() {
     let (cluster, brokers) = mock_topic(4);
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("runnel.toml");
-    std::fs::write(&config, "shared_read_keep = 1000\n").unwrap();
-    let config = config.to_str().unwrap();
-    let data = dir.path().join("data");
-    let env = [("RUNNEL_CONFIG", config)];
-    let s = TestServer::start_with(&data, &brokers, &env);
+    let s = start_keeping(dir.path(), &brokers, 1000);
     s.sql(&format!("{STREAM}; {ADNETWORK}")).await;
     let mut feed = Feed::new(&brokers, 4, ten_minutes_ago(), 1);
     feed.burst(20_000, 20_000.0);
@@ -233,17 +240,13 @@ async fn a_catch_up_through_a_broker_stall_and_a_kill_nine_hands_over_exactly() 
     }
     cluster.broker_round_trip_time(1, Duration::ZERO).unwrap();
     s.kill9();
-    let s = TestServer::start_with(&data, &brokers, &env);
+    let s = restart(dir.path(), &brokers);
     std::thread::sleep(Duration::from_millis(1_500));
     feed.burst(10_000, 10_000.0);
     wait_and_check(&s, &feed.oracle).await;
     wait_and_check_query(&s, "by_geo", &["geo"], &by_geo(&feed.oracle)).await;
     wait_for_readers(&s, 1).await;
-    for q in ["adnetwork", "by_geo"] {
-        let (_, v) = s.get(&format!("/queries/{q}")).await;
-        assert_eq!(v["counters"]["late_records"], 0, "{v}");
-        assert_eq!(v["counters"]["records_in"], 100_000, "{v}");
-    }
+    assert_read_once(&s, &["adnetwork", "by_geo"], 100_000).await;
 }
 
 /// One of three queries sharing a read is reset to the start of the topic
@@ -256,11 +259,7 @@ async fn a_catch_up_through_a_broker_stall_and_a_kill_nine_hands_over_exactly() 
 async fn resetting_one_query_leaves_the_others_reading_once() {
     let (_cluster, brokers) = mock_topic(4);
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("runnel.toml");
-    std::fs::write(&config, "shared_read_keep = 1000\n").unwrap();
-    let config = config.to_str().unwrap();
-    let data = dir.path().join("data");
-    let s = TestServer::start_with(&data, &brokers, &[("RUNNEL_CONFIG", config)]);
+    let s = start_keeping(dir.path(), &brokers, 1000);
     s.sql(&format!("{STREAM}; {ADNETWORK}; {GEO_ALL}; {BY_GEO}"))
         .await;
     let mut feed = Feed::new(&brokers, 4, ten_minutes_ago(), 1);
@@ -280,11 +279,7 @@ async fn resetting_one_query_leaves_the_others_reading_once() {
         stream_metric(&s, "runnel_stream_readers_started_total").await,
         2
     );
-    for q in ["adnetwork", "by_geo", "geo_all"] {
-        let (_, v) = s.get(&format!("/queries/{q}")).await;
-        assert_eq!(v["counters"]["late_records"], 0, "{v}");
-        assert_eq!(v["counters"]["records_in"], 100_000, "{v}");
-    }
+    assert_read_once(&s, &["adnetwork", "by_geo", "geo_all"], 100_000).await;
 }
 
 /// The query that started a reader is dropped, and another query sharing
@@ -324,9 +319,8 @@ SELECT geo, sum(CAST(website AS INT)) AS n FROM impressions GROUP BY geo WINDOW 
     for q in ["by_geo", "geo_all"] {
         let (_, v) = s.get(&format!("/queries/{q}")).await;
         assert_eq!(v["status"], "running", "{v}");
-        assert_eq!(v["counters"]["late_records"], 0, "{v}");
-        assert_eq!(v["counters"]["records_in"], 100_000, "{v}");
     }
+    assert_read_once(&s, &["by_geo", "geo_all"], 100_000).await;
     assert_eq!(readers(&s).await, 1);
 }
 
