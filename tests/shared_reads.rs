@@ -71,13 +71,18 @@ async fn readers(s: &TestServer) -> u64 {
 
 /// Waits until the stream has `n` readers.
 async fn wait_for_readers(s: &TestServer, n: u64) {
+    wait_for_metric(s, "runnel_stream_readers", n).await;
+}
+
+/// Waits until the stream's metric `name` is `n`.
+async fn wait_for_metric(s: &TestServer, name: &str, n: u64) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let now = readers(s).await;
+        let now = stream_metric(s, name).await;
         if now == n {
             return;
         }
-        assert!(Instant::now() < deadline, "{now} readers, not {n}");
+        assert!(Instant::now() < deadline, "{name} {now}, not {n}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -204,8 +209,9 @@ async fn queries_sharing_a_read_through_kill_nines_equal_the_oracle() {
 /// A query created from the start of the topic while another is live and
 /// 80 000 records in, past what the reader keeps, so it catches up on a
 /// reader of its own — and the broker stalls (every request answered 2 s
-/// late, for at least 4 s) while both readers read and the producer goes
-/// on, then the server is killed with SIGKILL as the stall ends.
+/// late, for 4 s) while the live reader reads, the new query starts and
+/// the producer goes on; the server is killed with SIGKILL once the
+/// catch-up reader has started.
 /// After the restart both queries' rows equal the oracle, no record is
 /// late, each query took every record once, and one reader is left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -232,13 +238,14 @@ async fn a_catch_up_through_a_broker_stall_and_a_kill_nine_hands_over_exactly() 
     let stalled = Instant::now();
     s.sql(BY_GEO).await;
     feed.burst(10_000, 10_000.0);
-    // 80 000 behind with 1 000 kept: the catch-up read is a reader of its
-    // own, reading through the stall beside the live one.
-    wait_for_readers(&s, 2).await;
     if let Some(rest) = Duration::from_secs(4).checked_sub(stalled.elapsed()) {
         std::thread::sleep(rest);
     }
     cluster.broker_round_trip_time(1, Duration::ZERO).unwrap();
+    // 80 000 behind with 1 000 kept: the catch-up read is a reader of its
+    // own. (How a source opened during a stall finds its topic is
+    // `a_source_opened_while_the_broker_answers_slowly_finds_its_topic`.)
+    wait_for_metric(&s, "runnel_stream_readers_started_total", 2).await;
     s.kill9();
     let s = restart(dir.path(), &brokers);
     std::thread::sleep(Duration::from_millis(1_500));

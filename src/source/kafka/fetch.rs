@@ -367,6 +367,34 @@ mod tests {
         assert_eq!(src.unforwarded, 0, "records read one at a time");
     }
 
+    /// A source opened while the broker answers every request 3 s late
+    /// still finds its topic: each unanswered ask waits longer than the
+    /// last (asks of 2 s each would time out for as long as the broker
+    /// stays slow; the test then stops the source after 90 s and fails).
+    #[test]
+    fn a_source_opened_while_the_broker_answers_slowly_finds_its_topic() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("t", 3, 1).unwrap();
+        cluster
+            .broker_round_trip_time(1, Duration::from_secs(3))
+            .unwrap();
+        let kafka = KafkaConn::new(&cluster.bootstrap_servers());
+        let stop = AtomicBool::new(false);
+        let (done, finished) = std::sync::mpsc::channel();
+        let opened = std::thread::scope(|scope| {
+            let opening = scope.spawn(|| {
+                let opened = open(&kafka, "t", "slow-test", &[], Waiting::until(&stop));
+                let _ = done.send(());
+                opened.map(|(_, partitions)| partitions)
+            });
+            if finished.recv_timeout(Duration::from_secs(90)).is_err() {
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            opening.join().unwrap()
+        });
+        assert_eq!(opened.unwrap(), [0, 1, 2]);
+    }
+
     /// A partition added to the topic while a source reads it is found at
     /// the source's next look and read from its beginning, through the
     /// batch queue like the others: its records produced before and after
