@@ -6,8 +6,8 @@
 //! written once: here the statements' shape, an insert's rows bound from
 //! Arrow columns, the results tables' DDL and the migrations' bookkeeping;
 //! in [`super::statements`] how an emission becomes statements; in
-//! [`super::Store`] the order of a commit. The differences between the SQL of the two
-//! databases are data, a [`Dialect`]. Shared statements number their
+//! [`super::Store`] the order of a commit. The differences between the SQL
+//! of the two databases are data, a [`Dialect`]. Shared statements number their
 //! parameters `$1, $2, ...`; SQLite's backend reads them as `?1, ?2, ...`.
 
 use std::borrow::Cow;
