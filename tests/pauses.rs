@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::TestServer;
 use common::oracle::{
-    Feed, bursts_through_kill_nines, mock_topic, ten_minutes_ago, wait_and_check,
+    Feed, bursts_through_kill_nines, mock_topic, ten_minutes_ago, wait_and_check, wait_for_records,
 };
 
 /// Exact aggregates only (besides the sketch), so every row is checkable.
@@ -167,15 +167,7 @@ async fn a_future_stamped_record_makes_no_on_time_record_late() {
     assert_eq!(q["counters"]["late_records"], 0, "{q}");
     let (st, v) = s.post("/queries/adnetwork/reset?from=earliest", "").await;
     assert_eq!(st, 200, "{v}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (_, q) = s.get("/queries/adnetwork").await;
-        if q["counters"]["records_in"] == 100_001 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the replay did not finish: {q}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_records(&s, "adnetwork", 100_001).await;
     wait_and_check(&s, &feed.oracle).await;
     let (_, q) = s.get("/queries/adnetwork").await;
     assert_eq!(q["counters"]["late_records"], 0, "{q}");

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use common::TestServer;
 use common::oracle::{
     Feed, bursts_through_kill_nines, by_geo, by_window, mock_topic, ten_minutes_ago,
-    wait_and_check, wait_and_check_query,
+    wait_and_check, wait_and_check_query, wait_for_records,
 };
 
 const STREAM: &str = "
@@ -223,15 +223,7 @@ async fn a_catch_up_through_a_broker_stall_and_a_kill_nine_hands_over_exactly() 
     let mut feed = Feed::new(&brokers, 4, ten_minutes_ago(), 1);
     feed.burst(20_000, 20_000.0);
     feed.burst(60_000, 1e9);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (_, q) = s.get("/queries/adnetwork").await;
-        if q["counters"]["records_in"] == 80_000 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the live query lags: {q}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_records(&s, "adnetwork", 80_000).await;
     cluster
         .broker_round_trip_time(1, Duration::from_secs(2))
         .unwrap();

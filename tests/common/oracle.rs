@@ -164,6 +164,22 @@ pub async fn all_rows(s: &TestServer, query: &str, group: &[&str]) -> BTreeMap<K
     }
 }
 
+/// Waits until query `query` has taken `n` records.
+pub async fn wait_for_records(s: &TestServer, query: &str, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, q) = s.get(&format!("/queries/{query}")).await;
+        if q["counters"]["records_in"] == n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{query} has not taken {n} records: {q}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// [`wait_and_check_query`] for query `adnetwork`, by publisher and geo.
 pub async fn wait_and_check(s: &TestServer, oracle: &BTreeMap<Key, Agg>) {
     wait_and_check_query(s, "adnetwork", &["publisher", "geo"], oracle).await
