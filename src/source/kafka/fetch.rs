@@ -242,7 +242,7 @@ mod tests {
 
     use crate::connect::kafka::KafkaConn;
     use crate::model::StartFrom;
-    use crate::source::kafka::{DISCOVER_EVERY, KafkaSource, Waiting, open};
+    use crate::source::kafka::{KafkaSource, Waiting, open};
 
     /// Produces records `range` of topic `t`: record `i` goes to partition
     /// `i % 3` with payload `record {i}` and timestamp `1_000_000 + i`.
@@ -276,11 +276,16 @@ mod tests {
         .unwrap()
     }
 
-    /// Polls `src` until `want` records were read in all (or 20 s passed);
-    /// per partition, each record's offset and payload in the order read.
-    fn read(src: &mut KafkaSource, want: usize) -> BTreeMap<i32, Vec<(i64, String)>> {
+    /// Polls `src` until `want` records were read in all (or `within`
+    /// passed); per partition, each record's offset and payload in the
+    /// order read.
+    fn read(
+        src: &mut KafkaSource,
+        want: usize,
+        within: Duration,
+    ) -> BTreeMap<i32, Vec<(i64, String)>> {
         let mut seen: BTreeMap<i32, Vec<(i64, String)>> = BTreeMap::new();
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + within;
         while seen.values().map(Vec::len).sum::<usize>() < want && Instant::now() < deadline {
             for c in src.poll(700, Duration::from_millis(100)).unwrap() {
                 let got = seen.entry(c.partition).or_default();
@@ -400,11 +405,26 @@ mod tests {
     /// batch queue like the others: its records produced before and after
     /// it was found, each once and in order, while the partitions read all
     /// along go on where they were.
+    #[test]
+    fn a_partition_added_later_is_read_from_its_beginning() {
+        partition_added(Duration::ZERO);
+    }
+
+    /// As above while the broker answers every request 3 s late, for
+    /// longer than a poll waits: the source still finds the partition
+    /// (looking for it holds no poll up) and reads it from its beginning.
+    #[test]
+    fn a_partition_added_while_the_broker_answers_slowly_is_found() {
+        partition_added(Duration::from_secs(3));
+    }
+
+    /// A source reads partitions 0 and 1 of topic `t`, then the broker
+    /// answers `slow` late and the source looks for new partitions; it
+    /// must find partition 2 and read every record of the three once.
     ///
     /// librdkafka's mock cluster cannot add partitions to a topic, so the
     /// source starts as if the three-partition topic had two.
-    #[test]
-    fn a_partition_added_later_is_read_from_its_beginning() {
+    fn partition_added(slow: Duration) {
         let cluster = MockCluster::new(1).unwrap();
         cluster.create_topic("t", 3, 1).unwrap();
         let brokers = cluster.bootstrap_servers();
@@ -419,13 +439,14 @@ mod tests {
         let mut src =
             KafkaSource::assign(consumer, "t", vec![0, 1], start, &BTreeMap::new()).unwrap();
         // No look for new partitions until the test asks for one.
-        src.discovered = Instant::now() + Duration::from_secs(3600);
-        let first = read(&mut src, 600);
+        src.discover_every = Duration::from_secs(3600);
+        let first = read(&mut src, 600, Duration::from_secs(20));
         assert_eq!(first.keys().copied().collect::<Vec<_>>(), [0, 1]);
 
         produce(&brokers, 900..1_800);
-        src.discovered = Instant::now().checked_sub(DISCOVER_EVERY).unwrap();
-        let second = read(&mut src, 1_200);
+        cluster.broker_round_trip_time(1, slow).unwrap();
+        src.discovery.as_ref().expect("started").ask_now();
+        let second = read(&mut src, 1_200, Duration::from_secs(90));
         assert_eq!(src.partitions(), [0, 1, 2]);
         assert_eq!(src.topic_partitions(), 3);
         assert_eq!(src.unforwarded, 0, "records read one at a time");
@@ -445,6 +466,7 @@ mod tests {
             assert_eq!(got, want, "partition {p}");
         }
         // Nothing more: every record came once.
+        cluster.broker_round_trip_time(1, Duration::ZERO).unwrap();
         for _ in 0..10 {
             assert!(
                 src.poll(700, Duration::from_millis(100))

@@ -39,10 +39,12 @@
 
 pub mod admin;
 pub mod context;
+pub mod discover;
 mod fetch;
 mod progress;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -57,6 +59,7 @@ use crate::connect::kafka::KafkaConn;
 use crate::error::{Error, Result};
 use crate::model::{OnOffsetLoss, StartFrom};
 pub use context::{BROKER_FRESH_US, STATS_INTERVAL_MS, SourceContext};
+use discover::{DISCOVER_EVERY, Discovery};
 use fetch::{FetchQueue, Fetched};
 
 fn start_offset(saved: Option<&i64>, start: StartFrom) -> Offset {
@@ -95,10 +98,6 @@ impl<'a> Waiting<'a> {
 /// How long to wait for a broker's answer about partitions and log ends.
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How often a query reading every partition looks for partitions added to
-/// its topic.
-const DISCOVER_EVERY: Duration = Duration::from_secs(5);
-
 /// The log end of every partition of `topic` now: where a query that starts
 /// at `latest` begins, saved when it is created so that records produced
 /// before its consumer is assigned are not skipped.
@@ -124,12 +123,15 @@ pub struct KafkaSource {
     /// Reading every partition: where their records are read in batches
     /// (see [`fetch`]). Closed before `consumer` (see `Drop`).
     fetch: Option<FetchQueue>,
-    consumer: BaseConsumer<SourceContext>,
+    /// Shared with `discovery`'s thread.
+    consumer: Arc<BaseConsumer<SourceContext>>,
     topic: String,
     /// Reading every partition (not a group member): new partitions of the
-    /// topic are picked up, at [`DISCOVER_EVERY`].
+    /// topic are picked up, looked for every `discover_every`.
     all_partitions: bool,
-    discovered: Instant,
+    discover_every: Duration,
+    /// Started at the first poll.
+    discovery: Option<Discovery>,
     start: StartFrom,
     on_offset_loss: OnOffsetLoss,
     /// Records skipped over because their offsets were lost.
@@ -224,10 +226,11 @@ impl KafkaSource {
         consumer.assign(&tpl)?;
         Ok(KafkaSource {
             fetch: Some(fetch),
-            consumer,
+            consumer: Arc::new(consumer),
             topic: topic.to_string(),
             all_partitions: true,
-            discovered: Instant::now(),
+            discover_every: DISCOVER_EVERY,
+            discovery: None,
             start,
             on_offset_loss: OnOffsetLoss::Fail,
             skipped: 0,
@@ -264,10 +267,11 @@ impl KafkaSource {
         consumer.subscribe(&[topic])?;
         Ok(KafkaSource {
             fetch: None,
-            consumer,
+            consumer: Arc::new(consumer),
             topic: topic.to_string(),
             all_partitions: false,
-            discovered: Instant::now(),
+            discover_every: DISCOVER_EVERY,
+            discovery: None,
             // Nothing is read.
             start: StartFrom::Latest,
             on_offset_loss: OnOffsetLoss::Fail,
@@ -326,22 +330,10 @@ impl KafkaSource {
         &self.partitions
     }
 
-    /// Assigns partitions added to the topic since the last look, from
-    /// their beginning: every record in them came after the query started
-    /// reading the topic.
-    fn discover_partitions(&mut self) -> Result<()> {
-        self.discovered = Instant::now();
-        let md = match self
-            .consumer
-            .fetch_metadata(Some(&self.topic), Duration::from_secs(1))
-        {
-            Ok(md) => md,
-            Err(e) => {
-                tracing::debug!("kafka: metadata of {}: {e}", self.topic);
-                return Ok(());
-            }
-        };
-        let mut new = partitions_of(&md, &self.topic);
+    /// Assigns the partitions of `new` (the topic's, as the brokers last
+    /// told [`Discovery`]) not read yet, from their beginning: every record
+    /// in them came after the query started reading the topic.
+    fn assign_added(&mut self, mut new: Vec<i32>) -> Result<()> {
         new.retain(|p| !self.partitions.contains(p));
         if new.is_empty() {
             return Ok(());
@@ -363,8 +355,14 @@ impl KafkaSource {
     /// Reads up to `max` records, waiting at most `wait` for the first one,
     /// grouped into one chunk per partition.
     pub fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Chunk>> {
-        if self.all_partitions && self.discovered.elapsed() >= DISCOVER_EVERY {
-            self.discover_partitions()?;
+        if self.all_partitions {
+            let (consumer, topic) = (&self.consumer, &self.topic);
+            let every = self.discover_every;
+            let discovery = (self.discovery)
+                .get_or_insert_with(|| Discovery::start(consumer.clone(), topic, every));
+            if let Some(all) = discovery.take() {
+                self.assign_added(all)?;
+            }
         }
         let mut chunks = Vec::new();
         if self.fetch.is_none() {
