@@ -20,7 +20,8 @@
 //! partitions for idle (see [`crate::window::watermark`]). The consumer's
 //! context, which receives the statistics, rebalances and client errors, is
 //! in [`context`]; what a source reports of where it stands (offsets, lag,
-//! caught-up partitions) and its handling of lost offsets, in `progress.rs`.
+//! caught-up partitions) and its handling of lost offsets, in `progress.rs`;
+//! how it finds partitions added to its topic, in [`discover`].
 //!
 //! ```no_run
 //! use std::collections::BTreeMap;
