@@ -1,6 +1,6 @@
 //! Partitions added to a topic while a source reads it. A thread of the
 //! source's own asks the brokers for the topic's partitions every
-//! [`DISCOVER_EVERY`], waiting up to [`ASK_AT_MOST`] for each answer, and
+//! [`DISCOVER_EVERY`], waiting up to 8 s (`ASK_AT_MOST`) for each answer, and
 //! leaves what it learnt for the source's next poll, which assigns the new
 //! ones from their beginning. Asking apart from the reading means brokers
 //! that answer slowly (stalled, overloaded, far away) hold no poll up, and
