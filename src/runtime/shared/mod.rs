@@ -12,7 +12,9 @@
 //! and counts and samples its own bad records ([`QueryNotes`](super::decode::QueryNotes)).
 //!
 //! A query joins a reader of its stream that is not past its offsets on
-//! any partition and at most [`NEAR`] records behind them. A reader keeps
+//! any partition and at most [`NEAR`] records behind them (a partition the
+//! reader has not begun counts as behind by the query's whole offset
+//! there). A reader keeps
 //! its latest polls ([`KEEP`] records), so a query a little behind it
 //! (queries created one after another over a backlog) joins too and takes
 //! those first; kept polls lacking a column it reads are decoded again
@@ -202,9 +204,10 @@ fn can_serve(
             None => earliest || o.is_some_and(|o| o >= at),
         }
     }) && (earliest || offsets.keys().all(|p| position.contains_key(p)));
-    let ahead: i64 = position
-        .iter()
-        .map(|(p, at)| offsets.get(p).map_or(0, |o| (o - at).max(0)))
+    // A partition the reader has not begun starts at the log's start, at
+    // or after offset 0: the query is at most its offset ahead there.
+    let ahead: i64 = (offsets.iter())
+        .map(|(p, o)| (o - position.get(p).copied().unwrap_or(0)).max(0))
         .sum();
     no_gap && ahead <= NEAR
 }
@@ -579,16 +582,22 @@ mod tests {
         // Far ahead: joining would mean waiting for the reader to catch up.
         assert!(!serve(Earliest, &[(0, 100 + NEAR + 1), (1, 50)]));
         // A partition the reader has not read: from its start, which only
-        // `earliest` guarantees is not past the query's offset.
+        // `earliest` guarantees is not past the query's offset, and which
+        // is as far behind as that offset at most.
         assert!(serve(Earliest, &[(0, 100), (1, 50), (2, 7)]));
         assert!(!serve(Latest, &[(0, 100), (1, 50), (2, 7)]));
+        assert!(!serve(Earliest, &[(0, 100), (1, 50), (2, NEAR + 1)]));
         // A reader that has read nothing serves a query starting from
-        // earliest.
-        assert!(can_serve(
-            &BTreeMap::new(),
-            &BTreeMap::new(),
+        // earliest, or near the partitions' starts, and no query further on:
+        // a reader just started from earliest takes no live query over.
+        let none = BTreeMap::new();
+        assert!(can_serve(&none, &none, Earliest, &none));
+        assert!(can_serve(&none, &none, Earliest, &at(&[(0, 10), (1, 20)])));
+        assert!(!can_serve(
+            &none,
+            &none,
             Earliest,
-            &BTreeMap::new()
+            &at(&[(0, NEAR / 2), (1, NEAR / 2 + 1)])
         ));
 
         // With polls kept from offsets 40 and 20 on: a query behind the
