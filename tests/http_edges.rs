@@ -373,6 +373,123 @@ async fn drop_query_can_keep_its_results() {
         })
         .unwrap();
     assert!(kept >= 36, "{kept}");
+
+    // Dropped twice within a second, keeping its results each time: each
+    // drop keeps them in a table of its own, and the name is free again.
+    let mut kept = Vec::new();
+    for _ in 0..3 {
+        c.s.sql(
+            "CREATE QUERY again AS SELECT page, count(*) AS n FROM clicks GROUP BY page WINDOW 1s",
+        )
+        .await;
+        let (st, v) = c.s.post("/sql", "DROP QUERY again KEEP RESULTS").await;
+        assert_eq!(st, 200, "{v}");
+        kept.push(
+            v["results"][0]["results_table"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    kept.dedup();
+    assert_eq!(kept.len(), 3, "{kept:?}");
+    let (st, v) = c.s.get("/queries/again").await;
+    assert_eq!(st, 404, "{v}");
+    let (st, v) =
+        c.s.post(
+            "/sql",
+            "CREATE QUERY again AS SELECT page, count(*) AS n FROM clicks GROUP BY page WINDOW 1s",
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+}
+
+/// A query's name names its results table, URLs and metrics, and is read
+/// back from the store at start: names that could not be, or that could
+/// name another query's tables, are refused with a 400 on every path, and
+/// a name given in a JSON body is read as an unquoted SQL name, across a
+/// restart too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_names_are_checked_and_read_as_sql_reads_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path(), "127.0.0.1:1");
+    s.sql(STREAM).await;
+    let select = "SELECT page, count(*) AS n FROM clicks GROUP BY page WINDOW 1s";
+    for name in [
+        "",
+        " ",
+        "my query",
+        "a/b",
+        "x:late",
+        "q\"x",
+        "a;DROP QUERY q",
+        "1st",
+        &"n".repeat(41),
+    ] {
+        let body = serde_json::json!({ "sql": select, "name": name }).to_string();
+        let (st, v) = s.request(Method::POST, "/queries", &[JSON], &body).await;
+        assert_eq!(st, 400, "{name:?}: {v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("query name"),
+            "{v}"
+        );
+    }
+    // Quoted, a name could hold anything, and upper case that lookups
+    // by name (lower-cased, as unquoted names are) would never find.
+    for name in ["x:late", "PerPage"] {
+        let sql = format!("CREATE QUERY \"{name}\" AS {select}");
+        let (st, v) = s.post("/sql", &sql).await;
+        assert_eq!(st, 400, "{v}");
+    }
+    // A name in a JSON body is read as an unquoted one.
+    let body = serde_json::json!({ "sql": select, "name": "PerPage" }).to_string();
+    let (st, v) = s.request(Method::POST, "/queries", &[JSON], &body).await;
+    assert_eq!(st, 201, "{v}");
+    assert_eq!(v["name"], "perpage", "{v}");
+    let data_dir = s.data_dir.clone();
+    s.stop();
+    let s = TestServer::start(&data_dir, "127.0.0.1:1");
+    // Stored queries start after the server listens.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (st, v) = s.get("/queries/PerPage").await;
+        if st == 200 {
+            assert_eq!(v["name"], "perpage", "{v}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{st} {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A statement whose expressions nest deeper than the server can plan is
+/// refused with a 400 before anything recurses through it, however long;
+/// a long chain within the bound is planned.
+#[tokio::test]
+async fn expressions_nested_too_deeply_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path(), "127.0.0.1:1");
+    for terms in [2_000, 100_000] {
+        let sql = format!("SELECT {}", vec!["1"; terms].join("+"));
+        let (st, v) = s.post("/sql", &sql).await;
+        assert_eq!(st, 400, "{terms}: {v}");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("nest too deeply"), "{v}");
+    }
+    // 200 alternatives: 399 operators in one chain.
+    let ors: Vec<String> = (0..200).map(|i| format!("x = {i}")).collect();
+    let sql = format!(
+        "SELECT count(*) AS n FROM (VALUES (7), (300)) AS t(x) WHERE {}",
+        ors.join(" OR ")
+    );
+    let (st, v) = s.post("/sql", &sql).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["results"][0]["rows"][0][0], 1, "{v}");
+    let (st, v) = s.post("/sql", "SHOW STREAMS").await;
+    assert_eq!(st, 200, "{v}");
 }
 
 /// Timestamps are RFC 3339 in UTC with milliseconds everywhere, and JSON

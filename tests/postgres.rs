@@ -226,6 +226,14 @@ fn scenario(store: &Store) -> Vec<String> {
     store.delete_checkpoint("q").unwrap();
     seen.push(format!("{:?}", store.load_checkpoint("q").unwrap()));
     seen.push(format!("{:?}", store.load_state_pieces("q").unwrap()));
+    // Results kept under a name already taken (two drops in one second)
+    // are kept under the name with `_2`, `_3`, ...
+    for expected in ["kept_old", "kept_old_2", "kept_old_3"] {
+        (store.save_query("kept", "CREATE QUERY kept AS SELECT ...", &schema())).unwrap();
+        let kept = store.delete_query("kept", Some("kept_old")).unwrap();
+        assert_eq!(kept.as_deref(), Some(expected));
+        seen.push(format!("{kept:?}"));
+    }
     store.delete_stream("imps").unwrap();
     seen.push(format!("{:?}", store.list_streams().unwrap()));
     seen

@@ -11,6 +11,33 @@ use serde::{Deserialize, Serialize};
 
 use super::duration::fmt_duration;
 
+/// Longest query name, in bytes: the tables named after a query
+/// (`<name>:late`, `<name>_kept_<time>`) stay within PostgreSQL's 63-byte
+/// identifiers.
+pub const MAX_NAME_BYTES: usize = 40;
+
+/// Why `name` cannot name a new query, if it cannot. A name is letters
+/// (no ASCII upper case: a query is looked up by its name lower-cased, as
+/// SQL reads unquoted names), digits and `_`, not first a digit, so it
+/// names its results table, URLs and metrics as it is, and no other
+/// query's tables (`<query>:late`).
+pub fn name_problem(name: &str) -> Option<String> {
+    let problem = if name.is_empty() {
+        "a query name cannot be empty".to_string()
+    } else if name.len() > MAX_NAME_BYTES {
+        format!("a query name is at most {MAX_NAME_BYTES} bytes")
+    } else if !(name.chars()).all(|c| (c.is_alphanumeric() && !c.is_ascii_uppercase()) || c == '_')
+        || name.starts_with(|c: char| c.is_ascii_digit())
+    {
+        "a query name is lower-case letters, digits and _, not starting with a digit".to_string()
+    } else if name.starts_with("runnel_") || name.starts_with("sqlite_") {
+        "names starting with runnel_ or sqlite_ are reserved".to_string()
+    } else {
+        return None;
+    };
+    Some(format!("'{name}': {problem}"))
+}
+
 /// A `SELECT` with Runnel's clauses separated out.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SelectSql {

@@ -116,7 +116,7 @@ impl App {
         }
         let keep_as =
             keep.then(|| format!("{name}_kept_{}", chrono::Utc::now().format("%Y%m%d%H%M%S")));
-        self.drop_query_keeping(name, keep_as.as_deref())?;
+        let keep_as = self.drop_query_keeping(name, keep_as.as_deref())?;
         let message = match &keep_as {
             Some(t) => format!("query {name} dropped; its results are kept in table {t}"),
             None => format!("query {name} dropped with its results table"),

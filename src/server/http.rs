@@ -264,9 +264,19 @@ async fn create_query(
                     .into(),
             )),
         };
+    // Read as SQL reads an unquoted name.
+    let name = name.map(|n| crate::sql::normalize_ident(&n, false));
+    if let Some(problem) = name.as_deref().and_then(crate::model::query::name_problem) {
+        return Err(Error::BadRequest(problem));
+    }
     let text = match &name {
         Some(n) if !parsed.text.to_ascii_uppercase().starts_with("CREATE") => {
-            format!("CREATE QUERY {n} AS {}", parsed.text)
+            // Quoted, so the name is read back as given when the server starts.
+            format!(
+                "CREATE QUERY \"{}\" AS {}",
+                n.replace('"', "\"\""),
+                parsed.text
+            )
         }
         _ => parsed.text.clone(),
     };

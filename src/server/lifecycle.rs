@@ -32,13 +32,11 @@ impl App {
                 (n, sql)
             }
         };
+        if let Some(problem) = crate::model::query::name_problem(&name) {
+            return Err(Error::BadRequest(problem));
+        }
         if self.name_taken(&name) {
             return Err(Error::Conflict(format!("'{name}' already exists")));
-        }
-        if name.starts_with("runnel_") || name.starts_with("sqlite_") {
-            return Err(Error::BadRequest(format!(
-                "'{name}': names starting with runnel_ or sqlite_ are reserved"
-            )));
         }
         // Plan before saving, so a bad query leaves nothing behind.
         self.start_query(&name, &sql, select, true, None).await
@@ -164,17 +162,27 @@ impl App {
 
     /// Stops and deletes a query with its results.
     pub fn drop_query(&self, name: &str) -> Result<()> {
-        self.drop_query_keeping(name, None)
+        self.drop_query_keeping(name, None).map(drop)
     }
 
     /// Stops and deletes a query, its results table with it or renamed to `keep_as`.
-    pub(super) fn drop_query_keeping(&self, name: &str, keep_as: Option<&str>) -> Result<()> {
+    pub(super) fn drop_query_keeping(
+        &self,
+        name: &str,
+        keep_as: Option<&str>,
+    ) -> Result<Option<String>> {
         let q = self.query(name)?;
         q.stop();
         // Gone from the catalog before its table goes, so readers see "dropped".
         self.queries.write().expect("lock").remove(&q.name);
-        self.store.delete_query(&q.name, keep_as)?;
-        Ok(())
+        self.store.delete_query(&q.name, keep_as).inspect_err(|_| {
+            // Nothing was deleted: the query stays listed (stopped), so a
+            // drop can be tried again and its name is still taken.
+            self.queries
+                .write()
+                .expect("lock")
+                .insert(q.name.clone(), q);
+        })
     }
 
     /// Restarts a query from `from`, discarding its saved state and offsets

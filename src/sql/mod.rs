@@ -137,6 +137,7 @@ pub fn parse_statement(text: &str) -> Result<Parsed> {
 }
 fn parse_one(src: &Source, tokens: &[TokenWithSpan]) -> Result<Parsed> {
     let toks: Vec<&TokenWithSpan> = tokens.iter().filter(|t| !is_blank(&t.token)).collect();
+    tokens::check_nesting(&toks)?;
     let first = toks[0];
     let range = (start_of(src, first), end_of(src, toks[toks.len() - 1]));
     let text: String = src.chars[range.0..range.1].iter().collect();

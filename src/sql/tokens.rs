@@ -66,3 +66,58 @@ pub(super) fn word(t: &TokenWithSpan) -> Option<String> {
         _ => None,
     }
 }
+
+/// How deep a statement's expressions may nest, bounded from its tokens:
+/// DataFusion plans an expression by recursion, and a chain of a few
+/// thousand operators (`1+1+...`, `a = 1 OR a = 2 OR ...`) overflows a
+/// thread's stack, which aborts the process.
+pub(super) const MAX_NESTING: usize = 500;
+
+/// Refuses a statement whose expressions may nest deeper than
+/// [`MAX_NESTING`], before anything builds or plans them. The bound at a
+/// token is the operators since the last comma at its level of
+/// parentheses, plus the deepest bound closed within them since, plus one
+/// per open parenthesis: never less than the depth of the expression tree
+/// the tokens parse into.
+pub(super) fn check_nesting(toks: &[&TokenWithSpan]) -> crate::error::Result<()> {
+    // Per open parenthesis (and the statement's level): operators since
+    // its last comma, and the deepest bound of the parentheses closed
+    // within since.
+    let mut open: Vec<(usize, usize)> = vec![(0, 0)];
+    for &t in toks {
+        let top = open.len() - 1;
+        match &t.token {
+            Token::LParen => open.push((0, 0)),
+            Token::RParen if top > 0 => {
+                let (ops, inner) = open.pop().expect("an open parenthesis");
+                let parent = &mut open[top - 1];
+                parent.1 = parent.1.max(ops + inner + 1);
+            }
+            Token::Comma => open[top] = (0, 0),
+            Token::Word(w) => {
+                use datafusion::sql::sqlparser::keywords::Keyword::{AND, IS, NOT, OR, XOR};
+                if matches!(w.keyword, AND | OR | NOT | XOR | IS) {
+                    open[top].0 += 1;
+                }
+            }
+            Token::Number(..)
+            | Token::SingleQuotedString(_)
+            | Token::DoubleQuotedString(_)
+            | Token::Period
+            | Token::Whitespace(_)
+            | Token::EOF => {}
+            _ => open[top].0 += 1,
+        }
+        let (ops, inner) = open[open.len() - 1];
+        if ops + inner + open.len() - 1 > MAX_NESTING {
+            return Err(crate::error::Error::sql(
+                format!(
+                    "expressions nest too deeply (over {MAX_NESTING} operators or parentheses \
+                     in one chain); write a long list of alternatives as `x IN (v1, v2, ...)`"
+                ),
+                loc(t),
+            ));
+        }
+    }
+    Ok(())
+}

@@ -292,6 +292,8 @@ pub struct Dialect {
     pub set_version: fn(usize) -> String,
     /// Tables whose rows of a query (column `query`) go with it.
     pub query_tables: &'static [&'static str],
+    /// A row when a table named `$1` exists.
+    pub table_exists: &'static str,
 }
 
 /// At most this many bind parameters per statement (SQLite allows 32 766,

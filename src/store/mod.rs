@@ -399,19 +399,36 @@ impl Store {
     }
 
     /// Deletes a query, its checkpoint, its late table and its results
-    /// table (or renames the results table to `keep_as`).
-    pub fn delete_query(&self, name: &str, keep_as: Option<&str>) -> Result<()> {
+    /// table, or renames the results table to `keep_as` (`keep_as_2`, ...
+    /// when taken) and returns the name it kept.
+    pub fn delete_query(&self, name: &str, keep_as: Option<&str>) -> Result<Option<String>> {
         let params = [Param::Text(name.into())];
-        let drop_results = backend::drop_results_sql(name, keep_as);
         let drop_late = Self::drop_late_sql(name);
-        let tables = self.dialect().query_tables;
+        let d = self.dialect();
         self.write(|tx| {
             tx.execute("DELETE FROM runnel_queries WHERE name = $1", &params)?;
-            for t in tables {
+            for t in d.query_tables {
                 tx.execute(&format!("DELETE FROM {t} WHERE query = $1"), &params)?;
             }
-            tx.batch(&drop_results)?;
-            tx.batch(&drop_late)
+            // A name taken (a drop earlier in the same second) gains `_2`, `_3`, ...
+            let mut kept = keep_as.map(str::to_string);
+            if let Some(base) = keep_as {
+                for n in 2.. {
+                    let mut taken = false;
+                    let name = Param::Text(kept.clone().expect("named"));
+                    tx.query_each(d.table_exists, &[name], &mut |_, _| {
+                        taken = true;
+                        Ok(())
+                    })?;
+                    if !taken {
+                        break;
+                    }
+                    kept = Some(format!("{base}_{n}"));
+                }
+            }
+            tx.batch(&backend::drop_results_sql(name, kept.as_deref()))?;
+            tx.batch(&drop_late)?;
+            Ok(kept.clone())
         })
     }
 

@@ -135,6 +135,7 @@ static DIALECT: Dialect = Dialect {
             version INT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
     version_query: "SELECT coalesce(max(version), 0) FROM runnel_migrations",
     set_version: |n| format!("INSERT INTO runnel_migrations (version) VALUES ({n})"),
+    table_exists: "SELECT 1 FROM pg_tables WHERE schemaname = current_schema() AND tablename = $1",
     query_tables: &[
         "runnel_checkpoints",
         "runnel_partition_progress",

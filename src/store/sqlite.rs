@@ -99,6 +99,7 @@ static DIALECT: Dialect = Dialect {
     migrations_setup: "",
     version_query: "PRAGMA user_version",
     set_version: |n| format!("PRAGMA user_version = {n}"),
+    table_exists: "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = $1",
     query_tables: &[
         "runnel_checkpoints",
         "runnel_window_states",
