@@ -337,6 +337,13 @@ impl ContinuousPlan {
                 None,
             ));
         }
+        // Aggregates check their arguments when they start accumulating
+        // (`approx_percentile(bid, 2)`): made once here, a mistake is the
+        // CREATE's 400, not the running query's failure.
+        for agg in partial.aggr_expr() {
+            agg.create_accumulator()
+                .map_err(|e| Error::sql(format!("{}: {e}", agg.name()), None))?;
+        }
         let state_schema = partial.schema();
         let final_group = partial.group_expr().as_final();
         let group_columns = final_group.expr().len();

@@ -116,6 +116,27 @@ async fn plan_error(select: &str) -> Error {
     ContinuousPlan::build(stream, select).await.unwrap_err()
 }
 
+/// An aggregate's arguments that it checks only when it starts
+/// accumulating are checked when the query is planned: refused at CREATE
+/// rather than failing the query at its first record.
+#[tokio::test]
+async fn aggregate_arguments_are_checked_when_planned() {
+    for (select, says) in [
+        ("approx_percentile_cont(v, 2)", "between 0.0 and 1.0"),
+        ("approx_percentile_cont(v, v)", "literal"),
+    ] {
+        let e = plan_error(&format!(
+            "SELECT k, {select} AS p FROM s GROUP BY k WINDOW 10s"
+        ))
+        .await;
+        assert!(e.to_string().contains(says), "{select}: {e}");
+        assert!(matches!(e, Error::Sql { .. }), "{select}: {e:?}");
+    }
+    plan("CREATE STREAM s (ts TIMESTAMP, k TEXT, v BIGINT) WITH (kafka_topic = 's', event_time = 'ts');
+          SELECT k, approx_percentile_cont(v, 0.5) AS p, approx_distinct(k) AS d FROM s GROUP BY k WINDOW 10s")
+        .await;
+}
+
 /// Early rows add a `final` column after the query's own; sessions, whose
 /// bounds move while open, and a query with its own `final` column are
 /// refused with a message saying why.
