@@ -58,6 +58,51 @@ async fn pull_query_over_the_memory_limit_is_422_naming_it() {
     assert_eq!(v["results"][0]["rows"], serde_json::json!([[999], [998]]));
 }
 
+/// Functions whose arguments choose how much they make are refused past
+/// the bound before they allocate it (a gigabyte in one value, made before
+/// any memory pool hears of it; continuous queries plan on the same
+/// functions); within it they answer as DataFusion's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn functions_asked_for_huge_results_are_refused_before_making_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path(), "127.0.0.1:1");
+    s.sql(SETUP).await;
+    for (sql, says) in [
+        ("SELECT repeat('x', 1000000000)", "1000000000 bytes"),
+        ("SELECT repeat('ab', 40000000)", "80000000 bytes"),
+        ("SELECT lpad('x', 100000000)", "100000000 characters"),
+        ("SELECT rpad('x', 100000000, 'yz')", "100000000 characters"),
+        ("SELECT array_repeat(1, 100000000)", "list elements"),
+        ("SELECT range(0, 10000000000)", "list elements"),
+        (
+            "SELECT generate_series(10, 1000000000000, 2)",
+            "list elements",
+        ),
+        (
+            "SELECT repeat(page, 100000000) FROM (VALUES ('a'), ('b')) AS t(page)",
+            "200000000 bytes",
+        ),
+    ] {
+        let (st, v) = s.post("/sql", sql).await;
+        assert_eq!(st, 422, "{sql}: {}", short(&v));
+        assert!(
+            message(&v).contains(says) && message(&v).contains("at most 67108864"),
+            "{sql}: {v}"
+        );
+    }
+    let (st, v) = s
+        .post(
+            "/sql",
+            "SELECT repeat('ab', 3) AS r, lpad('7', 3, '0') AS p, cardinality(range(0, 5)) AS n",
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        v["results"][0]["rows"],
+        serde_json::json!([["ababab", "007", 5]])
+    );
+}
+
 #[tokio::test]
 async fn pull_query_over_the_row_limit_is_422_suggesting_limit() {
     let dir = tempfile::tempdir().unwrap();

@@ -32,6 +32,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod bounded;
 mod live;
 pub mod slot;
 mod table;
@@ -81,6 +82,7 @@ pub fn new_context() -> SessionContext {
         .with_information_schema(false);
     let ctx = SessionContext::new_with_config(config);
     crate::udaf::register(&ctx);
+    bounded::register(&ctx);
     ctx
 }
 
@@ -95,6 +97,7 @@ pub fn new_context_on(
         .with_information_schema(false);
     let ctx = SessionContext::new_with_config_rt(config, runtime);
     crate::udaf::register(&ctx);
+    bounded::register(&ctx);
     ctx
 }
 
