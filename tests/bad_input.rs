@@ -76,6 +76,11 @@ async fn bad_records_are_counted_sampled_and_skipped() {
             "wrong_type",
         ),
         (br#"{"k": "a", "n": 1}"#.to_vec(), "missing_event_time"),
+        // Dropped, so not also noted as used despite an unknown field.
+        (
+            br#"{"K": "a", "n": 1, "TS": 5}"#.to_vec(),
+            "missing_event_time",
+        ),
         (Vec::new(), "empty"),
         (b"\xff\xfe\x00garbage".to_vec(), "invalid_json"),
         (

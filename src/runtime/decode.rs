@@ -230,6 +230,11 @@ impl StreamDecoder {
                 let (b, dropped) = check_event_time(b, c, now, self.max_future_ms)?;
                 rejected.extend(dropped.into_iter().map(|(row, r, d)| (good[row], r, d)));
                 rejected.sort_by_key(|b| b.0);
+                // A record dropped for its event time keeps no note on how
+                // it was used (an unknown field): it was not.
+                let gone: Vec<usize> = rejected.iter().filter(lost).map(|b| b.0).collect();
+                rejected
+                    .retain(|b| !crate::format::is_kept(b.1) || gone.binary_search(&b.0).is_err());
                 Some(b)
             }
             (b, _) => b,
