@@ -333,6 +333,19 @@ async fn catalog_statements_say_what_they_did() {
         (200, Some("TUMBLING 1m")),
         "{v}"
     );
+    // The window says when early rows come, in every listing.
+    let v = s
+        .sql(&format!(
+            "CREATE OR REPLACE {}",
+            q.replace("10s", "1h EMIT EVERY 10s")
+        ))
+        .await;
+    assert_eq!(
+        v["results"][0]["query"]["window"], "TUMBLING 1h EMIT EVERY 10s",
+        "{v}"
+    );
+    let (_, v) = s.get("/queries/per_page").await;
+    assert_eq!(v["window"], "TUMBLING 1h EMIT EVERY 10s", "{v}");
     let (st, v) = s
         .post(
             "/sql",
@@ -402,6 +415,41 @@ async fn drop_query_can_keep_its_results() {
         )
         .await;
     assert_eq!(st, 200, "{v}");
+}
+
+/// Every refusal is the API's JSON error, says what was given, and keeps
+/// its status: a reset without a known start, and paths and query strings
+/// the router itself cannot read.
+#[tokio::test]
+async fn refusals_are_json_errors_saying_what_was_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path(), "127.0.0.1:1");
+    s.sql(STREAM).await;
+    s.sql("CREATE QUERY q AS SELECT page, count(*) AS n FROM clicks GROUP BY page WINDOW 1s")
+        .await;
+    for (path, says) in [
+        (
+            "/queries/q/reset?from=middle",
+            "?from=earliest or ?from=latest, not 'middle'",
+        ),
+        ("/queries/q/reset", "?from=earliest or ?from=latest"),
+    ] {
+        let (st, v) = s.post(path, "").await;
+        assert_eq!(st, 400, "{path}: {v}");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.ends_with(says), "{path}: {v}");
+    }
+    for (path, says) in [
+        ("/queries/%FF%FE/results", "UTF-8"),
+        ("/queries/q/results?limit=1&limit=2", "duplicate field"),
+        ("/queries/q/results?limit=-1", "limit"),
+    ] {
+        let (st, v) = s.get(path).await;
+        assert_eq!(st, 400, "{path}: {v}");
+        assert_eq!(v["error"]["code"], "bad_request", "{path}: {v}");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(says), "{path}: {v}");
+    }
 }
 
 /// A query's name names its results table, URLs and metrics, and is read

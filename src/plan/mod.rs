@@ -600,15 +600,21 @@ impl ContinuousPlan {
         read
     }
 
-    /// The per-batch and window-close plans as text.
-    pub fn explain(&self) -> String {
+    /// The window clause as text, with `EMIT EVERY` when the query emits
+    /// early rows (`TUMBLING 1h EMIT EVERY 10s`).
+    pub fn window_text(&self) -> String {
         let early = self
             .early_ms
             .map(|ms| format!(" EMIT EVERY {}", crate::model::duration::fmt_duration(ms)))
             .unwrap_or_default();
+        format!("{}{early}", self.window.describe())
+    }
+
+    /// The per-batch and window-close plans as text.
+    pub fn explain(&self) -> String {
         format!(
-            "Window: {}{early}\n\nPer-batch plan:\n{}\nWindow-merge plan:\n{}\nWindow-close plan:\n{}",
-            self.window.describe(),
+            "Window: {}\n\nPer-batch plan:\n{}\nWindow-merge plan:\n{}\nWindow-close plan:\n{}",
+            self.window_text(),
             displayable(self.batch_plan.as_ref()).indent(true),
             displayable(self.reduce_plan.as_ref()).indent(true),
             displayable(self.close_plan.as_ref()).indent(true),

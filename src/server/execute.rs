@@ -137,7 +137,7 @@ impl App {
                             json!(q.name),
                             json!(q.stream),
                             json!(q.status().label()),
-                            json!(q.plan.window.describe()),
+                            json!(q.plan.window_text()),
                             json!(c.records_in.load(Ordering::Relaxed)),
                             json!(c.windows_closed.load(Ordering::Relaxed)),
                             fmt_ms(c.watermark.load(Ordering::Relaxed)),

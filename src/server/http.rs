@@ -92,10 +92,32 @@ pub fn router(app: Arc<App>, local: SocketAddr) -> Router {
             let body = json!({"error": {"code": "method_not_allowed", "message": "method not allowed on this route", "line": null, "column": null}});
             (StatusCode::METHOD_NOT_ALLOWED, axum::Json(body))
         })
+        .layer(axum::middleware::map_response(json_errors))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(app.clone(), authorize))
         .layer(axum::middleware::from_fn_with_state(rule, browser_guard))
         .with_state(app)
+}
+
+/// Gives the refusals axum's extractors answer in plain text (a path or
+/// query string that does not parse, a body over [`MAX_BODY`]) the API's
+/// JSON error form, keeping their status.
+async fn json_errors(response: Response) -> Response {
+    let plain = (response.headers().get(header::CONTENT_TYPE))
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/plain"));
+    if !response.status().is_client_error() || !plain {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 << 10)
+        .await
+        .unwrap_or_default();
+    let reason = parts.status.canonical_reason().unwrap_or("client error");
+    let code = reason.to_ascii_lowercase().replace(' ', "_");
+    let message = String::from_utf8_lossy(&text);
+    let body = json!({"error": {"code": code, "message": message, "line": null, "column": null}});
+    (parts.status, axum::Json(body)).into_response()
 }
 
 /// Refuses requests a web page may have made the browser send: a `Host`
@@ -478,8 +500,9 @@ async fn reset_query(
         Some("earliest") => crate::model::StartFrom::Earliest,
         Some("latest") => crate::model::StartFrom::Latest,
         other => {
+            let got = other.map(|v| format!(", not '{v}'")).unwrap_or_default();
             return Err(Error::BadRequest(format!(
-                "reset needs ?from=earliest or ?from=latest, not {other:?}"
+                "reset needs ?from=earliest or ?from=latest{got}"
             )));
         }
     };

@@ -103,7 +103,7 @@ impl App {
             "sql": q.sql,
             "stream": q.stream,
             "status": status.label(),
-            "window": q.plan.window.describe(),
+            "window": q.plan.window_text(),
             "columns": columns_json(&q.plan.output_schema),
             "counters": {
                 "records_in": c.records_in.load(Ordering::Relaxed),
