@@ -103,9 +103,19 @@ pub fn length(words: &[String], pos: &mut usize) -> Result<i64, String> {
         unit
     };
     let ms = unit_ms(unit).ok_or_else(|| format!("unknown duration unit '{unit}'"))?;
-    n.checked_mul(ms)
-        .ok_or_else(|| format!("the duration {n}{unit} is too long"))
+    match n.checked_mul(ms) {
+        Some(ms) if ms <= MAX_MS => Ok(ms),
+        _ => Err(format!(
+            "the duration {n}{unit} is too long: at most {}",
+            fmt_duration(MAX_MS)
+        )),
+    }
 }
+
+/// The longest duration: about a century, so a window's end, a grace or a
+/// lateness added to any event time stays a timestamp (`WINDOW
+/// 9223372036854775807ms` made windows without an end).
+pub const MAX_MS: i64 = 36_500 * 86_400_000;
 
 #[cfg(test)]
 mod tests {
@@ -127,6 +137,11 @@ mod tests {
         assert_eq!(parse_duration_or_zero("24h").unwrap(), 86_400_000);
         assert!(parse_duration_or_zero("-1s").is_err());
         assert!(parse_duration_or_zero("0").is_err());
+        assert_eq!(parse_duration("36500d").unwrap(), MAX_MS);
+        for long in ["36501d", "9223372036854775807ms", "300000000d"] {
+            let e = parse_duration(long).unwrap_err();
+            assert!(e.contains("at most 36500d"), "{long}: {e}");
+        }
         assert_eq!(fmt_duration(60_000), "1m");
         assert_eq!(fmt_duration(1500), "1500ms");
     }

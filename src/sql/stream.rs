@@ -286,8 +286,16 @@ fn source_options(
 
 /// Converts parsed column definitions to Runnel's, with arrow types.
 pub(crate) fn column_defs(cols: Vec<ast::ColumnDef>) -> Result<Vec<ColumnDef>> {
+    let mut seen = std::collections::HashSet::new();
     cols.into_iter()
         .map(|c| {
+            let name = normalize_ident(&c.name.value, c.name.quote_style.is_some());
+            if !seen.insert(name.clone()) {
+                return Err(Error::sql(
+                    format!("column {name} is declared twice"),
+                    Some((c.name.span.start.line, c.name.span.start.column)),
+                ));
+            }
             let data_type = arrow_type(&c.data_type).ok_or_else(|| {
                 Error::sql(
                     format!(
@@ -298,7 +306,7 @@ pub(crate) fn column_defs(cols: Vec<ast::ColumnDef>) -> Result<Vec<ColumnDef>> {
                 )
             })?;
             Ok(ColumnDef {
-                name: normalize_ident(&c.name.value, c.name.quote_style.is_some()),
+                name,
                 sql_type: c.data_type.to_string(),
                 data_type,
             })
@@ -398,6 +406,18 @@ mod tests {
         assert_eq!(s.event_time.as_deref(), Some("ts"));
         assert_eq!(s.watermark_delay_ms, 5000);
         assert_eq!(s.start, StartFrom::Earliest);
+        // A column declared twice (as written, or once quoted) is refused
+        // here, not by every query over the stream.
+        for cols in ["a INT, a TEXT", "a INT, \"a\" TEXT", "A INT, a TEXT"] {
+            let e = parse_statement(&format!(
+                "CREATE STREAM d ({cols}) WITH (kafka_topic = 'd')"
+            ))
+            .unwrap_err();
+            assert!(
+                e.to_string().contains("column a is declared twice"),
+                "{cols}: {e}"
+            );
+        }
     }
 
     #[test]
