@@ -51,6 +51,41 @@ impl<'de> Deserialize<'de> for Keys {
     }
 }
 
+/// A number with a fraction given for one of `integers` (columns of an
+/// integer type), which arrow-json would cut to its whole part.
+struct Fraction<'a> {
+    integers: &'a [String],
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Fraction<'_> {
+    type Value = Option<String>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Fraction<'_> {
+    type Value = Option<String>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(k) = m.next_key::<String>()? {
+            if found.is_none() && self.integers.contains(&k) {
+                if let serde_json::Value::Number(n) = m.next_value()?
+                    && n.as_f64().is_some_and(|f| f.fract() != 0.0)
+                {
+                    found = Some(format!("{k}: {n} is not a whole number"));
+                }
+            } else {
+                m.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+}
+
 /// The note on a record kept despite a field that is not a column.
 fn unknown_field(index: usize, key: &str) -> BadRecord {
     BadRecord {
@@ -65,6 +100,8 @@ pub struct JsonDecoder {
     schema: SchemaRef,
     decoder: Decoder,
     fast: Option<fast::FastDecoder>,
+    /// The columns of an integer type.
+    integers: Vec<String>,
 }
 
 const MAX_ROWS: usize = 1 << 20;
@@ -97,10 +134,15 @@ impl JsonDecoder {
     pub fn new(schema: SchemaRef) -> Result<Self, ArrowError> {
         let decoder = build(&schema)?;
         let fast = fast::FastDecoder::new(&schema, None);
+        let integers = (schema.fields().iter())
+            .filter(|f| f.data_type().is_integer())
+            .map(|f| f.name().clone())
+            .collect();
         Ok(JsonDecoder {
             schema,
             decoder,
             fast,
+            integers,
         })
     }
 
@@ -134,6 +176,16 @@ impl JsonDecoder {
     fn push(&mut self, payload: &[u8]) -> Result<(), (&'static str, String)> {
         if payload.iter().all(|b| b.is_ascii_whitespace()) {
             return Err(("empty", "empty message".into()));
+        }
+        if !self.integers.is_empty() {
+            use serde::de::DeserializeSeed;
+            let seed = Fraction {
+                integers: &self.integers,
+            };
+            let mut de = serde_json::Deserializer::from_slice(payload);
+            if let Ok(Some(detail)) = seed.deserialize(&mut de) {
+                return Err(("wrong_type", detail));
+            }
         }
         let before = self.decoder.len();
         let used = self

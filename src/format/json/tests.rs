@@ -307,3 +307,33 @@ fn keys_compared_by_words_match_the_column_names() {
     let changed: usize = names.iter().map(|n| n.len() + 2).sum();
     assert_eq!(bad.len(), changed);
 }
+
+/// A number with a fraction is not cut to fit an integer column: the
+/// record is refused as the wrong type. Whole numbers, written with `.0`
+/// or as text, fit.
+#[test]
+fn fractions_in_integer_columns_are_the_wrong_type() {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("n", DataType::Int32, true),
+        Field::new("m", DataType::Int64, true),
+    ]));
+    let mut d = JsonDecoder::new(schema).unwrap();
+    let (b, bad) = d.decode(&[
+        br#"{"n": 7.9, "m": 1}"#.as_slice(),
+        br#"{"n": 7.0, "m": 2}"#,
+        br#"{"n": "8", "m": 2.5}"#,
+        br#"{"n": 9, "m": 3}"#,
+    ]);
+    let refused: Vec<(usize, &str)> = bad.iter().map(|b| (b.index, b.reason)).collect();
+    assert_eq!(refused, [(0, "wrong_type"), (2, "wrong_type")], "{bad:?}");
+    assert!(
+        bad[0].detail.contains("n: 7.9 is not a whole number"),
+        "{bad:?}"
+    );
+    assert!(bad[1].detail.contains("m: 2.5"), "{bad:?}");
+    let b = b.unwrap();
+    let n = b
+        .column(0)
+        .as_primitive::<datafusion::arrow::datatypes::Int32Type>();
+    assert_eq!(n.values().to_vec(), vec![7, 9]);
+}
