@@ -24,10 +24,12 @@
 //! checkpoint), which later queries may join too. Only a query that starts
 //! a reader connects a consumer ([`Readers::open`]): a consumer made only
 //! to be dropped on joining had fetched ahead already, and cost each
-//! joining query about 0.06 CPU-s (BENCHMARKS.md). A reader that catches up
-//! with another — on every partition at or past the other's position, and
-//! near it — hands its subscribers over and ends, so a catch-up never
-//! holds the live queries back and ends in one read. A reader with no
+//! joining query about 0.06 CPU-s (BENCHMARKS.md). A reader at or past
+//! another's position on every partition, and near it, hands its
+//! subscribers over and ends: a catch-up reader that reached the live
+//! one, or the live one once a catch-up is within [`NEAR`] behind it, so
+//! the live queries wait for at most that many records of a catch-up,
+//! which ends in one read. A reader with no
 //! subscribers left ends too. In cluster mode a reader reads the share of
 //! the partitions the stream's consumer group gave the server (see
 //! `cluster::group`), and serves the queries reading that same share.
