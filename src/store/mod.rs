@@ -412,19 +412,18 @@ impl Store {
             }
             // A name taken (a drop earlier in the same second) gains `_2`, `_3`, ...
             let mut kept = keep_as.map(str::to_string);
-            if let Some(base) = keep_as {
-                for n in 2.. {
-                    let mut taken = false;
-                    let name = Param::Text(kept.clone().expect("named"));
-                    tx.query_each(d.table_exists, &[name], &mut |_, _| {
-                        taken = true;
-                        Ok(())
-                    })?;
-                    if !taken {
-                        break;
-                    }
-                    kept = Some(format!("{base}_{n}"));
+            let mut n = 1;
+            while let (Some(base), Some(name)) = (keep_as, &mut kept) {
+                let mut taken = false;
+                tx.query_each(d.table_exists, &[Param::Text(name.clone())], &mut |_, _| {
+                    taken = true;
+                    Ok(())
+                })?;
+                if !taken {
+                    break;
                 }
+                n += 1;
+                *name = format!("{base}_{n}");
             }
             tx.batch(&backend::drop_results_sql(name, kept.as_deref()))?;
             tx.batch(&drop_late)?;
