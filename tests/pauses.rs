@@ -67,13 +67,33 @@ async fn twenty_kill_nines_between_bursts_and_pauses() {
     wait_and_check(&s, &oracle).await;
 }
 
+/// A server fetching with Runnel's own Kafka fetching (the default on
+/// plain connections), or with librdkafka's (`own_fetch = false`, as TLS
+/// and SASL connections always do).
+fn start_fetching(dir: &std::path::Path, brokers: &str, own_fetch: bool) -> TestServer {
+    let config = dir.join("runnel.toml");
+    std::fs::write(&config, format!("own_fetch = {own_fetch}\n")).unwrap();
+    let env = [("RUNNEL_CONFIG", config.to_str().unwrap())];
+    TestServer::start_with(&dir.join("data"), brokers, &env)
+}
+
 /// A broker that stalls (every request answered 3 s late, for 4 s) while
 /// old event times flow, with the producer pausing around it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_event_times_through_a_broker_stall() {
+    broker_stall(true).await;
+}
+
+/// The same, librdkafka fetching.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_event_times_through_a_broker_stall_fetched_by_librdkafka() {
+    broker_stall(false).await;
+}
+
+async fn broker_stall(own_fetch: bool) {
     let (cluster, brokers) = mock_topic(4);
     let dir = tempfile::tempdir().unwrap();
-    let s = TestServer::start(dir.path(), &brokers);
+    let s = start_fetching(dir.path(), &brokers, own_fetch);
     s.sql(SQL).await;
     let mut feed = Feed::new(&brokers, 4, ten_minutes_ago(), 1);
     feed.burst(20_000, 10_000.0);
@@ -97,12 +117,22 @@ async fn old_event_times_through_a_broker_stall() {
 /// 3 s while the query catches up, then a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backfill_with_the_broker_down_during_catch_up() {
+    backfill_broker_down(true).await;
+}
+
+/// The same, librdkafka fetching.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_with_the_broker_down_during_catch_up_fetched_by_librdkafka() {
+    backfill_broker_down(false).await;
+}
+
+async fn backfill_broker_down(own_fetch: bool) {
     // 12 partitions: the mock cluster keeps about 5 MiB per partition.
     let (cluster, brokers) = mock_topic(12);
     let mut feed = Feed::new(&brokers, 12, ten_minutes_ago() - 3_600_000, 1);
     feed.burst(200_000, 1e9);
     let dir = tempfile::tempdir().unwrap();
-    let s = TestServer::start(dir.path(), &brokers);
+    let s = start_fetching(dir.path(), &brokers, own_fetch);
     s.sql(SQL).await;
     // Take the broker down once the query is part-way through.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -119,7 +149,7 @@ async fn backfill_with_the_broker_down_during_catch_up() {
     cluster.broker_up(1).unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     s.stop();
-    let s = TestServer::start(dir.path(), &brokers);
+    let s = start_fetching(dir.path(), &brokers, own_fetch);
     wait_and_check(&s, &feed.oracle).await;
 }
 

@@ -194,12 +194,17 @@ pub async fn run_e2e(
         Broker::External { .. } => format!("e2e external broker ({partitions} partitions)"),
     };
     let mut runs = Vec::new();
-    for prefetch in [false, true] {
-        let name = match prefetch {
-            false => format!("{what}, one thread"),
-            true => format!("{what}, prefetch"),
+    // librdkafka's fetching first: the baseline of Runnel's own.
+    for (prefetch, own) in [(false, false), (false, true), (true, true)] {
+        let how = match own {
+            false => "librdkafka's fetch",
+            true => "Runnel's fetch",
         };
-        runs.push(consume_e2e(ds, &broker, &topic, name, prefetch).await?);
+        let name = match prefetch {
+            false => format!("{what}, {how}, one thread"),
+            true => format!("{what}, {how}, prefetch"),
+        };
+        runs.push(consume_e2e(ds, &broker, &topic, name, prefetch, own).await?);
     }
     Ok(runs)
 }
@@ -211,14 +216,19 @@ async fn consume_e2e(
     topic: &str,
     name: String,
     prefetch: bool,
+    own_fetch: bool,
 ) -> Result<RunStats> {
     use crate::source::prefetch::Prefetch;
     let (mut engine, mut decoder) = engine_for(QUERY_SQL).await?;
     let stop = std::sync::atomic::AtomicBool::new(false);
     let broker_cpu = broker.cpu();
     let meter = Meter::start();
+    let kafka = crate::connect::kafka::KafkaConn {
+        librdkafka_fetch: !own_fetch,
+        ..crate::connect::kafka::KafkaConn::new(broker.bootstrap())
+    };
     let src = crate::source::kafka::KafkaSource::connect(
-        &crate::connect::kafka::KafkaConn::new(broker.bootstrap()),
+        &kafka,
         topic,
         "runnel-bench",
         crate::model::StartFrom::Earliest,

@@ -16,7 +16,9 @@
 //! * `scale`: `GROUP BY publisher` with 10, 1000 and 100 000 publishers:
 //!   throughput and bytes of state per open group.
 //! * `e2e`: records read from librdkafka's mock cluster (a separate process,
-//!   whose CPU is reported apart) through Runnel's Kafka source.
+//!   whose CPU is reported apart) through Runnel's Kafka source: fetched by
+//!   librdkafka (the baseline), then by Runnel itself, on one thread and
+//!   read a poll ahead.
 //! * `latency`: the real server reading a live topic; time from the record
 //!   that moves the watermark past a window's end until the window's rows are
 //!   returned by `GET /queries/{id}/results`.
@@ -288,10 +290,12 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             for r in &runs {
                 println!("{}", r.line());
             }
-            if let [one, prefetch] = &runs[..] {
+            if let [librdkafka, own, prefetch] = &runs[..] {
+                let per_cpu = |r: &RunStats| r.records as f64 / r.cpu_s;
                 println!(
-                    "e2e: prefetch / one thread: {:.2}x records/s wall",
-                    prefetch.rate() / one.rate()
+                    "e2e: Runnel's fetch / librdkafka's: {:.2}x records per CPU-second; prefetch / one thread: {:.2}x records/s wall",
+                    per_cpu(own) / per_cpu(librdkafka),
+                    prefetch.rate() / own.rate()
                 );
             }
         }

@@ -74,6 +74,9 @@ pub struct Config {
     /// Records of its latest polls a shared reader keeps for queries that
     /// join a little behind it (zero keeps none).
     pub shared_read_keep: usize,
+    /// Whether Runnel fetches Kafka records itself on plain connections
+    /// (`source::kafka::wire`); off, librdkafka fetches them.
+    pub own_fetch: bool,
 }
 
 impl Default for Config {
@@ -100,6 +103,7 @@ impl Default for Config {
             pg_tls: None,
             shared_reads: true,
             shared_read_keep: crate::runtime::shared::KEEP,
+            own_fetch: true,
         }
     }
 }
@@ -154,6 +158,8 @@ pub struct FileConfig {
     pub shared_reads: Option<bool>,
     /// Records a shared reader keeps for queries that join behind it.
     pub shared_read_keep: Option<usize>,
+    /// `false`: librdkafka fetches Kafka records on plain connections too.
+    pub own_fetch: Option<bool>,
 }
 
 impl FileConfig {
@@ -213,6 +219,7 @@ impl FileConfig {
             protect_reads: self.protect_reads.unwrap_or(false),
             shared_reads: self.shared_reads.unwrap_or(d.shared_reads),
             shared_read_keep: self.shared_read_keep.unwrap_or(d.shared_read_keep),
+            own_fetch: self.own_fetch.unwrap_or(d.own_fetch),
             allow_files: if allow_files.is_empty() {
                 self.allow_files.unwrap_or_default()
             } else {
@@ -280,6 +287,7 @@ pub fn apply_connect(
     KafkaConn {
         brokers: String::new(),
         props: config.kafka.clone(),
+        librdkafka_fetch: false,
     }
     .check()
     .map_err(|e| Error::BadRequest(format!("server-wide Kafka properties: {e}")))
@@ -342,6 +350,7 @@ impl Config {
         KafkaConn {
             brokers: def.brokers.clone().unwrap_or_else(|| self.brokers.clone()),
             props: self.kafka.merged(&KafkaProps::of_stream(&def.options)),
+            librdkafka_fetch: !self.own_fetch,
         }
     }
 

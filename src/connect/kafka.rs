@@ -16,7 +16,7 @@
 //! use runnel::connect::kafka::{KafkaConn, KafkaProps};
 //! let server = KafkaProps::from_env([("RUNNEL_KAFKA_SECURITY_PROTOCOL".to_string(), "SASL_SSL".to_string())]);
 //! assert_eq!(server.get("security.protocol"), Some("SASL_SSL"));
-//! let conn = KafkaConn { brokers: "kafka:9093".into(), props: server };
+//! let conn = KafkaConn { brokers: "kafka:9093".into(), props: server, ..Default::default() };
 //! assert!(format!("{conn:?}").contains("SASL_SSL"));
 //! ```
 
@@ -197,6 +197,9 @@ pub struct KafkaConn {
     pub brokers: String,
     /// librdkafka properties, server-wide then the stream's.
     pub props: KafkaProps,
+    /// librdkafka fetches records even on a plain connection (runnel.toml
+    /// `own_fetch = false`): see [`wire_fetch`](Self::wire_fetch).
+    pub librdkafka_fetch: bool,
 }
 
 impl KafkaConn {
@@ -204,8 +207,18 @@ impl KafkaConn {
     pub fn new(brokers: &str) -> Self {
         KafkaConn {
             brokers: brokers.to_string(),
-            props: KafkaProps::default(),
+            ..Default::default()
         }
+    }
+
+    /// Whether sources read with Runnel's own fetching
+    /// (`source::kafka::wire`) rather than librdkafka's: on plain
+    /// connections with no client property set (TLS, SASL and tuning
+    /// properties are librdkafka's), unless the operator chose librdkafka.
+    pub fn wire_fetch(&self) -> bool {
+        let plain = (self.props.0.iter())
+            .all(|(k, v)| k == "security.protocol" && v.eq_ignore_ascii_case("plaintext"));
+        plain && !self.librdkafka_fetch
     }
 
     /// A client configuration: Runnel's `base` settings, the properties
@@ -377,6 +390,20 @@ mod tests {
     }
 
     #[test]
+    fn runnel_fetches_on_plain_connections_unless_told_not_to() {
+        let conn = |p: &[(&str, &str)], librdkafka_fetch| KafkaConn {
+            brokers: "k:9092".into(),
+            props: props(p),
+            librdkafka_fetch,
+        };
+        assert!(conn(&[], false).wire_fetch());
+        assert!(conn(&[("security.protocol", "PLAINTEXT")], false).wire_fetch());
+        assert!(!conn(&[], true).wire_fetch());
+        assert!(!conn(&[("security.protocol", "SSL")], false).wire_fetch());
+        assert!(!conn(&[("fetch.max.bytes", "1000")], false).wire_fetch());
+    }
+
+    #[test]
     fn librdkafka_refusals_are_400s_without_secrets() {
         let conn = KafkaConn {
             brokers: "127.0.0.1:1".into(),
@@ -386,6 +413,7 @@ mod tests {
                 ("sasl.username", "u"),
                 ("sasl.password", "hunter2"),
             ]),
+            ..Default::default()
         };
         let e = conn.check().unwrap_err();
         assert_eq!(e.status(), 400);
@@ -395,6 +423,7 @@ mod tests {
         let e = KafkaConn {
             brokers: String::new(),
             props: props(&[("no.such.property", "1")]),
+            ..Default::default()
         }
         .check()
         .unwrap_err();
@@ -407,6 +436,7 @@ mod tests {
                 ("sasl.username", "u"),
                 ("sasl.password", "p"),
             ]),
+            ..Default::default()
         };
         ok.check().unwrap();
     }

@@ -77,6 +77,36 @@ impl Chunk {
         self.push(payload);
     }
 
+    /// Makes room for `records` more records of `bytes` bytes in all.
+    pub fn reserve(&mut self, bytes: usize, records: usize) {
+        self.data.reserve(bytes);
+        self.ends.reserve(records);
+        self.log_times.reserve(records);
+    }
+
+    /// Splits off the records from `at` on into a chunk of their own.
+    pub fn split_off(&mut self, at: usize) -> Chunk {
+        let first_offset = self.offset(at);
+        let byte = at.checked_sub(1).map_or(0, |i| self.ends[i]);
+        let split = |v: &mut Vec<i64>| {
+            if v.len() > at {
+                v.split_off(at)
+            } else {
+                Vec::new()
+            }
+        };
+        Chunk {
+            partition: self.partition,
+            first_offset,
+            log_times: split(&mut self.log_times),
+            offsets: split(&mut self.offsets),
+            data: self.data.split_off(byte),
+            ends: (self.ends.split_off(at).into_iter())
+                .map(|e| e - byte)
+                .collect(),
+        }
+    }
+
     /// The offset of record `i`.
     pub fn offset(&self, i: usize) -> i64 {
         match self.offsets.get(i) {

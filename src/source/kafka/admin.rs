@@ -16,7 +16,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext};
 
-use super::{ASK_TIMEOUT, partitions_of};
+use super::{ASK_TIMEOUT, layout_of};
 use crate::connect::kafka::KafkaConn;
 use crate::error::{Error, Result};
 
@@ -52,7 +52,7 @@ fn lookup(kafka: &KafkaConn, topic: &str, auto_create: bool, timeout: Duration) 
             kafka.brokers
         ))
     })?;
-    Ok(!partitions_of(&md, topic).is_empty())
+    Ok(!layout_of(&md, topic).partitions.is_empty())
 }
 
 /// Makes sure `topic` exists: creates it with `partitions` partitions (the

@@ -120,6 +120,15 @@ impl SourceContext {
         }
     }
 
+    /// Logs `message`, a trouble of the source's own fetching, once per
+    /// kind every [`LOG_EVERY`], and keeps it for the query's events.
+    pub(super) fn report(&self, message: String) {
+        if self.should_log(&message) {
+            tracing::warn!(topic = %self.topic, "kafka: {message}");
+            self.keep_error(message);
+        }
+    }
+
     /// Keeps a client error or log line just logged for the query's events.
     fn keep_error(&self, message: String) {
         let mut errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());

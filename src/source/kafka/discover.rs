@@ -14,8 +14,8 @@
 //! use runnel::source::kafka::discover::Discovery;
 //! let discovery = Discovery::start(consumer, "clicks", Duration::from_secs(5));
 //! // ... later, at a poll:
-//! if let Some(partitions) = discovery.take() {
-//!     println!("the topic has partitions {partitions:?}");
+//! if let Some(layout) = discovery.take() {
+//!     println!("the topic has partitions {:?}", layout.partitions);
 //! }
 //! # }
 //! ```
@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-use super::{ASK_AT_MOST, SourceContext, partitions_of};
+use super::{ASK_AT_MOST, Layout, SourceContext, layout_of};
 
 /// How often a source reading every partition looks for partitions added
 /// to its topic.
@@ -35,8 +35,8 @@ pub const DISCOVER_EVERY: Duration = Duration::from_secs(5);
 /// The asking thread of one source; it ends when this is dropped (at once
 /// while it waits, after its answer while it asks).
 pub struct Discovery {
-    /// The topic's partitions at the last answer not yet taken.
-    found: Arc<Mutex<Option<Vec<i32>>>>,
+    /// The topic's layout at the last answer not yet taken.
+    found: Arc<Mutex<Option<Layout>>>,
     /// Wakes the thread to ask now; dropped, ends it.
     wake: Sender<()>,
 }
@@ -57,8 +57,9 @@ impl Discovery {
         Discovery { found, wake }
     }
 
-    /// The topic's partitions, if the brokers answered since the last take.
-    pub fn take(&self) -> Option<Vec<i32>> {
+    /// The topic's partitions and their leaders, if the brokers answered
+    /// since the last take.
+    pub fn take(&self) -> Option<Layout> {
         self.found.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
@@ -75,7 +76,7 @@ fn ask(
     topic: &str,
     every: Duration,
     woken: &Receiver<()>,
-    found: &Mutex<Option<Vec<i32>>>,
+    found: &Mutex<Option<Layout>>,
 ) {
     loop {
         match woken.recv_timeout(every) {
@@ -84,9 +85,9 @@ fn ask(
         }
         match consumer.fetch_metadata(Some(topic), ASK_AT_MOST) {
             Ok(md) => {
-                let partitions = partitions_of(&md, topic);
-                if !partitions.is_empty() {
-                    *found.lock().unwrap_or_else(|p| p.into_inner()) = Some(partitions);
+                let layout = layout_of(&md, topic);
+                if !layout.partitions.is_empty() {
+                    *found.lock().unwrap_or_else(|p| p.into_inner()) = Some(layout);
                 }
             }
             Err(e) => tracing::debug!("kafka: metadata of {topic}: {e}"),

@@ -8,20 +8,30 @@
 //! Offsets live in Runnel's store, committed with the results they produced,
 //! so the consumer never commits to Kafka.
 //!
-//! A source reads its partitions' records thousands at a time from a queue
-//! they are all forwarded to (`fetch.rs`); rdkafka's own `poll` serves the
-//! statistics, errors and a group member's rebalances.
+//! Records are read one of two ways. On a plain connection (no TLS, SASL
+//! or other client property) Runnel fetches them itself (`wire/`): a
+//! thread per partition leader sends Fetch requests and turns each answer's
+//! record batches into chunks, without librdkafka's work per record.
+//! Otherwise (or with `own_fetch = false` in `runnel.toml`) librdkafka fetches them
+//! and the source takes them thousands at a time from a queue its
+//! partitions are all forwarded to (`fetch.rs`). Either way the consumer
+//! answers the questions about the topic (its partitions and their leaders,
+//! log ends) and rdkafka's own `poll` serves the statistics, errors and a
+//! group member's rebalances.
 //!
-//! Whether a partition is caught up comes from librdkafka's statistics
-//! (every [`STATS_INTERVAL_MS`]): a partition is confirmed caught up when
-//! everything up to the log end its leader last reported has been read and
-//! that leader answered within [`BROKER_FRESH_US`]. A stalled or unreachable
-//! broker therefore stops confirming, and the window engine never takes its
-//! partitions for idle (see [`crate::window::watermark`]). The consumer's
-//! context, which receives the statistics, rebalances and client errors, is
-//! in [`context`]; what a source reports of where it stands (offsets, lag,
-//! caught-up partitions) and its handling of lost offsets, in `progress.rs`;
-//! how it finds partitions added to its topic, in [`discover`].
+//! A partition is confirmed caught up when everything up to the log end its
+//! leader last reported has been read and that leader answered lately: on
+//! Runnel's own fetching, an answer within the confirmation's freshness
+//! (leaders answer every few milliseconds); on librdkafka's, its statistics
+//! (every [`STATS_INTERVAL_MS`]) with the leader heard from within
+//! [`BROKER_FRESH_US`]. A stalled or unreachable broker therefore stops
+//! confirming, and the window engine never takes its partitions for idle
+//! (see [`crate::window::watermark`]). The consumer's context, which
+//! receives the statistics, rebalances and client errors, is in
+//! [`context`]; what a source reports of where it stands (offsets, lag,
+//! caught-up partitions) and its handling of lost offsets, in
+//! `progress.rs`; how it finds partitions added to its topic and where
+//! their leaders are, in [`discover`].
 //!
 //! ```no_run
 //! use std::collections::BTreeMap;
@@ -43,6 +53,9 @@ pub mod context;
 pub mod discover;
 mod fetch;
 mod progress;
+#[cfg(test)]
+mod tests;
+mod wire;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -62,12 +75,30 @@ use crate::model::{OnOffsetLoss, StartFrom};
 pub use context::{BROKER_FRESH_US, STATS_INTERVAL_MS, SourceContext};
 use discover::{DISCOVER_EVERY, Discovery};
 use fetch::{FetchQueue, Fetched};
+use wire::WireFetch;
 
 fn start_offset(saved: Option<&i64>, start: StartFrom) -> Offset {
     match (saved, start) {
         (Some(o), _) => Offset::Offset(*o),
         (None, StartFrom::Earliest) => Offset::Beginning,
         (None, StartFrom::Latest) => Offset::End,
+    }
+}
+
+/// How a source reads its records.
+enum Fetch {
+    /// In batches off a librdkafka queue.
+    Queue(FetchQueue),
+    /// With Runnel's own fetching.
+    Wire(Box<WireFetch>),
+}
+
+/// A start as Runnel's own fetching takes it: an offset, or one to look up.
+fn wire_offset(at: Offset) -> i64 {
+    match at {
+        Offset::Offset(o) => o,
+        Offset::End => wire::LATEST,
+        _ => wire::EARLIEST,
     }
 }
 
@@ -108,7 +139,7 @@ pub fn end_offsets(kafka: &KafkaConn, topic: &str) -> Result<BTreeMap<i32, i64>>
         DefaultConsumerContext,
     )?;
     let md = consumer.fetch_metadata(Some(topic), ASK_TIMEOUT)?;
-    let partitions = partitions_of(&md, topic);
+    let partitions = layout_of(&md, topic).partitions;
     if partitions.is_empty() {
         return Err(Error::Execution(format!("topic {topic} does not exist")));
     }
@@ -121,9 +152,11 @@ pub fn end_offsets(kafka: &KafkaConn, topic: &str) -> Result<BTreeMap<i32, i64>>
 /// A consumer reading every partition of one topic, or in a consumer group
 /// the partitions the group assigns it.
 pub struct KafkaSource {
-    /// Reading every partition: where their records are read in batches
-    /// (see [`fetch`]). Closed before `consumer` (see `Drop`).
-    fetch: Option<FetchQueue>,
+    /// How records are read: in batches off librdkafka's queue (see
+    /// [`fetch`]; closed before `consumer`, see `Drop`) or by Runnel's
+    /// own fetching (see [`wire`]); `None` for a group member, which
+    /// reads nothing.
+    fetch: Option<Fetch>,
     /// Shared with `discovery`'s thread.
     consumer: Arc<BaseConsumer<SourceContext>>,
     topic: String,
@@ -133,6 +166,8 @@ pub struct KafkaSource {
     discover_every: Duration,
     /// Started at the first poll.
     discovery: Option<Discovery>,
+    /// When the brokers were last asked at once where partitions are.
+    asked: Option<Instant>,
     start: StartFrom,
     on_offset_loss: OnOffsetLoss,
     /// Records skipped over because their offsets were lost.
@@ -162,8 +197,17 @@ impl KafkaSource {
         saved: &BTreeMap<i32, i64>,
         waiting: Waiting,
     ) -> Result<Self> {
-        let (consumer, partitions) = open(kafka, topic, client_id, &[], waiting)?;
-        Self::assign(consumer, topic, partitions, start, saved)
+        let (consumer, layout) = open(kafka, topic, client_id, &[], waiting)?;
+        let wire = kafka.wire_fetch().then_some(client_id);
+        Self::assign(
+            consumer,
+            topic,
+            &layout,
+            layout.partitions.clone(),
+            start,
+            saved,
+            wire,
+        )
     }
 
     /// Connects, waits until the topic exists, and reads only `partitions`
@@ -179,10 +223,19 @@ impl KafkaSource {
         saved: &BTreeMap<i32, i64>,
         waiting: Waiting,
     ) -> Result<Self> {
-        let (consumer, all) = open(kafka, topic, client_id, &[], waiting)?;
-        let mut src = Self::assign(consumer, topic, partitions.to_vec(), start, saved)?;
+        let (consumer, layout) = open(kafka, topic, client_id, &[], waiting)?;
+        let wire = kafka.wire_fetch().then_some(client_id);
+        let mut src = Self::assign(
+            consumer,
+            topic,
+            &layout,
+            partitions.to_vec(),
+            start,
+            saved,
+            wire,
+        )?;
         src.all_partitions = false;
-        src.topic_partitions = all.len();
+        src.topic_partitions = layout.partitions.len();
         Ok(src)
     }
 
@@ -193,21 +246,29 @@ impl KafkaSource {
         (!self.all_partitions && self.fetch.is_some()).then_some(&self.partitions[..])
     }
 
-    /// Reads `partitions` of `topic` with `consumer`, resuming from `saved`
-    /// offsets where known; partitions added later are found by
-    /// [`poll`](Self::poll).
+    /// Reads `partitions` of `topic` (laid out as `layout` says) with
+    /// `consumer`, or with Runnel's own fetching if `wire` (its client id)
+    /// is given, resuming from `saved` offsets where known; partitions
+    /// added later are found by [`poll`](Self::poll).
     fn assign(
         consumer: BaseConsumer<SourceContext>,
         topic: &str,
+        layout: &Layout,
         partitions: Vec<i32>,
         start: StartFrom,
         saved: &BTreeMap<i32, i64>,
+        wire: Option<&str>,
     ) -> Result<Self> {
-        let mut fetch = FetchQueue::new(&consumer, topic)?;
+        let mut fetch = match wire {
+            Some(client_id) => Fetch::Wire(Box::new(WireFetch::new(topic, client_id))),
+            None => Fetch::Queue(FetchQueue::new(&consumer, topic)?),
+        };
         let mut offsets = saved.clone();
         let mut tpl = TopicPartitionList::new();
         for p in &partitions {
-            fetch.forward(&consumer, *p);
+            if let Fetch::Queue(queue) = &mut fetch {
+                queue.forward(&consumer, *p);
+            }
             let mut at = start_offset(saved.get(p), start);
             // `latest` is the log end now, kept as an offset of its own so a
             // checkpoint saves it even before the partition gives a record.
@@ -222,9 +283,14 @@ impl KafkaSource {
                     ),
                 }
             }
-            tpl.add_partition_offset(topic, *p, at)?;
+            match &mut fetch {
+                Fetch::Wire(wire) => wire.place(*p, wire_offset(at), layout.leaders.get(p)),
+                Fetch::Queue(_) => tpl.add_partition_offset(topic, *p, at)?,
+            }
         }
-        consumer.assign(&tpl)?;
+        if let Fetch::Queue(_) = fetch {
+            consumer.assign(&tpl)?;
+        }
         Ok(KafkaSource {
             fetch: Some(fetch),
             consumer: Arc::new(consumer),
@@ -232,6 +298,7 @@ impl KafkaSource {
             all_partitions: true,
             discover_every: DISCOVER_EVERY,
             discovery: None,
+            asked: None,
             start,
             on_offset_loss: OnOffsetLoss::Fail,
             skipped: 0,
@@ -264,7 +331,7 @@ impl KafkaSource {
             ("heartbeat.interval.ms", "500"),
             ("partition.assignment.strategy", "range"),
         ];
-        let (consumer, partitions) = open(kafka, topic, client_id, &group_settings, waiting)?;
+        let (consumer, layout) = open(kafka, topic, client_id, &group_settings, waiting)?;
         consumer.subscribe(&[topic])?;
         Ok(KafkaSource {
             fetch: None,
@@ -273,6 +340,7 @@ impl KafkaSource {
             all_partitions: false,
             discover_every: DISCOVER_EVERY,
             discovery: None,
+            asked: None,
             // Nothing is read.
             start: StartFrom::Latest,
             on_offset_loss: OnOffsetLoss::Fail,
@@ -280,7 +348,7 @@ impl KafkaSource {
             unforwarded: 0,
             offsets: BTreeMap::new(),
             sizes: ChunkSizes::default(),
-            topic_partitions: partitions.len(),
+            topic_partitions: layout.partitions.len(),
             partitions: Vec::new(),
             generation: 0,
         })
@@ -331,22 +399,29 @@ impl KafkaSource {
         &self.partitions
     }
 
-    /// Assigns the partitions of `new` (the topic's, as the brokers last
+    /// Assigns the partitions of `layout` (the topic's, as the brokers last
     /// told [`Discovery`]) not read yet, from their beginning: every record
     /// in them came after the query started reading the topic.
-    fn assign_added(&mut self, mut new: Vec<i32>) -> Result<()> {
+    fn assign_added(&mut self, layout: &Layout) -> Result<()> {
+        let mut new = layout.partitions.clone();
         new.retain(|p| !self.partitions.contains(p));
         if new.is_empty() {
             return Ok(());
         }
         let mut tpl = TopicPartitionList::new();
         for p in &new {
-            if let Some(fetch) = &mut self.fetch {
-                fetch.forward(&self.consumer, *p);
+            match &mut self.fetch {
+                Some(Fetch::Wire(wire)) => {
+                    wire.place(*p, wire::EARLIEST, layout.leaders.get(p));
+                }
+                Some(Fetch::Queue(queue)) => queue.forward(&self.consumer, *p),
+                None => {}
             }
             tpl.add_partition_offset(&self.topic, *p, Offset::Beginning)?;
         }
-        self.consumer.incremental_assign(&tpl)?;
+        if !matches!(self.fetch, Some(Fetch::Wire(_))) {
+            self.consumer.incremental_assign(&tpl)?;
+        }
         tracing::info!(topic = %self.topic, partitions = ?new, "new partitions assigned");
         self.partitions.extend(&new);
         self.topic_partitions = self.partitions.len();
@@ -354,30 +429,79 @@ impl KafkaSource {
     }
 
     /// Reads up to `max` records, waiting at most `wait` for the first one,
-    /// grouped into one chunk per partition.
+    /// grouped into chunks of one partition each (one per partition and
+    /// poll off librdkafka's queue; one per record batch or more fetching
+    /// with Runnel's own).
     pub fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Chunk>> {
-        if self.all_partitions {
-            let (consumer, topic) = (&self.consumer, &self.topic);
-            let every = self.discover_every;
-            let discovery = (self.discovery)
-                .get_or_insert_with(|| Discovery::start(consumer.clone(), topic, every));
-            if let Some(all) = discovery.take() {
-                self.assign_added(all)?;
+        self.look_around()?;
+        let mut chunks = Vec::new();
+        match &self.fetch {
+            None => {
+                self.poll_consumer(&mut chunks, max, wait)?;
+            }
+            Some(Fetch::Wire(_)) => {
+                // Statistics and errors: nothing else is on that queue.
+                self.poll_consumer(&mut chunks, max, Duration::ZERO)?;
+                let Some(Fetch::Wire(wire)) = &mut self.fetch else {
+                    unreachable!("matched above")
+                };
+                let (mut got, lost) = wire.poll(max.saturating_sub(chunks.len()), wait);
+                chunks.append(&mut got);
+                for trouble in wire.troubles() {
+                    self.consumer.context().report(trouble);
+                }
+                advance(&mut self.offsets, &chunks);
+                if !lost.is_empty() {
+                    self.on_offset_loss()?;
+                }
+            }
+            Some(Fetch::Queue(_)) => self.poll_queue(&mut chunks, max, wait)?,
+        }
+        self.sizes.note(&chunks);
+        Ok(chunks)
+    }
+
+    /// Takes what the brokers last said of the topic: partitions added
+    /// (when reading every partition), and where Runnel's own fetching
+    /// finds each partition's leader; asks again soon when a leader was
+    /// lost.
+    fn look_around(&mut self) -> Result<()> {
+        let wire = matches!(self.fetch, Some(Fetch::Wire(_)));
+        if !self.all_partitions && !wire {
+            return Ok(());
+        }
+        let (consumer, topic, every) = (&self.consumer, &self.topic, self.discover_every);
+        let discovery = (self.discovery)
+            .get_or_insert_with(|| Discovery::start(consumer.clone(), topic, every));
+        let layout = discovery.take();
+        if let Some(layout) = &layout
+            && self.all_partitions
+        {
+            self.assign_added(layout)?;
+        }
+        if let Some(Fetch::Wire(w)) = &mut self.fetch {
+            if let Some(layout) = &layout {
+                w.relocate(&layout.leaders);
+            }
+            if w.astray() && self.asked.is_none_or(|at| at.elapsed() >= wire::RETRY) {
+                if let Some(d) = &self.discovery {
+                    d.ask_now();
+                }
+                self.asked = Some(Instant::now());
             }
         }
-        let mut chunks = Vec::new();
-        if self.fetch.is_none() {
-            self.poll_consumer(&mut chunks, max, wait)?;
-            self.sizes.note(&chunks);
-            return Ok(chunks);
-        }
+        Ok(())
+    }
+
+    /// Reads off librdkafka's queue (see [`fetch`]).
+    fn poll_queue(&mut self, chunks: &mut Vec<Chunk>, max: usize, wait: Duration) -> Result<()> {
         // Statistics and errors first (records come on the consumer's
         // queue only if forwarding failed: read them all the same).
-        let n = self.poll_consumer(&mut chunks, max, Duration::ZERO)?;
+        let n = self.poll_consumer(chunks, max, Duration::ZERO)?;
         self.unforwarded += n as u64;
         let wait = if n > 0 { Duration::ZERO } else { wait };
-        let Some(fetch) = &mut self.fetch else {
-            unreachable!("checked above")
+        let Some(Fetch::Queue(fetch)) = &mut self.fetch else {
+            unreachable!("read off the queue only")
         };
         let mut lost = false;
         fetch.read(&self.consumer, max - n, wait, |f| match f {
@@ -386,14 +510,7 @@ impl KafkaSource {
                 offset,
                 payload,
                 log_time,
-            } => push(
-                &mut chunks,
-                &self.sizes,
-                partition,
-                offset,
-                payload,
-                log_time,
-            ),
+            } => push(chunks, &self.sizes, partition, offset, payload, log_time),
             Fetched::Error(code, _) if offsets_lost(Some(code)) => lost = true,
             Fetched::Error(code, text) => {
                 let e = format!("{code}: {text}");
@@ -402,12 +519,11 @@ impl KafkaSource {
                 }
             }
         });
-        advance(&mut self.offsets, &chunks);
+        advance(&mut self.offsets, chunks);
         if lost {
             self.on_offset_loss()?;
         }
-        self.sizes.note(&chunks);
-        Ok(chunks)
+        Ok(())
     }
 
     /// Reads records off the consumer's own queue into `chunks`, one call
@@ -463,8 +579,8 @@ impl KafkaSource {
 
 impl Drop for KafkaSource {
     fn drop(&mut self) {
-        if let Some(fetch) = self.fetch.take() {
-            fetch.close(&self.consumer);
+        if let Some(Fetch::Queue(queue)) = self.fetch.take() {
+            queue.close(&self.consumer);
         }
     }
 }
@@ -514,27 +630,54 @@ fn advance(offsets: &mut BTreeMap<i32, i64>, chunks: &[Chunk]) {
     }
 }
 
-/// The partitions of `topic` in a metadata answer (none if it is missing).
-fn partitions_of(md: &rdkafka::metadata::Metadata, topic: &str) -> Vec<i32> {
-    md.topics()
-        .iter()
+/// A topic's partitions and, per partition with a leader, the leader's
+/// address (`host:port`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Layout {
+    /// The partitions.
+    pub partitions: Vec<i32>,
+    /// Per partition, its leader's address.
+    pub leaders: BTreeMap<i32, String>,
+}
+
+/// The layout of `topic` in a metadata answer (no partitions if it is
+/// missing).
+fn layout_of(md: &rdkafka::metadata::Metadata, topic: &str) -> Layout {
+    let brokers: BTreeMap<i32, String> = (md.brokers().iter())
+        .map(|b| {
+            let host = b.host();
+            let addr = match host.contains(':') {
+                true => format!("[{host}]:{}", b.port()),
+                false => format!("{host}:{}", b.port()),
+            };
+            (b.id(), addr)
+        })
+        .collect();
+    let partitions = (md.topics().iter())
         .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect()
+        .flat_map(|t| t.partitions());
+    let mut layout = Layout::default();
+    for p in partitions {
+        layout.partitions.push(p.id());
+        if let Some(addr) = brokers.get(&p.leader()) {
+            layout.leaders.insert(p.id(), addr.clone());
+        }
+    }
+    layout
 }
 
 /// The longest a source waits for one answer about its topic: what a stop
 /// can wait for while the brokers are slow.
 const ASK_AT_MOST: Duration = Duration::from_secs(8);
 
-/// Creates a consumer and waits until `topic` exists; returns its partitions.
+/// Creates a consumer and waits until `topic` exists; returns its layout.
 fn open(
     kafka: &KafkaConn,
     topic: &str,
     client_id: &str,
     extra: &[(&str, &str)],
     waiting: Waiting,
-) -> Result<(BaseConsumer<SourceContext>, Vec<i32>)> {
+) -> Result<(BaseConsumer<SourceContext>, Layout)> {
     let stats_interval = STATS_INTERVAL_MS.to_string();
     let mut settings = vec![
         ("group.id", client_id),
@@ -568,7 +711,7 @@ fn open(
     // `ASK_AT_MOST`, so a query started during a stall starts once one
     // answer can arrive instead of asking again and again for ever.
     let mut ask = Duration::from_secs(2);
-    let partitions = loop {
+    let layout = loop {
         if waiting.stop.load(Ordering::Relaxed) {
             return Err(Error::Execution("stopped before the topic appeared".into()));
         }
@@ -581,9 +724,9 @@ fn open(
         (waiting.unreachable)(*ctx.down_since.lock().unwrap_or_else(|p| p.into_inner()));
         match answer {
             Ok(md) => {
-                let ps = partitions_of(&md, topic);
-                if !ps.is_empty() {
-                    break ps;
+                let layout = layout_of(&md, topic);
+                if !layout.partitions.is_empty() {
+                    break layout;
                 }
                 (waiting.missing)(&format!(
                     "topic '{topic}' does not exist on the brokers {brokers}; the query waits for it"
@@ -596,5 +739,5 @@ fn open(
         }
         std::thread::sleep(Duration::from_millis(500));
     };
-    Ok((consumer, partitions))
+    Ok((consumer, layout))
 }

@@ -9,7 +9,7 @@ use std::time::Instant;
 use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{ASK_TIMEOUT, KafkaSource};
+use super::{ASK_TIMEOUT, Fetch, KafkaSource};
 use crate::error::{Error, Result};
 use crate::model::{OnOffsetLoss, StartFrom};
 
@@ -17,21 +17,6 @@ impl KafkaSource {
     /// Next offset to read per partition (for partitions read or restored).
     pub fn offsets(&self) -> &BTreeMap<i32, i64> {
         &self.offsets
-    }
-
-    /// The next offset to read in each of `partitions`: the offset after the
-    /// last record read, or, for a partition nothing was read from yet, the
-    /// consumer's position (where its start resolved, past any transaction
-    /// markers). `None` until the consumer knows it.
-    pub fn next_offset(&self, partition: i32) -> Option<i64> {
-        let read = self.offsets.get(&partition).copied();
-        let position = self.consumer.position().ok().and_then(|tpl| {
-            match tpl.find_partition(&self.topic, partition)?.offset() {
-                Offset::Offset(o) => Some(o),
-                _ => None,
-            }
-        });
-        read.max(position)
     }
 
     /// Records not yet read per partition: the high watermark last reported
@@ -46,6 +31,15 @@ impl KafkaSource {
     /// Per assigned partition whose log end librdkafka knows: the next
     /// offset to read and the log end (high watermark) last reported.
     fn log_ends(&self) -> Vec<(i32, i64, i64)> {
+        if let Some(Fetch::Wire(wire)) = &self.fetch {
+            // Not read yet: the position is where the query starts.
+            return (wire.log_ends().iter())
+                .filter_map(|(p, e)| {
+                    let next = self.offsets.get(p).copied().or_else(|| wire.position(*p))?;
+                    Some((*p, next, e.high))
+                })
+                .collect();
+        }
         let Ok(tpl) = self.consumer.assignment() else {
             return Vec::new();
         };
@@ -136,12 +130,16 @@ impl KafkaSource {
             );
             self.skipped += skipped as u64;
             self.offsets.insert(p, to);
+            if let Some(Fetch::Wire(wire)) = &mut self.fetch {
+                wire.seek(p, to);
+                continue;
+            }
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition_offset(&self.topic, p, Offset::Offset(to))?;
             self.consumer.incremental_unassign(&tpl)?;
             self.consumer.incremental_assign(&tpl)?;
-            if let Some(fetch) = &mut self.fetch {
-                fetch.moved(p, to);
+            if let Some(Fetch::Queue(queue)) = &mut self.fetch {
+                queue.moved(p, to);
             }
         }
         Ok(())
@@ -151,6 +149,9 @@ impl KafkaSource {
     /// everything up to the log end a live leader last reported has been
     /// read (and nothing fetched is waiting in the consumer's queue).
     pub fn caught_up(&self) -> BTreeMap<i32, Instant> {
+        if let Some(Fetch::Wire(wire)) = &self.fetch {
+            return wire.caught_up(&self.offsets);
+        }
         let ends = self
             .consumer
             .context()
