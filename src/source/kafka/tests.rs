@@ -38,6 +38,16 @@ fn produce_compressed(brokers: &str, range: std::ops::Range<usize>, codec: &str)
     producer.flush(Duration::from_secs(10)).unwrap();
 }
 
+/// What partition `p` holds, offset and payload, once records `0..n` were
+/// produced (see [`produce`]).
+fn held(p: i32, n: usize) -> Vec<(i64, String)> {
+    (0..n)
+        .filter(|i| i % 3 == p as usize)
+        .enumerate()
+        .map(|(k, i)| (k as i64, format!("record {i}")))
+        .collect()
+}
+
 /// A source reading all of topic `t` from its earliest records, off
 /// librdkafka's queue or (`wire`) with Runnel's own fetching.
 fn connect(brokers: &str, client_id: &str, wire: bool) -> KafkaSource {
@@ -254,12 +264,7 @@ fn partition_added(slow: Duration, wire: bool) {
             .flatten()
             .cloned()
             .collect();
-        let want: Vec<_> = (0..1_800)
-            .filter(|i| i % 3 == p as usize)
-            .enumerate()
-            .map(|(k, i)| (k as i64, format!("record {i}")))
-            .collect();
-        assert_eq!(got, want, "partition {p}");
+        assert_eq!(got, held(p, 1_800), "partition {p}");
     }
     // Nothing more: every record came once.
     cluster.broker_round_trip_time(1, Duration::ZERO).unwrap();
@@ -297,12 +302,7 @@ fn a_partition_whose_leader_moves_is_read_on_from_its_new_leader() {
                 .flatten()
                 .cloned()
                 .collect();
-            let want: Vec<_> = (0..1_800)
-                .filter(|i| i % 3 == p as usize)
-                .enumerate()
-                .map(|(k, i)| (k as i64, format!("record {i}")))
-                .collect();
-            assert_eq!(got, want, "partition {p}, wire {wire}");
+            assert_eq!(got, held(p, 1_800), "partition {p}, wire {wire}");
         }
         if wire {
             let Some(super::Fetch::Wire(w)) = &src.fetch else {
@@ -331,11 +331,6 @@ fn batches_a_producer_compressed_are_read_as_sent() {
     let n = 600 * codecs.len();
     let seen = read(&mut src, n, Duration::from_secs(20));
     for p in 0..3 {
-        let want: Vec<_> = (0..n)
-            .filter(|i| i % 3 == p as usize)
-            .enumerate()
-            .map(|(k, i)| (k as i64, format!("record {i}")))
-            .collect();
-        assert_eq!(seen[&p], want, "partition {p}");
+        assert_eq!(seen[&p], held(p, n), "partition {p}");
     }
 }

@@ -48,31 +48,21 @@ pub(super) fn lead(
         if stopped() {
             return;
         }
-        let c = match &mut conn {
-            Some(c) => c,
-            None => match Conn::open(addr, client_id, &stopped) {
-                Ok(c) => conn.insert(c),
-                Err(e) => {
-                    let down = Answer::Down {
-                        addr: addr.to_string(),
-                        error: e.to_string(),
-                    };
-                    if tx.send(down).is_err() {
-                        return;
-                    }
-                    std::thread::sleep(RETRY);
-                    continue;
-                }
-            },
-        };
-        let answers = if at.iter().any(|(_, o, _)| *o < 0) {
-            look_up(c, topic, &at, &stopped)
-        } else {
-            fetch(c, topic, &at, &stopped)
-        };
+        let answers = (|| {
+            let c = match &mut conn {
+                Some(c) => c,
+                None => conn.insert(Conn::open(addr, client_id, &stopped)?),
+            };
+            match at.iter().any(|(_, o, _)| *o < 0) {
+                true => look_up(c, topic, &at, &stopped),
+                false => fetch(c, topic, &at, &stopped),
+            }
+        })();
         let answers = match answers {
             Ok(a) => a,
             Err(e) => {
+                // Connected anew after a pause: the source is told, and
+                // asks where the partitions are now.
                 conn = None;
                 let down = Answer::Down {
                     addr: addr.to_string(),

@@ -94,7 +94,7 @@ struct Wanted {
     at: BTreeMap<i32, (i64, u64)>,
 }
 
-/// One leader: its address and what its thread fetches.
+/// A leader's thread, as the source sees it: what it fetches, and its stop.
 struct Leader {
     wanted: Arc<(Mutex<Wanted>, Condvar)>,
     stop: Arc<AtomicBool>,
