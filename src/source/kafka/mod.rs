@@ -438,6 +438,7 @@ impl KafkaSource {
         match &self.fetch {
             None => {
                 self.poll_consumer(&mut chunks, max, wait)?;
+                self.sizes.note(&chunks);
             }
             Some(Fetch::Wire(_)) => {
                 // Statistics and errors: nothing else is on that queue.
@@ -455,9 +456,13 @@ impl KafkaSource {
                     self.on_offset_loss()?;
                 }
             }
-            Some(Fetch::Queue(_)) => self.poll_queue(&mut chunks, max, wait)?,
+            Some(Fetch::Queue(_)) => {
+                self.poll_queue(&mut chunks, max, wait)?;
+                // Room for the next poll's chunks (Runnel's own fetching
+                // sizes each chunk from its answer).
+                self.sizes.note(&chunks);
+            }
         }
-        self.sizes.note(&chunks);
         Ok(chunks)
     }
 

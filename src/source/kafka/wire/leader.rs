@@ -138,17 +138,10 @@ fn look_up(
     let mut out = Vec::new();
     let mut parts = Vec::new();
     for lp in answer.topics.iter().flat_map(|t| &t.partitions) {
-        let Some(&(p, _, generation)) = at.iter().find(|(p, ..)| *p == lp.partition_index) else {
+        let p = lp.partition_index;
+        let Some((_, generation)) = asked(at, p, lp.error_code, &mut out) else {
             continue;
         };
-        if lp.error_code != 0 {
-            out.push(Answer::Refused {
-                partition: p,
-                generation,
-                code: lp.error_code,
-            });
-            continue;
-        }
         parts.push(Part {
             partition: p,
             generation,
@@ -160,6 +153,27 @@ fn look_up(
     }
     out.push(Answer::Fetched(parts));
     Ok(out)
+}
+
+/// The position and generation `at` asked for `partition`; `None` when
+/// it was not asked for, or when its leader answered with error `code`
+/// (the refusal is added to `out`).
+fn asked(
+    at: &[(i32, i64, u64)],
+    partition: i32,
+    code: i16,
+    out: &mut Vec<Answer>,
+) -> Option<(i64, u64)> {
+    let &(_, position, generation) = at.iter().find(|(p, ..)| *p == partition)?;
+    if code != 0 {
+        out.push(Answer::Refused {
+            partition,
+            generation,
+            code,
+        });
+        return None;
+    }
+    Some((position, generation))
 }
 
 /// Fetches the partitions of `at` from their positions.
@@ -201,18 +215,10 @@ fn fetch(
     let mut out = Vec::new();
     let mut parts = Vec::new();
     for pd in answer.responses.into_iter().flat_map(|t| t.partitions) {
-        let Some(&(p, from, generation)) = at.iter().find(|(p, ..)| *p == pd.partition_index)
-        else {
+        let p = pd.partition_index;
+        let Some((from, generation)) = asked(at, p, pd.error_code, &mut out) else {
             continue;
         };
-        if pd.error_code != 0 {
-            out.push(Answer::Refused {
-                partition: p,
-                generation,
-                code: pd.error_code,
-            });
-            continue;
-        }
         let aborted: Vec<(i64, i64)> = (pd.aborted_transactions.iter().flatten())
             .map(|a| (a.producer_id.0, a.first_offset))
             .collect();
