@@ -16,6 +16,7 @@
 //! # Ok(()) }
 //! ```
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::kafka::{BrokerProcess, TOPIC, producer, send};
@@ -91,12 +92,8 @@ async fn serve_queries(ds: &Dataset, bootstrap: &str, n: usize, shared: bool) ->
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let done = (0..n).all(|i| {
-            app.query(&format!("q{i}")).is_ok_and(|q| {
-                q.counters
-                    .records_in
-                    .load(std::sync::atomic::Ordering::Relaxed)
-                    >= ds.len() as u64
-            })
+            app.query(&format!("q{i}"))
+                .is_ok_and(|q| q.counters.records_in.load(Ordering::Relaxed) >= ds.len() as u64)
         });
         if done {
             break;
@@ -105,10 +102,7 @@ async fn serve_queries(ds: &Dataset, bootstrap: &str, n: usize, shared: bool) ->
             let read: Vec<String> = (0..n)
                 .filter_map(|i| app.query(&format!("q{i}")).ok())
                 .map(|q| {
-                    let r = q
-                        .counters
-                        .records_in
-                        .load(std::sync::atomic::Ordering::Relaxed);
+                    let r = q.counters.records_in.load(Ordering::Relaxed);
                     format!("{} read {r} ({:?})", q.name, q.status())
                 })
                 .collect();
@@ -121,6 +115,12 @@ async fn serve_queries(ds: &Dataset, bootstrap: &str, n: usize, shared: bool) ->
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (wall_s, cpu_s) = meter.stop();
+    // What the queries had closed and written when the last record was read.
+    let (mut rows, mut windows) = (0, 0);
+    for q in (0..n).filter_map(|i| app.query(&format!("q{i}")).ok()) {
+        rows += q.counters.rows_emitted.load(Ordering::Relaxed) as usize;
+        windows += q.counters.windows_closed.load(Ordering::Relaxed);
+    }
     let mut threads = threads_cpu_since(&threads_before, part_of);
     let rest = cpu_s - threads.iter().map(|t| t.1).sum::<f64>();
     threads.push(("other".into(), rest.max(0.0)));
@@ -137,6 +137,8 @@ async fn serve_queries(ds: &Dataset, bootstrap: &str, n: usize, shared: bool) ->
         records: ds.len(),
         wall_s,
         cpu_s,
+        rows,
+        windows,
         peak_rss: peak_rss(),
         threads,
         ..Default::default()
