@@ -438,7 +438,6 @@ impl KafkaSource {
         match &self.fetch {
             None => {
                 self.poll_consumer(&mut chunks, max, wait)?;
-                self.sizes.note(&chunks);
             }
             Some(Fetch::Wire(_)) => {
                 // Statistics and errors: nothing else is on that queue.
@@ -455,14 +454,13 @@ impl KafkaSource {
                 if !lost.is_empty() {
                     self.on_offset_loss()?;
                 }
+                // Runnel's own fetching sizes each chunk from its answer.
+                return Ok(chunks);
             }
-            Some(Fetch::Queue(_)) => {
-                self.poll_queue(&mut chunks, max, wait)?;
-                // Room for the next poll's chunks (Runnel's own fetching
-                // sizes each chunk from its answer).
-                self.sizes.note(&chunks);
-            }
+            Some(Fetch::Queue(_)) => self.poll_queue(&mut chunks, max, wait)?,
         }
+        // Room for the next poll's chunks of librdkafka's records.
+        self.sizes.note(&chunks);
         Ok(chunks)
     }
 
