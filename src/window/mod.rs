@@ -51,6 +51,8 @@ pub mod delta;
 mod late;
 pub use late::{LATE_COLUMNS, late_schema};
 mod session;
+#[cfg(test)]
+mod tests;
 pub mod watermark;
 
 pub use checkpoint::{states_from_ipc, states_to_ipc};
@@ -535,12 +537,19 @@ impl WindowEngine {
             return Ok(());
         }
         self.dirty = true;
-        let mut touched = Vec::new();
+        // A window's parts of one output of the batch plan go in as one
+        // state: the output holds each group once, so merging the parts
+        // would find nothing to merge.
+        let mut parts: BTreeMap<(i64, i64), Vec<RecordBatch>> = BTreeMap::new();
         for s in states {
             for (key, part) in split_by_window(&s)? {
-                self.windows.entry(key).or_default().push(part);
-                touched.push(key);
+                parts.entry(key).or_default().push(part);
             }
+        }
+        let touched: Vec<(i64, i64)> = parts.keys().copied().collect();
+        for (key, batches) in parts {
+            let state = concat_batches(&batches[0].schema(), &batches)?;
+            self.windows.entry(key).or_default().push(state);
         }
         if self.plan.early_ms.is_some() {
             self.changed.extend(touched.iter().copied());
