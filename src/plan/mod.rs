@@ -635,4 +635,4 @@ fn partial_of(agg: &AggregateExec) -> datafusion::error::Result<Arc<AggregateExe
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -6,7 +6,8 @@ use crate::sql::{Statement, parse_sql};
 use datafusion::arrow::array::{Array, ArrayRef, Int64Array, StringArray};
 use datafusion::arrow::compute::{cast, concat_batches};
 
-async fn plan(sql: &str) -> ContinuousPlan {
+/// The plan of the `SELECT` after the `CREATE STREAM` of `sql`.
+pub(crate) async fn plan(sql: &str) -> ContinuousPlan {
     let stmts = parse_sql(sql).unwrap();
     let Statement::CreateStream(stream) = &stmts[0].stmt else {
         panic!("first statement must be CREATE STREAM")

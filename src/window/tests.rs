@@ -5,24 +5,18 @@ use datafusion::arrow::array::{Int64Array, StringArray};
 use datafusion::arrow::datatypes::Schema;
 
 use super::*;
-use crate::sql::{Statement, parse_sql};
 
 /// The engine of `SELECT k, count(*) AS n ... GROUP BY k WINDOW 10s` over
 /// `(ts, k)`, and the stream's schema.
 async fn engine() -> (WindowEngine, SchemaRef) {
-    let stmts = parse_sql(
+    let plan = crate::plan::tests::plan(
         "CREATE STREAM s (ts TIMESTAMP, k TEXT) WITH (kafka_topic = 's', event_time = 'ts');
          SELECT k, count(*) AS n FROM s GROUP BY k WINDOW 10s",
     )
-    .unwrap();
-    let (Statement::CreateStream(stream), Statement::Select(select)) =
-        (&stmts[0].stmt, &stmts[1].stmt)
-    else {
-        panic!("a stream and a SELECT")
-    };
-    let plan = Arc::new(ContinuousPlan::build(stream, select).await.unwrap());
-    let schema = Arc::new(Schema::new(stream.fields()));
-    (WindowEngine::new(plan, Some(0), 0), schema)
+    .await;
+    // The plan's input is the stream's columns, then the window's.
+    let schema = Arc::new(Schema::new(plan.input_schema.fields()[..2].to_vec()));
+    (WindowEngine::new(Arc::new(plan), Some(0), 0), schema)
 }
 
 /// 12 000 groups: more than one output batch of the batch plan holds
