@@ -540,16 +540,14 @@ impl WindowEngine {
         // A window's parts of one output of the batch plan go in as one
         // state: the output holds each group once, so merging the parts
         // would find nothing to merge.
-        let mut parts: BTreeMap<(i64, i64), Vec<RecordBatch>> = BTreeMap::new();
-        for s in states {
-            for (key, part) in split_by_window(&s)? {
-                parts.entry(key).or_default().push(part);
-            }
-        }
-        let touched: Vec<(i64, i64)> = parts.keys().copied().collect();
-        for (key, batches) in parts {
-            let state = concat_batches(&batches[0].schema(), &batches)?;
+        let Some(first) = states.first() else {
+            return Ok(());
+        };
+        let output = concat_batches(&first.schema(), &states)?;
+        let mut touched = Vec::new();
+        for (key, state) in split_by_window(&output)? {
             self.windows.entry(key).or_default().push(state);
+            touched.push(key);
         }
         if self.plan.early_ms.is_some() {
             self.changed.extend(touched.iter().copied());
