@@ -55,13 +55,11 @@ async fn old_event_times_with_pauses_and_a_restart_in_one() {
 
 /// A backlog of 80 windows (80 000 records over 4 partitions, what the
 /// mock cluster keeps; event times from twenty minutes ago) read from the
-/// start by a query created after it. Behind its input by more than
-/// 10 000 records, the query commits the windows it closes together on the
-/// checkpoint interval, not one by one: far fewer commits than windows. A
-/// `kill -9` while it catches up, with closed windows' rows not yet
-/// committed, still ends with exactly the oracle's rows.
+/// start by a query created after it, with a `kill -9` while it catches
+/// up: the restarted server goes on from the last commit and ends with
+/// exactly the oracle's rows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backlog_commits_its_windows_together_and_survives_kill_nine() {
+async fn a_backlog_read_from_the_start_through_a_kill_nine() {
     let (_cluster, brokers) = mock_topic(4);
     let dir = tempfile::tempdir().unwrap();
     let s = TestServer::start(dir.path(), &brokers);
@@ -81,8 +79,6 @@ async fn a_backlog_commits_its_windows_together_and_survives_kill_nine() {
     let s = TestServer::start(dir.path(), &brokers);
     wait_and_check(&s, &feed.oracle).await;
     let (_, q) = s.get("/queries/adnetwork").await;
-    let commits = q["commits"]["count"].as_u64().unwrap();
-    assert!(commits < 30, "{commits} commits for 80 windows: {q}");
     assert_eq!(q["counters"]["late_records"], 0, "{q}");
 }
 

@@ -6,10 +6,9 @@
 //! each ([`decode`]) by a reader the server's queries over the stream share
 //! ([`shared`]); tells the engine's clocks what arrived; folds the
 //! records into the window engine, which emits the windows the watermark
-//! has passed; commits, at every window close (while more than 10 000
-//! records behind its input, closed windows' rows wait for the interval)
-//! and at least every `checkpoint_interval` while records flow; and
-//! publishes what was written to the query's `INTO TOPIC`.
+//! has passed; commits, at every window close and at least every
+//! `checkpoint_interval` while records flow; and publishes what was written
+//! to the query's `INTO TOPIC`.
 //!
 //! What differs between one server and a cluster member is a
 //! [`Coordinator`]: who reads which partitions, where progress and partial
@@ -453,8 +452,6 @@ impl QueryTask {
         let mut last_tick = Instant::now();
         let mut last_commit = Instant::now();
         let mut uncommitted = false;
-        // Rows of windows closed while behind, waiting for the next commit.
-        let mut held: Vec<Emission> = Vec::new();
         let mut last_lag = Instant::now();
         let mut last_prune: Option<Instant> = None;
         let mut last_late_prune: Option<Instant> = None;
@@ -487,18 +484,12 @@ impl QueryTask {
                 emitted.extend(rt.block_on(engine.emit_open(now))?);
                 next_emit = now + ms;
             }
-            held.extend(emitted);
-            // Rows are committed as their windows close, but a query behind
-            // its input commits a backlog's windows together on the
-            // checkpoint interval: each commit saves every open window's
-            // state, and the window after one that closes has only part of
-            // its records yet.
-            let interval = last_commit.elapsed() >= self.checkpoint_interval;
-            let due = !held.is_empty() && (interval || !behind(&progress))
-                || (uncommitted || !coord.commits_only_records()) && interval;
+            let due = !emitted.is_empty()
+                || (uncommitted || !coord.commits_only_records())
+                    && last_commit.elapsed() >= self.checkpoint_interval;
             if due {
                 let started = Instant::now();
-                let written = coord.commit(self, &rt, &mut engine, std::mem::take(&mut held))?;
+                let written = coord.commit(self, &rt, &mut engine, emitted)?;
                 self.metrics.observe_commit(started.elapsed());
                 self.metrics.observe_emissions(&written, now_ms());
                 coord.publish(self, &written)?;
@@ -523,8 +514,8 @@ impl QueryTask {
                 backlog.note(&self.name, &self.counters, self.metrics.total_lag());
             }
         }
-        if uncommitted || !held.is_empty() {
-            match coord.commit(self, &rt, &mut engine, held) {
+        if uncommitted {
+            match coord.commit(self, &rt, &mut engine, Vec::new()) {
                 Ok(written) => coord.publish(self, &written)?,
                 // Read again from the last commit on the next start.
                 Err(e) if e.is_unavailable() => tracing::warn!(query = %self.name, "{e}"),
@@ -535,16 +526,8 @@ impl QueryTask {
     }
 }
 
-/// Records not yet read past which a query is behind its input.
-const BACKLOG_RECORDS: i64 = 10_000;
-
-/// Whether the source is more than [`BACKLOG_RECORDS`] behind its log ends.
-fn behind(progress: &Progress) -> bool {
-    progress.lag.iter().map(|(_, l)| l).sum::<i64>() > BACKLOG_RECORDS
-}
-
-/// Logs the catch-up rate while a backlog of more than [`BACKLOG_RECORDS`]
-/// records is being read, every 5 s at most.
+/// Logs the catch-up rate while a backlog of more than 10 000 records is
+/// being read, every 5 s at most.
 struct Backlog {
     since: Instant,
     records: u64,
@@ -562,14 +545,14 @@ impl Backlog {
         let lag = lag.unwrap_or(0);
         let records = counters.records_in.load(Ordering::Relaxed);
         let secs = self.since.elapsed().as_secs_f64();
-        if lag > BACKLOG_RECORDS && secs >= 5.0 {
+        if lag > 10_000 && secs >= 5.0 {
             tracing::info!(
                 query = %query,
                 records_per_sec = ((records - self.records) as f64 / secs).round(),
                 lag,
                 "catching up on a backlog"
             );
-        } else if lag > BACKLOG_RECORDS {
+        } else if lag > 10_000 {
             return;
         }
         *self = Backlog {

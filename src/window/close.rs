@@ -40,10 +40,12 @@ impl WindowEngine {
                 }
             }
             _ => {
-                // The running batch plans may hold records of a window to
-                // close or to correct (a closed one ends before it, too).
-                self.settle_through(closed_through(kind, self.grace, wm))
-                    .await?;
+                // The running batch plan may hold records of a window to
+                // close or to correct.
+                let due = self.live_reaches(closed_through(kind, self.grace, wm));
+                if due || self.corrections {
+                    self.settle().await?;
+                }
                 while let Some((&(end, start), _)) = self.windows.first_key_value() {
                     if !window_closed(kind, end, self.grace, wm) {
                         break;
@@ -159,7 +161,9 @@ impl WindowEngine {
             Some(w) => newest.min(w.saturating_add(self.clock.delay())),
             None => i64::MIN,
         };
-        self.settle_through(read_past).await?;
+        if self.live_reaches(read_past) {
+            self.settle().await?;
+        }
         for (&(end, _), buf) in self.windows.iter_mut() {
             let touched = std::mem::take(&mut buf.touched);
             if end <= read_past && !touched && buf.ready.is_none() {

@@ -3,11 +3,11 @@
 //! For each decoded batch the engine assigns every record to its windows,
 //! drops it from windows that are already closed (judged against the running
 //! watermark of its partition, record by record, so batching never changes
-//! the outcome), feeds its window's run of the query's batch plan, which
-//! keeps running across polls (`running.rs`), and settles a run's partial
-//! aggregate states into its window's state when something needs them: the
-//! window to close or finish ahead, a commit, an emit tick, or
-//! [`LIVE_ROWS`] records taken ([`WindowEngine::settle`]). When the watermark
+//! the outcome), feeds the query's batch plan, which keeps running across
+//! polls ([`PartialRun`]), and settles its partial aggregate states into the
+//! state of each open window when something needs them: a window to close
+//! or finish ahead, a commit, an emit tick, or [`LIVE_ROWS`] records taken
+//! ([`WindowEngine::settle`]). When the watermark
 //! (the rule is in [`watermark`]) passes a window's end plus its grace, the
 //! window's states go through the close plan and its rows are emitted.
 //! What a query takes from a read is in `batch.rs`, assignment in
@@ -30,14 +30,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use datafusion::arrow::array::{ArrayRef, AsArray, UInt32Array};
-use datafusion::arrow::compute::{cast, concat_batches, take};
+use datafusion::arrow::compute::{cast, concat_batches, max, min, take};
 use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef, TimestampMillisecondType};
 use datafusion::arrow::record_batch::RecordBatch;
 
 use crate::error::{Error, Result};
 use crate::model::WindowKind;
 use crate::model::{Counters, Emission};
-use crate::plan::ContinuousPlan;
+use crate::plan::{ContinuousPlan, PartialRun};
 
 mod assign;
 use assign::Assigned;
@@ -50,9 +50,6 @@ mod close;
 pub mod delta;
 mod late;
 pub use late::{LATE_COLUMNS, late_schema};
-mod running;
-pub use running::LIVE_ROWS;
-use running::Running;
 mod session;
 #[cfg(test)]
 mod tests;
@@ -66,6 +63,19 @@ use watermark::Watermarks;
 /// at most about this many rows at a time (other queries feed each batch
 /// to their running batch plan).
 const COALESCE_ROWS: usize = 65_536;
+
+/// Records the running batch plan takes before its states are settled into
+/// the windows anyway; until then each counts as a state row.
+pub const LIVE_ROWS: usize = 1 << 20;
+
+/// The batch plan running across polls and the windows, by (end, start),
+/// of the records it took.
+#[derive(Debug)]
+struct Live {
+    run: PartialRun,
+    rows: usize,
+    windows: BTreeSet<(i64, i64)>,
+}
 
 /// A closed window kept for corrections by late records.
 #[derive(Debug, Clone)]
@@ -183,10 +193,9 @@ pub struct WindowEngine {
     state_ops: Option<Vec<delta::StateOp>>,
     /// Session windows: each key's sessions and their partial states.
     sessions: Option<Sessions>,
-    /// The batch plan's executions taking records not yet settled into
-    /// `windows`, one per window (never for sessions, which merge per key
-    /// as records come).
-    live: Running,
+    /// The batch plan's execution taking records not yet settled into
+    /// `windows` (never for sessions, which merge per key as records come).
+    live: Option<Live>,
     /// Per-partition event-time clocks: the watermark.
     clock: Watermarks,
     /// The watermark windows have been closed up to ([`window_closed`]).
@@ -252,7 +261,7 @@ impl WindowEngine {
             incremental: false,
             state_ops: None,
             sessions,
-            live: Running::default(),
+            live: None,
             clock: Watermarks::new(delay_ms),
             closed_wm: i64::MIN,
             partials_only: false,
@@ -285,7 +294,7 @@ impl WindowEngine {
     /// Forgets every open window and restarts from `partition_max`, the
     /// highest event time read per partition (`i64::MIN` when none yet).
     pub fn reset(&mut self, partition_max: BTreeMap<i32, i64>) {
-        self.live = Running::default();
+        self.live = None;
         self.windows.clear();
         self.changed.clear();
         self.retained.clear();
@@ -349,7 +358,7 @@ impl WindowEngine {
     pub fn state_rows(&self) -> usize {
         self.windows.values().map(|w| w.rows).sum::<usize>()
             + self.sessions.as_ref().map_or(0, Sessions::rows)
-            + self.live.rows()
+            + self.live.as_ref().map_or(0, |l| l.rows)
     }
 
     /// Bytes of partial state held in memory by the open windows (and the
@@ -386,7 +395,7 @@ impl WindowEngine {
 
     /// Number of windows holding state.
     pub fn open_windows(&self) -> usize {
-        let live = self.live.windows();
+        let live = self.live.iter().flat_map(|l| &l.windows);
         let unsettled = live.filter(|k| !self.windows.contains_key(k)).count();
         self.windows.len() + unsettled + self.sessions.as_ref().map_or(0, Sessions::open)
     }
@@ -441,7 +450,7 @@ impl WindowEngine {
             }
         }
         self.aggregate(pending).await?;
-        if self.live.rows() >= LIVE_ROWS {
+        if self.live.as_ref().is_some_and(|l| l.rows >= LIVE_ROWS) {
             self.settle().await?;
         }
         let closed = self.close_ready().await?;
@@ -462,9 +471,8 @@ impl WindowEngine {
         self.close_until(w).await
     }
 
-    /// Feeds window-assigned batches to the batch plan: to their windows'
-    /// running ones, or for sessions to an execution of their own, as one
-    /// batch.
+    /// Feeds window-assigned batches to the batch plan: to the running one,
+    /// or for sessions to an execution of their own, as one batch.
     async fn aggregate(&mut self, expanded: Vec<Assigned>) -> Result<()> {
         if self.sessions.is_some() {
             let mut batches: Vec<RecordBatch> = expanded.into_iter().map(|a| a.batch).collect();
@@ -477,35 +485,48 @@ impl WindowEngine {
             return self.add_states(states).await;
         }
         for Assigned { batch, spans } in expanded {
-            let windows = spans.as_ref().map(|s| &s.windows[..]);
-            let early = self.live.push(&self.plan, batch, windows)?;
+            let live = match &mut self.live {
+                Some(live) => live,
+                None => self.live.insert(Live {
+                    run: self.plan.open_partial()?,
+                    rows: 0,
+                    windows: BTreeSet::new(),
+                }),
+            };
+            live.rows += batch.num_rows();
+            match spans {
+                Some(spans) => live.windows.extend(&spans.windows),
+                None => note_windows(&batch, &mut live.windows),
+            }
+            let early = live.run.push(batch)?;
             self.add_states(early).await?;
         }
         Ok(())
     }
 
-    /// Settles the partial states of every record the running batch plans
+    /// Settles the partial states of every record the running batch plan
     /// took into the open windows.
     pub async fn settle(&mut self) -> Result<()> {
-        self.settle_through(i64::MAX).await
-    }
-
-    /// Settles the running batch plans of the windows ending at or before
-    /// `end`; later windows' keep running.
-    async fn settle_through(&mut self, end: i64) -> Result<()> {
-        for run in self.live.take_through(end) {
-            let states = run.finish().await?;
+        if let Some(live) = self.live.take() {
+            let states = live.run.finish().await?;
             self.add_states(states).await?;
         }
         Ok(())
+    }
+
+    /// Whether the running batch plan holds records of a window ending at
+    /// or before `end`: it must settle before such a window is finished.
+    fn live_reaches(&self, end: i64) -> bool {
+        let first = self.live.as_ref().and_then(|l| l.windows.first());
+        first.is_some_and(|&(e, _)| e <= end)
     }
 
     /// The latest window start among records the batch plan took, settled
     /// or not.
     fn newest_start(&self) -> Option<i64> {
         let settled = self.windows.keys().map(|&(_, start)| start).max();
-        let live = self.live.windows().map(|&(_, start)| start).max();
-        settled.max(live)
+        let live = self.live.iter().flat_map(|l| &l.windows);
+        settled.max(live.map(|&(_, start)| start).max())
     }
 
     async fn add_states(&mut self, states: Vec<RecordBatch>) -> Result<()> {
@@ -567,20 +588,47 @@ async fn compact(plan: &ContinuousPlan, buf: &mut WindowBuf) -> Result<()> {
     buf.merge_fresh(plan).await
 }
 
+/// Adds the (end, start) windows of window-assigned records (their last
+/// two columns) to `windows`. A window's end names it (its start follows
+/// from the window spec), so a batch whose ends are all one — most are: a
+/// partition's records of one poll rarely span a window's edge — is one
+/// window.
+fn note_windows(b: &RecordBatch, windows: &mut BTreeSet<(i64, i64)>) {
+    let n = b.num_columns();
+    let col = |i: usize| b.column(i).as_primitive::<TimestampMillisecondType>();
+    let (ends, starts) = (col(n - 1), col(n - 2));
+    let (Some(lo), Some(hi)) = (min(ends), max(ends)) else {
+        return;
+    };
+    if lo == hi {
+        windows.insert((lo, starts.value(0)));
+        return;
+    }
+    let mut last = None;
+    for key in ends
+        .values()
+        .iter()
+        .copied()
+        .zip(starts.values().iter().copied())
+    {
+        if last != Some(key) {
+            windows.insert(key);
+            last = Some(key);
+        }
+    }
+}
+
 /// Splits partial states (or rows: window columns first) by their (end,
 /// start) window.
 pub(crate) fn split_by_window(b: &RecordBatch) -> Result<Vec<((i64, i64), RecordBatch)>> {
-    let col = |i: usize| b.column(i).as_primitive::<TimestampMillisecondType>();
-    split_on(b, col(0).values(), col(1).values())
-}
-
-/// Splits the rows of `b` by their (end, start) window, given each row's
-/// window `starts` and `ends`.
-fn split_on(
-    b: &RecordBatch,
-    starts: &[i64],
-    ends: &[i64],
-) -> Result<Vec<((i64, i64), RecordBatch)>> {
+    let starts = b
+        .column(0)
+        .as_primitive::<TimestampMillisecondType>()
+        .values();
+    let ends = b
+        .column(1)
+        .as_primitive::<TimestampMillisecondType>()
+        .values();
     if starts.is_empty() {
         return Ok(vec![]);
     }
