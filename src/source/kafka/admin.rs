@@ -16,7 +16,8 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext};
 
-use super::{ASK_TIMEOUT, layout_of};
+use super::ASK_TIMEOUT;
+use super::discover::layout_of;
 use crate::connect::kafka::KafkaConn;
 use crate::error::{Error, Result};
 

@@ -20,13 +20,14 @@
 //! # }
 //! ```
 
+use std::collections::BTreeMap;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-use super::{ASK_AT_MOST, Layout, SourceContext, layout_of};
+use super::{ASK_AT_MOST, SourceContext};
 
 /// How often a source reading every partition looks for partitions added
 /// to its topic.
@@ -93,4 +94,40 @@ fn ask(
             Err(e) => tracing::debug!("kafka: metadata of {topic}: {e}"),
         }
     }
+}
+
+/// A topic's partitions and, per partition with a leader, the leader's
+/// address (`host:port`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Layout {
+    /// The partitions.
+    pub partitions: Vec<i32>,
+    /// Per partition, its leader's address.
+    pub leaders: BTreeMap<i32, String>,
+}
+
+/// The layout of `topic` in a metadata answer (no partitions if it is
+/// missing).
+pub(super) fn layout_of(md: &rdkafka::metadata::Metadata, topic: &str) -> Layout {
+    let brokers: BTreeMap<i32, String> = (md.brokers().iter())
+        .map(|b| {
+            let host = b.host();
+            let addr = match host.contains(':') {
+                true => format!("[{host}]:{}", b.port()),
+                false => format!("{host}:{}", b.port()),
+            };
+            (b.id(), addr)
+        })
+        .collect();
+    let partitions = (md.topics().iter())
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions());
+    let mut layout = Layout::default();
+    for p in partitions {
+        layout.partitions.push(p.id());
+        if let Some(addr) = brokers.get(&p.leader()) {
+            layout.leaders.insert(p.id(), addr.clone());
+        }
+    }
+    layout
 }

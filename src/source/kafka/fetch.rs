@@ -1,4 +1,6 @@
-//! Reading a consumer's records many at a time.
+//! Reading records with librdkafka's fetching: a consumer's records many
+//! at a time, and the source's polls of them (`KafkaSource::poll_queue`,
+//! `KafkaSource::poll_consumer`).
 //!
 //! rdkafka's `BaseConsumer::poll` hands out one record per call: an event
 //! popped under the queue's lock, a clock read, an allocation. Caught up
@@ -30,12 +32,14 @@
 //! ```
 
 use std::ffi::CString;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::bindings as rd;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::message::Message;
 use rdkafka::types::RDKafkaErrorCode;
 
+use super::{Chunk, ChunkSizes, Fetch, KafkaSource, advance};
 use crate::error::{Error, Result};
 
 /// Records taken per librdkafka call.
@@ -229,4 +233,131 @@ unsafe fn fetched(m: &rd::rd_kafka_message_t) -> Fetched<'_> {
         payload: bytes(m.payload, m.len),
         log_time,
     }
+}
+
+impl KafkaSource {
+    /// Reads off librdkafka's queue (a [`FetchQueue`]).
+    pub(super) fn poll_queue(
+        &mut self,
+        chunks: &mut Vec<Chunk>,
+        max: usize,
+        wait: Duration,
+    ) -> Result<()> {
+        // Statistics and errors first (records come on the consumer's
+        // queue only if forwarding failed: read them all the same).
+        let n = self.poll_consumer(chunks, max, Duration::ZERO)?;
+        self.unforwarded += n as u64;
+        let wait = if n > 0 { Duration::ZERO } else { wait };
+        let Some(Fetch::Queue(fetch)) = &mut self.fetch else {
+            unreachable!("read off the queue only")
+        };
+        let mut lost = false;
+        fetch.read(&self.consumer, max - n, wait, |f| match f {
+            Fetched::Record {
+                partition,
+                offset,
+                payload,
+                log_time,
+            } => push(chunks, &self.sizes, partition, offset, payload, log_time),
+            Fetched::Error(code, _) if offsets_lost(Some(code)) => lost = true,
+            Fetched::Error(code, text) => {
+                let e = format!("{code}: {text}");
+                if self.consumer.context().should_log(&e) {
+                    tracing::warn!("kafka: {e}");
+                }
+            }
+        });
+        advance(&mut self.offsets, chunks);
+        if lost {
+            self.on_offset_loss()?;
+        }
+        Ok(())
+    }
+
+    /// Reads records off the consumer's own queue into `chunks`, one call
+    /// per record, serving its other events (statistics, rebalances,
+    /// errors) on the way; returns how many records it read.
+    pub(super) fn poll_consumer(
+        &mut self,
+        chunks: &mut Vec<Chunk>,
+        max: usize,
+        wait: Duration,
+    ) -> Result<usize> {
+        let mut n = 0;
+        let deadline = Instant::now() + wait;
+        let mut timeout = wait;
+        while n < max {
+            let Some(msg) = self.consumer.poll(timeout) else {
+                break;
+            };
+            let msg = match msg {
+                Ok(m) => m,
+                Err(e) => {
+                    if offsets_lost(e.rdkafka_error_code()) {
+                        advance(&mut self.offsets, chunks);
+                        self.on_offset_loss()?;
+                    } else if self.consumer.context().should_log(&e.to_string()) {
+                        tracing::warn!("kafka: {e}");
+                    }
+                    break;
+                }
+            };
+            let log_time = msg.timestamp().to_millis();
+            let payload = msg.payload().unwrap_or_default();
+            push(
+                chunks,
+                &self.sizes,
+                msg.partition(),
+                msg.offset(),
+                payload,
+                log_time,
+            );
+            n += 1;
+            // After the first record, take only what is already fetched.
+            timeout = Duration::ZERO;
+            // Reading the clock per record costs as much as copying it.
+            if n % 1024 == 0 && Instant::now() > deadline {
+                break;
+            }
+        }
+        advance(&mut self.offsets, chunks);
+        Ok(n)
+    }
+}
+
+/// Whether a consumer error says a partition's next offset is outside its
+/// log (see [`KafkaSource::on_offset_loss`]).
+fn offsets_lost(code: Option<RDKafkaErrorCode>) -> bool {
+    matches!(
+        code,
+        Some(RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange)
+    )
+}
+
+/// Appends one record to its partition's chunk (one chunk per partition per
+/// poll: fewer, larger batches; order within a partition, all the engine
+/// relies on, is kept); [`advance`](super::advance) then moves the partitions' next
+/// offsets past them.
+fn push(
+    chunks: &mut Vec<Chunk>,
+    sizes: &ChunkSizes,
+    partition: i32,
+    offset: i64,
+    payload: &[u8],
+    log_time: Option<i64>,
+) {
+    // A fetch brings a run of one partition's records: try the last first.
+    let i = match chunks.last() {
+        Some(c) if c.partition == partition => Some(chunks.len() - 1),
+        _ => chunks.iter().position(|c| c.partition == partition),
+    };
+    let i = match i {
+        Some(i) => i,
+        None => {
+            chunks.push(sizes.chunk(partition, offset));
+            chunks.len() - 1
+        }
+    };
+    // Without a timestamp the record's own event time is not capped.
+    chunks[i].push_logged(payload, offset, log_time.unwrap_or(i64::MAX));
 }

@@ -63,8 +63,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext};
-use rdkafka::message::Message;
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 pub use super::Chunk;
@@ -73,8 +71,9 @@ use crate::connect::kafka::KafkaConn;
 use crate::error::{Error, Result};
 use crate::model::{OnOffsetLoss, StartFrom};
 pub use context::{BROKER_FRESH_US, STATS_INTERVAL_MS, SourceContext};
-use discover::{DISCOVER_EVERY, Discovery};
-use fetch::{FetchQueue, Fetched};
+pub use discover::Layout;
+use discover::{DISCOVER_EVERY, Discovery, layout_of};
+use fetch::FetchQueue;
 use wire::WireFetch;
 
 fn start_offset(saved: Option<&i64>, start: StartFrom) -> Offset {
@@ -495,89 +494,6 @@ impl KafkaSource {
         }
         Ok(())
     }
-
-    /// Reads off librdkafka's queue (see [`fetch`]).
-    fn poll_queue(&mut self, chunks: &mut Vec<Chunk>, max: usize, wait: Duration) -> Result<()> {
-        // Statistics and errors first (records come on the consumer's
-        // queue only if forwarding failed: read them all the same).
-        let n = self.poll_consumer(chunks, max, Duration::ZERO)?;
-        self.unforwarded += n as u64;
-        let wait = if n > 0 { Duration::ZERO } else { wait };
-        let Some(Fetch::Queue(fetch)) = &mut self.fetch else {
-            unreachable!("read off the queue only")
-        };
-        let mut lost = false;
-        fetch.read(&self.consumer, max - n, wait, |f| match f {
-            Fetched::Record {
-                partition,
-                offset,
-                payload,
-                log_time,
-            } => push(chunks, &self.sizes, partition, offset, payload, log_time),
-            Fetched::Error(code, _) if offsets_lost(Some(code)) => lost = true,
-            Fetched::Error(code, text) => {
-                let e = format!("{code}: {text}");
-                if self.consumer.context().should_log(&e) {
-                    tracing::warn!("kafka: {e}");
-                }
-            }
-        });
-        advance(&mut self.offsets, chunks);
-        if lost {
-            self.on_offset_loss()?;
-        }
-        Ok(())
-    }
-
-    /// Reads records off the consumer's own queue into `chunks`, one call
-    /// per record, serving its other events (statistics, rebalances,
-    /// errors) on the way; returns how many records it read.
-    fn poll_consumer(
-        &mut self,
-        chunks: &mut Vec<Chunk>,
-        max: usize,
-        wait: Duration,
-    ) -> Result<usize> {
-        let mut n = 0;
-        let deadline = Instant::now() + wait;
-        let mut timeout = wait;
-        while n < max {
-            let Some(msg) = self.consumer.poll(timeout) else {
-                break;
-            };
-            let msg = match msg {
-                Ok(m) => m,
-                Err(e) => {
-                    if offsets_lost(e.rdkafka_error_code()) {
-                        advance(&mut self.offsets, chunks);
-                        self.on_offset_loss()?;
-                    } else if self.consumer.context().should_log(&e.to_string()) {
-                        tracing::warn!("kafka: {e}");
-                    }
-                    break;
-                }
-            };
-            let log_time = msg.timestamp().to_millis();
-            let payload = msg.payload().unwrap_or_default();
-            push(
-                chunks,
-                &self.sizes,
-                msg.partition(),
-                msg.offset(),
-                payload,
-                log_time,
-            );
-            n += 1;
-            // After the first record, take only what is already fetched.
-            timeout = Duration::ZERO;
-            // Reading the clock per record costs as much as copying it.
-            if n % 1024 == 0 && Instant::now() > deadline {
-                break;
-            }
-        }
-        advance(&mut self.offsets, chunks);
-        Ok(n)
-    }
 }
 
 impl Drop for KafkaSource {
@@ -588,85 +504,12 @@ impl Drop for KafkaSource {
     }
 }
 
-/// Whether a consumer error says a partition's next offset is outside its
-/// log (see [`KafkaSource::on_offset_loss`]).
-fn offsets_lost(code: Option<RDKafkaErrorCode>) -> bool {
-    matches!(
-        code,
-        Some(RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange)
-    )
-}
-
-/// Appends one record to its partition's chunk (one chunk per partition per
-/// poll: fewer, larger batches; order within a partition, all the engine
-/// relies on, is kept); [`advance`] then moves the partitions' next
-/// offsets past them.
-fn push(
-    chunks: &mut Vec<Chunk>,
-    sizes: &ChunkSizes,
-    partition: i32,
-    offset: i64,
-    payload: &[u8],
-    log_time: Option<i64>,
-) {
-    // A fetch brings a run of one partition's records: try the last first.
-    let i = match chunks.last() {
-        Some(c) if c.partition == partition => Some(chunks.len() - 1),
-        _ => chunks.iter().position(|c| c.partition == partition),
-    };
-    let i = match i {
-        Some(i) => i,
-        None => {
-            chunks.push(sizes.chunk(partition, offset));
-            chunks.len() - 1
-        }
-    };
-    // Without a timestamp the record's own event time is not capped.
-    chunks[i].push_logged(payload, offset, log_time.unwrap_or(i64::MAX));
-}
-
 /// Moves each partition's next offset past the last record of its chunk:
 /// a map update per chunk instead of one per record.
 fn advance(offsets: &mut BTreeMap<i32, i64>, chunks: &[Chunk]) {
     for c in chunks.iter().filter(|c| !c.is_empty()) {
         offsets.insert(c.partition, c.offset(c.len() - 1) + 1);
     }
-}
-
-/// A topic's partitions and, per partition with a leader, the leader's
-/// address (`host:port`).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Layout {
-    /// The partitions.
-    pub partitions: Vec<i32>,
-    /// Per partition, its leader's address.
-    pub leaders: BTreeMap<i32, String>,
-}
-
-/// The layout of `topic` in a metadata answer (no partitions if it is
-/// missing).
-fn layout_of(md: &rdkafka::metadata::Metadata, topic: &str) -> Layout {
-    let brokers: BTreeMap<i32, String> = (md.brokers().iter())
-        .map(|b| {
-            let host = b.host();
-            let addr = match host.contains(':') {
-                true => format!("[{host}]:{}", b.port()),
-                false => format!("{host}:{}", b.port()),
-            };
-            (b.id(), addr)
-        })
-        .collect();
-    let partitions = (md.topics().iter())
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions());
-    let mut layout = Layout::default();
-    for p in partitions {
-        layout.partitions.push(p.id());
-        if let Some(addr) = brokers.get(&p.leader()) {
-            layout.leaders.insert(p.id(), addr.clone());
-        }
-    }
-    layout
 }
 
 /// The longest a source waits for one answer about its topic: what a stop
