@@ -526,8 +526,11 @@ impl QueryTask {
     }
 }
 
-/// Logs the catch-up rate while a backlog of more than 10 000 records is
-/// being read, every 5 s at most.
+/// Records behind its log ends past which a query logs its catch-up rate.
+const BACKLOG_RECORDS: i64 = 10_000;
+
+/// Logs the catch-up rate while a backlog of more than [`BACKLOG_RECORDS`]
+/// records is being read, every 5 s at most.
 struct Backlog {
     since: Instant,
     records: u64,
@@ -545,14 +548,14 @@ impl Backlog {
         let lag = lag.unwrap_or(0);
         let records = counters.records_in.load(Ordering::Relaxed);
         let secs = self.since.elapsed().as_secs_f64();
-        if lag > 10_000 && secs >= 5.0 {
+        if lag > BACKLOG_RECORDS && secs >= 5.0 {
             tracing::info!(
                 query = %query,
                 records_per_sec = ((records - self.records) as f64 / secs).round(),
                 lag,
                 "catching up on a backlog"
             );
-        } else if lag > 10_000 {
+        } else if lag > BACKLOG_RECORDS {
             return;
         }
         *self = Backlog {

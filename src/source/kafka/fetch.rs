@@ -336,8 +336,8 @@ fn offsets_lost(code: Option<RDKafkaErrorCode>) -> bool {
 
 /// Appends one record to its partition's chunk (one chunk per partition per
 /// poll: fewer, larger batches; order within a partition, all the engine
-/// relies on, is kept); [`advance`](super::advance) then moves the partitions' next
-/// offsets past them.
+/// relies on, is kept); [`advance`](super::advance) then moves the
+/// partitions' next offsets past them.
 fn push(
     chunks: &mut Vec<Chunk>,
     sizes: &ChunkSizes,
