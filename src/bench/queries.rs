@@ -5,9 +5,14 @@
 //! from the earliest offset; the server process's CPU until every query
 //! has read every record and committed the rows of every window it
 //! closed. The ratios to the one query are what each more query over a
-//! stream costs. One run of each varies by ±10 % on a shared machine, so
-//! several rounds (each the three servers, over the records produced
-//! once) give the ratios' spread and median.
+//! stream costs. The one query is the cheapest of the eight (`GROUP BY
+//! publisher`, count and average); the same round also runs the canonical
+//! query alone and with the seven groupings other than its own beside it,
+//! sharing one read and with a consumer each, so the cost of seven
+//! more dashboards is also read against a user's usual first query. One
+//! run of each varies by ±10 % on a shared machine, so several rounds
+//! (each the six servers, over the records produced once) give the ratios'
+//! spread and median.
 //!
 //! ```no_run
 //! # async fn f(ds: &runnel::bench::Dataset) -> runnel::error::Result<()> {
@@ -22,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use super::kafka::{BrokerProcess, TOPIC, producer, send};
 use super::measure::{Meter, RunStats, peak_rss, thread_cpu, threads_cpu_since};
-use super::{Dataset, STREAM_SQL};
+use super::{Dataset, QUERY_SQL, STREAM_SQL};
 use crate::error::{Error, Result};
 
 /// Eight windowed queries over the impressions, each grouping differently.
@@ -37,12 +42,25 @@ const GROUPS: [&str; 8] = [
     "publisher, advertiser",
 ];
 
-/// Runs in each round of [`run_queries`]: one query, eight sharing one
-/// read, eight with a consumer each.
-pub const QUERY_RUNS: usize = 3;
+/// The grouping of the canonical query ([`QUERY_SQL`]).
+const CANONICAL_GROUP: &str = "publisher, geo";
 
-/// `rounds` times one query, then eight sharing a read, then eight apart,
-/// over the same records produced once: `QUERY_RUNS` runs a round.
+/// Runs in each round of [`run_queries`]: one query, eight sharing one
+/// read, eight with a consumer each, the canonical query, and it with the
+/// seven other groupings sharing one read and with a consumer each.
+pub const QUERY_RUNS: usize = 6;
+
+/// A query of the eight: count and average by `group`.
+fn grouped(group: &str) -> String {
+    format!(
+        "SELECT {group}, count(*) AS imps, avg(bid) AS avg_bid \
+         FROM impressions WHERE geo <> 'unknown' GROUP BY {group} WINDOW 10s"
+    )
+}
+
+/// `rounds` times one query, eight sharing a read, eight apart, the
+/// canonical query, and it with seven more sharing a read and apart, over
+/// the same records produced once: `QUERY_RUNS` runs a round.
 pub async fn run_queries(ds: &Dataset, partitions: i32, rounds: usize) -> Result<Vec<RunStats>> {
     use rdkafka::producer::Producer;
     // The mock cluster holds about 4 MiB per partition, as in `e2e`.
@@ -59,18 +77,37 @@ pub async fn run_queries(ds: &Dataset, partitions: i32, rounds: usize) -> Result
     drop(p);
     let mut runs = Vec::new();
     for _ in 0..rounds.max(1) {
-        for (n, shared) in [(1, true), (GROUPS.len(), true), (GROUPS.len(), false)] {
-            runs.push(serve_queries(ds, &broker.bootstrap, n, shared).await?);
+        let eight: Vec<String> = GROUPS.iter().map(|g| grouped(g)).collect();
+        let seven = GROUPS.iter().filter(|g| **g != CANONICAL_GROUP);
+        let canonical: Vec<String> = std::iter::once(QUERY_SQL.to_string())
+            .chain(seven.map(|g| grouped(g)))
+            .collect();
+        let sets = [
+            ("1 queries", &eight[..1], true),
+            ("8 queries", &eight[..], true),
+            ("8 queries", &eight[..], false),
+            ("canonical query", &canonical[..1], true),
+            ("canonical + 7 queries", &canonical[..], true),
+            ("canonical + 7 queries", &canonical[..], false),
+        ];
+        for (label, queries, shared) in sets {
+            runs.push(serve_queries(ds, &broker.bootstrap, label, queries, shared).await?);
         }
     }
     Ok(runs)
 }
 
-/// A fresh server reading the topic with the first `n` queries of
-/// [`GROUPS`], sharing one read of the stream or each with its own, until
-/// each has read every record and committed the rows of every window it
-/// closed.
-async fn serve_queries(ds: &Dataset, bootstrap: &str, n: usize, shared: bool) -> Result<RunStats> {
+/// A fresh server reading the topic with `queries`, sharing one read of the
+/// stream or each with its own, until each has read every record and
+/// committed the rows of every window it closed.
+async fn serve_queries(
+    ds: &Dataset,
+    bootstrap: &str,
+    label: &str,
+    queries: &[String],
+    shared: bool,
+) -> Result<RunStats> {
+    let n = queries.len();
     let data_dir =
         std::env::temp_dir().join(format!("runnel-bench-queries-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data_dir);
@@ -84,11 +121,8 @@ async fn serve_queries(ds: &Dataset, bootstrap: &str, n: usize, shared: bool) ->
     let meter = Meter::start();
     let app = crate::server::App::open(config).await?;
     let mut sql = format!("{};\n", STREAM_SQL.replace("adnetwork-topic", TOPIC));
-    for (i, g) in GROUPS[..n].iter().enumerate() {
-        sql.push_str(&format!(
-            "CREATE QUERY q{i} AS SELECT {g}, count(*) AS imps, avg(bid) AS avg_bid \
-             FROM impressions WHERE geo <> 'unknown' GROUP BY {g} WINDOW 10s;\n"
-        ));
+    for (i, q) in queries.iter().enumerate() {
+        sql.push_str(&format!("CREATE QUERY q{i} AS {q};\n"));
     }
     app.execute_sql(&sql).await?;
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -139,7 +173,7 @@ async fn serve_queries(ds: &Dataset, bootstrap: &str, n: usize, shared: bool) ->
     let _ = std::fs::remove_dir_all(&data_dir);
     Ok(RunStats {
         name: format!(
-            "server, {n} queries over one stream{}",
+            "server, {label} over one stream{}",
             if shared { "" } else { ", a consumer each" }
         ),
         records: ds.len(),
