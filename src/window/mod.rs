@@ -11,8 +11,9 @@
 //! (the rule is in [`watermark`]) passes a window's end plus its grace, the
 //! window's states go through the close plan and its rows are emitted.
 //! What a query takes from a read is in `batch.rs`, assignment in
-//! `assign.rs`, late records kept in `late.rs`, closing in `close.rs`,
-//! sessions in `session.rs` and saved state in `checkpoint.rs`.
+//! `assign.rs`, a window's states in `buf.rs`, late records kept in
+//! `late.rs`, closing in `close.rs`, sessions in `session.rs` and saved
+//! state in `checkpoint.rs`.
 //!
 //! ```no_run
 //! # async fn f(plan: std::sync::Arc<runnel::plan::ContinuousPlan>,
@@ -44,6 +45,8 @@ use assign::Assigned;
 pub use assign::WindowMemo;
 mod batch;
 pub use batch::{Offsets, PartitionBatch};
+mod buf;
+use buf::{Stored, WindowBuf, compact};
 mod checkpoint;
 pub use checkpoint::SavedCounters;
 mod close;
@@ -84,90 +87,6 @@ struct Retained {
     state: RecordBatch,
     /// The revision of its latest rows (0: written when it closed).
     revision: i64,
-}
-
-#[derive(Debug, Default)]
-struct WindowBuf {
-    /// The window's partial states: first those the store holds (when
-    /// saving incrementally), from `saved` on those added since. One merge
-    /// of the recent states serves both the window and the next commit's
-    /// delta, so no state is merged twice for their sake.
-    batches: Vec<RecordBatch>,
-    rows: usize,
-    /// How many of `batches` the store holds; 0 unless saving
-    /// incrementally, so then every state counts as recent.
-    saved: usize,
-    /// Rows from `saved` on, and in them when they were last merged.
-    fresh_rows: usize,
-    fresh_merged: usize,
-    /// The pieces of this window's state the store holds (see
-    /// [`delta`]).
-    stored: Stored,
-    /// Its rows, finished ahead of its close from `batches` as they are
-    /// (see [`WindowEngine::finish_ahead`]); dropped when `batches` change.
-    ready: Option<Vec<RecordBatch>>,
-    /// Took a state since the last look for windows to finish ahead.
-    touched: bool,
-}
-
-/// What the store holds of one window's state: its pieces, the bytes of
-/// the first (the merged state last written whole) and of those appended
-/// after it.
-#[derive(Debug, Default, Clone, Copy)]
-struct Stored {
-    pieces: usize,
-    merged: usize,
-    appended: usize,
-}
-
-impl WindowBuf {
-    fn push(&mut self, b: RecordBatch) {
-        self.rows += b.num_rows();
-        self.fresh_rows += b.num_rows();
-        self.batches.push(b);
-        self.ready = None;
-        self.touched = true;
-    }
-
-    /// The states added since the last save (all of them when not saving
-    /// incrementally).
-    fn fresh(&self) -> &[RecordBatch] {
-        &self.batches[self.saved..]
-    }
-
-    /// Whether the recent states have outgrown their last merge.
-    fn needs_compaction(&self) -> bool {
-        outgrown(self.fresh().len(), self.fresh_rows, self.fresh_merged)
-    }
-
-    /// Counts every state as held by the store.
-    fn mark_saved(&mut self) {
-        self.saved = self.batches.len();
-        self.fresh_rows = 0;
-        self.fresh_merged = 0;
-    }
-
-    /// Merges the recent states into one batch, one row per group, when
-    /// there are several.
-    async fn merge_fresh(&mut self, plan: &ContinuousPlan) -> Result<()> {
-        if self.fresh().len() < 2 {
-            return Ok(());
-        }
-        let fresh = self.batches.split_off(self.saved);
-        let merged = merge(plan, fresh).await?;
-        self.rows = self.rows - self.fresh_rows + merged.num_rows();
-        self.fresh_rows = merged.num_rows();
-        self.fresh_merged = merged.num_rows();
-        self.batches.push(merged);
-        Ok(())
-    }
-}
-
-/// Whether partial states appended since their last merge (`rows` in
-/// `batches`, `merged_rows` after that merge) are due to be merged again:
-/// growing past twice the merge bounds the work to a few merges per state.
-fn outgrown(batches: usize, rows: usize, merged_rows: usize) -> bool {
-    batches > 32 || rows > 2 * merged_rows + 16_384
 }
 
 /// The windowed state machine of one continuous query.
@@ -572,20 +491,6 @@ fn take_rows(b: &RecordBatch, idx: Vec<u32>) -> Result<RecordBatch> {
         .map(|c| take(c.as_ref(), &indices, None))
         .collect::<std::result::Result<Vec<_>, _>>()?;
     Ok(RecordBatch::try_new(b.schema(), cols)?)
-}
-
-/// `batches` of partial states merged into one batch, one row per group.
-async fn merge(plan: &ContinuousPlan, batches: Vec<RecordBatch>) -> Result<RecordBatch> {
-    let reduced = plan.reduce(batches).await?;
-    Ok(concat_batches(&plan.state_schema, &reduced)?)
-}
-
-/// Merges all of a window's states into one batch, counted as recent: a
-/// caller saving incrementally then saves the window whole.
-async fn compact(plan: &ContinuousPlan, buf: &mut WindowBuf) -> Result<()> {
-    buf.saved = 0;
-    buf.fresh_rows = buf.rows;
-    buf.merge_fresh(plan).await
 }
 
 /// Adds the (end, start) windows of window-assigned records (their last
