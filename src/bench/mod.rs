@@ -263,16 +263,19 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                     println!("{}", r.line());
                 }
                 let ratio = |r: &RunStats, to: &RunStats| r.cpu_s / to.cpu_s.max(f64::MIN_POSITIVE);
-                shared.push(ratio(&round[1], &round[0]));
-                apart.push(ratio(&round[2], &round[0]));
-                canonical.push(ratio(&round[4], &round[3]));
-                canonical_apart.push(ratio(&round[5], &round[3]));
-                println!(
-                    "queries: eight / one: {:.2}x the server CPU-seconds sharing one read, {:.2}x with a consumer each; canonical + seven / canonical: {:.2}x sharing one read, {:.2}x with a consumer each",
+                let r = [
                     ratio(&round[1], &round[0]),
                     ratio(&round[2], &round[0]),
                     ratio(&round[4], &round[3]),
                     ratio(&round[5], &round[3]),
+                ];
+                shared.push(r[0]);
+                apart.push(r[1]);
+                canonical.push(r[2]);
+                canonical_apart.push(r[3]);
+                println!(
+                    "queries: eight / one: {:.2}x the server CPU-seconds sharing one read, {:.2}x with a consumer each; canonical + seven / canonical: {:.2}x sharing one read, {:.2}x with a consumer each",
+                    r[0], r[1], r[2], r[3],
                 );
             }
             if shared.len() > 1 {

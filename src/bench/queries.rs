@@ -76,12 +76,12 @@ pub async fn run_queries(ds: &Dataset, partitions: i32, rounds: usize) -> Result
     p.flush(Duration::from_secs(120))?;
     drop(p);
     let mut runs = Vec::new();
+    let eight: Vec<String> = GROUPS.iter().map(|g| grouped(g)).collect();
+    let seven = GROUPS.iter().filter(|g| **g != CANONICAL_GROUP);
+    let canonical: Vec<String> = std::iter::once(QUERY_SQL.to_string())
+        .chain(seven.map(|g| grouped(g)))
+        .collect();
     for _ in 0..rounds.max(1) {
-        let eight: Vec<String> = GROUPS.iter().map(|g| grouped(g)).collect();
-        let seven = GROUPS.iter().filter(|g| **g != CANONICAL_GROUP);
-        let canonical: Vec<String> = std::iter::once(QUERY_SQL.to_string())
-            .chain(seven.map(|g| grouped(g)))
-            .collect();
         let sets = [
             ("1 queries", &eight[..1], true),
             ("8 queries", &eight[..], true),
