@@ -15,6 +15,8 @@
 //!   Browsers send `Origin` with every cross-site `POST`, form or `fetch`;
 //!   clients that send none (curl, `runnel sql`) are not affected.
 //!
+//! The router applies both to every request (`browser_guard`).
+//!
 //! ```
 //! use runnel::server::guard::HostRule;
 //! let rule = HostRule::new("127.0.0.1:8080".parse().unwrap(), &["runnel.internal".into()]);
@@ -26,6 +28,13 @@
 //! ```
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+
+use crate::error::Error;
 
 /// The accepted `Host` values of a server listening on one address.
 #[derive(Debug, Clone)]
@@ -120,6 +129,47 @@ pub fn same_origin(origin: &str, host: &str) -> bool {
         }
         _ => false,
     }
+}
+
+/// Refuses requests a web page may have made the browser send: a `Host`
+/// that does not name this server (DNS rebinding), and a call that changes
+/// something with an `Origin` other than the server's own.
+pub(super) async fn browser_guard(
+    State(rule): State<Arc<HostRule>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let headers = req.headers();
+    let host = match headers.get(header::HOST) {
+        Some(h) => Some(h.to_str().unwrap_or("")),
+        // HTTP/2 carries the host in the request line.
+        None => req.uri().authority().map(|a| a.as_str()),
+    };
+    if let Some(host) = host
+        && !rule.allows(host)
+    {
+        return Error::Forbidden(format!(
+            "Host {host:?} is not a name of this server; \
+             start it with --allow-host NAME to accept another name"
+        ))
+        .into_response();
+    }
+    let safe = matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    );
+    if !safe && let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("");
+        if !host.is_some_and(|h| same_origin(origin, h)) {
+            return Error::Forbidden(format!(
+                "cross-origin request refused: Origin {origin:?} is not this server's \
+                 origin; changes are accepted from its own pages or from clients \
+                 that send no Origin"
+            ))
+            .into_response();
+        }
+    }
+    next.run(req).await
 }
 
 #[cfg(test)]

@@ -37,7 +37,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::App;
-use super::guard::{HostRule, same_origin};
+use super::guard::{HostRule, browser_guard};
 use crate::error::Error;
 use crate::format::encode;
 use crate::sql::{Statement, parse_statement};
@@ -118,47 +118,6 @@ async fn json_errors(response: Response) -> Response {
     let message = String::from_utf8_lossy(&text);
     let body = json!({"error": {"code": code, "message": message, "line": null, "column": null}});
     (parts.status, axum::Json(body)).into_response()
-}
-
-/// Refuses requests a web page may have made the browser send: a `Host`
-/// that does not name this server (DNS rebinding), and a call that changes
-/// something with an `Origin` other than the server's own.
-async fn browser_guard(
-    State(rule): State<Arc<HostRule>>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let headers = req.headers();
-    let host = match headers.get(header::HOST) {
-        Some(h) => Some(h.to_str().unwrap_or("")),
-        // HTTP/2 carries the host in the request line.
-        None => req.uri().authority().map(|a| a.as_str()),
-    };
-    if let Some(host) = host
-        && !rule.allows(host)
-    {
-        return Error::Forbidden(format!(
-            "Host {host:?} is not a name of this server; \
-             start it with --allow-host NAME to accept another name"
-        ))
-        .into_response();
-    }
-    let safe = matches!(
-        *req.method(),
-        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
-    );
-    if !safe && let Some(origin) = headers.get(header::ORIGIN) {
-        let origin = origin.to_str().unwrap_or("");
-        if !host.is_some_and(|h| same_origin(origin, h)) {
-            return Error::Forbidden(format!(
-                "cross-origin request refused: Origin {origin:?} is not this server's \
-                 origin; changes are accepted from its own pages or from clients \
-                 that send no Origin"
-            ))
-            .into_response();
-        }
-    }
-    next.run(req).await
 }
 
 /// Compares in time independent of where the inputs differ.
