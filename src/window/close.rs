@@ -70,11 +70,6 @@ impl WindowEngine {
         }
         self.closed_wm = wm;
         self.corrections = false;
-        for e in &out {
-            self.counters
-                .rows_emitted
-                .fetch_add(e.batch.num_rows() as u64, Ordering::Relaxed);
-        }
         Ok(out)
     }
 
@@ -108,10 +103,6 @@ impl WindowEngine {
             (0, None) => self.plan.close(batches).await?,
             (r, _) => self.plan.close_revision(batches, r).await?,
         };
-        if revision == 0 {
-            self.counters.windows_closed.fetch_add(1, Ordering::Relaxed);
-            self.counters.last_window_end.store(end, Ordering::Relaxed);
-        }
         let kept = merged.as_ref().filter(|_| allow);
         self.note_closed(start, end, kept)?;
         if let Some(state) = kept {
@@ -120,6 +111,14 @@ impl WindowEngine {
         }
         let state = merged.filter(|_| self.keep_states);
         let batch = concat(&self.plan, rows)?;
+        // Rows are counted before the window, so whoever reads a window as
+        // closed reads its rows as emitted.
+        let n = batch.as_ref().map_or(0, |b| b.num_rows() as u64);
+        self.counters.rows_emitted.fetch_add(n, Ordering::Relaxed);
+        if revision == 0 {
+            self.counters.windows_closed.fetch_add(1, Ordering::Relaxed);
+            self.counters.last_window_end.store(end, Ordering::Relaxed);
+        }
         // A window without rows (after HAVING) still keeps its state, and
         // still replaces its earlier rows.
         let replaces = self.plan.early_ms.is_some() || revision > 0;
@@ -293,6 +292,7 @@ impl WindowEngine {
         let batch = concat(&self.plan, rows)?;
         if let Some(b) = &batch {
             let ends = ts_values(b.column(1))?;
+            (self.counters.rows_emitted).fetch_add(b.num_rows() as u64, Ordering::Relaxed);
             self.counters
                 .windows_closed
                 .fetch_add(b.num_rows() as u64, Ordering::Relaxed);
