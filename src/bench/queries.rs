@@ -4,8 +4,8 @@
 //! with a consumer each, on the real server (`App`) from the mock cluster,
 //! from the earliest offset; the server process's CPU until every query
 //! has read every record, closed every window the data closes and
-//! committed their rows. The ratios to the one query are what each more query over a
-//! stream costs. The one query is the cheapest of the eight (`GROUP BY
+//! committed their rows. The ratios to the one query are what each more
+//! query over a stream costs. The one query is the cheapest of the eight (`GROUP BY
 //! publisher`, count and average); the same round also runs the canonical
 //! query alone and with the seven groupings other than its own beside it,
 //! sharing one read and with a consumer each, so the cost of seven

@@ -292,7 +292,8 @@ impl WindowEngine {
         let batch = concat(&self.plan, rows)?;
         if let Some(b) = &batch {
             let ends = ts_values(b.column(1))?;
-            (self.counters.rows_emitted).fetch_add(b.num_rows() as u64, Ordering::Relaxed);
+            let emitted = &self.counters.rows_emitted;
+            emitted.fetch_add(b.num_rows() as u64, Ordering::Relaxed);
             self.counters
                 .windows_closed
                 .fetch_add(b.num_rows() as u64, Ordering::Relaxed);
