@@ -142,7 +142,7 @@ impl App {
 /// The query of each `late('query')` in a FROM clause.
 fn late_calls(sql: &str) -> Result<Vec<String>> {
     let mut out = Vec::new();
-    for args in super::table_calls(sql, "late")? {
+    for args in super::relations::table_calls(sql, "late")? {
         let [Some(query)] = args.as_slice() else {
             return Err(Error::BadRequest(
                 "late takes one query name in quotes, e.g. late('adnetwork')".into(),

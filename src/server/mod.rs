@@ -3,8 +3,9 @@
 //!
 //! This file holds the catalog ([`App`]: streams, tables, queries, their
 //! threads); `execute` runs statements against it, `render` writes its
-//! answers as JSON, `encode` writes result rows (JSON, CSV, events), `ddl` the `IF [NOT] EXISTS` / `OR REPLACE` cases, and
-//! `http`, `rows`, `rollup`, `limits` and `guard` serve it.
+//! answers as JSON, `ddl` the `IF [NOT] EXISTS` / `OR REPLACE` cases,
+//! `relations` finds what a `SELECT` reads, and `http`, `rows`, `rollup`,
+//! `limits` and `guard` serve it.
 //!
 //! ```no_run
 //! # async fn f() -> runnel::error::Result<()> {
@@ -26,12 +27,12 @@ mod late;
 mod lifecycle;
 pub mod limits;
 pub mod metrics;
+mod relations;
 mod render;
 mod rollup;
 mod rows;
 
 use std::collections::{BTreeMap, HashMap};
-use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -40,9 +41,6 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::datasource::MemTable;
 use datafusion::execution::context::SQLOptions;
-use datafusion::sql::sqlparser::ast::{self, TableFactor, Visit, Visitor};
-use datafusion::sql::sqlparser::dialect::GenericDialect;
-use datafusion::sql::sqlparser::parser::Parser;
 use serde_json::{Value, json};
 
 use crate::config::Config;
@@ -54,9 +52,10 @@ use crate::model::{SelectSql, SourceKind, StreamDef};
 use crate::plan::{ContinuousPlan, RefTable, plan_error};
 use crate::source::file::allowed_file;
 use crate::source::stats::StreamStats;
-use crate::sql::{Parsed, Statement, normalize_ident, parse_sql, parse_statement};
+use crate::sql::{Parsed, Statement, parse_sql, parse_statement};
 use crate::store::Store;
 pub use ddl::Created;
+use relations::relations;
 pub use render::Answer;
 use render::*;
 
@@ -179,105 +178,6 @@ impl Drop for StartTogether<'_> {
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = None;
         self.gate.open();
-    }
-}
-
-/// A table name a statement reads, with where it appears.
-type Relation = (String, Option<(u64, u64)>);
-
-/// Names of the tables a SELECT reads, in FROM and JOINs at any depth
-/// (subqueries, derived tables, CTE bodies), CTE names and table functions
-/// (`rollup(...)`) left out.
-fn relations(sql: &str) -> Result<Vec<Relation>> {
-    let stmt = Parser::new(&GenericDialect {})
-        .try_with_sql(sql)
-        .and_then(|mut p| p.parse_statement())
-        .map_err(crate::error::parser_error)?;
-    let mut found = Relations::default();
-    let _ = stmt.visit(&mut found);
-    Ok(found.names)
-}
-
-/// Collects [`relations`].
-#[derive(Default)]
-struct Relations {
-    names: Vec<Relation>,
-    ctes: Vec<String>,
-}
-
-impl Visitor for Relations {
-    type Break = ();
-
-    fn pre_visit_query(&mut self, q: &ast::Query) -> ControlFlow<()> {
-        for c in q.with.iter().flat_map(|w| &w.cte_tables) {
-            let id = &c.alias.name;
-            self.ctes
-                .push(normalize_ident(&id.value, id.quote_style.is_some()));
-        }
-        ControlFlow::Continue(())
-    }
-
-    fn pre_visit_table_factor(&mut self, f: &TableFactor) -> ControlFlow<()> {
-        if let TableFactor::Table {
-            name, args: None, ..
-        } = f
-            && let Some(ast::ObjectNamePart::Identifier(id)) = name.0.last()
-        {
-            let n = normalize_ident(&id.value, id.quote_style.is_some());
-            // A table named twice (a self-join, an IN subquery) is one relation.
-            let cte = name.0.len() == 1 && self.ctes.contains(&n);
-            if !cte && !self.names.iter().any(|(m, _)| *m == n) {
-                let at = Some((id.span.start.line, id.span.start.column)).filter(|l| l.0 > 0);
-                self.names.push((n, at));
-            }
-        }
-        ControlFlow::Continue(())
-    }
-}
-
-/// The arguments of each call of table function `function` in `sql`'s FROM
-/// clauses, at any depth: each argument a single-quoted string, or `None`.
-fn table_calls(sql: &str, function: &str) -> Result<Vec<Vec<Option<String>>>> {
-    let stmts = Parser::parse_sql(&GenericDialect {}, sql).map_err(crate::error::parser_error)?;
-    let mut calls = TableCalls {
-        function,
-        calls: Vec::new(),
-    };
-    for stmt in &stmts {
-        let _ = stmt.visit(&mut calls);
-    }
-    Ok(calls.calls)
-}
-
-/// Collects [`table_calls`].
-struct TableCalls<'a> {
-    function: &'a str,
-    calls: Vec<Vec<Option<String>>>,
-}
-
-impl Visitor for TableCalls<'_> {
-    type Break = ();
-
-    fn pre_visit_table_factor(&mut self, f: &TableFactor) -> ControlFlow<()> {
-        if let TableFactor::Table {
-            name,
-            args: Some(args),
-            ..
-        } = f
-            && name.to_string().eq_ignore_ascii_case(self.function)
-        {
-            let text = |a: &ast::FunctionArg| match a {
-                ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(ast::Expr::Value(v))) => {
-                    match &v.value {
-                        ast::Value::SingleQuotedString(s) => Some(s.clone()),
-                        _ => None,
-                    }
-                }
-                _ => None,
-            };
-            self.calls.push(args.args.iter().map(text).collect());
-        }
-        ControlFlow::Continue(())
     }
 }
 

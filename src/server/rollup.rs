@@ -321,7 +321,7 @@ impl TableFunctionImpl for RollupFunction {
 
 /// The `(query, size)` of each `rollup('query', 'size')` in a FROM clause.
 fn rollup_calls(sql: &str) -> Result<Vec<(String, String)>> {
-    Ok(super::table_calls(sql, "rollup")?
+    Ok(super::relations::table_calls(sql, "rollup")?
         .into_iter()
         .filter_map(|args| match args.as_slice() {
             [Some(query), Some(size)] => Some((query.clone(), size.clone())),

@@ -13,33 +13,29 @@
 //! Next to it, `<query>:late` keeps the query's late records ([`late`]).
 //!
 //! Both apply versioned migrations when opened. [`Store`] holds what the
-//! backends share (the catalog, the order of a commit, results pages); a
-//! backend only runs statements (`backend::Backend`).
+//! backends share (the catalog, a query's saved progress and the order of
+//! a commit (`progress.rs`, `statements.rs`), results pages); a backend
+//! only runs statements (`backend::Backend`).
 
 pub(crate) mod backend;
 pub mod late;
 pub mod pg_tls;
 pub mod postgres;
+mod progress;
 pub mod results;
 pub mod sqlite;
 pub(crate) mod statements;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use datafusion::arrow::array::AsArray;
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{
-    DataType, Int64Type, Schema, TimeUnit, TimestampMillisecondType,
-};
+use datafusion::arrow::datatypes::{DataType, Schema};
 
 use crate::error::{Error, Result};
-use crate::model::Emission;
-use crate::window::delta::{Saved, StatePiece};
 use backend::{Backend, Dialect, Param, Tx, Value};
 use postgres::PgStore;
+pub use progress::{Checkpoint, WindowState};
 use sqlite::SqliteStore;
 
 /// Format of timestamps in results pages: sortable and SQLite-friendly.
@@ -156,50 +152,6 @@ pub struct ResultFilter {
     /// At most this many rows.
     pub limit: usize,
 }
-
-/// A closed window's partial states as stored for roll-ups:
-/// (window start, window end, Arrow IPC bytes).
-pub type WindowState = (i64, i64, Vec<u8>);
-
-/// The stored form of an emission's window state, if it has one.
-fn window_state(e: &Emission) -> Result<Option<WindowState>> {
-    let Some(state) = &e.state else {
-        return Ok(None);
-    };
-    if state.num_rows() == 0 {
-        return Ok(None);
-    }
-    let bound = |c: usize| -> Result<i64> {
-        let v = cast(state.column(c), &DataType::Int64)?;
-        Ok(v.as_primitive::<Int64Type>().value(0))
-    };
-    let bytes = crate::window::states_to_ipc(&state.schema(), std::slice::from_ref(state))?;
-    Ok(Some((bound(0)?, bound(1)?, bytes)))
-}
-
-/// The windows a windowed emission replaces: its one window if it names it,
-/// else each distinct (window_start, window_end) of its rows, in epoch ms,
-/// in first-seen order.
-fn replaced_windows(e: &Emission) -> Result<Vec<(i64, i64)>> {
-    if let Some(w) = e.window {
-        return Ok(vec![w]);
-    }
-    let batch = &e.batch;
-    let ms = DataType::Timestamp(TimeUnit::Millisecond, None);
-    let (starts, ends) = (cast(batch.column(0), &ms)?, cast(batch.column(1), &ms)?);
-    let (starts, ends) = (
-        starts.as_primitive::<TimestampMillisecondType>(),
-        ends.as_primitive::<TimestampMillisecondType>(),
-    );
-    let mut seen = std::collections::HashSet::new();
-    Ok((0..batch.num_rows())
-        .map(|i| (starts.value(i), ends.value(i)))
-        .filter(|k| seen.insert(*k))
-        .collect())
-}
-
-/// A saved checkpoint: the next offset per partition and the engine state.
-pub type Checkpoint = (BTreeMap<i32, i64>, Vec<u8>);
 
 /// The store of a server: SQLite or PostgreSQL, behind one `Backend`.
 #[derive(Clone)]
@@ -431,88 +383,6 @@ impl Store {
         })
     }
 
-    /// Writes emitted rows, the offsets consumed so far and what changed in
-    /// the engine's state, atomically. A closed window's rows replace any
-    /// earlier rows of the same window; a cumulative emission replaces the
-    /// whole table.
-    pub fn commit(
-        &self,
-        query: &str,
-        emissions: &[Emission],
-        offsets: &BTreeMap<i32, i64>,
-        saved: &Saved,
-    ) -> Result<()> {
-        self.commit_with_late(query, emissions, &[], offsets, saved)
-    }
-
-    /// Whether the store takes writes: a write transaction that changes
-    /// nothing (it still needs SQLite's write lock and a live PostgreSQL
-    /// connection).
-    pub fn probe_write(&self) -> Result<()> {
-        self.write(|tx| {
-            tx.execute("DELETE FROM runnel_checkpoints WHERE 1 = 0", &[])
-                .map(drop)
-        })
-    }
-
-    /// Forgets a query's saved offsets and state.
-    pub fn delete_checkpoint(&self, query: &str) -> Result<()> {
-        let params = [Param::Text(query.into())];
-        self.write(|tx| {
-            tx.execute("DELETE FROM runnel_checkpoints WHERE query = $1", &params)?;
-            tx.execute("DELETE FROM runnel_state_pieces WHERE query = $1", &params)
-                .map(drop)
-        })
-    }
-
-    /// The stored pieces of a query's window state, in the order written.
-    pub fn load_state_pieces(&self, query: &str) -> Result<Vec<StatePiece>> {
-        let params = [Param::Text(query.into())];
-        let (_, rows) = self.read(|tx| {
-            tx.query(
-                "SELECT window_start, window_end, kept, state FROM runnel_state_pieces
-                 WHERE query = $1 ORDER BY seq",
-                &params,
-            )
-        })?;
-        Ok(rows
-            .into_iter()
-            .map(|mut r| {
-                let state = match r.pop() {
-                    Some(Value::Blob(b)) => b,
-                    _ => Vec::new(),
-                };
-                let n = |i: usize| int(&r[i]).unwrap_or(0);
-                StatePiece {
-                    window: (n(0), n(1)),
-                    kept: n(2) != 0,
-                    state,
-                }
-            })
-            .collect())
-    }
-
-    /// The last checkpoint of a query: next offsets per partition and the state blob.
-    pub fn load_checkpoint(&self, query: &str) -> Result<Option<Checkpoint>> {
-        let params = [Param::Text(query.into())];
-        let (_, rows) = self.read(|tx| {
-            tx.query(
-                "SELECT offsets, state FROM runnel_checkpoints WHERE query = $1",
-                &params,
-            )
-        })?;
-        let Some(row) = rows.into_iter().next() else {
-            return Ok(None);
-        };
-        let offsets = serde_json::from_str(text(&row[0]).unwrap_or_default())
-            .map_err(|e| Error::Execution(format!("corrupt checkpoint offsets: {e}")))?;
-        let state = match &row[1] {
-            Value::Blob(b) => b.clone(),
-            _ => Vec::new(),
-        };
-        Ok(Some((offsets, state)))
-    }
-
     /// The newest cursor of a query's results (its largest row sequence),
     /// None while it has no rows.
     pub fn newest_cursor(&self, query: &str) -> Result<Option<i64>> {
@@ -524,60 +394,6 @@ impl Store {
     fn scalar(&self, sql: &str, params: &[Param]) -> Result<Option<i64>> {
         let (_, rows) = self.read(|tx| tx.query(sql, params))?;
         Ok(rows.first().and_then(|r| r.first()).and_then(int))
-    }
-
-    /// Stored window states of `query` whose window starts in `[from, to)`
-    /// (epoch ms), oldest first.
-    pub fn load_window_states(
-        &self,
-        query: &str,
-        from: Option<i64>,
-        to: Option<i64>,
-    ) -> Result<Vec<WindowState>> {
-        let params = [
-            Param::Text(query.into()),
-            Param::Int(from.unwrap_or(i64::MIN)),
-            Param::Int(to.unwrap_or(i64::MAX)),
-        ];
-        let (_, rows) = self.read(|tx| {
-            tx.query(
-                "SELECT window_start, window_end, state FROM runnel_window_states
-                 WHERE query = $1 AND window_start >= $2 AND window_start < $3
-                 ORDER BY window_start, window_end",
-                &params,
-            )
-        })?;
-        Ok(rows
-            .into_iter()
-            .map(|mut r| {
-                let state = match r.pop() {
-                    Some(Value::Blob(b)) => b,
-                    _ => Vec::new(),
-                };
-                (int(&r[0]).unwrap_or(0), int(&r[1]).unwrap_or(0), state)
-            })
-            .collect())
-    }
-
-    /// The latest end among `query`'s stored window states: windows close
-    /// in end order, so every window ending by then has closed.
-    pub fn newest_window_state_end(&self, query: &str) -> Result<Option<i64>> {
-        self.scalar(
-            "SELECT MAX(window_end) FROM runnel_window_states WHERE query = $1",
-            &[Param::Text(query.into())],
-        )
-    }
-
-    /// Deletes the stored window states of `query` that ended before `before`.
-    pub fn prune_window_states(&self, query: &str, before: i64) -> Result<usize> {
-        let params = [Param::Text(query.into()), Param::Int(before)];
-        self.write(|tx| {
-            tx.execute(
-                "DELETE FROM runnel_window_states WHERE query = $1 AND window_end < $2",
-                &params,
-            )
-        })
-        .map(|n| n as usize)
     }
 }
 

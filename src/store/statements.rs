@@ -8,11 +8,12 @@
 //!                                INSERT INTO "q" (...) VALUES ($1, ...), ($5, ...)
 //! ```
 
-use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::array::{AsArray, RecordBatch};
+use datafusion::arrow::compute::{cast, concat_batches};
+use datafusion::arrow::datatypes::{DataType, Int64Type, TimeUnit, TimestampMillisecondType};
 
 use super::backend::{Dialect, Param, Rows, Stmt};
-use super::quote;
+use super::{WindowState, quote};
 use crate::error::Result;
 use crate::model::Emission;
 use crate::window::delta::{StateOp, StatePiece};
@@ -56,7 +57,7 @@ pub(crate) fn final_window_statements(query: &str, emissions: &[Emission]) -> Re
 /// Appends what writing `e` into `table` (quoted) starts with: its window
 /// state (for roll-ups), then the delete of the rows it replaces.
 fn replace_statements(query: &str, table: &str, e: &Emission, stmts: &mut Vec<Stmt>) -> Result<()> {
-    if let Some((start, end, state)) = super::window_state(e)? {
+    if let Some((start, end, state)) = window_state(e)? {
         stmts.push(Stmt::new(
             "INSERT INTO runnel_window_states (query, window_start, window_end, state)
                   VALUES ($1, $2, $3, $4)
@@ -78,7 +79,7 @@ fn replace_statements(query: &str, table: &str, e: &Emission, stmts: &mut Vec<St
             vec![],
         ));
     } else {
-        for (s, en) in super::replaced_windows(e)? {
+        for (s, en) in replaced_windows(e)? {
             stmts.push(Stmt::new(
                 format!("DELETE FROM {table} WHERE window_start = $1 AND window_end = $2"),
                 vec![Param::Ts(s), Param::Ts(en)],
@@ -263,4 +264,41 @@ mod tests {
             .collect();
         assert_eq!(rows, want);
     }
+}
+
+/// The stored form of an emission's window state, if it has one.
+fn window_state(e: &Emission) -> Result<Option<WindowState>> {
+    let Some(state) = &e.state else {
+        return Ok(None);
+    };
+    if state.num_rows() == 0 {
+        return Ok(None);
+    }
+    let bound = |c: usize| -> Result<i64> {
+        let v = cast(state.column(c), &DataType::Int64)?;
+        Ok(v.as_primitive::<Int64Type>().value(0))
+    };
+    let bytes = crate::window::states_to_ipc(&state.schema(), std::slice::from_ref(state))?;
+    Ok(Some((bound(0)?, bound(1)?, bytes)))
+}
+
+/// The windows a windowed emission replaces: its one window if it names it,
+/// else each distinct (window_start, window_end) of its rows, in epoch ms,
+/// in first-seen order.
+fn replaced_windows(e: &Emission) -> Result<Vec<(i64, i64)>> {
+    if let Some(w) = e.window {
+        return Ok(vec![w]);
+    }
+    let batch = &e.batch;
+    let ms = DataType::Timestamp(TimeUnit::Millisecond, None);
+    let (starts, ends) = (cast(batch.column(0), &ms)?, cast(batch.column(1), &ms)?);
+    let (starts, ends) = (
+        starts.as_primitive::<TimestampMillisecondType>(),
+        ends.as_primitive::<TimestampMillisecondType>(),
+    );
+    let mut seen = std::collections::HashSet::new();
+    Ok((0..batch.num_rows())
+        .map(|i| (starts.value(i), ends.value(i)))
+        .filter(|k| seen.insert(*k))
+        .collect())
 }
