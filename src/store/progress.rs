@@ -4,10 +4,10 @@
 //! closed windows' states kept for roll-ups, pruned past their retention.
 //!
 //! ```text
-//! commit ── rows of closed windows ──────────── "q"
-//!        ├─ their states (roll-ups) ─────────── runnel_window_states
-//!        ├─ changed pieces of open windows ──── runnel_state_pieces
-//!        └─ offsets + header ────────────────── runnel_checkpoints
+//! commit ── closed windows' states (roll-ups) ── runnel_window_states
+//!        ├─ their rows ───────────────────────── "q"
+//!        ├─ changed pieces of open windows ───── runnel_state_pieces
+//!        └─ offsets + header ─────────────────── runnel_checkpoints
 //! ```
 
 use std::collections::BTreeMap;
@@ -24,6 +24,14 @@ pub type WindowState = (i64, i64, Vec<u8>);
 
 /// A saved checkpoint: the next offset per partition and the engine state.
 pub type Checkpoint = (BTreeMap<i32, i64>, Vec<u8>);
+
+/// The bytes of a stored value that is a blob (a state); none otherwise.
+fn blob(v: Option<Value>) -> Vec<u8> {
+    match v {
+        Some(Value::Blob(b)) => b,
+        _ => Vec::new(),
+    }
+}
 
 impl Store {
     /// Writes emitted rows, the offsets consumed so far and what changed in
@@ -73,10 +81,7 @@ impl Store {
         Ok(rows
             .into_iter()
             .map(|mut r| {
-                let state = match r.pop() {
-                    Some(Value::Blob(b)) => b,
-                    _ => Vec::new(),
-                };
+                let state = blob(r.pop());
                 let n = |i: usize| int(&r[i]).unwrap_or(0);
                 StatePiece {
                     window: (n(0), n(1)),
@@ -96,15 +101,12 @@ impl Store {
                 &params,
             )
         })?;
-        let Some(row) = rows.into_iter().next() else {
+        let Some(mut row) = rows.into_iter().next() else {
             return Ok(None);
         };
+        let state = blob(row.pop());
         let offsets = serde_json::from_str(text(&row[0]).unwrap_or_default())
             .map_err(|e| Error::Execution(format!("corrupt checkpoint offsets: {e}")))?;
-        let state = match &row[1] {
-            Value::Blob(b) => b.clone(),
-            _ => Vec::new(),
-        };
         Ok(Some((offsets, state)))
     }
 
@@ -132,10 +134,7 @@ impl Store {
         Ok(rows
             .into_iter()
             .map(|mut r| {
-                let state = match r.pop() {
-                    Some(Value::Blob(b)) => b,
-                    _ => Vec::new(),
-                };
+                let state = blob(r.pop());
                 (int(&r[0]).unwrap_or(0), int(&r[1]).unwrap_or(0), state)
             })
             .collect())

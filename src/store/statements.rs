@@ -175,6 +175,43 @@ pub(crate) fn checkpoint_statement(
     )
 }
 
+/// The stored form of an emission's window state, if it has one.
+fn window_state(e: &Emission) -> Result<Option<WindowState>> {
+    let Some(state) = &e.state else {
+        return Ok(None);
+    };
+    if state.num_rows() == 0 {
+        return Ok(None);
+    }
+    let bound = |c: usize| -> Result<i64> {
+        let v = cast(state.column(c), &DataType::Int64)?;
+        Ok(v.as_primitive::<Int64Type>().value(0))
+    };
+    let bytes = crate::window::states_to_ipc(&state.schema(), std::slice::from_ref(state))?;
+    Ok(Some((bound(0)?, bound(1)?, bytes)))
+}
+
+/// The windows a windowed emission replaces: its one window if it names it,
+/// else each distinct (window_start, window_end) of its rows, in epoch ms,
+/// in first-seen order.
+fn replaced_windows(e: &Emission) -> Result<Vec<(i64, i64)>> {
+    if let Some(w) = e.window {
+        return Ok(vec![w]);
+    }
+    let batch = &e.batch;
+    let ms = DataType::Timestamp(TimeUnit::Millisecond, None);
+    let (starts, ends) = (cast(batch.column(0), &ms)?, cast(batch.column(1), &ms)?);
+    let (starts, ends) = (
+        starts.as_primitive::<TimestampMillisecondType>(),
+        ends.as_primitive::<TimestampMillisecondType>(),
+    );
+    let mut seen = std::collections::HashSet::new();
+    Ok((0..batch.num_rows())
+        .map(|i| (starts.value(i), ends.value(i)))
+        .filter(|k| seen.insert(*k))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -264,41 +301,4 @@ mod tests {
             .collect();
         assert_eq!(rows, want);
     }
-}
-
-/// The stored form of an emission's window state, if it has one.
-fn window_state(e: &Emission) -> Result<Option<WindowState>> {
-    let Some(state) = &e.state else {
-        return Ok(None);
-    };
-    if state.num_rows() == 0 {
-        return Ok(None);
-    }
-    let bound = |c: usize| -> Result<i64> {
-        let v = cast(state.column(c), &DataType::Int64)?;
-        Ok(v.as_primitive::<Int64Type>().value(0))
-    };
-    let bytes = crate::window::states_to_ipc(&state.schema(), std::slice::from_ref(state))?;
-    Ok(Some((bound(0)?, bound(1)?, bytes)))
-}
-
-/// The windows a windowed emission replaces: its one window if it names it,
-/// else each distinct (window_start, window_end) of its rows, in epoch ms,
-/// in first-seen order.
-fn replaced_windows(e: &Emission) -> Result<Vec<(i64, i64)>> {
-    if let Some(w) = e.window {
-        return Ok(vec![w]);
-    }
-    let batch = &e.batch;
-    let ms = DataType::Timestamp(TimeUnit::Millisecond, None);
-    let (starts, ends) = (cast(batch.column(0), &ms)?, cast(batch.column(1), &ms)?);
-    let (starts, ends) = (
-        starts.as_primitive::<TimestampMillisecondType>(),
-        ends.as_primitive::<TimestampMillisecondType>(),
-    );
-    let mut seen = std::collections::HashSet::new();
-    Ok((0..batch.num_rows())
-        .map(|i| (starts.value(i), ends.value(i)))
-        .filter(|k| seen.insert(*k))
-        .collect())
 }
