@@ -291,22 +291,30 @@ impl<'a> BoundRows<'a> {
         BoundRows(cols.collect())
     }
 
-    /// The values of rows `range`, one row after the other.
-    fn values(&self, range: Range<usize>) -> impl Iterator<Item = Bound<'_>> {
-        range.flat_map(move |i| {
-            self.0.iter().map(move |c| match c {
-                BoundCol::Ts(t) if t.is_valid(i) => Bound::Text(t.value(i)),
-                BoundCol::As(c) if c.is_valid(i) => match c {
-                    Col::Bool(a) => Bound::Int(a.value(i).into()),
-                    Col::Int(a) => Bound::Int(a.value(i)),
-                    Col::Real(a) => Bound::Real(a.value(i)),
-                    Col::Text(a) => Bound::Text(a.value(i)),
-                    Col::Blob(a) => Bound::Blob(a.value(i)),
-                    Col::Ts(_) => unreachable!("timestamps are bound as text"),
-                },
-                _ => Bound::Null,
-            })
-        })
+    /// Binds the values of rows `range`, one row after the other, to
+    /// `st`'s parameters from the first, value by value (a parameter
+    /// list built per statement cost as much as the binds themselves).
+    fn bind(&self, st: &mut rusqlite::Statement<'_>, range: Range<usize>) -> Result<()> {
+        let mut p = 0;
+        for i in range {
+            for c in &self.0 {
+                p += 1;
+                let v = match c {
+                    BoundCol::Ts(t) if t.is_valid(i) => Bound::Text(t.value(i)),
+                    BoundCol::As(c) if c.is_valid(i) => match c {
+                        Col::Bool(a) => Bound::Int(a.value(i).into()),
+                        Col::Int(a) => Bound::Int(a.value(i)),
+                        Col::Real(a) => Bound::Real(a.value(i)),
+                        Col::Text(a) => Bound::Text(a.value(i)),
+                        Col::Blob(a) => Bound::Blob(a.value(i)),
+                        Col::Ts(_) => unreachable!("timestamps are bound as text"),
+                    },
+                    _ => Bound::Null,
+                };
+                st.raw_bind_parameter(p, v)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -355,15 +363,15 @@ impl Tx for SqliteTx<'_> {
                 .0
                 .prepare_cached(&numbered(&s.values_sql(per_insert)))?;
             for from in (0..full).step_by(per_insert) {
-                st.execute(rusqlite::params_from_iter(
-                    bound.values(from..from + per_insert),
-                ))?;
+                bound.bind(&mut st, from..from + per_insert)?;
+                st.raw_execute()?;
             }
         }
         if full < rows.len() {
             let mut st = self.0.prepare_cached(&numbered(&s.values_sql(1)))?;
             for r in full..rows.len() {
-                st.execute(rusqlite::params_from_iter(bound.values(r..r + 1)))?;
+                bound.bind(&mut st, r..r + 1)?;
+                st.raw_execute()?;
             }
         }
         Ok(())
