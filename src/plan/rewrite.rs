@@ -14,11 +14,9 @@
 //! (`WINDOW 10s` itself was blanked out by the parser, `crate::sql`.)
 
 use datafusion::sql::sqlparser::ast::{self, Expr, GroupByExpr, Ident, SelectItem};
-use datafusion::sql::sqlparser::dialect::GenericDialect;
-use datafusion::sql::sqlparser::parser::Parser;
 
 use super::{WINDOW_END, WINDOW_START};
-use crate::error::{Error, Result, parser_error};
+use crate::error::{Error, Result};
 use crate::model::{SelectSql, StreamDef};
 
 fn ident(name: &str) -> Expr {
@@ -27,10 +25,7 @@ fn ident(name: &str) -> Expr {
 
 /// Adds the window columns to the select list and the `GROUP BY`.
 pub(super) fn rewrite(select: &SelectSql, stream: &StreamDef) -> Result<ast::Statement> {
-    let mut stmt = Parser::new(&GenericDialect {})
-        .try_with_sql(&select.sql)
-        .and_then(|mut p| p.parse_statement())
-        .map_err(parser_error)?;
+    let mut stmt = crate::sql::parse_plain(&select.sql)?;
     let ast::Statement::Query(q) = &mut stmt else {
         return Err(Error::sql("a continuous query must be a SELECT", None));
     };

@@ -25,10 +25,7 @@ pub(super) type Relation = (String, Option<(u64, u64)>);
 /// (subqueries, derived tables, CTE bodies), CTE names and table functions
 /// (`rollup(...)`) left out.
 pub(super) fn relations(sql: &str) -> Result<Vec<Relation>> {
-    let stmt = Parser::new(&GenericDialect {})
-        .try_with_sql(sql)
-        .and_then(|mut p| p.parse_statement())
-        .map_err(crate::error::parser_error)?;
+    let stmt = crate::sql::parse_plain(sql)?;
     let mut found = Relations::default();
     let _ = stmt.visit(&mut found);
     Ok(found.names)

@@ -319,11 +319,17 @@ fn select(src: &Source, toks: &[&TokenWithSpan], range: (usize, usize)) -> Resul
     }
     out.sql = src.keep_only(range, &blanks);
     // Validate now so syntax errors carry the user's line and column.
-    Parser::new(&GenericDialect {})
-        .try_with_sql(&out.sql)
-        .and_then(|mut p| p.parse_statement())
-        .map_err(parser_error)?;
+    parse_plain(&out.sql)?;
     Ok(out)
+}
+
+/// Parses the first statement of `sql`, plain SQL (a `SELECT` with
+/// Runnel's clauses blanked out): a syntax error points into it.
+pub(crate) fn parse_plain(sql: &str) -> Result<ast::Statement> {
+    Parser::new(&GenericDialect {})
+        .try_with_sql(sql)
+        .and_then(|mut p| p.parse_statement())
+        .map_err(parser_error)
 }
 pub(crate) fn option_value(e: &Expr) -> String {
     match e {
