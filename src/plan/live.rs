@@ -16,6 +16,7 @@
 //! let mut run = plan.open_partial()?;
 //! let mut states = Vec::new();
 //! for batch in polls {
+//!     let batch = plan.keep(batch)?;
 //!     // Mostly nothing: the aggregate lets go of states early only when
 //!     // it stops aggregating (too many distinct groups) or runs short of memory.
 //!     states.extend(run.push(batch)?);
@@ -64,7 +65,8 @@ impl ContinuousPlan {
 }
 
 impl PartialRun {
-    /// Hands `batch` (of the plan's input schema) to the run and lets the
+    /// Hands `batch` (of the plan's input schema, its records passing the
+    /// plan's [`filter`](ContinuousPlan::filter)) to the run and lets the
     /// plan take it in. Returns the partial states the plan let go of on
     /// the way, if any; the rest come at [`finish`](Self::finish).
     pub fn push(&mut self, batch: RecordBatch) -> Result<Vec<RecordBatch>> {

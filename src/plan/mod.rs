@@ -33,6 +33,7 @@
 //! ```
 
 pub mod bounded;
+mod filter;
 mod live;
 mod rewrite;
 pub mod slot;
@@ -57,6 +58,7 @@ use futures::FutureExt;
 use crate::error::{Error, Result, panic_message};
 use crate::model::{SelectSql, StreamDef};
 use crate::model::{WindowKind, WindowSpec};
+pub use filter::{Predicate, filter_batch};
 pub use live::PartialRun;
 use rewrite::rewrite;
 pub use rewrite::{locate_in, plan_error};
@@ -117,6 +119,9 @@ pub struct ContinuousPlan {
     /// Number of group columns in the state (including the two window columns).
     pub group_columns: usize,
     batch_plan: Arc<dyn ExecutionPlan>,
+    /// The query's `WHERE` on its stream, run before the batch plan (see
+    /// `filter.rs`).
+    filter: Option<Predicate>,
     /// The batch plan without its aggregate: each surviving record's group
     /// columns (sessions merge per key before aggregation).
     key_plan: Arc<dyn ExecutionPlan>,
@@ -326,7 +331,7 @@ impl ContinuousPlan {
             partial.group_expr().expr().to_vec(),
             partial.input().clone(),
         )?);
-        let batch_plan: Arc<dyn ExecutionPlan> = partial;
+        let (batch_plan, filter) = filter::lift_filter(partial)?;
         Ok(ContinuousPlan {
             window,
             input_schema,
@@ -335,6 +340,7 @@ impl ContinuousPlan {
             early_ms,
             group_columns,
             batch_plan,
+            filter,
             key_plan,
             reduce_plan,
             close_plan,
@@ -369,7 +375,8 @@ impl ContinuousPlan {
         Ok(out.into_iter().filter(|b| b.num_rows() > 0).collect())
     }
 
-    /// Runs the batch plan on one batch of `input_schema`, returning partial states.
+    /// Runs the batch plan on one batch of `input_schema` whose records
+    /// passed the query's [`filter`](Self::filter), returning partial states.
     pub async fn partial(&self, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
         self.run("per-batch", &self.batch_plan, vec![batch]).await
     }
@@ -493,10 +500,15 @@ impl ContinuousPlan {
         format!("{}{early}", self.window.describe())
     }
 
-    /// The per-batch and window-close plans as text.
+    /// The filter run before the per-batch plan, the per-batch and
+    /// window-close plans as text.
     pub fn explain(&self) -> String {
+        let filter = match &self.filter {
+            Some(f) => format!("Filter before the per-batch plan: {f}\n\n"),
+            None => String::new(),
+        };
         format!(
-            "Window: {}\n\nPer-batch plan:\n{}\nWindow-merge plan:\n{}\nWindow-close plan:\n{}",
+            "Window: {}\n\n{filter}Per-batch plan:\n{}\nWindow-merge plan:\n{}\nWindow-close plan:\n{}",
             self.window_text(),
             displayable(self.batch_plan.as_ref()).indent(true),
             displayable(self.reduce_plan.as_ref()).indent(true),

@@ -9,12 +9,15 @@
 //! stream with the same window ([`WindowMemo`]: the queries sharing a read
 //! get clones of one batch); each query then judges the whole batch in
 //! constant time against its own watermark, and hands a batch with a late
-//! record to the record-by-record pass.
+//! record to the record-by-record pass. The records an on-time batch's
+//! query keeps — those passing its `WHERE` on the stream, with their
+//! windows (`plan::filter`) — are likewise kept once for every query with
+//! the same window and filter; the batch plan takes nothing else.
 //!
 //! ```text
-//! reader ── PartitionBatch ──┬── q1: Spans (made) ── on time? ── batch + windows
-//!           (one WindowMemo) ├── q2: Spans (shared) ── on time? ── ...
-//!                            └── q3: hopping ── record by record
+//! reader ── PartitionBatch ──┬── q1: Spans (made) ── on time? ── kept (made) ── batch plan
+//!           (one WindowMemo) ├── q2: Spans (shared) ── on time? ── kept (shared) ── ...
+//!                            └── q3: hopping ── record by record ── kept (its own)
 //! ```
 
 use std::sync::atomic::Ordering;
@@ -30,6 +33,7 @@ use super::late::LateMark;
 use super::{PartitionBatch, WindowEngine, closed_through, session, ts_values, window_closed};
 use crate::error::Result;
 use crate::model::WindowKind;
+use crate::plan::Predicate;
 
 /// Records assigned to windows: the batch plan's input, and the batch's
 /// windows when its [`Spans`] named them.
@@ -81,8 +85,17 @@ impl WindowEngine {
             };
             if spans.on_time(kind, (pm, delay, self.closed_wm, grace)) {
                 self.clock.observe(partition, pm.max(spans.max_event));
-                let (starts, ends) = (spans.starts.clone(), spans.ends.clone());
-                let batch = self.with_windows(batch, None, starts, ends)?;
+                let keep = || {
+                    let (starts, ends) = (spans.starts.clone(), spans.ends.clone());
+                    self.plan
+                        .keep(self.with_windows(batch, None, starts, ends)?)
+                };
+                // The records kept are the same for every query of the read
+                // with this window and filter: kept once for all of them.
+                let batch = match (self.event_time, self.plan.filter()) {
+                    (Some(c), Some(f)) => pb.windows.kept((c, kind), f, keep)?,
+                    _ => keep()?,
+                };
                 let spans = Some(spans);
                 return Ok(Some(Assigned { batch, spans }));
             }
@@ -201,6 +214,11 @@ impl WindowEngine {
         let starts = Arc::new(TimestampMillisecondArray::from(starts));
         let ends = Arc::new(TimestampMillisecondArray::from(ends));
         let batch = self.with_windows(batch, idx, starts, ends)?;
+        // Sessions dropped the records their filter drops: they have no keys.
+        let batch = match self.sessions {
+            Some(_) => batch,
+            None => self.plan.keep(batch)?,
+        };
         Ok(Some(Assigned { batch, spans: None }))
     }
 
@@ -320,14 +338,20 @@ impl Spans {
     }
 }
 
-/// A partition batch's windows (`Spans`) per event-time column and window spec,
-/// made by the first query that asks and shared by the batch's clones: the
-/// queries sharing one read of a stream each get a clone of its batches.
+/// A partition batch's windows (`Spans`) per event-time column and window
+/// spec, and its records with their windows that a filter keeps, made by
+/// the first query that asks and shared by the batch's clones: the queries
+/// sharing one read of a stream each get a clone of its batches.
 #[derive(Debug, Clone, Default)]
 pub struct WindowMemo(Arc<Mutex<Made>>);
 
-/// Spans made so far, by event-time column and window spec.
-type Made = Vec<(Key, Arc<Spans>)>;
+/// What was made so far, by event-time column and window spec.
+#[derive(Debug, Default)]
+struct Made {
+    spans: Vec<(Key, Arc<Spans>)>,
+    /// The records, with their windows' columns, each filter kept.
+    kept: Vec<(Key, Predicate, RecordBatch)>,
+}
 type Key = (usize, WindowKind);
 
 impl WindowMemo {
@@ -335,12 +359,33 @@ impl WindowMemo {
     /// (while the others wait, rather than make them too).
     fn get_or_make(&self, key: Key, make: impl FnOnce() -> Result<Spans>) -> Result<Arc<Spans>> {
         let mut made = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, s)) = made.iter().find(|(k, _)| *k == key) {
+        if let Some((_, s)) = made.spans.iter().find(|(k, _)| *k == key) {
             return Ok(s.clone());
         }
         let spans = Arc::new(make()?);
-        made.push((key, spans.clone()));
+        made.spans.push((key, spans.clone()));
         Ok(spans)
+    }
+
+    /// The records, with their windows under `key`, that `filter` keeps,
+    /// made by `make` if no query made them yet: the predicate evaluated
+    /// and the columns the read decodes copied once for all the queries
+    /// asking. Filters are told apart by what they compute (DataFusion's
+    /// equality of expressions), not by their text.
+    fn kept(
+        &self,
+        key: Key,
+        filter: &Predicate,
+        make: impl FnOnce() -> Result<RecordBatch>,
+    ) -> Result<RecordBatch> {
+        let mut made = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let same = |(k, f, _): &&(Key, Predicate, RecordBatch)| *k == key && f == filter;
+        if let Some((_, _, b)) = made.kept.iter().find(same) {
+            return Ok(b.clone());
+        }
+        let batch = make()?;
+        made.kept.push((key, filter.clone(), batch.clone()));
+        Ok(batch)
     }
 }
 
@@ -425,6 +470,69 @@ mod tests {
             passed > 1_000 && declined > 1_000,
             "{passed} passed, {declined} declined"
         );
+    }
+
+    #[test]
+    fn kept_records_are_made_once_per_filter_and_shared_by_clones() {
+        use datafusion::arrow::array::Int64Array;
+        use datafusion::logical_expr::Operator;
+        use datafusion::physical_expr::expressions::{BinaryExpr, Column, Literal};
+        use datafusion::scalar::ScalarValue;
+        // `v > bound` over column 0, built anew each time as each query's
+        // plan builds its own.
+        let over = |bound: i64| -> Predicate {
+            Arc::new(BinaryExpr::new(
+                Arc::new(Column::new("v", 0)),
+                Operator::Gt,
+                Arc::new(Literal::new(ScalarValue::Int64(Some(bound)))),
+            ))
+        };
+        let ints = |b: &RecordBatch| {
+            let c = b.column(0).as_any().downcast_ref::<Int64Array>();
+            c.expect("integers").values().to_vec()
+        };
+        let batch = RecordBatch::try_from_iter_with_nullable([
+            (
+                "v",
+                Arc::new(Int64Array::from(vec![1, 5, 9])) as ArrayRef,
+                true,
+            ),
+            (
+                "w",
+                new_null_array(&datafusion::arrow::datatypes::DataType::Utf8, 3),
+                true,
+            ),
+        ])
+        .unwrap();
+        let memo = WindowMemo::default();
+        let shared = memo.clone();
+        let ten = WindowKind::Tumbling { size_ms: 10 };
+        let made = std::cell::Cell::new(0);
+        let kept = |m: &WindowMemo, key: Key, f: Predicate| {
+            let make = || {
+                made.set(made.get() + 1);
+                crate::plan::filter_batch(&batch, &f)
+            };
+            m.kept(key, &f, make).unwrap()
+        };
+        let a = kept(&memo, (0, ten), over(4));
+        let b = kept(&shared, (0, ten), over(4));
+        assert_eq!(made.get(), 1);
+        assert!(Arc::ptr_eq(a.column(0), b.column(0)));
+        assert_eq!(ints(&a), [5, 9]);
+        // A column no query decodes stays nulls, of the records kept.
+        assert_eq!((a.column(1).len(), a.column(1).null_count()), (2, 2));
+        // A filter keeping every record hands the batch over uncopied.
+        let all = kept(&shared, (0, ten), over(0));
+        assert!(Arc::ptr_eq(all.column(0), batch.column(0)));
+        // Another filter, window spec or event-time column is made anew.
+        assert_eq!(ints(&kept(&shared, (0, ten), over(6))), [9]);
+        kept(&shared, (0, WindowKind::Tumbling { size_ms: 5 }), over(4));
+        kept(&shared, (1, ten), over(4));
+        assert_eq!(made.get(), 5);
+        // A memo of its own (a new batch) shares nothing.
+        kept(&WindowMemo::default(), (0, ten), over(4));
+        assert_eq!(made.get(), 6);
     }
 
     fn values(a: &ArrayRef) -> Vec<i64> {
