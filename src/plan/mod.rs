@@ -8,7 +8,8 @@
 //!
 //! * the **batch plan** — filter, projection and a `Partial` aggregate — runs
 //!   on decoded batches and yields partial states, kept running across polls
-//!   ([`PartialRun`]);
+//!   ([`PartialRun`]); a filter straight over the stream runs before it,
+//!   once for the queries of a read that share it (`filter.rs`);
 //! * the **reduce plan** — a `PartialReduce` aggregate — compacts the partial
 //!   states a window has collected;
 //! * the **close plan** — the `Final` aggregate and everything above it
