@@ -350,7 +350,7 @@ pub struct WindowMemo(Arc<Mutex<Made>>);
 struct Made {
     spans: Vec<(Key, Arc<Spans>)>,
     /// The records, with their windows' columns, each filter kept.
-    kept: Vec<(Key, Predicate, RecordBatch)>,
+    kept: Vec<((Key, Predicate), RecordBatch)>,
 }
 type Key = (usize, WindowKind);
 
@@ -359,12 +359,7 @@ impl WindowMemo {
     /// (while the others wait, rather than make them too).
     fn get_or_make(&self, key: Key, make: impl FnOnce() -> Result<Spans>) -> Result<Arc<Spans>> {
         let mut made = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, s)) = made.spans.iter().find(|(k, _)| *k == key) {
-            return Ok(s.clone());
-        }
-        let spans = Arc::new(make()?);
-        made.spans.push((key, spans.clone()));
-        Ok(spans)
+        find_or_make(&mut made.spans, key, || Ok(Arc::new(make()?)))
     }
 
     /// The records, with their windows under `key`, that `filter` keeps,
@@ -379,14 +374,22 @@ impl WindowMemo {
         make: impl FnOnce() -> Result<RecordBatch>,
     ) -> Result<RecordBatch> {
         let mut made = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let same = |(k, f, _): &&(Key, Predicate, RecordBatch)| *k == key && f == filter;
-        if let Some((_, _, b)) = made.kept.iter().find(same) {
-            return Ok(b.clone());
-        }
-        let batch = make()?;
-        made.kept.push((key, filter.clone(), batch.clone()));
-        Ok(batch)
+        find_or_make(&mut made.kept, (key, filter.clone()), make)
     }
+}
+
+/// The value under `key` in `made`, made by `make` and kept there if absent.
+fn find_or_make<K: PartialEq, V: Clone>(
+    made: &mut Vec<(K, V)>,
+    key: K,
+    make: impl FnOnce() -> Result<V>,
+) -> Result<V> {
+    if let Some((_, v)) = made.iter().find(|(k, _)| *k == key) {
+        return Ok(v.clone());
+    }
+    let v = make()?;
+    made.push((key, v.clone()));
+    Ok(v)
 }
 
 #[cfg(test)]
