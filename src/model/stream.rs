@@ -123,6 +123,14 @@ impl StreamDef {
         }
     }
 
+    /// The index of the event-time column among the declared columns;
+    /// `None` when records take their arrival time (or the column named is
+    /// not declared, which creating the stream refuses).
+    pub fn event_time_index(&self) -> Option<usize> {
+        let name = self.event_time.as_ref()?;
+        self.columns.iter().position(|c| &c.name == name)
+    }
+
     /// The arrow fields of the declared columns.
     pub fn fields(&self) -> Vec<Field> {
         self.columns

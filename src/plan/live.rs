@@ -13,7 +13,8 @@
 //! ```no_run
 //! # async fn f(plan: runnel::plan::ContinuousPlan,
 //! #            polls: Vec<datafusion::arrow::record_batch::RecordBatch>) -> runnel::error::Result<()> {
-//! let mut run = plan.open_partial()?;
+//! // Records the query's filter kept (`true`), or all of them (`false`).
+//! let mut run = plan.open_partial(true)?;
 //! let mut states = Vec::new();
 //! for batch in polls {
 //!     let batch = plan.keep(batch)?;
@@ -56,17 +57,19 @@ fn panicked(p: Box<dyn std::any::Any + Send>) -> Error {
 }
 
 impl ContinuousPlan {
-    /// Starts an execution of the batch plan fed by [`PartialRun::push`].
-    pub fn open_partial(&self) -> Result<PartialRun> {
-        let (plan, feed) = bind_live(&self.batch_plan)?;
+    /// Starts an execution of the batch plan fed by [`PartialRun::push`]:
+    /// with records the query's [`filter`](Self::filter) kept when
+    /// `filtered`, or else with records for its filter to judge.
+    pub fn open_partial(&self, filtered: bool) -> Result<PartialRun> {
+        let (plan, feed) = bind_live(self.batch_plan(filtered))?;
         let out = plan.execute(0, self.task.clone())?;
         Ok(PartialRun { feed, out })
     }
 }
 
 impl PartialRun {
-    /// Hands `batch` (of the plan's input schema, its records passing the
-    /// plan's [`filter`](ContinuousPlan::filter)) to the run and lets the
+    /// Hands `batch` (of the plan's input schema, filtered as the run was
+    /// opened for) to the run and lets the
     /// plan take it in. Returns the partial states the plan let go of on
     /// the way, if any; the rest come at [`finish`](Self::finish).
     pub fn push(&mut self, batch: RecordBatch) -> Result<Vec<RecordBatch>> {

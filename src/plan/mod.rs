@@ -8,8 +8,8 @@
 //!
 //! * the **batch plan** — filter, projection and a `Partial` aggregate — runs
 //!   on decoded batches and yields partial states, kept running across polls
-//!   ([`PartialRun`]); a filter straight over the stream runs before it,
-//!   once for the queries of a read that share it (`filter.rs`);
+//!   ([`PartialRun`]); a filter straight over the stream runs before it
+//!   instead, once for the queries of a read that share it (`filter.rs`);
 //! * the **reduce plan** — a `PartialReduce` aggregate — compacts the partial
 //!   states a window has collected;
 //! * the **close plan** — the `Final` aggregate and everything above it
@@ -59,7 +59,7 @@ use futures::FutureExt;
 use crate::error::{Error, Result, panic_message};
 use crate::model::{SelectSql, StreamDef};
 use crate::model::{WindowKind, WindowSpec};
-pub use filter::{Predicate, filter_batch};
+pub use filter::{Lifted, Predicate, filter_batch};
 pub use live::PartialRun;
 use rewrite::rewrite;
 pub use rewrite::{locate_in, plan_error};
@@ -119,10 +119,11 @@ pub struct ContinuousPlan {
     pub early_ms: Option<i64>,
     /// Number of group columns in the state (including the two window columns).
     pub group_columns: usize,
+    /// As DataFusion made it, with the query's filters.
     batch_plan: Arc<dyn ExecutionPlan>,
-    /// The query's `WHERE` on its stream, run before the batch plan (see
-    /// `filter.rs`).
-    filter: Option<Predicate>,
+    /// The query's `WHERE` on its stream, lifted out of the batch plan to
+    /// run before it when queries share it (see `filter.rs`).
+    filter: Option<Lifted>,
     /// The batch plan without its aggregate: each surviving record's group
     /// columns (sessions merge per key before aggregation).
     key_plan: Arc<dyn ExecutionPlan>,
@@ -332,7 +333,8 @@ impl ContinuousPlan {
             partial.group_expr().expr().to_vec(),
             partial.input().clone(),
         )?);
-        let (batch_plan, filter) = filter::lift_filter(partial)?;
+        let batch_plan: Arc<dyn ExecutionPlan> = partial;
+        let filter = filter::lift_filter(&batch_plan)?;
         Ok(ContinuousPlan {
             window,
             input_schema,
@@ -376,8 +378,8 @@ impl ContinuousPlan {
         Ok(out.into_iter().filter(|b| b.num_rows() > 0).collect())
     }
 
-    /// Runs the batch plan on one batch of `input_schema` whose records
-    /// passed the query's [`filter`](Self::filter), returning partial states.
+    /// Runs the batch plan, with its filters, on one batch of
+    /// `input_schema`, returning partial states.
     pub async fn partial(&self, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
         self.run("per-batch", &self.batch_plan, vec![batch]).await
     }
@@ -501,11 +503,14 @@ impl ContinuousPlan {
         format!("{}{early}", self.window.describe())
     }
 
-    /// The filter run before the per-batch plan, the per-batch and
-    /// window-close plans as text.
+    /// The per-batch plan, its filter run before it when queries share
+    /// it, and the window-close plans as text.
     pub fn explain(&self) -> String {
         let filter = match &self.filter {
-            Some(f) => format!("Filter before the per-batch plan: {f}\n\n"),
+            Some(f) => format!(
+                "Filter run before the per-batch plan when queries of the read share it: {}\n\n",
+                f.predicate
+            ),
             None => String::new(),
         };
         format!(

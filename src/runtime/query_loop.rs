@@ -13,8 +13,6 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use datafusion::arrow::datatypes::Schema;
-
 use super::{Coordinator, QueryTask, now_ms};
 use crate::error::{Error, Result};
 use crate::model::{Counters, Emission, QueryStatus, WindowKind};
@@ -120,13 +118,9 @@ impl QueryTask {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let event_time = match &self.stream.event_time {
-            Some(c) => Some(Schema::new(self.stream.fields()).index_of(c)?),
-            None => None,
-        };
         let mut engine = WindowEngine::new(
             self.plan.clone(),
-            event_time,
+            self.stream.event_time_index(),
             self.stream.watermark_delay_ms,
         );
         engine.counters = self.counters.clone();
@@ -265,7 +259,7 @@ mod tests {
     use crate::plan::ContinuousPlan;
     use crate::sql::{Statement, parse_sql};
     use datafusion::arrow::array::{ArrayRef, StringArray, TimestampMillisecondArray};
-    use datafusion::arrow::datatypes::{DataType, Field};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
     use datafusion::arrow::record_batch::RecordBatch;
     use std::sync::Arc;
 

@@ -9,15 +9,19 @@
 //! stream with the same window ([`WindowMemo`]: the queries sharing a read
 //! get clones of one batch); each query then judges the whole batch in
 //! constant time against its own watermark, and hands a batch with a late
-//! record to the record-by-record pass. The records an on-time batch's
-//! query keeps — those passing its `WHERE` on the stream, with their
-//! windows (`plan::filter`) — are likewise kept once for every query with
-//! the same window and filter; the batch plan takes nothing else.
+//! record to the record-by-record pass. When several queries of the read
+//! have the same window and the same `WHERE` on the stream
+//! ([`SharedFilters`], which the read works out from its queries), the
+//! records an on-time batch keeps — with their windows, and the columns
+//! those queries read of them — are kept once for all of them, and their
+//! batch plans run without the filter (`plan::filter`); any other batch
+//! goes to the batch plan whole, for its own filter to judge.
 //!
 //! ```text
-//! reader ── PartitionBatch ──┬── q1: Spans (made) ── on time? ── kept (made) ── batch plan
-//!           (one WindowMemo) ├── q2: Spans (shared) ── on time? ── kept (shared) ── ...
-//!                            └── q3: hopping ── record by record ── kept (its own)
+//! reader ── PartitionBatch ──┬── q1: Spans (made) ── on time? ── kept (made) ── plan without its filter
+//!    (one WindowMemo, the    ├── q2: Spans (shared) ── on time? ── kept (shared) ── ...
+//!     read's SharedFilters)  ├── q3: Spans (shared) ── on time? ── (filter not shared) ── plan with it
+//!                            └── q4: hopping ── record by record ── plan with its filter
 //! ```
 
 use std::sync::atomic::Ordering;
@@ -33,13 +37,16 @@ use super::late::LateMark;
 use super::{PartitionBatch, WindowEngine, closed_through, session, ts_values, window_closed};
 use crate::error::Result;
 use crate::model::WindowKind;
-use crate::plan::Predicate;
+use crate::plan::{ContinuousPlan, Predicate, filter_batch};
 
 /// Records assigned to windows: the batch plan's input, and the batch's
 /// windows when its [`Spans`] named them.
 pub(super) struct Assigned {
     pub(super) batch: RecordBatch,
     pub(super) spans: Option<Arc<Spans>>,
+    /// The records are those a filter the queries of the read share kept:
+    /// for the batch plan without it.
+    pub(super) filtered: bool,
 }
 
 impl WindowEngine {
@@ -71,11 +78,7 @@ impl WindowEngine {
         let delay = self.clock.delay();
         let kind = self.plan.window.kind;
         let grace = self.grace;
-        let lean = matches!(
-            kind,
-            WindowKind::Tumbling { .. } | WindowKind::Cumulative { .. }
-        );
-        if lean && nulls.as_ref().is_none_or(|nb| nb.null_count() == 0) {
+        if lean(kind) && nulls.as_ref().is_none_or(|nb| nb.null_count() == 0) {
             let spans = match (self.event_time, time_col) {
                 (Some(c), Some(col)) => pb.windows.get_or_make((c, kind), || {
                     Ok(Spans::new(kind, &ts_values(col)?, log_times))
@@ -85,19 +88,30 @@ impl WindowEngine {
             };
             if spans.on_time(kind, (pm, delay, self.closed_wm, grace)) {
                 self.clock.observe(partition, pm.max(spans.max_event));
-                let keep = || {
-                    let (starts, ends) = (spans.starts.clone(), spans.ends.clone());
-                    self.plan
-                        .keep(self.with_windows(batch, None, starts, ends)?)
-                };
+                let (starts, ends) = (spans.starts.clone(), spans.ends.clone());
+                let all = self.with_windows(batch, None, starts, ends)?;
                 // The records kept are the same for every query of the read
-                // with this window and filter: kept once for all of them.
-                let batch = match (self.event_time, self.plan.filter()) {
-                    (Some(c), Some(f)) => pb.windows.kept((c, kind), f, keep)?,
-                    _ => keep()?,
+                // with this window and filter: kept once for all of them,
+                // when others share it and the running plan takes them.
+                let plan = self.plan.clone();
+                let shared = match (self.event_time, plan.filter()) {
+                    (Some(c), Some(f)) => (pb.windows.shared_columns((c, kind), &f.predicate))
+                        .map(|columns| ((c, kind), &f.predicate, columns)),
+                    _ => None,
+                };
+                let (batch, filtered) = match shared {
+                    Some((key, f, columns)) if self.run_takes_kept()? => {
+                        let kept = pb.windows.kept(key, f, || filter_batch(&all, f, columns))?;
+                        (kept, true)
+                    }
+                    _ => (all, false),
                 };
                 let spans = Some(spans);
-                return Ok(Some(Assigned { batch, spans }));
+                return Ok(Some(Assigned {
+                    batch,
+                    spans,
+                    filtered,
+                }));
             }
         }
         let ts = match time_col {
@@ -214,12 +228,11 @@ impl WindowEngine {
         let starts = Arc::new(TimestampMillisecondArray::from(starts));
         let ends = Arc::new(TimestampMillisecondArray::from(ends));
         let batch = self.with_windows(batch, idx, starts, ends)?;
-        // Sessions dropped the records their filter drops: they have no keys.
-        let batch = match self.sessions {
-            Some(_) => batch,
-            None => self.plan.keep(batch)?,
-        };
-        Ok(Some(Assigned { batch, spans: None }))
+        Ok(Some(Assigned {
+            batch,
+            spans: None,
+            filtered: false,
+        }))
     }
 
     /// `batch`'s records at `idx` (all of them, in order, when `None`) with
@@ -244,6 +257,15 @@ impl WindowEngine {
         cols.push(ends);
         Ok(RecordBatch::try_new(self.plan.input_schema.clone(), cols)?)
     }
+}
+
+/// Whether batches without a late record take the lean path: one
+/// window per record, worked out once per batch ([`Spans`]).
+fn lean(kind: WindowKind) -> bool {
+    matches!(
+        kind,
+        WindowKind::Tumbling { .. } | WindowKind::Cumulative { .. }
+    )
 }
 
 /// The windows of one partition batch's records under one tumbling or
@@ -338,42 +360,122 @@ impl Spans {
     }
 }
 
+/// What a query asks of the batches of a read it shares with others: its
+/// window spec and event-time column, its `WHERE` on the stream, and the
+/// columns its batch plan reads of the records the filter keeps.
+#[derive(Debug, Clone)]
+pub struct FilterNeed {
+    key: Key,
+    predicate: Predicate,
+    columns: Vec<usize>,
+}
+
+impl FilterNeed {
+    /// What the query of `plan`, with event time in column `event_time`,
+    /// asks; `None` when its records are never kept for it by others: no
+    /// filter to lift, arrival time, hopping windows or sessions.
+    pub fn of(plan: &ContinuousPlan, event_time: Option<usize>) -> Option<FilterNeed> {
+        let kind = plan.window.kind;
+        let (Some(c), Some(f), true) = (event_time, plan.filter(), lean(kind)) else {
+            return None;
+        };
+        Some(FilterNeed {
+            key: (c, kind),
+            predicate: f.predicate.clone(),
+            columns: f.columns.clone(),
+        })
+    }
+}
+
+/// The filters that several queries of a read ask for
+/// ([`FilterNeed`]): each with the columns any of them reads of the
+/// records it keeps. A filter only one query asks for is not here: that
+/// query's batch plan runs it, copying only what it reads into batches of
+/// the plan's size, cheaper than keeping records for it before.
+#[derive(Debug, Default)]
+pub struct SharedFilters(Vec<FilterNeed>);
+
+impl SharedFilters {
+    /// The filters shared among `needs`, one per query of a read.
+    /// Filters are told apart by what they compute (DataFusion's equality
+    /// of expressions), not by their text.
+    pub fn of<'a>(needs: impl IntoIterator<Item = &'a FilterNeed>) -> Arc<SharedFilters> {
+        let mut all: Vec<(FilterNeed, usize)> = Vec::new();
+        for need in needs {
+            let same = |(a, _): &&mut (FilterNeed, usize)| {
+                a.key == need.key && a.predicate.as_ref() == need.predicate.as_ref()
+            };
+            match all.iter_mut().find(same) {
+                Some((a, askers)) => {
+                    a.columns.extend(&need.columns);
+                    a.columns.sort_unstable();
+                    a.columns.dedup();
+                    *askers += 1;
+                }
+                None => all.push((need.clone(), 1)),
+            }
+        }
+        let shared = all.into_iter().filter(|(_, askers)| *askers > 1);
+        Arc::new(SharedFilters(shared.map(|(need, _)| need).collect()))
+    }
+}
+
 /// A partition batch's windows (`Spans`) per event-time column and window
-/// spec, and its records with their windows that a filter keeps, made by
-/// the first query that asks and shared by the batch's clones: the queries
-/// sharing one read of a stream each get a clone of its batches.
+/// spec, and its records with their windows that a shared filter keeps,
+/// made by the first query that asks and shared by the batch's clones: the
+/// queries sharing one read of a stream each get a clone of its batches.
 #[derive(Debug, Clone, Default)]
-pub struct WindowMemo(Arc<Mutex<Made>>);
+pub struct WindowMemo {
+    made: Arc<Mutex<Made>>,
+    /// The filters the read's queries share.
+    shared: Arc<SharedFilters>,
+}
 
 /// What was made so far, by event-time column and window spec.
 #[derive(Debug, Default)]
 struct Made {
     spans: Vec<(Key, Arc<Spans>)>,
-    /// The records, with their windows' columns, each filter kept.
+    /// The records, with their windows' columns, each shared filter kept.
     kept: Vec<((Key, Predicate), RecordBatch)>,
 }
 type Key = (usize, WindowKind);
 
 impl WindowMemo {
+    /// An empty memo for a batch of a read whose queries share the
+    /// filters `shared`.
+    pub fn new(shared: Arc<SharedFilters>) -> WindowMemo {
+        WindowMemo {
+            made: Arc::default(),
+            shared,
+        }
+    }
+
     /// The spans under `key`, made by `make` if no query made them yet
     /// (while the others wait, rather than make them too).
     fn get_or_make(&self, key: Key, make: impl FnOnce() -> Result<Spans>) -> Result<Arc<Spans>> {
-        let mut made = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut made = self.made.lock().unwrap_or_else(|e| e.into_inner());
         find_or_make(&mut made.spans, key, || Ok(Arc::new(make()?)))
     }
 
-    /// The records, with their windows under `key`, that `filter` keeps,
-    /// made by `make` if no query made them yet: the predicate evaluated
-    /// and the columns the read decodes copied once for all the queries
-    /// asking. Filters are told apart by what they compute (DataFusion's
-    /// equality of expressions), not by their text.
+    /// The columns the queries sharing `filter` under `key` read of the
+    /// records it keeps; `None` when no other query of the read shares it.
+    fn shared_columns(&self, key: Key, filter: &Predicate) -> Option<&[usize]> {
+        let mut shared = self.shared.0.iter();
+        let need = shared.find(|n| n.key == key && n.predicate.as_ref() == filter.as_ref())?;
+        Some(&need.columns)
+    }
+
+    /// The records, with their windows under `key`, that the shared
+    /// `filter` keeps, made by `make` if no query made them yet: the
+    /// predicate evaluated and the columns read copied once for all the
+    /// queries asking.
     fn kept(
         &self,
         key: Key,
         filter: &Predicate,
         make: impl FnOnce() -> Result<RecordBatch>,
     ) -> Result<RecordBatch> {
-        let mut made = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut made = self.made.lock().unwrap_or_else(|e| e.into_inner());
         find_or_make(&mut made.kept, (key, filter.clone()), make)
     }
 }
@@ -514,7 +616,7 @@ mod tests {
         let kept = |m: &WindowMemo, key: Key, f: Predicate| {
             let make = || {
                 made.set(made.get() + 1);
-                crate::plan::filter_batch(&batch, &f)
+                crate::plan::filter_batch(&batch, &f, &[0])
             };
             m.kept(key, &f, make).unwrap()
         };

@@ -42,7 +42,7 @@ use crate::plan::{ContinuousPlan, PartialRun};
 
 mod assign;
 use assign::Assigned;
-pub use assign::WindowMemo;
+pub use assign::{FilterNeed, SharedFilters, WindowMemo};
 mod batch;
 pub use batch::{Offsets, PartitionBatch};
 mod buf;
@@ -78,6 +78,19 @@ struct Live {
     run: PartialRun,
     rows: usize,
     windows: BTreeSet<(i64, i64)>,
+    /// The run takes the records its filter kept (the plan without it).
+    filtered: bool,
+}
+
+impl Live {
+    fn open(plan: &ContinuousPlan, filtered: bool) -> Result<Live> {
+        Ok(Live {
+            run: plan.open_partial(filtered)?,
+            rows: 0,
+            windows: BTreeSet::new(),
+            filtered,
+        })
+    }
 }
 
 /// A closed window kept for corrections by late records.
@@ -403,14 +416,21 @@ impl WindowEngine {
             let states = self.plan.partial(batch).await?;
             return self.add_states(states).await;
         }
-        for Assigned { batch, spans } in expanded {
+        for Assigned {
+            batch,
+            spans,
+            filtered,
+        } in expanded
+        {
             let live = match &mut self.live {
                 Some(live) => live,
-                None => self.live.insert(Live {
-                    run: self.plan.open_partial()?,
-                    rows: 0,
-                    windows: BTreeSet::new(),
-                }),
+                None => self.live.insert(Live::open(&self.plan, filtered)?),
+            };
+            // Records kept by a shared filter come only to a run without
+            // the filter (`run_takes_kept`); others to it are filtered here.
+            let batch = match (live.filtered, filtered) {
+                (true, false) => self.plan.keep(batch)?,
+                _ => batch,
             };
             live.rows += batch.num_rows();
             match spans {
@@ -421,6 +441,17 @@ impl WindowEngine {
             self.add_states(early).await?;
         }
         Ok(())
+    }
+
+    /// Whether the running batch plan takes the records a shared filter
+    /// kept, opening it for them if none runs: a run keeps the choice it
+    /// was opened with until it settles.
+    fn run_takes_kept(&mut self) -> Result<bool> {
+        let live = match &mut self.live {
+            Some(live) => live,
+            None => self.live.insert(Live::open(&self.plan, true)?),
+        };
+        Ok(live.filtered)
     }
 
     /// Settles the partial states of every record the running batch plan

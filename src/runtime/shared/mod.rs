@@ -66,6 +66,7 @@ use crate::error::Result;
 use crate::model::{StartFrom, StreamDef};
 use crate::source::stats::StreamStats;
 use crate::source::{Chunk, Progress, Source};
+use crate::window::FilterNeed;
 
 mod reader;
 mod subscription;
@@ -184,6 +185,9 @@ struct Sub {
     id: u64,
     /// The stream columns the query reads.
     columns: Vec<usize>,
+    /// What the query asks of the records its filter keeps, which the
+    /// queries asking the same keep once between them.
+    filter: Option<FilterNeed>,
     tx: SyncSender<Delivery>,
 }
 
@@ -304,7 +308,7 @@ impl Readers {
                     tx.try_send(Ok(poll.clone()))
                         .expect("room for the kept polls");
                 }
-                inner.add(columns, tx);
+                inner.add(task, tx);
                 tracing::info!(query = %task.name, stream = %task.stream.name, "joined the stream's reader");
                 let partitions = inner.partitions.clone();
                 return Ok(Some(Subscription::new(task, rx, partitions, offsets)));
@@ -318,7 +322,6 @@ impl Readers {
     fn subscribe(self: &Arc<Self>, task: &QueryTask, src: Source) -> Result<Subscription> {
         let offsets = src.offsets().clone();
         let share = src.share();
-        let columns = task.plan.stream_columns_read();
         let mut readers = lock(&self.readers);
         if let Some(sub) = Self::join(&readers, task, &offsets, &share)? {
             return Ok(sub);
@@ -330,7 +333,7 @@ impl Readers {
             partitions: src.partitions(),
             ..Inner::default()
         };
-        inner.add(columns.clone(), tx);
+        inner.add(task, tx);
         let partitions = inner.partitions.clone();
         let reader = Arc::new(Reader {
             stream: task.stream.clone(),
@@ -406,11 +409,13 @@ impl Inner {
         }
     }
 
-    fn add(&mut self, columns: Vec<usize>, tx: SyncSender<Delivery>) {
+    fn add(&mut self, task: &QueryTask, tx: SyncSender<Delivery>) {
         static IDS: AtomicU64 = AtomicU64::new(0);
+        let event_time = task.stream.event_time_index();
         self.subs.push(Sub {
             id: IDS.fetch_add(1, Ordering::Relaxed),
-            columns,
+            columns: task.plan.stream_columns_read(),
+            filter: FilterNeed::of(&task.plan, event_time),
             tx,
         });
     }

@@ -12,6 +12,7 @@ use super::{Delivery, MAX_POLL, POLL_WAIT, Poll, Reader, Readers, can_serve, loc
 use crate::error::Result;
 use crate::runtime::decode::{DecodedChunk, StreamDecoder};
 use crate::source::{Chunk, Source};
+use crate::window::{SharedFilters, WindowMemo};
 
 impl Reader {
     /// Polls, decodes and hands out until no subscriber is left, the
@@ -38,13 +39,17 @@ impl Reader {
                     inner.subs.iter().flat_map(|s| s.columns.clone()).collect();
                 columns.sort_unstable();
                 columns.dedup();
-                let decoded = match self.decode(&mut decoder, &columns, &chunks) {
+                let mut decoded = match self.decode(&mut decoder, &columns, &chunks) {
                     Ok(d) => d,
                     Err(e) => {
                         drop(inner);
                         return self.fail(readers, e.to_string());
                     }
                 };
+                let shared = SharedFilters::of(inner.subs.iter().filter_map(|s| s.filter.as_ref()));
+                for batch in decoded.iter_mut().filter_map(|c| c.batch.as_mut()) {
+                    batch.windows = WindowMemo::new(shared.clone());
+                }
                 let poll = Arc::new(Poll {
                     chunks: decoded,
                     raw: Arc::new(chunks),
