@@ -92,19 +92,17 @@ impl WindowEngine {
                 let all = self.with_windows(batch, None, starts, ends)?;
                 // The records kept are the same for every query of the read
                 // with this window and filter: kept once for all of them,
-                // when others share it and the running plan takes them.
-                let plan = self.plan.clone();
-                let shared = match (self.event_time, plan.filter()) {
-                    (Some(c), Some(f)) => (pb.windows.shared_columns((c, kind), &f.predicate))
-                        .map(|columns| ((c, kind), &f.predicate, columns)),
+                // when others share it.
+                let kept = match (self.event_time, self.plan.filter()) {
+                    (Some(c), Some(f)) => {
+                        let make = |columns: &[usize]| filter_batch(&all, &f.predicate, columns);
+                        pb.windows.kept((c, kind), &f.predicate, &f.columns, make)?
+                    }
                     _ => None,
                 };
-                let (batch, filtered) = match shared {
-                    Some((key, f, columns)) if self.run_takes_kept()? => {
-                        let kept = pb.windows.kept(key, f, || filter_batch(&all, f, columns))?;
-                        (kept, true)
-                    }
-                    _ => (all, false),
+                let (batch, filtered) = match kept {
+                    Some(kept) => (kept, true),
+                    None => (all, false),
                 };
                 let spans = Some(spans);
                 return Ok(Some(Assigned {
@@ -387,25 +385,26 @@ impl FilterNeed {
     }
 }
 
-/// The filters that several queries of a read ask for
-/// ([`FilterNeed`]): each with the columns any of them reads of the
-/// records it keeps. A filter only one query asks for is not here: that
-/// query's batch plan runs it, copying only what it reads into batches of
-/// the plan's size, cheaper than keeping records for it before.
+/// The filters that several queries of a read ask for ([`FilterNeed`]),
+/// each with the columns any of them reads of the records it keeps; kept
+/// by the read as its queries come and go. A filter only one query asks
+/// for is not here: that query's batch plan runs it, copying only what it
+/// reads into batches of the plan's size, cheaper than keeping records
+/// for it before.
 #[derive(Debug, Default)]
-pub struct SharedFilters(Vec<FilterNeed>);
+pub struct SharedFilters(Mutex<Vec<FilterNeed>>);
 
 impl SharedFilters {
-    /// The filters shared among `needs`, one per query of a read.
-    /// Filters are told apart by what they compute (DataFusion's equality
-    /// of expressions), not by their text.
-    pub fn of<'a>(needs: impl IntoIterator<Item = &'a FilterNeed>) -> Arc<SharedFilters> {
+    /// Sets the filters to those shared among `needs`, one per query of
+    /// the read. Filters are told apart by what they compute (DataFusion's
+    /// equality of expressions), not by their text.
+    pub fn set<'a>(&self, needs: impl IntoIterator<Item = &'a FilterNeed>) {
         let mut all: Vec<(FilterNeed, usize)> = Vec::new();
         for need in needs {
-            let same = |(a, _): &&mut (FilterNeed, usize)| {
-                a.key == need.key && a.predicate.as_ref() == need.predicate.as_ref()
-            };
-            match all.iter_mut().find(same) {
+            match all
+                .iter_mut()
+                .find(|(a, _)| a.same_filter(need.key, &need.predicate))
+            {
                 Some((a, askers)) => {
                     a.columns.extend(&need.columns);
                     a.columns.sort_unstable();
@@ -416,8 +415,29 @@ impl SharedFilters {
             }
         }
         let shared = all.into_iter().filter(|(_, askers)| *askers > 1);
-        Arc::new(SharedFilters(shared.map(|(need, _)| need).collect()))
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = shared.map(|(n, _)| n).collect();
     }
+
+    /// The columns the queries sharing `filter` under `key` read of the
+    /// records it keeps; `None` when no other query of the read shares it,
+    /// or when they leave out one of `mine` (the asking query's, when the
+    /// read has not counted it yet).
+    fn columns(&self, key: Key, filter: &Predicate, mine: &[usize]) -> Option<Vec<usize>> {
+        let all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let need = all.iter().find(|n| n.same_filter(key, filter))?;
+        covers(&need.columns, mine).then(|| need.columns.clone())
+    }
+}
+
+impl FilterNeed {
+    fn same_filter(&self, key: Key, filter: &Predicate) -> bool {
+        self.key == key && self.predicate.as_ref() == filter.as_ref()
+    }
+}
+
+/// Whether the sorted `columns` hold every one of `wanted`.
+fn covers(columns: &[usize], wanted: &[usize]) -> bool {
+    wanted.iter().all(|c| columns.binary_search(c).is_ok())
 }
 
 /// A partition batch's windows (`Spans`) per event-time column and window
@@ -427,7 +447,8 @@ impl SharedFilters {
 #[derive(Debug, Clone, Default)]
 pub struct WindowMemo {
     made: Arc<Mutex<Made>>,
-    /// The filters the read's queries share.
+    /// The filters the read's queries share (the read's own, as it is
+    /// when a query asks).
     shared: Arc<SharedFilters>,
 }
 
@@ -435,8 +456,9 @@ pub struct WindowMemo {
 #[derive(Debug, Default)]
 struct Made {
     spans: Vec<(Key, Arc<Spans>)>,
-    /// The records, with their windows' columns, each shared filter kept.
-    kept: Vec<((Key, Predicate), RecordBatch)>,
+    /// The records, with their windows' columns, a shared filter kept,
+    /// with the columns kept of them.
+    kept: Vec<(Key, Predicate, Vec<usize>, RecordBatch)>,
 }
 type Key = (usize, WindowKind);
 
@@ -450,48 +472,50 @@ impl WindowMemo {
         }
     }
 
+    fn made(&self) -> std::sync::MutexGuard<'_, Made> {
+        self.made.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The spans under `key`, made by `make` if no query made them yet
     /// (while the others wait, rather than make them too).
     fn get_or_make(&self, key: Key, make: impl FnOnce() -> Result<Spans>) -> Result<Arc<Spans>> {
-        let mut made = self.made.lock().unwrap_or_else(|e| e.into_inner());
-        find_or_make(&mut made.spans, key, || Ok(Arc::new(make()?)))
+        let mut made = self.made();
+        if let Some((_, spans)) = made.spans.iter().find(|(k, _)| *k == key) {
+            return Ok(spans.clone());
+        }
+        let spans = Arc::new(make()?);
+        made.spans.push((key, spans.clone()));
+        Ok(spans)
     }
 
-    /// The columns the queries sharing `filter` under `key` read of the
-    /// records it keeps; `None` when no other query of the read shares it.
-    fn shared_columns(&self, key: Key, filter: &Predicate) -> Option<&[usize]> {
-        let mut shared = self.shared.0.iter();
-        let need = shared.find(|n| n.key == key && n.predicate.as_ref() == filter.as_ref())?;
-        Some(&need.columns)
-    }
-
-    /// The records, with their windows under `key`, that the shared
-    /// `filter` keeps, made by `make` if no query made them yet: the
-    /// predicate evaluated and the columns read copied once for all the
-    /// queries asking.
+    /// The records, with their windows under `key`, that `filter` keeps,
+    /// with the columns `mine` of them, when other queries of the read
+    /// share the filter: made by `make`, given the columns those queries
+    /// read, if no query made them yet — the predicate evaluated and the
+    /// columns copied once for all of them. `None` when the filter is not
+    /// shared.
     fn kept(
         &self,
         key: Key,
         filter: &Predicate,
-        make: impl FnOnce() -> Result<RecordBatch>,
-    ) -> Result<RecordBatch> {
-        let mut made = self.made.lock().unwrap_or_else(|e| e.into_inner());
-        find_or_make(&mut made.kept, (key, filter.clone()), make)
+        mine: &[usize],
+        make: impl FnOnce(&[usize]) -> Result<RecordBatch>,
+    ) -> Result<Option<RecordBatch>> {
+        let Some(columns) = self.shared.columns(key, filter, mine) else {
+            return Ok(None);
+        };
+        let mut made = self.made();
+        let same = |(k, p, c, _): &&(Key, Predicate, Vec<usize>, RecordBatch)| {
+            *k == key && p.as_ref() == filter.as_ref() && covers(c, mine)
+        };
+        if let Some((.., batch)) = made.kept.iter().find(same) {
+            return Ok(Some(batch.clone()));
+        }
+        let batch = make(&columns)?;
+        made.kept
+            .push((key, filter.clone(), columns, batch.clone()));
+        Ok(Some(batch))
     }
-}
-
-/// The value under `key` in `made`, made by `make` and kept there if absent.
-fn find_or_make<K: PartialEq, V: Clone>(
-    made: &mut Vec<(K, V)>,
-    key: K,
-    make: impl FnOnce() -> Result<V>,
-) -> Result<V> {
-    if let Some((_, v)) = made.iter().find(|(k, _)| *k == key) {
-        return Ok(v.clone());
-    }
-    let v = make()?;
-    made.push((key, v.clone()));
-    Ok(v)
 }
 
 #[cfg(test)]
@@ -578,7 +602,7 @@ mod tests {
     }
 
     #[test]
-    fn kept_records_are_made_once_per_filter_and_shared_by_clones() {
+    fn kept_records_are_made_once_per_shared_filter_and_shared_by_clones() {
         use datafusion::arrow::array::Int64Array;
         use datafusion::logical_expr::Operator;
         use datafusion::physical_expr::expressions::{BinaryExpr, Column, Literal};
@@ -604,40 +628,66 @@ mod tests {
             ),
             (
                 "w",
-                new_null_array(&datafusion::arrow::datatypes::DataType::Utf8, 3),
+                Arc::new(Int64Array::from(vec![2, 6, 10])) as ArrayRef,
                 true,
             ),
         ])
         .unwrap();
-        let memo = WindowMemo::default();
-        let shared = memo.clone();
         let ten = WindowKind::Tumbling { size_ms: 10 };
-        let made = std::cell::Cell::new(0);
-        let kept = |m: &WindowMemo, key: Key, f: Predicate| {
-            let make = || {
-                made.set(made.get() + 1);
-                crate::plan::filter_batch(&batch, &f, &[0])
-            };
-            m.kept(key, &f, make).unwrap()
+        let need = |key: Key, bound: i64, columns: &[usize]| FilterNeed {
+            key,
+            predicate: over(bound),
+            columns: columns.to_vec(),
         };
-        let a = kept(&memo, (0, ten), over(4));
-        let b = kept(&shared, (0, ten), over(4));
+        // Two queries read v of what `v > 4` keeps, two all of what `v > 0`
+        // keeps; one alone filters `v > 6`, one alone `v > 4` on another
+        // window.
+        let needs = [
+            need((0, ten), 4, &[0]),
+            need((0, ten), 4, &[0]),
+            need((0, ten), 0, &[0, 1]),
+            need((0, ten), 0, &[0, 1]),
+            need((0, ten), 6, &[0]),
+            need((0, WindowKind::Tumbling { size_ms: 5 }), 4, &[0]),
+        ];
+        let shared = Arc::new(SharedFilters::default());
+        shared.set(&needs);
+        let memo = WindowMemo::new(shared.clone());
+        let clone = memo.clone();
+        let made = std::cell::Cell::new(0);
+        let kept = |m: &WindowMemo, key: Key, bound: i64, mine: &[usize]| {
+            let f = over(bound);
+            let make = |columns: &[usize]| {
+                made.set(made.get() + 1);
+                crate::plan::filter_batch(&batch, &f, columns)
+            };
+            m.kept(key, &f, mine, make).unwrap()
+        };
+        let a = kept(&memo, (0, ten), 4, &[0]).expect("shared");
+        let b = kept(&clone, (0, ten), 4, &[0]).expect("shared");
         assert_eq!(made.get(), 1);
         assert!(Arc::ptr_eq(a.column(0), b.column(0)));
         assert_eq!(ints(&a), [5, 9]);
-        // A column no query decodes stays nulls, of the records kept.
+        // A column none of the queries sharing the filter reads is nulls.
         assert_eq!((a.column(1).len(), a.column(1).null_count()), (2, 2));
         // A filter keeping every record hands the batch over uncopied.
-        let all = kept(&shared, (0, ten), over(0));
-        assert!(Arc::ptr_eq(all.column(0), batch.column(0)));
-        // Another filter, window spec or event-time column is made anew.
-        assert_eq!(ints(&kept(&shared, (0, ten), over(6))), [9]);
-        kept(&shared, (0, WindowKind::Tumbling { size_ms: 5 }), over(4));
-        kept(&shared, (1, ten), over(4));
-        assert_eq!(made.get(), 5);
-        // A memo of its own (a new batch) shares nothing.
-        kept(&WindowMemo::default(), (0, ten), over(4));
-        assert_eq!(made.get(), 6);
+        let all = kept(&clone, (0, ten), 0, &[1]).expect("shared");
+        assert!(Arc::ptr_eq(all.column(1), batch.column(1)));
+        // A filter no other query shares is the query's own, as is one
+        // whose sharers do not read a column the asking query reads.
+        assert!(kept(&clone, (0, ten), 6, &[0]).is_none());
+        assert!(kept(&clone, (0, WindowKind::Tumbling { size_ms: 5 }), 4, &[0]).is_none());
+        assert!(kept(&clone, (1, ten), 4, &[0]).is_none());
+        assert!(kept(&clone, (0, ten), 4, &[1]).is_none());
+        assert_eq!(made.get(), 2);
+        // Once a query reading w joins them, the records are kept anew
+        // with w, for it.
+        shared.set(needs.iter().chain([&need((0, ten), 4, &[1])]));
+        let with_w = kept(&clone, (0, ten), 4, &[1]).expect("shared");
+        assert_eq!(with_w.column(1).null_count(), 0);
+        assert_eq!(made.get(), 3);
+        // A memo of its own (a batch no read shares) shares nothing.
+        assert!(kept(&WindowMemo::default(), (0, ten), 4, &[0]).is_none());
     }
 
     fn values(a: &ArrayRef) -> Vec<i64> {

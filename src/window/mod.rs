@@ -422,12 +422,16 @@ impl WindowEngine {
             filtered,
         } in expanded
         {
+            // The read's queries began sharing the filter: the run with the
+            // filter settles, and one without it takes the records kept.
+            if filtered && self.live.as_ref().is_some_and(|l| !l.filtered) {
+                self.settle().await?;
+            }
             let live = match &mut self.live {
                 Some(live) => live,
                 None => self.live.insert(Live::open(&self.plan, filtered)?),
             };
-            // Records kept by a shared filter come only to a run without
-            // the filter (`run_takes_kept`); others to it are filtered here.
+            // Others to a run without the filter are filtered here.
             let batch = match (live.filtered, filtered) {
                 (true, false) => self.plan.keep(batch)?,
                 _ => batch,
@@ -441,17 +445,6 @@ impl WindowEngine {
             self.add_states(early).await?;
         }
         Ok(())
-    }
-
-    /// Whether the running batch plan takes the records a shared filter
-    /// kept, opening it for them if none runs: a run keeps the choice it
-    /// was opened with until it settles.
-    fn run_takes_kept(&mut self) -> Result<bool> {
-        let live = match &mut self.live {
-            Some(live) => live,
-            None => self.live.insert(Live::open(&self.plan, true)?),
-        };
-        Ok(live.filtered)
     }
 
     /// Settles the partial states of every record the running batch plan

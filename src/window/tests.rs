@@ -55,9 +55,9 @@ async fn one_output_of_the_batch_plan_is_one_state_of_its_window() {
 
 /// Queries of one read with the same window and `WHERE` keep each batch's
 /// records once between them and run their batch plans without the
-/// filter; a query whose filter no other shares runs it in its plan, and
-/// a run opened for whole batches takes them whole until it settles. Every
-/// way gives the rows the clause means.
+/// filter; a query whose filter no other shares runs it in its plan, as
+/// does one reading a column the others do not. Every way gives the rows
+/// the clause means.
 #[tokio::test]
 async fn queries_sharing_a_filter_run_their_plans_without_it() {
     let stream =
@@ -75,7 +75,8 @@ async fn queries_sharing_a_filter_run_their_plans_without_it() {
         .filter_map(|e| FilterNeed::of(&e.plan, Some(0)))
         .collect();
     assert_eq!(needs.len(), 3);
-    let shared = SharedFilters::of(&needs);
+    let shared = Arc::new(SharedFilters::default());
+    shared.set(&needs);
 
     // 90 records of keys a, b, x in turn, all in the window [0, 10s).
     let schema = Arc::new(Schema::new(by_key.plan.input_schema.fields()[..2].to_vec()));
@@ -88,20 +89,29 @@ async fn queries_sharing_a_filter_run_their_plans_without_it() {
         ..PartitionBatch::new(0, batch.clone())
     };
 
-    // A run opened for a batch of a read sharing nothing keeps taking
-    // whole batches.
+    // A run opened for a batch of a read sharing nothing settles when
+    // the read's queries begin sharing its filter; one without the filter
+    // takes over.
     let mut alone_first =
         engine("SELECT k, count(*) AS n FROM s WHERE k <> 'x' GROUP BY k WINDOW 10s").await;
     let (head, tail) = (batch.slice(0, 30), batch.slice(30, 60));
     let tail = PartitionBatch {
-        windows: WindowMemo::new(shared),
+        windows: WindowMemo::new(shared.clone()),
         ..PartitionBatch::new(0, tail)
     };
-    let polls = [vec![PartitionBatch::new(0, head)], vec![tail]];
-    for poll in polls {
+    let polls = [
+        (vec![PartitionBatch::new(0, head)], false),
+        (vec![tail], true),
+    ];
+    for (poll, filtered) in polls {
         alone_first.process_polled(poll, 0).await.unwrap();
-        assert!(!alone_first.live.as_ref().unwrap().filtered);
+        assert_eq!(alone_first.live.as_ref().unwrap().filtered, filtered);
     }
+    assert_eq!(
+        alone_first.windows[&(10_000, 0)].batches.len(),
+        1,
+        "settled once"
+    );
 
     // `total` first: it keeps the records for `by_key` too, with the key
     // it does not read itself.
@@ -111,6 +121,13 @@ async fn queries_sharing_a_filter_run_their_plans_without_it() {
     assert!(by_key.live.as_ref().unwrap().filtered);
     assert!(total.live.as_ref().unwrap().filtered);
     assert!(!other.live.as_ref().unwrap().filtered);
+    // A query that joined the read after the batch was read, with the same
+    // filter but reading ts of the records it keeps, which the others do
+    // not: the records kept for them lack it, so it filters its own.
+    let mut joined =
+        engine("SELECT k, count(ts) AS n FROM s WHERE k <> 'x' GROUP BY k WINDOW 10s").await;
+    joined.process_polled(vec![read.clone()], 0).await.unwrap();
+    assert!(!joined.live.as_ref().unwrap().filtered);
 
     let counts = |rows: Vec<Emission>| -> Vec<(Option<String>, i64)> {
         let b = &rows[0].batch;
@@ -128,6 +145,7 @@ async fn queries_sharing_a_filter_run_their_plans_without_it() {
     let a_b = vec![(Some("a".to_string()), 30), (Some("b".to_string()), 30)];
     assert_eq!(counts(by_key.close_all().await.unwrap()), a_b);
     assert_eq!(counts(alone_first.close_all().await.unwrap()), a_b);
+    assert_eq!(counts(joined.close_all().await.unwrap()), a_b);
     assert_eq!(counts(total.close_all().await.unwrap()), [(None, 60)]);
     assert_eq!(counts(other.close_all().await.unwrap()), [(None, 60)]);
 }

@@ -11,8 +11,10 @@
 //! watermark, lateness, state and checkpoint: its [`Subscription`]
 //! (`subscription.rs`) takes of each poll only the records at or past its
 //! own next offsets, and counts and samples its own bad records
-//! ([`QueryNotes`](super::decode::QueryNotes)). The reader's thread is in
-//! `reader.rs`.
+//! ([`QueryNotes`](super::decode::QueryNotes)). The reader also counts
+//! the `WHERE` clauses its subscribers share ([`SharedFilters`]): queries
+//! with the same window and filter keep each batch's records of it once
+//! between them (`window::assign`). The reader's thread is in `reader.rs`.
 //!
 //! A query joins a reader of its stream that is not past its offsets on
 //! any partition and at most [`NEAR`] records behind them (a partition the
@@ -66,7 +68,7 @@ use crate::error::Result;
 use crate::model::{StartFrom, StreamDef};
 use crate::source::stats::StreamStats;
 use crate::source::{Chunk, Progress, Source};
-use crate::window::FilterNeed;
+use crate::window::{FilterNeed, SharedFilters};
 
 mod reader;
 mod subscription;
@@ -163,6 +165,9 @@ struct Reader {
     stats: Arc<StreamStats>,
     /// Records of its latest polls it keeps (see [`KEEP`]).
     keep: usize,
+    /// The filters its subscribers share, which they keep each batch's
+    /// records of once (see `window::assign`).
+    filters: Arc<SharedFilters>,
     inner: Mutex<Inner>,
 }
 
@@ -309,6 +314,7 @@ impl Readers {
                         .expect("room for the kept polls");
                 }
                 inner.add(task, tx);
+                reader.count_filters(&inner);
                 tracing::info!(query = %task.name, stream = %task.stream.name, "joined the stream's reader");
                 let partitions = inner.partitions.clone();
                 return Ok(Some(Subscription::new(task, rx, partitions, offsets)));
@@ -341,6 +347,8 @@ impl Readers {
             start: task.start_from(),
             stats: task.stats.clone(),
             keep: self.keep,
+            // One subscriber shares nothing yet.
+            filters: Arc::default(),
             inner: Mutex::new(inner),
         });
         readers.push(reader.clone());

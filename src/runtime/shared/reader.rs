@@ -8,11 +8,11 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::mpsc::SyncSender;
 
-use super::{Delivery, MAX_POLL, POLL_WAIT, Poll, Reader, Readers, can_serve, lock};
+use super::{Delivery, Inner, MAX_POLL, POLL_WAIT, Poll, Reader, Readers, can_serve, lock};
 use crate::error::Result;
 use crate::runtime::decode::{DecodedChunk, StreamDecoder};
 use crate::source::{Chunk, Source};
-use crate::window::{SharedFilters, WindowMemo};
+use crate::window::WindowMemo;
 
 impl Reader {
     /// Polls, decodes and hands out until no subscriber is left, the
@@ -39,17 +39,13 @@ impl Reader {
                     inner.subs.iter().flat_map(|s| s.columns.clone()).collect();
                 columns.sort_unstable();
                 columns.dedup();
-                let mut decoded = match self.decode(&mut decoder, &columns, &chunks) {
+                let decoded = match self.decode(&mut decoder, &columns, &chunks) {
                     Ok(d) => d,
                     Err(e) => {
                         drop(inner);
                         return self.fail(readers, e.to_string());
                     }
                 };
-                let shared = SharedFilters::of(inner.subs.iter().filter_map(|s| s.filter.as_ref()));
-                for batch in decoded.iter_mut().filter_map(|c| c.batch.as_mut()) {
-                    batch.windows = WindowMemo::new(shared.clone());
-                }
                 let poll = Arc::new(Poll {
                     chunks: decoded,
                     raw: Arc::new(chunks),
@@ -70,7 +66,9 @@ impl Reader {
                 .map(|(id, _)| id)
                 .collect();
             if !gone.is_empty() {
-                lock(&self.inner).subs.retain(|s| !gone.contains(&s.id));
+                let mut inner = lock(&self.inner);
+                inner.subs.retain(|s| !gone.contains(&s.id));
+                self.count_filters(&inner);
             }
             if self.close_if_idle(readers) || self.hand_over(readers) {
                 return;
@@ -93,7 +91,17 @@ impl Reader {
                 columns,
             )?);
         }
-        decoder.as_mut().expect("made").decode_poll(chunks)
+        let mut decoded = decoder.as_mut().expect("made").decode_poll(chunks)?;
+        for batch in decoded.iter_mut().filter_map(|c| c.batch.as_mut()) {
+            batch.windows = WindowMemo::new(self.filters.clone());
+        }
+        Ok(decoded)
+    }
+
+    /// Counts the filters the subscribers of `inner` share anew: when one
+    /// joined or left.
+    pub(super) fn count_filters(&self, inner: &Inner) {
+        (self.filters).set(inner.subs.iter().filter_map(|s| s.filter.as_ref()));
     }
 
     /// Decodes again, as read, the kept polls that lack one of `columns`,
@@ -151,7 +159,10 @@ impl Reader {
             return false;
         };
         tracing::info!(stream = %self.stream.name, subscribers = inner.subs.len(), "a reader caught up with another and handed its queries over");
-        lock(&other.inner).subs.append(&mut inner.subs);
+        let mut theirs = lock(&other.inner);
+        theirs.subs.append(&mut inner.subs);
+        other.count_filters(&theirs);
+        drop(theirs);
         inner.closed = true;
         all.retain(|r| !Arc::ptr_eq(r, self));
         true
