@@ -42,7 +42,8 @@ use crate::plan::{ContinuousPlan, PartialRun};
 
 mod assign;
 use assign::Assigned;
-pub use assign::{FilterNeed, SharedFilters, WindowMemo};
+mod memo;
+pub use memo::{FilterNeed, SharedFilters, WindowMemo};
 mod batch;
 pub use batch::{Offsets, PartitionBatch};
 mod buf;
