@@ -45,6 +45,11 @@ impl FilterNeed {
             columns: f.columns.clone(),
         })
     }
+
+    /// Whether it asks for `filter` under `key`.
+    fn same_filter(&self, key: Key, filter: &Predicate) -> bool {
+        self.key == key && self.predicate.as_ref() == filter.as_ref()
+    }
 }
 
 /// The filters that several queries of a read ask for ([`FilterNeed`]),
@@ -88,12 +93,6 @@ impl SharedFilters {
         let all = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let need = all.iter().find(|n| n.same_filter(key, filter))?;
         covers(&need.columns, mine).then(|| need.columns.clone())
-    }
-}
-
-impl FilterNeed {
-    fn same_filter(&self, key: Key, filter: &Predicate) -> bool {
-        self.key == key && self.predicate.as_ref() == filter.as_ref()
     }
 }
 
