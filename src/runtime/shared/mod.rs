@@ -14,7 +14,7 @@
 //! ([`QueryNotes`](super::decode::QueryNotes)). The reader also counts
 //! the `WHERE` clauses its subscribers share ([`SharedFilters`]): queries
 //! with the same window and filter keep each batch's records of it once
-//! between them (`window::assign`). The reader's thread is in `reader.rs`.
+//! between them (`window::memo`). The reader's thread is in `reader.rs`.
 //!
 //! A query joins a reader of its stream that is not past its offsets on
 //! any partition and at most [`NEAR`] records behind them (a partition the
@@ -165,9 +165,6 @@ struct Reader {
     stats: Arc<StreamStats>,
     /// Records of its latest polls it keeps (see [`KEEP`]).
     keep: usize,
-    /// The filters its subscribers share, which they keep each batch's
-    /// records of once (see `window::assign`).
-    filters: Arc<SharedFilters>,
     inner: Mutex<Inner>,
 }
 
@@ -181,6 +178,9 @@ struct Inner {
     recent_from: BTreeMap<i32, i64>,
     partitions: Vec<i32>,
     subs: Vec<Sub>,
+    /// The filters the subscribers share, counted as they come and go:
+    /// they keep each batch's records of one once (see `window::memo`).
+    filters: Arc<SharedFilters>,
     /// Ended: nothing may join it any more.
     closed: bool,
 }
@@ -306,7 +306,7 @@ impl Readers {
             let mut inner = lock(&reader.inner);
             let (from, at) = (&inner.recent_from, &inner.position);
             if !inner.closed && can_serve(from, at, reader.start, offsets) {
-                reader.widen(&mut inner.recent, &columns)?;
+                reader.widen(&mut inner, &columns)?;
                 // The kept polls first: room for them and the next one.
                 let (tx, rx) = sync_channel(inner.recent.len() + 1);
                 for poll in &inner.recent {
@@ -314,7 +314,6 @@ impl Readers {
                         .expect("room for the kept polls");
                 }
                 inner.add(task, tx);
-                reader.count_filters(&inner);
                 tracing::info!(query = %task.name, stream = %task.stream.name, "joined the stream's reader");
                 let partitions = inner.partitions.clone();
                 return Ok(Some(Subscription::new(task, rx, partitions, offsets)));
@@ -347,8 +346,6 @@ impl Readers {
             start: task.start_from(),
             stats: task.stats.clone(),
             keep: self.keep,
-            // One subscriber shares nothing yet.
-            filters: Arc::default(),
             inner: Mutex::new(inner),
         });
         readers.push(reader.clone());
@@ -426,6 +423,23 @@ impl Inner {
             filter: FilterNeed::of(&task.plan, event_time),
             tx,
         });
+        self.count_filters();
+    }
+
+    /// Takes over `subs` (handed over by another reader).
+    fn adopt(&mut self, subs: &mut Vec<Sub>) {
+        self.subs.append(subs);
+        self.count_filters();
+    }
+
+    /// Drops the subscribers `gone`.
+    fn drop_subs(&mut self, gone: &[u64]) {
+        self.subs.retain(|s| !gone.contains(&s.id));
+        self.count_filters();
+    }
+
+    fn count_filters(&self) {
+        (self.filters).set(self.subs.iter().filter_map(|s| s.filter.as_ref()));
     }
 }
 

@@ -4,7 +4,6 @@
 //! another reader it has caught up with, and ends when none is left or
 //! the source fails.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::mpsc::SyncSender;
 
@@ -12,7 +11,7 @@ use super::{Delivery, Inner, MAX_POLL, POLL_WAIT, Poll, Reader, Readers, can_ser
 use crate::error::Result;
 use crate::runtime::decode::{DecodedChunk, StreamDecoder};
 use crate::source::{Chunk, Source};
-use crate::window::WindowMemo;
+use crate::window::{SharedFilters, WindowMemo};
 
 impl Reader {
     /// Polls, decodes and hands out until no subscriber is left, the
@@ -39,7 +38,7 @@ impl Reader {
                     inner.subs.iter().flat_map(|s| s.columns.clone()).collect();
                 columns.sort_unstable();
                 columns.dedup();
-                let decoded = match self.decode(&mut decoder, &columns, &chunks) {
+                let decoded = match self.decode(&mut decoder, &inner.filters, &columns, &chunks) {
                     Ok(d) => d,
                     Err(e) => {
                         drop(inner);
@@ -66,9 +65,7 @@ impl Reader {
                 .map(|(id, _)| id)
                 .collect();
             if !gone.is_empty() {
-                let mut inner = lock(&self.inner);
-                inner.subs.retain(|s| !gone.contains(&s.id));
-                self.count_filters(&inner);
+                lock(&self.inner).drop_subs(&gone);
             }
             if self.close_if_idle(readers) || self.hand_over(readers) {
                 return;
@@ -77,10 +74,12 @@ impl Reader {
     }
 
     /// Decodes `chunks` with a decoder of `columns` (made again when the
-    /// columns changed: the subscribers', or a kept poll widened).
+    /// columns changed: the subscribers', or a kept poll widened), each
+    /// batch's memo reading the subscribers' shared `filters`.
     fn decode(
         &self,
         decoder: &mut Option<StreamDecoder>,
+        filters: &Arc<SharedFilters>,
         columns: &[usize],
         chunks: &[Chunk],
     ) -> Result<Vec<DecodedChunk>> {
@@ -93,30 +92,24 @@ impl Reader {
         }
         let mut decoded = decoder.as_mut().expect("made").decode_poll(chunks)?;
         for batch in decoded.iter_mut().filter_map(|c| c.batch.as_mut()) {
-            batch.windows = WindowMemo::new(self.filters.clone());
+            batch.windows = WindowMemo::new(filters.clone());
         }
         Ok(decoded)
-    }
-
-    /// Counts the filters the subscribers of `inner` share anew: when one
-    /// joined or left.
-    pub(super) fn count_filters(&self, inner: &Inner) {
-        (self.filters).set(inner.subs.iter().filter_map(|s| s.filter.as_ref()));
     }
 
     /// Decodes again, as read, the kept polls that lack one of `columns`,
     /// with those columns added: once per new column, for the query joining
     /// now and any later one.
-    pub(super) fn widen(&self, recent: &mut VecDeque<Arc<Poll>>, columns: &[usize]) -> Result<()> {
+    pub(super) fn widen(&self, inner: &mut Inner, columns: &[usize]) -> Result<()> {
         let mut decoder: Option<StreamDecoder> = None;
-        for kept in recent.iter_mut() {
+        for kept in inner.recent.iter_mut() {
             if columns.iter().all(|c| kept.columns.contains(c)) {
                 continue;
             }
             let mut wider: Vec<usize> = kept.columns.iter().chain(columns).copied().collect();
             wider.sort_unstable();
             wider.dedup();
-            let chunks = self.decode(&mut decoder, &wider, &kept.raw)?;
+            let chunks = self.decode(&mut decoder, &inner.filters, &wider, &kept.raw)?;
             *kept = Arc::new(Poll {
                 chunks,
                 raw: kept.raw.clone(),
@@ -159,10 +152,7 @@ impl Reader {
             return false;
         };
         tracing::info!(stream = %self.stream.name, subscribers = inner.subs.len(), "a reader caught up with another and handed its queries over");
-        let mut theirs = lock(&other.inner);
-        theirs.subs.append(&mut inner.subs);
-        other.count_filters(&theirs);
-        drop(theirs);
+        lock(&other.inner).adopt(&mut inner.subs);
         inner.closed = true;
         all.retain(|r| !Arc::ptr_eq(r, self));
         true
