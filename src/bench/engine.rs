@@ -34,11 +34,7 @@ pub async fn engine_for(sql: &str) -> Result<(WindowEngine, JsonDecoder)> {
     let (stream, select) = parse_query(sql)?;
     let plan = Arc::new(ContinuousPlan::build(&stream, &select).await?);
     let schema = Arc::new(Schema::new(stream.fields()));
-    let et = stream
-        .event_time
-        .as_ref()
-        .map(|c| schema.index_of(c))
-        .transpose()?;
+    let et = stream.event_time_index();
     let mut read = plan.stream_columns_read();
     read.extend(et);
     let engine = WindowEngine::new(plan, et, stream.watermark_delay_ms);

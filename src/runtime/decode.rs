@@ -174,10 +174,7 @@ impl StreamDecoder {
     /// event time); the others come back all NULL.
     pub fn new(stream: &StreamDef, stats: Arc<StreamStats>, columns: &[usize]) -> Result<Self> {
         let schema = Arc::new(Schema::new(stream.fields()));
-        let event_time = match &stream.event_time {
-            Some(c) => Some(schema.index_of(c)?),
-            None => None,
-        };
+        let event_time = stream.event_time_index();
         let mut read = columns.to_vec();
         read.extend(event_time);
         read.sort_unstable();

@@ -27,15 +27,7 @@ use serde::Deserialize;
 use super::http::{Res, page_params, page_response};
 use super::{App, QueryEntry};
 use crate::error::{Error, Result};
-use crate::model::StreamDef;
-use crate::plan::ContinuousPlan;
 use crate::store::late::late_table;
-
-/// The index of `def`'s event-time column among `plan`'s input columns.
-pub(super) fn event_time(def: &StreamDef, plan: &ContinuousPlan) -> Option<usize> {
-    let name = def.event_time.as_ref()?;
-    plan.input_schema.index_of(name).ok()
-}
 
 impl App {
     /// The shape of query `q`'s late table.
@@ -47,7 +39,7 @@ impl App {
             )));
         }
         let stream = self.stream(&q.stream)?;
-        let et = event_time(&stream.def, &q.plan);
+        let et = stream.def.event_time_index();
         Ok(crate::window::late_schema(&q.plan, et))
     }
 }

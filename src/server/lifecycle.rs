@@ -62,8 +62,7 @@ impl App {
         }
         // Queries made before late tables existed get theirs here.
         if self.config.cluster.is_none() {
-            let late =
-                crate::window::late_schema(&plan, super::late::event_time(&stream.def, &plan));
+            let late = crate::window::late_schema(&plan, stream.def.event_time_index());
             self.store.ensure_late_table(name, &late)?;
         }
         if save || reset.is_some() {
